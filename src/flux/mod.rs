@@ -1,0 +1,23 @@
+//! Deepgram Flux (`/v2/listen`): wire types, listen options, transport and client.
+//!
+//! - [`messages`]: every JSON message in both directions (lenient in, strict out).
+//! - [`options`]: the query parameters with Flux's validation rules, shared with the emulator.
+//! - [`transport`]: WebSocket or in-memory connections behind one [`transport::Connector`] trait.
+//! - [`continuity`]: pure framing, audio-time and turn bookkeeping.
+//! - [`client`]: [`client::connect`], the handle and the event stream.
+
+pub mod client;
+pub mod continuity;
+pub mod messages;
+pub mod options;
+pub mod transport;
+
+pub use client::{
+    FluxConfig, FluxError, FluxEvent, FluxEventKind, FluxEvents, FluxHandle, FluxSender,
+    TurnUpdate, connect,
+};
+pub use messages::{
+    ClientMessage, Configure, ServerMessage, Thresholds, TurnEvent, TurnInfo, TurnTrigger, Word,
+};
+pub use options::{Encoding, FluxModel, ListenOptions, OptionsError};
+pub use transport::{ApiKey, Connector, WebSocketConnector};
