@@ -6,8 +6,14 @@
 //! | module | role |
 //! |---|---|
 //! | [`flux`] | Flux `/v2/listen`: wire types, listen options, transports and the client |
+//! | [`emulator`] | a local Flux server (WebSocket or in-memory) driven by a scenario |
+//! | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies |
+//! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
 //!
 //! Data flows one way: audio in -> [`flux`] client -> engine -> response -> audio out.
 #![warn(missing_docs)]
 
+pub mod audio;
+pub mod emulator;
 pub mod flux;
+pub mod scenario;

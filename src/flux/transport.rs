@@ -253,38 +253,35 @@ fn header(headers: &tungstenite::http::HeaderMap, name: &str) -> Option<String> 
         .map(str::to_owned)
 }
 
-/// The server's end of an in-memory connection.
-pub struct ServerEnd {
-    /// Frames from the client.
-    pub from_client: mpsc::Receiver<WireFrame>,
-    /// Frames to the client; dropping it closes the connection for the client.
-    pub to_client: mpsc::Sender<WireFrame>,
-}
-
-/// Builds an in-memory connection: the client's [`Connection`] and the server's [`ServerEnd`].
-/// `capacity` bounds each direction, as a socket buffer would.
-pub fn channel_pair(capacity: usize, request_id: Option<String>) -> (Connection, ServerEnd) {
-    let (to_server, from_client) = mpsc::channel::<WireFrame>(capacity);
-    let (to_client, from_server) = mpsc::channel::<WireFrame>(capacity);
-    let sink = futures_util::sink::unfold(to_server, |tx, frame: WireFrame| async move {
+fn channel_end(
+    tx: mpsc::Sender<WireFrame>,
+    rx: mpsc::Receiver<WireFrame>,
+    request_id: Option<String>,
+) -> Connection {
+    let sink = futures_util::sink::unfold(tx, |tx, frame: WireFrame| async move {
         tx.send(frame)
             .await
             .map_err(|_| TransportError("in-memory peer is gone".into()))?;
         Ok::<_, TransportError>(tx)
     });
-    let stream = futures_util::stream::unfold(from_server, |mut rx| async move {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|frame| (Ok(frame), rx))
     });
+    Connection {
+        sink: Box::pin(sink),
+        stream: Box::pin(stream),
+        request_id,
+    }
+}
+
+/// Builds an in-memory connection: the client's end and the server's end. `capacity` bounds
+/// each direction, as a socket buffer would. Dropping one end ends the other's stream.
+pub fn channel_pair(capacity: usize, request_id: Option<String>) -> (Connection, Connection) {
+    let (to_server, from_client) = mpsc::channel::<WireFrame>(capacity);
+    let (to_client, from_server) = mpsc::channel::<WireFrame>(capacity);
     (
-        Connection {
-            sink: Box::pin(sink),
-            stream: Box::pin(stream),
-            request_id,
-        },
-        ServerEnd {
-            from_client,
-            to_client,
-        },
+        channel_end(to_server, from_server, request_id),
+        channel_end(to_client, from_client, None),
     )
 }
 
@@ -338,11 +335,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            server.from_client.recv().await,
-            Some(WireFrame::Binary(Bytes::from_static(b"ab")))
+            server.stream.next().await.unwrap().unwrap(),
+            WireFrame::Binary(Bytes::from_static(b"ab"))
         );
         server
-            .to_client
+            .sink
             .send(WireFrame::Text("hi".into()))
             .await
             .unwrap();

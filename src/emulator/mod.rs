@@ -1,0 +1,13 @@
+//! A local Flux `/v2/listen` server that speaks the same wire types as the real service.
+//!
+//! The embedded default behind `turnflow simulate`, the server of the integration tests, and a
+//! product of its own: any Flux client pointed at it works unchanged.
+//!
+//! - [`session`]: one connection's behaviour, pure (audio and messages in, messages out).
+//! - [`server`]: handshake rules, the WebSocket server and the in-memory connector.
+
+pub mod server;
+pub mod session;
+
+pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};
+pub use session::EmulatorSession;

@@ -1,0 +1,486 @@
+//! The emulator's I/O: the handshake rules, a WebSocket server, and an in-memory connector.
+//!
+//! [`admit`] applies the real service's upgrade rules (path, query validation shared with the
+//! client, `Authorization: Token` or the `token, <key>` subprotocol) and is used by both
+//! transports, so a rejection looks the same over a socket and in memory. [`run_connection`]
+//! drives one [`EmulatorSession`] over any [`Connection`], with the 60 s idle close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::session::EmulatorSession;
+use crate::flux::options::ListenOptions;
+use crate::flux::transport::{
+    ApiKey, ConnectError, ConnectRequest, Connection, Connector, WireFrame, channel_pair,
+    websocket_connection,
+};
+use crate::scenario::Scenario;
+
+/// How the emulator behaves.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// The conversation every connection plays.
+    pub scenario: Arc<Scenario>,
+    /// When set, connections must authenticate with this key.
+    pub api_key: Option<ApiKey>,
+    /// Close after this long without audio or ping (Flux: 60 s).
+    pub idle_timeout: Duration,
+}
+
+impl EmulatorConfig {
+    /// A configuration playing `scenario`, without authentication.
+    pub fn new(scenario: Arc<Scenario>) -> Self {
+        Self {
+            scenario,
+            api_key: None,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An accepted upgrade.
+#[derive(Debug)]
+pub struct Admission {
+    /// The validated options.
+    pub options: ListenOptions,
+    /// The subprotocol to echo (`token` or `bearer`) when the client authenticated that way.
+    pub subprotocol: Option<String>,
+}
+
+/// A refused upgrade, as the HTTP response the real service sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// HTTP status.
+    pub status: u16,
+    /// The `dg-error` header.
+    pub dg_error: String,
+    /// The JSON body.
+    pub body: String,
+}
+
+fn reject(status: u16, code: &str, message: String, request_id: &str) -> Rejection {
+    let body = serde_json::json!({"err_code": code, "err_msg": message, "request_id": request_id});
+    Rejection {
+        status,
+        dg_error: message,
+        body: body.to_string(),
+    }
+}
+
+/// Applies the upgrade rules to a request target (`/v2/listen?...`) and its auth headers.
+///
+/// # Errors
+/// A [`Rejection`]: 404 for another path, 401 for missing or wrong credentials (when a key is
+/// configured), 400 for invalid options or an encoding the emulator cannot decode.
+pub fn admit(
+    target: &str,
+    authorization: Option<&str>,
+    subprotocols: Option<&str>,
+    config: &EmulatorConfig,
+    request_id: &str,
+) -> Result<Admission, Rejection> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path.trim_end_matches('/') != "/v2/listen" {
+        return Err(reject(
+            404,
+            "NOT_FOUND",
+            format!("no such endpoint {path:?}; the emulator serves /v2/listen"),
+            request_id,
+        ));
+    }
+    let offered: Vec<&str> = subprotocols
+        .map(|p| p.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let mut subprotocol = None;
+    if let Some(key) = &config.api_key {
+        let header_ok = authorization.is_some_and(|a| {
+            a.strip_prefix("Token ")
+                .or_else(|| a.strip_prefix("token "))
+                .is_some_and(|k| k == key.expose())
+        });
+        let protocol_ok = offered.len() >= 2
+            && offered[0].eq_ignore_ascii_case("token")
+            && offered[1] == key.expose();
+        if protocol_ok {
+            subprotocol = Some(offered[0].to_owned());
+        }
+        if !header_ok && !protocol_ok {
+            let why = if authorization.is_some() || !offered.is_empty() {
+                "invalid credentials"
+            } else {
+                "missing credentials: send Authorization: Token <key>"
+            };
+            return Err(reject(401, "INVALID_AUTH", why.into(), request_id));
+        }
+    }
+    let options = ListenOptions::from_query(query)
+        .map_err(|e| reject(400, "Bad Request", e.to_string(), request_id))?;
+    EmulatorSession::supports(&options).map_err(|e| reject(400, "Bad Request", e, request_id))?;
+    Ok(Admission {
+        options,
+        subprotocol,
+    })
+}
+
+/// Drives one session over `connection` until either side closes, `cancel` fires, or the
+/// connection is idle for `config.idle_timeout`.
+pub async fn run_connection(
+    mut connection: Connection,
+    mut session: EmulatorSession,
+    idle_timeout: Duration,
+    cancel: CancellationToken,
+) {
+    let connected = session.connected().to_json();
+    if connection
+        .sink
+        .send(WireFrame::Text(connected))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut deadline = tokio::time::Instant::now() + idle_timeout;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                let _ = connection.sink.send(WireFrame::Close(Some((1001, "emulator shutting down".into())))).await;
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                info!("idle timeout, closing");
+                let _ = connection.sink.send(WireFrame::Close(Some((1011, "NET-0001".into())))).await;
+                return;
+            }
+            frame = connection.stream.next() => frame,
+        };
+        let output = match frame {
+            Some(Ok(WireFrame::Binary(audio))) => {
+                deadline = tokio::time::Instant::now() + idle_timeout;
+                if audio.is_empty() {
+                    continue;
+                }
+                session.on_audio(&audio)
+            }
+            Some(Ok(WireFrame::Text(text))) => session.on_text(&text),
+            Some(Ok(WireFrame::Ping(_) | WireFrame::Pong(_))) => {
+                deadline = tokio::time::Instant::now() + idle_timeout;
+                continue;
+            }
+            Some(Ok(WireFrame::Close(_))) | None => return,
+            Some(Err(e)) => {
+                debug!(error = %e, "client connection failed");
+                return;
+            }
+        };
+        for message in output.messages {
+            if connection
+                .sink
+                .send(WireFrame::Text(message.to_json()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if output.close {
+            let _ = connection.sink.send(WireFrame::Close(None)).await;
+            return;
+        }
+    }
+}
+
+/// A running WebSocket emulator. Dropping it does not stop it; call [`EmulatorServer::shutdown`].
+pub struct EmulatorServer {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl EmulatorServer {
+    /// Binds `addr` (port 0 picks a free port) and starts accepting connections.
+    ///
+    /// # Errors
+    /// The bind error.
+    pub async fn bind(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let config = Arc::new(config);
+        tasks.spawn(accept_loop(listener, config, cancel.clone(), tasks.clone()));
+        info!(%addr, "flux emulator listening");
+        Ok(Self {
+            addr,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL to give a Flux client (`ws://ADDR`).
+    pub fn base_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Stops accepting, closes every connection, and waits for all of them.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<EmulatorConfig>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let config = config.clone();
+                let cancel = cancel.child_token();
+                tasks.spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    serve_socket(stream, peer, config, cancel).await;
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_socket(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    config: Arc<EmulatorConfig>,
+    cancel: CancellationToken,
+) {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut admitted = None;
+    let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let target = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let request_id_value = HeaderValue::from_str(&request_id).expect("uuid is a valid header");
+        match admit(
+            target,
+            header("authorization"),
+            header("sec-websocket-protocol"),
+            &config,
+            &request_id,
+        ) {
+            Ok(admission) => {
+                response
+                    .headers_mut()
+                    .insert("dg-request-id", request_id_value);
+                if let Some(p) = &admission.subprotocol
+                    && let Ok(v) = HeaderValue::from_str(p)
+                {
+                    response.headers_mut().insert("sec-websocket-protocol", v);
+                }
+                admitted = Some(admission.options);
+                Ok(response)
+            }
+            Err(rejection) => {
+                let mut error = ErrorResponse::new(Some(rejection.body));
+                *error.status_mut() =
+                    StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::BAD_REQUEST);
+                error
+                    .headers_mut()
+                    .insert("dg-request-id", request_id_value);
+                if let Ok(v) = HeaderValue::from_str(&rejection.dg_error) {
+                    error.headers_mut().insert("dg-error", v);
+                }
+                error
+                    .headers_mut()
+                    .insert("content-type", HeaderValue::from_static("application/json"));
+                Err(error)
+            }
+        }
+    };
+    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            debug!(%peer, error = %e, "handshake refused or failed");
+            return;
+        }
+    };
+    let Some(options) = admitted else { return };
+    let span = info_span!("emulator", request_id = %request_id, %peer);
+    let session = EmulatorSession::new(options, config.scenario.clone(), request_id);
+    run_connection(
+        websocket_connection(ws, None),
+        session,
+        config.idle_timeout,
+        cancel,
+    )
+    .instrument(span)
+    .await;
+}
+
+/// The emulator as an in-memory [`Connector`]: each `connect` starts a session task over
+/// channels. Runs on tokio's paused clock; used by `simulate --clock virtual` and tests.
+#[derive(Clone)]
+pub struct MemoryEmulator {
+    config: Arc<EmulatorConfig>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl MemoryEmulator {
+    /// An in-memory emulator with `config`.
+    pub fn new(config: EmulatorConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Closes every connection and waits for the session tasks.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+#[async_trait]
+impl Connector for MemoryEmulator {
+    async fn connect(&self, request: &ConnectRequest) -> Result<Connection, ConnectError> {
+        let target = request
+            .url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+            .unwrap_or("/");
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let authorization = request
+            .api_key
+            .as_ref()
+            .map(|k| format!("Token {}", k.expose()));
+        let admission = admit(
+            target,
+            authorization.as_deref(),
+            None,
+            &self.config,
+            &request_id,
+        )
+        .map_err(|r| ConnectError::Handshake {
+            status: r.status,
+            dg_error: Some(r.dg_error),
+            body: r.body,
+            request_id: Some(request_id.clone()),
+        })?;
+        let (client, server) = channel_pair(64, Some(request_id.clone()));
+        let session = EmulatorSession::new(
+            admission.options,
+            self.config.scenario.clone(),
+            request_id.clone(),
+        );
+        let span = info_span!("emulator", request_id = %request_id);
+        self.tasks.spawn(
+            run_connection(
+                server,
+                session,
+                self.config.idle_timeout,
+                self.cancel.child_token(),
+            )
+            .instrument(span),
+        );
+        Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(key: Option<&str>) -> EmulatorConfig {
+        let mut c = EmulatorConfig::new(Arc::new(Scenario::demo()));
+        c.api_key = key.map(ApiKey::new);
+        c
+    }
+
+    const OK: &str = "/v2/listen?model=flux-general-en&encoding=linear16&sample_rate=16000";
+
+    #[test]
+    fn admission_rules() {
+        let c = config(None);
+        assert!(admit(OK, None, None, &c, "r").is_ok());
+        let e = admit("/v1/listen?model=nova-3", None, None, &c, "r").unwrap_err();
+        assert_eq!(e.status, 404);
+        let e = admit(
+            "/v2/listen?model=nova-3&encoding=linear16&sample_rate=16000",
+            None,
+            None,
+            &c,
+            "r",
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.dg_error.contains("flux-general-en or flux-general-multi"));
+        let body: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+        assert_eq!(body["request_id"], "r");
+        let e = admit(
+            "/v2/listen?model=flux-general-en&encoding=opus&sample_rate=16000",
+            None,
+            None,
+            &c,
+            "r",
+        )
+        .unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.dg_error.contains("opus"));
+    }
+
+    #[test]
+    fn authentication_by_header_or_subprotocol() {
+        let c = config(Some("secret"));
+        assert_eq!(admit(OK, None, None, &c, "r").unwrap_err().status, 401);
+        assert_eq!(
+            admit(OK, Some("Token wrong"), None, &c, "r")
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert_eq!(
+            admit(OK, Some("Bearer secret"), None, &c, "r")
+                .unwrap_err()
+                .status,
+            401
+        );
+        assert!(admit(OK, Some("Token secret"), None, &c, "r").is_ok());
+        let a = admit(OK, None, Some("token, secret"), &c, "r").unwrap();
+        assert_eq!(a.subprotocol.as_deref(), Some("token"));
+        let e = admit(OK, Some("Token wrong"), None, &c, "r").unwrap_err();
+        assert!(!e.body.contains("secret") && !e.dg_error.contains("wrong"));
+    }
+}
