@@ -274,6 +274,7 @@ async fn accept_loop(
     }
 }
 
+#[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
 async fn serve_socket(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,

@@ -403,9 +403,12 @@ impl EmulatorSession {
             TurnEvent::TurnResumed
         } else if !speaking && silence + 1e-9 >= timeout {
             return self.end_turn(t, TurnTrigger::Timeout);
-        } else if !speaking && eot < 1.0 && confidence >= eot && self.state == State::AwaitingEnd {
-            return self.end_turn(t, TurnTrigger::Model);
-        } else if !speaking && eot < 1.0 && confidence >= eot && eager.is_none() {
+        } else if !speaking
+            && eot < 1.0
+            && confidence >= eot
+            && (self.state == State::AwaitingEnd || eager.is_none())
+        {
+            // In eager mode a model-driven end always follows an EagerEndOfTurn.
             return self.end_turn(t, TurnTrigger::Model);
         } else if !speaking
             && self.state == State::Ongoing

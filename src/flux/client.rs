@@ -402,8 +402,10 @@ impl FluxHandle {
     }
 
     /// Ends the session: sends the last partial frame, then `ForceEndTurn` and waits for the
-    /// `EndOfTurn` if a turn is open (so its transcript is not lost), then `CloseStream` and
-    /// waits for the server to close; each wait is bounded by `close_timeout`. Then stops and
+    /// `EndOfTurn` (or the server's "no active turn" warning), so the transcript of an open turn
+    /// is not lost, then `CloseStream` and waits for the server to close; each wait is bounded
+    /// by `close_timeout`. Self-hosted deployments without `ForceEndTurn` answer with an error,
+    /// which ends the close early. Then stops and
     /// awaits every task. The event stream ends after the last event.
     ///
     /// # Errors
@@ -837,22 +839,14 @@ impl Supervisor {
         if let Some(rest) = self.chunker.flush() {
             self.send_audio_frame(rest, Instant::now()).await;
         }
-        let deadline = Instant::now() + self.config.close_timeout;
-        if self.tracker.turn_open() {
-            self.write(WireFrame::Text(ClientMessage::ForceEndTurn.to_json()))
-                .await;
-            self.phase = Phase::ClosingAwaitEnd {
-                deadline,
-                reply: Some(reply),
-            };
-        } else {
-            self.write(WireFrame::Text(ClientMessage::CloseStream.to_json()))
-                .await;
-            self.phase = Phase::ClosingAwaitServer {
-                deadline,
-                reply: Some(reply),
-            };
-        }
+        // ForceEndTurn goes out even when we think no turn is open: the server may not have
+        // reported a turn for the audio just sent. It answers with EndOfTurn or a Warning.
+        self.write(WireFrame::Text(ClientMessage::ForceEndTurn.to_json()))
+            .await;
+        self.phase = Phase::ClosingAwaitEnd {
+            deadline: Instant::now() + self.config.close_timeout,
+            reply: Some(reply),
+        };
         Flow::Continue
     }
 
@@ -930,9 +924,21 @@ impl Supervisor {
                     .await;
                 self.send_pending_configure().await;
             }
+            ServerMessage::Warning(w)
+                if w.code == "FORCE_END_TURN_NO_ACTIVE_TURN"
+                    && matches!(self.phase, Phase::ClosingAwaitEnd { .. }) =>
+            {
+                self.after_end_of_turn_while_closing().await;
+            }
             ServerMessage::Warning(w) => {
                 warn!(code = %w.code, description = %w.description, "flux warning");
                 self.emit(received_at, FluxEventKind::Warning(w)).await;
+            }
+            ServerMessage::Error(e)
+                if !matches!(self.phase, Phase::Running | Phase::Reconnecting { .. }) =>
+            {
+                debug!(code = %e.code, "server error while closing");
+                return Flow::Stop;
             }
             ServerMessage::Error(e) => {
                 warn!(code = %e.code, description = %e.description, "flux fatal error");

@@ -575,15 +575,18 @@ impl ClientMessage {
         match self {
             ClientMessage::CloseStream => r#"{"type":"CloseStream"}"#.to_owned(),
             ClientMessage::ForceEndTurn => r#"{"type":"ForceEndTurn"}"#.to_owned(),
-            ClientMessage::Configure(c) => {
-                let mut value = serde_json::to_value(c).expect("configure always serializes");
-                if let Value::Object(map) = &mut value {
-                    let mut out = serde_json::Map::new();
-                    out.insert("type".into(), Value::from("Configure"));
-                    out.append(map);
-                    value = Value::Object(out);
+            ClientMessage::Configure(body) => {
+                #[derive(Serialize)]
+                struct Tagged<'a> {
+                    r#type: &'static str,
+                    #[serde(flatten)]
+                    body: &'a Configure,
                 }
-                value.to_string()
+                serde_json::to_string(&Tagged {
+                    r#type: "Configure",
+                    body,
+                })
+                .expect("configure always serializes")
             }
         }
     }

@@ -1,0 +1,777 @@
+//! The Flux client against servers on loopback sockets (port 0) and in memory.
+//!
+//! Timing-dependent behaviour (pings, silence injection, silent-server detection, reconnect
+//! backoff) runs over the in-memory transport on tokio's paused clock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use turnflow::audio::encode;
+use turnflow::emulator::{EmulatorConfig, EmulatorServer, MemoryEmulator};
+use turnflow::flux::client::FluxEventKind;
+use turnflow::flux::messages::Thresholds;
+use turnflow::flux::transport::{
+    ConnectError, ConnectRequest, Connection, WireFrame, channel_pair,
+};
+use turnflow::flux::{
+    ApiKey, Configure, Connector, Encoding, FluxConfig, FluxError, FluxEvents, ListenOptions,
+    TurnEvent, TurnTrigger, WebSocketConnector, connect,
+};
+use turnflow::scenario::Scenario;
+
+const SPEECH: i16 = 6000;
+
+fn scenario(json: &str) -> Arc<Scenario> {
+    Arc::new(Scenario::parse(json, "test").unwrap())
+}
+
+fn eager_options() -> ListenOptions {
+    ListenOptions {
+        eager_eot_threshold: Some(0.5),
+        ..ListenOptions::default()
+    }
+}
+
+fn config(base_url: &str, options: ListenOptions) -> FluxConfig {
+    let mut c = FluxConfig::new(options).with_base_url(base_url);
+    c.api_key = None;
+    c
+}
+
+fn pcm(seconds: f64, level: i16) -> Bytes {
+    let n = (seconds * 16000.0).round() as usize;
+    Bytes::from(encode(Encoding::Linear16, &vec![level; n]))
+}
+
+/// Collects turn events (not Updates) as "Event@end" strings until the stream ends.
+async fn turn_events(events: &mut FluxEvents) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(e) = events.recv().await {
+        if let FluxEventKind::Turn(t) = e.unwrap().kind
+            && t.info.event != TurnEvent::Update
+        {
+            out.push(format!("{}@{:.2}", t.info.event, t.info.audio_window_end));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn demo_conversation_over_a_real_socket() {
+    let server = EmulatorServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        EmulatorConfig::new(scenario(
+            r#"{"name":"x","turns":[{"start":{"at_ms":500},"phrases":[{"text":"one two three","eot_confidence":0.9,"ramp_ms":1000}]}]}"#,
+        )),
+    )
+    .await
+    .unwrap();
+    let (handle, mut events) = connect(
+        config(&server.base_url(), eager_options()),
+        Arc::new(WebSocketConnector),
+    )
+    .await
+    .unwrap();
+    assert_eq!(handle.request_id().len(), 36, "a uuid");
+    // Send 3 s of audio in odd-sized pieces; the client re-cuts them into 80 ms frames.
+    let audio = pcm(3.0, 0);
+    for piece in audio.chunks(1234) {
+        handle
+            .send_audio(Bytes::copy_from_slice(piece))
+            .await
+            .unwrap();
+    }
+    let collector = tokio::spawn(async move { turn_events(&mut events).await });
+    handle.close().await.unwrap();
+    let seen = collector.await.unwrap();
+    // Words end at 0.875, 1.25, 1.625; confidence 0.5 at +0.55 s, 0.7 at +0.77 s.
+    assert_eq!(
+        seen,
+        vec!["StartOfTurn@0.96", "EagerEndOfTurn@2.40", "EndOfTurn@2.64"]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_event_of_an_eager_miss_with_timings() {
+    let emulator = MemoryEmulator::new(EmulatorConfig::new(Arc::new(
+        Scenario::load(std::path::Path::new("scenarios/eager_miss.json")).unwrap(),
+    )));
+    let (handle, mut events) = connect(
+        config("ws://emulator", eager_options()),
+        Arc::new(emulator.clone()),
+    )
+    .await
+    .unwrap();
+    let Some(Ok(first)) = events.recv().await else {
+        panic!()
+    };
+    assert!(matches!(
+        first.kind,
+        FluxEventKind::Connected { attempt: 0, .. }
+    ));
+    handle.send_audio(pcm(6.0, 0)).await.unwrap();
+    let collector = tokio::spawn(async move {
+        let mut turns = Vec::new();
+        while let Some(e) = events.recv().await {
+            if let FluxEventKind::Turn(t) = e.unwrap().kind {
+                turns.push(t);
+            }
+        }
+        turns
+    });
+    handle.close().await.unwrap();
+    let turns = collector.await.unwrap();
+    let states: Vec<_> = turns
+        .iter()
+        .filter(|t| t.info.event != TurnEvent::Update)
+        .map(|t| (t.info.event.clone(), t.info.transcript.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (TurnEvent::StartOfTurn, "I'd".to_owned()),
+            (
+                TurnEvent::EagerEndOfTurn,
+                "I'd like to change my flight".to_owned()
+            ),
+            (
+                TurnEvent::TurnResumed,
+                "I'd like to change my flight to".to_owned()
+            ),
+            (
+                TurnEvent::EagerEndOfTurn,
+                "I'd like to change my flight to Friday morning.".to_owned()
+            ),
+            (
+                TurnEvent::EndOfTurn,
+                "I'd like to change my flight to Friday morning.".to_owned()
+            ),
+        ]
+    );
+    let end = turns
+        .iter()
+        .find(|t| t.info.event == TurnEvent::EndOfTurn)
+        .unwrap();
+    assert_eq!(end.info.trigger, Some(TurnTrigger::Model));
+    assert!(end.audio_sent_at.is_some());
+    assert_eq!(end.word_end_sent_at.len(), end.info.words.len());
+    assert!(end.speech_end_sent_at().unwrap() <= end.audio_sent_at.unwrap());
+    // Every 240 ms of audio produced exactly one TurnInfo.
+    assert_eq!(turns.len(), 25);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_options_fail_before_any_io() {
+    struct Unreachable;
+    #[async_trait]
+    impl Connector for Unreachable {
+        async fn connect(&self, _: &ConnectRequest) -> Result<Connection, ConnectError> {
+            panic!("invalid options reached the network");
+        }
+    }
+    let options = ListenOptions {
+        eager_eot_threshold: Some(0.8),
+        eot_threshold: Some(0.6),
+        ..ListenOptions::default()
+    };
+    let Err(e) = connect(config("ws://x", options), Arc::new(Unreachable)).await else {
+        panic!("expected an error")
+    };
+    assert!(
+        matches!(e, FluxError::InvalidOptions(ref o) if o.parameter == "eager_eot_threshold"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn handshake_400_and_401_from_the_emulator() {
+    let mut c = EmulatorConfig::new(Arc::new(Scenario::demo()));
+    c.api_key = Some(ApiKey::new("sekrit"));
+    let server = EmulatorServer::bind("127.0.0.1:0".parse().unwrap(), c)
+        .await
+        .unwrap();
+    let Err(e) = connect(
+        config(&server.base_url(), ListenOptions::default()),
+        Arc::new(WebSocketConnector),
+    )
+    .await
+    else {
+        panic!()
+    };
+    let FluxError::Connect(ConnectError::Handshake {
+        status, request_id, ..
+    }) = &e
+    else {
+        panic!("{e}")
+    };
+    assert_eq!(*status, 401);
+    assert!(request_id.is_some(), "dg-request-id on rejections too");
+
+    let ok =
+        config(&server.base_url(), ListenOptions::default()).with_api_key(ApiKey::new("sekrit"));
+    let (handle, _events) = connect(ok, Arc::new(WebSocketConnector)).await.unwrap();
+    handle.close().await.unwrap();
+
+    // The client validates locally, so reach the server's 400 through a raw URL.
+    let request = ConnectRequest {
+        url: format!(
+            "{}/v2/listen?model=nova-3&encoding=linear16&sample_rate=16000",
+            server.base_url()
+        ),
+        api_key: Some(ApiKey::new("sekrit")),
+    };
+    let Err(e) = WebSocketConnector.connect(&request).await else {
+        panic!()
+    };
+    let ConnectError::Handshake {
+        status,
+        dg_error,
+        body,
+        ..
+    } = e
+    else {
+        panic!()
+    };
+    assert_eq!(status, 400);
+    assert!(
+        dg_error
+            .unwrap()
+            .contains("flux-general-en or flux-general-multi")
+    );
+    assert!(body.contains("err_msg"));
+    server.shutdown().await;
+}
+
+/// A raw HTTP server answering every upgrade with `status` and Deepgram's error headers.
+async fn refusing_server(status: u16, reason: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let body = format!(r#"{{"err_code":"E","err_msg":"{reason}","request_id":"rid-1"}}"#);
+            let response = format!(
+                "HTTP/1.1 {status} X\r\ndg-request-id: rid-1\r\ndg-error: {reason}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    format!("ws://{addr}")
+}
+
+#[tokio::test]
+async fn handshake_403_and_429_carry_status_error_and_request_id() {
+    for (status, reason, retryable) in [
+        (
+            403,
+            "Project does not have access to the requested model",
+            false,
+        ),
+        (429, "Too many concurrent requests", true),
+    ] {
+        let url = refusing_server(status, reason).await;
+        let Err(FluxError::Connect(e)) = connect(
+            config(&url, ListenOptions::default()),
+            Arc::new(WebSocketConnector),
+        )
+        .await
+        else {
+            panic!("expected a connect error")
+        };
+        assert_eq!(e.is_retryable(), retryable);
+        assert_eq!(
+            e.to_string(),
+            format!("handshake rejected with http {status}: {reason} (dg-request-id rid-1)")
+        );
+    }
+}
+
+/// A connector handing the server end of each in-memory connection to the test.
+struct ScriptedServer {
+    ends: mpsc::UnboundedSender<(String, Connection)>,
+}
+
+#[async_trait]
+impl Connector for ScriptedServer {
+    async fn connect(&self, request: &ConnectRequest) -> Result<Connection, ConnectError> {
+        let (client, server) = channel_pair(256, None);
+        self.ends
+            .send((request.url.clone(), server))
+            .map_err(|_| ConnectError::Io("test server gone".into()))?;
+        Ok(client)
+    }
+}
+
+fn scripted() -> (
+    Arc<ScriptedServer>,
+    mpsc::UnboundedReceiver<(String, Connection)>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(ScriptedServer { ends: tx }), rx)
+}
+
+async fn send_json(server: &mut Connection, text: String) {
+    server.sink.send(WireFrame::Text(text)).await.unwrap();
+}
+
+fn turn_info(event: &str, index: u64, end: f64, transcript: &str, seq: u64) -> String {
+    let trigger = if event == "EndOfTurn" {
+        r#","trigger":"model""#
+    } else {
+        ""
+    };
+    let words = transcript
+        .split_whitespace()
+        .map(|w| {
+            format!(
+                r#"{{"word":"{w}","confidence":0.9,"start":{:.2},"end":{end}}}"#,
+                end - 0.1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        r#"{{"type":"TurnInfo","request_id":"r","sequence_id":{seq},"event":"{event}","turn_index":{index},"audio_window_start":0,"audio_window_end":{end},"transcript":"{transcript}","words":[{words}],"end_of_turn_confidence":0.5{trigger}}}"#
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn connected_wait_times_out() {
+    let (connector, mut ends) = scripted();
+    let mut c = config("ws://x", ListenOptions::default());
+    c.connected_timeout = Duration::from_secs(2);
+    let attempt = tokio::spawn(connect(c, connector));
+    let _server = ends.recv().await.unwrap();
+    let Err(e) = attempt.await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(e, FluxError::ConnectedTimeout(d) if d == Duration::from_secs(2)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_and_malformed_messages_are_tolerated_and_error_is_fatal() {
+    let (connector, mut ends) = scripted();
+    let attempt = tokio::spawn(connect(
+        config("ws://x", ListenOptions::default()),
+        connector,
+    ));
+    let (_, mut server) = ends.recv().await.unwrap();
+    send_json(
+        &mut server,
+        r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
+    )
+    .await;
+    let (handle, mut events) = attempt.await.unwrap().unwrap();
+    events.recv().await.unwrap().unwrap();
+    send_json(
+        &mut server,
+        r#"{"type":"SpeakerDiarization","speaker":2}"#.into(),
+    )
+    .await;
+    send_json(&mut server, "{broken".into()).await;
+    send_json(
+        &mut server,
+        r#"{"type":"TurnInfo","request_id":"r"}"#.into(),
+    )
+    .await;
+    send_json(
+        &mut server,
+        r#"{"type":"Warning","request_id":"r","sequence_id":4,"code":"W1","description":"careful"}"#.into(),
+    )
+    .await;
+    send_json(
+        &mut server,
+        r#"{"type":"ConfigureFailure","request_id":"r","sequence_id":5,"code":"INVALID","description":"nope"}"#.into(),
+    )
+    .await;
+    send_json(
+        &mut server,
+        r#"{"type":"Error","sequence_id":6,"code":"INTERNAL_SERVER_ERROR","description":"boom"}"#
+            .into(),
+    )
+    .await;
+    let unknown = events.recv().await.unwrap().unwrap();
+    assert!(matches!(unknown.kind, FluxEventKind::Unknown(ref v) if v["speaker"] == 2));
+    let warning = events.recv().await.unwrap().unwrap();
+    assert!(matches!(warning.kind, FluxEventKind::Warning(ref w) if w.code == "W1"));
+    let rejected = events.recv().await.unwrap().unwrap();
+    assert!(
+        matches!(rejected.kind, FluxEventKind::ConfigureRejected(ref f) if f.code.as_deref() == Some("INVALID"))
+    );
+    let fatal = events.recv().await.unwrap();
+    assert!(matches!(fatal, Err(FluxError::Server(ref e)) if e.code == "INTERNAL_SERVER_ERROR"));
+    assert!(
+        events.recv().await.is_none(),
+        "the stream ends after a fatal error"
+    );
+    assert_eq!(handle.stats().malformed_messages.load(Ordering::Relaxed), 2);
+    assert!(matches!(
+        handle.send_audio(pcm(0.1, 0)).await,
+        Err(FluxError::Closed)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn audio_is_cut_into_80_ms_frames_and_idle_sockets_are_pinged() {
+    let (connector, mut ends) = scripted();
+    let attempt = tokio::spawn(connect(
+        config("ws://x", ListenOptions::default()),
+        connector,
+    ));
+    let (url, mut server) = ends.recv().await.unwrap();
+    assert!(url.starts_with("ws://x/v2/listen?model=flux-general-en"));
+    send_json(
+        &mut server,
+        r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
+    )
+    .await;
+    let (handle, _events) = attempt.await.unwrap().unwrap();
+    for piece in pcm(0.5, 100).chunks(999) {
+        handle
+            .send_audio(Bytes::copy_from_slice(piece))
+            .await
+            .unwrap();
+    }
+    let mut sizes = Vec::new();
+    for _ in 0..6 {
+        match server.stream.next().await.unwrap().unwrap() {
+            WireFrame::Binary(b) => sizes.push(b.len()),
+            other => panic!("expected audio, got {other:?}"),
+        }
+    }
+    assert_eq!(sizes, vec![2560; 6], "80 ms of 16 kHz linear16");
+    // No audio for a while: pings every 5 s, nothing else.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let mut pings = 0;
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_millis(1), server.stream.next()).await
+    {
+        assert!(matches!(frame, WireFrame::Ping(_)), "{frame:?}");
+        pings += 1;
+    }
+    assert_eq!(pings, 2);
+    assert_eq!(handle.stats().pings_sent.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn configure_keeps_one_in_flight_and_coalesces_the_rest() {
+    let (connector, mut ends) = scripted();
+    let attempt = tokio::spawn(connect(config("ws://x", eager_options()), connector));
+    let (_, mut server) = ends.recv().await.unwrap();
+    send_json(
+        &mut server,
+        r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
+    )
+    .await;
+    let (handle, mut events) = attempt.await.unwrap().unwrap();
+    events.recv().await.unwrap().unwrap();
+    let eot = |v: f64| Configure {
+        thresholds: Some(Thresholds {
+            eot_threshold: Some(v),
+            ..Thresholds::default()
+        }),
+        ..Configure::default()
+    };
+    handle.configure(eot(0.8)).await.unwrap();
+    handle.configure(eot(0.85)).await.unwrap();
+    handle
+        .configure(Configure {
+            keyterms: Some(vec!["Acme".into()]),
+            ..Configure::default()
+        })
+        .await
+        .unwrap();
+    let bad = handle.configure(eot(0.45)).await.unwrap_err();
+    assert!(
+        matches!(bad, FluxError::InvalidOptions(ref o) if o.parameter == "eot_threshold"),
+        "{bad}"
+    );
+    let WireFrame::Text(first) = server.stream.next().await.unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        first,
+        r#"{"type":"Configure","thresholds":{"eot_threshold":0.8}}"#
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), server.stream.next())
+            .await
+            .is_err(),
+        "nothing more until the first is acknowledged"
+    );
+    send_json(
+        &mut server,
+        r#"{"type":"ConfigureSuccess","request_id":"r","sequence_id":1,"thresholds":{"eager_eot_threshold":0.5,"eot_threshold":0.8,"eot_timeout_ms":5000},"keyterms":[]}"#.into(),
+    )
+    .await;
+    let WireFrame::Text(second) = server.stream.next().await.unwrap().unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        second,
+        r#"{"type":"Configure","thresholds":{"eot_threshold":0.85},"keyterms":["Acme"]}"#
+    );
+    let applied = events.recv().await.unwrap().unwrap();
+    assert!(
+        matches!(applied.kind, FluxEventKind::ConfigureApplied(ref s) if s.thresholds.eot_threshold == Some(0.8))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn silence_is_injected_while_a_turn_is_open_and_the_source_stalls() {
+    let emulator = MemoryEmulator::new(EmulatorConfig::new(scenario(
+        r#"{"name":"s","turns":[{"start":{"at_ms":0},"phrases":[{"text":"hello there","eot_confidence":0.9,"ramp_ms":400}]}]}"#,
+    )));
+    let (handle, mut events) = connect(
+        config("ws://e", ListenOptions::default()),
+        Arc::new(emulator.clone()),
+    )
+    .await
+    .unwrap();
+    // 0.8 s of audio: the turn starts (words end at 0.375 and 0.75) and then the source stalls.
+    handle.send_audio(pcm(0.8, 0)).await.unwrap();
+    let mut ended = None;
+    while let Some(e) = events.recv().await {
+        if let FluxEventKind::Turn(t) = e.unwrap().kind
+            && t.info.event == TurnEvent::EndOfTurn
+        {
+            ended = Some(t);
+            break;
+        }
+    }
+    let ended = ended.expect("the turn ends on injected silence");
+    assert_eq!(ended.info.transcript, "hello there");
+    assert!(handle.stats().silence_frames.load(Ordering::Relaxed) >= 3);
+    handle.close().await.unwrap();
+    emulator.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_socket_mid_turn_reconnects_replays_and_keeps_the_timeline() {
+    let (connector, mut ends) = scripted();
+    let attempt = tokio::spawn(connect(config("ws://x", eager_options()), connector));
+    let (_, mut first) = ends.recv().await.unwrap();
+    send_json(
+        &mut first,
+        r#"{"type":"Connected","request_id":"r1","sequence_id":0}"#.into(),
+    )
+    .await;
+    let (handle, mut events) = attempt.await.unwrap().unwrap();
+    events.recv().await.unwrap().unwrap();
+    // 1 s of audio, then turn 0 ends at 0.48; turn 1 starts at 0.96.
+    handle.send_audio(pcm(1.0, SPEECH)).await.unwrap();
+    for _ in 0..12 {
+        first.stream.next().await.unwrap().unwrap();
+    }
+    send_json(&mut first, turn_info("StartOfTurn", 0, 0.24, "hi", 1)).await;
+    send_json(&mut first, turn_info("EndOfTurn", 0, 0.48, "hi", 2)).await;
+    send_json(&mut first, turn_info("StartOfTurn", 1, 0.96, "book a", 3)).await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        if let FluxEventKind::Turn(t) = events.recv().await.unwrap().unwrap().kind {
+            seen.push(t);
+        }
+    }
+    drop(first);
+    let reconnecting = events.recv().await.unwrap().unwrap();
+    assert!(matches!(
+        reconnecting.kind,
+        FluxEventKind::Reconnecting { .. }
+    ));
+    let (url, mut second) = ends.recv().await.unwrap();
+    assert!(
+        url.contains("eager_eot_threshold=0.5"),
+        "configuration re-applied in the url: {url}"
+    );
+    send_json(
+        &mut second,
+        r#"{"type":"Connected","request_id":"r2","sequence_id":0}"#.into(),
+    )
+    .await;
+    let connected = events.recv().await.unwrap().unwrap();
+    assert!(
+        matches!(connected.kind, FluxEventKind::Connected { attempt: 1, ref request_id } if request_id == "r2")
+    );
+    // The audio since the last EndOfTurn (0.48 s .. 0.96 s, six whole frames) is replayed.
+    let mut replayed = 0;
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(Duration::from_millis(1), second.stream.next()).await
+    {
+        let WireFrame::Binary(b) = frame else {
+            panic!("{frame:?}")
+        };
+        replayed += b.len() / 2;
+    }
+    assert_eq!(replayed, 7680, "0.48 s of audio at 16 kHz");
+    // The new connection's clock starts at session time 0.48; its turn 0 is our turn 1.
+    send_json(&mut second, turn_info("StartOfTurn", 0, 0.24, "book", 1)).await;
+    send_json(&mut second, turn_info("Update", 0, 0.48, "book a", 2)).await;
+    send_json(&mut second, turn_info("Update", 0, 0.72, "book a table", 3)).await;
+    send_json(
+        &mut second,
+        turn_info("EndOfTurn", 0, 0.96, "book a table", 4),
+    )
+    .await;
+    let mut after = Vec::new();
+    while after.len() < 2 {
+        if let FluxEventKind::Turn(t) = events.recv().await.unwrap().unwrap().kind {
+            after.push(t);
+        }
+    }
+    assert_eq!(
+        after[0].info.event,
+        TurnEvent::Update,
+        "replayed StartOfTurn hidden, first new Update shown"
+    );
+    assert!((after[0].info.audio_window_end - 1.2).abs() < 1e-9);
+    assert_eq!(after[0].info.turn_index, 1);
+    assert_eq!(after[1].info.event, TurnEvent::EndOfTurn);
+    assert_eq!(
+        after[1].info.transcript, "book a table",
+        "the whole turn, not the fragment"
+    );
+    assert!((after[1].info.audio_window_end - 1.44).abs() < 1e-9);
+    assert_eq!(handle.stats().reconnects.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_is_treated_as_dropped() {
+    let (connector, mut ends) = scripted();
+    let mut c = config("ws://x", ListenOptions::default());
+    c.silent_server_timeout = Duration::from_secs(3);
+    let attempt = tokio::spawn(connect(c, connector));
+    let (_, mut first) = ends.recv().await.unwrap();
+    send_json(
+        &mut first,
+        r#"{"type":"Connected","request_id":"r1","sequence_id":0}"#.into(),
+    )
+    .await;
+    let (handle, mut events) = attempt.await.unwrap().unwrap();
+    events.recv().await.unwrap().unwrap();
+    let feeder = tokio::spawn(async move {
+        for _ in 0..50 {
+            if handle.send_audio(pcm(0.1, 0)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        handle
+    });
+    let drain = tokio::spawn(async move { while first.stream.next().await.is_some() {} });
+    let reconnecting = events.recv().await.unwrap().unwrap();
+    let FluxEventKind::Reconnecting { reason } = reconnecting.kind else {
+        panic!()
+    };
+    assert!(reason.contains("no message from the server"), "{reason}");
+    assert!(ends.recv().await.is_some(), "a new connection is attempted");
+    drop(feeder);
+    drain.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnects_give_up_after_the_policy_and_say_why() {
+    struct Refusing;
+    #[async_trait]
+    impl Connector for Refusing {
+        async fn connect(&self, _: &ConnectRequest) -> Result<Connection, ConnectError> {
+            Err(ConnectError::Io("connection refused".into()))
+        }
+    }
+    struct OnceThenRefuse {
+        first: std::sync::Mutex<Option<Connection>>,
+    }
+    #[async_trait]
+    impl Connector for OnceThenRefuse {
+        async fn connect(&self, r: &ConnectRequest) -> Result<Connection, ConnectError> {
+            let first = self.first.lock().unwrap().take();
+            match first {
+                Some(c) => Ok(c),
+                None => Refusing.connect(r).await,
+            }
+        }
+    }
+    let (client, mut server) = channel_pair(16, None);
+    send_json(
+        &mut server,
+        r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
+    )
+    .await;
+    let connector = Arc::new(OnceThenRefuse {
+        first: std::sync::Mutex::new(Some(client)),
+    });
+    let (_handle, mut events) = connect(config("ws://x", ListenOptions::default()), connector)
+        .await
+        .unwrap();
+    events.recv().await.unwrap().unwrap();
+    drop(server);
+    let mut last = None;
+    while let Some(e) = events.recv().await {
+        last = Some(e);
+    }
+    let Some(Err(FluxError::ReconnectFailed {
+        attempts,
+        last_error,
+        ..
+    })) = last
+    else {
+        panic!("{last:?}")
+    };
+    assert_eq!(attempts, 5);
+    assert!(last_error.contains("connection refused"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_forces_the_open_turn_to_end_then_closes_the_stream() {
+    let emulator = MemoryEmulator::new(EmulatorConfig::new(scenario(
+        r#"{"name":"c","turns":[{"start":{"at_ms":0},"phrases":[{"text":"my number is","eot_confidence":0.2}]}]}"#,
+    )));
+    let (handle, mut events) = connect(
+        config("ws://e", ListenOptions::default()),
+        Arc::new(emulator.clone()),
+    )
+    .await
+    .unwrap();
+    handle.send_audio(pcm(1.3, 0)).await.unwrap();
+    let collector = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while let Some(e) = events.recv().await {
+            if let FluxEventKind::Turn(t) = e.unwrap().kind
+                && t.info.event != TurnEvent::Update
+            {
+                out.push((t.info.event, t.info.trigger, t.info.transcript));
+            }
+        }
+        out
+    });
+    handle.close().await.unwrap();
+    let seen = collector.await.unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            (TurnEvent::StartOfTurn, None, "my".to_owned()),
+            (
+                TurnEvent::EndOfTurn,
+                Some(TurnTrigger::Manual),
+                "my number is".to_owned()
+            ),
+        ],
+        "the transcript of the open turn is not lost on close"
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_key_never_appears_in_debug_output() {
+    let c = FluxConfig::new(ListenOptions::default()).with_api_key(ApiKey::new("dg_live_abc123"));
+    assert!(!format!("{c:?}").contains("dg_live_abc123"));
+}
