@@ -9,11 +9,19 @@
 //! | [`emulator`] | a local Flux server (WebSocket or in-memory) driven by a scenario |
 //! | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies |
 //! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
+//! | [`llm`] | the `LanguageModel` trait, conversation types, the scripted model |
+//! | [`tts`] | the `SpeechSynthesizer` trait and the synthetic voice |
+//! | [`engine`] | turn machine (pure), sentence segmentation, session driver |
+//! | [`text`] | transcript normalization shared by engine and backends |
 //!
 //! Data flows one way: audio in -> [`flux`] client -> engine -> response -> audio out.
 #![warn(missing_docs)]
 
 pub mod audio;
 pub mod emulator;
+pub mod engine;
 pub mod flux;
+pub mod llm;
 pub mod scenario;
+pub mod text;
+pub mod tts;

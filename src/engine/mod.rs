@@ -1,0 +1,4 @@
+//! The orchestrator: turn machine (pure) and session driver (tasks and I/O).
+
+pub mod segment;
+pub mod turn;

@@ -1,0 +1,712 @@
+//! The turn machine: a pure function from (state, input) to actions.
+//!
+//! No tasks, no clocks, no I/O. The session driver feeds it Flux turn events, response
+//! progress and timer expiries, and executes the [`Action`]s it returns. Every decision about
+//! speculation, promotion, barge-in and history lives here, so it can be tested exhaustively.
+//!
+//! Rules:
+//! - `EagerEndOfTurn` starts a speculative response (within the per-turn budget) unless the
+//!   turn may still be a backchannel over the agent's speech.
+//! - `TurnResumed` cancels the speculation.
+//! - `EndOfTurn` promotes the speculation when it was made for the same words (case and
+//!   punctuation ignored); otherwise it is cancelled and a committed response starts. The
+//!   history cannot change under a speculation: speculation waits while a reply that the user
+//!   spoke over is still live, and a cut reply's heard text is committed before anything that
+//!   reads the history runs.
+//! - `StartOfTurn` while a response is live is a barge-in: `Immediate` cancels at once;
+//!   `MinWords(n)` pauses playout, cancels once the turn reaches `n` words, and resumes after a
+//!   backchannel (the turn ends below `n` words) or when no new word arrives within the
+//!   false-interruption timeout.
+//! - History holds user turns that were answered and what the agent was heard to say;
+//!   consecutive user messages (a reply cut before it made a sound) are merged.
+
+use std::time::Duration;
+
+use crate::llm::Message;
+use crate::text::{normalize, word_count};
+
+/// Identifies one response (speculative or committed) within a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ResponseId(pub u64);
+
+impl std::fmt::Display for ResponseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// When a user's speech interrupts the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BargeInPolicy {
+    /// Cut on `StartOfTurn`.
+    Immediate,
+    /// Pause on `StartOfTurn`, cut once the turn has this many words.
+    MinWords(usize),
+}
+
+/// How the machine decides.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// Start replies on `EagerEndOfTurn`.
+    pub speculation: bool,
+    /// Speculations allowed per user turn.
+    pub max_speculations_per_turn: u32,
+    /// Barge-in policy.
+    pub barge_in: BargeInPolicy,
+    /// With `MinWords`, resume when no new word arrives for this long.
+    pub false_interruption_timeout: Duration,
+    /// System prompt placed first in every request.
+    pub system_prompt: Option<String>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            speculation: true,
+            max_speculations_per_turn: 3,
+            barge_in: BargeInPolicy::Immediate,
+            false_interruption_timeout: Duration::from_secs(2),
+            system_prompt: None,
+        }
+    }
+}
+
+/// A Flux turn event as the machine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserEvent {
+    /// The user started speaking.
+    StartOfTurn,
+    /// More words.
+    Update,
+    /// The user may be done.
+    EagerEndOfTurn,
+    /// The user kept talking.
+    TurnResumed,
+    /// The user is done.
+    EndOfTurn,
+}
+
+/// How a response ended, as reported by the driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Played to the end; `spoken` is the whole text spoken.
+    Finished {
+        /// The text the user heard.
+        spoken: String,
+    },
+    /// Cancelled; `heard` is what played before the cut (empty if nothing did).
+    Cancelled {
+        /// The text the user heard.
+        heard: String,
+    },
+    /// A backend failed; `heard` is what played (including any fallback line).
+    Failed {
+        /// The text the user heard.
+        heard: String,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// Everything the machine reacts to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A Flux turn event with the turn's transcript so far.
+    User {
+        /// Which event.
+        event: UserEvent,
+        /// The transcript of the turn so far.
+        transcript: String,
+    },
+    /// The first audio frame of a response was written to the output.
+    AudioStarted(ResponseId),
+    /// A response ended (after finishing, a cancel, or a failure).
+    Ended(ResponseId, Outcome),
+    /// The false-interruption timer of this generation expired.
+    FalseInterruptionTimeout(u64),
+    /// The session is closing.
+    Shutdown,
+}
+
+/// Why a response was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// The user kept talking after `EagerEndOfTurn`.
+    TurnResumed,
+    /// `EndOfTurn` came with different words than the speculation.
+    TranscriptChanged,
+    /// The user interrupted the agent.
+    BargeIn,
+    /// A newer speculation replaced it.
+    Superseded,
+    /// The session closed.
+    Shutdown,
+}
+
+/// Application-facing events.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EngineEvent {
+    /// The user started a turn.
+    UserStarted {
+        /// User turn index.
+        turn: u64,
+        /// Whether the agent was speaking (or about to).
+        over_agent: bool,
+    },
+    /// The user's final transcript of a turn.
+    UserFinished {
+        /// User turn index.
+        turn: u64,
+        /// The transcript.
+        transcript: String,
+    },
+    /// A speculative reply started.
+    Speculating {
+        /// User turn index.
+        turn: u64,
+        /// The response.
+        response: ResponseId,
+        /// The eager transcript it answers.
+        transcript: String,
+    },
+    /// A speculative reply was thrown away.
+    SpeculationCancelled {
+        /// User turn index.
+        turn: u64,
+        /// The response.
+        response: ResponseId,
+        /// Why.
+        reason: CancelReason,
+    },
+    /// A speculative reply became the answer.
+    SpeculationPromoted {
+        /// User turn index.
+        turn: u64,
+        /// The response.
+        response: ResponseId,
+    },
+    /// A committed reply started (no usable speculation).
+    Responding {
+        /// User turn index.
+        turn: u64,
+        /// The response.
+        response: ResponseId,
+    },
+    /// The agent's first audio of a response was written.
+    AgentSpeaking {
+        /// The response.
+        response: ResponseId,
+    },
+    /// Playout paused: the user may be interrupting.
+    AgentPaused {
+        /// The response.
+        response: ResponseId,
+    },
+    /// Playout resumed: it was a backchannel or a false interruption.
+    AgentResumed {
+        /// The response.
+        response: ResponseId,
+    },
+    /// The user interrupted the agent.
+    Interrupted {
+        /// The response.
+        response: ResponseId,
+    },
+    /// A user turn ignored as a backchannel ("uh-huh") over the agent.
+    Backchannel {
+        /// User turn index.
+        turn: u64,
+        /// What the user said.
+        transcript: String,
+    },
+    /// A response ended.
+    ResponseEnded {
+        /// The response.
+        response: ResponseId,
+        /// What the user heard of it.
+        heard: String,
+        /// Whether it was cut.
+        interrupted: bool,
+        /// The failure, if a backend failed.
+        error: Option<String>,
+    },
+}
+
+/// What the driver must do, in order. After executing a [`Action::Cancel`], the driver
+/// reports [`Input::Ended`] for that response before any other input: the heard text must
+/// reach the history before the words of the user who interrupted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a response for `messages`; hold its audio while `speculative`.
+    Start {
+        /// The response.
+        id: ResponseId,
+        /// The request conversation (system prompt, history, the user's words).
+        messages: Vec<Message>,
+        /// Held until promoted.
+        speculative: bool,
+    },
+    /// Open the gate of a speculative response.
+    Promote(ResponseId),
+    /// Cancel a response: stop its LLM and TTS, drop its queued audio, then report
+    /// [`Input::Ended`] with what was heard.
+    Cancel(ResponseId, CancelReason),
+    /// Pause playout of a response.
+    Pause(ResponseId),
+    /// Resume playout of a response.
+    Resume(ResponseId),
+    /// Start (or restart) the false-interruption timer; report its expiry with this generation.
+    StartTimer {
+        /// Generation to report back.
+        generation: u64,
+        /// Delay.
+        after: Duration,
+    },
+    /// Tell the application.
+    Emit(EngineEvent),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserState {
+    Idle,
+    Speaking,
+    AwaitingEnd,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    id: ResponseId,
+    transcript: String,
+    turn: u64,
+}
+
+/// The turn machine.
+#[derive(Debug, Clone)]
+pub struct TurnMachine {
+    config: MachineConfig,
+    user: UserState,
+    turn: u64,
+    started_turns: u64,
+    speculations_in_turn: u32,
+    speculative: Option<Live>,
+    committed: Option<Live>,
+    /// The committed response that was live when the current user turn started.
+    over: Option<ResponseId>,
+    paused: bool,
+    words_seen: usize,
+    timer_generation: u64,
+    history: Vec<Message>,
+    next_id: u64,
+    cancelling: Vec<ResponseId>,
+    /// A cut response whose heard text must reach the history before the user's words.
+    awaiting_cut: Option<ResponseId>,
+    /// Work that depends on the history, waiting for `awaiting_cut` to end.
+    deferred: Option<(UserEvent, String)>,
+}
+
+impl TurnMachine {
+    /// A machine in its initial state.
+    pub fn new(config: MachineConfig) -> Self {
+        Self {
+            config,
+            user: UserState::Idle,
+            turn: 0,
+            started_turns: 0,
+            speculations_in_turn: 0,
+            speculative: None,
+            committed: None,
+            over: None,
+            paused: false,
+            words_seen: 0,
+            timer_generation: 0,
+            history: Vec::new(),
+            next_id: 0,
+            cancelling: Vec::new(),
+            awaiting_cut: None,
+            deferred: None,
+        }
+    }
+
+    /// The conversation so far.
+    pub fn history(&self) -> &[Message] {
+        &self.history
+    }
+
+    /// The current (or last) user turn index.
+    pub fn turn(&self) -> u64 {
+        self.turn
+    }
+
+    /// The response that may be audible now, if any.
+    pub fn audible(&self) -> Option<ResponseId> {
+        self.committed.as_ref().map(|c| c.id)
+    }
+
+    /// The speculative response, if any.
+    pub fn speculative(&self) -> Option<ResponseId> {
+        self.speculative.as_ref().map(|s| s.id)
+    }
+
+    /// Takes one input and returns the actions to execute, in order.
+    pub fn step(&mut self, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::User { event, transcript } => self.on_user(event, transcript, &mut out),
+            Input::AudioStarted(id) => {
+                if self.audible() == Some(id) {
+                    out.push(Action::Emit(EngineEvent::AgentSpeaking { response: id }));
+                }
+            }
+            Input::Ended(id, outcome) => self.on_ended(id, outcome, &mut out),
+            Input::FalseInterruptionTimeout(generation) => {
+                if self.paused && generation == self.timer_generation {
+                    self.resume(&mut out);
+                }
+            }
+            Input::Shutdown => {
+                if let Some(s) = self.speculative.take() {
+                    self.cancel(s.id, CancelReason::Shutdown, &mut out);
+                }
+                if let Some(c) = self.committed.take() {
+                    self.cancel(c.id, CancelReason::Shutdown, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn new_id(&mut self) -> ResponseId {
+        self.next_id += 1;
+        ResponseId(self.next_id)
+    }
+
+    fn cancel(&mut self, id: ResponseId, reason: CancelReason, out: &mut Vec<Action>) {
+        if !self.cancelling.contains(&id) {
+            self.cancelling.push(id);
+            out.push(Action::Cancel(id, reason));
+        }
+    }
+
+    fn resume(&mut self, out: &mut Vec<Action>) {
+        self.paused = false;
+        if let Some(c) = &self.committed {
+            out.push(Action::Resume(c.id));
+            out.push(Action::Emit(EngineEvent::AgentResumed { response: c.id }));
+        }
+    }
+
+    fn min_words(&self) -> Option<usize> {
+        match self.config.barge_in {
+            BargeInPolicy::Immediate => None,
+            BargeInPolicy::MinWords(n) => Some(n),
+        }
+    }
+
+    /// Whether the current user turn is speaking over a live committed response.
+    fn over_live_response(&self) -> bool {
+        self.over.is_some() && self.over == self.audible()
+    }
+
+    fn barge_in(&mut self, out: &mut Vec<Action>) {
+        if let Some(c) = self.committed.take() {
+            self.paused = false;
+            self.awaiting_cut = Some(c.id);
+            out.push(Action::Emit(EngineEvent::Interrupted { response: c.id }));
+            self.cancel(c.id, CancelReason::BargeIn, out);
+        }
+    }
+
+    fn on_user(&mut self, event: UserEvent, transcript: String, out: &mut Vec<Action>) {
+        let words = word_count(&transcript);
+        if self.user == UserState::Idle && event == UserEvent::Update {
+            return;
+        }
+        if event == UserEvent::StartOfTurn || self.user == UserState::Idle {
+            self.start_turn(out);
+        }
+        if self.over_live_response()
+            && let Some(n) = self.min_words()
+        {
+            if words >= n {
+                self.barge_in(out);
+            } else if words > self.words_seen && self.paused && event != UserEvent::StartOfTurn {
+                self.timer_generation += 1;
+                out.push(Action::StartTimer {
+                    generation: self.timer_generation,
+                    after: self.config.false_interruption_timeout,
+                });
+            }
+        }
+        self.words_seen = self.words_seen.max(words);
+        match event {
+            UserEvent::StartOfTurn | UserEvent::Update => {
+                if self.user == UserState::Idle {
+                    self.user = UserState::Speaking;
+                }
+            }
+            UserEvent::EagerEndOfTurn => {
+                self.user = UserState::AwaitingEnd;
+                if self.awaiting_cut.is_some() {
+                    self.deferred = Some((event, transcript));
+                } else {
+                    self.speculate(transcript, out);
+                }
+            }
+            UserEvent::TurnResumed => {
+                self.user = UserState::Speaking;
+                if let Some(s) = self.speculative.take() {
+                    out.push(Action::Emit(EngineEvent::SpeculationCancelled {
+                        turn: s.turn,
+                        response: s.id,
+                        reason: CancelReason::TurnResumed,
+                    }));
+                    self.cancel(s.id, CancelReason::TurnResumed, out);
+                }
+            }
+            UserEvent::EndOfTurn => {
+                self.user = UserState::Idle;
+                if self.awaiting_cut.is_some() && !self.is_backchannel(&transcript) {
+                    self.deferred = Some((event, transcript));
+                } else {
+                    self.end_turn(transcript, out);
+                }
+            }
+        }
+    }
+
+    fn start_turn(&mut self, out: &mut Vec<Action>) {
+        if self.started_turns > 0 {
+            self.turn += 1;
+        }
+        self.started_turns += 1;
+        self.user = UserState::Speaking;
+        self.speculations_in_turn = 0;
+        self.words_seen = 0;
+        if let Some(s) = self.speculative.take() {
+            out.push(Action::Emit(EngineEvent::SpeculationCancelled {
+                turn: s.turn,
+                response: s.id,
+                reason: CancelReason::Superseded,
+            }));
+            self.cancel(s.id, CancelReason::Superseded, out);
+        }
+        self.over = self.audible();
+        out.push(Action::Emit(EngineEvent::UserStarted {
+            turn: self.turn,
+            over_agent: self.over.is_some(),
+        }));
+        if let Some(id) = self.over {
+            match self.config.barge_in {
+                BargeInPolicy::Immediate => self.barge_in(out),
+                BargeInPolicy::MinWords(_) => {
+                    self.paused = true;
+                    self.timer_generation += 1;
+                    out.push(Action::Pause(id));
+                    out.push(Action::Emit(EngineEvent::AgentPaused { response: id }));
+                    out.push(Action::StartTimer {
+                        generation: self.timer_generation,
+                        after: self.config.false_interruption_timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A turn that started over the agent and stayed under the min-words threshold.
+    fn is_backchannel(&self, transcript: &str) -> bool {
+        self.min_words()
+            .is_some_and(|n| self.over.is_some() && word_count(transcript) < n)
+    }
+
+    fn request(&self, transcript: &str) -> Vec<Message> {
+        let mut messages = Vec::with_capacity(self.history.len() + 2);
+        if let Some(prompt) = &self.config.system_prompt {
+            messages.push(Message::System {
+                content: prompt.clone(),
+            });
+        }
+        messages.extend(self.history.iter().cloned());
+        push_user(&mut messages, transcript);
+        messages
+    }
+
+    fn speculate(&mut self, transcript: String, out: &mut Vec<Action>) {
+        if !self.config.speculation || self.over_live_response() || transcript.trim().is_empty() {
+            return;
+        }
+        if let Some(s) = &self.speculative {
+            if normalize(&s.transcript) == normalize(&transcript) {
+                return;
+            }
+            let s = self.speculative.take().expect("checked above");
+            out.push(Action::Emit(EngineEvent::SpeculationCancelled {
+                turn: s.turn,
+                response: s.id,
+                reason: CancelReason::Superseded,
+            }));
+            self.cancel(s.id, CancelReason::Superseded, out);
+        }
+        if self.speculations_in_turn >= self.config.max_speculations_per_turn {
+            return;
+        }
+        self.speculations_in_turn += 1;
+        let id = self.new_id();
+        out.push(Action::Start {
+            id,
+            messages: self.request(&transcript),
+            speculative: true,
+        });
+        out.push(Action::Emit(EngineEvent::Speculating {
+            turn: self.turn,
+            response: id,
+            transcript: transcript.clone(),
+        }));
+        self.speculative = Some(Live {
+            id,
+            transcript,
+            turn: self.turn,
+        });
+    }
+
+    fn end_turn(&mut self, transcript: String, out: &mut Vec<Action>) {
+        if self.is_backchannel(&transcript) {
+            // Started over the agent and stayed short: a backchannel, even if the agent
+            // finished meanwhile. Not answered and not part of the history.
+            out.push(Action::Emit(EngineEvent::Backchannel {
+                turn: self.turn,
+                transcript,
+            }));
+            if self.paused && self.over_live_response() {
+                self.resume(out);
+            }
+            self.over = None;
+            if let Some(s) = self.speculative.take() {
+                self.cancel(s.id, CancelReason::Superseded, out);
+            }
+            return;
+        }
+        if self.over_live_response() {
+            self.barge_in(out);
+            self.deferred = Some((UserEvent::EndOfTurn, transcript));
+            return;
+        }
+        self.over = None;
+        self.paused = false;
+        if transcript.trim().is_empty() {
+            return;
+        }
+        let (reuse, stale) = match self.speculative.take() {
+            Some(s) if normalize(&s.transcript) == normalize(&transcript) => (Some(s), None),
+            other => (None, other),
+        };
+        if let Some(s) = stale {
+            out.push(Action::Emit(EngineEvent::SpeculationCancelled {
+                turn: s.turn,
+                response: s.id,
+                reason: CancelReason::TranscriptChanged,
+            }));
+            self.cancel(s.id, CancelReason::TranscriptChanged, out);
+        }
+        out.push(Action::Emit(EngineEvent::UserFinished {
+            turn: self.turn,
+            transcript: transcript.clone(),
+        }));
+        let messages = self.request(&transcript);
+        self.commit_user(&transcript);
+        match reuse {
+            Some(s) => {
+                out.push(Action::Promote(s.id));
+                out.push(Action::Emit(EngineEvent::SpeculationPromoted {
+                    turn: self.turn,
+                    response: s.id,
+                }));
+                self.committed = Some(s);
+            }
+            None => {
+                let id = self.new_id();
+                out.push(Action::Start {
+                    id,
+                    messages,
+                    speculative: false,
+                });
+                out.push(Action::Emit(EngineEvent::Responding {
+                    turn: self.turn,
+                    response: id,
+                }));
+                self.committed = Some(Live {
+                    id,
+                    transcript,
+                    turn: self.turn,
+                });
+            }
+        }
+    }
+
+    fn commit_user(&mut self, transcript: &str) {
+        push_user(&mut self.history, transcript);
+    }
+
+    fn on_ended(&mut self, id: ResponseId, outcome: Outcome, out: &mut Vec<Action>) {
+        let was_cancelled = if let Some(i) = self.cancelling.iter().position(|c| *c == id) {
+            self.cancelling.swap_remove(i);
+            true
+        } else {
+            false
+        };
+        let was_committed = self.committed.as_ref().is_some_and(|c| c.id == id);
+        let was_speculative = self.speculative.as_ref().is_some_and(|s| s.id == id);
+        if !was_cancelled && !was_committed && !was_speculative {
+            return;
+        }
+        if was_committed {
+            self.committed = None;
+            if self.paused {
+                self.paused = false;
+            }
+        }
+        if was_speculative {
+            // A speculation that failed on its own: EndOfTurn will start a committed reply.
+            self.speculative = None;
+        }
+        let (heard, interrupted, error) = match outcome {
+            Outcome::Finished { spoken } => (spoken, false, None),
+            Outcome::Cancelled { heard } => (heard, true, None),
+            Outcome::Failed { heard, error } => (heard, false, Some(error)),
+        };
+        if !heard.trim().is_empty() {
+            self.history.push(Message::Assistant {
+                content: heard.clone(),
+                interrupted,
+                tool_calls: Vec::new(),
+            });
+        }
+        out.push(Action::Emit(EngineEvent::ResponseEnded {
+            response: id,
+            heard,
+            interrupted,
+            error,
+        }));
+        if self.awaiting_cut == Some(id) {
+            self.awaiting_cut = None;
+            match self.deferred.take() {
+                Some((UserEvent::EagerEndOfTurn, transcript)) => self.speculate(transcript, out),
+                Some((UserEvent::EndOfTurn, transcript)) => self.end_turn(transcript, out),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn push_user(messages: &mut Vec<Message>, transcript: &str) {
+    if let Some(Message::User { content }) = messages.last_mut() {
+        content.push(' ');
+        content.push_str(transcript.trim());
+    } else {
+        messages.push(Message::user(transcript.trim()));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,71 @@
+//! Speech synthesis: the [`SpeechSynthesizer`] trait and the synthetic voice.
+//!
+//! The engine synthesizes one sentence at a time and receives 16-bit mono PCM in chunks, with
+//! word timings when the provider has them (they make the heard history exact to the word).
+//! Dropping a [`SpeechStream`] cancels that synthesis; [`SpeechSynthesizer::clear`] also drops
+//! whatever the provider still buffers (Aura's `Clear`).
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures_util::Stream;
+
+pub mod synthetic;
+
+pub use synthetic::SyntheticTts;
+
+/// A word's position in a sentence's audio, in samples from the sentence start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WordTiming {
+    /// The word as written in the text.
+    pub word: String,
+    /// First sample of the word.
+    pub start: u64,
+    /// One past the last sample of the word.
+    pub end: u64,
+}
+
+/// A piece of synthesized audio.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SpeechChunk {
+    /// 16-bit mono PCM at the synthesizer's sample rate.
+    pub samples: Vec<i16>,
+    /// Timings of words that start in this chunk (sentence-relative sample offsets).
+    pub words: Vec<WordTiming>,
+}
+
+/// Why synthesis failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{provider} synthesis failed: {message}")]
+pub struct TtsError {
+    /// Which backend.
+    pub provider: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Streamed audio of one sentence.
+pub type SpeechStream = Pin<Box<dyn Stream<Item = Result<SpeechChunk, TtsError>> + Send>>;
+
+/// A text-to-speech backend.
+#[async_trait]
+pub trait SpeechSynthesizer: Send + Sync {
+    /// Short name for logs and reports.
+    fn name(&self) -> &str;
+
+    /// Sample rate of the PCM it produces.
+    fn sample_rate(&self) -> u32;
+
+    /// Starts synthesizing `text` (one sentence or clause).
+    ///
+    /// # Errors
+    /// [`TtsError`] when synthesis cannot start; later errors arrive in the stream.
+    ///
+    /// # Cancellation safety
+    /// Dropping the stream (or this future) cancels the synthesis.
+    async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError>;
+
+    /// Drops audio the provider still buffers (barge-in). The default does nothing, for
+    /// providers whose streams stop when dropped.
+    async fn clear(&self) {}
+}
