@@ -13,6 +13,8 @@
 //! | [`tts`] | the `SpeechSynthesizer` trait and the synthetic voice |
 //! | [`engine`] | turn machine (pure), sentence segmentation, session driver |
 //! | [`text`] | transcript normalization shared by engine and backends |
+//! | [`report`] | per-turn metrics and the run summary, computed from the session's event log |
+//! | [`sim`] | the simulated conversation behind `turnflow simulate`: emulator + client + engine + user |
 //!
 //! Data flows one way: audio in -> [`flux`] client -> engine -> response -> audio out.
 #![warn(missing_docs)]
@@ -22,6 +24,8 @@ pub mod emulator;
 pub mod engine;
 pub mod flux;
 pub mod llm;
+pub mod report;
 pub mod scenario;
+pub mod sim;
 pub mod text;
 pub mod tts;

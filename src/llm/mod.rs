@@ -173,3 +173,20 @@ pub trait LanguageModel: Send + Sync {
     /// Dropping the returned stream (or this future) cancels the request.
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError>;
 }
+
+/// Runs the tools a model calls.
+#[async_trait]
+pub trait ToolExecutor: Send + Sync {
+    /// The tools offered to the model, with their effects.
+    fn specs(&self) -> Vec<ToolSpec>;
+
+    /// Runs one call and returns its result text (or an error text the model will see).
+    ///
+    /// # Errors
+    /// A message for the model when the call fails.
+    ///
+    /// # Cancellation safety
+    /// The engine drops this future when the response is cancelled; a side-effecting tool
+    /// should make its effect atomic or idempotent.
+    async fn call(&self, call: &ToolCall) -> Result<String, String>;
+}

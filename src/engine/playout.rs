@@ -1,0 +1,384 @@
+//! Playout: writes response audio to the output in real time, 20 ms at a time, and knows how
+//! much of each sentence was heard.
+//!
+//! One task per session owns the [`AudioSink`]. Commands (audio, pause, resume, clear) are
+//! handled before the next frame is due (`biased` select), so a clear stops the output within
+//! one frame: no frame of a cleared response is written after the clear is received.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::log::{EventLog, LogKind};
+use super::turn::ResponseId;
+use crate::tts::WordTiming;
+
+/// Where agent audio goes: a speaker, a file, a telephony leg.
+pub trait AudioSink: Send {
+    /// Writes one frame of 16-bit mono PCM, now.
+    fn write(&mut self, frame: &[i16]);
+}
+
+/// Commands to the playout task.
+#[derive(Debug)]
+pub enum PlayoutCommand {
+    /// A sentence of a response begins; its audio follows.
+    Sentence {
+        /// The response.
+        id: ResponseId,
+        /// The sentence text.
+        text: String,
+    },
+    /// Audio of the current sentence of a response.
+    Audio {
+        /// The response.
+        id: ResponseId,
+        /// PCM samples.
+        samples: Vec<i16>,
+        /// Word timings starting in this chunk (sentence-relative samples).
+        words: Vec<WordTiming>,
+    },
+    /// No more audio will come for this response.
+    End {
+        /// The response.
+        id: ResponseId,
+        /// A backend failure, if the response ended because of one.
+        failure: Option<String>,
+    },
+    /// Stop writing this response's audio until resumed.
+    Pause(ResponseId),
+    /// Continue writing this response's audio.
+    Resume(ResponseId),
+    /// Drop everything of this response; reply with the text heard.
+    Clear {
+        /// The response.
+        id: ResponseId,
+        /// Receives the heard text.
+        reply: oneshot::Sender<Heard>,
+    },
+}
+
+/// What the user heard of a response.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Heard {
+    /// The heard text.
+    pub heard: String,
+    /// The whole text queued for speech so far.
+    pub generated: String,
+}
+
+/// Reports from playout to the session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlayoutEvent {
+    /// The first frame of a response was written.
+    Started(ResponseId),
+    /// Everything of a response was played.
+    Finished {
+        /// The response.
+        id: ResponseId,
+        /// Heard (= generated) text.
+        heard: Heard,
+        /// The failure that ended it early, if any.
+        failure: Option<String>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Sentence {
+    text: String,
+    words: Vec<WordTiming>,
+    received: u64,
+    played: u64,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    queue: VecDeque<i16>,
+    sentences: Vec<Sentence>,
+    /// Sample boundaries: which sentence each queued sample belongs to.
+    pending_sentence_starts: VecDeque<(u64, usize)>,
+    received: u64,
+    played: u64,
+    paused: bool,
+    started: bool,
+    last_written: Option<Instant>,
+    ended: Option<Option<String>>,
+}
+
+impl Track {
+    fn last_written_at(&self) -> Instant {
+        self.last_written
+            .expect("a started track has written a frame")
+    }
+
+    fn sentence_of_sample(&self, sample: u64) -> usize {
+        self.pending_sentence_starts
+            .iter()
+            .take_while(|(start, _)| *start <= sample)
+            .last()
+            .map_or(0, |(_, i)| *i)
+    }
+
+    fn heard(&self) -> Heard {
+        let mut heard = Vec::new();
+        for s in &self.sentences {
+            if s.received > 0 && s.played >= s.received {
+                heard.push(s.text.clone());
+            } else if s.played > 0 {
+                heard.push(partial(s));
+                break;
+            } else {
+                break;
+            }
+        }
+        Heard {
+            heard: heard
+                .into_iter()
+                .filter(|h| !h.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+            generated: self
+                .sentences
+                .iter()
+                .map(|s| s.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+/// The words of a partly played sentence that were heard: by word timings when the TTS gave
+/// them (a word counts once its audio ended), else in proportion to the characters.
+fn partial(s: &Sentence) -> String {
+    if !s.words.is_empty() {
+        return s
+            .words
+            .iter()
+            .take_while(|w| w.end <= s.played)
+            .map(|w| w.word.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let chars = s.text.chars().count() as u64 * s.played / s.received.max(1);
+    let prefix: String = s.text.chars().take(chars as usize).collect();
+    let complete_words = if s
+        .text
+        .chars()
+        .nth(chars as usize)
+        .is_none_or(char::is_whitespace)
+    {
+        prefix.as_str()
+    } else {
+        prefix
+            .rsplit_once(char::is_whitespace)
+            .map_or("", |(head, _)| head)
+    };
+    complete_words.trim().to_owned()
+}
+
+/// Runs playout until `cancel` fires or every command sender is gone.
+pub async fn run_playout(
+    mut sink: Box<dyn AudioSink>,
+    sample_rate: u32,
+    mut commands: mpsc::Receiver<PlayoutCommand>,
+    events: mpsc::UnboundedSender<PlayoutEvent>,
+    log: EventLog,
+    cancel: CancellationToken,
+) {
+    let frame_len = (sample_rate / 50) as usize;
+    let mut tracks: HashMap<ResponseId, Track> = HashMap::new();
+    let mut order: VecDeque<ResponseId> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut frame = vec![0i16; frame_len];
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                match command {
+                    PlayoutCommand::Sentence { id, text } => {
+                        let track = tracks.entry(id).or_default();
+                        if !order.contains(&id) {
+                            order.push_back(id);
+                        }
+                        let index = track.sentences.len();
+                        track.pending_sentence_starts.push_back((track.received, index));
+                        track.sentences.push(Sentence { text, ..Sentence::default() });
+                    }
+                    PlayoutCommand::Audio { id, samples, words } => {
+                        let Some(track) = tracks.get_mut(&id) else { continue };
+                        if let Some(s) = track.sentences.last_mut() {
+                            s.words.extend(words);
+                            s.received += samples.len() as u64;
+                        }
+                        track.received += samples.len() as u64;
+                        track.queue.extend(samples);
+                    }
+                    PlayoutCommand::End { id, failure } => {
+                        tracks.entry(id).or_default().ended = Some(failure);
+                        if !order.contains(&id) {
+                            order.push_back(id);
+                        }
+                    }
+                    PlayoutCommand::Pause(id) => {
+                        if let Some(t) = tracks.get_mut(&id) {
+                            t.paused = true;
+                            log.record(LogKind::Paused { id });
+                        }
+                    }
+                    PlayoutCommand::Resume(id) => {
+                        if let Some(t) = tracks.get_mut(&id) {
+                            t.paused = false;
+                            log.record(LogKind::Resumed { id });
+                        }
+                    }
+                    PlayoutCommand::Clear { id, reply } => {
+                        order.retain(|o| *o != id);
+                        let heard = tracks.remove(&id).map(|t| {
+                            if t.started {
+                                log.record_at(t.last_written_at(), LogKind::LastFrameWritten { id });
+                            }
+                            t.heard()
+                        }).unwrap_or_default();
+                        let _ = reply.send(heard);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                play_next(&mut tracks, &mut order, &mut *sink, &mut frame, &events, &log);
+            }
+        }
+        // A response that just got its first audio starts now, not at the next tick; the
+        // following frames keep the 20 ms cadence from here.
+        if let Some(track) = order.front().and_then(|id| tracks.get(id))
+            && !track.started
+            && !track.paused
+            && !track.queue.is_empty()
+        {
+            play_next(
+                &mut tracks,
+                &mut order,
+                &mut *sink,
+                &mut frame,
+                &events,
+                &log,
+            );
+            tick.reset();
+        }
+    }
+}
+
+/// Writes the next frame of the front response, or reports it finished when it has drained.
+fn play_next(
+    tracks: &mut HashMap<ResponseId, Track>,
+    order: &mut VecDeque<ResponseId>,
+    sink: &mut dyn AudioSink,
+    frame: &mut [i16],
+    events: &mpsc::UnboundedSender<PlayoutEvent>,
+    log: &EventLog,
+) {
+    let Some(&id) = order.front() else { return };
+    let track = tracks.get_mut(&id).expect("ordered tracks exist");
+    if track.paused {
+        return;
+    }
+    if track.queue.is_empty() {
+        if let Some(failure) = track.ended.clone() {
+            order.pop_front();
+            let track = tracks.remove(&id).expect("track exists");
+            if track.started {
+                log.record_at(track.last_written_at(), LogKind::LastFrameWritten { id });
+            }
+            let _ = events.send(PlayoutEvent::Finished {
+                id,
+                heard: track.heard(),
+                failure,
+            });
+        }
+        return;
+    }
+    let n = frame.len().min(track.queue.len());
+    for (slot, sample) in frame.iter_mut().zip(track.queue.drain(..n)) {
+        *slot = sample;
+    }
+    frame[n..].fill(0);
+    sink.write(frame);
+    let now = Instant::now();
+    let first_sample = track.played;
+    track.played += n as u64;
+    track.last_written = Some(now);
+    // Credit the played samples to their sentences.
+    let mut sample = first_sample;
+    while sample < track.played {
+        let index = track.sentence_of_sample(sample);
+        let end = track
+            .pending_sentence_starts
+            .iter()
+            .find(|(start, _)| *start > sample)
+            .map_or(track.played, |(start, _)| (*start).min(track.played));
+        track.sentences[index].played += end - sample;
+        sample = end;
+    }
+    if !track.started {
+        track.started = true;
+        log.record_at(now, LogKind::FirstFrameWritten { id });
+        let _ = events.send(PlayoutEvent::Started(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentence(text: &str, words: &[(&str, u64, u64)], received: u64, played: u64) -> Sentence {
+        Sentence {
+            text: text.into(),
+            words: words
+                .iter()
+                .map(|(w, s, e)| WordTiming {
+                    word: (*w).into(),
+                    start: *s,
+                    end: *e,
+                })
+                .collect(),
+            received,
+            played,
+        }
+    }
+
+    #[test]
+    fn heard_words_follow_word_timings() {
+        let s = sentence(
+            "one two three",
+            &[("one", 0, 80), ("two", 100, 180), ("three", 200, 280)],
+            300,
+            190,
+        );
+        assert_eq!(partial(&s), "one two");
+        let s = sentence(
+            "one two three",
+            &[("one", 0, 80), ("two", 100, 180), ("three", 200, 280)],
+            300,
+            179,
+        );
+        assert_eq!(partial(&s), "one", "a word counts once its audio ended");
+    }
+
+    #[test]
+    fn heard_words_without_timings_are_proportional_to_characters() {
+        let s = sentence("Thanks for calling us", &[], 210, 100);
+        // 21 chars * 100/210 = 10 chars: "Thanks for" is complete at a space.
+        assert_eq!(partial(&s), "Thanks for");
+        let s = sentence("Thanks for calling us", &[], 210, 80);
+        assert_eq!(
+            partial(&s),
+            "Thanks",
+            "a word cut in the middle is not heard"
+        );
+    }
+}

@@ -1,0 +1,477 @@
+//! One response: LLM -> sentences -> TTS -> gate -> playout.
+//!
+//! Two tasks under the response's cancellation token: the generator streams the LLM reply,
+//! runs tool calls and cuts the text into sentences; the speaker synthesizes each sentence and
+//! hands the audio to playout. While the response is speculative its gate is closed: the
+//! generator runs, the speaker waits (or pre-synthesizes the first sentence when configured)
+//! and holds every byte of audio; nothing reaches playout until promotion. A side-effecting
+//! tool call waits for promotion too, and is never made if the speculation is cancelled.
+//!
+//! A backend error or stall (no first token / byte in time) ends the response with a short
+//! spoken fallback line; a speculative response that fails before promotion reports it
+//! instead, so `EndOfTurn` can start a fresh one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::log::{EventLog, LogKind};
+use super::playout::PlayoutCommand;
+use super::segment::SentenceSplitter;
+use super::turn::ResponseId;
+use crate::llm::{LanguageModel, LlmChunk, LlmRequest, Message, ToolEffect, ToolExecutor};
+use crate::tts::SpeechSynthesizer;
+
+/// Per-session settings of the response pipeline.
+#[derive(Debug, Clone)]
+pub struct ResponseOptions {
+    /// Synthesize (and hold) the first sentence while still speculative.
+    pub presynthesize_first_sentence: bool,
+    /// Spoken when a backend fails.
+    pub fallback_line: String,
+    /// Give up on the LLM when no first chunk arrives within this.
+    pub llm_ttft_timeout: Duration,
+    /// Give up on a sentence when no audio arrives within this.
+    pub tts_ttfb_timeout: Duration,
+    /// Most LLM rounds with tool calls in one response.
+    pub max_tool_rounds: usize,
+}
+
+impl Default for ResponseOptions {
+    fn default() -> Self {
+        Self {
+            presynthesize_first_sentence: false,
+            fallback_line: "Sorry, I'm having trouble right now. Could you say that again?".into(),
+            llm_ttft_timeout: Duration::from_secs(5),
+            tts_ttfb_timeout: Duration::from_secs(3),
+            max_tool_rounds: 3,
+        }
+    }
+}
+
+/// What a response reports to the session besides its audio.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseReport {
+    /// A speculative response failed before promotion; nothing was played.
+    FailedWhileHeld {
+        /// The response.
+        id: ResponseId,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// Everything a response needs from its session.
+pub struct ResponseContext {
+    /// The language model.
+    pub llm: Arc<dyn LanguageModel>,
+    /// The voice.
+    pub tts: Arc<dyn SpeechSynthesizer>,
+    /// Tools the model may call.
+    pub tools: Option<Arc<dyn ToolExecutor>>,
+    /// Playout commands.
+    pub playout: mpsc::Sender<PlayoutCommand>,
+    /// Reports to the session.
+    pub reports: mpsc::UnboundedSender<ResponseReport>,
+    /// The session's event log.
+    pub log: EventLog,
+    /// Settings.
+    pub options: ResponseOptions,
+}
+
+enum Piece {
+    Sentence(String),
+    Failed(String),
+}
+
+/// Runs one response to its end or its cancellation.
+///
+/// # Cancellation safety
+/// Cancelling `token` stops the LLM request (its stream is dropped), any synthesis in flight,
+/// and delivery to playout; this future then returns promptly.
+pub async fn run_response(
+    id: ResponseId,
+    messages: Vec<Message>,
+    ctx: Arc<ResponseContext>,
+    gate: watch::Receiver<bool>,
+    token: CancellationToken,
+) {
+    let (pieces_tx, pieces_rx) = mpsc::channel(32);
+    let generator_token = token.child_token();
+    let generator = tokio::spawn(generate(
+        id,
+        messages,
+        ctx.clone(),
+        gate.clone(),
+        pieces_tx,
+        generator_token.clone(),
+    ));
+    speak(id, &ctx, gate, pieces_rx, &token).await;
+    generator_token.cancel();
+    let _ = generator.await;
+}
+
+/// Logs the tokens a generator produced, however it ends.
+struct TokenTally {
+    log: EventLog,
+    id: ResponseId,
+    tokens: u64,
+}
+
+impl Drop for TokenTally {
+    fn drop(&mut self) {
+        self.log.record(LogKind::LlmDone {
+            id: self.id,
+            tokens: self.tokens,
+        });
+    }
+}
+
+async fn wait_gate(gate: &mut watch::Receiver<bool>, token: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => false,
+        open = gate.wait_for(|open| *open) => open.is_ok(),
+    }
+}
+
+async fn generate(
+    id: ResponseId,
+    mut messages: Vec<Message>,
+    ctx: Arc<ResponseContext>,
+    mut gate: watch::Receiver<bool>,
+    pieces: mpsc::Sender<Piece>,
+    token: CancellationToken,
+) {
+    let mut tally = TokenTally {
+        log: ctx.log.clone(),
+        id,
+        tokens: 0,
+    };
+    let mut splitter = SentenceSplitter::default();
+    let mut sentence_index = 0;
+    let tools = ctx.tools.as_ref().map(|t| t.specs()).unwrap_or_default();
+    let send = |text: String, index: &mut usize| {
+        ctx.log.record(LogKind::SentenceReady {
+            id,
+            index: *index,
+            text: text.clone(),
+        });
+        *index += 1;
+        pieces.send(Piece::Sentence(text))
+    };
+    for _round in 0..=ctx.options.max_tool_rounds {
+        ctx.log.record(LogKind::LlmRequestSent { id });
+        let request = LlmRequest {
+            messages: messages.clone(),
+            tools: tools.clone(),
+        };
+        let started = tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            started = ctx.llm.stream(request) => started,
+        };
+        let mut stream = match started {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = pieces.send(Piece::Failed(e.to_string())).await;
+                return;
+            }
+        };
+        let mut calls = Vec::new();
+        let mut round_text = String::new();
+        let mut first = true;
+        loop {
+            let next = async {
+                if first {
+                    tokio::time::timeout(ctx.options.llm_ttft_timeout, stream.next())
+                        .await
+                        .map_err(|_| ())
+                } else {
+                    Ok(stream.next().await)
+                }
+            };
+            let chunk = tokio::select! {
+                biased;
+                _ = token.cancelled() => return,
+                chunk = next => chunk,
+            };
+            let chunk = match chunk {
+                Err(()) => {
+                    let error = format!(
+                        "{}: no first token within {:?}",
+                        ctx.llm.name(),
+                        ctx.options.llm_ttft_timeout
+                    );
+                    let _ = pieces.send(Piece::Failed(error)).await;
+                    return;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    if let Some(s) = splitter.finish() {
+                        let _ = send(s, &mut sentence_index).await;
+                    }
+                    let _ = pieces.send(Piece::Failed(e.to_string())).await;
+                    return;
+                }
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            if first {
+                first = false;
+                ctx.log.record(LogKind::LlmFirstToken { id });
+            }
+            match chunk {
+                LlmChunk::Text(text) => {
+                    tally.tokens += 1;
+                    round_text.push_str(&text);
+                    for s in splitter.push(&text) {
+                        if send(s, &mut sentence_index).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                LlmChunk::ToolCall(call) => calls.push(call),
+                LlmChunk::Usage(_) => {}
+                LlmChunk::End { .. } => break,
+            }
+        }
+        if calls.is_empty() {
+            break;
+        }
+        let Some(executor) = ctx.tools.clone() else {
+            warn!(%id, "model called a tool but no tools are configured");
+            break;
+        };
+        messages.push(Message::Assistant {
+            content: round_text,
+            interrupted: false,
+            tool_calls: calls.clone(),
+        });
+        for call in calls {
+            let effect = tools
+                .iter()
+                .find(|t| t.name == call.name)
+                .map_or(ToolEffect::SideEffecting, |t| t.effect);
+            if effect == ToolEffect::SideEffecting && !*gate.borrow() {
+                debug!(%id, tool = %call.name, "side-effecting tool waits for promotion");
+                if !wait_gate(&mut gate, &token).await {
+                    return;
+                }
+            }
+            let result = tokio::select! {
+                biased;
+                _ = token.cancelled() => return,
+                result = executor.call(&call) => result,
+            };
+            messages.push(Message::Tool {
+                call_id: call.id.clone(),
+                content: result.unwrap_or_else(|e| format!("error: {e}")),
+            });
+        }
+    }
+    if let Some(rest) = splitter.finish() {
+        let _ = send(rest, &mut sentence_index).await;
+    }
+    drop(tally);
+}
+
+/// Audio on its way to playout, held while the gate is closed.
+struct Delivery<'a> {
+    playout: &'a mpsc::Sender<PlayoutCommand>,
+    held: Vec<PlayoutCommand>,
+}
+
+impl Delivery<'_> {
+    async fn flush(&mut self) -> bool {
+        for held in self.held.drain(..) {
+            if self.playout.send(held).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn send(&mut self, command: PlayoutCommand, open: bool) -> bool {
+        if !open {
+            self.held.push(command);
+            return true;
+        }
+        self.flush().await && self.playout.send(command).await.is_ok()
+    }
+}
+
+async fn speak(
+    id: ResponseId,
+    ctx: &ResponseContext,
+    mut gate: watch::Receiver<bool>,
+    mut pieces: mpsc::Receiver<Piece>,
+    token: &CancellationToken,
+) {
+    let mut delivery = Delivery {
+        playout: &ctx.playout,
+        held: Vec::new(),
+    };
+    let mut index = 0;
+    let mut failure = None;
+    loop {
+        let waiting_for_promotion = !delivery.held.is_empty() && !*gate.borrow();
+        let piece = tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            opened = async { gate.wait_for(|open| *open).await.is_ok() }, if waiting_for_promotion => {
+                // Promoted: held audio plays now, not when the next sentence is ready.
+                if !opened || !delivery.flush().await {
+                    return;
+                }
+                continue;
+            }
+            piece = pieces.recv() => piece,
+        };
+        let text = match piece {
+            None => break,
+            Some(Piece::Failed(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Some(Piece::Sentence(s)) => s,
+        };
+        let may_synthesize =
+            *gate.borrow() || (index == 0 && ctx.options.presynthesize_first_sentence);
+        if !may_synthesize && !wait_gate(&mut gate, token).await {
+            return;
+        }
+        match synthesize(id, index, &text, ctx, &gate, &mut delivery, token).await {
+            Synthesis::Done => {}
+            Synthesis::Cancelled => return,
+            Synthesis::Failed(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        index += 1;
+    }
+    if let Some(error) = &failure {
+        warn!(%id, %error, "response failed");
+        if !*gate.borrow() {
+            let _ = ctx.reports.send(ResponseReport::FailedWhileHeld {
+                id,
+                error: error.clone(),
+            });
+            return;
+        }
+        let fallback = ctx.options.fallback_line.clone();
+        if matches!(
+            synthesize(id, index, &fallback, ctx, &gate, &mut delivery, token).await,
+            Synthesis::Cancelled
+        ) {
+            return;
+        }
+    }
+    if !wait_gate(&mut gate, token).await {
+        return;
+    }
+    let end = PlayoutCommand::End { id, failure };
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => {}
+        _ = delivery.send(end, true) => {}
+    }
+}
+
+enum Synthesis {
+    Done,
+    Cancelled,
+    Failed(String),
+}
+
+async fn synthesize(
+    id: ResponseId,
+    index: usize,
+    text: &str,
+    ctx: &ResponseContext,
+    gate: &watch::Receiver<bool>,
+    delivery: &mut Delivery<'_>,
+    token: &CancellationToken,
+) -> Synthesis {
+    ctx.log.record(LogKind::TtsRequestSent {
+        id,
+        index,
+        chars: text.chars().count(),
+    });
+    let started = tokio::select! {
+        biased;
+        _ = token.cancelled() => return Synthesis::Cancelled,
+        started = ctx.tts.synthesize(text) => started,
+    };
+    let mut stream = match started {
+        Ok(s) => s,
+        Err(e) => return Synthesis::Failed(e.to_string()),
+    };
+    let sentence = PlayoutCommand::Sentence {
+        id,
+        text: text.to_owned(),
+    };
+    let mut pending_sentence = Some(sentence);
+    let mut first = true;
+    loop {
+        let next = async {
+            if first {
+                tokio::time::timeout(ctx.options.tts_ttfb_timeout, stream.next())
+                    .await
+                    .map_err(|_| ())
+            } else {
+                Ok(stream.next().await)
+            }
+        };
+        let chunk = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Synthesis::Cancelled,
+            chunk = next => chunk,
+        };
+        let chunk = match chunk {
+            Err(()) => {
+                return Synthesis::Failed(format!(
+                    "{}: no audio within {:?}",
+                    ctx.tts.name(),
+                    ctx.options.tts_ttfb_timeout
+                ));
+            }
+            Ok(None) => return Synthesis::Done,
+            Ok(Some(Err(e))) => return Synthesis::Failed(e.to_string()),
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if first {
+            first = false;
+            ctx.log.record(LogKind::TtsFirstAudio { id, index });
+        }
+        let open = *gate.borrow();
+        let delivered = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Synthesis::Cancelled,
+            ok = async {
+                if let Some(s) = pending_sentence.take()
+                    && !delivery.send(s, open).await
+                {
+                    return false;
+                }
+                delivery
+                    .send(
+                        PlayoutCommand::Audio {
+                            id,
+                            samples: chunk.samples,
+                            words: chunk.words,
+                        },
+                        open,
+                    )
+                    .await
+            } => ok,
+        };
+        if !delivered {
+            return Synthesis::Cancelled;
+        }
+    }
+}

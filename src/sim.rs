@@ -1,0 +1,363 @@
+//! A whole simulated conversation: the emulator, the real Flux client, the engine with the
+//! scripted LLM and synthetic TTS, and a simulated user who speaks the scenario's turns in
+//! real time and reacts to the agent (waits for it to finish, or barges in).
+//!
+//! Over [`Transport::Socket`] the client reaches the emulator through a WebSocket on
+//! 127.0.0.1; over [`Transport::Memory`] through channels, which together with tokio's paused
+//! clock gives the same conversation deterministically and in milliseconds.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::emulator::{EmulatorConfig, EmulatorServer, MemoryEmulator};
+use crate::engine::log::LogEntry;
+use crate::engine::{AudioSink, Backends, EngineEvent, SessionConfig, start_session};
+use crate::flux::{
+    Connector, Encoding, FluxConfig, FluxError, FluxSender, ListenOptions, Thresholds,
+    WebSocketConnector, connect,
+};
+use crate::llm::{Message, ScriptedLlm};
+use crate::report::Report;
+use crate::scenario::{Scenario, TurnStart};
+use crate::tts::SyntheticTts;
+
+/// How the client reaches the emulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket on a loopback port.
+    Socket,
+    /// In-memory channels (use with tokio's paused clock).
+    Memory,
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimulationConfig {
+    /// The conversation.
+    pub scenario: Arc<Scenario>,
+    /// How the client reaches the emulator.
+    pub transport: Transport,
+    /// Engine settings.
+    pub session: SessionConfig,
+    /// Flux thresholds (default: the scenario's `listen`).
+    pub thresholds: Thresholds,
+    /// Sample rate of user and agent audio.
+    pub sample_rate: u32,
+    /// Silence kept after the last reply.
+    pub tail: Duration,
+    /// How long the simulated user waits for the agent before speaking anyway.
+    pub patience: Duration,
+}
+
+impl SimulationConfig {
+    /// Defaults for `scenario`: socket transport, its thresholds and system prompt, 16 kHz.
+    pub fn new(scenario: Arc<Scenario>) -> Self {
+        let mut session = SessionConfig::default();
+        session.machine.system_prompt = scenario.system_prompt.clone();
+        Self {
+            thresholds: scenario.listen.unwrap_or_default(),
+            scenario,
+            transport: Transport::Socket,
+            session,
+            sample_rate: 16000,
+            tail: Duration::from_millis(500),
+            patience: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulationError {
+    /// The Flux client failed.
+    #[error(transparent)]
+    Flux(#[from] FluxError),
+    /// The emulator could not bind its port.
+    #[error("cannot start the emulator: {0}")]
+    Emulator(#[from] std::io::Error),
+}
+
+/// Everything a simulation produced.
+#[derive(Debug, Clone)]
+pub struct SimulationResult {
+    /// Per-turn metrics and summary.
+    pub report: Report,
+    /// The history as the user heard it.
+    pub history: Vec<Message>,
+    /// The session's event log.
+    pub log: Vec<LogEntry>,
+    /// Application events, in order.
+    pub events: Vec<EngineEvent>,
+    /// When the user's first audio was sent.
+    pub start: Instant,
+    /// Every user sample sent, from `start`.
+    pub user_audio: Vec<i16>,
+    /// Every agent frame written, with the instant it was written.
+    pub agent_frames: Vec<TimedFrame>,
+    /// Sample rate of both.
+    pub sample_rate: u32,
+}
+
+impl SimulationResult {
+    /// Stereo PCM, user left and agent right, aligned on the session clock.
+    pub fn stereo(&self) -> Vec<i16> {
+        let rate = f64::from(self.sample_rate);
+        let agent_end = self
+            .agent_frames
+            .iter()
+            .map(|(at, f)| {
+                (at.saturating_duration_since(self.start).as_secs_f64() * rate) as usize + f.len()
+            })
+            .max()
+            .unwrap_or(0);
+        let len = self.user_audio.len().max(agent_end);
+        let mut agent = vec![0i16; len];
+        for (at, frame) in &self.agent_frames {
+            let offset = (at.saturating_duration_since(self.start).as_secs_f64() * rate) as usize;
+            for (slot, s) in agent[offset..].iter_mut().zip(frame) {
+                *slot = *s;
+            }
+        }
+        let mut out = Vec::with_capacity(len * 2);
+        for (i, a) in agent.iter().enumerate() {
+            out.push(self.user_audio.get(i).copied().unwrap_or(0));
+            out.push(*a);
+        }
+        out
+    }
+}
+
+/// An agent frame and the instant it was written.
+type TimedFrame = (Instant, Vec<i16>);
+
+#[derive(Clone, Default)]
+struct RecordingSink(Arc<Mutex<Vec<TimedFrame>>>);
+
+impl AudioSink for RecordingSink {
+    fn write(&mut self, frame: &[i16]) {
+        self.0
+            .lock()
+            .expect("recording lock")
+            .push((Instant::now(), frame.to_vec()));
+    }
+}
+
+/// What the simulated user knows about the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct AgentState {
+    speaking: bool,
+    replies_started: u64,
+    replies_ended: u64,
+}
+
+/// Runs the scenario to the end.
+///
+/// # Errors
+/// [`SimulationError`] when the emulator cannot start or the client cannot connect.
+pub async fn run(config: SimulationConfig) -> Result<SimulationResult, SimulationError> {
+    let scenario = config.scenario.clone();
+    let emulator_config = EmulatorConfig::new(scenario.clone());
+    let (connector, base_url, server, memory): (Arc<dyn Connector>, String, _, _) =
+        match config.transport {
+            Transport::Socket => {
+                let server =
+                    EmulatorServer::bind("127.0.0.1:0".parse().expect("valid"), emulator_config)
+                        .await?;
+                let url = server.base_url();
+                (Arc::new(WebSocketConnector), url, Some(server), None)
+            }
+            Transport::Memory => {
+                let emulator = MemoryEmulator::new(emulator_config);
+                (
+                    Arc::new(emulator.clone()),
+                    "ws://emulator".to_owned(),
+                    None,
+                    Some(emulator),
+                )
+            }
+        };
+    let options = ListenOptions {
+        eager_eot_threshold: config.thresholds.eager_eot_threshold,
+        eot_threshold: config.thresholds.eot_threshold,
+        eot_timeout_ms: config.thresholds.eot_timeout_ms,
+        ..ListenOptions::raw(Encoding::Linear16, config.sample_rate)
+    };
+    let mut flux_config = FluxConfig::new(options).with_base_url(base_url);
+    flux_config.api_key = None;
+    let (flux, flux_events) = connect(flux_config, connector).await?;
+    let sink = RecordingSink::default();
+    let backends = Backends {
+        llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+        tts: Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
+        tools: None,
+    };
+    let (session, mut engine_events) = start_session(
+        config.session.clone(),
+        flux_events,
+        backends,
+        Box::new(sink.clone()),
+    );
+    let (agent_tx, agent_rx) = watch::channel(AgentState::default());
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut speaking = std::collections::HashSet::new();
+        while let Some(event) = engine_events.recv().await {
+            match &event {
+                EngineEvent::AgentSpeaking { response } => {
+                    speaking.insert(*response);
+                    agent_tx.send_modify(|a| {
+                        a.speaking = true;
+                        a.replies_started += 1;
+                    });
+                }
+                EngineEvent::ResponseEnded { response, .. } if speaking.remove(response) => {
+                    agent_tx.send_modify(|a| {
+                        a.speaking = false;
+                        a.replies_ended += 1;
+                    });
+                }
+                _ => {}
+            }
+            seen.push(event);
+        }
+        seen
+    });
+    let start = Instant::now();
+    let user_audio = speak_as_user(&config, flux.sender(), agent_rx).await;
+    flux.close().await?;
+    let log = session.log();
+    let outcome = session.finished().await;
+    let events = watcher.await.unwrap_or_default();
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
+    if let Some(memory) = memory {
+        memory.shutdown().await;
+    }
+    if let Some(error) = outcome.error {
+        return Err(error.into());
+    }
+    let entries = log.entries();
+    let agent_frames = std::mem::take(&mut *sink.0.lock().expect("recording lock"));
+    Ok(SimulationResult {
+        report: Report::from_log(&entries),
+        history: outcome.history,
+        log: entries,
+        events,
+        start,
+        user_audio,
+        agent_frames,
+        sample_rate: config.sample_rate,
+    })
+}
+
+/// One user turn placed on the audio timeline, as sample ranges of speech.
+struct Utterance {
+    words: Vec<(u64, u64)>,
+    end: u64,
+}
+
+fn utterance(turn: &crate::scenario::UserTurn, start: u64, rate: u32) -> Utterance {
+    let at = |t: f64| start + (t * f64::from(rate)).round() as u64;
+    let words: Vec<(u64, u64)> = turn
+        .timed_words()
+        .iter()
+        .map(|w| (at(w.start), at(w.end)))
+        .collect();
+    let end = words.last().map_or(start, |w| w.1);
+    Utterance { words, end }
+}
+
+/// A voice-like buzz (triangle wave at full amplitude from its first sample, so the emulator
+/// sees the onset exactly).
+fn voice_sample(n: u64, rate: u32) -> i16 {
+    let period = f64::from(rate) / 140.0;
+    let phase = (n as f64 % period) / period;
+    let triangle = 4.0 * (phase - 0.5).abs() - 1.0;
+    (triangle * 6000.0) as i16
+}
+
+/// Streams the user's side in real time (20 ms chunks) until the last reply was heard.
+async fn speak_as_user(
+    config: &SimulationConfig,
+    flux: FluxSender,
+    mut agent: watch::Receiver<AgentState>,
+) -> Vec<i16> {
+    let rate = config.sample_rate;
+    let chunk = u64::from(rate / 50);
+    let patience = (config.patience.as_secs_f64() * f64::from(rate)) as u64;
+    let tail = (config.tail.as_secs_f64() * f64::from(rate)) as u64;
+    let turns = &config.scenario.turns;
+    let mut sent: Vec<i16> = Vec::new();
+    let mut cursor: u64 = 0;
+    let mut next_turn = 0;
+    let mut current: Option<Utterance> = None;
+    let mut after_turn = AgentState::default();
+    let mut prev_end: u64 = 0;
+    let mut agent_started_at: Option<u64> = None;
+    let mut done_at: Option<u64> = None;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        ticker.tick().await;
+        let state = *agent.borrow_and_update();
+        if current.is_none() && next_turn < turns.len() {
+            let turn = &turns[next_turn];
+            let waited_too_long = cursor >= prev_end + patience;
+            if agent_started_at.is_none() && state.replies_started > after_turn.replies_started {
+                agent_started_at = Some(cursor);
+            }
+            let begin = match turn.start.unwrap_or(if next_turn == 0 {
+                TurnStart::AtMs(500)
+            } else {
+                TurnStart::AfterAgentMs(600)
+            }) {
+                TurnStart::AtMs(ms) => Some((ms * u64::from(rate) / 1000).max(cursor)),
+                TurnStart::AfterAgentMs(ms) => {
+                    let finished =
+                        state.replies_ended > after_turn.replies_ended && !state.speaking;
+                    (finished || waited_too_long).then(|| cursor + ms * u64::from(rate) / 1000)
+                }
+                TurnStart::BargeInMs(ms) => match agent_started_at {
+                    Some(at) => Some(at + ms * u64::from(rate) / 1000),
+                    None => waited_too_long.then_some(cursor),
+                },
+            };
+            if let Some(begin) = begin {
+                current = Some(utterance(turn, begin, rate));
+                next_turn += 1;
+            }
+        }
+        if current.is_none() && next_turn == turns.len() && done_at.is_none() {
+            let answered = state.replies_ended > after_turn.replies_ended && !state.speaking;
+            if answered || cursor >= prev_end + patience {
+                done_at = Some(cursor + tail);
+            }
+        }
+        if done_at.is_some_and(|d| cursor >= d) {
+            break;
+        }
+        let mut samples = Vec::with_capacity(chunk as usize);
+        for n in cursor..cursor + chunk {
+            let voiced = current
+                .as_ref()
+                .is_some_and(|u| u.words.iter().any(|(s, e)| n >= *s && n < *e));
+            samples.push(if voiced { voice_sample(n, rate) } else { 0 });
+        }
+        cursor += chunk;
+        if current.as_ref().is_some_and(|u| cursor >= u.end) {
+            current = None;
+            after_turn = state;
+            prev_end = cursor;
+            agent_started_at = None;
+        }
+        let bytes = crate::audio::encode(Encoding::Linear16, &samples);
+        sent.extend_from_slice(&samples);
+        if flux.send_audio(bytes).await.is_err() {
+            break;
+        }
+    }
+    sent
+}
