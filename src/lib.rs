@@ -14,6 +14,7 @@
 //! | [`engine`] | turn machine (pure), sentence segmentation, session driver |
 //! | [`text`] | transcript normalization shared by engine and backends |
 //! | [`report`] | per-turn metrics and the run summary, computed from the session's event log |
+//! | [`timeline`] | the SVG timeline of a simulated conversation |
 //! | [`sim`] | the simulated conversation behind `turnflow simulate`: emulator + client + engine + user |
 //!
 //! Data flows one way: audio in -> [`flux`] client -> engine -> response -> audio out.
@@ -28,4 +29,5 @@ pub mod report;
 pub mod scenario;
 pub mod sim;
 pub mod text;
+pub mod timeline;
 pub mod tts;

@@ -50,6 +50,10 @@ pub struct SimulationConfig {
     pub tail: Duration,
     /// How long the simulated user waits for the agent before speaking anyway.
     pub patience: Duration,
+    /// Backends to use instead of the scenario's scripted LLM and synthetic TTS.
+    pub backends: Option<Backends>,
+    /// Receives every engine event as it happens (for live output).
+    pub observer: Option<tokio::sync::mpsc::UnboundedSender<EngineEvent>>,
 }
 
 impl SimulationConfig {
@@ -65,6 +69,8 @@ impl SimulationConfig {
             sample_rate: 16000,
             tail: Duration::from_millis(500),
             patience: Duration::from_secs(10),
+            backends: None,
+            observer: None,
         }
     }
 }
@@ -189,11 +195,11 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
     flux_config.api_key = None;
     let (flux, flux_events) = connect(flux_config, connector).await?;
     let sink = RecordingSink::default();
-    let backends = Backends {
+    let backends = config.backends.clone().unwrap_or_else(|| Backends {
         llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
         tts: Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
         tools: None,
-    };
+    });
     let (session, mut engine_events) = start_session(
         config.session.clone(),
         flux_events,
@@ -201,6 +207,7 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         Box::new(sink.clone()),
     );
     let (agent_tx, agent_rx) = watch::channel(AgentState::default());
+    let observer = config.observer.clone();
     let watcher = tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut speaking = std::collections::HashSet::new();
@@ -220,6 +227,9 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
                     });
                 }
                 _ => {}
+            }
+            if let Some(o) = &observer {
+                let _ = o.send(event.clone());
             }
             seen.push(event);
         }

@@ -51,6 +51,16 @@ pub struct Backends {
     pub tools: Option<Arc<dyn ToolExecutor>>,
 }
 
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends")
+            .field("llm", &self.llm.name())
+            .field("tts", &self.tts.name())
+            .field("tools", &self.tools.as_ref().map(|t| t.specs().len()))
+            .finish()
+    }
+}
+
 /// What a finished session leaves behind.
 #[derive(Debug, Clone)]
 pub struct SessionOutcome {

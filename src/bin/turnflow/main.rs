@@ -1,1 +1,322 @@
-fn main() {}
+//! `turnflow`: simulate conversations and serve the Flux emulator.
+//!
+//! - `turnflow simulate [SCENARIO]`: a whole conversation on the embedded default (emulator +
+//!   real Flux client + scripted LLM + synthetic TTS), with a per-turn report.
+//! - `turnflow emulate`: the Flux `/v2/listen` emulator on a loopback port.
+//!
+//! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use turnflow::emulator::{EmulatorConfig, EmulatorServer};
+use turnflow::engine::{BargeInPolicy, EngineEvent};
+use turnflow::flux::ApiKey;
+use turnflow::report::{Report, Stats};
+use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
+
+#[derive(Parser)]
+#[command(
+    name = "turnflow",
+    version,
+    about = "Voice-agent turn-taking on Deepgram Flux"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scripted conversation offline: emulator, Flux client, engine, scripted backends.
+    Simulate(SimulateArgs),
+    /// Serve the Flux /v2/listen emulator.
+    Emulate(EmulateArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Clock {
+    /// Real time over a loopback WebSocket.
+    Real,
+    /// tokio's paused clock over in-memory channels: same conversation, in milliseconds.
+    Virtual,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Parser)]
+struct SimulateArgs {
+    /// Scenario file (JSON); the built-in demo when omitted.
+    scenario: Option<PathBuf>,
+    /// Which clock to run on.
+    #[arg(long, value_enum, default_value = "real")]
+    clock: Clock,
+    /// Write report.json, timeline.svg and conversation.wav here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Start replies on EagerEndOfTurn.
+    #[arg(long, value_enum, default_value = "on")]
+    speculation: OnOff,
+    /// Barge-in policy: `immediate` or `min-words=N`.
+    #[arg(long, default_value = "immediate", value_parser = parse_barge_in)]
+    barge_in: BargeInPolicy,
+    /// Override the scenario's eager_eot_threshold (0.3-0.9).
+    #[arg(long)]
+    eager_eot_threshold: Option<f64>,
+    /// Override the scenario's eot_threshold (0.5-1.0).
+    #[arg(long)]
+    eot_threshold: Option<f64>,
+    /// Override the scenario's eot_timeout_ms (500-60000).
+    #[arg(long)]
+    eot_timeout_ms: Option<u64>,
+    /// Synthesize the first sentence while speculative (held until promotion).
+    #[arg(long)]
+    presynthesize: bool,
+}
+
+#[derive(Parser)]
+struct EmulateArgs {
+    /// Scenario the emulator plays (the built-in demo when omitted).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Address to listen on (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    listen: SocketAddr,
+    /// Require this API key (Authorization: Token <key>).
+    #[arg(long, env = "TURNFLOW_EMULATOR_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
+    if value == "immediate" {
+        return Ok(BargeInPolicy::Immediate);
+    }
+    value
+        .strip_prefix("min-words=")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n >= 1)
+        .map(BargeInPolicy::MinWords)
+        .ok_or_else(|| format!("{value:?}: expected `immediate` or `min-words=N` with N >= 1"))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Simulate(args) => simulate(args),
+        Command::Emulate(args) => emulate(args),
+    }
+}
+
+fn load_scenario(path: Option<&PathBuf>) -> Result<Arc<Scenario>> {
+    Ok(Arc::new(match path {
+        Some(p) => Scenario::load(p)?,
+        None => Scenario::demo(),
+    }))
+}
+
+fn simulate(args: SimulateArgs) -> Result<()> {
+    let scenario = load_scenario(args.scenario.as_ref())?;
+    let mut config = SimulationConfig::new(scenario.clone());
+    config.transport = match args.clock {
+        Clock::Real => Transport::Socket,
+        Clock::Virtual => Transport::Memory,
+    };
+    config.session.machine.speculation = args.speculation == OnOff::On;
+    config.session.machine.barge_in = args.barge_in;
+    config.session.response.presynthesize_first_sentence = args.presynthesize;
+    if let Some(v) = args.eager_eot_threshold {
+        config.thresholds.eager_eot_threshold = Some(v);
+    }
+    if let Some(v) = args.eot_threshold {
+        config.thresholds.eot_threshold = Some(v);
+    }
+    if let Some(v) = args.eot_timeout_ms {
+        config.thresholds.eot_timeout_ms = Some(v);
+    }
+    let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
+    config.observer = Some(observer);
+    let runtime = match args.clock {
+        Clock::Real => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        Clock::Virtual => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()?,
+    };
+    println!(
+        "simulating {:?} ({} turns, {} clock)",
+        scenario.name,
+        scenario.turns.len(),
+        match args.clock {
+            Clock::Real => "real",
+            Clock::Virtual => "virtual",
+        }
+    );
+    let result = runtime.block_on(async move {
+        let printer = tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                print_event(&event);
+            }
+        });
+        let result = turnflow::sim::run(config).await;
+        let _ = printer.await;
+        result
+    })?;
+    print_report(&result.report);
+    if let Some(dir) = &args.out {
+        write_outputs(dir, &result)?;
+        println!("wrote {}", dir.display());
+    }
+    Ok(())
+}
+
+fn print_event(event: &EngineEvent) {
+    match event {
+        EngineEvent::UserFinished { turn, transcript } => {
+            println!("turn {turn}  user: {transcript}");
+        }
+        EngineEvent::SpeculationCancelled {
+            turn,
+            response,
+            reason,
+        } => {
+            println!("turn {turn}  speculation {response} cancelled ({reason:?})");
+        }
+        EngineEvent::Interrupted { response } => println!("        agent {response} interrupted"),
+        EngineEvent::Backchannel { turn, transcript } => {
+            println!("turn {turn}  backchannel ignored: {transcript}");
+        }
+        EngineEvent::ResponseEnded {
+            response,
+            heard,
+            interrupted,
+            error,
+        } if !heard.is_empty() || error.is_some() => {
+            let cut = if *interrupted { " [cut]" } else { "" };
+            let failed = error
+                .as_ref()
+                .map(|e| format!(" [failed: {e}]"))
+                .unwrap_or_default();
+            println!("        agent {response}: {heard}{cut}{failed}");
+        }
+        _ => {}
+    }
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
+fn print_report(report: &Report) {
+    println!();
+    println!(
+        "{:>4}  {:<5} {:>6} {:>9} {:>9} {:>8} {:>6} {:>6} {:>8}  heard",
+        "turn", "spec", "lead", "response", "v2v", "overhead", "ttft", "ttfb", "barge-in"
+    );
+    for t in &report.turns {
+        let heard = if t.interrupted {
+            format!("{} [cut]", t.assistant_heard)
+        } else {
+            t.assistant_heard.clone()
+        };
+        println!(
+            "{:>4}  {:<5} {:>6} {:>9} {:>9} {:>8} {:>6} {:>6} {:>8}  {}",
+            t.index,
+            t.speculation,
+            fmt_ms(t.lead_ms),
+            fmt_ms(t.response_latency_ms),
+            fmt_ms(t.voice_to_voice_ms),
+            t.engine_overhead_ms
+                .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            fmt_ms(t.llm_ttft_ms),
+            fmt_ms(t.tts_ttfb_ms),
+            fmt_ms(t.barge_in_stop_ms),
+            heard
+        );
+    }
+    let s = &report.summary;
+    println!();
+    let line = |name: &str, st: &Stats| {
+        if st.count > 0 {
+            println!(
+                "{name:<20} p50 {:>7.1}  p90 {:>7.1}  p99 {:>7.1}  max {:>7.1}  (n={})",
+                st.p50, st.p90, st.p99, st.max, st.count
+            );
+        }
+    };
+    line("response_latency_ms", &s.response_latency_ms);
+    line("voice_to_voice_ms", &s.voice_to_voice_ms);
+    line("engine_overhead_ms", &s.engine_overhead_ms);
+    line("barge_in_stop_ms", &s.barge_in_stop_ms);
+    line("lead_ms", &s.lead_ms);
+    println!(
+        "speculation: {} attempts, {} hits, {} misses, {} wasted LLM tokens, {} wasted TTS chars",
+        s.speculation.attempts,
+        s.speculation.hits,
+        s.speculation.misses,
+        s.speculation.wasted_llm_tokens,
+        s.speculation.wasted_tts_chars
+    );
+}
+
+fn write_outputs(dir: &PathBuf, result: &SimulationResult) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let report = serde_json::to_string_pretty(&result.report)?;
+    std::fs::write(dir.join("report.json"), report + "\n")
+        .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
+    std::fs::write(dir.join("timeline.svg"), turnflow::timeline::render(result))
+        .with_context(|| format!("cannot write {}", dir.join("timeline.svg").display()))?;
+    turnflow::audio::write_wav(
+        &dir.join("conversation.wav"),
+        result.sample_rate,
+        2,
+        &result.stereo(),
+    )
+    .with_context(|| format!("cannot write {}", dir.join("conversation.wav").display()))?;
+    Ok(())
+}
+
+fn emulate(args: EmulateArgs) -> Result<()> {
+    let scenario = load_scenario(args.scenario.as_ref())?;
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {} (not loopback); anyone who can reach it can connect",
+            args.listen
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut config = EmulatorConfig::new(scenario.clone());
+        config.api_key = args.api_key.filter(|k| !k.is_empty()).map(ApiKey::new);
+        let server = EmulatorServer::bind(args.listen, config)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        println!(
+            "flux emulator playing {:?} on {}/v2/listen (Ctrl-C to stop)",
+            scenario.name,
+            server.base_url()
+        );
+        if tokio::signal::ctrl_c().await.is_err() {
+            bail!("cannot wait for Ctrl-C");
+        }
+        server.shutdown().await;
+        Ok(())
+    })
+}
