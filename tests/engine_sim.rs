@@ -1,28 +1,518 @@
 //! The engine end to end on tokio's paused clock: emulator (in memory) -> Flux client ->
-//! session -> scripted LLM -> synthetic TTS -> playout.
+//! session -> scripted LLM / synthetic TTS -> playout, with a simulated user.
+//!
+//! The clock is virtual, so latencies are exact and the assertions can be equalities.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use turnflow::engine::EngineEvent;
+use async_trait::async_trait;
+use tokio::time::Instant;
+use turnflow::engine::log::{LogEntry, LogKind};
+use turnflow::engine::turn::CancelReason;
+use turnflow::engine::{Backends, BargeInPolicy, EngineEvent, ResponseId};
+use turnflow::flux::TurnEvent;
+use turnflow::llm::scripted::Fault;
+use turnflow::llm::{
+    LanguageModel, Message, ScriptedLlm, ScriptedReply, ToolCall, ToolEffect, ToolExecutor,
+    ToolSpec,
+};
 use turnflow::scenario::Scenario;
 use turnflow::sim::{SimulationConfig, SimulationResult, Transport, run};
+use turnflow::tts::SyntheticTts;
+use turnflow::tts::synthetic::TtsFault;
 
-async fn simulate(path: &str, tweak: impl FnOnce(&mut SimulationConfig)) -> SimulationResult {
-    let scenario = Arc::new(Scenario::load(path.as_ref()).unwrap());
+fn load(path: &str) -> Arc<Scenario> {
+    Arc::new(Scenario::load(path.as_ref()).unwrap())
+}
+
+fn inline(json: &str) -> Arc<Scenario> {
+    Arc::new(Scenario::parse(json, "inline").unwrap())
+}
+
+async fn simulate(
+    scenario: Arc<Scenario>,
+    tweak: impl FnOnce(&mut SimulationConfig),
+) -> SimulationResult {
     let mut config = SimulationConfig::new(scenario);
     config.transport = Transport::Memory;
     tweak(&mut config);
     run(config).await.unwrap()
 }
 
+fn flux_at(log: &[LogEntry], event: TurnEvent, turn: u64) -> Instant {
+    log.iter()
+        .find_map(|e| match &e.kind {
+            LogKind::Flux {
+                event: ev,
+                turn_index,
+                ..
+            } if *ev == event && *turn_index == turn => Some(e.at),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {event} for turn {turn}"))
+}
+
+fn cancelled(log: &[LogEntry], reason: CancelReason) -> Vec<ResponseId> {
+    log.iter()
+        .filter_map(|e| match e.kind {
+            LogKind::Cancelled { id, reason: r } if r == reason => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has(log: &[LogEntry], pred: impl Fn(&LogKind) -> bool) -> bool {
+    log.iter().any(|e| pred(&e.kind))
+}
+
+fn first_frame(log: &[LogEntry], id: ResponseId) -> Option<Instant> {
+    log.iter().find_map(|e| match e.kind {
+        LogKind::FirstFrameWritten { id: i } if i == id => Some(e.at),
+        _ => None,
+    })
+}
+
 #[tokio::test(start_paused = true)]
-async fn demo_runs_end_to_end() {
-    let r = simulate("scenarios/demo.json", |_| {}).await;
-    let report = serde_json::to_string_pretty(&r.report).unwrap();
-    println!("{report}");
-    for e in &r.events {
-        println!("{e:?}");
+async fn eager_hit_answers_earlier_than_no_speculation_by_the_lead() {
+    let off = simulate(load("scenarios/eager_hit.json"), |c| {
+        c.session.machine.speculation = false;
+    })
+    .await;
+    let plain = &off.report.turns[0];
+    assert_eq!(plain.speculation, "none");
+    // Without speculation: 350 ms to the first token, 20 ms to "course.", 150 ms of TTS.
+    assert_eq!(plain.response_latency_ms, Some(520.0));
+
+    // Pre-synthesized: the whole 520 ms head start is available, so the saving is the lead.
+    let held = simulate(load("scenarios/eager_hit.json"), |c| {
+        c.session.response.presynthesize_first_sentence = true;
+    })
+    .await;
+    let hit = &held.report.turns[0];
+    assert_eq!(hit.speculation, "hit");
+    let lead = hit.lead_ms.unwrap();
+    assert_eq!(lead, 480.0);
+    assert_eq!(
+        plain.response_latency_ms.unwrap() - hit.response_latency_ms.unwrap(),
+        lead
+    );
+
+    // LLM-only speculation (the default): TTS starts at promotion, so the saving is the lead
+    // capped by the LLM's 370 ms to the first sentence.
+    let on = simulate(load("scenarios/eager_hit.json"), |_| {}).await;
+    let llm_only = &on.report.turns[0];
+    assert_eq!(llm_only.speculation, "hit");
+    assert_eq!(llm_only.response_latency_ms, Some(150.0));
+    assert_eq!(
+        llm_only.assistant_heard,
+        "Of course. What time would you like the table for two?"
+    );
+    assert_eq!(llm_only.assistant_heard, plain.assistant_heard);
+}
+
+#[tokio::test(start_paused = true)]
+async fn eager_miss_cancels_and_none_of_its_audio_is_ever_written() {
+    for presynthesize in [false, true] {
+        let r = simulate(load("scenarios/eager_miss.json"), |c| {
+            c.session.response.presynthesize_first_sentence = presynthesize;
+        })
+        .await;
+        let resumed = cancelled(&r.log, CancelReason::TurnResumed);
+        assert_eq!(resumed.len(), 1);
+        let wasted = resumed[0];
+        assert_eq!(
+            first_frame(&r.log, wasted),
+            None,
+            "no frame of the cancelled speculation"
+        );
+        let end = flux_at(&r.log, TurnEvent::EndOfTurn, 0);
+        assert!(
+            r.agent_frames.iter().all(|(at, _)| *at >= end),
+            "nothing audible before EndOfTurn"
+        );
+        let summary = r.report.summary.speculation;
+        assert!(summary.wasted_llm_tokens > 0);
+        assert_eq!(
+            summary.wasted_tts_chars > 0,
+            presynthesize,
+            "presynthesize={presynthesize}"
+        );
+        assert_eq!(
+            r.report.turns[0].assistant_heard,
+            "Sure. I can move you to the Friday morning flight at nine forty."
+        );
     }
-    println!("{:#?}", r.history);
-    assert!(r.report.turns.len() >= 4);
+}
+
+const HESITANT: &str = r#"{"name":"hesitant","listen":{"eager_eot_threshold":0.5,"eot_threshold":0.7},
+  "turns":[{"start":{"at_ms":500},"phrases":[
+    {"text":"I want","pause_ms":900,"eot_confidence":0.6,"ramp_ms":400},
+    {"text":"to fly","pause_ms":900,"eot_confidence":0.6,"ramp_ms":400},
+    {"text":"to Lisbon","pause_ms":900,"eot_confidence":0.6,"ramp_ms":400},
+    {"text":"next week.","eot_confidence":0.95}],
+    "reply":"Lisbon next week, noted."}]}"#;
+
+#[tokio::test(start_paused = true)]
+async fn several_eager_resume_cycles_in_one_turn_respect_the_budget() {
+    let r = simulate(inline(HESITANT), |_| {}).await;
+    let turn = &r.report.turns[0];
+    assert_eq!(
+        r.report.summary.speculation.attempts, 3,
+        "budget of 3 per turn"
+    );
+    assert_eq!(cancelled(&r.log, CancelReason::TurnResumed).len(), 3);
+    assert_eq!(
+        turn.speculation, "miss",
+        "the fourth eager end is over budget"
+    );
+    assert_eq!(turn.user_transcript, "I want to fly to Lisbon next week.");
+    assert_eq!(turn.assistant_heard, "Lisbon next week, noted.");
+
+    let r = simulate(inline(HESITANT), |c| {
+        c.session.machine.max_speculations_per_turn = 4
+    })
+    .await;
+    assert_eq!(r.report.summary.speculation.attempts, 4);
+    assert_eq!(r.report.turns[0].speculation, "hit");
+}
+
+#[tokio::test(start_paused = true)]
+async fn barge_in_stops_output_at_once_and_history_keeps_the_heard_words() {
+    let r = simulate(load("scenarios/barge_in.json"), |_| {}).await;
+    let cut = cancelled(&r.log, CancelReason::BargeIn);
+    assert_eq!(cut.len(), 1);
+    let start = flux_at(&r.log, TurnEvent::StartOfTurn, 1);
+    let last = r
+        .log
+        .iter()
+        .find_map(|e| match e.kind {
+            LogKind::LastFrameWritten { id } if id == cut[0] => Some(e.at),
+            _ => None,
+        })
+        .expect("the cut reply had played");
+    assert!(
+        last <= start,
+        "no frame written after StartOfTurn was received"
+    );
+    let first = &r.report.turns[0];
+    assert!(first.interrupted);
+    assert_eq!(r.report.turns[1].barge_in_stop_ms, Some(0.0));
+    let generated = first.assistant_text.as_str();
+    let heard = first.assistant_heard.as_str();
+    assert!(!heard.is_empty() && heard.len() < generated.len());
+    assert!(
+        generated.starts_with(heard),
+        "{heard:?} is a prefix of {generated:?}"
+    );
+    assert_eq!(
+        r.history[1],
+        Message::Assistant {
+            content: heard.to_owned(),
+            interrupted: true,
+            tool_calls: vec![]
+        }
+    );
+    assert_eq!(
+        r.history[2],
+        Message::user("Sorry, does that include sale items?")
+    );
+    // The user starts 1.5 s into the reply; StartOfTurn comes at the first 240 ms tick after
+    // the first user word (0.375 s), 1.92 s or later: six words of 0.333 s were heard.
+    assert_eq!(heard, "You can return any item within");
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_of_turn_while_the_reply_is_generating_cancels_it_silently() {
+    let scenario = inline(
+        r#"{"name":"early","llm":{"ttft_ms":3000,"token_interval_ms":20},
+        "turns":[{"start":{"at_ms":500},"phrases":[{"text":"Hello there.","ramp_ms":200}],"reply":"Hi! How can I help?"},
+                 {"start":{"at_ms":2200},"say":"Are you there?","reply":"Yes, I am here."}]}"#,
+    );
+    let r = simulate(scenario, |_| {}).await;
+    let cut = cancelled(&r.log, CancelReason::BargeIn);
+    assert_eq!(cut.len(), 1);
+    assert_eq!(first_frame(&r.log, cut[0]), None, "it never made a sound");
+    assert_eq!(r.report.turns[1].barge_in_stop_ms, Some(0.0));
+    assert_eq!(
+        r.history,
+        vec![
+            Message::user("Hello there. Are you there?"),
+            // The merged words match no scripted reply: the rule-based greeting answers.
+            Message::assistant("Hello! How can I help you today?")
+        ],
+        "the unanswered turn merges into the next"
+    );
+}
+
+const LONG_REPLY: &str = "You can return any item within thirty days of delivery. Items must be unused and in their original packaging.";
+
+#[tokio::test(start_paused = true)]
+async fn a_backchannel_under_min_words_pauses_then_resumes_playback() {
+    let scenario = inline(&format!(
+        r#"{{"name":"backchannel","listen":{{"eot_threshold":0.7}},
+        "turns":[{{"start":{{"at_ms":500}},"say":"What is your return policy?","reply":"{LONG_REPLY}"}},
+                 {{"start":{{"barge_in_ms":1500}},"phrases":[{{"text":"Uh-huh.","ramp_ms":300}}]}}]}}"#
+    ));
+    let r = simulate(scenario, |c| {
+        c.session.machine.barge_in = BargeInPolicy::MinWords(3)
+    })
+    .await;
+    assert!(
+        r.events
+            .iter()
+            .any(|e| matches!(e, EngineEvent::AgentPaused { .. }))
+    );
+    assert!(r.events.iter().any(
+        |e| matches!(e, EngineEvent::Backchannel { transcript, .. } if transcript == "Uh-huh.")
+    ));
+    assert!(
+        r.events
+            .iter()
+            .any(|e| matches!(e, EngineEvent::AgentResumed { .. }))
+    );
+    assert!(cancelled(&r.log, CancelReason::BargeIn).is_empty());
+    assert_eq!(
+        r.history,
+        vec![
+            Message::user("What is your return policy?"),
+            Message::assistant(LONG_REPLY)
+        ],
+        "the reply finished whole and the backchannel is not history"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_words_cuts_once_the_turn_has_enough_words_and_answers_it() {
+    let scenario = inline(&format!(
+        r#"{{"name":"cut","listen":{{"eot_threshold":0.7}},
+        "turns":[{{"start":{{"at_ms":500}},"say":"What is your return policy?","reply":"{LONG_REPLY}"}},
+                 {{"start":{{"barge_in_ms":1500}},"say":"Wait, what about sale items?","reply":"Sale items too."}}]}}"#
+    ));
+    let r = simulate(scenario, |c| {
+        c.session.machine.barge_in = BargeInPolicy::MinWords(3)
+    })
+    .await;
+    let cut = cancelled(&r.log, CancelReason::BargeIn);
+    assert_eq!(cut.len(), 1);
+    let start = flux_at(&r.log, TurnEvent::StartOfTurn, 1);
+    let cut_at = r
+        .log
+        .iter()
+        .find_map(|e| {
+            matches!(
+                e.kind,
+                LogKind::Cancelled {
+                    reason: CancelReason::BargeIn,
+                    ..
+                }
+            )
+            .then_some(e.at)
+        })
+        .unwrap();
+    assert!(cut_at > start, "paused first, cut at the third word");
+    assert!(matches!(
+        &r.history[1],
+        Message::Assistant {
+            interrupted: true,
+            ..
+        }
+    ));
+    assert_eq!(r.history[3], Message::assistant("Sale items too."));
+}
+
+const TWO_TURNS: &str = r#"{"name":"two","turns":[
+    {"start":{"at_ms":500},"phrases":[{"text":"When do you open?","ramp_ms":300}],"reply":"We open at nine in the morning."},
+    {"start":{"after_agent_ms":500},"phrases":[{"text":"Thanks.","ramp_ms":300}],"reply":"You're welcome."}]}"#;
+
+#[tokio::test(start_paused = true)]
+async fn llm_failure_mid_reply_ends_with_the_fallback_and_the_session_goes_on() {
+    let scenario = inline(TWO_TURNS);
+    let llm = ScriptedLlm::from_scenario(&scenario).fail_call(0, Fault::FailAfterTokens(3));
+    let tts = SyntheticTts::new(16000, scenario.tts.clone());
+    let r = simulate(scenario, |c| {
+        c.backends = Some(Backends {
+            llm: Arc::new(llm),
+            tts: Arc::new(tts),
+            tools: None,
+        });
+    })
+    .await;
+    let fallback = "Sorry, I'm having trouble right now. Could you say that again?";
+    assert!(r.events.iter().any(|e| matches!(e, EngineEvent::ResponseEnded { error: Some(_), heard, .. } if heard == fallback)));
+    assert_eq!(
+        r.history,
+        vec![
+            Message::user("When do you open?"),
+            Message::assistant(fallback),
+            Message::user("Thanks."),
+            Message::assistant("You're welcome."),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_tts_times_out_into_the_fallback() {
+    let scenario = inline(TWO_TURNS);
+    let llm = ScriptedLlm::from_scenario(&scenario);
+    let tts = SyntheticTts::new(16000, scenario.tts.clone()).fail_call(0, TtsFault::Stall);
+    let r = simulate(scenario, |c| {
+        c.session.machine.speculation = false;
+        c.backends = Some(Backends {
+            llm: Arc::new(llm),
+            tts: Arc::new(tts),
+            tools: None,
+        });
+    })
+    .await;
+    let error = r
+        .events
+        .iter()
+        .find_map(|e| match e {
+            EngineEvent::ResponseEnded { error: Some(e), .. } => Some(e.clone()),
+            _ => None,
+        })
+        .expect("the first reply failed");
+    assert!(error.contains("no audio within 3s"), "{error}");
+    let first = &r.report.turns[0];
+    assert_eq!(
+        first.assistant_heard,
+        "Sorry, I'm having trouble right now. Could you say that again?"
+    );
+    assert_eq!(r.report.turns[1].assistant_heard, "You're welcome.");
+}
+
+#[derive(Default)]
+struct Tools {
+    calls: Mutex<Vec<(String, Instant)>>,
+}
+
+#[async_trait]
+impl ToolExecutor for Tools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        let spec = |name: &str, effect| ToolSpec {
+            name: name.into(),
+            description: name.into(),
+            parameters: serde_json::json!({"type": "object"}),
+            effect,
+        };
+        vec![
+            spec("check_availability", ToolEffect::Pure),
+            spec("hold_table", ToolEffect::SideEffecting),
+            spec("book_table", ToolEffect::SideEffecting),
+        ]
+    }
+
+    async fn call(&self, call: &ToolCall) -> Result<String, String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((call.name.clone(), Instant::now()));
+        Ok("ok".into())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tools_under_speculation_pure_runs_side_effects_wait_and_are_dropped_on_cancel() {
+    let scenario = inline(
+        r#"{"name":"tools","listen":{"eager_eot_threshold":0.5,"eot_threshold":0.7},
+        "turns":[{"start":{"at_ms":500},"phrases":[
+          {"text":"Is there a table","pause_ms":1200,"eot_confidence":0.6,"ramp_ms":300},
+          {"text":"for two","pause_ms":1200,"eot_confidence":0.6,"ramp_ms":300},
+          {"text":"at eight?","eot_confidence":0.9,"ramp_ms":1200}]}]}"#,
+    );
+    let reply = |tool: &str, text: &str| ScriptedReply {
+        text: text.into(),
+        tool_call: Some((tool.into(), serde_json::json!({}))),
+    };
+    let llm: Arc<dyn LanguageModel> = Arc::new(ScriptedLlm::new(
+        [
+            (
+                "Is there a table".to_owned(),
+                reply("check_availability", "Let me see."),
+            ),
+            (
+                "Is there a table for two".to_owned(),
+                reply("hold_table", "Holding one."),
+            ),
+            (
+                "Is there a table for two at eight?".to_owned(),
+                reply("book_table", "Booked for eight."),
+            ),
+        ],
+        scenario.llm.clone(),
+    ));
+    let tools = Arc::new(Tools::default());
+    let tts = Arc::new(SyntheticTts::new(16000, scenario.tts.clone()));
+    let r = simulate(scenario, |c| {
+        c.backends = Some(Backends {
+            llm,
+            tts,
+            tools: Some(tools.clone()),
+        });
+    })
+    .await;
+    let calls = tools.calls.lock().unwrap().clone();
+    let names: Vec<&str> = calls.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["check_availability", "book_table"],
+        "hold_table was never made"
+    );
+    let first_eager_resumed = r
+        .log
+        .iter()
+        .find_map(|e| {
+            matches!(
+                &e.kind,
+                LogKind::Flux {
+                    event: TurnEvent::TurnResumed,
+                    ..
+                }
+            )
+            .then_some(e.at)
+        })
+        .unwrap();
+    assert!(
+        calls[0].1 < first_eager_resumed,
+        "the pure tool ran while speculative"
+    );
+    let promoted = r
+        .log
+        .iter()
+        .find_map(|e| matches!(e.kind, LogKind::Promoted { .. }).then_some(e.at))
+        .expect("the last speculation was promoted");
+    assert!(
+        calls[1].1 >= promoted,
+        "the side-effecting tool waited for promotion"
+    );
+    assert!(calls[1].1 > flux_at(&r.log, TurnEvent::EagerEndOfTurn, 0));
+    assert_eq!(r.report.turns[0].assistant_heard, "Booked for eight.");
+    assert!(has(&r.log, |k| matches!(
+        k,
+        LogKind::Cancelled {
+            reason: CancelReason::TurnResumed,
+            ..
+        }
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_demo_report_is_exact_on_the_virtual_clock() {
+    let r = simulate(Arc::new(Scenario::demo()), |_| {}).await;
+    let t = &r.report.turns;
+    assert_eq!(t.len(), 5);
+    let spec: Vec<&str> = t.iter().map(|t| t.speculation).collect();
+    assert_eq!(spec, vec!["hit", "hit", "hit", "hit", "none"]);
+    let latency: Vec<f64> = t.iter().map(|t| t.response_latency_ms.unwrap()).collect();
+    // LLM 350 ms to first token + 20 ms a token to the first sentence end + TTS 150 ms,
+    // minus the 240 ms eager lead on hits.
+    assert_eq!(latency, vec![380.0, 380.0, 280.0, 400.0, 620.0]);
+    assert!(t[2].interrupted);
+    assert_eq!(t[3].barge_in_stop_ms, Some(0.0));
+    assert_eq!(r.report.summary.speculation.attempts, 5);
+    assert_eq!(r.report.summary.speculation.wasted_llm_tokens, 3);
+    assert!(
+        t.iter()
+            .all(|t| t.llm_ttft_ms == Some(350.0) && t.tts_ttfb_ms == Some(150.0))
+    );
 }

@@ -212,9 +212,8 @@ async fn generate(
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    if let Some(s) = splitter.finish() {
-                        let _ = send(s, &mut sentence_index).await;
-                    }
+                    // The unfinished sentence is dropped: half a sentence followed by an
+                    // apology sounds broken; finished sentences were already spoken.
                     let _ = pieces.send(Piece::Failed(e.to_string())).await;
                     return;
                 }
