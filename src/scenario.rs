@@ -271,6 +271,17 @@ impl Scenario {
         if self.turns.is_empty() {
             return Err(err("turns".into(), "at least one turn is required"));
         }
+        if let Some(t) = self.listen {
+            let options = crate::flux::ListenOptions {
+                eager_eot_threshold: t.eager_eot_threshold,
+                eot_threshold: t.eot_threshold,
+                eot_timeout_ms: t.eot_timeout_ms,
+                ..crate::flux::ListenOptions::default()
+            };
+            if let Err(e) = options.validate() {
+                return Err(err(format!("listen.{}", e.parameter), &e.to_string()));
+            }
+        }
         if !(60.0..=400.0).contains(&self.tts.words_per_minute) {
             return Err(err("tts.words_per_minute".into(), "must be from 60 to 400"));
         }
@@ -396,6 +407,11 @@ mod tests {
                 "invalid type",
             ),
             (r#"{"name":"x","turns":[{}]}"#, "turns[0].phrases", "say or"),
+            (
+                r#"{"name":"x","listen":{"eager_eot_threshold":0.8,"eot_threshold":0.6},"turns":[{"say":"hi"}]}"#,
+                "listen.eager_eot_threshold",
+                "at most eot_threshold",
+            ),
             (
                 r#"{"name":"x","turns":[{"say":"  "}]}"#,
                 "turns[0].say",
