@@ -1,1 +1,22 @@
-fn main() {}
+//! Parsing and serializing Flux messages: the per-message cost of the client's reader and the
+//! emulator's writer.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use turnflow::flux::messages::ServerMessage;
+
+const TURN_INFO: &str = r#"{"type":"TurnInfo","request_id":"7b3e2c90-15d4-4f6a-8e2b-9a41c0d57f18","sequence_id":7,"event":"Update","turn_index":0,"audio_window_start":0.0,"audio_window_end":1.68,"transcript":"I'd like to change my flight","words":[{"word":"I'd","confidence":0.9712,"start":0.62,"end":0.8},{"word":"like","confidence":0.953,"start":0.8,"end":0.96},{"word":"to","confidence":0.9904,"start":0.96,"end":1.04},{"word":"change","confidence":0.9877,"start":1.04,"end":1.3},{"word":"my","confidence":0.9921,"start":1.3,"end":1.4},{"word":"flight","confidence":0.9655,"start":1.4,"end":1.68}],"end_of_turn_confidence":0.2093}"#;
+
+fn bench(c: &mut Criterion) {
+    c.bench_function("flux/parse_turn_info_6_words", |b| {
+        b.iter(|| ServerMessage::parse(black_box(TURN_INFO)).unwrap())
+    });
+    let message = ServerMessage::parse(TURN_INFO).unwrap();
+    c.bench_function("flux/serialize_turn_info_6_words", |b| {
+        b.iter(|| black_box(&message).to_json())
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

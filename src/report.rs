@@ -280,7 +280,7 @@ impl Report {
             }
         }
         let mut summary = Summary::default();
-        let mut report_turns = Vec::new();
+        let mut report_turns: Vec<TurnReport> = Vec::new();
         for (&index, turn) in &turns {
             let Some(end) = turn.end else { continue };
             let mine: Vec<(&ResponseId, &Response)> =
@@ -354,21 +354,41 @@ impl Report {
             };
             report_turns.push(report);
         }
-        let collect = |f: fn(&TurnReport) -> Option<f64>| {
-            Stats::of(report_turns.iter().filter_map(f).collect())
+        Report::from_turns(report_turns, summary.speculation)
+    }
+
+    /// A report over `turns` (possibly from many sessions) with their speculation accounting.
+    pub fn from_turns(turns: Vec<TurnReport>, speculation: SpeculationSummary) -> Self {
+        let collect =
+            |f: fn(&TurnReport) -> Option<f64>| Stats::of(turns.iter().filter_map(f).collect());
+        let summary = Summary {
+            turns: turns.len(),
+            response_latency_ms: collect(|t| t.response_latency_ms),
+            voice_to_voice_ms: collect(|t| t.voice_to_voice_ms),
+            engine_overhead_ms: collect(|t| t.engine_overhead_ms),
+            llm_ttft_ms: collect(|t| t.llm_ttft_ms),
+            tts_ttfb_ms: collect(|t| t.tts_ttfb_ms),
+            barge_in_stop_ms: collect(|t| t.barge_in_stop_ms),
+            lead_ms: collect(|t| t.lead_ms),
+            speculation,
         };
-        summary.turns = report_turns.len();
-        summary.response_latency_ms = collect(|t| t.response_latency_ms);
-        summary.voice_to_voice_ms = collect(|t| t.voice_to_voice_ms);
-        summary.engine_overhead_ms = collect(|t| t.engine_overhead_ms);
-        summary.llm_ttft_ms = collect(|t| t.llm_ttft_ms);
-        summary.tts_ttfb_ms = collect(|t| t.tts_ttfb_ms);
-        summary.barge_in_stop_ms = collect(|t| t.barge_in_stop_ms);
-        summary.lead_ms = collect(|t| t.lead_ms);
-        Report {
-            turns: report_turns,
-            summary,
+        Report { turns, summary }
+    }
+
+    /// Pools several reports (repeats, concurrent sessions) into one.
+    pub fn pool(reports: impl IntoIterator<Item = Report>) -> Self {
+        let mut turns = Vec::new();
+        let mut speculation = SpeculationSummary::default();
+        for r in reports {
+            turns.extend(r.turns);
+            let s = r.summary.speculation;
+            speculation.attempts += s.attempts;
+            speculation.hits += s.hits;
+            speculation.misses += s.misses;
+            speculation.wasted_llm_tokens += s.wasted_llm_tokens;
+            speculation.wasted_tts_chars += s.wasted_tts_chars;
         }
+        Report::from_turns(turns, speculation)
     }
 }
 

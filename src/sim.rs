@@ -54,6 +54,8 @@ pub struct SimulationConfig {
     pub backends: Option<Backends>,
     /// Receives every engine event as it happens (for live output).
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<EngineEvent>>,
+    /// Keep the user and agent audio for `conversation.wav` (off for load runs).
+    pub record_audio: bool,
 }
 
 impl SimulationConfig {
@@ -71,6 +73,7 @@ impl SimulationConfig {
             patience: Duration::from_secs(10),
             backends: None,
             observer: None,
+            record_audio: true,
         }
     }
 }
@@ -140,14 +143,19 @@ impl SimulationResult {
 type TimedFrame = (Instant, Vec<i16>);
 
 #[derive(Clone, Default)]
-struct RecordingSink(Arc<Mutex<Vec<TimedFrame>>>);
+struct RecordingSink {
+    frames: Arc<Mutex<Vec<TimedFrame>>>,
+    keep: bool,
+}
 
 impl AudioSink for RecordingSink {
     fn write(&mut self, frame: &[i16]) {
-        self.0
-            .lock()
-            .expect("recording lock")
-            .push((Instant::now(), frame.to_vec()));
+        if self.keep {
+            self.frames
+                .lock()
+                .expect("recording lock")
+                .push((Instant::now(), frame.to_vec()));
+        }
     }
 }
 
@@ -194,7 +202,10 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
     let mut flux_config = FluxConfig::new(options).with_base_url(base_url);
     flux_config.api_key = None;
     let (flux, flux_events) = connect(flux_config, connector).await?;
-    let sink = RecordingSink::default();
+    let sink = RecordingSink {
+        frames: Arc::default(),
+        keep: config.record_audio,
+    };
     let backends = config.backends.clone().unwrap_or_else(|| Backends {
         llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
         tts: Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
@@ -251,7 +262,7 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         return Err(error.into());
     }
     let entries = log.entries();
-    let agent_frames = std::mem::take(&mut *sink.0.lock().expect("recording lock"));
+    let agent_frames = std::mem::take(&mut *sink.frames.lock().expect("recording lock"));
     Ok(SimulationResult {
         report: Report::from_log(&entries),
         history: outcome.history,
@@ -364,7 +375,9 @@ async fn speak_as_user(
             agent_started_at = None;
         }
         let bytes = crate::audio::encode(Encoding::Linear16, &samples);
-        sent.extend_from_slice(&samples);
+        if config.record_audio {
+            sent.extend_from_slice(&samples);
+        }
         if flux.send_audio(bytes).await.is_err() {
             break;
         }

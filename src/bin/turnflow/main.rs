@@ -3,6 +3,7 @@
 //! - `turnflow simulate [SCENARIO]`: a whole conversation on the embedded default (emulator +
 //!   real Flux client + scripted LLM + synthetic TTS), with a per-turn report.
 //! - `turnflow emulate`: the Flux `/v2/listen` emulator on a loopback port.
+//! - `turnflow bench`: latency distributions over repeats and concurrent sessions.
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
@@ -19,6 +20,8 @@ use turnflow::flux::ApiKey;
 use turnflow::report::{Report, Stats};
 use turnflow::scenario::Scenario;
 use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
+
+mod bench;
 
 #[derive(Parser)]
 #[command(
@@ -37,10 +40,12 @@ enum Command {
     Simulate(SimulateArgs),
     /// Serve the Flux /v2/listen emulator.
     Emulate(EmulateArgs),
+    /// Measure latency distributions over many runs and concurrent sessions.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Clock {
+pub(crate) enum Clock {
     /// Real time over a loopback WebSocket.
     Real,
     /// tokio's paused clock over in-memory channels: same conversation, in milliseconds.
@@ -96,7 +101,7 @@ struct EmulateArgs {
     api_key: Option<String>,
 }
 
-fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
+pub(crate) fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
     if value == "immediate" {
         return Ok(BargeInPolicy::Immediate);
     }
@@ -118,6 +123,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Simulate(args) => simulate(args),
         Command::Emulate(args) => emulate(args),
+        Command::Bench(args) => bench::bench(args),
     }
 }
 

@@ -1,0 +1,64 @@
+//! The engine's pure hot paths: one turn-machine step and streaming sentence segmentation.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use turnflow::engine::segment::SentenceSplitter;
+use turnflow::engine::turn::{Input, MachineConfig, TurnMachine, UserEvent};
+
+fn user(event: UserEvent, transcript: &str) -> Input {
+    Input::User {
+        event,
+        transcript: transcript.into(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    c.bench_function("turn_machine/update_step", |b| {
+        let mut m = TurnMachine::new(MachineConfig::default());
+        m.step(user(UserEvent::StartOfTurn, "I'd"));
+        b.iter(|| {
+            m.step(black_box(user(
+                UserEvent::Update,
+                "I'd like to change my flight",
+            )))
+        })
+    });
+    c.bench_function("turn_machine/eager_then_end_of_turn", |b| {
+        b.iter_batched(
+            || {
+                let mut m = TurnMachine::new(MachineConfig::default());
+                m.step(user(UserEvent::StartOfTurn, "I'd"));
+                m
+            },
+            |mut m| {
+                m.step(user(
+                    UserEvent::EagerEndOfTurn,
+                    "I'd like to change my flight.",
+                ));
+                m.step(user(UserEvent::EndOfTurn, "I'd like to change my flight."))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let reply = "Thanks Jordan. Your table for four is booked for seven tonight. We will hold it \
+                 for fifteen minutes, and you will get a confirmation by text message shortly.";
+    let tokens: Vec<String> = reply.split_inclusive(' ').map(str::to_owned).collect();
+    c.bench_function("segment/stream_29_tokens", |b| {
+        b.iter(|| {
+            let mut s = SentenceSplitter::default();
+            let mut n = 0;
+            for t in &tokens {
+                n += s.push(black_box(t)).len();
+            }
+            n + usize::from(s.finish().is_some())
+        })
+    });
+    c.bench_function("segment/one_token", |b| {
+        let mut s = SentenceSplitter::default();
+        b.iter(|| s.push(black_box(" word")))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,366 @@
+//! `turnflow bench`: scenarios run many times, optionally as concurrent sessions, under one or
+//! more configurations, with pooled latency distributions, speculation accounting, CPU and RSS.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant as WallInstant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde::Serialize;
+use turnflow::report::{Report, Stats, Summary};
+use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, Transport};
+
+use crate::{Clock, parse_barge_in};
+
+#[derive(Parser)]
+pub struct BenchArgs {
+    /// Scenario files; the built-in demo when none is given.
+    scenarios: Vec<PathBuf>,
+    /// Runs of each scenario per configuration.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Concurrent sessions per run (each plays the scenario in real time).
+    #[arg(long, default_value_t = 8)]
+    sessions: usize,
+    /// Compare configurations, e.g. `speculation=on,off`, `barge-in=immediate,min-words=2`,
+    /// `eager=0.4,0.6`, `presynthesize=off,on`.
+    #[arg(long)]
+    compare: Option<String>,
+    /// `real` measures engine overhead in wall time; `virtual` is exact and instant but
+    /// reports zero overhead.
+    #[arg(long, value_enum, default_value = "real")]
+    clock: Clock,
+    /// Write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a chart of the latency distributions as SVG.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+struct Variant {
+    label: String,
+    apply: fn(&mut SimulationConfig, &str),
+    value: String,
+}
+
+fn variants(compare: Option<&str>) -> Result<Vec<Variant>> {
+    let Some(spec) = compare else {
+        return Ok(vec![Variant {
+            label: "default".into(),
+            apply: |_, _| {},
+            value: String::new(),
+        }]);
+    };
+    let (key, values) = spec
+        .split_once('=')
+        .with_context(|| format!("--compare {spec:?}: expected KEY=V1,V2"))?;
+    let apply: fn(&mut SimulationConfig, &str) = match key {
+        "speculation" => |c, v| c.session.machine.speculation = v == "on",
+        "presynthesize" => |c, v| c.session.response.presynthesize_first_sentence = v == "on",
+        "barge-in" => |c, v| c.session.machine.barge_in = parse_barge_in(v).expect("validated"),
+        "eager" => |c, v| c.thresholds.eager_eot_threshold = v.parse().ok(),
+        other => bail!(
+            "--compare {other:?}: supported keys are speculation, presynthesize, barge-in, eager"
+        ),
+    };
+    let mut out = Vec::new();
+    for value in values.split(',') {
+        let valid = match key {
+            "speculation" | "presynthesize" => matches!(value, "on" | "off"),
+            "barge-in" => parse_barge_in(value).is_ok(),
+            _ => value.parse::<f64>().is_ok_and(|v| (0.3..=0.9).contains(&v)),
+        };
+        if !valid {
+            bail!("--compare {key}={value:?}: not an allowed value for {key}");
+        }
+        out.push(Variant {
+            label: format!("{key}={value}"),
+            apply,
+            value: value.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct VariantResult {
+    config: String,
+    sessions: usize,
+    repeats: usize,
+    wall_seconds: f64,
+    cpu_percent: f64,
+    cpu_ms_per_session: f64,
+    peak_rss_kib: u64,
+    rss_kib_per_session: f64,
+    hit_rate: f64,
+    summary: Summary,
+}
+
+/// CPU time of this process so far, in milliseconds (utime + stime from /proc).
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields after the command name: utime is the 12th, stime the 13th (0-based 11, 12).
+    (ticks(11) + ticks(12)) * 10.0
+}
+
+/// A /proc/self/status value in KiB (VmRSS, VmHWM).
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| {
+            v.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    if args.sessions == 0 || args.repeat == 0 {
+        bail!("--sessions and --repeat must be at least 1");
+    }
+    let scenarios: Vec<Arc<Scenario>> = if args.scenarios.is_empty() {
+        vec![Arc::new(Scenario::demo())]
+    } else {
+        args.scenarios
+            .iter()
+            .map(|p| Scenario::load(p).map(Arc::new))
+            .collect::<Result<_, _>>()?
+    };
+    let variants = variants(args.compare.as_deref())?;
+    let runtime = match args.clock {
+        Clock::Real => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        Clock::Virtual => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()?,
+    };
+    let baseline_rss = status_kib("VmRSS");
+    let mut results = Vec::new();
+    for variant in &variants {
+        let wall = WallInstant::now();
+        let cpu = cpu_ms();
+        let mut reports = Vec::new();
+        for repeat in 0..args.repeat {
+            for scenario in &scenarios {
+                eprintln!(
+                    "[{}] run {}/{} of {:?}: {} sessions",
+                    variant.label,
+                    repeat + 1,
+                    args.repeat,
+                    scenario.name,
+                    args.sessions
+                );
+                let runs = runtime.block_on(async {
+                    let mut tasks = Vec::new();
+                    for _ in 0..args.sessions {
+                        let mut config = SimulationConfig::new(scenario.clone());
+                        config.transport = Transport::Memory;
+                        config.record_audio = false;
+                        (variant.apply)(&mut config, &variant.value);
+                        tasks.push(tokio::spawn(turnflow::sim::run(config)));
+                    }
+                    let mut out = Vec::new();
+                    for t in tasks {
+                        out.push(t.await);
+                    }
+                    out
+                });
+                for run in runs {
+                    reports.push(run.context("session task panicked")??.report);
+                }
+            }
+        }
+        let wall_seconds = wall.elapsed().as_secs_f64();
+        let cpu_used = cpu_ms() - cpu;
+        let sessions = args.sessions * args.repeat * scenarios.len();
+        let report = Report::pool(reports);
+        let spec = report.summary.speculation;
+        let peak = status_kib("VmHWM");
+        results.push(VariantResult {
+            config: variant.label.clone(),
+            sessions: args.sessions,
+            repeats: args.repeat,
+            wall_seconds,
+            cpu_percent: cpu_used / (wall_seconds * 10.0),
+            cpu_ms_per_session: cpu_used / sessions as f64,
+            peak_rss_kib: peak,
+            rss_kib_per_session: peak.saturating_sub(baseline_rss) as f64 / args.sessions as f64,
+            hit_rate: if spec.hits + spec.misses > 0 {
+                spec.hits as f64 / (spec.hits + spec.misses) as f64
+            } else {
+                0.0
+            },
+            summary: report.summary,
+        });
+    }
+    print_table(&results);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, chart(&results))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_table(results: &[VariantResult]) {
+    println!(
+        "{:<24} {:<20} {:>8} {:>8} {:>8} {:>8} {:>5}",
+        "config", "metric", "p50", "p90", "p99", "max", "n"
+    );
+    for r in results {
+        let s = &r.summary;
+        for (name, st) in [
+            ("response_latency_ms", &s.response_latency_ms),
+            ("voice_to_voice_ms", &s.voice_to_voice_ms),
+            ("engine_overhead_ms", &s.engine_overhead_ms),
+            ("barge_in_stop_ms", &s.barge_in_stop_ms),
+            ("lead_ms", &s.lead_ms),
+        ] {
+            println!(
+                "{:<24} {:<20} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>5}",
+                r.config, name, st.p50, st.p90, st.p99, st.max, st.count
+            );
+        }
+        let spec = s.speculation;
+        println!(
+            "{:<24} speculation: hit rate {:.0}% ({} hits, {} misses, {} attempts), {} wasted LLM tokens, {} wasted TTS chars",
+            r.config,
+            r.hit_rate * 100.0,
+            spec.hits,
+            spec.misses,
+            spec.attempts,
+            spec.wasted_llm_tokens,
+            spec.wasted_tts_chars
+        );
+        println!(
+            "{:<24} {} sessions x {} repeats in {:.1} s: CPU {:.1}% ({:.1} ms per session), peak RSS {} KiB (~{:.0} KiB per session)",
+            r.config,
+            r.sessions,
+            r.repeats,
+            r.wall_seconds,
+            r.cpu_percent,
+            r.cpu_ms_per_session,
+            r.peak_rss_kib,
+            r.rss_kib_per_session
+        );
+    }
+}
+
+/// Box plots (p50 box to p90, whisker to max) of response latency and voice-to-voice per
+/// configuration.
+fn chart(results: &[VariantResult]) -> String {
+    type Pick = fn(&Summary) -> &Stats;
+    let metrics: [(&str, Pick); 2] = [
+        ("response_latency_ms", |s| &s.response_latency_ms),
+        ("voice_to_voice_ms", |s| &s.voice_to_voice_ms),
+    ];
+    let max = results
+        .iter()
+        .flat_map(|r| metrics.iter().map(|(_, f)| f(&r.summary).max))
+        .fold(1.0_f64, f64::max);
+    let scale = 700.0 / max;
+    let row = 26.0;
+    let height = 40.0 + row * (results.len() * metrics.len()) as f64;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="{height:.0}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    let mut y = 30.0;
+    for r in results {
+        for (name, f) in &metrics {
+            let st = f(&r.summary);
+            let x = |v: f64| 260.0 + v * scale;
+            let _ = write!(
+                svg,
+                r##"<text x="8" y="{:.1}">{} {}</text><line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#555"/><rect x="{:.1}" y="{:.1}" width="{:.1}" height="14" fill="#90caf9" stroke="#1565c0"/><text x="{:.1}" y="{:.1}" fill="#333">p50 {:.0} / p99 {:.0} ms</text>"##,
+                y + 11.0,
+                r.config,
+                name,
+                x(st.p50),
+                y + 7.0,
+                x(st.max),
+                y + 7.0,
+                x(st.p50),
+                y,
+                (x(st.p90) - x(st.p50)).max(1.0),
+                x(st.max) + 6.0,
+                y + 11.0,
+                st.p50,
+                st.p99
+            );
+            y += row;
+        }
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="260" y="{:.1}" fill="#777">0 ms</text><text x="940" y="{:.1}" fill="#777">{max:.0} ms</text></svg>"##,
+        y + 4.0,
+        y + 4.0
+    );
+    svg.push('\n');
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use turnflow::engine::BargeInPolicy;
+
+    #[test]
+    fn compare_specs_are_validated() {
+        assert_eq!(variants(None).unwrap().len(), 1);
+        let v = variants(Some("speculation=on,off")).unwrap();
+        assert_eq!(
+            v.iter().map(|v| v.label.as_str()).collect::<Vec<_>>(),
+            ["speculation=on", "speculation=off"]
+        );
+        assert!(
+            variants(Some("speculation=maybe"))
+                .unwrap_err()
+                .to_string()
+                .contains("maybe")
+        );
+        assert!(variants(Some("eager=0.95")).is_err());
+        assert!(
+            variants(Some("colour=red"))
+                .unwrap_err()
+                .to_string()
+                .contains("supported keys")
+        );
+        assert!(variants(Some("speculation")).is_err());
+        let mut c = SimulationConfig::new(Arc::new(Scenario::demo()));
+        let v = variants(Some("barge-in=min-words=2")).unwrap();
+        (v[0].apply)(&mut c, &v[0].value);
+        assert_eq!(c.session.machine.barge_in, BargeInPolicy::MinWords(2));
+    }
+
+    #[test]
+    fn proc_readings_are_sane() {
+        assert!(status_kib("VmRSS") > 0);
+        assert!(cpu_ms() >= 0.0);
+    }
+}

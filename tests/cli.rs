@@ -1,0 +1,201 @@
+//! The `turnflow` binary: simulate's output and files on the virtual clock, and its errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn turnflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the turnflow binary runs")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("turnflow-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
+    let dir = temp_dir("demo");
+    let out = turnflow(&[
+        "simulate",
+        "--clock",
+        "virtual",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("turn 0  user: Hi, are you open tonight?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("speculation r2 cancelled (TurnResumed)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("agent r4: Thanks Jordan. Your table for four is [cut]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("speculation: 5 attempts, 4 hits, 0 misses, 3 wasted LLM tokens"),
+        "{stdout}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let turns = report["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 5);
+    for field in [
+        "index",
+        "user_transcript",
+        "speculation",
+        "lead_ms",
+        "response_latency_ms",
+        "voice_to_voice_ms",
+        "engine_overhead_ms",
+        "llm_ttft_ms",
+        "tts_ttfb_ms",
+        "interrupted",
+        "barge_in_stop_ms",
+        "assistant_text",
+        "assistant_heard",
+    ] {
+        assert!(turns[0].get(field).is_some(), "turns[].{field}");
+    }
+    let latencies: Vec<f64> = turns
+        .iter()
+        .map(|t| t["response_latency_ms"].as_f64().unwrap())
+        .collect();
+    assert_eq!(latencies, vec![380.0, 380.0, 280.0, 400.0, 620.0]);
+    assert_eq!(report["summary"]["response_latency_ms"]["p50"], 380.0);
+    assert_eq!(report["summary"]["speculation"]["hits"], 4);
+
+    let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap();
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains(">cut</text>") && svg.contains("380 ms"));
+
+    let wav = std::fs::read(dir.join("conversation.wav")).unwrap();
+    let (format, offset) = turnflow::audio::parse_wav_header(&wav).unwrap().unwrap();
+    assert_eq!((format.channels, format.sample_rate), (2, 16000));
+    let frames = (wav.len() - offset) / 4;
+    assert!(
+        frames > 16000 * 30,
+        "about 35 s of conversation, got {frames} frames"
+    );
+    let samples: Vec<i16> = wav[offset..]
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    assert!(
+        samples.iter().step_by(2).any(|s| s.unsigned_abs() > 3000),
+        "user channel audible"
+    );
+    assert!(
+        samples
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .any(|s| s.unsigned_abs() > 3000),
+        "agent channel audible"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn invalid_scenario_files_name_the_file_field_and_reason() {
+    let dir = temp_dir("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"name":"x","turns":[{"phrases":[{"text":"hi","eot_confidence":2}]}]}"#,
+    )
+    .unwrap();
+    let out = turnflow(&["simulate", "--clock", "virtual", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: turns[0].phrases[0].eot_confidence: must be from 0 to 1",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    let missing = turnflow(&["simulate", "/nonexistent/scenario.json"]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("/nonexistent/scenario.json: (file): cannot read")
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn invalid_flags_are_refused_with_what_is_allowed() {
+    let out = turnflow(&["simulate", "--clock", "virtual", "--barge-in", "sometimes"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `immediate` or `min-words=N`"));
+    let out = turnflow(&["simulate", "--clock", "virtual", "--eot-threshold", "0.3"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("invalid eot_threshold=\"0.3\": a number from 0.5 to 1.0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = turnflow(&["bench", "--clock", "virtual", "--compare", "colour=red"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("supported keys"));
+}
+
+#[test]
+fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
+    let dir = temp_dir("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("bench.json");
+    let svg = dir.join("bench.svg");
+    let out = turnflow(&[
+        "bench",
+        "--clock",
+        "virtual",
+        "--sessions",
+        "3",
+        "--compare",
+        "speculation=on,off",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        "scenarios/eager_hit.json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let p50 = |i: usize| {
+        results[i]["summary"]["response_latency_ms"]["p50"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(results[0]["config"], "speculation=on");
+    assert_eq!(results[0]["summary"]["response_latency_ms"]["count"], 3);
+    assert_eq!((p50(0), p50(1)), (150.0, 520.0));
+    assert!(
+        std::fs::read_to_string(&svg)
+            .unwrap()
+            .contains("speculation=off")
+    );
+    assert!(Path::new(&svg).exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
