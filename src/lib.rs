@@ -1,6 +1,51 @@
 //! # turnflow
 //!
-//! Voice-agent turn-taking on Deepgram Flux.
+//! Voice-agent turn-taking on Deepgram Flux: Flux turn events in, spoken replies out. Replies
+//! start speculatively on `EagerEndOfTurn`, are cancelled when the user keeps talking, are
+//! promoted on `EndOfTurn`, and stop within one audio frame when the user barges in; the
+//! history keeps only what the user actually heard.
+//!
+//! ## A session in a few lines
+//!
+//! A Flux connection, a language model and a voice make a session. Here everything is local:
+//! the emulator plays a scenario, and the scripted model and synthetic voice stand in for real
+//! providers (implement [`llm::LanguageModel`] and [`tts::SpeechSynthesizer`] for yours).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
+//! use turnflow::engine::{AudioSink, Backends, SessionConfig, start_session};
+//! use turnflow::flux::{FluxConfig, ListenOptions, connect};
+//! use turnflow::llm::ScriptedLlm;
+//! use turnflow::scenario::Scenario;
+//! use turnflow::tts::SyntheticTts;
+//!
+//! struct Speaker;
+//! impl AudioSink for Speaker {
+//!     fn write(&mut self, _frame: &[i16]) { /* to the sound card or the phone line */ }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let scenario = Scenario::load("scenarios/plain.json".as_ref())?;
+//! let flux_server = MemoryEmulator::new(EmulatorConfig::new(Arc::new(scenario.clone())));
+//! // With Deepgram: connect(FluxConfig::new(options), Arc::new(WebSocketConnector)).
+//! let (flux, events) = connect(FluxConfig::new(ListenOptions::default()), Arc::new(flux_server)).await?;
+//! let backends = Backends {
+//!     llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+//!     tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+//!     tools: None,
+//! };
+//! let (session, _events) = start_session(SessionConfig::default(), events, backends, Box::new(Speaker));
+//!
+//! flux.send_audio(vec![0u8; 16000 * 2 * 8]).await?; // 8 s of the microphone
+//! tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+//! flux.close().await?;
+//! let outcome = session.finished().await;
+//! assert_eq!(outcome.history.len(), 2); // the question, and the answer as heard
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ## Crate guide
 //! | module | role |
@@ -8,16 +53,18 @@
 //! | [`flux`] | Flux `/v2/listen`: wire types, listen options, transports and the client |
 //! | [`emulator`] | a local Flux server (WebSocket or in-memory) driven by a scenario |
 //! | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies |
-//! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
-//! | [`llm`] | the `LanguageModel` trait, conversation types, the scripted model |
+//! | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
+//! | [`llm`] | the `LanguageModel` trait, conversation types, tools, the scripted model |
 //! | [`tts`] | the `SpeechSynthesizer` trait and the synthetic voice |
-//! | [`engine`] | turn machine (pure), sentence segmentation, session driver |
-//! | [`text`] | transcript normalization shared by engine and backends |
 //! | [`report`] | per-turn metrics and the run summary, computed from the session's event log |
 //! | [`timeline`] | the SVG timeline of a simulated conversation |
 //! | [`sim`] | the simulated conversation behind `turnflow simulate`: emulator + client + engine + user |
+//! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
+//! | [`text`] | transcript normalization shared by engine and backends |
 //!
-//! Data flows one way: audio in -> [`flux`] client -> engine -> response -> audio out.
+//! Data flows one way: audio in -> [`flux`] client -> [`engine`] turn machine -> response (LLM ->
+//! sentences -> TTS -> gate -> playout) -> audio out, every step stamped into one event log that
+//! [`report`] reads. Nothing upstream knows what is downstream.
 #![warn(missing_docs)]
 
 pub mod audio;

@@ -56,6 +56,8 @@ pub struct SimulationConfig {
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<EngineEvent>>,
     /// Keep the user and agent audio for `conversation.wav` (off for load runs).
     pub record_audio: bool,
+    /// Wraps the connector to the emulator (fault injection, proxies).
+    pub wrap_connector: Option<fn(Arc<dyn Connector>) -> Arc<dyn Connector>>,
 }
 
 impl SimulationConfig {
@@ -74,6 +76,7 @@ impl SimulationConfig {
             backends: None,
             observer: None,
             record_audio: true,
+            wrap_connector: None,
         }
     }
 }
@@ -198,6 +201,10 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         eot_threshold: config.thresholds.eot_threshold,
         eot_timeout_ms: config.thresholds.eot_timeout_ms,
         ..ListenOptions::raw(Encoding::Linear16, config.sample_rate)
+    };
+    let connector = match config.wrap_connector {
+        Some(wrap) => wrap(connector),
+        None => connector,
     };
     let mut flux_config = FluxConfig::new(options).with_base_url(base_url);
     flux_config.api_key = None;

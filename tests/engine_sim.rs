@@ -516,3 +516,91 @@ async fn the_demo_report_is_exact_on_the_virtual_clock() {
             .all(|t| t.llm_ttft_ms == Some(350.0) && t.tts_ttfb_ms == Some(150.0))
     );
 }
+
+/// Passes connections through, but ends the first one after it delivered 8 server messages:
+/// a socket dropped in the middle of the first user turn.
+struct DropFirstConnection {
+    inner: Arc<dyn turnflow::flux::Connector>,
+}
+
+/// Connections opened through [`DropFirstConnection`] (one test uses it).
+static CONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[async_trait]
+impl turnflow::flux::Connector for DropFirstConnection {
+    async fn connect(
+        &self,
+        request: &turnflow::flux::transport::ConnectRequest,
+    ) -> Result<turnflow::flux::transport::Connection, turnflow::flux::transport::ConnectError>
+    {
+        use futures_util::StreamExt;
+        let mut connection = self.inner.connect(request).await?;
+        if CONNECTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            connection.stream = Box::pin(connection.stream.take(8));
+        }
+        Ok(connection)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flux_reconnect_mid_turn_does_not_lose_the_conversation() {
+    let clean = simulate(Arc::new(Scenario::demo()), |_| {}).await;
+    let dropped = simulate(Arc::new(Scenario::demo()), |c| {
+        c.wrap_connector = Some(|inner| Arc::new(DropFirstConnection { inner }));
+    })
+    .await;
+    let starts = dropped
+        .log
+        .iter()
+        .filter(|e| {
+            matches!(
+                &e.kind,
+                LogKind::Flux {
+                    event: TurnEvent::StartOfTurn,
+                    turn_index: 0,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(
+        CONNECTS.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "dropped once, reconnected once"
+    );
+    assert_eq!(starts, 1, "the replayed turn is not started twice");
+    assert_eq!(
+        dropped.history, clean.history,
+        "same conversation despite the drop"
+    );
+    let transcripts = |r: &SimulationResult| -> Vec<String> {
+        r.report
+            .turns
+            .iter()
+            .map(|t| t.user_transcript.clone())
+            .collect()
+    };
+    assert_eq!(transcripts(&dropped), transcripts(&clean));
+}
+
+#[tokio::test(start_paused = true)]
+async fn applications_see_interim_transcripts_and_sentences_in_order() {
+    let r = simulate(Arc::new(Scenario::demo()), |_| {}).await;
+    let position = |pred: &dyn Fn(&EngineEvent) -> bool| r.events.iter().position(pred).unwrap();
+    let partial = position(
+        &|e| matches!(e, EngineEvent::UserTranscript { turn: 0, transcript } if transcript == "Hi,"),
+    );
+    let finished = position(&|e| matches!(e, EngineEvent::UserFinished { turn: 0, .. }));
+    let speaking = position(&|e| {
+        matches!(
+            e,
+            EngineEvent::AgentSpeaking {
+                response: ResponseId(1)
+            }
+        )
+    });
+    let sentence = position(
+        &|e| matches!(e, EngineEvent::AgentSentence { response: ResponseId(1), text } if text == "Yes, we are open until eleven tonight."),
+    );
+    assert!(partial < finished && finished < speaking && speaking < sentence);
+}

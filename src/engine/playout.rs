@@ -75,6 +75,13 @@ pub struct Heard {
 pub enum PlayoutEvent {
     /// The first frame of a response was written.
     Started(ResponseId),
+    /// The first frame of a sentence was written.
+    Sentence {
+        /// The response.
+        id: ResponseId,
+        /// The sentence.
+        text: String,
+    },
     /// Everything of a response was played.
     Finished {
         /// The response.
@@ -312,6 +319,11 @@ fn play_next(
     let first_sample = track.played;
     track.played += n as u64;
     track.last_written = Some(now);
+    if !track.started {
+        track.started = true;
+        log.record_at(now, LogKind::FirstFrameWritten { id });
+        let _ = events.send(PlayoutEvent::Started(id));
+    }
     // Credit the played samples to their sentences.
     let mut sample = first_sample;
     while sample < track.played {
@@ -321,13 +333,15 @@ fn play_next(
             .iter()
             .find(|(start, _)| *start > sample)
             .map_or(track.played, |(start, _)| (*start).min(track.played));
-        track.sentences[index].played += end - sample;
+        let sentence = &mut track.sentences[index];
+        if sentence.played == 0 {
+            let _ = events.send(PlayoutEvent::Sentence {
+                id,
+                text: sentence.text.clone(),
+            });
+        }
+        sentence.played += end - sample;
         sample = end;
-    }
-    if !track.started {
-        track.started = true;
-        log.record_at(now, LogKind::FirstFrameWritten { id });
-        let _ = events.send(PlayoutEvent::Started(id));
     }
 }
 

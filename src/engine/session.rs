@@ -268,6 +268,11 @@ impl Driver {
     async fn on_playout(&mut self, event: PlayoutEvent) {
         match event {
             PlayoutEvent::Started(id) => self.step(Input::AudioStarted(id)).await,
+            PlayoutEvent::Sentence { id, text } => {
+                let _ = self
+                    .events
+                    .send(EngineEvent::AgentSentence { response: id, text });
+            }
             PlayoutEvent::Finished { id, heard, failure } => {
                 self.reap(id).await;
                 self.log.record(LogKind::Ended {

@@ -155,6 +155,13 @@ pub enum EngineEvent {
         /// Whether the agent was speaking (or about to).
         over_agent: bool,
     },
+    /// The user's words so far in the current turn (interim, may still change).
+    UserTranscript {
+        /// User turn index.
+        turn: u64,
+        /// The transcript so far.
+        transcript: String,
+    },
     /// The user's final transcript of a turn.
     UserFinished {
         /// User turn index.
@@ -213,6 +220,13 @@ pub enum EngineEvent {
     Interrupted {
         /// The response.
         response: ResponseId,
+    },
+    /// The agent started speaking a sentence (for captions).
+    AgentSentence {
+        /// The response.
+        response: ResponseId,
+        /// The sentence.
+        text: String,
     },
     /// A user turn ignored as a backchannel ("uh-huh") over the agent.
     Backchannel {
@@ -440,6 +454,12 @@ impl TurnMachine {
             }
         }
         self.words_seen = self.words_seen.max(words);
+        if event != UserEvent::EndOfTurn && !transcript.is_empty() {
+            out.push(Action::Emit(EngineEvent::UserTranscript {
+                turn: self.turn,
+                transcript: transcript.clone(),
+            }));
+        }
         match event {
             UserEvent::StartOfTurn | UserEvent::Update => {
                 if self.user == UserState::Idle {
