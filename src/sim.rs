@@ -33,6 +33,9 @@ pub enum Transport {
     Memory,
 }
 
+/// Wraps the connector the simulation uses to reach the emulator.
+pub type WrapConnector = fn(Arc<dyn Connector>) -> Arc<dyn Connector>;
+
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct SimulationConfig {
@@ -57,7 +60,7 @@ pub struct SimulationConfig {
     /// Keep the user and agent audio for `conversation.wav` (off for load runs).
     pub record_audio: bool,
     /// Wraps the connector to the emulator (fault injection, proxies).
-    pub wrap_connector: Option<fn(Arc<dyn Connector>) -> Arc<dyn Connector>>,
+    pub wrap_connector: Option<WrapConnector>,
 }
 
 impl SimulationConfig {
