@@ -5,8 +5,9 @@
 //! - `response_latency_ms`: `EndOfTurn` received -> first agent frame written.
 //! - `voice_to_voice_ms`: the audio with the end of the user's last word sent -> first frame.
 //! - `engine_overhead_ms`: trigger received -> LLM request sent, plus first sentence ready ->
-//!   TTS request sent, plus first TTS audio received (or promotion, whichever is later) ->
-//!   first frame written.
+//!   TTS request sent, plus first TTS audio received -> first frame written; for a speculative
+//!   reply the last two start no earlier than its promotion (waiting for `EndOfTurn` is not
+//!   overhead).
 //! - `llm_ttft_ms`, `tts_ttfb_ms`: provider latencies seen from our edge.
 //! - `speculation`: none | hit | miss, with `lead_ms` = `EndOfTurn` minus the receipt of the
 //!   `EagerEndOfTurn` whose speculation was promoted.
@@ -317,11 +318,14 @@ impl Report {
             let engine_overhead_ms = answer.and_then(|r| {
                 let trigger = r.trigger?;
                 let gate_open = r.promoted.or(r.started)?;
-                let ready = r.tts_first0?.max(gate_open);
+                // Waiting for promotion is not our overhead: each hand-off is measured from
+                // the later of "input ready" and "gate open".
+                let sentence_ready = r.sentence0?.max(gate_open);
+                let audio_ready = r.tts_first0?.max(gate_open);
                 Some(
                     ms(trigger, r.llm_sent?)
-                        + ms(r.sentence0?, r.tts_sent0?)
-                        + ms(ready, r.first_frame?),
+                        + ms(sentence_ready, r.tts_sent0?)
+                        + ms(audio_ready, r.first_frame?),
                 )
             });
             let barge_in_stop_ms = turn.start.and_then(|start| {

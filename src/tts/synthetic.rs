@@ -69,32 +69,85 @@ impl SyntheticTts {
 
     /// The audio and word timings of `text`, synchronously.
     pub fn render(&self, text: &str) -> (Vec<i16>, Vec<WordTiming>) {
-        let per_word = self.samples_per_word();
-        let voiced = per_word * 4 / 5;
-        let rate = f64::from(self.sample_rate);
-        let fade = (rate * 0.005) as u64;
-        let mut samples = Vec::new();
-        let mut words = Vec::new();
-        for (i, word) in text.split_whitespace().enumerate() {
-            let start = samples.len() as u64;
-            let pitch = 170.0 + 35.0 * (i % 5) as f64;
-            for n in 0..per_word {
-                let value = if n < voiced {
-                    let envelope = (n.min(voiced - n) as f64 / fade as f64).min(1.0);
-                    let phase = std::f64::consts::TAU * pitch * n as f64 / rate;
-                    (phase.sin() * 0.3 * envelope * 32767.0) as i16
-                } else {
-                    0
-                };
-                samples.push(value);
-            }
-            words.push(WordTiming {
-                word: word.to_owned(),
-                start,
-                end: start + voiced,
-            });
+        let voice = Voice::new(self, text);
+        ((0..voice.len()).map(|n| voice.sample(n)).collect(), voice.words)
+    }
+}
+
+/// The samples of one sentence, computed on demand: rendering costs a table lookup per sample,
+/// spread over the chunks as they are pulled, so the fake provider does not steal the engine's
+/// CPU time in benchmarks.
+struct Voice {
+    words: Vec<WordTiming>,
+    per_word: u64,
+    voiced: u64,
+    fade: u64,
+    /// Phase increment per sample for each pitch, in table steps (16.16 fixed point).
+    steps: [u64; 5],
+}
+
+const TABLE_BITS: u32 = 10;
+
+fn sine_table() -> &'static [i16; 1 << TABLE_BITS] {
+    static TABLE: std::sync::OnceLock<[i16; 1 << TABLE_BITS]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [0i16; 1 << TABLE_BITS];
+        for (i, v) in t.iter_mut().enumerate() {
+            let phase = std::f64::consts::TAU * i as f64 / f64::from(1u32 << TABLE_BITS);
+            *v = (phase.sin() * 0.3 * 32767.0) as i16;
         }
-        (samples, words)
+        t
+    })
+}
+
+impl Voice {
+    fn new(tts: &SyntheticTts, text: &str) -> Self {
+        let per_word = tts.samples_per_word();
+        let voiced = per_word * 4 / 5;
+        let rate = f64::from(tts.sample_rate);
+        let words = text
+            .split_whitespace()
+            .enumerate()
+            .map(|(i, word)| {
+                let start = i as u64 * per_word;
+                WordTiming {
+                    word: word.to_owned(),
+                    start,
+                    end: start + voiced,
+                }
+            })
+            .collect();
+        let steps = std::array::from_fn(|i| {
+            let pitch = 170.0 + 35.0 * i as f64;
+            (pitch / rate * f64::from(1u32 << TABLE_BITS) * 65536.0) as u64
+        });
+        Self {
+            words,
+            per_word,
+            voiced,
+            fade: (rate * 0.005) as u64,
+            steps,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.words.len() as u64 * self.per_word
+    }
+
+    fn sample(&self, n: u64) -> i16 {
+        let word = (n / self.per_word) as usize;
+        let offset = n % self.per_word;
+        if offset >= self.voiced {
+            return 0;
+        }
+        let index = ((offset * self.steps[word % 5]) >> 16) as usize & ((1 << TABLE_BITS) - 1);
+        let edge = offset.min(self.voiced - offset);
+        let value = i64::from(sine_table()[index]);
+        if edge < self.fade {
+            (value * edge as i64 / self.fade as i64) as i16
+        } else {
+            value as i16
+        }
     }
 }
 
@@ -117,34 +170,32 @@ impl SpeechSynthesizer for SyntheticTts {
                 message: "scripted failure".into(),
             });
         }
-        let (samples, mut words) = self.render(text);
-        let chunk_len = (self.sample_rate / 10) as usize;
-        let mut chunks = Vec::new();
-        for (i, piece) in samples.chunks(chunk_len.max(1)).enumerate() {
-            let chunk_start = (i * chunk_len) as u64;
-            let chunk_end = chunk_start + piece.len() as u64;
-            let (starting, rest): (Vec<_>, Vec<_>) =
-                words.into_iter().partition(|w| w.start < chunk_end);
-            words = rest;
-            chunks.push(Ok(SpeechChunk {
-                samples: piece.to_vec(),
-                words: starting,
-            }));
-        }
+        let voice = Voice::new(self, text);
+        let chunk_len = u64::from(self.sample_rate / 10).max(1);
         let ttfb = Duration::from_millis(self.timing.ttfb_ms);
         let stalled = fault == Some(TtsFault::Stall);
-        let stream = futures_util::stream::unfold(
-            (chunks.into_iter(), true),
-            move |(mut chunks, first)| async move {
-                if first {
-                    if stalled {
-                        std::future::pending::<()>().await;
-                    }
-                    tokio::time::sleep(ttfb).await;
+        let stream = futures_util::stream::unfold((voice, 0u64), move |(voice, start)| async move {
+            if start == 0 {
+                if stalled {
+                    std::future::pending::<()>().await;
                 }
-                chunks.next().map(|c| (c, (chunks, false)))
-            },
-        );
+                tokio::time::sleep(ttfb).await;
+            }
+            if start >= voice.len() {
+                return None;
+            }
+            let end = (start + chunk_len).min(voice.len());
+            let chunk = SpeechChunk {
+                samples: (start..end).map(|n| voice.sample(n)).collect(),
+                words: voice
+                    .words
+                    .iter()
+                    .filter(|w| w.start >= start && w.start < end)
+                    .cloned()
+                    .collect(),
+            };
+            Some((Ok(chunk), (voice, end)))
+        });
         Ok(Box::pin(stream))
     }
 
