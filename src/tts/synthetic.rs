@@ -70,7 +70,10 @@ impl SyntheticTts {
     /// The audio and word timings of `text`, synchronously.
     pub fn render(&self, text: &str) -> (Vec<i16>, Vec<WordTiming>) {
         let voice = Voice::new(self, text);
-        ((0..voice.len()).map(|n| voice.sample(n)).collect(), voice.words)
+        (
+            (0..voice.len()).map(|n| voice.sample(n)).collect(),
+            voice.words,
+        )
     }
 }
 
@@ -174,28 +177,29 @@ impl SpeechSynthesizer for SyntheticTts {
         let chunk_len = u64::from(self.sample_rate / 10).max(1);
         let ttfb = Duration::from_millis(self.timing.ttfb_ms);
         let stalled = fault == Some(TtsFault::Stall);
-        let stream = futures_util::stream::unfold((voice, 0u64), move |(voice, start)| async move {
-            if start == 0 {
-                if stalled {
-                    std::future::pending::<()>().await;
+        let stream =
+            futures_util::stream::unfold((voice, 0u64), move |(voice, start)| async move {
+                if start == 0 {
+                    if stalled {
+                        std::future::pending::<()>().await;
+                    }
+                    tokio::time::sleep(ttfb).await;
                 }
-                tokio::time::sleep(ttfb).await;
-            }
-            if start >= voice.len() {
-                return None;
-            }
-            let end = (start + chunk_len).min(voice.len());
-            let chunk = SpeechChunk {
-                samples: (start..end).map(|n| voice.sample(n)).collect(),
-                words: voice
-                    .words
-                    .iter()
-                    .filter(|w| w.start >= start && w.start < end)
-                    .cloned()
-                    .collect(),
-            };
-            Some((Ok(chunk), (voice, end)))
-        });
+                if start >= voice.len() {
+                    return None;
+                }
+                let end = (start + chunk_len).min(voice.len());
+                let chunk = SpeechChunk {
+                    samples: (start..end).map(|n| voice.sample(n)).collect(),
+                    words: voice
+                        .words
+                        .iter()
+                        .filter(|w| w.start >= start && w.start < end)
+                        .cloned()
+                        .collect(),
+                };
+                Some((Ok(chunk), (voice, end)))
+            });
         Ok(Box::pin(stream))
     }
 
