@@ -453,3 +453,120 @@ proptest! {
         check_grammar(&infos, eager.is_some());
     }
 }
+
+/// The 16 kHz fixture: 0.5 s of silence, "Hello, can you book me a table for two tonight?"
+/// spoken by espeak-ng (about 3.4 s), 2 s of silence.
+fn speech_fixture() -> Vec<u8> {
+    let bytes = std::fs::read("tests/fixtures/book_table_16k.wav").unwrap();
+    let (format, offset) = turnflow::audio::parse_wav_header(&bytes).unwrap().unwrap();
+    assert_eq!((format.sample_rate, format.channels), (16000, 1));
+    bytes[offset..].to_vec()
+}
+
+/// Streams `audio` (16 kHz linear16) to a voice-activity emulator through our client.
+async fn vad_events(scenario: &str, audio: Vec<u8>) -> Vec<TurnInfo> {
+    let mut config = EmulatorConfig::new(Arc::new(Scenario::parse(scenario, "vad").unwrap()));
+    config.turn_detection = turnflow::emulator::TurnDetection::Vad;
+    let emulator = MemoryEmulator::new(config);
+    let options = ListenOptions {
+        eager_eot_threshold: Some(0.5),
+        ..ListenOptions::default()
+    };
+    let mut flux_config = FluxConfig::new(options);
+    flux_config.api_key = None;
+    let (handle, mut events) = connect(flux_config, Arc::new(emulator.clone()))
+        .await
+        .unwrap();
+    handle.send_audio(audio).await.unwrap();
+    let collector = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while let Some(e) = events.recv().await {
+            if let FluxEventKind::Turn(u) = e.unwrap().kind {
+                out.push(u.info);
+            }
+        }
+        out
+    });
+    handle.close().await.unwrap();
+    let out = collector.await.unwrap();
+    emulator.shutdown().await;
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn voice_activity_mode_turns_real_speech_into_a_turn() {
+    let infos = vad_events(
+        r#"{"name":"vad","turns":[{"say":"Hello, can you book me a table for two tonight?"}]}"#,
+        speech_fixture(),
+    )
+    .await;
+    check_grammar(&infos, true);
+    let start = infos
+        .iter()
+        .find(|i| i.event == TurnEvent::StartOfTurn)
+        .expect("speech detected");
+    assert!(
+        (0.5..=1.5).contains(&start.audio_window_end),
+        "StartOfTurn soon after the speech begins at 0.5 s: {}",
+        start.audio_window_end
+    );
+    let end = infos
+        .iter()
+        .find(|i| i.event == TurnEvent::EndOfTurn)
+        .expect("the turn ends");
+    assert_eq!(
+        end.transcript,
+        "Hello, can you book me a table for two tonight?"
+    );
+    assert_eq!(end.trigger, Some(TurnTrigger::Model));
+    let words_end = end.words.last().unwrap().end.unwrap();
+    assert!(
+        (3.3..=4.3).contains(&words_end),
+        "speech ends near 3.9 s: {words_end}"
+    );
+    assert!(end.audio_window_end > words_end && end.audio_window_end < words_end + 1.5);
+    assert_eq!(
+        infos
+            .iter()
+            .filter(|i| i.event == TurnEvent::StartOfTurn)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn voice_activity_mode_ignores_silence_and_uses_a_placeholder_past_the_script() {
+    let quiet = vad_events(r#"{"name":"vad","turns":[{"say":"Hi."}]}"#, silence(3.0)).await;
+    assert!(
+        quiet
+            .iter()
+            .all(|i| i.event == TurnEvent::Update && i.transcript.is_empty())
+    );
+    let mut twice = speech_fixture();
+    twice.extend(speech_fixture());
+    let infos = vad_events(r#"{"name":"vad","turns":[{"say":"Hi there."}]}"#, twice).await;
+    check_grammar(&infos, true);
+    let ends: Vec<&str> = infos
+        .iter()
+        .filter(|i| i.event == TurnEvent::EndOfTurn)
+        .map(|i| i.transcript.as_str())
+        .collect();
+    assert_eq!(ends[0], "Hi there.");
+    assert!(ends[1].starts_with("unscripted speech"), "{ends:?}");
+
+    let mut config = EmulatorConfig::new(Arc::new(Scenario::demo()));
+    config.turn_detection = turnflow::emulator::TurnDetection::Vad;
+    let emulator = MemoryEmulator::new(config);
+    let request = ConnectRequest {
+        url: "ws://e/v2/listen?model=flux-general-en&encoding=linear16&sample_rate=8000".into(),
+        api_key: None,
+    };
+    let Err(turnflow::flux::transport::ConnectError::Handshake {
+        status, dg_error, ..
+    }) = emulator.connect(&request).await
+    else {
+        panic!("8 kHz is refused in voice activity mode")
+    };
+    assert_eq!(status, 400);
+    assert!(dg_error.unwrap().contains("sample_rate=16000"));
+}

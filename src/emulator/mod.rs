@@ -10,4 +10,4 @@ pub mod server;
 pub mod session;
 
 pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};
-pub use session::EmulatorSession;
+pub use session::{EmulatorSession, TurnDetection};

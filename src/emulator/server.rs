@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::session::EmulatorSession;
+use super::session::{EmulatorSession, TurnDetection};
 use crate::flux::options::ListenOptions;
 use crate::flux::transport::{
     ApiKey, ConnectError, ConnectRequest, Connection, Connector, WireFrame, channel_pair,
@@ -35,6 +35,8 @@ pub struct EmulatorConfig {
     pub api_key: Option<ApiKey>,
     /// Close after this long without audio or ping (Flux: 60 s).
     pub idle_timeout: Duration,
+    /// Scripted timing or voice activity detection.
+    pub turn_detection: TurnDetection,
 }
 
 impl EmulatorConfig {
@@ -44,6 +46,7 @@ impl EmulatorConfig {
             scenario,
             api_key: None,
             idle_timeout: Duration::from_secs(60),
+            turn_detection: TurnDetection::Script,
         }
     }
 }
@@ -125,7 +128,8 @@ pub fn admit(
     }
     let options = ListenOptions::from_query(query)
         .map_err(|e| reject(400, "Bad Request", e.to_string(), request_id))?;
-    EmulatorSession::supports(&options).map_err(|e| reject(400, "Bad Request", e, request_id))?;
+    EmulatorSession::supports(&options, config.turn_detection)
+        .map_err(|e| reject(400, "Bad Request", e, request_id))?;
     Ok(Admission {
         options,
         subprotocol,
@@ -336,7 +340,8 @@ async fn serve_socket(
     };
     let Some(options) = admitted else { return };
     let span = info_span!("emulator", request_id = %request_id, %peer);
-    let session = EmulatorSession::new(options, config.scenario.clone(), request_id);
+    let session = EmulatorSession::new(options, config.scenario.clone(), request_id)
+        .with_turn_detection(config.turn_detection);
     run_connection(
         websocket_connection(ws, None),
         session,
@@ -405,7 +410,8 @@ impl Connector for MemoryEmulator {
             admission.options,
             self.config.scenario.clone(),
             request_id.clone(),
-        );
+        )
+        .with_turn_detection(self.config.turn_detection);
         let span = info_span!("emulator", request_id = %request_id);
         self.tasks.spawn(
             run_connection(

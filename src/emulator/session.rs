@@ -17,6 +17,11 @@
 //!   passed (trigger `timeout`), or on `ForceEndTurn` (trigger `manual`). `eot_threshold=1.0`
 //!   disables model-driven ends. The words of a turn not yet spoken when it ends are dropped.
 //!
+//! With [`TurnDetection::Vad`] a voice activity detector (earshot, 16 ms frames at 16 kHz)
+//! decides instead: speech starts after 48 ms of voice and ends after 240 ms without; during
+//! speech one word of the scenario's next user line appears per 0.375 s of voice, and the rest
+//! when the user stops, so a microphone or a recording produces real turn timing.
+//!
 //! # Choices on Flux's open questions (FLUX.md section 8)
 //! 1. `audio_window_start` is the stream time where the current turn's window began: 0 for the
 //!    first turn, the previous `EndOfTurn`'s `audio_window_end` afterwards.
@@ -72,6 +77,51 @@ enum AudioFormat {
     AwaitingWavHeader(Vec<u8>),
 }
 
+/// How the emulator decides when the user speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TurnDetection {
+    /// The scenario's timing (`at_ms`, or the first loud sample for relative starts).
+    #[default]
+    Script,
+    /// Voice activity detection on the received audio (16 kHz only); the words come from the
+    /// scenario's next user line, or a placeholder once the script is exhausted.
+    Vad,
+}
+
+/// VAD frames are 256 samples (16 ms) at 16 kHz.
+const VAD_FRAME: usize = 256;
+/// Consecutive voiced frames that start speech (48 ms).
+const VAD_ONSET_FRAMES: u32 = 3;
+/// Consecutive unvoiced frames that end speech (240 ms; gaps between words are shorter).
+const VAD_HANGOVER_FRAMES: u32 = 15;
+/// Words of an unscripted turn.
+const PLACEHOLDER: &str = "unscripted speech";
+
+struct Vad {
+    detector: Box<earshot::Detector>,
+    frame: Vec<i16>,
+    speaking: bool,
+    voiced_run: u32,
+    quiet_run: u32,
+    /// Where the current run of voiced frames began.
+    run_start: f64,
+    /// End of the last voiced frame.
+    last_voiced: f64,
+    /// Speech time already turned into words in this turn.
+    words_spoken: f64,
+    /// The words of the current turn not yet revealed.
+    pending: std::collections::VecDeque<String>,
+}
+
+impl std::fmt::Debug for Vad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vad")
+            .field("speaking", &self.speaking)
+            .field("pending", &self.pending)
+            .finish()
+    }
+}
+
 /// A turn of the script placed on the audio timeline.
 #[derive(Debug)]
 struct PlacedTurn {
@@ -98,6 +148,7 @@ pub struct EmulatorSession {
     placed: Option<PlacedTurn>,
     eager_word_count: usize,
     last_tick: f64,
+    vad: Option<Vad>,
 }
 
 impl EmulatorSession {
@@ -124,11 +175,32 @@ impl EmulatorSession {
             placed: None,
             eager_word_count: 0,
             last_tick: 0.0,
+            vad: None,
         }
     }
 
-    /// Encodings the emulator can decode (it needs samples to keep the audio clock).
-    pub fn supports(options: &ListenOptions) -> Result<(), String> {
+    /// Switches turn detection (script timing or voice activity).
+    pub fn with_turn_detection(mut self, detection: TurnDetection) -> Self {
+        self.vad = (detection == TurnDetection::Vad).then(|| Vad {
+            detector: earshot::Detector::default_boxed(),
+            frame: Vec::with_capacity(VAD_FRAME),
+            speaking: false,
+            voiced_run: 0,
+            quiet_run: 0,
+            run_start: 0.0,
+            last_voiced: 0.0,
+            words_spoken: 0.0,
+            pending: Default::default(),
+        });
+        self
+    }
+
+    /// Whether the emulator can serve `options` (it needs samples to keep the audio clock, and
+    /// voice activity detection runs at 16 kHz).
+    pub fn supports(options: &ListenOptions, detection: TurnDetection) -> Result<(), String> {
+        if detection == TurnDetection::Vad && options.sample_rate.is_some_and(|r| r != 16000) {
+            return Err("the emulator's voice activity mode needs sample_rate=16000".into());
+        }
         match options.encoding {
             Some(e) if e.bytes_per_sample().is_none() => Err(format!(
                 "the emulator keeps time by decoding samples and cannot decode {}; use linear16, linear32, mulaw, alaw or WAV",
@@ -211,7 +283,9 @@ impl EmulatorSession {
         decode_into(encoding, &data, &mut self.decoded);
         let decoded = std::mem::take(&mut self.decoded);
         for &sample in &decoded {
-            if self.onset.is_none() && sample.unsigned_abs() >= ONSET_LEVEL.unsigned_abs() {
+            if self.vad.is_some() {
+                self.vad_sample(sample, rate);
+            } else if self.onset.is_none() && sample.unsigned_abs() >= ONSET_LEVEL.unsigned_abs() {
                 let t = self.samples as f64 / f64::from(rate);
                 if t >= self.window_start {
                     self.onset = Some(t);
@@ -313,8 +387,93 @@ impl EmulatorSession {
         }))
     }
 
+    /// Feeds one sample to the voice activity detector and turns speech into words.
+    fn vad_sample(&mut self, sample: i16, rate: u32) {
+        let Some(vad) = &mut self.vad else { return };
+        vad.frame.push(sample);
+        if vad.frame.len() < VAD_FRAME {
+            return;
+        }
+        let end = (self.samples + 1) as f64 / f64::from(rate);
+        let start = end - VAD_FRAME as f64 / f64::from(rate);
+        let voiced = vad.detector.predict_i16(&vad.frame) >= 0.5;
+        vad.frame.clear();
+        if voiced {
+            if vad.voiced_run == 0 {
+                vad.run_start = start;
+            }
+            vad.voiced_run += 1;
+            vad.quiet_run = 0;
+            vad.last_voiced = end;
+        } else {
+            vad.voiced_run = 0;
+            vad.quiet_run += 1;
+        }
+        if !vad.speaking && vad.voiced_run >= VAD_ONSET_FRAMES && vad.run_start >= self.window_start
+        {
+            vad.speaking = true;
+            if self.placed.is_none() {
+                let line = self
+                    .scenario
+                    .turns
+                    .get(self.next_turn)
+                    .map_or_else(|| PLACEHOLDER.to_owned(), |t| t.transcript());
+                vad.pending = line.split_whitespace().map(str::to_owned).collect();
+                vad.words_spoken = 0.0;
+                self.placed = Some(PlacedTurn {
+                    words: Vec::new(),
+                    phrases: vec![Phrase {
+                        text: line,
+                        pause_ms: 0,
+                        eot_confidence: 0.9,
+                        ramp_ms: 800,
+                    }],
+                });
+            }
+        }
+        let Some(placed) = &mut self.placed else {
+            return;
+        };
+        let word_len = 60.0 / 160.0;
+        if vad.speaking {
+            // One word per word-length of speech; the last scripted word waits for the pause,
+            // so the transcript is complete exactly when the user stops.
+            vad.words_spoken += VAD_FRAME as f64 / f64::from(rate) * f64::from(u8::from(voiced));
+            while vad.words_spoken >= word_len {
+                vad.words_spoken -= word_len;
+                let word = if vad.pending.len() > 1 {
+                    vad.pending.pop_front()
+                } else if vad.pending.is_empty() {
+                    Some("uh".to_owned())
+                } else {
+                    None
+                };
+                if let Some(word) = word {
+                    placed.words.push(TimedWord {
+                        word,
+                        start: end - word_len,
+                        end,
+                        phrase: 0,
+                    });
+                }
+            }
+            if vad.quiet_run >= VAD_HANGOVER_FRAMES {
+                vad.speaking = false;
+                let at = vad.last_voiced;
+                placed
+                    .words
+                    .extend(vad.pending.drain(..).map(|word| TimedWord {
+                        word,
+                        start: at,
+                        end: at,
+                        phrase: 0,
+                    }));
+            }
+        }
+    }
+
     fn place_turn(&mut self, t: f64) {
-        if self.placed.is_some() {
+        if self.placed.is_some() || self.vad.is_some() {
             return;
         }
         let origin = match self.current_turn_start() {
@@ -356,6 +515,13 @@ impl EmulatorSession {
     /// Seconds since the last word ended (0 while a word is being spoken).
     fn silence(&self, t: f64, visible: usize) -> f64 {
         let Some(p) = &self.placed else { return 0.0 };
+        if let Some(vad) = &self.vad {
+            return if vad.speaking {
+                0.0
+            } else {
+                (t - vad.last_voiced).max(0.0)
+            };
+        }
         if p.words.get(visible).is_some_and(|w| w.start <= t + 1e-9) {
             return 0.0;
         }

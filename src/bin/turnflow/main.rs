@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use turnflow::emulator::{EmulatorConfig, EmulatorServer};
+use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
 use turnflow::engine::{BargeInPolicy, EngineEvent};
 use turnflow::flux::ApiKey;
 use turnflow::report::{Report, Stats};
@@ -99,6 +99,16 @@ struct EmulateArgs {
     /// Require this API key (Authorization: Token <key>).
     #[arg(long, env = "TURNFLOW_EMULATOR_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// How turns are detected: the scenario's timing, or voice activity in the received audio
+    /// (16 kHz; transcripts come from the scenario's user lines).
+    #[arg(long, value_enum, default_value = "script")]
+    turns: Turns,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Turns {
+    Script,
+    Vad,
 }
 
 pub(crate) fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
@@ -311,6 +321,10 @@ fn emulate(args: EmulateArgs) -> Result<()> {
     runtime.block_on(async move {
         let mut config = EmulatorConfig::new(scenario.clone());
         config.api_key = args.api_key.filter(|k| !k.is_empty()).map(ApiKey::new);
+        config.turn_detection = match args.turns {
+            Turns::Script => TurnDetection::Script,
+            Turns::Vad => TurnDetection::Vad,
+        };
         let server = EmulatorServer::bind(args.listen, config)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
