@@ -119,39 +119,55 @@ pub struct SimulationResult {
 impl SimulationResult {
     /// Stereo PCM, user left and agent right, aligned on the session clock.
     pub fn stereo(&self) -> Vec<i16> {
-        let rate = f64::from(self.sample_rate);
-        let agent_end = self
-            .agent_frames
-            .iter()
-            .map(|(at, f)| {
-                (at.saturating_duration_since(self.start).as_secs_f64() * rate) as usize + f.len()
-            })
-            .max()
-            .unwrap_or(0);
-        let len = self.user_audio.len().max(agent_end);
-        let mut agent = vec![0i16; len];
-        for (at, frame) in &self.agent_frames {
-            let offset = (at.saturating_duration_since(self.start).as_secs_f64() * rate) as usize;
-            for (slot, s) in agent[offset..].iter_mut().zip(frame) {
-                *slot = *s;
-            }
-        }
+        let agent = place_frames(&self.agent_frames, self.start, self.sample_rate);
+        let len = self.user_audio.len().max(agent.len());
         let mut out = Vec::with_capacity(len * 2);
-        for (i, a) in agent.iter().enumerate() {
+        for i in 0..len {
             out.push(self.user_audio.get(i).copied().unwrap_or(0));
-            out.push(*a);
+            out.push(agent.get(i).copied().unwrap_or(0));
         }
         out
     }
 }
 
 /// An agent frame and the instant it was written.
-type TimedFrame = (Instant, Vec<i16>);
+pub type TimedFrame = (Instant, Vec<i16>);
 
+/// An [`AudioSink`] that keeps every frame with the instant it was written (or, with `keep`
+/// off, only counts as an output).
 #[derive(Clone, Default)]
-struct RecordingSink {
+pub struct RecordingSink {
     frames: Arc<Mutex<Vec<TimedFrame>>>,
     keep: bool,
+}
+
+impl RecordingSink {
+    /// A sink that keeps what it is given.
+    pub fn new() -> Self {
+        Self {
+            frames: Arc::default(),
+            keep: true,
+        }
+    }
+
+    /// Takes the frames written so far.
+    pub fn take(&self) -> Vec<TimedFrame> {
+        std::mem::take(&mut *self.frames.lock().expect("recording lock"))
+    }
+}
+
+/// Mono PCM of `frames` placed on a timeline starting at `start`, silence in between.
+pub fn place_frames(frames: &[TimedFrame], start: Instant, sample_rate: u32) -> Vec<i16> {
+    let rate = f64::from(sample_rate);
+    let mut out: Vec<i16> = Vec::new();
+    for (at, frame) in frames {
+        let offset = (at.saturating_duration_since(start).as_secs_f64() * rate) as usize;
+        if out.len() < offset + frame.len() {
+            out.resize(offset + frame.len(), 0);
+        }
+        out[offset..offset + frame.len()].copy_from_slice(frame);
+    }
+    out
 }
 
 impl AudioSink for RecordingSink {
@@ -272,7 +288,7 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         return Err(error.into());
     }
     let entries = log.entries();
-    let agent_frames = std::mem::take(&mut *sink.frames.lock().expect("recording lock"));
+    let agent_frames = sink.take();
     Ok(SimulationResult {
         report: Report::from_log(&entries),
         history: outcome.history,

@@ -199,3 +199,106 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
     assert!(Path::new(&svg).exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn run_on_a_wav_file_with_the_local_emulator_answers_and_records() {
+    let dir = temp_dir("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wav, record) = (dir.join("agent.wav"), dir.join("events.jsonl"));
+    let out = turnflow(&[
+        "run",
+        "--input",
+        "tests/fixtures/book_table_16k.wav",
+        "--output",
+        wav.to_str().unwrap(),
+        "--scenario",
+        "scenarios/eager_hit.json",
+        "--config",
+        "turnflow.example.toml",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("user: Can you book me a table for two tonight?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("agent r1: Of course. What time would you like the table for two?"),
+        "{stdout}"
+    );
+    let bytes = std::fs::read(&wav).unwrap();
+    let (format, offset) = turnflow::audio::parse_wav_header(&bytes).unwrap().unwrap();
+    assert_eq!((format.channels, format.sample_rate), (1, 16000));
+    assert!(
+        bytes[offset..]
+            .chunks_exact(2)
+            .any(|c| i16::from_le_bytes([c[0], c[1]]).unsigned_abs() > 3000)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "flux" && l["event"] == "EndOfTurn")
+    );
+    assert!(lines.iter().any(|l| l["kind"] == "first_frame_written"));
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["t_ms"].as_f64() <= w[1]["t_ms"].as_f64())
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn run_names_what_is_missing_or_wrong() {
+    let out = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "run",
+            "--input",
+            "tests/fixtures/book_table_16k.wav",
+            "--output",
+            "/tmp/unused.wav",
+            "--stt",
+            "flux",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DEEPGRAM_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEEPGRAM_API_KEY is not set"));
+    let out = turnflow(&[
+        "run",
+        "--input",
+        "tests/fixtures/book_table_16k.wav",
+        "--output",
+        "/tmp/unused.wav",
+        "--tts",
+        "aura",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("tts provider \"aura\" is not available in this build; available: synthetic")
+    );
+    let out = turnflow(&[
+        "run",
+        "--input",
+        "Cargo.toml",
+        "--output",
+        "/tmp/unused.wav",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Cargo.toml: unsupported wav: not a RIFF/WAVE container")
+    );
+}

@@ -4,6 +4,7 @@
 //!   real Flux client + scripted LLM + synthetic TTS), with a per-turn report.
 //! - `turnflow emulate`: the Flux `/v2/listen` emulator on a loopback port.
 //! - `turnflow bench`: latency distributions over repeats and concurrent sessions.
+//! - `turnflow run`: a live agent on a WAV file or the microphone (feature `audio-io`).
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
@@ -21,7 +22,10 @@ use turnflow::report::{Report, Stats};
 use turnflow::scenario::Scenario;
 use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
 
+#[cfg(feature = "audio-io")]
+mod audio_io;
 mod bench;
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +46,8 @@ enum Command {
     Emulate(EmulateArgs),
     /// Measure latency distributions over many runs and concurrent sessions.
     Bench(bench::BenchArgs),
+    /// A live agent on real audio: a WAV file or the microphone in, a WAV file or the speaker out.
+    Run(run::RunArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,17 +129,28 @@ pub(crate) fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
         .ok_or_else(|| format!("{value:?}: expected `immediate` or `min-words=N` with N >= 1"))
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match dispatch(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
         Command::Simulate(args) => simulate(args),
         Command::Emulate(args) => emulate(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Run(args) => run::run(args),
     }
 }
 
