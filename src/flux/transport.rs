@@ -138,7 +138,8 @@ pub trait Connector: Send + Sync {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WebSocketConnector;
 
-fn install_crypto_provider() {
+/// Installs ring as the process's rustls crypto provider unless one is installed already.
+pub(crate) fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Another provider may already be installed by the application; that one wins.

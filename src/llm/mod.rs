@@ -11,8 +11,11 @@ use async_trait::async_trait;
 use futures_util::Stream;
 use serde::Serialize;
 
+pub mod openai;
 pub mod scripted;
+pub mod sse;
 
+pub use openai::OpenAiCompatible;
 pub use scripted::{ScriptedLlm, ScriptedReply, Stepper};
 
 /// One message of the conversation.

@@ -1,0 +1,574 @@
+//! OpenAI-compatible chat completions, streamed over server-sent events.
+//!
+//! One client for every server speaking `POST {base_url}/chat/completions` with
+//! `"stream": true`: OpenAI, Groq, Together, vLLM, llama.cpp's server, Ollama, LM Studio.
+//! Wire format (OpenAI API reference, "Create chat completion" and "The chat completion chunk
+//! object"): each `data:` line holds a `chat.completion.chunk` whose `choices[0].delta` carries
+//! `content` text or `tool_calls` fragments (`index`, then `id` and `function.name` once, then
+//! `function.arguments` in pieces); `finish_reason` closes the choice; with
+//! `stream_options.include_usage` a last chunk with empty `choices` carries `usage`; the stream
+//! ends with `data: [DONE]`.
+//!
+//! Dropping the returned stream drops the HTTP response, which closes the connection: the
+//! provider stops generating (and billing) at once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::sse::SseParser;
+use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
+use crate::flux::ApiKey;
+
+/// The environment variable holding the key, by default.
+pub const OPENAI_API_KEY_ENV: &str = "OPENAI_API_KEY";
+
+/// An OpenAI-compatible chat model.
+#[derive(Debug, Clone)]
+pub struct OpenAiCompatible {
+    client: reqwest::Client,
+    base_url: String,
+    model: String,
+    api_key: Option<ApiKey>,
+    key_env: String,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Cap on generated tokens.
+    pub max_tokens: Option<u32>,
+    /// Extra body fields for servers with their own options (e.g. `{"top_k": 20}`).
+    pub extra_body: serde_json::Map<String, Value>,
+}
+
+/// Whether `url` is plain HTTP to a host other than this machine.
+pub(crate) fn insecure_remote(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    !(host == "localhost" || host == "[::1]" || host.starts_with("127."))
+}
+
+pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    crate::flux::transport::install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .build()
+        .map_err(|e| format!("cannot build the http client: {e}"))
+}
+
+impl OpenAiCompatible {
+    /// A model at `base_url` (e.g. `https://api.openai.com/v1`), authenticated with `api_key`
+    /// when given. `key_env` names where the key came from, for error messages.
+    ///
+    /// # Errors
+    /// [`LlmError::Provider`] for a plain-HTTP URL to another machine (keys would travel in
+    /// clear; use [`OpenAiCompatible::allow_insecure`] to accept that), or when the HTTP client
+    /// cannot be built.
+    pub fn new(
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+        api_key: Option<ApiKey>,
+        key_env: impl Into<String>,
+    ) -> Result<Self, LlmError> {
+        Self::build(
+            base_url.into(),
+            model.into(),
+            api_key,
+            key_env.into(),
+            false,
+        )
+    }
+
+    /// Like [`OpenAiCompatible::new`], accepting plain HTTP to another machine.
+    ///
+    /// # Errors
+    /// [`LlmError::Provider`] when the HTTP client cannot be built.
+    pub fn allow_insecure(
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+        api_key: Option<ApiKey>,
+        key_env: impl Into<String>,
+    ) -> Result<Self, LlmError> {
+        Self::build(base_url.into(), model.into(), api_key, key_env.into(), true)
+    }
+
+    fn build(
+        base_url: String,
+        model: String,
+        api_key: Option<ApiKey>,
+        key_env: String,
+        insecure_ok: bool,
+    ) -> Result<Self, LlmError> {
+        let provider_error = |message: String| LlmError::Provider {
+            provider: "openai-compatible".into(),
+            message,
+        };
+        if !insecure_ok && insecure_remote(&base_url) {
+            return Err(provider_error(format!(
+                "refusing plain http to a remote host ({base_url}): use https, or allow it explicitly"
+            )));
+        }
+        Ok(Self {
+            client: http_client(Duration::from_secs(5)).map_err(provider_error)?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            model,
+            api_key,
+            key_env,
+            temperature: None,
+            max_tokens: None,
+            extra_body: serde_json::Map::new(),
+        })
+    }
+
+    /// The request body for `request`.
+    pub fn body(&self, request: &LlmRequest) -> Value {
+        let messages: Vec<Value> = request
+            .messages
+            .iter()
+            .map(|m| match m {
+                Message::System { content } => json!({"role": "system", "content": content}),
+                Message::User { content } => json!({"role": "user", "content": content}),
+                Message::Assistant {
+                    content,
+                    tool_calls,
+                    ..
+                } => {
+                    let mut m = json!({"role": "assistant", "content": content});
+                    if !tool_calls.is_empty() {
+                        m["tool_calls"] = tool_calls
+                            .iter()
+                            .map(|c| {
+                                json!({"id": c.id, "type": "function", "function": {
+                                    "name": c.name, "arguments": c.arguments.to_string()}})
+                            })
+                            .collect();
+                    }
+                    m
+                }
+                Message::Tool { call_id, content } => {
+                    json!({"role": "tool", "tool_call_id": call_id, "content": content})
+                }
+            })
+            .collect();
+        let mut body = json!({
+            "model": self.model,
+            "messages": messages,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if !request.tools.is_empty() {
+            body["tools"] = request
+                .tools
+                .iter()
+                .map(|t| {
+                    json!({"type": "function", "function": {
+                        "name": t.name, "description": t.description, "parameters": t.parameters}})
+                })
+                .collect();
+        }
+        if let Some(t) = self.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(m) = self.max_tokens {
+            body["max_tokens"] = json!(m);
+        }
+        for (k, v) in &self.extra_body {
+            body[k] = v.clone();
+        }
+        body
+    }
+}
+
+/// Maps an HTTP error status to an error a person can act on.
+pub(crate) fn status_error(
+    provider: &str,
+    status: u16,
+    key_env: &str,
+    retry_after: Option<&str>,
+    body: &str,
+) -> LlmError {
+    let detail: String = body.chars().take(300).collect();
+    let message = match status {
+        401 | 403 => format!("http {status}: check {key_env} ({detail})"),
+        429 => format!(
+            "http 429 rate limited{}: {detail}",
+            retry_after
+                .map(|r| format!(", retry after {r} s"))
+                .unwrap_or_default()
+        ),
+        _ => format!("http {status}: {detail}"),
+    };
+    LlmError::Provider {
+        provider: provider.into(),
+        message,
+    }
+}
+
+#[derive(Default)]
+struct PartialCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// Turns OpenAI chunk JSON into [`LlmChunk`]s, assembling streamed tool calls.
+#[derive(Default)]
+pub struct ChunkDecoder {
+    calls: BTreeMap<u64, PartialCall>,
+    finished: bool,
+}
+
+impl ChunkDecoder {
+    /// Decodes one `data:` payload.
+    ///
+    /// # Errors
+    /// A message naming what is malformed.
+    pub fn decode(&mut self, data: &str) -> Result<Vec<LlmChunk>, String> {
+        if data.trim() == "[DONE]" {
+            self.finished = true;
+            let mut out = self.flush_calls()?;
+            out.push(LlmChunk::End {
+                finish_reason: None,
+            });
+            return Ok(out);
+        }
+        let chunk: Value =
+            serde_json::from_str(data).map_err(|e| format!("malformed chunk ({e}): {data}"))?;
+        if let Some(error) = chunk.get("error") {
+            return Err(format!("error event: {error}"));
+        }
+        let mut out = Vec::new();
+        if let Some(choice) = chunk["choices"].get(0) {
+            let delta = &choice["delta"];
+            if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+                out.push(LlmChunk::Text(text.to_owned()));
+            }
+            for fragment in delta["tool_calls"].as_array().into_iter().flatten() {
+                let index = fragment["index"]
+                    .as_u64()
+                    .ok_or("tool call fragment without index")?;
+                let call = self.calls.entry(index).or_default();
+                if let Some(id) = fragment["id"].as_str() {
+                    call.id = id.to_owned();
+                }
+                if let Some(name) = fragment["function"]["name"].as_str() {
+                    call.name.push_str(name);
+                }
+                if let Some(args) = fragment["function"]["arguments"].as_str() {
+                    call.arguments.push_str(args);
+                }
+            }
+            if !choice["finish_reason"].is_null() {
+                out.extend(self.flush_calls()?);
+            }
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+            out.push(LlmChunk::Usage(Usage {
+                input_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+                output_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+            }));
+        }
+        Ok(out)
+    }
+
+    fn flush_calls(&mut self) -> Result<Vec<LlmChunk>, String> {
+        std::mem::take(&mut self.calls)
+            .into_values()
+            .map(|c| {
+                let arguments = if c.arguments.trim().is_empty() {
+                    json!({})
+                } else {
+                    serde_json::from_str(&c.arguments).map_err(|e| {
+                        format!(
+                            "tool call {} has malformed arguments ({e}): {}",
+                            c.name, c.arguments
+                        )
+                    })?
+                };
+                Ok(LlmChunk::ToolCall(ToolCall {
+                    id: c.id,
+                    name: c.name,
+                    arguments,
+                }))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl LanguageModel for OpenAiCompatible {
+    fn name(&self) -> &str {
+        "openai-compatible"
+    }
+
+    async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
+        let mut http = self
+            .client
+            .post(format!("{}/chat/completions", self.base_url))
+            .header("content-type", "application/json")
+            .body(self.body(&request).to_string());
+        if let Some(key) = &self.api_key {
+            http = http.bearer_auth(key.expose());
+        }
+        let provider = self.name().to_owned();
+        let response = http.send().await.map_err(|e| LlmError::Provider {
+            provider: provider.clone(),
+            message: format!("request failed: {}", e.without_url()),
+        })?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response.text().await.unwrap_or_default();
+            return Err(status_error(
+                &provider,
+                status,
+                &self.key_env,
+                retry_after.as_deref(),
+                &body,
+            ));
+        }
+        Ok(decode_sse(
+            provider,
+            response.bytes_stream(),
+            |decoder: &mut ChunkDecoder, e| decoder.decode(&e.data),
+        ))
+    }
+}
+
+/// Runs an SSE body through `decode`, ending with an error when the body breaks off.
+pub(crate) fn decode_sse<D, S, B>(
+    provider: String,
+    body: S,
+    decode: fn(&mut D, &super::sse::SseEvent) -> Result<Vec<LlmChunk>, String>,
+) -> LlmStream
+where
+    D: Default + Finished + Send + 'static,
+    S: futures_util::Stream<Item = Result<B, reqwest::Error>> + Send + 'static,
+    B: AsRef<[u8]> + Send + 'static,
+{
+    struct State<D, S> {
+        body: std::pin::Pin<Box<S>>,
+        parser: SseParser,
+        decoder: D,
+        queue: std::collections::VecDeque<Result<LlmChunk, LlmError>>,
+        done: bool,
+    }
+    let state = State {
+        body: Box::pin(body),
+        parser: SseParser::default(),
+        decoder: D::default(),
+        queue: Default::default(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, move |mut s| {
+        let provider = provider.clone();
+        async move {
+            loop {
+                if let Some(item) = s.queue.pop_front() {
+                    return Some((item, s));
+                }
+                if s.done {
+                    return None;
+                }
+                let stream_error = |message: String| LlmError::Stream {
+                    provider: provider.clone(),
+                    message,
+                };
+                match s.body.next().await {
+                    Some(Ok(bytes)) => {
+                        for event in s.parser.push(bytes.as_ref()) {
+                            match decode(&mut s.decoder, &event) {
+                                Ok(chunks) => s.queue.extend(chunks.into_iter().map(Ok)),
+                                Err(message) => {
+                                    s.queue.push_back(Err(stream_error(message)));
+                                    s.done = true;
+                                    break;
+                                }
+                            }
+                            if s.decoder.finished() {
+                                s.done = true;
+                                break;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        s.queue.push_back(Err(stream_error(format!(
+                            "connection failed: {}",
+                            e.without_url()
+                        ))));
+                        s.done = true;
+                    }
+                    None => {
+                        s.done = true;
+                        if !s.decoder.finished() {
+                            s.queue.push_back(Err(stream_error(
+                                "the stream ended before its end marker (truncated)".into(),
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Box::pin(stream)
+}
+
+/// A decoder that knows when its stream is complete.
+pub(crate) trait Finished {
+    fn finished(&self) -> bool;
+}
+
+impl Finished for ChunkDecoder {
+    fn finished(&self) -> bool {
+        self.finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_usage_and_done() {
+        let mut d = ChunkDecoder::default();
+        assert_eq!(
+            d.decode(r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#).unwrap(),
+            vec![LlmChunk::Text("Hi".into())]
+        );
+        assert_eq!(
+            d.decode(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#)
+                .unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            d.decode(r#"{"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#).unwrap(),
+            vec![LlmChunk::Usage(Usage { input_tokens: 12, output_tokens: 3 })]
+        );
+        assert_eq!(
+            d.decode("[DONE]").unwrap(),
+            vec![LlmChunk::End {
+                finish_reason: None
+            }]
+        );
+        assert!(d.finished());
+    }
+
+    #[test]
+    fn tool_calls_are_assembled_from_fragments() {
+        let mut d = ChunkDecoder::default();
+        for data in [
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"book_table","arguments":""}}]},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"peo"}}]},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"ple\": 4}"}}]},"finish_reason":null}]}"#,
+        ] {
+            assert!(d.decode(data).unwrap().is_empty());
+        }
+        let out = d
+            .decode(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#)
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![LlmChunk::ToolCall(ToolCall {
+                id: "call_1".into(),
+                name: "book_table".into(),
+                arguments: json!({"people": 4})
+            })]
+        );
+    }
+
+    #[test]
+    fn malformed_chunks_and_error_events_are_errors() {
+        let mut d = ChunkDecoder::default();
+        assert!(
+            d.decode("{not json")
+                .unwrap_err()
+                .contains("malformed chunk")
+        );
+        assert!(
+            d.decode(r#"{"error":{"message":"overloaded"}}"#)
+                .unwrap_err()
+                .contains("overloaded")
+        );
+    }
+
+    #[test]
+    fn request_body_maps_the_conversation() {
+        let m = OpenAiCompatible::new(
+            "http://127.0.0.1:1/v1",
+            "gpt-4o-mini",
+            None,
+            OPENAI_API_KEY_ENV,
+        )
+        .unwrap();
+        let body = m.body(&LlmRequest {
+            messages: vec![
+                Message::System {
+                    content: "be brief".into(),
+                },
+                Message::user("book it"),
+                Message::Assistant {
+                    content: String::new(),
+                    interrupted: false,
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "book".into(),
+                        arguments: json!({"n": 2}),
+                    }],
+                },
+                Message::Tool {
+                    call_id: "c1".into(),
+                    content: "ok".into(),
+                },
+            ],
+            tools: vec![],
+        });
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["messages"][0]["role"], "system");
+        assert_eq!(
+            body["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"n\":2}"
+        );
+        assert_eq!(body["messages"][3]["tool_call_id"], "c1");
+        assert!(body.get("tools").is_none());
+    }
+
+    #[test]
+    fn plain_http_is_refused_for_remote_hosts_only() {
+        assert!(insecure_remote("http://example.com/v1"));
+        assert!(insecure_remote("http://10.0.0.5:8000/v1"));
+        assert!(!insecure_remote("http://127.0.0.1:8000/v1"));
+        assert!(!insecure_remote("http://localhost:11434/v1"));
+        assert!(!insecure_remote("https://api.openai.com/v1"));
+        let e = OpenAiCompatible::new("http://example.com/v1", "m", None, "K").unwrap_err();
+        assert!(e.to_string().contains("refusing plain http"));
+        assert!(OpenAiCompatible::allow_insecure("http://example.com/v1", "m", None, "K").is_ok());
+    }
+
+    #[test]
+    fn status_errors_say_what_to_do() {
+        let e = status_error(
+            "openai-compatible",
+            401,
+            "GROQ_API_KEY",
+            None,
+            "{\"error\":\"bad key\"}",
+        );
+        assert!(e.to_string().contains("check GROQ_API_KEY"));
+        let e = status_error("openai-compatible", 429, "K", Some("7"), "slow down");
+        assert!(e.to_string().contains("retry after 7 s") && e.to_string().contains("slow down"));
+    }
+}

@@ -1,0 +1,330 @@
+//! Real LLM backends against loopback HTTP servers (127.0.0.1, port 0) that replay each
+//! provider's documented streaming wire format, chunk by chunk.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use turnflow::flux::ApiKey;
+use turnflow::llm::{
+    LanguageModel, LlmChunk, LlmError, LlmRequest, Message, OpenAiCompatible, ToolCall, ToolEffect,
+    ToolSpec,
+};
+
+/// What the server answers on one connection.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, &'static str)>,
+    /// Body pieces, each sent as one HTTP chunk after a short pause.
+    chunks: Vec<String>,
+    /// Close the socket without the final chunk (a broken stream).
+    cut: bool,
+    /// After the chunks, keep the connection open until the client goes away.
+    hold: bool,
+}
+
+fn sse(events: &[&str]) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream")],
+        chunks: events.iter().map(|e| format!("{e}\n\n")).collect(),
+        cut: false,
+        hold: false,
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    requests: Vec<String>,
+    client_left: bool,
+}
+
+async fn serve(replies: Vec<Reply>) -> (String, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        for reply in replies {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            record
+                .lock()
+                .unwrap()
+                .requests
+                .push(String::from_utf8_lossy(&request).into_owned());
+            let mut head = format!(
+                "HTTP/1.1 {} X\r\ntransfer-encoding: chunked\r\n",
+                reply.status
+            );
+            for (k, v) in &reply.headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = socket.write_all(head.as_bytes()).await;
+            for chunk in &reply.chunks {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = socket
+                    .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+                    .await;
+            }
+            if reply.hold {
+                let mut rest = [0u8; 64];
+                let gone =
+                    tokio::time::timeout(Duration::from_secs(5), socket.read(&mut rest)).await;
+                record.lock().unwrap().client_left = matches!(gone, Ok(Ok(0)) | Ok(Err(_)));
+                continue;
+            }
+            if !reply.cut {
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            }
+        }
+    });
+    (format!("http://{addr}/v1"), seen)
+}
+
+fn request(user: &str) -> LlmRequest {
+    LlmRequest {
+        messages: vec![
+            Message::System {
+                content: "be brief".into(),
+            },
+            Message::user(user),
+        ],
+        tools: vec![],
+    }
+}
+
+async fn collect(model: &dyn LanguageModel, r: LlmRequest) -> Vec<Result<LlmChunk, LlmError>> {
+    model.stream(r).await.unwrap().collect().await
+}
+
+fn openai(base: &str) -> OpenAiCompatible {
+    OpenAiCompatible::new(
+        base,
+        "gpt-4o-mini",
+        Some(ApiKey::new("sk-test-123")),
+        "OPENAI_API_KEY",
+    )
+    .unwrap()
+}
+
+const TEXT: [&str; 5] = [
+    r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+    r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"We open"},"finish_reason":null}]}"#,
+    r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":" at nine."},"finish_reason":"stop"}]}"#,
+    r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}"#,
+    "data: [DONE]",
+];
+
+#[tokio::test]
+async fn openai_streams_text_and_usage_and_sends_the_documented_request() {
+    let (base, seen) = serve(vec![sse(&TEXT)]).await;
+    let chunks = collect(&openai(&base), request("When do you open?")).await;
+    let chunks: Vec<LlmChunk> = chunks.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        chunks,
+        vec![
+            LlmChunk::Text("We open".into()),
+            LlmChunk::Text(" at nine.".into()),
+            LlmChunk::Usage(turnflow::llm::Usage {
+                input_tokens: 9,
+                output_tokens: 4
+            }),
+            LlmChunk::End {
+                finish_reason: None
+            },
+        ]
+    );
+    let requests = &seen.lock().unwrap().requests;
+    let r = &requests[0];
+    assert!(r.starts_with("POST /v1/chat/completions HTTP/1.1"), "{r}");
+    assert!(
+        r.to_ascii_lowercase()
+            .contains("authorization: bearer sk-test-123")
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&r[r.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["model"], "gpt-4o-mini");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    assert_eq!(
+        body["messages"][1],
+        serde_json::json!({"role": "user", "content": "When do you open?"})
+    );
+}
+
+#[tokio::test]
+async fn openai_assembles_streamed_tool_calls() {
+    let (base, seen) = serve(vec![sse(&[
+        r#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"check_availability","arguments":""}}]},"finish_reason":null}]}"#,
+        r#"data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"party\":"}}]},"finish_reason":null}]}"#,
+        r#"data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":" 4}"}}]},"finish_reason":null}]}"#,
+        r#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+        "data: [DONE]",
+    ])])
+    .await;
+    let mut r = request("Any table for four?");
+    r.tools.push(ToolSpec {
+        name: "check_availability".into(),
+        description: "free tables".into(),
+        parameters: serde_json::json!({"type": "object", "properties": {"party": {"type": "integer"}}}),
+        effect: ToolEffect::Pure,
+    });
+    let chunks: Vec<LlmChunk> = collect(&openai(&base), r)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        chunks[0],
+        LlmChunk::ToolCall(ToolCall {
+            id: "call_a".into(),
+            name: "check_availability".into(),
+            arguments: serde_json::json!({"party": 4})
+        })
+    );
+    let request = seen.lock().unwrap().requests[0].clone();
+    let body: serde_json::Value =
+        serde_json::from_str(&request[request.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["tools"][0]["type"], "function");
+    assert_eq!(body["tools"][0]["function"]["name"], "check_availability");
+    assert_eq!(
+        body["tools"][0]["function"]["parameters"]["properties"]["party"]["type"],
+        "integer"
+    );
+}
+
+#[tokio::test]
+async fn openai_errors_say_what_to_do() {
+    let error = |status, headers: Vec<(&'static str, &'static str)>, body: &str| Reply {
+        status,
+        headers,
+        chunks: vec![body.to_owned()],
+        cut: false,
+        hold: false,
+    };
+    let (base, _) = serve(vec![
+        error(
+            401,
+            vec![],
+            r#"{"error":{"message":"Incorrect API key provided"}}"#,
+        ),
+        error(
+            429,
+            vec![("retry-after", "3")],
+            r#"{"error":{"message":"Rate limit reached"}}"#,
+        ),
+        error(500, vec![], "upstream exploded"),
+    ])
+    .await;
+    let model = openai(&base);
+    let messages: Vec<String> = futures_util::future::join_all((0..3).map(|_| async {
+        match model.stream(request("hi")).await {
+            Err(e) => e.to_string(),
+            Ok(_) => "ok".into(),
+        }
+    }))
+    .await;
+    let mut messages = messages;
+    messages.sort();
+    assert!(
+        messages.iter().any(
+            |m| m.contains("http 401: check OPENAI_API_KEY") && m.contains("Incorrect API key")
+        ),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(
+            |m| m.contains("rate limited, retry after 3 s") && m.contains("Rate limit reached")
+        ),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("http 500: upstream exploded")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().all(|m| !m.contains("sk-test-123")),
+        "the key never appears"
+    );
+}
+
+#[tokio::test]
+async fn openai_broken_streams_end_with_a_typed_error() {
+    let mut cut = sse(&TEXT[..2]);
+    cut.cut = true;
+    let malformed = sse(&[TEXT[1], "data: {\"choices\": [oops"]);
+    let unterminated = sse(&TEXT[..3]);
+    for (reply, needle) in [
+        (cut, "connection failed"),
+        (malformed, "malformed chunk"),
+        (unterminated, "truncated"),
+    ] {
+        let (base, _) = serve(vec![reply]).await;
+        let chunks = collect(&openai(&base), request("hi")).await;
+        let last = chunks.last().unwrap();
+        assert!(
+            matches!(last, Err(LlmError::Stream { message, .. }) if message.contains(needle)),
+            "{needle}: {chunks:?}"
+        );
+        assert_eq!(
+            chunks[0],
+            Ok(LlmChunk::Text("We open".into())),
+            "text before the break still arrives"
+        );
+    }
+}
+
+#[tokio::test]
+async fn dropping_the_stream_closes_the_connection() {
+    let mut held = sse(&TEXT[..2]);
+    held.hold = true;
+    let (base, seen) = serve(vec![held]).await;
+    let model = openai(&base);
+    let mut stream = model.stream(request("hi")).await.unwrap();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap(),
+        LlmChunk::Text("We open".into())
+    );
+    drop(stream);
+    for _ in 0..100 {
+        if seen.lock().unwrap().client_left {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        seen.lock().unwrap().client_left,
+        "the server saw the client go away"
+    );
+}
