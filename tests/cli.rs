@@ -302,3 +302,41 @@ fn run_names_what_is_missing_or_wrong() {
             .contains("Cargo.toml: unsupported wav: not a RIFF/WAVE container")
     );
 }
+
+#[test]
+fn run_names_the_missing_llm_key_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "run",
+            "--input",
+            "tests/fixtures/book_table_16k.wav",
+            "--output",
+            "/tmp/unused.wav",
+            "--llm",
+            "anthropic",
+            "--llm-model",
+            "claude",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ANTHROPIC_API_KEY is not set"));
+    let out = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "run",
+            "--input",
+            "tests/fixtures/book_table_16k.wav",
+            "--output",
+            "/tmp/unused.wav",
+            "--llm",
+            "openai",
+            "--llm-model",
+            "m",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY is not set"));
+}

@@ -328,3 +328,99 @@ async fn dropping_the_stream_closes_the_connection() {
         "the server saw the client go away"
     );
 }
+
+#[tokio::test]
+async fn anthropic_streams_text_and_tool_use_with_the_documented_headers() {
+    let events = [
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet\",\"stop_reason\":null,\"usage\":{\"input_tokens\":21,\"output_tokens\":1}}}",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}",
+        "event: ping\ndata: {\"type\": \"ping\"}",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Sure, booking.\"}}",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_9\",\"name\":\"book_table\",\"input\":{}}}",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"time\\\": \\\"20:00\\\"}\"}}",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":17}}",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}",
+    ];
+    let (base, seen) = serve(vec![sse(&events)]).await;
+    let base = base.trim_end_matches("/v1").to_owned();
+    let model =
+        turnflow::llm::Anthropic::new(base, "claude-sonnet", ApiKey::new("sk-ant-test")).unwrap();
+    let chunks: Vec<LlmChunk> = collect(&model, request("Book eight pm."))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(chunks[0], LlmChunk::Text("Sure, booking.".into()));
+    assert_eq!(
+        chunks[1],
+        LlmChunk::ToolCall(ToolCall {
+            id: "toolu_9".into(),
+            name: "book_table".into(),
+            arguments: serde_json::json!({"time": "20:00"})
+        })
+    );
+    assert_eq!(
+        chunks[2],
+        LlmChunk::Usage(turnflow::llm::Usage {
+            input_tokens: 21,
+            output_tokens: 17
+        })
+    );
+    let r = seen.lock().unwrap().requests[0].clone();
+    let lower = r.to_ascii_lowercase();
+    assert!(r.starts_with("POST /v1/messages HTTP/1.1"));
+    assert!(
+        lower.contains("x-api-key: sk-ant-test") && lower.contains("anthropic-version: 2023-06-01")
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&r[r.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["system"], "be brief");
+    assert_eq!(body["messages"][0]["role"], "user");
+    assert_eq!(body["stream"], true);
+}
+
+#[tokio::test]
+async fn anthropic_error_event_mid_stream_is_a_typed_error() {
+    let (base, _) = serve(vec![sse(&[
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":3}}}",
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}",
+    ])])
+    .await;
+    let model =
+        turnflow::llm::Anthropic::new(base.trim_end_matches("/v1"), "c", ApiKey::new("k")).unwrap();
+    let chunks = collect(&model, request("hi")).await;
+    assert!(
+        matches!(chunks.last(), Some(Err(LlmError::Stream { message, .. })) if message.contains("Overloaded"))
+    );
+}
+
+#[tokio::test]
+async fn a_session_speaks_what_an_openai_compatible_server_streams() {
+    let reply = sse(&TEXT);
+    let (base, seen) = serve(vec![reply; 4]).await;
+    let scenario =
+        Arc::new(turnflow::scenario::Scenario::load("scenarios/eager_hit.json".as_ref()).unwrap());
+    let mut config = turnflow::sim::SimulationConfig::new(scenario.clone());
+    config.transport = turnflow::sim::Transport::Memory;
+    config.record_audio = false;
+    config.backends = Some(turnflow::engine::Backends {
+        llm: Arc::new(openai(&base)),
+        tts: Arc::new(turnflow::tts::SyntheticTts::new(
+            16000,
+            scenario.tts.clone(),
+        )),
+        tools: None,
+    });
+    let result = turnflow::sim::run(config).await.unwrap();
+    assert_eq!(result.report.turns[0].assistant_heard, "We open at nine.");
+    assert_eq!(result.report.turns[0].speculation, "hit");
+    let requests = &seen.lock().unwrap().requests;
+    assert_eq!(
+        requests.len(),
+        1,
+        "one speculative request, promoted, no second request"
+    );
+    assert!(requests[0].contains("Can you book me a table for two tonight?"));
+}

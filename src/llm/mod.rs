@@ -11,10 +11,12 @@ use async_trait::async_trait;
 use futures_util::Stream;
 use serde::Serialize;
 
+pub mod anthropic;
 pub mod openai;
 pub mod scripted;
 pub mod sse;
 
+pub use anthropic::Anthropic;
 pub use openai::OpenAiCompatible;
 pub use scripted::{ScriptedLlm, ScriptedReply, Stepper};
 

@@ -16,11 +16,14 @@ use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
 use turnflow::engine::{
     AudioSink, Backends, BargeInPolicy, EngineEvent, SessionConfig, start_session,
 };
+use turnflow::flux::ApiKey;
 use turnflow::flux::client::API_KEY_ENV;
 use turnflow::flux::{
     Encoding, FluxConfig, FluxSender, ListenOptions, WebSocketConnector, connect,
 };
-use turnflow::llm::ScriptedLlm;
+use turnflow::llm::anthropic::{ANTHROPIC_API_KEY_ENV, ANTHROPIC_BASE_URL};
+use turnflow::llm::openai::OPENAI_API_KEY_ENV;
+use turnflow::llm::{Anthropic, LanguageModel, OpenAiCompatible, ScriptedLlm};
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::sim::{RecordingSink, place_frames};
 use turnflow::tts::SyntheticTts;
@@ -43,9 +46,15 @@ pub struct RunArgs {
     /// `flux` (Deepgram, needs DEEPGRAM_API_KEY) or `emulator` (local, voice activity).
     #[arg(long)]
     stt: Option<String>,
-    /// Language model: `scripted`.
+    /// Language model: `scripted`, `openai` (any OpenAI-compatible server) or `anthropic`.
     #[arg(long)]
     llm: Option<String>,
+    /// Model name for the LLM provider.
+    #[arg(long)]
+    llm_model: Option<String>,
+    /// Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1 for Ollama).
+    #[arg(long)]
+    llm_url: Option<String>,
     /// Voice: `synthetic`.
     #[arg(long)]
     tts: Option<String>,
@@ -108,6 +117,9 @@ pub struct SttConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     pub provider: Option<String>,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,7 +237,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .clone()
         .or(file.llm.provider.clone())
         .unwrap_or_else(|| "scripted".into());
-    check_provider("llm", &llm, &["scripted"])?;
+    check_provider("llm", &llm, &["scripted", "openai", "anthropic"])?;
     let tts = args
         .tts
         .clone()
@@ -304,7 +316,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             None
         };
         let mut flux_config = FluxConfig::new(options);
-        flux_config.api_key = api_key.map(turnflow::flux::ApiKey::new);
+        flux_config.api_key = api_key.map(ApiKey::new);
         if let Some(server) = &emulator {
             flux_config = flux_config.with_base_url(server.base_url());
         } else if let Some(url) = args.flux_url.clone().or(file.stt.url.clone()) {
@@ -312,7 +324,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         let (flux, events) = connect(flux_config, Arc::new(WebSocketConnector)).await?;
         let backends = Backends {
-            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+            llm: language_model(&llm, &file.llm, &args, &scenario)?,
             tts: Arc::new(SyntheticTts::new(SAMPLE_RATE, voice)),
             tools: None,
         };
@@ -368,6 +380,58 @@ pub fn run(args: RunArgs) -> Result<()> {
             println!("wrote {}", path.display());
         }
         Ok(())
+    })
+}
+
+fn key_from(env: &str) -> Option<ApiKey> {
+    std::env::var(env)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(ApiKey::new)
+}
+
+fn language_model(
+    kind: &str,
+    config: &ProviderConfig,
+    args: &RunArgs,
+    scenario: &Scenario,
+) -> Result<Arc<dyn LanguageModel>> {
+    let model = args.llm_model.clone().or(config.model.clone());
+    Ok(match kind {
+        "openai" => {
+            let base = args
+                .llm_url
+                .clone()
+                .or(config.base_url.clone())
+                .unwrap_or_else(|| "https://api.openai.com/v1".into());
+            let env = config
+                .api_key_env
+                .clone()
+                .unwrap_or_else(|| OPENAI_API_KEY_ENV.into());
+            let key = key_from(&env);
+            let local = base.starts_with("http://127.") || base.starts_with("http://localhost");
+            if key.is_none() && !local {
+                bail!(
+                    "{env} is not set: --llm openai needs an API key for {base} (set api_key_env in turnflow.toml for other providers)"
+                );
+            }
+            let model =
+                model.context("--llm openai needs a model: --llm-model NAME or [llm] model")?;
+            Arc::new(OpenAiCompatible::new(base, model, key, env)?)
+        }
+        "anthropic" => {
+            let key = key_from(ANTHROPIC_API_KEY_ENV).with_context(|| {
+                format!("{ANTHROPIC_API_KEY_ENV} is not set: --llm anthropic needs an API key")
+            })?;
+            let base = config
+                .base_url
+                .clone()
+                .unwrap_or_else(|| ANTHROPIC_BASE_URL.into());
+            let model =
+                model.context("--llm anthropic needs a model: --llm-model NAME or [llm] model")?;
+            Arc::new(Anthropic::new(base, model, key)?)
+        }
+        _ => Arc::new(ScriptedLlm::from_scenario(scenario)),
     })
 }
 
