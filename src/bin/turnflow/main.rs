@@ -47,7 +47,7 @@ enum Command {
     /// Measure latency distributions over many runs and concurrent sessions.
     Bench(bench::BenchArgs),
     /// A live agent on real audio: a WAV file or the microphone in, a WAV file or the speaker out.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -150,7 +150,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Simulate(args) => simulate(args),
         Command::Emulate(args) => emulate(args),
         Command::Bench(args) => bench::bench(args),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
     }
 }
 
