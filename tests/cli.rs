@@ -284,12 +284,11 @@ fn run_names_what_is_missing_or_wrong() {
         "--output",
         "/tmp/unused.wav",
         "--tts",
-        "aura",
+        "polly",
     ]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("tts provider \"aura\" is not available in this build; available: synthetic")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "tts provider \"polly\" is not available in this build; available: synthetic, aura"
+    ));
     let out = turnflow(&[
         "run",
         "--input",

@@ -10,8 +10,10 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use futures_util::Stream;
 
+pub mod aura;
 pub mod synthetic;
 
+pub use aura::AuraTts;
 pub use synthetic::SyntheticTts;
 
 /// A word's position in a sentence's audio, in samples from the sentence start.

@@ -26,7 +26,8 @@ use turnflow::llm::openai::OPENAI_API_KEY_ENV;
 use turnflow::llm::{Anthropic, LanguageModel, OpenAiCompatible, ScriptedLlm};
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::sim::{RecordingSink, place_frames};
-use turnflow::tts::SyntheticTts;
+use turnflow::tts::aura::AURA_BASE_URL;
+use turnflow::tts::{AuraTts, SyntheticTts};
 
 use crate::parse_barge_in;
 
@@ -55,7 +56,7 @@ pub struct RunArgs {
     /// Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1 for Ollama).
     #[arg(long)]
     llm_url: Option<String>,
-    /// Voice: `synthetic`.
+    /// Voice: `synthetic` or `aura` (Deepgram, needs DEEPGRAM_API_KEY).
     #[arg(long)]
     tts: Option<String>,
     /// Scenario for the scripted LLM and the emulator's user lines (default: the demo).
@@ -127,6 +128,8 @@ pub struct ProviderConfig {
 pub struct TtsConfig {
     pub provider: Option<String>,
     pub words_per_minute: Option<f64>,
+    pub model: Option<String>,
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,8 +246,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         .clone()
         .or(file.tts.provider.clone())
         .unwrap_or_else(|| "synthetic".into());
-    check_provider("tts", &tts, &["synthetic"])?;
-    let api_key = if stt == "flux" {
+    check_provider("tts", &tts, &["synthetic", "aura"])?;
+    let api_key = if stt == "flux" || tts == "aura" {
         let key = std::env::var(API_KEY_ENV).unwrap_or_default();
         if key.is_empty() {
             bail!(
@@ -316,7 +319,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             None
         };
         let mut flux_config = FluxConfig::new(options);
-        flux_config.api_key = api_key.map(ApiKey::new);
+        flux_config.api_key = api_key.clone().map(ApiKey::new);
         if let Some(server) = &emulator {
             flux_config = flux_config.with_base_url(server.base_url());
         } else if let Some(url) = args.flux_url.clone().or(file.stt.url.clone()) {
@@ -325,7 +328,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         let (flux, events) = connect(flux_config, Arc::new(WebSocketConnector)).await?;
         let backends = Backends {
             llm: language_model(&llm, &file.llm, &args, &scenario)?,
-            tts: Arc::new(SyntheticTts::new(SAMPLE_RATE, voice)),
+            tts: if tts == "aura" {
+                Arc::new(AuraTts::new(
+                    file.tts.url.as_deref().unwrap_or(AURA_BASE_URL),
+                    file.tts.model.as_deref().unwrap_or("aura-2-thalia-en"),
+                    SAMPLE_RATE,
+                    api_key.clone().map(ApiKey::new),
+                ))
+            } else {
+                Arc::new(SyntheticTts::new(SAMPLE_RATE, voice))
+            },
             tools: None,
         };
         let sink: Box<dyn AudioSink> = match &output {
