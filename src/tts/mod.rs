@@ -11,9 +11,13 @@ use async_trait::async_trait;
 use futures_util::Stream;
 
 pub mod aura;
+pub mod espeak;
+pub mod openai_speech;
 pub mod synthetic;
 
 pub use aura::AuraTts;
+pub use espeak::Espeak;
+pub use openai_speech::OpenAiSpeech;
 pub use synthetic::SyntheticTts;
 
 /// A word's position in a sentence's audio, in samples from the sentence start.

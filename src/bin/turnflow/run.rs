@@ -27,7 +27,7 @@ use turnflow::llm::{Anthropic, LanguageModel, OpenAiCompatible, ScriptedLlm};
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::sim::{RecordingSink, place_frames};
 use turnflow::tts::aura::AURA_BASE_URL;
-use turnflow::tts::{AuraTts, SyntheticTts};
+use turnflow::tts::{AuraTts, Espeak, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
 
 use crate::parse_barge_in;
 
@@ -56,7 +56,8 @@ pub struct RunArgs {
     /// Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1 for Ollama).
     #[arg(long)]
     llm_url: Option<String>,
-    /// Voice: `synthetic` or `aura` (Deepgram, needs DEEPGRAM_API_KEY).
+    /// Voice: `synthetic`, `aura` (Deepgram, needs DEEPGRAM_API_KEY), `openai`
+    /// (OpenAI-compatible speech) or `espeak` (local espeak-ng).
     #[arg(long)]
     tts: Option<String>,
     /// Scenario for the scripted LLM and the emulator's user lines (default: the demo).
@@ -210,17 +211,18 @@ enum Output {
     Speaker(crate::audio_io::Speaker),
 }
 
-fn open_output(spec: &str) -> Result<Output> {
+fn open_output(spec: &str, sample_rate: u32) -> Result<Output> {
     if spec == "speaker" {
         #[cfg(feature = "audio-io")]
         return Ok(Output::Speaker(crate::audio_io::Speaker::open(
-            SAMPLE_RATE,
+            sample_rate,
         )?));
         #[cfg(not(feature = "audio-io"))]
         bail!(
             "--output speaker needs the audio-io feature: cargo run --release --features audio-io -- run ..."
         );
     }
+    let _ = sample_rate; // a file takes whatever rate the voice has
     Ok(Output::File(PathBuf::from(spec), RecordingSink::new()))
 }
 
@@ -246,7 +248,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         .clone()
         .or(file.tts.provider.clone())
         .unwrap_or_else(|| "synthetic".into());
-    check_provider("tts", &tts, &["synthetic", "aura"])?;
+    check_provider("tts", &tts, &["synthetic", "aura", "openai", "espeak"])?;
     let api_key = if stt == "flux" || tts == "aura" {
         let key = std::env::var(API_KEY_ENV).unwrap_or_default();
         if key.is_empty() {
@@ -298,15 +300,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     {
         session.machine.barge_in = p;
     }
-    let input = open_input(&args.input)?;
-    let output = open_output(&args.output)?;
-    let voice = TtsTiming {
+    let timing = TtsTiming {
         words_per_minute: file
             .tts
             .words_per_minute
             .unwrap_or(scenario.tts.words_per_minute),
         ..scenario.tts.clone()
     };
+    let voice = voice_backend(&tts, &file.tts, timing, api_key.clone())?;
+    let input = open_input(&args.input)?;
+    let output = open_output(&args.output, voice.sample_rate())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -328,16 +331,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let (flux, events) = connect(flux_config, Arc::new(WebSocketConnector)).await?;
         let backends = Backends {
             llm: language_model(&llm, &file.llm, &args, &scenario)?,
-            tts: if tts == "aura" {
-                Arc::new(AuraTts::new(
-                    file.tts.url.as_deref().unwrap_or(AURA_BASE_URL),
-                    file.tts.model.as_deref().unwrap_or("aura-2-thalia-en"),
-                    SAMPLE_RATE,
-                    api_key.clone().map(ApiKey::new),
-                ))
-            } else {
-                Arc::new(SyntheticTts::new(SAMPLE_RATE, voice))
-            },
+            tts: voice,
             tools: None,
         };
         let sink: Box<dyn AudioSink> = match &output {
@@ -345,6 +339,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             #[cfg(feature = "audio-io")]
             Output::Speaker(speaker) => Box::new(speaker.sink()),
         };
+        let output_rate = backends.tts.sample_rate();
         let (handle, mut engine_events) = start_session(session, events, backends, sink);
         let log = handle.log();
         let start = Instant::now();
@@ -375,13 +370,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         match &output {
             Output::File(path, recorder) => {
-                let pcm = place_frames(&recorder.take(), start, SAMPLE_RATE);
-                turnflow::audio::write_wav(path, SAMPLE_RATE, 1, &pcm)
+                let pcm = place_frames(&recorder.take(), start, output_rate);
+                turnflow::audio::write_wav(path, output_rate, 1, &pcm)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 println!(
                     "wrote {} ({:.1} s of agent audio timeline)",
                     path.display(),
-                    pcm.len() as f64 / f64::from(SAMPLE_RATE)
+                    pcm.len() as f64 / f64::from(output_rate)
                 );
             }
             #[cfg(feature = "audio-io")]
@@ -392,6 +387,46 @@ pub fn run(args: RunArgs) -> Result<()> {
             println!("wrote {}", path.display());
         }
         Ok(())
+    })
+}
+
+fn voice_backend(
+    kind: &str,
+    config: &TtsConfig,
+    timing: TtsTiming,
+    deepgram_key: Option<String>,
+) -> Result<Arc<dyn SpeechSynthesizer>> {
+    Ok(match kind {
+        "aura" => Arc::new(AuraTts::new(
+            config.url.as_deref().unwrap_or(AURA_BASE_URL),
+            config.model.as_deref().unwrap_or("aura-2-thalia-en"),
+            SAMPLE_RATE,
+            deepgram_key.map(ApiKey::new),
+        )),
+        "openai" => {
+            let base = config.url.as_deref().unwrap_or("https://api.openai.com/v1");
+            let key = key_from(OPENAI_API_KEY_ENV);
+            if key.is_none()
+                && !base.starts_with("http://127.")
+                && !base.starts_with("http://localhost")
+            {
+                bail!("{OPENAI_API_KEY_ENV} is not set: --tts openai needs an API key for {base}");
+            }
+            Arc::new(OpenAiSpeech::new(
+                base,
+                config.model.as_deref().unwrap_or("gpt-4o-mini-tts"),
+                "alloy",
+                key,
+                OPENAI_API_KEY_ENV,
+            )?)
+        }
+        "espeak" => {
+            if !Espeak::available() {
+                bail!("--tts espeak needs espeak-ng: apt-get install espeak-ng");
+            }
+            Arc::new(Espeak::new("en-us", timing.words_per_minute as u32))
+        }
+        _ => Arc::new(SyntheticTts::new(SAMPLE_RATE, timing)),
     })
 }
 

@@ -1,0 +1,140 @@
+//! espeak-ng as a local voice: a subprocess per sentence, offline, no key.
+//!
+//! `espeak-ng --stdout` writes a WAV stream (22050 Hz, 16-bit mono) whose header is followed by
+//! samples as they are synthesized. The process is killed when the stream is dropped, so a
+//! barge-in stops it at once. Installed on Debian with `apt-get install espeak-ng`.
+
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdout, Command};
+
+use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
+
+/// espeak-ng's output rate.
+pub const ESPEAK_RATE: u32 = 22050;
+
+/// The espeak-ng voice.
+#[derive(Debug, Clone)]
+pub struct Espeak {
+    program: String,
+    voice: String,
+    words_per_minute: u32,
+}
+
+fn error(message: impl Into<String>) -> TtsError {
+    TtsError {
+        provider: "espeak-ng".into(),
+        message: message.into(),
+    }
+}
+
+impl Espeak {
+    /// espeak-ng with `voice` (e.g. `en-us`) at `words_per_minute` (80-450).
+    pub fn new(voice: &str, words_per_minute: u32) -> Self {
+        Self {
+            program: "espeak-ng".into(),
+            voice: voice.into(),
+            words_per_minute: words_per_minute.clamp(80, 450),
+        }
+    }
+
+    /// Whether the program can be run here.
+    pub fn available() -> bool {
+        std::process::Command::new("espeak-ng")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+struct Speaking {
+    // Held so the process is killed (kill_on_drop) when the stream is dropped.
+    _child: Child,
+    stdout: ChildStdout,
+    header_done: bool,
+    pending: Vec<u8>,
+}
+
+#[async_trait]
+impl SpeechSynthesizer for Espeak {
+    fn name(&self) -> &str {
+        "espeak-ng"
+    }
+
+    fn sample_rate(&self) -> u32 {
+        ESPEAK_RATE
+    }
+
+    async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
+        let mut child = Command::new(&self.program)
+            .args([
+                "-v",
+                &self.voice,
+                "-s",
+                &self.words_per_minute.to_string(),
+                "--stdout",
+            ])
+            .arg(text)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                error(format!(
+                    "cannot run espeak-ng ({e}); install it with apt-get install espeak-ng"
+                ))
+            })?;
+        let stdout = child.stdout.take().ok_or_else(|| error("no stdout"))?;
+        let state = Speaking {
+            _child: child,
+            stdout,
+            header_done: false,
+            pending: Vec::new(),
+        };
+        let stream = futures_util::stream::unfold(state, |mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = match s.stdout.read(&mut buf).await {
+                    Ok(0) => return None,
+                    Ok(n) => n,
+                    Err(e) => return Some((Err(error(format!("reading audio: {e}"))), s)),
+                };
+                s.pending.extend_from_slice(&buf[..n]);
+                if !s.header_done {
+                    match crate::audio::parse_wav_header(&s.pending) {
+                        Ok(None) => continue,
+                        Ok(Some((_, offset))) => {
+                            s.pending.drain(..offset);
+                            s.header_done = true;
+                        }
+                        Err(e) => return Some((Err(error(e.to_string())), s)),
+                    }
+                }
+                let whole = s.pending.len() / 2 * 2;
+                if whole == 0 {
+                    continue;
+                }
+                let samples = s
+                    .pending
+                    .drain(..whole)
+                    .collect::<Vec<u8>>()
+                    .chunks_exact(2)
+                    .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                return Some((
+                    Ok(SpeechChunk {
+                        samples,
+                        words: Vec::new(),
+                    }),
+                    s,
+                ));
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}

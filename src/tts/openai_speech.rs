@@ -1,0 +1,152 @@
+//! OpenAI-compatible speech: `POST {base_url}/audio/speech` with `response_format: "pcm"`.
+//!
+//! Wire format (OpenAI API reference, "Create speech"): JSON body `{model, input, voice,
+//! response_format}`; with `pcm` the response body is raw 24 kHz, 16-bit little-endian, mono
+//! samples, streamed as they are generated. Dropping the stream closes the connection.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+
+use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
+use crate::flux::ApiKey;
+use crate::llm::openai::{http_client, insecure_remote};
+
+/// Sample rate of OpenAI's `pcm` format.
+pub const OPENAI_PCM_RATE: u32 = 24000;
+
+/// An OpenAI-compatible speech endpoint.
+#[derive(Debug, Clone)]
+pub struct OpenAiSpeech {
+    client: reqwest::Client,
+    base_url: String,
+    model: String,
+    voice: String,
+    api_key: Option<ApiKey>,
+    key_env: String,
+}
+
+fn error(message: impl Into<String>) -> TtsError {
+    TtsError {
+        provider: "openai-speech".into(),
+        message: message.into(),
+    }
+}
+
+impl OpenAiSpeech {
+    /// `model` (e.g. `gpt-4o-mini-tts`) speaking with `voice` (e.g. `alloy`) at `base_url`.
+    ///
+    /// # Errors
+    /// [`TtsError`] for plain HTTP to another machine or when the HTTP client cannot be built.
+    pub fn new(
+        base_url: &str,
+        model: &str,
+        voice: &str,
+        api_key: Option<ApiKey>,
+        key_env: &str,
+    ) -> Result<Self, TtsError> {
+        if insecure_remote(base_url) {
+            return Err(error(format!(
+                "refusing plain http to a remote host ({base_url}): use https"
+            )));
+        }
+        Ok(Self {
+            client: http_client(Duration::from_secs(5)).map_err(error)?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            model: model.to_owned(),
+            voice: voice.to_owned(),
+            api_key,
+            key_env: key_env.to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl SpeechSynthesizer for OpenAiSpeech {
+    fn name(&self) -> &str {
+        "openai-speech"
+    }
+
+    fn sample_rate(&self) -> u32 {
+        OPENAI_PCM_RATE
+    }
+
+    async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
+        let body = serde_json::json!({
+            "model": self.model,
+            "input": text,
+            "voice": self.voice,
+            "response_format": "pcm",
+        });
+        let mut request = self
+            .client
+            .post(format!("{}/audio/speech", self.base_url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| error(format!("request failed: {}", e.without_url())))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let detail: String = response
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            return Err(error(match status {
+                401 | 403 => format!("http {status}: check {} ({detail})", self.key_env),
+                _ => format!("http {status}: {detail}"),
+            }));
+        }
+        let body = response.bytes_stream();
+        // An odd byte at a chunk boundary waits for its partner.
+        let stream = futures_util::stream::unfold(
+            (Box::pin(body), None::<u8>),
+            |(mut body, mut carry)| async move {
+                loop {
+                    match body.next().await {
+                        None => return None,
+                        Some(Err(e)) => {
+                            return Some((
+                                Err(error(format!(
+                                    "audio stream broke off: {}",
+                                    e.without_url()
+                                ))),
+                                (body, None),
+                            ));
+                        }
+                        Some(Ok(bytes)) => {
+                            let mut data: Vec<u8> = carry.take().into_iter().collect();
+                            data.extend_from_slice(&bytes);
+                            if data.len() % 2 == 1 {
+                                carry = data.pop();
+                            }
+                            if data.is_empty() {
+                                continue;
+                            }
+                            let samples = data
+                                .chunks_exact(2)
+                                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                                .collect();
+                            return Some((
+                                Ok(SpeechChunk {
+                                    samples,
+                                    words: Vec::new(),
+                                }),
+                                (body, carry),
+                            ));
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
+}
