@@ -12,11 +12,13 @@ use futures_util::Stream;
 use serde::Serialize;
 
 pub mod anthropic;
+pub mod failover;
 pub mod openai;
 pub mod scripted;
 pub mod sse;
 
 pub use anthropic::Anthropic;
+pub use failover::FailoverLlm;
 pub use openai::OpenAiCompatible;
 pub use scripted::{ScriptedLlm, ScriptedReply, Stepper};
 

@@ -23,7 +23,7 @@ use turnflow::flux::{
 };
 use turnflow::llm::anthropic::{ANTHROPIC_API_KEY_ENV, ANTHROPIC_BASE_URL};
 use turnflow::llm::openai::OPENAI_API_KEY_ENV;
-use turnflow::llm::{Anthropic, LanguageModel, OpenAiCompatible, ScriptedLlm};
+use turnflow::llm::{Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, ScriptedLlm};
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::sim::{RecordingSink, place_frames};
 use turnflow::tts::aura::AURA_BASE_URL;
@@ -47,7 +47,8 @@ pub struct RunArgs {
     /// `flux` (Deepgram, needs DEEPGRAM_API_KEY) or `emulator` (local, voice activity).
     #[arg(long)]
     stt: Option<String>,
-    /// Language model: `scripted`, `openai` (any OpenAI-compatible server) or `anthropic`.
+    /// Language model: `scripted`, `openai` (any OpenAI-compatible server) or `anthropic`; a
+    /// comma-separated list (`openai,anthropic`) fails over in order before the first token.
     #[arg(long)]
     llm: Option<String>,
     /// Model name for the LLM provider.
@@ -242,7 +243,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         .clone()
         .or(file.llm.provider.clone())
         .unwrap_or_else(|| "scripted".into());
-    check_provider("llm", &llm, &["scripted", "openai", "anthropic"])?;
+    for one in llm.split(',') {
+        check_provider("llm", one, &["scripted", "openai", "anthropic"])?;
+    }
     let tts = args
         .tts
         .clone()
@@ -330,7 +333,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         let (flux, events) = connect(flux_config, Arc::new(WebSocketConnector)).await?;
         let backends = Backends {
-            llm: language_model(&llm, &file.llm, &args, &scenario)?,
+            llm: {
+                let chain = llm
+                    .split(',')
+                    .map(|one| language_model(one, &file.llm, &args, &scenario))
+                    .collect::<Result<Vec<_>>>()?;
+                if chain.len() == 1 {
+                    chain.into_iter().next().expect("one provider")
+                } else {
+                    Arc::new(FailoverLlm::new(chain))
+                }
+            },
             tts: voice,
             tools: None,
         };

@@ -1,0 +1,213 @@
+//! Failover across language models: retry and switch providers only before the first token.
+//!
+//! A request goes to the first healthy provider. If it fails before producing its first chunk
+//! (refused, rate limited, broken, or silent past `first_token_timeout`), it is retried once
+//! after `retry_backoff`, then the provider is marked unhealthy for `probe_after` and the next
+//! one is tried. Once a chunk has been produced nothing is retried: that text may already be
+//! on its way to the user. An unhealthy provider gets a request again (a probe) once its
+//! `probe_after` has passed.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream};
+
+/// A chain of models tried in order.
+pub struct FailoverLlm {
+    providers: Vec<Arc<dyn LanguageModel>>,
+    unhealthy_until: Mutex<Vec<Option<Instant>>>,
+    /// Give up on a provider when its first chunk takes longer than this.
+    pub first_token_timeout: Duration,
+    /// Wait before the single retry of the same provider.
+    pub retry_backoff: Duration,
+    /// How long a failed provider is skipped.
+    pub probe_after: Duration,
+    name: String,
+}
+
+impl FailoverLlm {
+    /// A chain over `providers` (at least one), first preferred.
+    pub fn new(providers: Vec<Arc<dyn LanguageModel>>) -> Self {
+        let name = providers
+            .iter()
+            .map(|p| p.name().to_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            unhealthy_until: Mutex::new(vec![None; providers.len()]),
+            providers,
+            first_token_timeout: Duration::from_secs(3),
+            retry_backoff: Duration::from_millis(200),
+            probe_after: Duration::from_secs(30),
+            name,
+        }
+    }
+
+    /// Whether provider `index` is currently skipped.
+    pub fn is_unhealthy(&self, index: usize) -> bool {
+        self.unhealthy_until.lock().expect("health lock")[index].is_some_and(|t| Instant::now() < t)
+    }
+
+    async fn first_chunk(
+        &self,
+        provider: &dyn LanguageModel,
+        request: &LlmRequest,
+    ) -> Result<(LlmChunk, LlmStream), LlmError> {
+        let mut stream = provider.stream(request.clone()).await?;
+        match tokio::time::timeout(self.first_token_timeout, stream.next()).await {
+            Err(_) => Err(LlmError::Stream {
+                provider: provider.name().into(),
+                message: format!("no first chunk within {:?}", self.first_token_timeout),
+            }),
+            Ok(None) => Err(LlmError::Stream {
+                provider: provider.name().into(),
+                message: "empty stream".into(),
+            }),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(Some(Ok(chunk))) => Ok((chunk, stream)),
+        }
+    }
+}
+
+#[async_trait]
+impl LanguageModel for FailoverLlm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
+        let mut last_error = None;
+        let healthy_first: Vec<usize> = {
+            let now = Instant::now();
+            let health = self.unhealthy_until.lock().expect("health lock");
+            let (ok, sick): (Vec<usize>, Vec<usize>) =
+                (0..self.providers.len()).partition(|i| health[*i].is_none_or(|t| now >= t));
+            ok.into_iter().chain(sick).collect()
+        };
+        for index in healthy_first {
+            let provider = &*self.providers[index];
+            for attempt in 0..2 {
+                if attempt > 0 {
+                    tokio::time::sleep(self.retry_backoff).await;
+                }
+                match self.first_chunk(provider, &request).await {
+                    Ok((first, rest)) => {
+                        self.unhealthy_until.lock().expect("health lock")[index] = None;
+                        let stream: Pin<Box<_>> = Box::pin(
+                            futures_util::stream::once(async move { Ok(first) }).chain(rest),
+                        );
+                        return Ok(stream);
+                    }
+                    Err(e) => {
+                        warn!(provider = provider.name(), attempt, error = %e, "llm failed before its first token");
+                        last_error = Some(e);
+                    }
+                }
+            }
+            self.unhealthy_until.lock().expect("health lock")[index] =
+                Some(Instant::now() + self.probe_after);
+        }
+        Err(last_error.unwrap_or_else(|| LlmError::Provider {
+            provider: self.name.clone(),
+            message: "no providers configured".into(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::Message;
+    use crate::llm::scripted::{Fault, ScriptedLlm};
+    use crate::scenario::LlmTiming;
+
+    fn request() -> LlmRequest {
+        LlmRequest {
+            messages: vec![Message::user("hello")],
+            tools: vec![],
+        }
+    }
+
+    async fn text(stream: LlmStream) -> String {
+        stream
+            .filter_map(|c| async move {
+                match c {
+                    Ok(LlmChunk::Text(t)) => Some(t),
+                    _ => None,
+                }
+            })
+            .collect::<Vec<_>>()
+            .await
+            .concat()
+    }
+
+    fn timing() -> LlmTiming {
+        LlmTiming {
+            ttft_ms: 100,
+            token_interval_ms: 10,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_first_provider_fails_over_and_is_skipped_until_probed() {
+        let first = Arc::new(
+            ScriptedLlm::new([], timing())
+                .fail_call(0, Fault::Stall)
+                .fail_call(1, Fault::FailAfterTokens(0)),
+        );
+        let second = Arc::new(ScriptedLlm::new([], timing()));
+        let chain = FailoverLlm::new(vec![first.clone(), second.clone()]);
+        let started = Instant::now();
+        let reply = text(chain.stream(request()).await.unwrap()).await;
+        assert_eq!(reply, "Hello! How can I help you today?");
+        // 3 s first-token timeout, 200 ms backoff, a failed retry, then the second provider.
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(3000 + 200 + 100 + 6 * 10)
+        );
+        assert_eq!(first.calls(), 2);
+        assert!(chain.is_unhealthy(0));
+        text(chain.stream(request()).await.unwrap()).await;
+        assert_eq!(first.calls(), 2, "skipped while unhealthy");
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(!chain.is_unhealthy(0));
+        text(chain.stream(request()).await.unwrap()).await;
+        assert_eq!(first.calls(), 3, "probed again after probe_after");
+        assert!(!chain.is_unhealthy(0), "and healthy again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_after_the_first_token_is_not_retried() {
+        let first =
+            Arc::new(ScriptedLlm::new([], timing()).fail_call(0, Fault::FailAfterTokens(2)));
+        let second = Arc::new(ScriptedLlm::new([], timing()));
+        let chain = FailoverLlm::new(vec![first.clone(), second.clone()]);
+        let chunks: Vec<_> = chain.stream(request()).await.unwrap().collect().await;
+        assert!(
+            chunks.last().unwrap().is_err(),
+            "the error reaches the engine"
+        );
+        assert_eq!(second.calls(), 0);
+        assert_eq!(first.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_failing_returns_the_last_error() {
+        let a = Arc::new(
+            ScriptedLlm::new([], timing())
+                .fail_call(0, Fault::FailAfterTokens(0))
+                .fail_call(1, Fault::FailAfterTokens(0)),
+        );
+        let chain = FailoverLlm::new(vec![a]);
+        let Err(e) = chain.stream(request()).await else {
+            panic!("expected an error")
+        };
+        assert!(e.to_string().contains("scripted failure"));
+    }
+}
