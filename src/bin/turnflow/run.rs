@@ -48,7 +48,8 @@ pub struct RunArgs {
     #[arg(long)]
     stt: Option<String>,
     /// Language model: `scripted`, `openai` (any OpenAI-compatible server) or `anthropic`; a
-    /// comma-separated list (`openai,anthropic`) fails over in order before the first token.
+    /// comma-separated list fails over in order before the first token; `provider:model` names
+    /// each model (`openai:gpt-4o-mini,anthropic:claude-sonnet-4-5`).
     #[arg(long)]
     llm: Option<String>,
     /// Model name for the LLM provider.
@@ -244,7 +245,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         .or(file.llm.provider.clone())
         .unwrap_or_else(|| "scripted".into());
     for one in llm.split(',') {
-        check_provider("llm", one, &["scripted", "openai", "anthropic"])?;
+        let provider = one.split_once(':').map_or(one, |(p, _)| p);
+        check_provider("llm", provider, &["scripted", "openai", "anthropic"])?;
     }
     let tts = args
         .tts
@@ -450,13 +452,17 @@ fn key_from(env: &str) -> Option<ApiKey> {
         .map(ApiKey::new)
 }
 
+/// Builds one provider from `kind`, `provider` or `provider:model`.
 fn language_model(
     kind: &str,
     config: &ProviderConfig,
     args: &RunArgs,
     scenario: &Scenario,
 ) -> Result<Arc<dyn LanguageModel>> {
-    let model = args.llm_model.clone().or(config.model.clone());
+    let (kind, model) = match kind.split_once(':') {
+        Some((kind, model)) => (kind, Some(model.to_owned())),
+        None => (kind, args.llm_model.clone().or(config.model.clone())),
+    };
     Ok(match kind {
         "openai" => {
             let base = args
