@@ -142,7 +142,8 @@ async fn sentences_share_one_socket_and_end_at_flushed() {
         "aura-2-thalia-en",
         16000,
         Some(ApiKey::new("dg-secret")),
-    );
+    )
+    .unwrap();
     let first = speak(&tts, "Hello there.").await.unwrap();
     let second = speak(&tts, "How can I help?").await.unwrap();
     assert_eq!(first.len(), 4 * 320);
@@ -161,7 +162,7 @@ async fn sentences_share_one_socket_and_end_at_flushed() {
 #[tokio::test]
 async fn a_sentence_left_midway_is_cleared_and_its_frames_never_leak() {
     let (url, _log) = aura_server(Mode::Slow).await;
-    let tts = AuraTts::new(&url, "aura-2-thalia-en", 16000, None);
+    let tts = AuraTts::new(&url, "aura-2-thalia-en", 16000, None).unwrap();
     let mut stream = tts
         .synthesize("A long sentence that will be cut.")
         .await
@@ -181,7 +182,7 @@ async fn a_sentence_left_midway_is_cleared_and_its_frames_never_leak() {
 #[tokio::test]
 async fn a_socket_dropped_between_replies_is_reopened() {
     let (url, log) = aura_server(Mode::DropAfterEach).await;
-    let tts = AuraTts::new(&url, "aura-2-thalia-en", 16000, None);
+    let tts = AuraTts::new(&url, "aura-2-thalia-en", 16000, None).unwrap();
     speak(&tts, "One.").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let second = speak(&tts, "Two.").await;
@@ -197,7 +198,7 @@ async fn a_socket_dropped_between_replies_is_reopened() {
 #[tokio::test]
 async fn rate_limit_close_is_an_error_that_says_so() {
     let (url, _log) = aura_server(Mode::RateLimited).await;
-    let tts = AuraTts::new(&url, "aura-2-thalia-en", 16000, None);
+    let tts = AuraTts::new(&url, "aura-2-thalia-en", 16000, None).unwrap();
     let e = speak(&tts, "Hello.").await.unwrap_err();
     assert!(
         e.contains("1008 DATA-0001") && e.contains("rate limit"),

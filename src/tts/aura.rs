@@ -74,9 +74,25 @@ pub fn split_text(text: &str, max: usize) -> Vec<String> {
 
 impl AuraTts {
     /// Aura at `base_url` with `model` (e.g. `aura-2-thalia-en`), linear16 at `sample_rate`.
-    pub fn new(base_url: &str, model: &str, sample_rate: u32, api_key: Option<ApiKey>) -> Self {
+    ///
+    /// # Errors
+    /// [`TtsError`] for an unencrypted `ws://` URL to another machine (the key would travel in
+    /// clear).
+    pub fn new(
+        base_url: &str,
+        model: &str,
+        sample_rate: u32,
+        api_key: Option<ApiKey>,
+    ) -> Result<Self, TtsError> {
         let base = base_url.trim_end_matches('/');
-        Self {
+        if let Some(rest) = base.strip_prefix("ws://")
+            && crate::llm::openai::insecure_remote(&format!("http://{rest}"))
+        {
+            return Err(error(format!(
+                "refusing unencrypted ws:// to a remote host ({base}): use wss"
+            )));
+        }
+        Ok(Self {
             url: format!(
                 "{base}/v1/speak?model={model}&encoding=linear16&sample_rate={sample_rate}"
             ),
@@ -84,7 +100,7 @@ impl AuraTts {
             sample_rate,
             connector: Arc::new(WebSocketConnector),
             link: Arc::default(),
-        }
+        })
     }
 
     async fn ensure_connected(&self, link: &mut Link) -> Result<(), TtsError> {
@@ -289,6 +305,13 @@ mod tests {
         assert_eq!(pieces.concat(), text);
         assert_eq!(split_text("abcdef", 4), vec!["abcd", "ef"]);
         assert_eq!(split_text("short text", 2000), vec!["short text"]);
+    }
+
+    #[test]
+    fn unencrypted_remote_urls_are_refused() {
+        assert!(AuraTts::new("ws://example.com", "m", 16000, None).is_err());
+        assert!(AuraTts::new("ws://127.0.0.1:9", "m", 16000, None).is_ok());
+        assert!(AuraTts::new(AURA_BASE_URL, "m", 16000, None).is_ok());
     }
 
     #[test]

@@ -417,7 +417,7 @@ fn voice_backend(
             config.model.as_deref().unwrap_or("aura-2-thalia-en"),
             SAMPLE_RATE,
             deepgram_key.map(ApiKey::new),
-        )),
+        )?),
         "openai" => {
             let base = config.url.as_deref().unwrap_or("https://api.openai.com/v1");
             let key = key_from(OPENAI_API_KEY_ENV);
