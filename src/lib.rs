@@ -54,8 +54,8 @@
 //! | [`emulator`] | a local Flux server (WebSocket or in-memory) driven by a scenario |
 //! | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies |
 //! | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
-//! | [`llm`] | the `LanguageModel` trait, conversation types, tools, the scripted model |
-//! | [`tts`] | the `SpeechSynthesizer` trait and the synthetic voice |
+//! | [`llm`] | the `LanguageModel` trait, conversation types, tools; OpenAI-compatible, Anthropic, failover, scripted |
+//! | [`tts`] | the `SpeechSynthesizer` trait; Aura, OpenAI-compatible speech, espeak-ng, synthetic |
 //! | [`report`] | per-turn metrics and the run summary, computed from the session's event log |
 //! | [`timeline`] | the SVG timeline of a simulated conversation |
 //! | [`sim`] | the simulated conversation behind `turnflow simulate`: emulator + client + engine + user |

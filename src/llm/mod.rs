@@ -1,4 +1,10 @@
-//! Language models: the [`LanguageModel`] trait, conversation types and the scripted model.
+//! Language models: the [`LanguageModel`] trait, conversation types and the backends.
+//!
+//! - [`scripted`]: replies from a scenario (embedded default and test fake).
+//! - [`openai`]: any OpenAI-compatible chat completions server, streamed.
+//! - [`anthropic`]: the Anthropic Messages API, streamed.
+//! - [`failover`]: a chain that switches providers before the first token.
+//! - [`sse`]: the server-sent-events parser both streaming clients share.
 //!
 //! A model takes the conversation (and tool definitions) and streams [`LlmChunk`]s. Dropping
 //! the stream cancels the request, which is how barge-in and failed speculation stop spending

@@ -1,4 +1,9 @@
-//! Speech synthesis: the [`SpeechSynthesizer`] trait and the synthetic voice.
+//! Speech synthesis: the [`SpeechSynthesizer`] trait and the voices.
+//!
+//! - [`synthetic`]: tones at a scripted rate (embedded default and test fake).
+//! - [`aura`]: Deepgram Aura over one WebSocket per conversation.
+//! - [`openai_speech`]: OpenAI-compatible `/audio/speech`, streamed PCM.
+//! - [`espeak`]: the local espeak-ng program, offline.
 //!
 //! The engine synthesizes one sentence at a time and receives 16-bit mono PCM in chunks, with
 //! word timings when the provider has them (they make the heard history exact to the word).
