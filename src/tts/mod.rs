@@ -4,6 +4,7 @@
 //! - [`aura`]: Deepgram Aura over one WebSocket per conversation.
 //! - [`openai_speech`]: OpenAI-compatible `/audio/speech`, streamed PCM.
 //! - [`espeak`]: the local espeak-ng program, offline.
+//! - [`failover`]: a chain that switches voices before the first audio.
 //!
 //! The engine synthesizes one sentence at a time and receives 16-bit mono PCM in chunks, with
 //! word timings when the provider has them (they make the heard history exact to the word).
@@ -17,11 +18,13 @@ use futures_util::Stream;
 
 pub mod aura;
 pub mod espeak;
+pub mod failover;
 pub mod openai_speech;
 pub mod synthetic;
 
 pub use aura::AuraTts;
 pub use espeak::Espeak;
+pub use failover::FailoverTts;
 pub use openai_speech::OpenAiSpeech;
 pub use synthetic::SyntheticTts;
 

@@ -27,7 +27,7 @@ use turnflow::llm::{Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, Scr
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::sim::{RecordingSink, place_frames};
 use turnflow::tts::aura::AURA_BASE_URL;
-use turnflow::tts::{AuraTts, Espeak, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
+use turnflow::tts::{AuraTts, Espeak, FailoverTts, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
 
 use crate::parse_barge_in;
 
@@ -59,7 +59,8 @@ pub struct RunArgs {
     #[arg(long)]
     llm_url: Option<String>,
     /// Voice: `synthetic`, `aura` (Deepgram, needs DEEPGRAM_API_KEY), `openai`
-    /// (OpenAI-compatible speech) or `espeak` (local espeak-ng).
+    /// (OpenAI-compatible speech) or `espeak` (local espeak-ng); a comma-separated list of
+    /// voices with one sample rate (`aura,openai`) fails over before the first audio.
     #[arg(long)]
     tts: Option<String>,
     /// Scenario for the scripted LLM and the emulator's user lines (default: the demo).
@@ -253,8 +254,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         .clone()
         .or(file.tts.provider.clone())
         .unwrap_or_else(|| "synthetic".into());
-    check_provider("tts", &tts, &["synthetic", "aura", "openai", "espeak"])?;
-    let api_key = if stt == "flux" || tts == "aura" {
+    for one in tts.split(',') {
+        check_provider("tts", one, &["synthetic", "aura", "openai", "espeak"])?;
+    }
+    let api_key = if stt == "flux" || tts.split(',').any(|t| t == "aura") {
         let key = std::env::var(API_KEY_ENV).unwrap_or_default();
         if key.is_empty() {
             bail!(
@@ -312,7 +315,15 @@ pub fn run(args: RunArgs) -> Result<()> {
             .unwrap_or(scenario.tts.words_per_minute),
         ..scenario.tts.clone()
     };
-    let voice = voice_backend(&tts, &file.tts, timing, api_key.clone())?;
+    let voices = tts
+        .split(',')
+        .map(|one| voice_backend(one, &file.tts, timing.clone(), api_key.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let voice: Arc<dyn SpeechSynthesizer> = if voices.len() == 1 {
+        voices.into_iter().next().expect("one voice")
+    } else {
+        Arc::new(FailoverTts::new(voices)?)
+    };
     let input = open_input(&args.input)?;
     let output = open_output(&args.output, voice.sample_rate())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -412,10 +423,11 @@ fn voice_backend(
     deepgram_key: Option<String>,
 ) -> Result<Arc<dyn SpeechSynthesizer>> {
     Ok(match kind {
+        // Aura's default rate, which OpenAI speech shares, so the two can form a chain.
         "aura" => Arc::new(AuraTts::new(
             config.url.as_deref().unwrap_or(AURA_BASE_URL),
             config.model.as_deref().unwrap_or("aura-2-thalia-en"),
-            SAMPLE_RATE,
+            24000,
             deepgram_key.map(ApiKey::new),
         )?),
         "openai" => {

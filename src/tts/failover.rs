@@ -1,0 +1,174 @@
+//! Failover across voices: switch providers only before the first audio of a sentence.
+//!
+//! Mirrors [`crate::llm::FailoverLlm`]: the first healthy voice is asked; if it fails before its
+//! first chunk (refused, closed, silent past `first_audio_timeout`), the next one is, and the
+//! failed voice is skipped for `probe_after`. Audio already delivered is never re-synthesized.
+//! All voices of a chain must share one sample rate, since playout runs at one rate.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::{SpeechStream, SpeechSynthesizer, TtsError};
+
+/// A chain of voices tried in order.
+pub struct FailoverTts {
+    voices: Vec<Arc<dyn SpeechSynthesizer>>,
+    unhealthy_until: Mutex<Vec<Option<Instant>>>,
+    /// Give up on a voice when its first audio takes longer than this.
+    pub first_audio_timeout: Duration,
+    /// How long a failed voice is skipped.
+    pub probe_after: Duration,
+    name: String,
+}
+
+impl FailoverTts {
+    /// A chain over `voices`, first preferred.
+    ///
+    /// # Errors
+    /// [`TtsError`] when the chain is empty or the voices' sample rates differ.
+    pub fn new(voices: Vec<Arc<dyn SpeechSynthesizer>>) -> Result<Self, TtsError> {
+        let name = voices
+            .iter()
+            .map(|v| v.name().to_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let error = |message: String| TtsError {
+            provider: name.clone(),
+            message,
+        };
+        let Some(first) = voices.first() else {
+            return Err(error("a failover chain needs at least one voice".into()));
+        };
+        if let Some(other) = voices
+            .iter()
+            .find(|v| v.sample_rate() != first.sample_rate())
+        {
+            return Err(error(format!(
+                "voices in a chain must share a sample rate: {} is {} Hz, {} is {} Hz",
+                first.name(),
+                first.sample_rate(),
+                other.name(),
+                other.sample_rate()
+            )));
+        }
+        Ok(Self {
+            unhealthy_until: Mutex::new(vec![None; voices.len()]),
+            voices,
+            first_audio_timeout: Duration::from_secs(2),
+            probe_after: Duration::from_secs(30),
+            name,
+        })
+    }
+
+    /// Whether voice `index` is currently skipped.
+    pub fn is_unhealthy(&self, index: usize) -> bool {
+        self.unhealthy_until.lock().expect("health lock")[index].is_some_and(|t| Instant::now() < t)
+    }
+}
+
+#[async_trait]
+impl SpeechSynthesizer for FailoverTts {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn sample_rate(&self) -> u32 {
+        self.voices[0].sample_rate()
+    }
+
+    async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
+        let order: Vec<usize> = {
+            let now = Instant::now();
+            let health = self.unhealthy_until.lock().expect("health lock");
+            let (ok, sick): (Vec<usize>, Vec<usize>) =
+                (0..self.voices.len()).partition(|i| health[*i].is_none_or(|t| now >= t));
+            ok.into_iter().chain(sick).collect()
+        };
+        let mut last_error = None;
+        for index in order {
+            let voice = &self.voices[index];
+            let attempt = async {
+                let mut stream = voice.synthesize(text).await?;
+                match tokio::time::timeout(self.first_audio_timeout, stream.next()).await {
+                    Err(_) => Err(TtsError {
+                        provider: voice.name().into(),
+                        message: format!("no audio within {:?}", self.first_audio_timeout),
+                    }),
+                    Ok(None) => Ok(stream),
+                    Ok(Some(Err(e))) => Err(e),
+                    Ok(Some(Ok(first))) => {
+                        let stream: SpeechStream = Box::pin(
+                            futures_util::stream::once(async move { Ok(first) }).chain(stream),
+                        );
+                        Ok(stream)
+                    }
+                }
+            };
+            match attempt.await {
+                Ok(stream) => {
+                    self.unhealthy_until.lock().expect("health lock")[index] = None;
+                    return Ok(stream);
+                }
+                Err(e) => {
+                    warn!(voice = voice.name(), error = %e, "voice failed before its first audio");
+                    self.unhealthy_until.lock().expect("health lock")[index] =
+                        Some(Instant::now() + self.probe_after);
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.expect("a chain has at least one voice"))
+    }
+
+    async fn clear(&self) {
+        for voice in &self.voices {
+            voice.clear().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::TtsTiming;
+    use crate::tts::SyntheticTts;
+    use crate::tts::synthetic::TtsFault;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_voice_fails_over_and_is_probed_later() {
+        let first =
+            Arc::new(SyntheticTts::new(16000, TtsTiming::default()).fail_call(0, TtsFault::Stall));
+        let second = Arc::new(SyntheticTts::new(16000, TtsTiming::default()));
+        let chain = FailoverTts::new(vec![first.clone(), second.clone()]).unwrap();
+        let audio: Vec<_> = chain
+            .synthesize("hello there")
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        assert!(!audio.is_empty() && audio.iter().all(Result::is_ok));
+        assert_eq!((first.calls(), second.calls()), (1, 1));
+        assert!(chain.is_unhealthy(0));
+        drop(chain.synthesize("again").await.unwrap());
+        assert_eq!(first.calls(), 1, "skipped while unhealthy");
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        drop(chain.synthesize("probe").await.unwrap());
+        assert_eq!(first.calls(), 2);
+    }
+
+    #[test]
+    fn voices_must_share_a_rate() {
+        let a: Arc<dyn SpeechSynthesizer> =
+            Arc::new(SyntheticTts::new(16000, TtsTiming::default()));
+        let b: Arc<dyn SpeechSynthesizer> =
+            Arc::new(SyntheticTts::new(24000, TtsTiming::default()));
+        let e = FailoverTts::new(vec![a, b]).err().unwrap();
+        assert!(e.to_string().contains("share a sample rate"));
+        assert!(FailoverTts::new(vec![]).is_err());
+    }
+}
