@@ -131,6 +131,19 @@ impl Drop for TokenTally {
     }
 }
 
+/// The next item of `stream`, bounded by `limit` when given (the first token or byte).
+async fn next_within<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    limit: Option<Duration>,
+) -> Result<Option<S::Item>, ()> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, stream.next())
+            .await
+            .map_err(|_| ()),
+        None => Ok(stream.next().await),
+    }
+}
+
 async fn wait_gate(gate: &mut watch::Receiver<bool>, token: &CancellationToken) -> bool {
     tokio::select! {
         biased;
@@ -186,15 +199,7 @@ async fn generate(
         let mut round_text = String::new();
         let mut first = true;
         loop {
-            let next = async {
-                if first {
-                    tokio::time::timeout(ctx.options.llm_ttft_timeout, stream.next())
-                        .await
-                        .map_err(|_| ())
-                } else {
-                    Ok(stream.next().await)
-                }
-            };
+            let next = next_within(&mut stream, first.then_some(ctx.options.llm_ttft_timeout));
             let chunk = tokio::select! {
                 biased;
                 _ = token.cancelled() => return,
@@ -417,15 +422,7 @@ async fn synthesize(
     let mut pending_sentence = Some(sentence);
     let mut first = true;
     loop {
-        let next = async {
-            if first {
-                tokio::time::timeout(ctx.options.tts_ttfb_timeout, stream.next())
-                    .await
-                    .map_err(|_| ())
-            } else {
-                Ok(stream.next().await)
-            }
-        };
+        let next = next_within(&mut stream, first.then_some(ctx.options.tts_ttfb_timeout));
         let chunk = tokio::select! {
             biased;
             _ = token.cancelled() => return Synthesis::Cancelled,

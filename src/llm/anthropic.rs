@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::openai::{Finished, decode_sse, http_client, insecure_remote, status_error};
+use super::openai::{Finished, check_status, decode_sse, http_client, insecure_remote};
 use super::sse::SseEvent;
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
 use crate::flux::ApiKey;
@@ -276,22 +276,7 @@ impl LanguageModel for Anthropic {
                 provider: "anthropic".into(),
                 message: format!("request failed: {}", e.without_url()),
             })?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = response.text().await.unwrap_or_default();
-            return Err(status_error(
-                "anthropic",
-                status,
-                ANTHROPIC_API_KEY_ENV,
-                retry_after.as_deref(),
-                &body,
-            ));
-        }
+        let response = check_status(response, "anthropic", ANTHROPIC_API_KEY_ENV).await?;
         Ok(decode_sse(
             "anthropic".into(),
             response.bytes_stream(),

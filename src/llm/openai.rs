@@ -189,7 +189,37 @@ impl OpenAiCompatible {
     }
 }
 
-/// Maps an HTTP error status to an error a person can act on.
+/// Passes a 200 response through; maps any other status to an error a person can act on:
+/// 401/403 name the key's environment variable, 429 carries `retry-after` and the provider's
+/// message.
+///
+/// # Errors
+/// [`LlmError::Provider`] for every status but 200.
+pub(crate) async fn check_status(
+    response: reqwest::Response,
+    provider: &str,
+    key_env: &str,
+) -> Result<reqwest::Response, LlmError> {
+    let status = response.status().as_u16();
+    if status == 200 {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.text().await.unwrap_or_default();
+    Err(status_error(
+        provider,
+        status,
+        key_env,
+        retry_after.as_deref(),
+        &body,
+    ))
+}
+
+/// The error for an HTTP status (see [`check_status`]).
 pub(crate) fn status_error(
     provider: &str,
     status: u16,
@@ -325,22 +355,7 @@ impl LanguageModel for OpenAiCompatible {
             provider: provider.clone(),
             message: format!("request failed: {}", e.without_url()),
         })?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let body = response.text().await.unwrap_or_default();
-            return Err(status_error(
-                &provider,
-                status,
-                &self.key_env,
-                retry_after.as_deref(),
-                &body,
-            ));
-        }
+        let response = check_status(response, &provider, &self.key_env).await?;
         Ok(decode_sse(
             provider,
             response.bytes_stream(),

@@ -229,17 +229,7 @@ impl SpeechSynthesizer for AuraTts {
                 let connection = state.link.connection.as_mut()?;
                 match connection.stream.next().await {
                     Some(Ok(WireFrame::Binary(bytes))) => {
-                        let samples = bytes
-                            .chunks_exact(2)
-                            .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                            .collect();
-                        return Some((
-                            Ok(SpeechChunk {
-                                samples,
-                                words: Vec::new(),
-                            }),
-                            Some(state),
-                        ));
+                        return Some((Ok(SpeechChunk::from_pcm16(&bytes)), Some(state)));
                     }
                     Some(Ok(WireFrame::Text(text))) => match message_type(&text).as_deref() {
                         Some("Flushed") => {

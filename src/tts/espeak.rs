@@ -119,20 +119,9 @@ impl SpeechSynthesizer for Espeak {
                 if whole == 0 {
                     continue;
                 }
-                let samples = s
-                    .pending
-                    .drain(..whole)
-                    .collect::<Vec<u8>>()
-                    .chunks_exact(2)
-                    .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                    .collect();
-                return Some((
-                    Ok(SpeechChunk {
-                        samples,
-                        words: Vec::new(),
-                    }),
-                    s,
-                ));
+                let chunk = SpeechChunk::from_pcm16(&s.pending[..whole]);
+                s.pending.drain(..whole);
+                return Some((Ok(chunk), s));
             }
         });
         Ok(Box::pin(stream))

@@ -48,6 +48,19 @@ pub struct SpeechChunk {
     pub words: Vec<WordTiming>,
 }
 
+impl SpeechChunk {
+    /// A chunk of 16-bit little-endian PCM bytes (an odd trailing byte is ignored), without
+    /// word timings.
+    pub fn from_pcm16(bytes: &[u8]) -> Self {
+        let mut samples = Vec::with_capacity(bytes.len() / 2);
+        crate::audio::decode_into(crate::flux::Encoding::Linear16, bytes, &mut samples);
+        Self {
+            samples,
+            words: Vec::new(),
+        }
+    }
+}
+
 /// Why synthesis failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{provider} synthesis failed: {message}")]

@@ -131,17 +131,7 @@ impl SpeechSynthesizer for OpenAiSpeech {
                             if data.is_empty() {
                                 continue;
                             }
-                            let samples = data
-                                .chunks_exact(2)
-                                .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                                .collect();
-                            return Some((
-                                Ok(SpeechChunk {
-                                    samples,
-                                    words: Vec::new(),
-                                }),
-                                (body, carry),
-                            ));
+                            return Some((Ok(SpeechChunk::from_pcm16(&data)), (body, carry)));
                         }
                     }
                 }

@@ -147,15 +147,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             .collect::<Result<_, _>>()?
     };
     let variants = variants(args.compare.as_deref())?;
-    let runtime = match args.clock {
-        Clock::Real => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-        Clock::Virtual => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()?,
-    };
+    let runtime = args.clock.runtime()?;
     let baseline_rss = status_kib("VmRSS");
     let mut results = Vec::new();
     for variant in &variants {

@@ -58,6 +58,22 @@ pub(crate) enum Clock {
     Virtual,
 }
 
+impl Clock {
+    /// A runtime on this clock: multi-threaded in real time, single-threaded and paused for
+    /// virtual time (the paused clock needs a current-thread runtime).
+    pub(crate) fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Clock::Real => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build(),
+            Clock::Virtual => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 enum OnOff {
     On,
@@ -182,15 +198,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     }
     let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
     config.observer = Some(observer);
-    let runtime = match args.clock {
-        Clock::Real => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-        Clock::Virtual => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()?,
-    };
+    let runtime = args.clock.runtime()?;
     println!(
         "simulating {:?} ({} turns, {} clock)",
         scenario.name,
