@@ -339,3 +339,64 @@ fn run_names_the_missing_llm_key_variable() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY is not set"));
 }
+
+#[test]
+fn emulate_serves_the_scenario_on_the_printed_address() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "emulate",
+            "--scenario",
+            "scenarios/plain.json",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    assert!(line.contains("\"plain\""), "{line}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let events = runtime.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+            "{url}?model=flux-general-en&encoding=linear16&sample_rate=16000"
+        ))
+        .await
+        .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![0u8; 16000 * 2 * 4].into(),
+        ))
+        .await
+        .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"type":"CloseStream"}"#,
+        ))
+        .await
+        .unwrap();
+        let mut events = Vec::new();
+        while let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = ws.next().await {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == "TurnInfo" && v["event"] != "Update" {
+                events.push(format!(
+                    "{}@{}",
+                    v["event"].as_str().unwrap(),
+                    v["audio_window_end"]
+                ));
+            }
+        }
+        events
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(events, vec!["StartOfTurn@0.96", "EndOfTurn@3.6"]);
+}

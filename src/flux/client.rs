@@ -503,6 +503,8 @@ pub async fn connect(
 
 enum Inbound {
     Message(ServerMessage, Instant),
+    /// A text frame that could not be parsed (already logged by the reader).
+    Malformed(Instant),
     Closed(String),
 }
 
@@ -610,14 +612,7 @@ async fn read_loop(
                 }
                 Err(error) => {
                     warn!(%error, "skipping malformed server message");
-                    if inbound
-                        .send(Inbound::Message(
-                            ServerMessage::Unknown(serde_json::Value::Null),
-                            received_at,
-                        ))
-                        .await
-                        .is_err()
-                    {
+                    if inbound.send(Inbound::Malformed(received_at)).await.is_err() {
                         return;
                     }
                 }
@@ -865,6 +860,14 @@ impl Supervisor {
     async fn on_inbound(&mut self, inbound: Inbound) -> Flow {
         let (message, received_at) = match inbound {
             Inbound::Message(m, at) => (m, at),
+            Inbound::Malformed(at) => {
+                // The server is alive even if this message was garbage.
+                self.last_inbound = at;
+                self.stats
+                    .malformed_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                return Flow::Continue;
+            }
             Inbound::Closed(reason) => {
                 return match self.phase {
                     Phase::ClosingAwaitEnd { .. } | Phase::ClosingAwaitServer { .. } => Flow::Stop,
@@ -946,11 +949,6 @@ impl Supervisor {
                 return Flow::Stop;
             }
             ServerMessage::Connected { .. } => {}
-            ServerMessage::Unknown(serde_json::Value::Null) => {
-                self.stats
-                    .malformed_messages
-                    .fetch_add(1, Ordering::Relaxed);
-            }
             ServerMessage::Unknown(value) => {
                 debug!(message_type = ?value.get("type"), "unknown server message");
                 self.emit(received_at, FluxEventKind::Unknown(value)).await;
