@@ -604,3 +604,39 @@ async fn applications_see_interim_transcripts_and_sentences_in_order() {
     );
     assert!(partial < finished && finished < speaking && speaking < sentence);
 }
+
+#[tokio::test(start_paused = true)]
+async fn synthesis_is_paced_to_stay_about_a_second_ahead_of_playout() {
+    // One 45-word sentence: 15 s of speech at 180 wpm, 150 chunks of 100 ms.
+    let reply = vec!["word"; 44].join(" ") + " end.";
+    let scenario = inline(&format!(
+        r#"{{"name":"long","turns":[{{"start":{{"at_ms":500}},"phrases":[{{"text":"Talk to me.","ramp_ms":200}}],"reply":"{reply}"}}]}}"#
+    ));
+    let tts = Arc::new(SyntheticTts::new(16000, scenario.tts.clone()));
+    let llm = Arc::new(ScriptedLlm::from_scenario(&scenario));
+    let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let voice = tts.clone();
+    let run = tokio::spawn(simulate(scenario, move |c| {
+        c.backends = Some(Backends {
+            llm,
+            tts: voice,
+            tools: None,
+        });
+        c.observer = Some(observer);
+    }));
+    while let Some(event) = events.recv().await {
+        if matches!(event, EngineEvent::AgentSpeaking { .. }) {
+            break;
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let served = tts.chunks_served();
+    // 2 s played + 1 s ahead = 30 chunks, plus the chunk waiting to be delivered.
+    assert!(
+        (20..=32).contains(&served),
+        "{served} of 150 chunks pulled after 2 s of playback"
+    );
+    let result = run.await.unwrap();
+    assert_eq!(tts.chunks_served(), 150);
+    assert_eq!(result.report.turns[0].assistant_heard, reply);
+}

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -186,12 +186,15 @@ fn partial(s: &Sentence) -> String {
     complete_words.trim().to_owned()
 }
 
-/// Runs playout until `cancel` fires or every command sender is gone.
+/// Runs playout until `cancel` fires or every command sender is gone. `written` counts the
+/// samples written to the sink so far, so producers can stay about a second ahead instead of
+/// buffering whole replies.
 pub async fn run_playout(
     mut sink: Box<dyn AudioSink>,
     sample_rate: u32,
     mut commands: mpsc::Receiver<PlayoutCommand>,
     events: mpsc::UnboundedSender<PlayoutEvent>,
+    written: watch::Sender<u64>,
     log: EventLog,
     cancel: CancellationToken,
 ) {
@@ -201,6 +204,7 @@ pub async fn run_playout(
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut frame = vec![0i16; frame_len];
+    let mut total_written: u64 = 0;
     loop {
         tokio::select! {
             biased;
@@ -257,7 +261,7 @@ pub async fn run_playout(
                 }
             }
             _ = tick.tick() => {
-                play_next(&mut tracks, &mut order, &mut *sink, &mut frame, &events, &log);
+                total_written += play_next(&mut tracks, &mut order, &mut *sink, &mut frame, &events, &log);
             }
         }
         // A response that just got its first audio starts now, not at the next tick; the
@@ -267,7 +271,7 @@ pub async fn run_playout(
             && !track.paused
             && !track.queue.is_empty()
         {
-            play_next(
+            total_written += play_next(
                 &mut tracks,
                 &mut order,
                 &mut *sink,
@@ -277,10 +281,13 @@ pub async fn run_playout(
             );
             tick.reset();
         }
+        let total = total_written;
+        written.send_if_modified(|w| std::mem::replace(w, total) != total);
     }
 }
 
 /// Writes the next frame of the front response, or reports it finished when it has drained.
+/// Returns the samples of the response written (0 when nothing was).
 fn play_next(
     tracks: &mut HashMap<ResponseId, Track>,
     order: &mut VecDeque<ResponseId>,
@@ -288,11 +295,11 @@ fn play_next(
     frame: &mut [i16],
     events: &mpsc::UnboundedSender<PlayoutEvent>,
     log: &EventLog,
-) {
-    let Some(&id) = order.front() else { return };
+) -> u64 {
+    let Some(&id) = order.front() else { return 0 };
     let track = tracks.get_mut(&id).expect("ordered tracks exist");
     if track.paused {
-        return;
+        return 0;
     }
     if track.queue.is_empty() {
         if let Some(failure) = track.ended.clone() {
@@ -307,7 +314,7 @@ fn play_next(
                 failure,
             });
         }
-        return;
+        return 0;
     }
     let n = frame.len().min(track.queue.len());
     for (slot, sample) in frame.iter_mut().zip(track.queue.drain(..n)) {
@@ -343,6 +350,7 @@ fn play_next(
         sentence.played += end - sample;
         sample = end;
     }
+    n as u64
 }
 
 #[cfg(test)]

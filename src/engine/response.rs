@@ -77,6 +77,8 @@ pub struct ResponseContext {
     pub playout: mpsc::Sender<PlayoutCommand>,
     /// Reports to the session.
     pub reports: mpsc::UnboundedSender<ResponseReport>,
+    /// Samples written by playout so far (see [`super::playout::run_playout`]).
+    pub written: watch::Receiver<u64>,
     /// The session's event log.
     pub log: EventLog,
     /// Settings.
@@ -283,9 +285,16 @@ async fn generate(
     drop(tally);
 }
 
-/// Audio on its way to playout, held while the gate is closed.
+/// Audio on its way to playout, held while the gate is closed, and paced so that at most
+/// `ahead` samples are sent but not yet written (synthesis runs faster than real time; without
+/// the pacing a whole reply would sit in memory).
 struct Delivery<'a> {
     playout: &'a mpsc::Sender<PlayoutCommand>,
+    written: watch::Receiver<u64>,
+    ahead: u64,
+    /// Samples this response sent, and playout's `written` count when it started sending.
+    sent: u64,
+    base: Option<u64>,
     held: Vec<PlayoutCommand>,
 }
 
@@ -304,7 +313,23 @@ impl Delivery<'_> {
             self.held.push(command);
             return true;
         }
-        self.flush().await && self.playout.send(command).await.is_ok()
+        if !self.flush().await {
+            return false;
+        }
+        if let PlayoutCommand::Audio { samples, .. } = &command {
+            let base = *self.base.get_or_insert(*self.written.borrow());
+            let (sent, ahead) = (self.sent, self.ahead);
+            if self
+                .written
+                .wait_for(|w| sent.saturating_sub(w - base) <= ahead)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            self.sent += samples.len() as u64;
+        }
+        self.playout.send(command).await.is_ok()
     }
 }
 
@@ -317,6 +342,10 @@ async fn speak(
 ) {
     let mut delivery = Delivery {
         playout: &ctx.playout,
+        written: ctx.written.clone(),
+        ahead: u64::from(ctx.tts.sample_rate()),
+        sent: 0,
+        base: None,
         held: Vec::new(),
     };
     let mut index = 0;

@@ -115,6 +115,7 @@ pub fn start_session(
     let (playout_tx, playout_rx) = mpsc::channel(256);
     let (playout_events_tx, playout_events) = mpsc::unbounded_channel();
     let (reports_tx, reports) = mpsc::unbounded_channel();
+    let (written_tx, written) = watch::channel(0);
     let session_id = uuid::Uuid::new_v4();
     let span = info_span!("session", id = %session_id);
     let playout = tokio::spawn(
@@ -123,6 +124,7 @@ pub fn start_session(
             backends.tts.sample_rate(),
             playout_rx,
             playout_events_tx,
+            written_tx,
             log.clone(),
             cancel.child_token(),
         )
@@ -137,6 +139,7 @@ pub fn start_session(
             tools: backends.tools,
             playout: playout_tx.clone(),
             reports: reports_tx,
+            written,
             log: log.clone(),
             options: config.response,
         }),

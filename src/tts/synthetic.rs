@@ -32,6 +32,7 @@ pub struct SyntheticTts {
     faults: Mutex<HashMap<u64, TtsFault>>,
     calls: AtomicU64,
     clears: AtomicU64,
+    chunks: std::sync::Arc<AtomicU64>,
 }
 
 impl SyntheticTts {
@@ -43,6 +44,7 @@ impl SyntheticTts {
             faults: Mutex::new(HashMap::new()),
             calls: AtomicU64::new(0),
             clears: AtomicU64::new(0),
+            chunks: Default::default(),
         }
     }
 
@@ -55,6 +57,11 @@ impl SyntheticTts {
     /// Synthesis requests so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Audio chunks handed out so far (how fast the engine pulls audio).
+    pub fn chunks_served(&self) -> u64 {
+        self.chunks.load(Ordering::Relaxed)
     }
 
     /// `clear()` calls so far.
@@ -177,8 +184,10 @@ impl SpeechSynthesizer for SyntheticTts {
         let chunk_len = u64::from(self.sample_rate / 10).max(1);
         let ttfb = Duration::from_millis(self.timing.ttfb_ms);
         let stalled = fault == Some(TtsFault::Stall);
-        let stream =
-            futures_util::stream::unfold((voice, 0u64), move |(voice, start)| async move {
+        let served = self.chunks.clone();
+        let stream = futures_util::stream::unfold((voice, 0u64), move |(voice, start)| {
+            let served = served.clone();
+            async move {
                 if start == 0 {
                     if stalled {
                         std::future::pending::<()>().await;
@@ -188,6 +197,7 @@ impl SpeechSynthesizer for SyntheticTts {
                 if start >= voice.len() {
                     return None;
                 }
+                served.fetch_add(1, Ordering::Relaxed);
                 let end = (start + chunk_len).min(voice.len());
                 let chunk = SpeechChunk {
                     samples: (start..end).map(|n| voice.sample(n)).collect(),
@@ -199,7 +209,8 @@ impl SpeechSynthesizer for SyntheticTts {
                         .collect(),
                 };
                 Some((Ok(chunk), (voice, end)))
-            });
+            }
+        });
         Ok(Box::pin(stream))
     }
 
