@@ -204,4 +204,9 @@ async fn rate_limit_close_is_an_error_that_says_so() {
         e.contains("1008 DATA-0001") && e.contains("rate limit"),
         "{e}"
     );
+    let again = speak(&tts, "Hello again.").await.unwrap_err();
+    assert!(
+        again.contains("backing off"),
+        "no new request during the back-off: {again}"
+    );
 }

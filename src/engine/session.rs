@@ -83,10 +83,8 @@ impl SessionHandle {
         self.log.clone()
     }
 
-    /// Waits until the Flux stream has ended and the last reply has played out.
-    ///
-    /// # Errors
-    /// Never; a panicked session task is reported as an outcome with an empty history.
+    /// Waits until the Flux stream has ended and the last reply has played out. A panicked
+    /// session task is reported as an outcome with an empty history.
     pub async fn finished(self) -> SessionOutcome {
         self.task.await.unwrap_or_else(|_| SessionOutcome {
             history: Vec::new(),

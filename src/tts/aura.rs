@@ -7,7 +7,8 @@
 //! `Warning`s are logged (both the `code`/`description` and the older `warn_code`/`warn_msg`
 //! spellings). Close codes become errors with the provider's reason (`DATA-0001` rate limit,
 //! `BIG-0001` text too long, `NET-0003` connection time limit); a dropped or closed socket is
-//! reopened on the next sentence. Text is split below Aura's 2000-character limit per `Speak`.
+//! reopened on the next sentence, except that after `DATA-0001` requests fail fast for
+//! [`RATE_LIMIT_BACKOFF`] (a failover chain moves on meanwhile) instead of hammering the limit. Text is split below Aura's 2000-character limit per `Speak`.
 
 use std::sync::Arc;
 
@@ -41,7 +42,12 @@ struct Link {
     connection: Option<Connection>,
     /// A synthesis was abandoned: clear before the next one.
     dirty: bool,
+    /// After a `DATA-0001` close (character rate limit), no request before this instant.
+    backoff_until: Option<tokio::time::Instant>,
 }
+
+/// How long to stay away after Aura's character rate limit closed the connection.
+pub const RATE_LIMIT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn error(message: impl Into<String>) -> TtsError {
     TtsError {
@@ -201,6 +207,16 @@ impl SpeechSynthesizer for AuraTts {
 
     async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
         let mut link = self.link.clone().lock_owned().await;
+        if let Some(until) = link.backoff_until {
+            let now = tokio::time::Instant::now();
+            if now < until {
+                return Err(error(format!(
+                    "rate limited (DATA-0001): backing off for another {} ms",
+                    (until - now).as_millis()
+                )));
+            }
+            link.backoff_until = None;
+        }
         if link.dirty {
             Self::clear_link(&mut link).await;
         }
@@ -255,6 +271,10 @@ impl SpeechSynthesizer for AuraTts {
                     },
                     Some(Ok(WireFrame::Close(reason))) => {
                         state.link.connection = None;
+                        if reason.as_ref().is_some_and(|(_, r)| r == "DATA-0001") {
+                            state.link.backoff_until =
+                                Some(tokio::time::Instant::now() + RATE_LIMIT_BACKOFF);
+                        }
                         state.done = true;
                         return Some((Err(close_error(reason)), None));
                     }

@@ -1,8 +1,9 @@
 //! Failover across voices: switch providers only before the first audio of a sentence.
 //!
 //! Mirrors [`crate::llm::FailoverLlm`]: the first healthy voice is asked; if it fails before its
-//! first chunk (refused, closed, silent past `first_audio_timeout`), the next one is, and the
-//! failed voice is skipped for `probe_after`. Audio already delivered is never re-synthesized.
+//! first chunk (refused, closed, silent past `first_audio_timeout`), it is retried once after
+//! `retry_backoff`, then the next voice is asked and the failed one is skipped for
+//! `probe_after`. Audio already delivered is never re-synthesized.
 //! All voices of a chain must share one sample rate, since playout runs at one rate.
 
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,8 @@ pub struct FailoverTts {
     unhealthy_until: Mutex<Vec<Option<Instant>>>,
     /// Give up on a voice when its first audio takes longer than this.
     pub first_audio_timeout: Duration,
+    /// Wait before the single retry of the same voice.
+    pub retry_backoff: Duration,
     /// How long a failed voice is skipped.
     pub probe_after: Duration,
     name: String,
@@ -60,9 +63,29 @@ impl FailoverTts {
             unhealthy_until: Mutex::new(vec![None; voices.len()]),
             voices,
             first_audio_timeout: Duration::from_secs(2),
+            retry_backoff: Duration::from_millis(200),
             probe_after: Duration::from_secs(30),
             name,
         })
+    }
+
+    async fn first_audio(
+        &self,
+        voice: &dyn SpeechSynthesizer,
+        text: &str,
+    ) -> Result<SpeechStream, TtsError> {
+        let mut stream = voice.synthesize(text).await?;
+        match tokio::time::timeout(self.first_audio_timeout, stream.next()).await {
+            Err(_) => Err(TtsError {
+                provider: voice.name().into(),
+                message: format!("no audio within {:?}", self.first_audio_timeout),
+            }),
+            Ok(None) => Ok(stream),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(Some(Ok(first))) => Ok(Box::pin(
+                futures_util::stream::once(async move { Ok(first) }).chain(stream),
+            )),
+        }
     }
 
     /// Whether voice `index` is currently skipped.
@@ -92,35 +115,23 @@ impl SpeechSynthesizer for FailoverTts {
         let mut last_error = None;
         for index in order {
             let voice = &self.voices[index];
-            let attempt = async {
-                let mut stream = voice.synthesize(text).await?;
-                match tokio::time::timeout(self.first_audio_timeout, stream.next()).await {
-                    Err(_) => Err(TtsError {
-                        provider: voice.name().into(),
-                        message: format!("no audio within {:?}", self.first_audio_timeout),
-                    }),
-                    Ok(None) => Ok(stream),
-                    Ok(Some(Err(e))) => Err(e),
-                    Ok(Some(Ok(first))) => {
-                        let stream: SpeechStream = Box::pin(
-                            futures_util::stream::once(async move { Ok(first) }).chain(stream),
-                        );
-                        Ok(stream)
+            for attempt in 0..2 {
+                if attempt > 0 {
+                    tokio::time::sleep(self.retry_backoff).await;
+                }
+                match self.first_audio(&**voice, text).await {
+                    Ok(stream) => {
+                        self.unhealthy_until.lock().expect("health lock")[index] = None;
+                        return Ok(stream);
+                    }
+                    Err(e) => {
+                        warn!(voice = voice.name(), attempt, error = %e, "voice failed before its first audio");
+                        last_error = Some(e);
                     }
                 }
-            };
-            match attempt.await {
-                Ok(stream) => {
-                    self.unhealthy_until.lock().expect("health lock")[index] = None;
-                    return Ok(stream);
-                }
-                Err(e) => {
-                    warn!(voice = voice.name(), error = %e, "voice failed before its first audio");
-                    self.unhealthy_until.lock().expect("health lock")[index] =
-                        Some(Instant::now() + self.probe_after);
-                    last_error = Some(e);
-                }
             }
+            self.unhealthy_until.lock().expect("health lock")[index] =
+                Some(Instant::now() + self.probe_after);
         }
         Err(last_error.expect("a chain has at least one voice"))
     }
@@ -141,8 +152,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_voice_fails_over_and_is_probed_later() {
-        let first =
-            Arc::new(SyntheticTts::new(16000, TtsTiming::default()).fail_call(0, TtsFault::Stall));
+        let first = Arc::new(
+            SyntheticTts::new(16000, TtsTiming::default())
+                .fail_call(0, TtsFault::Stall)
+                .fail_call(1, TtsFault::Fail),
+        );
         let second = Arc::new(SyntheticTts::new(16000, TtsTiming::default()));
         let chain = FailoverTts::new(vec![first.clone(), second.clone()]).unwrap();
         let audio: Vec<_> = chain
@@ -152,13 +166,17 @@ mod tests {
             .collect()
             .await;
         assert!(!audio.is_empty() && audio.iter().all(Result::is_ok));
-        assert_eq!((first.calls(), second.calls()), (1, 1));
+        assert_eq!(
+            (first.calls(), second.calls()),
+            (2, 1),
+            "one retry, then the next voice"
+        );
         assert!(chain.is_unhealthy(0));
         drop(chain.synthesize("again").await.unwrap());
-        assert_eq!(first.calls(), 1, "skipped while unhealthy");
+        assert_eq!(first.calls(), 2, "skipped while unhealthy");
         tokio::time::sleep(Duration::from_secs(31)).await;
         drop(chain.synthesize("probe").await.unwrap());
-        assert_eq!(first.calls(), 2);
+        assert_eq!(first.calls(), 3);
     }
 
     #[test]
