@@ -200,6 +200,9 @@ pub async fn run_playout(
 ) {
     let frame_len = (sample_rate / 50) as usize;
     let mut tracks: HashMap<ResponseId, Track> = HashMap::new();
+    // Commands of a cleared response can still arrive (sent just before its task saw the
+    // cancellation); they must not resurrect it, or its unfinished track would block playout.
+    let mut cleared: std::collections::HashSet<ResponseId> = Default::default();
     let mut order: VecDeque<ResponseId> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -211,6 +214,15 @@ pub async fn run_playout(
             _ = cancel.cancelled() => return,
             command = commands.recv() => {
                 let Some(command) = command else { return };
+                let stale = match &command {
+                    PlayoutCommand::Sentence { id, .. }
+                    | PlayoutCommand::Audio { id, .. }
+                    | PlayoutCommand::End { id, .. } => cleared.contains(id),
+                    _ => false,
+                };
+                if stale {
+                    continue;
+                }
                 match command {
                     PlayoutCommand::Sentence { id, text } => {
                         let track = tracks.entry(id).or_default();
@@ -249,6 +261,7 @@ pub async fn run_playout(
                         }
                     }
                     PlayoutCommand::Clear { id, reply } => {
+                        cleared.insert(id);
                         order.retain(|o| *o != id);
                         let heard = tracks.remove(&id).map(|t| {
                             if t.started {
@@ -356,6 +369,96 @@ fn play_next(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl AudioSink for Count {
+        fn write(&mut self, _frame: &[i16]) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_commands_of_a_cleared_response_do_not_block_the_next_one() {
+        let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, rx) = mpsc::channel(16);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (written, _) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_playout(
+            Box::new(Count(frames.clone())),
+            16000,
+            rx,
+            events_tx,
+            written,
+            EventLog::default(),
+            cancel.clone(),
+        ));
+        let (old, new) = (ResponseId(1), ResponseId(2));
+        let (reply, heard) = oneshot::channel();
+        tx.send(PlayoutCommand::Clear { id: old, reply })
+            .await
+            .unwrap();
+        assert_eq!(heard.await.unwrap(), Heard::default());
+        // What the cancelled response's task managed to send after the clear.
+        tx.send(PlayoutCommand::Sentence {
+            id: old,
+            text: "stale".into(),
+        })
+        .await
+        .unwrap();
+        tx.send(PlayoutCommand::Audio {
+            id: old,
+            samples: vec![1; 3200],
+            words: vec![],
+        })
+        .await
+        .unwrap();
+        // The next response.
+        tx.send(PlayoutCommand::Sentence {
+            id: new,
+            text: "Hello.".into(),
+        })
+        .await
+        .unwrap();
+        tx.send(PlayoutCommand::Audio {
+            id: new,
+            samples: vec![1; 640],
+            words: vec![],
+        })
+        .await
+        .unwrap();
+        tx.send(PlayoutCommand::End {
+            id: new,
+            failure: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(events.recv().await, Some(PlayoutEvent::Started(new)));
+        assert_eq!(
+            events.recv().await,
+            Some(PlayoutEvent::Sentence {
+                id: new,
+                text: "Hello.".into()
+            })
+        );
+        let Some(PlayoutEvent::Finished {
+            id,
+            heard,
+            failure: None,
+        }) = events.recv().await
+        else {
+            panic!("the new response finishes")
+        };
+        assert_eq!((id, heard.heard.as_str()), (new, "Hello."));
+        assert_eq!(
+            frames.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "640 samples = two 20 ms frames"
+        );
+        cancel.cancel();
+        task.await.unwrap();
+    }
 
     fn sentence(text: &str, words: &[(&str, u64, u64)], received: u64, played: u64) -> Sentence {
         Sentence {
