@@ -68,6 +68,8 @@ pub struct Heard {
     pub heard: String,
     /// The whole text queued for speech so far.
     pub generated: String,
+    /// The response had already played to its end (a clear that raced its finish).
+    pub complete: bool,
 }
 
 /// Reports from playout to the session.
@@ -153,6 +155,7 @@ impl Track {
                 .map(|s| s.text.as_str())
                 .collect::<Vec<_>>()
                 .join(" "),
+            complete: false,
         }
     }
 }
@@ -203,6 +206,8 @@ pub async fn run_playout(
     // Commands of a cleared response can still arrive (sent just before its task saw the
     // cancellation); they must not resurrect it, or its unfinished track would block playout.
     let mut cleared: std::collections::HashSet<ResponseId> = Default::default();
+    // A clear can race a response's natural end; the last few finished responses answer it.
+    let mut finished: VecDeque<(ResponseId, Heard)> = VecDeque::new();
     let mut order: VecDeque<ResponseId> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -263,18 +268,25 @@ pub async fn run_playout(
                     PlayoutCommand::Clear { id, reply } => {
                         cleared.insert(id);
                         order.retain(|o| *o != id);
-                        let heard = tracks.remove(&id).map(|t| {
-                            if t.started {
-                                log.record_at(t.last_written_at(), LogKind::LastFrameWritten { id });
+                        let heard = match tracks.remove(&id) {
+                            Some(t) => {
+                                if t.started {
+                                    log.record_at(t.last_written_at(), LogKind::LastFrameWritten { id });
+                                }
+                                t.heard()
                             }
-                            t.heard()
-                        }).unwrap_or_default();
+                            None => finished
+                                .iter()
+                                .find(|(f, _)| *f == id)
+                                .map(|(_, h)| h.clone())
+                                .unwrap_or_default(),
+                        };
                         let _ = reply.send(heard);
                     }
                 }
             }
             _ = tick.tick() => {
-                total_written += play_next(&mut tracks, &mut order, &mut *sink, &mut frame, &events, &log);
+                total_written += play_next(&mut tracks, &mut order, &mut finished, &mut *sink, &mut frame, &events, &log);
             }
         }
         // A response that just got its first audio starts now, not at the next tick; the
@@ -287,6 +299,7 @@ pub async fn run_playout(
             total_written += play_next(
                 &mut tracks,
                 &mut order,
+                &mut finished,
                 &mut *sink,
                 &mut frame,
                 &events,
@@ -304,6 +317,7 @@ pub async fn run_playout(
 fn play_next(
     tracks: &mut HashMap<ResponseId, Track>,
     order: &mut VecDeque<ResponseId>,
+    finished: &mut VecDeque<(ResponseId, Heard)>,
     sink: &mut dyn AudioSink,
     frame: &mut [i16],
     events: &mpsc::UnboundedSender<PlayoutEvent>,
@@ -321,11 +335,13 @@ fn play_next(
             if track.started {
                 log.record_at(track.last_written_at(), LogKind::LastFrameWritten { id });
             }
-            let _ = events.send(PlayoutEvent::Finished {
-                id,
-                heard: track.heard(),
-                failure,
-            });
+            let mut heard = track.heard();
+            heard.complete = true;
+            finished.push_back((id, heard.clone()));
+            if finished.len() > 8 {
+                finished.pop_front();
+            }
+            let _ = events.send(PlayoutEvent::Finished { id, heard, failure });
         }
         return 0;
     }
@@ -456,6 +472,14 @@ mod tests {
             2,
             "640 samples = two 20 ms frames"
         );
+        // A clear that races the end of a response that already played gets what was heard.
+        let (reply, heard) = oneshot::channel();
+        tx.send(PlayoutCommand::Clear { id: new, reply })
+            .await
+            .unwrap();
+        let heard = heard.await.unwrap();
+        assert!(heard.complete);
+        assert_eq!(heard.heard, "Hello.");
         cancel.cancel();
         task.await.unwrap();
     }

@@ -373,10 +373,20 @@ impl Driver {
                     id,
                     generated: heard.generated,
                     heard: heard.heard.clone(),
-                    interrupted: true,
+                    interrupted: !heard.complete,
                     error: None,
                 });
-                Some(Input::Ended(id, Outcome::Cancelled { heard: heard.heard }))
+                // A reply that finished playing just before the cut was heard whole.
+                Some(Input::Ended(
+                    id,
+                    if heard.complete {
+                        Outcome::Finished {
+                            spoken: heard.heard,
+                        }
+                    } else {
+                        Outcome::Cancelled { heard: heard.heard }
+                    },
+                ))
             }
             Action::Pause(id) => {
                 let _ = self.playout.send(PlayoutCommand::Pause(id)).await;
