@@ -294,6 +294,8 @@ struct Live {
     id: ResponseId,
     transcript: String,
     turn: u64,
+    /// Started speculatively (and promoted, when it is the committed response).
+    speculative: bool,
 }
 
 /// The turn machine.
@@ -587,6 +589,7 @@ impl TurnMachine {
             id,
             transcript,
             turn: self.turn,
+            speculative: true,
         });
     }
 
@@ -659,6 +662,7 @@ impl TurnMachine {
                     id,
                     transcript,
                     turn: self.turn,
+                    speculative: false,
                 });
             }
         }
@@ -680,12 +684,17 @@ impl TurnMachine {
         if !was_cancelled && !was_committed && !was_speculative {
             return;
         }
-        if was_committed {
-            self.committed = None;
-            if self.paused {
-                self.paused = false;
-            }
-        }
+        let retry = if was_committed {
+            let live = self.committed.take().expect("checked above");
+            self.paused = false;
+            // A promoted speculation that failed before a sound (its failure raced the
+            // promotion) would leave the user unanswered: answer again, committed this time.
+            (live.speculative
+                && matches!(&outcome, Outcome::Failed { heard, .. } if heard.trim().is_empty()))
+            .then_some(live)
+        } else {
+            None
+        };
         if was_speculative {
             // A speculation that failed on its own: EndOfTurn will start a committed reply.
             self.speculative = None;
@@ -708,6 +717,30 @@ impl TurnMachine {
             interrupted,
             error,
         }));
+        if let Some(live) = retry {
+            let id = self.new_id();
+            let mut messages = Vec::with_capacity(self.history.len() + 1);
+            if let Some(prompt) = &self.config.system_prompt {
+                messages.push(Message::System {
+                    content: prompt.clone(),
+                });
+            }
+            messages.extend(self.history.iter().cloned());
+            out.push(Action::Start {
+                id,
+                messages,
+                speculative: false,
+            });
+            out.push(Action::Emit(EngineEvent::Responding {
+                turn: live.turn,
+                response: id,
+            }));
+            self.committed = Some(Live {
+                id,
+                speculative: false,
+                ..live
+            });
+        }
         if self.awaiting_cut == Some(id) {
             self.awaiting_cut = None;
             match self.deferred.take() {

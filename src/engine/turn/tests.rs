@@ -295,6 +295,44 @@ fn false_interruption_timer_resumes_only_for_its_generation() {
 }
 
 #[test]
+fn a_promoted_speculation_that_failed_silently_is_answered_again() {
+    let mut m = machine(BargeInPolicy::Immediate);
+    m.step(user(UserEvent::StartOfTurn, "Hi"));
+    let spec = starts(&m.step(user(UserEvent::EagerEndOfTurn, "Hi there.")))[0].0;
+    m.step(user(UserEvent::EndOfTurn, "Hi there."));
+    assert_eq!(m.audible(), Some(spec));
+    let a = m.step(Input::Ended(
+        spec,
+        Outcome::Failed {
+            heard: String::new(),
+            error: "llm down".into(),
+        },
+    ));
+    let Some(Action::Start {
+        id,
+        messages,
+        speculative: false,
+    }) = a
+        .iter()
+        .find(|a| matches!(a, Action::Start { .. }))
+        .cloned()
+    else {
+        panic!("a fresh committed reply: {a:?}")
+    };
+    assert_eq!(messages.last(), Some(&Message::user("Hi there.")));
+    assert_eq!(m.audible(), Some(id));
+    // A committed reply that fails is not retried: it speaks the fallback line instead.
+    let a = m.step(Input::Ended(
+        id,
+        Outcome::Failed {
+            heard: String::new(),
+            error: "still down".into(),
+        },
+    ));
+    assert!(starts(&a).is_empty());
+}
+
+#[test]
 fn shutdown_cancels_everything_live() {
     let mut m = machine(BargeInPolicy::Immediate);
     m.step(user(UserEvent::StartOfTurn, "a"));
