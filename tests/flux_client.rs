@@ -320,6 +320,30 @@ fn scripted() -> (
     (Arc::new(ScriptedServer { ends: tx }), rx)
 }
 
+/// Connects through a [`ScriptedServer`] that answers `Connected`: the handle, the events after
+/// the `Connected` event, the URL asked for, the server's end, and the later connections.
+async fn connected(
+    config: FluxConfig,
+) -> (
+    turnflow::flux::FluxHandle,
+    FluxEvents,
+    String,
+    Connection,
+    mpsc::UnboundedReceiver<(String, Connection)>,
+) {
+    let (connector, mut ends) = scripted();
+    let attempt = tokio::spawn(connect(config, connector));
+    let (url, mut server) = ends.recv().await.unwrap();
+    send_json(
+        &mut server,
+        r#"{"type":"Connected","request_id":"r1","sequence_id":0}"#.into(),
+    )
+    .await;
+    let (handle, mut events) = attempt.await.unwrap().unwrap();
+    events.recv().await.unwrap().unwrap();
+    (handle, events, url, server, ends)
+}
+
 async fn send_json(server: &mut Connection, text: String) {
     server.sink.send(WireFrame::Text(text)).await.unwrap();
 }
@@ -360,19 +384,8 @@ async fn connected_wait_times_out() {
 
 #[tokio::test(start_paused = true)]
 async fn unknown_and_malformed_messages_are_tolerated_and_error_is_fatal() {
-    let (connector, mut ends) = scripted();
-    let attempt = tokio::spawn(connect(
-        config("ws://x", ListenOptions::default()),
-        connector,
-    ));
-    let (_, mut server) = ends.recv().await.unwrap();
-    send_json(
-        &mut server,
-        r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
-    )
-    .await;
-    let (handle, mut events) = attempt.await.unwrap().unwrap();
-    events.recv().await.unwrap().unwrap();
+    let (handle, mut events, _, mut server, _ends) =
+        connected(config("ws://x", ListenOptions::default())).await;
     send_json(
         &mut server,
         r#"{"type":"SpeakerDiarization","speaker":2}"#.into(),
@@ -423,19 +436,9 @@ async fn unknown_and_malformed_messages_are_tolerated_and_error_is_fatal() {
 
 #[tokio::test(start_paused = true)]
 async fn audio_is_cut_into_80_ms_frames_and_idle_sockets_are_pinged() {
-    let (connector, mut ends) = scripted();
-    let attempt = tokio::spawn(connect(
-        config("ws://x", ListenOptions::default()),
-        connector,
-    ));
-    let (url, mut server) = ends.recv().await.unwrap();
+    let (handle, _events, url, mut server, _ends) =
+        connected(config("ws://x", ListenOptions::default())).await;
     assert!(url.starts_with("ws://x/v2/listen?model=flux-general-en"));
-    send_json(
-        &mut server,
-        r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
-    )
-    .await;
-    let (handle, _events) = attempt.await.unwrap().unwrap();
     for piece in pcm(0.5, 100).chunks(999) {
         handle
             .send_audio(Bytes::copy_from_slice(piece))
@@ -465,16 +468,8 @@ async fn audio_is_cut_into_80_ms_frames_and_idle_sockets_are_pinged() {
 
 #[tokio::test(start_paused = true)]
 async fn configure_keeps_one_in_flight_and_coalesces_the_rest() {
-    let (connector, mut ends) = scripted();
-    let attempt = tokio::spawn(connect(config("ws://x", eager_options()), connector));
-    let (_, mut server) = ends.recv().await.unwrap();
-    send_json(
-        &mut server,
-        r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
-    )
-    .await;
-    let (handle, mut events) = attempt.await.unwrap().unwrap();
-    events.recv().await.unwrap().unwrap();
+    let (handle, mut events, _, mut server, _ends) =
+        connected(config("ws://x", eager_options())).await;
     let eot = |v: f64| Configure {
         thresholds: Some(Thresholds {
             eot_threshold: Some(v),
@@ -558,16 +553,8 @@ async fn silence_is_injected_while_a_turn_is_open_and_the_source_stalls() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_socket_mid_turn_reconnects_replays_and_keeps_the_timeline() {
-    let (connector, mut ends) = scripted();
-    let attempt = tokio::spawn(connect(config("ws://x", eager_options()), connector));
-    let (_, mut first) = ends.recv().await.unwrap();
-    send_json(
-        &mut first,
-        r#"{"type":"Connected","request_id":"r1","sequence_id":0}"#.into(),
-    )
-    .await;
-    let (handle, mut events) = attempt.await.unwrap().unwrap();
-    events.recv().await.unwrap().unwrap();
+    let (handle, mut events, _, mut first, mut ends) =
+        connected(config("ws://x", eager_options())).await;
     // 1 s of audio, then turn 0 ends at 0.48; turn 1 starts at 0.96.
     handle.send_audio(pcm(1.0, SPEECH)).await.unwrap();
     for _ in 0..12 {
@@ -646,18 +633,9 @@ async fn dropped_socket_mid_turn_reconnects_replays_and_keeps_the_timeline() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_server_is_treated_as_dropped() {
-    let (connector, mut ends) = scripted();
     let mut c = config("ws://x", ListenOptions::default());
     c.silent_server_timeout = Duration::from_secs(3);
-    let attempt = tokio::spawn(connect(c, connector));
-    let (_, mut first) = ends.recv().await.unwrap();
-    send_json(
-        &mut first,
-        r#"{"type":"Connected","request_id":"r1","sequence_id":0}"#.into(),
-    )
-    .await;
-    let (handle, mut events) = attempt.await.unwrap().unwrap();
-    events.recv().await.unwrap().unwrap();
+    let (handle, mut events, _, mut first, mut ends) = connected(c).await;
     let feeder = tokio::spawn(async move {
         for _ in 0..50 {
             if handle.send_audio(pcm(0.1, 0)).await.is_err() {

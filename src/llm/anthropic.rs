@@ -15,7 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::openai::{Finished, check_status, decode_sse, http_client, insecure_remote};
+use super::openai::{
+    Finished, check_status, decode_sse, http_client, insecure_remote, tool_arguments,
+};
 use super::sse::SseEvent;
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
 use crate::flux::ApiKey;
@@ -222,16 +224,7 @@ impl EventDecoder {
             }
             "content_block_stop" => match self.tools.remove(&index) {
                 Some(block) => {
-                    let input = if block.json.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(&block.json).map_err(|e| {
-                            format!(
-                                "tool_use {} has malformed input ({e}): {}",
-                                block.name, block.json
-                            )
-                        })?
-                    };
+                    let input = tool_arguments(&block.name, &block.json)?;
                     vec![LlmChunk::ToolCall(ToolCall {
                         id: block.id,
                         name: block.name,

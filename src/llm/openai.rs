@@ -244,6 +244,15 @@ pub(crate) fn status_error(
     }
 }
 
+/// Parses the streamed JSON arguments of a tool call (empty means `{}`).
+pub(crate) fn tool_arguments(name: &str, text: &str) -> Result<serde_json::Value, String> {
+    if text.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_str(text)
+        .map_err(|e| format!("tool call {name} has malformed arguments ({e}): {text}"))
+}
+
 #[derive(Default)]
 struct PartialCall {
     id: String,
@@ -315,16 +324,7 @@ impl ChunkDecoder {
         std::mem::take(&mut self.calls)
             .into_values()
             .map(|c| {
-                let arguments = if c.arguments.trim().is_empty() {
-                    json!({})
-                } else {
-                    serde_json::from_str(&c.arguments).map_err(|e| {
-                        format!(
-                            "tool call {} has malformed arguments ({e}): {}",
-                            c.name, c.arguments
-                        )
-                    })?
-                };
+                let arguments = tool_arguments(&c.name, &c.arguments)?;
                 Ok(LlmChunk::ToolCall(ToolCall {
                     id: c.id,
                     name: c.name,
