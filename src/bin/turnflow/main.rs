@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
 use turnflow::engine::{BargeInPolicy, EngineEvent};
-use turnflow::flux::ApiKey;
+use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::report::{Report, Stats};
 use turnflow::scenario::Scenario;
 use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
@@ -96,18 +96,36 @@ struct SimulateArgs {
     /// Barge-in policy: `immediate` or `min-words=N`.
     #[arg(long, default_value = "immediate", value_parser = parse_barge_in)]
     barge_in: BargeInPolicy,
-    /// Override the scenario's eager_eot_threshold (0.3-0.9).
-    #[arg(long)]
-    eager_eot_threshold: Option<f64>,
-    /// Override the scenario's eot_threshold (0.5-1.0).
-    #[arg(long)]
-    eot_threshold: Option<f64>,
-    /// Override the scenario's eot_timeout_ms (500-60000).
-    #[arg(long)]
-    eot_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
     /// Synthesize the first sentence while speculative (held until promotion).
     #[arg(long)]
     presynthesize: bool,
+}
+
+/// Flux thresholds from the command line; each overrides the scenario or settings file.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct ThresholdArgs {
+    /// Flux eager_eot_threshold (0.3-0.9).
+    #[arg(long)]
+    pub(crate) eager_eot_threshold: Option<f64>,
+    /// Flux eot_threshold (0.5-1.0).
+    #[arg(long)]
+    pub(crate) eot_threshold: Option<f64>,
+    /// Flux eot_timeout_ms (500-60000).
+    #[arg(long)]
+    pub(crate) eot_timeout_ms: Option<u64>,
+}
+
+impl ThresholdArgs {
+    /// These flags over `base`.
+    pub(crate) fn over(self, base: Thresholds) -> Thresholds {
+        Thresholds {
+            eager_eot_threshold: self.eager_eot_threshold.or(base.eager_eot_threshold),
+            eot_threshold: self.eot_threshold.or(base.eot_threshold),
+            eot_timeout_ms: self.eot_timeout_ms.or(base.eot_timeout_ms),
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -187,15 +205,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     config.session.machine.speculation = args.speculation == OnOff::On;
     config.session.machine.barge_in = args.barge_in;
     config.session.response.presynthesize_first_sentence = args.presynthesize;
-    if let Some(v) = args.eager_eot_threshold {
-        config.thresholds.eager_eot_threshold = Some(v);
-    }
-    if let Some(v) = args.eot_threshold {
-        config.thresholds.eot_threshold = Some(v);
-    }
-    if let Some(v) = args.eot_timeout_ms {
-        config.thresholds.eot_timeout_ms = Some(v);
-    }
+    config.thresholds = args.thresholds.over(config.thresholds);
     let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
     config.observer = Some(observer);
     let runtime = args.clock.runtime()?;

@@ -16,8 +16,8 @@ use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
 use turnflow::engine::{
     AudioSink, Backends, BargeInPolicy, EngineEvent, SessionConfig, start_session,
 };
-use turnflow::flux::ApiKey;
 use turnflow::flux::client::API_KEY_ENV;
+use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::flux::{
     Encoding, FluxConfig, FluxSender, ListenOptions, WebSocketConnector, connect,
 };
@@ -29,7 +29,7 @@ use turnflow::sim::{RecordingSink, place_frames};
 use turnflow::tts::aura::AURA_BASE_URL;
 use turnflow::tts::{AuraTts, Espeak, FailoverTts, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
 
-use crate::parse_barge_in;
+use crate::{ThresholdArgs, parse_barge_in};
 
 const SAMPLE_RATE: u32 = 16000;
 
@@ -66,15 +66,8 @@ pub struct RunArgs {
     /// Scenario for the scripted LLM and the emulator's user lines (default: the demo).
     #[arg(long)]
     scenario: Option<PathBuf>,
-    /// Flux eager_eot_threshold (0.3-0.9).
-    #[arg(long)]
-    eager_eot_threshold: Option<f64>,
-    /// Flux eot_threshold (0.5-1.0).
-    #[arg(long)]
-    eot_threshold: Option<f64>,
-    /// Flux eot_timeout_ms (500-60000).
-    #[arg(long)]
-    eot_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
     /// `immediate` or `min-words=N`.
     #[arg(long, value_parser = parse_barge_in)]
     barge_in: Option<BargeInPolicy>,
@@ -272,10 +265,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(p) => Scenario::load(p)?,
         None => Scenario::demo(),
     });
+    let thresholds = args.thresholds.over(Thresholds {
+        eager_eot_threshold: file.stt.eager_eot_threshold,
+        eot_threshold: file.stt.eot_threshold,
+        eot_timeout_ms: file.stt.eot_timeout_ms,
+    });
     let options = ListenOptions {
-        eager_eot_threshold: args.eager_eot_threshold.or(file.stt.eager_eot_threshold),
-        eot_threshold: args.eot_threshold.or(file.stt.eot_threshold),
-        eot_timeout_ms: args.eot_timeout_ms.or(file.stt.eot_timeout_ms),
+        eager_eot_threshold: thresholds.eager_eot_threshold,
+        eot_threshold: thresholds.eot_threshold,
+        eot_timeout_ms: thresholds.eot_timeout_ms,
         keyterms: file.stt.keyterms.clone(),
         ..ListenOptions::raw(Encoding::Linear16, SAMPLE_RATE)
     };
