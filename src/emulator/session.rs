@@ -251,16 +251,22 @@ impl EmulatorSession {
     /// Takes a binary frame of audio.
     pub fn on_audio(&mut self, bytes: &[u8]) -> Output {
         let mut out = Output::default();
-        let (encoding, rate, data): (Encoding, u32, Vec<u8>) = match &mut self.format {
-            AudioFormat::Raw(e, r) => (*e, *r, bytes.to_vec()),
+        // Decoded straight from the frame (or from the bytes after a WAV header): no copy of
+        // the audio per frame.
+        self.decoded.clear();
+        let rate = match &mut self.format {
+            AudioFormat::Raw(encoding, rate) => {
+                decode_into(*encoding, bytes, &mut self.decoded);
+                *rate
+            }
             AudioFormat::AwaitingWavHeader(buffer) => {
                 buffer.extend_from_slice(bytes);
                 match parse_wav_header(buffer) {
                     Ok(None) => return out,
                     Ok(Some((format, offset))) if format.channels == 1 => {
-                        let rest = buffer[offset..].to_vec();
+                        decode_into(format.encoding, &buffer[offset..], &mut self.decoded);
                         self.format = AudioFormat::Raw(format.encoding, format.sample_rate);
-                        (format.encoding, format.sample_rate, rest)
+                        format.sample_rate
                     }
                     Ok(Some((format, _))) => {
                         return self.fatal(
@@ -279,8 +285,6 @@ impl EmulatorSession {
         if self.next_tick == 0 {
             self.next_tick = tick_samples;
         }
-        self.decoded.clear();
-        decode_into(encoding, &data, &mut self.decoded);
         let decoded = std::mem::take(&mut self.decoded);
         for &sample in &decoded {
             if self.vad.is_some() {

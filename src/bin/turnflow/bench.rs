@@ -101,9 +101,13 @@ struct VariantResult {
     summary: Summary,
 }
 
-/// CPU time of this process so far, in milliseconds (utime + stime from /proc).
+/// CPU time of this process so far, in milliseconds.
 fn cpu_ms() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_ms_from_stat(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in milliseconds (100 ticks per second).
+fn cpu_ms_from_stat(stat: &str) -> f64 {
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
@@ -351,8 +355,11 @@ mod tests {
     }
 
     #[test]
-    fn proc_readings_are_sane() {
+    fn proc_readings_are_parsed() {
         assert!(status_kib("VmRSS") > 0);
-        assert!(cpu_ms() >= 0.0);
+        // A command name with spaces and parentheses must not shift the fields.
+        let stat = "4242 (turn flow (x)) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 3 0 99";
+        assert_eq!(cpu_ms_from_stat(stat), 1750.0);
+        assert_eq!(cpu_ms_from_stat(""), 0.0);
     }
 }

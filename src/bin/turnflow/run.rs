@@ -207,6 +207,7 @@ enum Output {
     Speaker(crate::audio_io::Speaker),
 }
 
+#[cfg_attr(not(feature = "audio-io"), allow(unused_variables))]
 fn open_output(spec: &str, sample_rate: u32) -> Result<Output> {
     if spec == "speaker" {
         #[cfg(feature = "audio-io")]
@@ -218,7 +219,6 @@ fn open_output(spec: &str, sample_rate: u32) -> Result<Output> {
             "--output speaker needs the audio-io feature: cargo run --release --features audio-io -- run ..."
         );
     }
-    let _ = sample_rate; // a file takes whatever rate the voice has
     Ok(Output::File(PathBuf::from(spec), RecordingSink::new()))
 }
 
