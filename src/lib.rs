@@ -29,7 +29,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let scenario = Scenario::load("scenarios/plain.json".as_ref())?;
 //! let flux_server = MemoryEmulator::new(EmulatorConfig::new(Arc::new(scenario.clone())));
-//! // With Deepgram: connect(FluxConfig::new(options), Arc::new(WebSocketConnector)).
+//! // With Deepgram: connect(FluxConfig::from_env(options)?, Arc::new(WebSocketConnector)).
 //! let (flux, events) = connect(FluxConfig::new(ListenOptions::default()), Arc::new(flux_server)).await?;
 //! let backends = Backends {
 //!     llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
@@ -61,6 +61,7 @@
 //! | [`sim`] | the simulated conversation behind `turnflow simulate`: emulator + client + engine + user |
 //! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
 //! | [`text`] | transcript normalization shared by engine and backends |
+//! | [`net`] | API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client |
 //!
 //! Data flows one way: audio in -> [`flux`] client -> [`engine`] turn machine -> response (LLM ->
 //! sentences -> TTS -> gate -> playout) -> audio out, every step stamped into one event log that
@@ -72,6 +73,7 @@ pub mod emulator;
 pub mod engine;
 pub mod flux;
 pub mod llm;
+pub mod net;
 pub mod report;
 pub mod scenario;
 pub mod sim;

@@ -753,3 +753,416 @@ async fn api_key_never_appears_in_debug_output() {
     let c = FluxConfig::new(ListenOptions::default()).with_api_key(ApiKey::new("dg_live_abc123"));
     assert!(!format!("{c:?}").contains("dg_live_abc123"));
 }
+
+// ---- Hostile, silent and broken servers -------------------------------------------------
+
+/// A connector whose first connection is handed to the test and whose later attempts hang
+/// until `release` says otherwise.
+struct HangsOnReconnect {
+    first: std::sync::Mutex<Option<Connection>>,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl Connector for HangsOnReconnect {
+    async fn connect(&self, _: &ConnectRequest) -> Result<Connection, ConnectError> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        let first = self.first.lock().unwrap().take();
+        match first {
+            Some(c) => Ok(c),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_reconnect_never_blocks_audio_or_close() {
+    let (client, mut server) = channel_pair(256, None);
+    send_json(
+        &mut server,
+        r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
+    )
+    .await;
+    let connector = Arc::new(HangsOnReconnect {
+        first: std::sync::Mutex::new(Some(client)),
+        attempts: Default::default(),
+    });
+    let (handle, mut events) = connect(
+        config("ws://x", ListenOptions::default()),
+        connector.clone(),
+    )
+    .await
+    .unwrap();
+    events.recv().await.unwrap().unwrap();
+    drop(server);
+    let reconnecting = events.recv().await.unwrap().unwrap();
+    assert!(matches!(
+        reconnecting.kind,
+        FluxEventKind::Reconnecting { .. }
+    ));
+    // Wait until the reconnect attempt is in flight (and hanging).
+    while connector.attempts.load(Ordering::Relaxed) < 2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 20 s of audio in 80 ms pieces, far more than any queue holds: all accepted at once.
+    let started = tokio::time::Instant::now();
+    for _ in 0..250 {
+        tokio::time::timeout(
+            Duration::from_millis(10),
+            handle.send_audio(pcm(0.08, SPEECH)),
+        )
+        .await
+        .expect("audio is accepted while reconnecting")
+        .unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(10),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::timeout(Duration::from_millis(10), handle.close())
+        .await
+        .expect("close returns at once while a reconnect hangs")
+        .unwrap();
+    assert!(events.recv().await.is_none(), "the stream ends after close");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_goes_quiet_is_replaced_within_a_second_and_a_half() {
+    let (handle, mut events, _, mut first, mut ends) =
+        connected(config("ws://x", ListenOptions::default())).await;
+    let feeder = tokio::spawn(async move {
+        for _ in 0..100 {
+            if handle.send_audio(pcm(0.08, SPEECH)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        handle
+    });
+    // The server answers every 240 ms of audio for two seconds, then reads but says nothing.
+    let mut frames = 0u32;
+    let mut last_answer = tokio::time::Instant::now();
+    while frames < 25 {
+        if let Some(Ok(WireFrame::Binary(_))) = first.stream.next().await {
+            frames += 1;
+            if frames % 3 == 0 {
+                let end = f64::from(frames) * 0.08;
+                send_json(
+                    &mut first,
+                    turn_info("Update", 0, end, "", u64::from(frames)),
+                )
+                .await;
+                last_answer = tokio::time::Instant::now();
+            }
+        }
+    }
+    let drain = tokio::spawn(async move { while first.stream.next().await.is_some() {} });
+    let reconnecting = loop {
+        let event = events.recv().await.unwrap().unwrap();
+        if let FluxEventKind::Reconnecting { reason } = event.kind {
+            break (event.received_at, reason);
+        }
+    };
+    let noticed_after = reconnecting.0 - last_answer;
+    assert!(
+        noticed_after <= Duration::from_millis(1600),
+        "noticed after {noticed_after:?}"
+    );
+    assert!(
+        noticed_after >= Duration::from_millis(1400),
+        "not before the timeout: {noticed_after:?}"
+    );
+    assert!(
+        reconnecting.1.contains("no message from the server"),
+        "{}",
+        reconnecting.1
+    );
+    let (_, mut second) = ends.recv().await.expect("a new connection is attempted");
+    send_json(
+        &mut second,
+        r#"{"type":"Connected","request_id":"r2","sequence_id":0}"#.into(),
+    )
+    .await;
+    drop(feeder);
+    drain.abort();
+}
+
+/// Accepts every connection, says `Connected`, and closes at once.
+struct AcceptsThenCloses {
+    connects: std::sync::Mutex<Vec<tokio::time::Instant>>,
+}
+
+#[async_trait]
+impl Connector for AcceptsThenCloses {
+    async fn connect(&self, _: &ConnectRequest) -> Result<Connection, ConnectError> {
+        self.connects
+            .lock()
+            .unwrap()
+            .push(tokio::time::Instant::now());
+        let (client, mut server) = channel_pair(16, None);
+        tokio::spawn(async move {
+            send_json(
+                &mut server,
+                r#"{"type":"Connected","request_id":"r","sequence_id":0}"#.into(),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let _ = server
+                .sink
+                .send(WireFrame::Close(Some((1011, "going away".into()))))
+                .await;
+        });
+        Ok(client)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_accepts_and_closes_is_not_retried_forever() {
+    let connector = Arc::new(AcceptsThenCloses {
+        connects: Default::default(),
+    });
+    let (_handle, mut events) = connect(
+        config("ws://x", ListenOptions::default()),
+        connector.clone(),
+    )
+    .await
+    .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut last = None;
+        while let Some(e) = events.recv().await {
+            last = Some(e);
+        }
+        last
+    })
+    .await
+    .expect("the client gives up");
+    let Some(Err(error @ FluxError::ReconnectFailed { attempts: 5, .. })) = ended else {
+        panic!("{ended:?}")
+    };
+    let message = error.to_string();
+    assert!(message.contains("1011 going away"), "{message}");
+    assert!(message.contains("lost within"), "{message}");
+    let connects = connector.connects.lock().unwrap().clone();
+    assert_eq!(
+        connects.len(),
+        6,
+        "the first connection and five reconnects"
+    );
+    let gaps: Vec<u128> = connects
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "backoff grows across quick failures: {gaps:?}"
+    );
+    assert!(gaps[4] >= 1600, "{gaps:?}");
+}
+
+/// Sends `messages` on a fresh connection after 3 s of audio and collects the turn events
+/// the consumer sees (not Updates) as "Event:transcript@end".
+async fn consumer_view(messages: &[String]) -> (Vec<String>, u64) {
+    let (handle, mut events, _, mut server, _ends) =
+        connected(config("ws://x", ListenOptions::default())).await;
+    handle.send_audio(pcm(3.0, SPEECH)).await.unwrap();
+    for _ in 0..37 {
+        server.stream.next().await.unwrap().unwrap();
+    }
+    for m in messages {
+        send_json(&mut server, m.clone()).await;
+    }
+    drop(server);
+    let mut seen = Vec::new();
+    while let Some(Ok(e)) = events.recv().await {
+        match e.kind {
+            FluxEventKind::Turn(t) if t.info.event != TurnEvent::Update => seen.push(format!(
+                "{}:{}@{:.2}#{}",
+                t.info.event, t.info.transcript, t.info.audio_window_end, t.info.turn_index
+            )),
+            FluxEventKind::Reconnecting { .. } => break,
+            _ => {}
+        }
+    }
+    let repaired = handle.stats().repaired_messages.load(Ordering::Relaxed);
+    (seen, repaired)
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_absurd_time_does_not_deafen_the_client() {
+    for absurd in [
+        "1e300",
+        "\"Infinity\"",
+        "-2.5",
+        "\"-Infinity\"",
+        "Infinity",
+        "NaN",
+    ] {
+        let poisoned = turn_info("Update", 0, 1.0, "book a", 3).replace(
+            "\"audio_window_end\":1",
+            &format!("\"audio_window_end\":{absurd}"),
+        );
+        let (seen, repaired) = consumer_view(&[
+            turn_info("StartOfTurn", 0, 0.72, "book", 2),
+            poisoned,
+            turn_info("EndOfTurn", 0, 1.44, "book a table", 4),
+            turn_info("StartOfTurn", 1, 2.4, "thanks", 5),
+            turn_info("EndOfTurn", 1, 2.88, "thanks", 6),
+        ])
+        .await;
+        assert_eq!(
+            seen,
+            [
+                "StartOfTurn:book@0.72#0",
+                "EndOfTurn:book a table@1.44#0",
+                "StartOfTurn:thanks@2.40#1",
+                "EndOfTurn:thanks@2.88#1"
+            ],
+            "after audio_window_end {absurd}"
+        );
+        assert_eq!(repaired, 1, "{absurd}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_server_clock_keeps_every_turn() {
+    let (seen, repaired) = consumer_view(&[
+        turn_info("StartOfTurn", 0, 1.68, "one", 2),
+        turn_info("EndOfTurn", 0, 1.92, "one two", 3),
+        turn_info("Update", 1, 0.24, "", 4),
+        turn_info("StartOfTurn", 1, 0.48, "three", 5),
+        turn_info("EndOfTurn", 1, 0.72, "three four", 6),
+    ])
+    .await;
+    assert_eq!(
+        seen,
+        [
+            "StartOfTurn:one@1.68#0",
+            "EndOfTurn:one two@1.92#0",
+            "StartOfTurn:three@2.16#1",
+            "EndOfTurn:three four@2.40#1"
+        ]
+    );
+    assert_eq!(repaired, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fields_the_engine_does_not_need_cannot_lose_a_turn() {
+    let deep = format!("{}1{}", "{\"x\":[".repeat(150), "]}".repeat(150));
+    let (seen, repaired) = consumer_view(&[
+        turn_info("StartOfTurn", 0, 0.48, "book", 1)
+            .replace("\"turn_index\":0", "\"turn_index\":0.5"),
+        turn_info("Update", 0, 0.72, "book a", 2).replace("\"turn_index\":0", "\"turn_index\":-1"),
+        turn_info("EndOfTurn", 0, 0.96, "book a table", 3)
+            .replace(
+                "\"end_of_turn_confidence\":0.5",
+                "\"end_of_turn_confidence\":NaN",
+            )
+            .replace(
+                "\"type\":\"TurnInfo\"",
+                &format!("\"type\":\"TurnInfo\",\"debug\":{deep}"),
+            ),
+        turn_info("StartOfTurn", 1, 1.44, "yes", 4)
+            .replace("\"sequence_id\":4", "\"sequence_id\":\"four\""),
+    ])
+    .await;
+    assert_eq!(
+        seen,
+        [
+            "StartOfTurn:book@0.48#0",
+            "EndOfTurn:book a table@0.96#0",
+            "StartOfTurn:yes@1.44#1"
+        ]
+    );
+    assert_eq!(repaired, 4, "each repair is counted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_end_of_turn_reaches_the_consumer_once() {
+    let (seen, repaired) = consumer_view(&[
+        turn_info("StartOfTurn", 0, 0.48, "book it", 1),
+        turn_info("EndOfTurn", 0, 0.72, "book it", 2),
+        turn_info("EndOfTurn", 0, 0.96, "Book it.", 3),
+        turn_info("StartOfTurn", 1, 1.2, "and", 4),
+    ])
+    .await;
+    assert_eq!(
+        seen,
+        [
+            "StartOfTurn:book it@0.48#0",
+            "EndOfTurn:book it@0.72#0",
+            "StartOfTurn:and@1.20#1"
+        ]
+    );
+    assert_eq!(repaired, 1);
+}
+
+#[tokio::test]
+async fn a_key_never_travels_unencrypted_to_another_machine() {
+    struct Unreachable;
+    #[async_trait]
+    impl Connector for Unreachable {
+        async fn connect(&self, _: &ConnectRequest) -> Result<Connection, ConnectError> {
+            panic!("no I/O may happen")
+        }
+    }
+    let keyed =
+        |url: &str| config(url, ListenOptions::default()).with_api_key(ApiKey::new("dg_secret"));
+    for url in [
+        "ws://flux.example.com",
+        "http://10.1.2.3:8080",
+        "ws://127.evil.example",
+    ] {
+        let Err(e) = connect(keyed(url), Arc::new(Unreachable)).await else {
+            panic!("{url} accepted")
+        };
+        assert!(
+            matches!(e, FluxError::InsecureTransport { .. }),
+            "{url}: {e}"
+        );
+        assert!(e.to_string().contains("wss://"), "{e}");
+        assert!(!e.to_string().contains("dg_secret"));
+    }
+    let Err(e) = connect(
+        keyed("wss://proxy.example/v2/listen?model=nova-3"),
+        Arc::new(Unreachable),
+    )
+    .await
+    else {
+        panic!("a query setting a listen option is refused")
+    };
+    assert!(e.to_string().contains("sets model"), "{e}");
+    let mut allowed = keyed("ws://flux.internal:8080");
+    allowed.allow_insecure = true;
+    assert!(allowed.check_base_url().is_ok());
+    assert!(keyed("ws://127.0.0.1:9").check_base_url().is_ok());
+    assert!(
+        config("ws://flux.example.com", ListenOptions::default())
+            .check_base_url()
+            .is_ok(),
+        "no key, nothing to leak"
+    );
+}
+
+#[tokio::test]
+async fn a_query_string_in_the_flux_url_is_kept() {
+    let (connector, mut ends) = scripted();
+    let attempt = tokio::spawn(connect(
+        config(
+            "wss://proxy.example/v2/listen?tenant=a&region=eu",
+            ListenOptions::default(),
+        ),
+        connector,
+    ));
+    let (url, mut server) = ends.recv().await.unwrap();
+    assert_eq!(
+        url,
+        "wss://proxy.example/v2/listen?tenant=a&region=eu&model=flux-general-en&encoding=linear16&sample_rate=16000"
+    );
+    send_json(
+        &mut server,
+        r#"{"type":"Connected","request_id":"r1","sequence_id":0}"#.into(),
+    )
+    .await;
+    attempt.await.unwrap().unwrap();
+}

@@ -19,6 +19,7 @@
 //! bytes map to audio time. With Opus or containerized audio, frames pass through unchanged and
 //! reconnects start a fresh timeline without replay.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -34,11 +35,16 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::continuity::{AudioLedger, Chunker, ReplayBuffer, TurnTracker};
 use super::messages::{
-    ClientMessage, Configure, ConfigureFailure, ConfigureSuccess, FatalError, ServerMessage,
-    TurnEvent, TurnInfo, Warning,
+    ClientMessage, Configure, ConfigureFailure, ConfigureSuccess, FatalError, Parsed,
+    ServerMessage, TurnEvent, TurnInfo, Warning,
 };
 use super::options::{ListenOptions, OptionsError};
-use super::transport::{ApiKey, ConnectError, ConnectRequest, Connection, Connector, WireFrame};
+use super::transport::{ConnectError, ConnectRequest, Connection, Connector, WireFrame};
+use crate::net::ApiKey;
+
+/// Frames the supervisor holds for a writer that is behind before it stops taking audio
+/// from the caller (about 5 s of 80 ms frames).
+const OUTBOX_LIMIT: usize = 64;
 
 /// Where Deepgram serves Flux.
 pub const DEEPGRAM_BASE_URL: &str = "wss://api.deepgram.com";
@@ -73,6 +79,22 @@ pub enum FluxError {
     /// The client is closed.
     #[error("the flux client is closed")]
     Closed,
+    /// The API key would travel unencrypted to another machine.
+    #[error(
+        "refusing to send the api key over unencrypted {url} (not this machine): use wss://, or set allow_insecure"
+    )]
+    InsecureTransport {
+        /// The base URL refused.
+        url: String,
+    },
+    /// The base URL cannot be used as given.
+    #[error("flux url {url:?} is not usable: {reason}")]
+    InvalidBaseUrl {
+        /// The base URL.
+        url: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
 }
 
 /// How the client reconnects after a dropped connection.
@@ -84,6 +106,10 @@ pub struct ReconnectPolicy {
     pub initial_backoff: Duration,
     /// Longest delay between attempts.
     pub max_backoff: Duration,
+    /// A connection that lasted this long was healthy: the next drop starts counting attempts
+    /// afresh. Shorter ones (a server that accepts and closes at once) count as failed
+    /// attempts, so backoff keeps growing and the client gives up.
+    pub stable_after: Duration,
 }
 
 impl Default for ReconnectPolicy {
@@ -92,6 +118,7 @@ impl Default for ReconnectPolicy {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            stable_after: Duration::from_secs(10),
         }
     }
 }
@@ -109,10 +136,13 @@ impl ReconnectPolicy {
 #[derive(Debug, Clone)]
 pub struct FluxConfig {
     /// `wss://api.deepgram.com` by default; `ws://127.0.0.1:PORT` for an emulator. `http(s)`
-    /// is accepted and turned into `ws(s)`.
+    /// is accepted and turned into `ws(s)`. A query string is kept (the listen options follow
+    /// it) unless it sets one of the listen options itself.
     pub base_url: String,
     /// Sent as `Authorization: Token <key>`.
     pub api_key: Option<ApiKey>,
+    /// Allow sending the key over unencrypted `ws://` to a host other than this machine.
+    pub allow_insecure: bool,
     /// The query parameters.
     pub options: ListenOptions,
     /// Length of each audio frame sent (Deepgram recommends 80 ms).
@@ -125,8 +155,11 @@ pub struct FluxConfig {
     pub ping_interval: Duration,
     /// While a turn is open, inject silence once the source has sent nothing for this long.
     pub silence_after: Duration,
-    /// Reconnect when no message arrived for this long while audio was being sent.
+    /// Reconnect when no message arrived for this long while audio was being sent (Flux
+    /// answers every 240 ms of audio, so a second and a half of silence is a dead server).
     pub silent_server_timeout: Duration,
+    /// Treat the connection as lost when the server has not read a frame for this long.
+    pub writer_stall_timeout: Duration,
     /// Most audio of an open turn kept for replay after a reconnect.
     pub replay_limit: Duration,
     /// Bound for each step of [`FluxHandle::close`].
@@ -136,24 +169,39 @@ pub struct FluxConfig {
 }
 
 impl FluxConfig {
-    /// A configuration for Deepgram with `options`, the key taken from `DEEPGRAM_API_KEY` when set.
+    /// A configuration for Deepgram with `options` and no key (see [`FluxConfig::from_env`]
+    /// and [`FluxConfig::with_api_key`]).
     pub fn new(options: ListenOptions) -> Self {
         Self {
             base_url: DEEPGRAM_BASE_URL.into(),
-            api_key: std::env::var(API_KEY_ENV)
-                .ok()
-                .filter(|k| !k.is_empty())
-                .map(ApiKey::new),
+            api_key: None,
+            allow_insecure: false,
             options,
             frame: Duration::from_millis(80),
             connect_timeout: Duration::from_secs(10),
             connected_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),
             silence_after: Duration::from_millis(500),
-            silent_server_timeout: Duration::from_secs(10),
+            silent_server_timeout: Duration::from_millis(1500),
+            writer_stall_timeout: Duration::from_secs(5),
             replay_limit: Duration::from_secs(30),
             close_timeout: Duration::from_secs(3),
             reconnect: ReconnectPolicy::default(),
+        }
+    }
+
+    /// Like [`FluxConfig::new`], with the key read from `DEEPGRAM_API_KEY`.
+    ///
+    /// # Errors
+    /// A message naming the variable when it is unset or empty.
+    pub fn from_env(options: ListenOptions) -> Result<Self, String> {
+        match std::env::var(API_KEY_ENV) {
+            Ok(key) if !key.trim().is_empty() => {
+                Ok(Self::new(options).with_api_key(ApiKey::new(key.trim())))
+            }
+            _ => Err(format!(
+                "{API_KEY_ENV} is not set: the Deepgram API key is read from it"
+            )),
         }
     }
 
@@ -169,9 +217,56 @@ impl FluxConfig {
         self
     }
 
-    /// The full `/v2/listen` URL for `options`.
+    /// Checks what [`FluxConfig::url_for`] and the key need of the base URL.
+    ///
+    /// # Errors
+    /// [`FluxError::InvalidBaseUrl`] for a scheme other than ws(s)/http(s), a fragment, or a
+    /// query string that sets a listen option; [`FluxError::InsecureTransport`] when a key
+    /// would go unencrypted to another machine.
+    pub fn check_base_url(&self) -> Result<(), FluxError> {
+        let url = &self.base_url;
+        let invalid = |reason: String| FluxError::InvalidBaseUrl {
+            url: url.clone(),
+            reason,
+        };
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("ws" | "wss" | "http" | "https")) {
+            return Err(invalid(
+                "use a ws://, wss://, http:// or https:// url".into(),
+            ));
+        }
+        if url.contains('#') {
+            return Err(invalid("a url fragment (#...) is not allowed".into()));
+        }
+        if let Some((_, query)) = url.split_once('?') {
+            let ours = self.options.to_query();
+            let ours: Vec<&str> = ours
+                .split('&')
+                .filter_map(|pair| pair.split('=').next())
+                .collect();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let key = pair.split('=').next().unwrap_or(pair);
+                if ours.contains(&key) {
+                    return Err(invalid(format!(
+                        "its query sets {key}, which comes from the listen options; set the option instead"
+                    )));
+                }
+            }
+        }
+        if self.api_key.is_some() && !self.allow_insecure && crate::net::insecure_remote(url) {
+            return Err(FluxError::InsecureTransport { url: url.clone() });
+        }
+        Ok(())
+    }
+
+    /// The full `/v2/listen` URL for `options`; a query string in the base URL is kept, the
+    /// options follow it.
     pub fn url_for(&self, options: &ListenOptions) -> String {
-        let base = self.base_url.trim_end_matches('/');
+        let (base, extra) = match self.base_url.split_once('?') {
+            Some((base, query)) => (base, Some(query.trim_matches('&'))),
+            None => (self.base_url.as_str(), None),
+        };
+        let base = base.trim_end_matches('/');
         let base = if let Some(rest) = base.strip_prefix("https://") {
             format!("wss://{rest}")
         } else if let Some(rest) = base.strip_prefix("http://") {
@@ -184,7 +279,10 @@ impl FluxConfig {
         } else {
             "/v2/listen"
         };
-        format!("{base}{path}?{}", options.to_query())
+        match extra.filter(|q| !q.is_empty()) {
+            Some(extra) => format!("{base}{path}?{extra}&{}", options.to_query()),
+            None => format!("{base}{path}?{}", options.to_query()),
+        }
     }
 
     fn bytes_per_second(&self) -> Option<f64> {
@@ -199,6 +297,8 @@ impl FluxConfig {
 pub struct ClientStats {
     /// Server messages that could not be parsed (logged and skipped).
     pub malformed_messages: AtomicU64,
+    /// Server messages kept after repairing a value (logged).
+    pub repaired_messages: AtomicU64,
     /// WebSocket pings sent.
     pub pings_sent: AtomicU64,
     /// Silence frames injected while the source stalled mid-turn.
@@ -299,7 +399,6 @@ enum Command {
     Audio(Bytes),
     Configure(Configure, oneshot::Sender<Result<(), OptionsError>>),
     ForceEndTurn,
-    Close(oneshot::Sender<()>),
 }
 
 /// A cheap, cloneable way to send audio and control messages from several tasks.
@@ -355,6 +454,8 @@ impl FluxSender {
 /// Owns the client's tasks. Dropping it cancels them; [`FluxHandle::close`] ends gracefully.
 pub struct FluxHandle {
     sender: FluxSender,
+    /// Close requests travel apart from audio so a full audio queue cannot delay them.
+    close: mpsc::Sender<oneshot::Sender<()>>,
     cancel: CancellationToken,
     supervisor: Option<JoinHandle<()>>,
     request_id: String,
@@ -412,7 +513,7 @@ impl FluxHandle {
     /// Never fails today; returns `Result` so transports that can fail on close may report it.
     pub async fn close(mut self) -> Result<(), FluxError> {
         let (tx, rx) = oneshot::channel();
-        if self.sender.commands.send(Command::Close(tx)).await.is_ok() {
+        if self.close.send(tx).await.is_ok() {
             let _ = rx.await;
         }
         self.cancel.cancel();
@@ -440,12 +541,20 @@ pub async fn connect(
     connector: Arc<dyn Connector>,
 ) -> Result<(FluxHandle, FluxEvents), FluxError> {
     config.options.validate()?;
+    config.check_base_url()?;
     let cancel = CancellationToken::new();
-    let (link, request_id) = open_link(&config, &*connector, &config.options, &cancel).await?;
+    let stats = Arc::new(ClientStats::default());
+    let (link, request_id) = open_link(
+        config.clone(),
+        connector.clone(),
+        config.options.clone(),
+        cancel.clone(),
+    )
+    .await?;
     let span = info_span!("flux", request_id = %request_id);
     let (commands_tx, commands_rx) = mpsc::channel(64);
+    let (close_tx, close_rx) = mpsc::channel(1);
     let (events_tx, events_rx) = mpsc::channel(1024);
-    let stats = Arc::new(ClientStats::default());
     let now = Instant::now();
     let frame_bytes = config
         .bytes_per_second()
@@ -475,9 +584,15 @@ pub async fn connect(
         config,
         connector,
         commands: commands_rx,
+        close: close_rx,
+        outbox: VecDeque::new(),
+        outbox_blocked_since: None,
         events: events_tx,
         cancel: cancel.clone(),
         link: Some(link),
+        connecting: None,
+        connected_at: now,
+        failed_in_a_row: 0,
         last_source_audio: now,
         last_audio_sent: now,
         last_sent: now,
@@ -492,6 +607,7 @@ pub async fn connect(
             sender: FluxSender {
                 commands: commands_tx,
             },
+            close: close_tx,
             cancel,
             supervisor: Some(supervisor),
             request_id,
@@ -502,7 +618,8 @@ pub async fn connect(
 }
 
 enum Inbound {
-    Message(ServerMessage, Instant),
+    /// A message, when it arrived, and whether parsing had to repair it.
+    Message(Box<ServerMessage>, Instant, bool),
     /// A text frame that could not be parsed (already logged by the reader).
     Malformed(Instant),
     Closed(String),
@@ -524,14 +641,16 @@ impl Link {
     }
 }
 
+/// Opens one connection and starts its reader and writer under a child of `parent`. Takes
+/// its inputs by value so a reconnect can run as a task of its own.
 async fn open_link(
-    config: &FluxConfig,
-    connector: &dyn Connector,
-    options: &ListenOptions,
-    parent: &CancellationToken,
+    config: FluxConfig,
+    connector: Arc<dyn Connector>,
+    options: ListenOptions,
+    parent: CancellationToken,
 ) -> Result<(Link, String), FluxError> {
     let request = ConnectRequest {
-        url: config.url_for(options),
+        url: config.url_for(&options),
         api_key: config.api_key.clone(),
     };
     let mut connection = tokio::time::timeout(config.connect_timeout, connector.connect(&request))
@@ -600,10 +719,21 @@ async fn read_loop(
         };
         let received_at = Instant::now();
         match frame {
-            Some(Ok(WireFrame::Text(text))) => match ServerMessage::parse(&text) {
-                Ok(message) => {
+            Some(Ok(WireFrame::Text(text))) => match ServerMessage::parse_repairing(&text) {
+                Ok(Parsed { message, repairs }) => {
+                    if !repairs.is_empty() {
+                        warn!(
+                            message_type = message.type_name(),
+                            repairs = %repairs.join("; "),
+                            "server message repaired"
+                        );
+                    }
                     if inbound
-                        .send(Inbound::Message(message, received_at))
+                        .send(Inbound::Message(
+                            Box::new(message),
+                            received_at,
+                            !repairs.is_empty(),
+                        ))
                         .await
                         .is_err()
                     {
@@ -656,6 +786,8 @@ async fn write_loop(
 
 enum Phase {
     Running,
+    /// `attempt` counts failed and short-lived connections in a row; the attempt runs as a
+    /// task (`Supervisor::connecting`) so audio, close and drop are served meanwhile.
     Reconnecting {
         attempt: u32,
         retry_at: Instant,
@@ -675,9 +807,20 @@ struct Supervisor {
     config: FluxConfig,
     connector: Arc<dyn Connector>,
     commands: mpsc::Receiver<Command>,
+    close: mpsc::Receiver<oneshot::Sender<()>>,
+    /// Frames waiting for room in the writer's queue.
+    outbox: VecDeque<WireFrame>,
+    /// Since when the writer's queue has been full.
+    outbox_blocked_since: Option<Instant>,
     events: mpsc::Sender<Result<FluxEvent, FluxError>>,
     cancel: CancellationToken,
     link: Option<Link>,
+    /// A reconnect attempt in flight.
+    connecting: Option<Connecting>,
+    /// When the current connection was opened.
+    connected_at: Instant,
+    /// Reconnect attempts that failed, or connections that died before `stable_after`.
+    failed_in_a_row: u32,
     bytes_per_second: Option<f64>,
     frame_bytes: usize,
     chunker: Chunker,
@@ -701,10 +844,44 @@ struct Supervisor {
     stats: Arc<ClientStats>,
 }
 
+struct Connecting {
+    token: CancellationToken,
+    task: JoinHandle<Result<(Link, String), FluxError>>,
+}
+
+impl Connecting {
+    async fn abandon(self) {
+        self.token.cancel();
+        if let Ok(Ok((link, _))) = self.task.await {
+            link.shutdown().await;
+        }
+    }
+}
+
+async fn connect_result(connecting: &mut Option<Connecting>) -> Result<(Link, String), FluxError> {
+    match connecting {
+        Some(c) => match (&mut c.task).await {
+            Ok(result) => result,
+            Err(e) => Err(ConnectError::Io(format!("connect task failed: {e}")).into()),
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// What the supervisor loop should do next.
 enum Flow {
     Continue,
     Stop,
+}
+
+/// Room for one frame in the writer's queue (never resolves without a writer).
+async fn writer_room(
+    writer: Option<mpsc::Sender<WireFrame>>,
+) -> Result<mpsc::OwnedPermit<WireFrame>, mpsc::error::SendError<()>> {
+    match writer {
+        Some(writer) => writer.reserve_owned().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_inbound(link: &mut Option<Link>) -> Option<Inbound> {
@@ -719,7 +896,12 @@ impl Supervisor {
         let mut tick = tokio::time::interval(self.config.frame.min(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let accepting = matches!(self.phase, Phase::Running | Phase::Reconnecting { .. });
+            // Audio waits in the caller's queue (backpressure) while the writer is behind.
+            let accepting = matches!(self.phase, Phase::Running | Phase::Reconnecting { .. })
+                && self.outbox.len() < OUTBOX_LIMIT;
+            let backlog = (!self.outbox.is_empty())
+                .then(|| self.link.as_ref().map(|l| l.to_writer.clone()))
+                .flatten();
             let flow = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => Flow::Stop,
@@ -727,6 +909,23 @@ impl Supervisor {
                     Some(inbound) => self.on_inbound(inbound).await,
                     None => self.on_inbound(Inbound::Closed("connection tasks ended".into())).await,
                 },
+                reply = self.close.recv() => match reply {
+                    Some(reply) => self.begin_close(reply).await,
+                    None => Flow::Stop,
+                },
+                room = writer_room(backlog) => {
+                    if let (Ok(permit), Some(frame)) = (room, self.outbox.pop_front()) {
+                        permit.send(frame);
+                        self.last_sent = Instant::now();
+                        self.outbox_blocked_since = None;
+                        self.drain_outbox();
+                    }
+                    Flow::Continue
+                }
+                result = connect_result(&mut self.connecting) => {
+                    self.connecting = None;
+                    self.on_reconnect_result(result).await
+                }
                 command = self.commands.recv(), if accepting => match command {
                     Some(command) => self.on_command(command).await,
                     None => Flow::Stop,
@@ -736,6 +935,9 @@ impl Supervisor {
             if let Flow::Stop = flow {
                 break;
             }
+        }
+        if let Some(connecting) = self.connecting.take() {
+            connecting.abandon().await;
         }
         if let Some(link) = self.link.take() {
             link.shutdown().await;
@@ -752,10 +954,39 @@ impl Supervisor {
         let _ = self.events.send(Ok(FluxEvent { received_at, kind })).await;
     }
 
+    /// Queues a frame for the writer without waiting: a server that stops reading must not
+    /// stall the supervisor. Frames wait in the outbox while the writer is behind; the tick
+    /// treats a writer stuck for `writer_stall_timeout` as a lost connection.
     async fn write(&mut self, frame: WireFrame) {
-        let Some(link) = &self.link else { return };
-        if link.to_writer.send(frame).await.is_ok() {
-            self.last_sent = Instant::now();
+        if self.link.is_none() {
+            return;
+        }
+        self.outbox.push_back(frame);
+        self.drain_outbox();
+    }
+
+    fn drain_outbox(&mut self) {
+        let Some(link) = &self.link else {
+            self.outbox.clear();
+            return;
+        };
+        while let Some(frame) = self.outbox.pop_front() {
+            match link.to_writer.try_send(frame) {
+                Ok(()) => {
+                    self.last_sent = Instant::now();
+                    self.outbox_blocked_since = None;
+                }
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    self.outbox.push_front(frame);
+                    self.outbox_blocked_since.get_or_insert_with(Instant::now);
+                    return;
+                }
+                // The writer ended; the reader reports why.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.outbox.clear();
+                    return;
+                }
+            }
         }
     }
 
@@ -791,7 +1022,6 @@ impl Supervisor {
                         .await;
                 }
             }
-            Command::Close(reply) => return self.begin_close(reply).await,
         }
         Flow::Continue
     }
@@ -831,6 +1061,10 @@ impl Supervisor {
             let _ = reply.send(());
             return Flow::Stop;
         }
+        // Audio the caller queued before closing goes out first.
+        while let Ok(command) = self.commands.try_recv() {
+            self.on_command(command).await;
+        }
         if let Some(rest) = self.chunker.flush() {
             self.send_audio_frame(rest, Instant::now()).await;
         }
@@ -858,8 +1092,13 @@ impl Supervisor {
     }
 
     async fn on_inbound(&mut self, inbound: Inbound) -> Flow {
-        let (message, received_at) = match inbound {
-            Inbound::Message(m, at) => (m, at),
+        let (message, received_at, repaired) = match inbound {
+            Inbound::Message(m, at, repaired) => {
+                if repaired && !matches!(*m, ServerMessage::TurnInfo(_)) {
+                    self.stats.repaired_messages.fetch_add(1, Ordering::Relaxed);
+                }
+                (*m, at, repaired)
+            }
             Inbound::Malformed(at) => {
                 // The server is alive even if this message was garbage.
                 self.last_inbound = at;
@@ -879,7 +1118,15 @@ impl Supervisor {
         self.audio_since_inbound = 0.0;
         match message {
             ServerMessage::TurnInfo(info) => {
-                let Some(info) = self.tracker.accept(info) else {
+                let sent = self.bytes_per_second.map(|_| self.audio_time);
+                let accepted = self.tracker.accept(info, sent);
+                for anomaly in &accepted.anomalies {
+                    warn!(%anomaly, "flux turn event repaired");
+                }
+                if repaired || !accepted.anomalies.is_empty() {
+                    self.stats.repaired_messages.fetch_add(1, Ordering::Relaxed);
+                }
+                let Some(info) = accepted.info else {
                     return Flow::Continue;
                 };
                 if info.event == TurnEvent::EndOfTurn {
@@ -962,16 +1209,30 @@ impl Supervisor {
         if let Some(link) = self.link.take() {
             link.shutdown().await;
         }
-        if self.config.reconnect.max_attempts == 0 {
-            let _ = self
-                .events
-                .send(Err(FluxError::ReconnectFailed {
-                    reason,
-                    attempts: 0,
-                    last_error: "reconnecting is disabled".into(),
-                }))
-                .await;
-            return Flow::Stop;
+        // The replay buffer re-sends the audio that matters on the next connection.
+        self.outbox.clear();
+        self.outbox_blocked_since = None;
+        let policy = &self.config.reconnect;
+        if Instant::now().duration_since(self.connected_at) >= policy.stable_after {
+            self.failed_in_a_row = 0;
+        } else if self.failed_in_a_row > 0 {
+            // The last reconnect "succeeded" but did not last: it counts as a failure.
+            info!(
+                attempts = self.failed_in_a_row,
+                "connection died soon after reconnecting"
+            );
+        }
+        let attempt = self.failed_in_a_row + 1;
+        if attempt > policy.max_attempts {
+            let last_error = if policy.max_attempts == 0 {
+                "reconnecting is disabled".to_owned()
+            } else {
+                format!(
+                    "each new connection was lost within {:?}",
+                    policy.stable_after
+                )
+            };
+            return self.give_up(reason, self.failed_in_a_row, last_error).await;
         }
         self.emit(
             Instant::now(),
@@ -981,25 +1242,70 @@ impl Supervisor {
         )
         .await;
         self.phase = Phase::Reconnecting {
-            attempt: 1,
-            retry_at: Instant::now() + self.config.reconnect.backoff(1),
+            attempt,
+            retry_at: Instant::now() + policy.backoff(attempt),
             reason,
         };
         Flow::Continue
     }
 
-    async fn try_reconnect(&mut self, attempt: u32, reason: String) -> Flow {
+    async fn give_up(&mut self, reason: String, attempts: u32, last_error: String) -> Flow {
+        let error = FluxError::ReconnectFailed {
+            reason,
+            attempts,
+            last_error,
+        };
+        warn!(%error, "flux session failed");
+        let _ = self.events.send(Err(error)).await;
+        Flow::Stop
+    }
+
+    fn start_reconnect(&mut self) {
         // The new URL carries every update requested so far, so nothing needs re-sending.
-        match open_link(&self.config, &*self.connector, &self.desired, &self.cancel).await {
+        let token = self.cancel.child_token();
+        let attempt = open_link(
+            self.config.clone(),
+            self.connector.clone(),
+            self.desired.clone(),
+            token.clone(),
+        );
+        let cancelled = token.clone();
+        let task = tokio::spawn(
+            async move {
+                tokio::select! {
+                    biased;
+                    _ = cancelled.cancelled() => Err(FluxError::Closed),
+                    result = attempt => result,
+                }
+            }
+            .in_current_span(),
+        );
+        self.connecting = Some(Connecting { token, task });
+    }
+
+    async fn on_reconnect_result(&mut self, result: Result<(Link, String), FluxError>) -> Flow {
+        let Phase::Reconnecting {
+            attempt, reason, ..
+        } = &mut self.phase
+        else {
+            if let Ok((link, _)) = result {
+                link.shutdown().await;
+            }
+            return Flow::Continue;
+        };
+        let (attempt, reason) = (*attempt, std::mem::take(reason));
+        match result {
             Ok((link, request_id)) => {
                 info!(%request_id, attempt, replay_seconds = self.replay.duration(), "flux reconnected");
                 self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 self.link = Some(link);
+                self.failed_in_a_row = attempt;
                 self.acked = self.desired.clone();
                 self.inflight = None;
                 self.pending = None;
                 self.tracker.new_connection(self.replay.start());
                 let now = Instant::now();
+                self.connected_at = now;
                 self.last_inbound = now;
                 self.audio_since_inbound = 0.0;
                 self.phase = Phase::Running;
@@ -1025,16 +1331,9 @@ impl Supervisor {
                     _ => false,
                 };
                 warn!(%error, attempt, "flux reconnect failed");
+                self.failed_in_a_row = attempt;
                 if !retryable || attempt >= self.config.reconnect.max_attempts {
-                    let _ = self
-                        .events
-                        .send(Err(FluxError::ReconnectFailed {
-                            reason,
-                            attempts: attempt,
-                            last_error: error.to_string(),
-                        }))
-                        .await;
-                    return Flow::Stop;
+                    return self.give_up(reason, attempt, error.to_string()).await;
                 }
                 self.phase = Phase::Reconnecting {
                     attempt: attempt + 1,
@@ -1049,14 +1348,9 @@ impl Supervisor {
     async fn on_tick(&mut self) -> Flow {
         let now = Instant::now();
         match &mut self.phase {
-            Phase::Reconnecting {
-                attempt,
-                retry_at,
-                reason,
-            } => {
-                if now >= *retry_at {
-                    let (attempt, reason) = (*attempt, std::mem::take(reason));
-                    return self.try_reconnect(attempt, reason).await;
+            Phase::Reconnecting { retry_at, .. } => {
+                if now >= *retry_at && self.connecting.is_none() {
+                    self.start_reconnect();
                 }
                 return Flow::Continue;
             }
@@ -1075,6 +1369,17 @@ impl Supervisor {
                 };
             }
             Phase::Running => {}
+        }
+        if let Some(since) = self.outbox_blocked_since
+            && now.duration_since(since) >= self.config.writer_stall_timeout
+        {
+            return self
+                .connection_lost(format!(
+                    "the server stopped reading: {} frames waited {:?}",
+                    self.outbox.len(),
+                    now.duration_since(since)
+                ))
+                .await;
         }
         if self.tracker.turn_open()
             && self.frame_bytes > 0

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::messages::{TurnEvent, TurnInfo};
+use crate::text::normalize;
 
 /// Cuts an arbitrary byte stream into frames of exactly `frame_bytes`, keeping sample
 /// boundaries. `frame_bytes == 0` means pass-through (compressed or containerized audio).
@@ -199,14 +200,116 @@ pub enum TurnState {
     AwaitingEnd,
 }
 
-/// Merges the turn events of successive connections into one legal sequence in one timeline.
+/// Something wrong with a `TurnInfo` that [`TurnTracker::accept`] repaired or dropped. Each is
+/// logged by the client; none of them ends the session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Anomaly {
+    /// A time that is not finite, negative, or beyond the audio sent; `replaced_by` is the
+    /// estimate used instead (`None`: the value was dropped).
+    Time {
+        /// Which field (`audio_window_end`, `words[2].end`, ...).
+        field: String,
+        /// What the server sent (connection time).
+        value: f64,
+        /// What was used instead.
+        replaced_by: Option<f64>,
+    },
+    /// The server's clock went back on one connection; later times are re-based to continue
+    /// from the last good one.
+    ClockRestarted {
+        /// The last window end before the jump (connection time).
+        from: f64,
+        /// The window end after it.
+        to: f64,
+    },
+    /// The server's `turn_index` disagrees with the turns it ended; the count is used.
+    TurnIndex {
+        /// What the server sent (plus the reconnect offset).
+        server: u64,
+        /// Turns ended so far in this session.
+        counted: u64,
+    },
+    /// An `end_of_turn_confidence` outside 0..=1 (or not a number), clamped.
+    Confidence {
+        /// What the server sent.
+        value: f64,
+    },
+    /// A second `EndOfTurn` for the same words without a `StartOfTurn` between: dropped.
+    RepeatedEndOfTurn {
+        /// Its transcript.
+        transcript: String,
+    },
+}
+
+impl std::fmt::Display for Anomaly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Anomaly::Time {
+                field,
+                value,
+                replaced_by: Some(by),
+            } => write!(
+                f,
+                "{field} {value} is not a plausible audio time; using {by:.3}"
+            ),
+            Anomaly::Time { field, value, .. } => {
+                write!(f, "{field} {value} is not a plausible audio time; dropped")
+            }
+            Anomaly::ClockRestarted { from, to } => write!(
+                f,
+                "server clock went back from {from:.3} s to {to:.3} s; later times continue from {from:.3} s"
+            ),
+            Anomaly::TurnIndex { server, counted } => write!(
+                f,
+                "turn_index {server} disagrees with the {counted} turns ended so far; using {counted}"
+            ),
+            Anomaly::Confidence { value } => {
+                write!(
+                    f,
+                    "end_of_turn_confidence {value} is outside 0..=1; clamped"
+                )
+            }
+            Anomaly::RepeatedEndOfTurn { transcript } => write!(
+                f,
+                "EndOfTurn repeated without a StartOfTurn (\"{transcript}\"); dropped"
+            ),
+        }
+    }
+}
+
+/// What [`TurnTracker::accept`] makes of one `TurnInfo`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// The event for the consumer, in session time; `None` when it only repeats what the
+    /// consumer already has (a replay) or was dropped (see `anomalies`).
+    pub info: Option<TurnInfo>,
+    /// What was repaired or dropped, for the log.
+    pub anomalies: Vec<Anomaly>,
+}
+
+/// How far past the audio we sent a server time may be before it is not believed (rounding,
+/// and a frame in flight).
+const TIME_SLACK: f64 = 1.0;
+/// A step back larger than this on one connection is a restarted clock, not jitter.
+const CLOCK_RESTART: f64 = 1.0;
+
+/// Merges the turn events of successive connections into one legal sequence in one timeline,
+/// and keeps one bad message from corrupting it: times are checked against the audio actually
+/// sent, turn indices are counted rather than trusted, and only the replayed stretch after a
+/// reconnect is ever deduplicated.
 #[derive(Debug)]
 pub struct TurnTracker {
     state: TurnState,
     turns_completed: u64,
+    /// Session time of this connection's time 0.
     time_offset: f64,
     index_offset: u64,
+    /// Events ending at or before this session time repeat what the consumer has (replay).
+    replay_until: Option<f64>,
+    /// Last window (start, end) on this connection, connection time.
+    last_raw: Option<(f64, f64)>,
     last_window_end: f64,
+    last_end_transcript: Option<String>,
 }
 
 impl Default for TurnTracker {
@@ -216,9 +319,16 @@ impl Default for TurnTracker {
             turns_completed: 0,
             time_offset: 0.0,
             index_offset: 0,
-            last_window_end: f64::NEG_INFINITY,
+            replay_until: None,
+            last_raw: None,
+            last_window_end: 0.0,
+            last_end_transcript: None,
         }
     }
+}
+
+fn plausible(t: f64, limit: Option<f64>) -> bool {
+    t.is_finite() && t >= 0.0 && limit.is_none_or(|l| t <= l)
 }
 
 impl TurnTracker {
@@ -237,30 +347,121 @@ impl TurnTracker {
         self.turns_completed
     }
 
-    /// A new connection starts: its audio time 0 is `audio_offset` of the session timeline.
+    /// A new connection starts: its audio time 0 is `audio_offset` of the session timeline,
+    /// and its events up to what the consumer has already seen are a replay.
     pub fn new_connection(&mut self, audio_offset: f64) {
         self.time_offset = audio_offset;
         self.index_offset = self.turns_completed;
+        self.last_raw = None;
+        self.replay_until = (self.last_window_end > audio_offset).then_some(self.last_window_end);
     }
 
-    /// Takes one `TurnInfo` from the current connection and returns what the consumer should
-    /// see, in session time, or `None` when it only repeats what the consumer already has.
-    pub fn accept(&mut self, mut info: TurnInfo) -> Option<TurnInfo> {
+    /// Takes one `TurnInfo` from the current connection; `audio_sent` is the session audio
+    /// time sent so far (`None` when bytes do not map to time). Returns what the consumer
+    /// should see, in session time, and what had to be repaired.
+    pub fn accept(&mut self, mut info: TurnInfo, audio_sent: Option<f64>) -> Accepted {
+        let mut anomalies = Vec::new();
+        let (last_start, last_end) = self.last_raw.unwrap_or((0.0, 0.0));
+        let sent_end = info.audio_window_end;
+        let mut end = sent_end;
+        if plausible(end, None) && self.last_raw.is_some() && end < last_end - CLOCK_RESTART {
+            anomalies.push(Anomaly::ClockRestarted {
+                from: last_end,
+                to: end,
+            });
+            self.time_offset += last_end - end;
+            self.replay_until = None;
+        }
+        let limit = audio_sent.map(|sent| sent - self.time_offset + TIME_SLACK);
+        if !plausible(end, limit) {
+            // The last good value: the server has processed at least that much, and its lag
+            // behind the audio we sent is unknown.
+            let estimate = last_end;
+            anomalies.push(Anomaly::Time {
+                field: "audio_window_end".into(),
+                value: sent_end,
+                replaced_by: Some(estimate),
+            });
+            end = estimate;
+        }
+        let mut start = info.audio_window_start;
+        if !plausible(start, Some(end)) {
+            let estimate = last_start.min(end);
+            anomalies.push(Anomaly::Time {
+                field: "audio_window_start".into(),
+                value: start,
+                replaced_by: Some(estimate),
+            });
+            start = estimate;
+        }
+        let word_limit = Some(end + TIME_SLACK);
+        for (i, w) in info.words.iter_mut().enumerate() {
+            for (name, time) in [("start", &mut w.start), ("end", &mut w.end)] {
+                if let Some(t) = *time
+                    && !plausible(t, word_limit)
+                {
+                    anomalies.push(Anomaly::Time {
+                        field: format!("words[{i}].{name}"),
+                        value: t,
+                        replaced_by: None,
+                    });
+                    *time = None;
+                }
+            }
+        }
+        let confidence = info.end_of_turn_confidence;
+        if !(0.0..=1.0).contains(&confidence) {
+            anomalies.push(Anomaly::Confidence { value: confidence });
+            info.end_of_turn_confidence = if confidence.is_nan() {
+                0.0
+            } else {
+                confidence.clamp(0.0, 1.0)
+            };
+        }
+        self.last_raw = Some((start, end));
+
         let off = self.time_offset;
-        info.audio_window_start += off;
-        info.audio_window_end += off;
+        info.audio_window_start = start + off;
+        info.audio_window_end = end + off;
         for w in &mut info.words {
             w.start = w.start.map(|s| s + off);
             w.end = w.end.map(|e| e + off);
         }
-        info.turn_index += self.index_offset;
-        if info.audio_window_end <= self.last_window_end + 1e-9 {
-            // Audio the consumer has already heard about: only the end of the open turn is
-            // news (the new connection may finish the turn inside the replayed audio).
-            if !(info.event == TurnEvent::EndOfTurn && self.turn_open()) {
-                return None;
+        let server_index = info.turn_index.saturating_add(self.index_offset);
+        if let Some(until) = self.replay_until {
+            if info.audio_window_end <= until + 1e-9 {
+                // Audio the consumer has already heard about: only the end of the open turn is
+                // news (the new connection may finish the turn inside the replayed audio).
+                if !(info.event == TurnEvent::EndOfTurn && self.turn_open()) {
+                    return Accepted {
+                        info: None,
+                        anomalies,
+                    };
+                }
+            } else {
+                self.replay_until = None;
             }
         }
+        if info.event == TurnEvent::EndOfTurn
+            && self.state == TurnState::Idle
+            && self.last_end_transcript.as_deref().map(normalize)
+                == Some(normalize(&info.transcript))
+        {
+            anomalies.push(Anomaly::RepeatedEndOfTurn {
+                transcript: info.transcript,
+            });
+            return Accepted {
+                info: None,
+                anomalies,
+            };
+        }
+        if server_index != self.turns_completed {
+            anomalies.push(Anomaly::TurnIndex {
+                server: server_index,
+                counted: self.turns_completed,
+            });
+        }
+        info.turn_index = self.turns_completed;
         let (next_state, event) = match (&info.event, self.state) {
             (TurnEvent::StartOfTurn, TurnState::Idle) => (TurnState::Ongoing, None),
             (TurnEvent::StartOfTurn, s) => (s, Some(TurnEvent::Update)),
@@ -278,10 +479,16 @@ impl TurnTracker {
         }
         if info.event == TurnEvent::EndOfTurn {
             self.turns_completed += 1;
+            self.last_end_transcript = Some(info.transcript.clone());
+        } else if info.event == TurnEvent::StartOfTurn {
+            self.last_end_transcript = None;
         }
         self.state = next_state;
         self.last_window_end = self.last_window_end.max(info.audio_window_end);
-        Some(info)
+        Accepted {
+            info: Some(info),
+            anomalies,
+        }
     }
 }
 
@@ -400,7 +607,7 @@ mod tests {
             info(TurnEvent::Update, 1, 1.68, ""),
         ];
         for i in seq.clone() {
-            assert_eq!(t.accept(i.clone()), Some(i));
+            assert_eq!(t.accept(i.clone(), Some(2.0)).info, Some(i));
         }
         assert_eq!(t.turns_completed(), 1);
         assert!(!t.turn_open());
@@ -409,31 +616,46 @@ mod tests {
     #[test]
     fn tracker_hides_the_replay_and_offsets_the_new_connection() {
         let mut t = TurnTracker::default();
-        t.accept(info(TurnEvent::EndOfTurn, 0, 1.0, "first"));
-        t.accept(info(TurnEvent::StartOfTurn, 1, 2.0, "second"));
-        t.accept(info(TurnEvent::EagerEndOfTurn, 1, 2.24, "second turn"));
+        t.accept(info(TurnEvent::EndOfTurn, 0, 1.0, "first"), None);
+        t.accept(info(TurnEvent::StartOfTurn, 1, 2.0, "second"), None);
+        t.accept(
+            info(TurnEvent::EagerEndOfTurn, 1, 2.24, "second turn"),
+            None,
+        );
         assert_eq!(t.state(), TurnState::AwaitingEnd);
         // Connection dropped; replay starts at session time 1.5.
         t.new_connection(1.5);
-        assert_eq!(t.accept(info(TurnEvent::Update, 0, 0.24, "")), None);
         assert_eq!(
-            t.accept(info(TurnEvent::StartOfTurn, 0, 0.5, "second")),
+            t.accept(info(TurnEvent::Update, 0, 0.24, ""), None).info,
             None
         );
         assert_eq!(
-            t.accept(info(TurnEvent::EagerEndOfTurn, 0, 0.74, "second turn")),
+            t.accept(info(TurnEvent::StartOfTurn, 0, 0.5, "second"), None)
+                .info,
+            None
+        );
+        assert_eq!(
+            t.accept(
+                info(TurnEvent::EagerEndOfTurn, 0, 0.74, "second turn"),
+                None
+            )
+            .info,
             None
         );
         let mut end = info(TurnEvent::EndOfTurn, 0, 0.98, "second turn");
         end.trigger = Some(TurnTrigger::Model);
-        let seen = t.accept(end).expect("the end of the replayed turn is new");
+        let seen = t
+            .accept(end, None)
+            .info
+            .expect("the end of the replayed turn is new");
         assert_eq!(seen.event, TurnEvent::EndOfTurn);
         assert_eq!(seen.turn_index, 1);
         assert!((seen.audio_window_end - 2.48).abs() < 1e-9);
         assert!((seen.words[0].end.unwrap() - 2.38).abs() < 1e-9);
         assert_eq!(t.turns_completed(), 2);
         let next = t
-            .accept(info(TurnEvent::StartOfTurn, 1, 1.5, "third"))
+            .accept(info(TurnEvent::StartOfTurn, 1, 1.5, "third"), None)
+            .info
             .unwrap();
         assert_eq!(next.turn_index, 2);
         assert_eq!(next.event, TurnEvent::StartOfTurn);
@@ -442,20 +664,123 @@ mod tests {
     #[test]
     fn tracker_rewrites_repeated_state_events_past_the_replay() {
         let mut t = TurnTracker::default();
-        t.accept(info(TurnEvent::StartOfTurn, 0, 0.48, "hello"));
+        t.accept(info(TurnEvent::StartOfTurn, 0, 0.48, "hello"), None);
         t.new_connection(0.0);
         let again = t
-            .accept(info(TurnEvent::StartOfTurn, 0, 0.72, "hello there"))
+            .accept(info(TurnEvent::StartOfTurn, 0, 0.72, "hello there"), None)
+            .info
             .unwrap();
         assert_eq!(again.event, TurnEvent::Update, "one StartOfTurn per turn");
         assert_eq!(t.state(), TurnState::Ongoing);
         let resumed = t
-            .accept(info(TurnEvent::TurnResumed, 0, 0.96, "hello there"))
+            .accept(info(TurnEvent::TurnResumed, 0, 0.96, "hello there"), None)
+            .info
             .unwrap();
         assert_eq!(
             resumed.event,
             TurnEvent::Update,
             "no TurnResumed without an eager end"
+        );
+    }
+
+    #[test]
+    fn one_absurd_time_cannot_deafen_the_tracker() {
+        for absurd in [1e12, f64::INFINITY, f64::NAN, -3.0] {
+            let mut t = TurnTracker::default();
+            t.accept(info(TurnEvent::StartOfTurn, 0, 0.48, "book"), Some(0.5));
+            let poisoned = t.accept(info(TurnEvent::Update, 0, absurd, "book a"), Some(0.8));
+            let kept = poisoned.info.expect("the event is kept");
+            assert!(
+                (0.48..=0.8).contains(&kept.audio_window_end),
+                "{absurd}: {}",
+                kept.audio_window_end
+            );
+            assert!(
+                matches!(&poisoned.anomalies[0], Anomaly::Time { field, .. } if field == "audio_window_end"),
+                "{absurd}: {:?}",
+                poisoned.anomalies
+            );
+            assert!(
+                poisoned.anomalies[0]
+                    .to_string()
+                    .contains("audio_window_end")
+            );
+            // Every later turn still gets through.
+            let end = t
+                .accept(
+                    info(TurnEvent::EndOfTurn, 0, 1.2, "book a table"),
+                    Some(1.2),
+                )
+                .info
+                .expect("not dropped");
+            assert_eq!(end.event, TurnEvent::EndOfTurn);
+            let next = t.accept(info(TurnEvent::StartOfTurn, 1, 2.4, "thanks"), Some(2.4));
+            assert_eq!(next.info.map(|i| i.turn_index), Some(1), "{absurd}");
+            assert!(next.anomalies.is_empty(), "{:?}", next.anomalies);
+        }
+    }
+
+    #[test]
+    fn bad_word_times_and_confidence_are_repaired_not_fatal() {
+        let mut t = TurnTracker::default();
+        let mut i = info(TurnEvent::StartOfTurn, 0, 0.48, "hi");
+        i.words[0].end = Some(f64::INFINITY);
+        i.words[0].start = Some(-1.0);
+        i.end_of_turn_confidence = f64::NAN;
+        i.audio_window_start = 5.0;
+        let a = t.accept(i, Some(0.5));
+        let seen = a.info.unwrap();
+        assert_eq!((seen.words[0].start, seen.words[0].end), (None, None));
+        assert_eq!(seen.end_of_turn_confidence, 0.0);
+        assert_eq!(seen.audio_window_start, 0.0);
+        assert_eq!(a.anomalies.len(), 4, "{:?}", a.anomalies);
+    }
+
+    #[test]
+    fn a_restarted_server_clock_continues_the_timeline() {
+        let mut t = TurnTracker::default();
+        t.accept(info(TurnEvent::StartOfTurn, 0, 4.8, "one"), Some(4.8));
+        t.accept(info(TurnEvent::EndOfTurn, 0, 5.04, "one two"), Some(5.04));
+        let after = t.accept(info(TurnEvent::Update, 1, 0.24, ""), Some(5.28));
+        assert!(matches!(
+            after.anomalies[..],
+            [Anomaly::ClockRestarted { .. }]
+        ));
+        let update = after.info.expect("kept");
+        assert!((update.audio_window_end - 5.04).abs() < 1e-9);
+        let start = t
+            .accept(info(TurnEvent::StartOfTurn, 1, 0.48, "three"), Some(5.52))
+            .info
+            .expect("later turns are not mistaken for a replay");
+        assert!((start.audio_window_end - 5.28).abs() < 1e-9);
+        assert_eq!(start.turn_index, 1);
+    }
+
+    #[test]
+    fn a_repeated_end_of_turn_is_dropped_and_indices_are_counted() {
+        let mut t = TurnTracker::default();
+        t.accept(info(TurnEvent::StartOfTurn, 0, 0.48, "yes"), None);
+        t.accept(info(TurnEvent::EndOfTurn, 0, 0.72, "Yes."), None);
+        let again = t.accept(info(TurnEvent::EndOfTurn, 0, 0.96, "yes"), None);
+        assert_eq!(again.info, None);
+        assert!(matches!(
+            again.anomalies[..],
+            [Anomaly::RepeatedEndOfTurn { .. }]
+        ));
+        assert_eq!(t.turns_completed(), 1);
+        let odd = t.accept(info(TurnEvent::StartOfTurn, 7, 1.2, "no"), None);
+        assert_eq!(odd.info.unwrap().turn_index, 1);
+        assert!(matches!(
+            odd.anomalies[..],
+            [Anomaly::TurnIndex {
+                server: 7,
+                counted: 1
+            }]
+        ));
+        let end = t.accept(info(TurnEvent::EndOfTurn, 1, 1.44, "yes"), None);
+        assert!(
+            end.info.is_some(),
+            "same words after a StartOfTurn are a new turn"
         );
     }
 }

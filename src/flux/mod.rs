@@ -17,7 +17,8 @@ pub use client::{
     TurnUpdate, connect,
 };
 pub use messages::{
-    ClientMessage, Configure, ServerMessage, Thresholds, TurnEvent, TurnInfo, TurnTrigger, Word,
+    ClientMessage, Configure, Parsed, ServerMessage, Thresholds, TurnEvent, TurnInfo, TurnTrigger,
+    Word,
 };
 pub use options::{Encoding, FluxModel, ListenOptions, OptionsError};
 pub use transport::{ApiKey, Connector, WebSocketConnector};

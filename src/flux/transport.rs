@@ -6,14 +6,14 @@
 //! of an in-memory connection so the same client logic runs against an in-process emulator on
 //! tokio's paused clock.
 
-use std::fmt;
 use std::pin::Pin;
-use std::sync::Once;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
+
+pub use crate::net::ApiKey;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, protocol::Message};
 
 /// One WebSocket frame, independent of the library that carries it.
@@ -35,28 +35,6 @@ pub enum WireFrame {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("transport error: {0}")]
 pub struct TransportError(pub String);
-
-/// An API key. Its `Debug` and `Display` never show the secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// Wraps a key.
-    pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
-    }
-
-    /// The secret itself, for building the `Authorization` header.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
 
 /// What a connector needs to open a connection.
 #[derive(Debug, Clone)]
@@ -138,15 +116,6 @@ pub trait Connector: Send + Sync {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WebSocketConnector;
 
-/// Installs ring as the process's rustls crypto provider unless one is installed already.
-pub(crate) fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Another provider may already be installed by the application; that one wins.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 fn to_message(frame: WireFrame) -> Message {
     match frame {
         WireFrame::Text(t) => Message::text(t),
@@ -201,7 +170,7 @@ where
 #[async_trait]
 impl Connector for WebSocketConnector {
     async fn connect(&self, request: &ConnectRequest) -> Result<Connection, ConnectError> {
-        install_crypto_provider();
+        crate::net::install_crypto_provider();
         let mut http =
             request
                 .url
@@ -289,17 +258,6 @@ pub fn channel_pair(capacity: usize, request_id: Option<String>) -> (Connection,
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn api_key_is_redacted() {
-        let key = ApiKey::new("dg_secret_123");
-        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
-        let request = ConnectRequest {
-            url: "wss://example.invalid/v2/listen".into(),
-            api_key: Some(key),
-        };
-        assert!(!format!("{request:?}").contains("dg_secret_123"));
-    }
 
     #[test]
     fn handshake_error_message_names_status_error_and_request_id() {

@@ -15,12 +15,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::openai::{
-    Finished, check_status, decode_sse, http_client, insecure_remote, tool_arguments,
-};
+use super::openai::{Finished, check_status, decode_sse, tool_arguments};
 use super::sse::SseEvent;
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
-use crate::flux::ApiKey;
+use crate::net::{ApiKey, http_client, insecure_remote};
 
 /// The environment variable holding the key.
 pub const ANTHROPIC_API_KEY_ENV: &str = "ANTHROPIC_API_KEY";

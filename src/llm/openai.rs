@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::sse::SseParser;
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
-use crate::flux::ApiKey;
+use crate::net::{ApiKey, http_client, insecure_remote};
 
 /// The environment variable holding the key, by default.
 pub const OPENAI_API_KEY_ENV: &str = "OPENAI_API_KEY";
@@ -40,30 +40,6 @@ pub struct OpenAiCompatible {
     pub max_tokens: Option<u32>,
     /// Extra body fields for servers with their own options (e.g. `{"top_k": 20}`).
     pub extra_body: serde_json::Map<String, Value>,
-}
-
-/// Whether `url` is plain HTTP to a host other than this machine.
-pub(crate) fn insecure_remote(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            host
-        }
-    });
-    !(host == "localhost" || host == "[::1]" || host.starts_with("127."))
-}
-
-pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
-    crate::flux::transport::install_crypto_provider();
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .build()
-        .map_err(|e| format!("cannot build the http client: {e}"))
 }
 
 impl OpenAiCompatible {

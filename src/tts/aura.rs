@@ -18,10 +18,10 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{debug, warn};
 
 use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
-use crate::flux::ApiKey;
 use crate::flux::transport::{
     ConnectRequest, Connection, Connector, WebSocketConnector, WireFrame,
 };
+use crate::net::{ApiKey, insecure_remote};
 
 /// Where Deepgram serves Aura.
 pub const AURA_BASE_URL: &str = "wss://api.deepgram.com";
@@ -91,9 +91,7 @@ impl AuraTts {
         api_key: Option<ApiKey>,
     ) -> Result<Self, TtsError> {
         let base = base_url.trim_end_matches('/');
-        if let Some(rest) = base.strip_prefix("ws://")
-            && crate::llm::openai::insecure_remote(&format!("http://{rest}"))
-        {
+        if insecure_remote(base) {
             return Err(error(format!(
                 "refusing unencrypted ws:// to a remote host ({base}): use wss"
             )));

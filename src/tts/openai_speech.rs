@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 
 use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
-use crate::flux::ApiKey;
-use crate::llm::openai::{http_client, insecure_remote};
+use crate::net::{ApiKey, http_client, insecure_remote};
 
 /// Sample rate of OpenAI's `pcm` format.
 pub const OPENAI_PCM_RATE: u32 = 24000;

@@ -1,0 +1,118 @@
+//! Shared networking: API keys, the rule against sending keys in clear, TLS setup and the HTTP
+//! client. Used by the Flux client, the LLM clients and the voices alike.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+/// An API key. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The secret itself, for building an authorization header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// The host of `url` (`scheme://[user@]host[:port]/...`), brackets of IPv6 literals removed.
+fn host_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split_once(']').map(|(host, _)| host);
+    }
+    Some(
+        authority
+            .split_once(':')
+            .map_or(authority, |(host, _)| host),
+    )
+}
+
+/// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
+pub fn is_loopback(url: &str) -> bool {
+    host_of(url).is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
+/// Whether `url` is unencrypted (`http://` or `ws://`) to a host other than this machine:
+/// a key sent there travels in clear.
+pub fn insecure_remote(url: &str) -> bool {
+    let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    matches!(scheme.as_deref(), Some("http" | "ws")) && !is_loopback(url)
+}
+
+/// Installs ring as the process's rustls crypto provider unless one is installed already.
+pub(crate) fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Another provider may already be installed by the application; that one wins.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The HTTP client every HTTP backend uses.
+pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .build()
+        .map_err(|e| format!("cannot build the http client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_parsed_not_guessed() {
+        for local in [
+            "http://localhost:11434/v1",
+            "ws://127.0.0.1:9000",
+            "http://127.8.9.10",
+            "ws://[::1]:80/x",
+            "http://user:pw@LOCALHOST/",
+        ] {
+            assert!(is_loopback(local), "{local}");
+            assert!(!insecure_remote(local), "{local}");
+        }
+        for remote in [
+            "http://127.evil.example/v1",
+            "ws://example.com",
+            "http://10.0.0.1:8080",
+            "ws://localhost.example.com",
+            "http://[2001:db8::1]:80",
+            "http://localhost@evil.example/",
+        ] {
+            assert!(insecure_remote(remote), "{remote}");
+        }
+        for encrypted in ["https://example.com", "wss://api.deepgram.com"] {
+            assert!(!insecure_remote(encrypted), "{encrypted}");
+        }
+    }
+
+    #[test]
+    fn api_key_is_redacted() {
+        let key = ApiKey::new("sk-secret");
+        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
+        assert_eq!(key.expose(), "sk-secret");
+    }
+}
