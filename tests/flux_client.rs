@@ -846,7 +846,7 @@ async fn a_server_that_goes_quiet_is_replaced_within_a_second_and_a_half() {
     while frames < 25 {
         if let Some(Ok(WireFrame::Binary(_))) = first.stream.next().await {
             frames += 1;
-            if frames % 3 == 0 {
+            if frames.is_multiple_of(3) {
                 let end = f64::from(frames) * 0.08;
                 send_json(
                     &mut first,
