@@ -90,6 +90,9 @@ pub enum SimulationError {
     /// The Flux client failed.
     #[error(transparent)]
     Flux(#[from] FluxError),
+    /// The session failed.
+    #[error(transparent)]
+    Session(#[from] crate::engine::SessionError),
     /// The emulator could not bind its port.
     #[error("cannot start the emulator: {0}")]
     Emulator(#[from] std::io::Error),

@@ -2,9 +2,11 @@
 //! where it crosses our edge. The report computes all metrics from it, so the numbers and the
 //! timeline tell the same story.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::turn::{CancelReason, ResponseId};
@@ -140,11 +142,42 @@ pub struct LogEntry {
     pub kind: LogKind,
 }
 
-/// A shared, append-only log.
-#[derive(Debug, Clone, Default)]
-pub struct EventLog(Arc<Mutex<Vec<LogEntry>>>);
+/// Entries an [`EventLog`] keeps by default: about an hour of conversation.
+pub const DEFAULT_LOG_LIMIT: usize = 16_384;
+
+/// A shared log that keeps the most recent entries (up to its limit, the oldest dropped and
+/// counted) and copies each new entry to its subscribers, so a recording can be written as
+/// the session goes without the log growing for ever.
+#[derive(Debug, Clone)]
+pub struct EventLog(Arc<Mutex<LogInner>>);
+
+#[derive(Debug)]
+struct LogInner {
+    entries: VecDeque<LogEntry>,
+    limit: usize,
+    dropped: u64,
+    subscribers: Vec<mpsc::Sender<LogEntry>>,
+    missed_by_subscribers: u64,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self::with_limit(DEFAULT_LOG_LIMIT)
+    }
+}
 
 impl EventLog {
+    /// A log keeping at most `limit` entries in memory (at least one).
+    pub fn with_limit(limit: usize) -> Self {
+        Self(Arc::new(Mutex::new(LogInner {
+            entries: VecDeque::new(),
+            limit: limit.max(1),
+            dropped: 0,
+            subscribers: Vec::new(),
+            missed_by_subscribers: 0,
+        })))
+    }
+
     /// Appends an entry stamped now.
     pub fn record(&self, kind: LogKind) {
         self.record_at(Instant::now(), kind);
@@ -152,14 +185,64 @@ impl EventLog {
 
     /// Appends an entry stamped `at`.
     pub fn record_at(&self, at: Instant, kind: LogKind) {
+        let entry = LogEntry { at, kind };
+        let mut inner = self.0.lock().expect("event log lock");
+        let mut missed = 0;
+        inner
+            .subscribers
+            .retain(|s| match s.try_send(entry.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    missed += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        inner.missed_by_subscribers += missed;
+        if inner.entries.len() == inner.limit {
+            inner.entries.pop_front();
+            inner.dropped += 1;
+        }
+        inner.entries.push_back(entry);
+    }
+
+    /// A copy of the entries kept, in order of recording.
+    pub fn entries(&self) -> Vec<LogEntry> {
         self.0
             .lock()
             .expect("event log lock")
-            .push(LogEntry { at, kind });
+            .entries
+            .iter()
+            .cloned()
+            .collect()
     }
 
-    /// A copy of every entry so far, in order of recording.
-    pub fn entries(&self) -> Vec<LogEntry> {
-        self.0.lock().expect("event log lock").clone()
+    /// Entries kept in memory now.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("event log lock").entries.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries dropped from memory because the log was full.
+    pub fn dropped(&self) -> u64 {
+        self.0.lock().expect("event log lock").dropped
+    }
+
+    /// Entries a subscriber missed because its queue was full.
+    pub fn missed_by_subscribers(&self) -> u64 {
+        self.0.lock().expect("event log lock").missed_by_subscribers
+    }
+
+    /// Every entry recorded from now on, in order, on a queue of `capacity` (a subscriber that
+    /// falls further behind misses entries, counted by
+    /// [`EventLog::missed_by_subscribers`]). Ends when the log and its clones are dropped.
+    pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<LogEntry> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.0.lock().expect("event log lock").subscribers.push(tx);
+        rx
     }
 }

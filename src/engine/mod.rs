@@ -15,5 +15,8 @@ pub mod session;
 pub mod turn;
 
 pub use playout::AudioSink;
-pub use session::{Backends, SessionConfig, SessionHandle, SessionOutcome, start_session};
+pub use session::{
+    Backends, EVENT_QUEUE, ReplyTally, SessionConfig, SessionError, SessionHandle, SessionOutcome,
+    start_session,
+};
 pub use turn::{BargeInPolicy, EngineEvent, MachineConfig, ResponseId};

@@ -189,6 +189,9 @@ fn partial(s: &Sentence) -> String {
     complete_words.trim().to_owned()
 }
 
+/// How many cleared response ids playout remembers to ignore their late commands.
+const CLEARED_KEPT: usize = 32;
+
 /// Runs playout until `cancel` fires or every command sender is gone. `written` counts the
 /// samples written to the sink so far, so producers can stay about a second ahead instead of
 /// buffering whole replies.
@@ -205,7 +208,9 @@ pub async fn run_playout(
     let mut tracks: HashMap<ResponseId, Track> = HashMap::new();
     // Commands of a cleared response can still arrive (sent just before its task saw the
     // cancellation); they must not resurrect it, or its unfinished track would block playout.
-    let mut cleared: std::collections::HashSet<ResponseId> = Default::default();
+    // A late command comes from a response cancelled moments ago, so the most recent few are
+    // enough; a long session must not keep every id it cleared.
+    let mut cleared: VecDeque<ResponseId> = VecDeque::with_capacity(CLEARED_KEPT);
     // A clear can race a response's natural end; the last few finished responses answer it.
     let mut finished: VecDeque<(ResponseId, Heard)> = VecDeque::new();
     let mut order: VecDeque<ResponseId> = VecDeque::new();
@@ -266,7 +271,10 @@ pub async fn run_playout(
                         }
                     }
                     PlayoutCommand::Clear { id, reply } => {
-                        cleared.insert(id);
+                        if cleared.len() == CLEARED_KEPT {
+                            cleared.pop_front();
+                        }
+                        cleared.push_back(id);
                         order.retain(|o| *o != id);
                         let heard = match tracks.remove(&id) {
                             Some(t) => {

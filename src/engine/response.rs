@@ -14,10 +14,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::log::{EventLog, LogKind};
 use super::playout::PlayoutCommand;
@@ -33,10 +36,15 @@ pub struct ResponseOptions {
     pub presynthesize_first_sentence: bool,
     /// Spoken when a backend fails.
     pub fallback_line: String,
-    /// Give up on the LLM when no first chunk arrives within this.
+    /// Give up on the LLM when its first chunk has not arrived this long after the request
+    /// (headers included: a server that never answers is bounded too).
     pub llm_ttft_timeout: Duration,
-    /// Give up on a sentence when no audio arrives within this.
+    /// Give up on the LLM when no chunk arrives for this long after the first.
+    pub llm_stall_timeout: Duration,
+    /// Give up on a sentence when its first audio has not arrived this long after the request.
     pub tts_ttfb_timeout: Duration,
+    /// Give up on a sentence when no audio arrives for this long after the first.
+    pub tts_stall_timeout: Duration,
     /// Most LLM rounds with tool calls in one response.
     pub max_tool_rounds: usize,
 }
@@ -47,7 +55,9 @@ impl Default for ResponseOptions {
             presynthesize_first_sentence: false,
             fallback_line: "Sorry, I'm having trouble right now. Could you say that again?".into(),
             llm_ttft_timeout: Duration::from_secs(5),
+            llm_stall_timeout: Duration::from_secs(5),
             tts_ttfb_timeout: Duration::from_secs(3),
+            tts_stall_timeout: Duration::from_secs(3),
             max_tool_rounds: 3,
         }
     }
@@ -61,6 +71,13 @@ pub enum ResponseReport {
         /// The response.
         id: ResponseId,
         /// What failed.
+        error: String,
+    },
+    /// The response's task panicked (a backend or a tool did); it is over.
+    Panicked {
+        /// The response.
+        id: ResponseId,
+        /// The panic message.
         error: String,
     },
 }
@@ -104,17 +121,39 @@ pub async fn run_response(
 ) {
     let (pieces_tx, pieces_rx) = mpsc::channel(32);
     let generator_token = token.child_token();
-    let generator = tokio::spawn(generate(
+    let on_panic = pieces_tx.clone();
+    let llm_name = ctx.llm.name().to_owned();
+    let generation = generate(
         id,
         messages,
         ctx.clone(),
         gate.clone(),
         pieces_tx,
         generator_token.clone(),
-    ));
+    );
+    let generator = tokio::spawn(
+        async move {
+            // A panicking model must not leave the turn silent: the speaker gets a failure and
+            // speaks the fallback line.
+            if let Err(panic) = AssertUnwindSafe(generation).catch_unwind().await {
+                let error = format!("{llm_name} panicked: {}", panic_message(&*panic));
+                let _ = on_panic.send(Piece::Failed(error)).await;
+            }
+        }
+        .in_current_span(),
+    );
     speak(id, &ctx, gate, pieces_rx, &token).await;
     generator_token.cancel();
     let _ = generator.await;
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".to_owned())
 }
 
 /// Logs the tokens a generator produced, however it ends.
@@ -133,16 +172,72 @@ impl Drop for TokenTally {
     }
 }
 
-/// The next item of `stream`, bounded by `limit` when given (the first token or byte).
-async fn next_within<S: futures_util::Stream + Unpin>(
-    stream: &mut S,
-    limit: Option<Duration>,
-) -> Result<Option<S::Item>, ()> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, stream.next())
+/// How long a backend may take: to its first item counted from the request, and between
+/// items after that.
+#[derive(Clone, Copy)]
+struct Limits {
+    first: Duration,
+    stall: Duration,
+}
+
+/// Why a backend stream was given up on.
+enum Late {
+    /// Nothing (not even the stream) within `first` of the request.
+    First(Duration),
+    /// No item for `stall` after an earlier one.
+    Stalled(Duration),
+}
+
+impl Late {
+    fn describe(&self, backend: &str, what: &str) -> String {
+        match self {
+            Late::First(limit) => {
+                format!("{backend}: no first {what} within {limit:?} of the request")
+            }
+            Late::Stalled(limit) => format!("{backend}: stalled, no {what} for {limit:?}"),
+        }
+    }
+}
+
+/// A backend stream whose every wait is bounded: opening and the first item share one
+/// deadline from the request, later items each get `stall`.
+struct Bounded<S> {
+    stream: S,
+    limits: Limits,
+    /// Deadline of the first item, until it arrives.
+    first_by: Option<Instant>,
+}
+
+impl<S: futures_util::Stream + Unpin> Bounded<S> {
+    /// Opens the stream with `open`, bounded by the first-item deadline.
+    async fn open<E>(
+        open: impl std::future::Future<Output = Result<S, E>>,
+        limits: Limits,
+    ) -> Result<Result<Self, E>, Late> {
+        let first_by = Instant::now() + limits.first;
+        match tokio::time::timeout_at(first_by, open).await {
+            Err(_) => Err(Late::First(limits.first)),
+            Ok(result) => Ok(result.map(|stream| Self {
+                stream,
+                limits,
+                first_by: Some(first_by),
+            })),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<S::Item>, Late> {
+        let (deadline, late) = match self.first_by {
+            Some(at) => (at, Late::First(self.limits.first)),
+            None => (
+                Instant::now() + self.limits.stall,
+                Late::Stalled(self.limits.stall),
+            ),
+        };
+        let item = tokio::time::timeout_at(deadline, self.stream.next())
             .await
-            .map_err(|_| ()),
-        None => Ok(stream.next().await),
+            .map_err(|_| late)?;
+        self.first_by = None;
+        Ok(item)
     }
 }
 
@@ -170,6 +265,7 @@ async fn generate(
     let mut splitter = SentenceSplitter::default();
     let mut sentence_index = 0;
     let tools = ctx.tools.as_ref().map(|t| t.specs()).unwrap_or_default();
+    let mut unexecuted: Vec<String> = Vec::new();
     let send = |text: String, index: &mut usize| {
         ctx.log.record(LogKind::SentenceReady {
             id,
@@ -185,15 +281,24 @@ async fn generate(
             messages: messages.clone(),
             tools: tools.clone(),
         };
+        let limits = Limits {
+            first: ctx.options.llm_ttft_timeout,
+            stall: ctx.options.llm_stall_timeout,
+        };
         let started = tokio::select! {
             biased;
             _ = token.cancelled() => return,
-            started = ctx.llm.stream(request) => started,
+            started = Bounded::open(ctx.llm.stream(request), limits) => started,
         };
         let mut stream = match started {
-            Ok(s) => s,
-            Err(e) => {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 let _ = pieces.send(Piece::Failed(e.to_string())).await;
+                return;
+            }
+            Err(late) => {
+                let error = late.describe(ctx.llm.name(), "token");
+                let _ = pieces.send(Piece::Failed(error)).await;
                 return;
             }
         };
@@ -201,19 +306,14 @@ async fn generate(
         let mut round_text = String::new();
         let mut first = true;
         loop {
-            let next = next_within(&mut stream, first.then_some(ctx.options.llm_ttft_timeout));
             let chunk = tokio::select! {
                 biased;
                 _ = token.cancelled() => return,
-                chunk = next => chunk,
+                chunk = stream.next() => chunk,
             };
             let chunk = match chunk {
-                Err(()) => {
-                    let error = format!(
-                        "{}: no first token within {:?}",
-                        ctx.llm.name(),
-                        ctx.options.llm_ttft_timeout
-                    );
+                Err(late) => {
+                    let error = late.describe(ctx.llm.name(), "token");
                     let _ = pieces.send(Piece::Failed(error)).await;
                     return;
                 }
@@ -249,7 +349,8 @@ async fn generate(
             break;
         }
         let Some(executor) = ctx.tools.clone() else {
-            warn!(%id, "model called a tool but no tools are configured");
+            unexecuted = calls.into_iter().map(|c| c.name).collect();
+            warn!(%id, tools = ?unexecuted, "model called a tool but no tools are configured");
             break;
         };
         messages.push(Message::Assistant {
@@ -281,6 +382,18 @@ async fn generate(
     }
     if let Some(rest) = splitter.finish() {
         let _ = send(rest, &mut sentence_index).await;
+    }
+    if sentence_index == 0 {
+        let error = if unexecuted.is_empty() {
+            format!("{}: the reply had no text", ctx.llm.name())
+        } else {
+            format!(
+                "{}: the reply was only a call to {} and no tools are configured",
+                ctx.llm.name(),
+                unexecuted.join(", ")
+            )
+        };
+        let _ = pieces.send(Piece::Failed(error)).await;
     }
     drop(tally);
 }
@@ -435,14 +548,19 @@ async fn synthesize(
         index,
         chars: text.chars().count(),
     });
+    let limits = Limits {
+        first: ctx.options.tts_ttfb_timeout,
+        stall: ctx.options.tts_stall_timeout,
+    };
     let started = tokio::select! {
         biased;
         _ = token.cancelled() => return Synthesis::Cancelled,
-        started = ctx.tts.synthesize(text) => started,
+        started = Bounded::open(ctx.tts.synthesize(text), limits) => started,
     };
     let mut stream = match started {
-        Ok(s) => s,
-        Err(e) => return Synthesis::Failed(e.to_string()),
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Synthesis::Failed(e.to_string()),
+        Err(late) => return Synthesis::Failed(late.describe(ctx.tts.name(), "audio")),
     };
     let sentence = PlayoutCommand::Sentence {
         id,
@@ -451,20 +569,13 @@ async fn synthesize(
     let mut pending_sentence = Some(sentence);
     let mut first = true;
     loop {
-        let next = next_within(&mut stream, first.then_some(ctx.options.tts_ttfb_timeout));
         let chunk = tokio::select! {
             biased;
             _ = token.cancelled() => return Synthesis::Cancelled,
-            chunk = next => chunk,
+            chunk = stream.next() => chunk,
         };
         let chunk = match chunk {
-            Err(()) => {
-                return Synthesis::Failed(format!(
-                    "{}: no audio within {:?}",
-                    ctx.tts.name(),
-                    ctx.options.tts_ttfb_timeout
-                ));
-            }
+            Err(late) => return Synthesis::Failed(late.describe(ctx.tts.name(), "audio")),
             Ok(None) => return Synthesis::Done,
             Ok(Some(Err(e))) => return Synthesis::Failed(e.to_string()),
             Ok(Some(Ok(chunk))) => chunk,

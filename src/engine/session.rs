@@ -12,17 +12,22 @@
 //! cancellation wins over work.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::log::{EventLog, LogKind};
-use super::playout::{AudioSink, PlayoutCommand, PlayoutEvent, run_playout};
-use super::response::{ResponseContext, ResponseOptions, ResponseReport, run_response};
+use super::playout::{AudioSink, Heard, PlayoutCommand, PlayoutEvent, run_playout};
+use super::response::{
+    ResponseContext, ResponseOptions, ResponseReport, panic_message, run_response,
+};
 use super::turn::{
     Action, CancelReason, EngineEvent, Input, MachineConfig, Outcome, ResponseId, TurnMachine,
     UserEvent,
@@ -32,12 +37,24 @@ use crate::llm::{LanguageModel, Message, ToolExecutor};
 use crate::tts::SpeechSynthesizer;
 
 /// How a session behaves.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// Speculation, barge-in policy, system prompt.
+    /// Speculation, barge-in policy, system prompt, history bounds.
     pub machine: MachineConfig,
     /// Response pipeline settings (fallback line, timeouts, pre-synthesis).
     pub response: ResponseOptions,
+    /// Entries the event log keeps in memory (see [`EventLog::subscribe`] for all of them).
+    pub log_limit: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            machine: MachineConfig::default(),
+            response: ResponseOptions::default(),
+            log_limit: super::log::DEFAULT_LOG_LIMIT,
+        }
+    }
 }
 
 /// The backends a session talks to.
@@ -61,55 +78,120 @@ impl std::fmt::Debug for Backends {
     }
 }
 
+/// Why a session ended other than by its Flux stream closing normally.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    /// The Flux stream failed (server error, reconnects exhausted).
+    #[error(transparent)]
+    Flux(#[from] FluxError),
+    /// A task of the session panicked; the session ended.
+    #[error("the session's {task} panicked: {message}")]
+    Panicked {
+        /// Which task (`driver`, `audio output`).
+        task: &'static str,
+        /// The panic message.
+        message: String,
+    },
+}
+
+/// How the session's replies went.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplyTally {
+    /// Replies that played to their end or were cut by the user.
+    pub answered: u64,
+    /// Replies that ended with a backend failure (the fallback line, if it played, included).
+    pub failed: u64,
+    /// The last failure, for the closing message of a session where nothing worked.
+    pub last_failure: Option<String>,
+}
+
 /// What a finished session leaves behind.
 #[derive(Debug, Clone)]
 pub struct SessionOutcome {
-    /// The conversation as the user heard it.
+    /// The conversation as the user heard it (the most recent
+    /// [`MachineConfig::history_limit`] messages).
     pub history: Vec<Message>,
-    /// Why the Flux stream ended, if it failed.
-    pub error: Option<FluxError>,
+    /// Why the session ended, if it failed.
+    pub error: Option<SessionError>,
+    /// How its replies went.
+    pub replies: ReplyTally,
 }
 
-/// A running session.
+/// Application events queued at most; beyond this the oldest unread are kept and new ones are
+/// dropped (and counted in the log) rather than growing without bound.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// Longest the session waits, in the background, for a cancelled reply's task to stop and for
+/// the voice to confirm a clear.
+const REAP_LIMIT: Duration = Duration::from_secs(2);
+
+/// A running session. Dropping it stops every task of the session at once;
+/// [`SessionHandle::close`] stops gracefully.
 pub struct SessionHandle {
+    stop: CancellationToken,
     cancel: CancellationToken,
-    task: JoinHandle<SessionOutcome>,
+    task: Option<JoinHandle<SessionOutcome>>,
     log: EventLog,
+    history: Arc<Mutex<Vec<Message>>>,
 }
 
 impl SessionHandle {
-    /// The session's event log (grows while the session runs).
+    /// The session's event log (grows while the session runs, up to its limit).
     pub fn log(&self) -> EventLog {
         self.log.clone()
     }
 
-    /// Waits until the Flux stream has ended and the last reply has played out. A panicked
-    /// session task is reported as an outcome with an empty history.
-    pub async fn finished(self) -> SessionOutcome {
-        self.task.await.unwrap_or_else(|_| SessionOutcome {
-            history: Vec::new(),
-            error: None,
-        })
+    /// Waits until the Flux stream has ended and the last reply has played out. A panic of
+    /// the session's own task comes back as [`SessionError::Panicked`] with the history as it
+    /// was.
+    pub async fn finished(mut self) -> SessionOutcome {
+        let Some(task) = self.task.take() else {
+            unreachable!("the task is taken only here, and finished consumes the handle")
+        };
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(e) => SessionOutcome {
+                history: self.history.lock().expect("history lock").clone(),
+                error: Some(SessionError::Panicked {
+                    task: "driver",
+                    message: if e.is_panic() {
+                        panic_message(&*e.into_panic())
+                    } else {
+                        "cancelled".to_owned()
+                    },
+                }),
+                replies: ReplyTally::default(),
+            },
+        }
     }
 
-    /// Stops now: cancels every response and the playout, then awaits them.
+    /// Stops now: cancels every response, keeps what the user heard of the reply in
+    /// progress in the history, stops playout, then awaits every task.
     pub async fn close(self) -> SessionOutcome {
-        self.cancel.cancel();
+        self.stop.cancel();
         self.finished().await
     }
 }
 
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// Starts a session on a Flux event stream. Events for the application arrive on the
-/// returned receiver (drop it if unused).
+/// returned receiver (drop it if unused); it holds at most [`EVENT_QUEUE`] unread events.
 pub fn start_session(
     config: SessionConfig,
     flux: FluxEvents,
     backends: Backends,
     sink: Box<dyn AudioSink>,
-) -> (SessionHandle, mpsc::UnboundedReceiver<EngineEvent>) {
+) -> (SessionHandle, mpsc::Receiver<EngineEvent>) {
     let cancel = CancellationToken::new();
-    let log = EventLog::default();
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let stop = cancel.child_token();
+    let log = EventLog::with_limit(config.log_limit);
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (playout_tx, playout_rx) = mpsc::channel(256);
     let (playout_events_tx, playout_events) = mpsc::unbounded_channel();
     let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -143,16 +225,30 @@ pub fn start_session(
         }),
         playout: playout_tx,
         events: events_tx,
+        events_dropped: 0,
         log: log.clone(),
         timer: None,
         cancel: cancel.clone(),
+        stop: stop.clone(),
+        reaper: JoinSet::new(),
+        replies: ReplyTally::default(),
+        history: history.clone(),
     };
     let task = tokio::spawn(
         driver
             .run(flux, playout_events, reports, playout)
             .instrument(span),
     );
-    (SessionHandle { cancel, task, log }, events_rx)
+    (
+        SessionHandle {
+            stop,
+            cancel,
+            task: Some(task),
+            log,
+            history,
+        },
+        events_rx,
+    )
 }
 
 struct ResponseTask {
@@ -166,10 +262,19 @@ struct Driver {
     responses: HashMap<ResponseId, ResponseTask>,
     ctx: Arc<ResponseContext>,
     playout: mpsc::Sender<PlayoutCommand>,
-    events: mpsc::UnboundedSender<EngineEvent>,
+    events: mpsc::Sender<EngineEvent>,
+    events_dropped: u64,
     log: EventLog,
     timer: Option<(Instant, u64)>,
+    /// Root of the session's tokens: playout and every response.
     cancel: CancellationToken,
+    /// Graceful stop: the driver cancels what plays and keeps what was heard.
+    stop: CancellationToken,
+    /// Cancelled responses being stopped (and the voice cleared) off the session loop.
+    reaper: JoinSet<()>,
+    replies: ReplyTally,
+    /// The history as of the last step, for the outcome of a panicked driver.
+    history: Arc<Mutex<Vec<Message>>>,
 }
 
 fn user_event(event: &TurnEvent) -> Option<UserEvent> {
@@ -189,10 +294,11 @@ impl Driver {
         mut flux: FluxEvents,
         mut playout_events: mpsc::UnboundedReceiver<PlayoutEvent>,
         mut reports: mpsc::UnboundedReceiver<ResponseReport>,
-        playout: JoinHandle<()>,
+        mut playout: JoinHandle<()>,
     ) -> SessionOutcome {
         let mut error = None;
         let mut flux_open = true;
+        let mut playout_alive = true;
         loop {
             if !flux_open && self.responses.is_empty() {
                 break;
@@ -209,14 +315,20 @@ impl Driver {
             };
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => break,
+                _ = self.stop.cancelled() => break,
+                ended = &mut playout => {
+                    playout_alive = false;
+                    let message = match ended {
+                        Err(e) if e.is_panic() => panic_message(&*e.into_panic()),
+                        _ => "it stopped unexpectedly".to_owned(),
+                    };
+                    warn!(%message, "audio output failed; ending the session");
+                    error = Some(SessionError::Panicked { task: "audio output", message });
+                    break;
+                }
                 Some(event) = playout_events.recv() => self.on_playout(event).await,
-                Some(report) = reports.recv() => match report {
-                    ResponseReport::FailedWhileHeld { id, error } => {
-                        self.reap(id).await;
-                        self.step(Input::Ended(id, Outcome::Failed { heard: String::new(), error })).await;
-                    }
-                },
+                Some(report) = reports.recv() => self.on_report(report).await,
+                Some(_) = self.reaper.join_next(), if !self.reaper.is_empty() => {}
                 generation = expiry => {
                     self.timer = None;
                     self.step(Input::FalseInterruptionTimeout(generation)).await;
@@ -224,20 +336,31 @@ impl Driver {
                 event = flux.recv(), if flux_open => match event {
                     Some(Ok(event)) => self.on_flux(event).await,
                     Some(Err(e)) => {
-                        info!(error = %e, "flux stream failed");
-                        error = Some(e);
+                        warn!(error = %e, "flux stream failed; the session ends");
+                        error = Some(SessionError::Flux(e));
                         flux_open = false;
                     }
                     None => flux_open = false,
                 },
             }
         }
+        // Cancels what is live while playout still runs, so the heard part stays in history.
         self.step(Input::Shutdown).await;
         self.cancel.cancel();
-        let _ = playout.await;
+        if playout_alive {
+            let _ = playout.await;
+        }
+        while self.reaper.join_next().await.is_some() {}
+        if self.events_dropped > 0 {
+            warn!(
+                dropped = self.events_dropped,
+                "application events were dropped because the receiver fell behind"
+            );
+        }
         SessionOutcome {
             history: self.machine.history().to_vec(),
             error,
+            replies: self.replies,
         }
     }
 
@@ -263,6 +386,44 @@ impl Driver {
                 transcript: info.transcript.clone(),
             })
             .await;
+        } else {
+            warn!(event = %info.event, turn = info.turn_index, "unknown turn event ignored");
+        }
+    }
+
+    async fn on_report(&mut self, report: ResponseReport) {
+        match report {
+            ResponseReport::FailedWhileHeld { id, error } => {
+                self.reap(id, None);
+                self.step(Input::Ended(
+                    id,
+                    Outcome::Failed {
+                        heard: String::new(),
+                        error,
+                    },
+                ))
+                .await;
+            }
+            ResponseReport::Panicked { id, error } => {
+                warn!(%id, %error, "response panicked");
+                self.reap(id, None);
+                let heard = self.clear_playout(id).await;
+                self.log.record(LogKind::Ended {
+                    id,
+                    generated: heard.generated,
+                    heard: heard.heard.clone(),
+                    interrupted: false,
+                    error: Some(error.clone()),
+                });
+                self.step(Input::Ended(
+                    id,
+                    Outcome::Failed {
+                        heard: heard.heard,
+                        error,
+                    },
+                ))
+                .await;
+            }
         }
     }
 
@@ -270,12 +431,10 @@ impl Driver {
         match event {
             PlayoutEvent::Started(id) => self.step(Input::AudioStarted(id)).await,
             PlayoutEvent::Sentence { id, text } => {
-                let _ = self
-                    .events
-                    .send(EngineEvent::AgentSentence { response: id, text });
+                self.emit(EngineEvent::AgentSentence { response: id, text });
             }
             PlayoutEvent::Finished { id, heard, failure } => {
-                self.reap(id).await;
+                self.reap(id, None);
                 self.log.record(LogKind::Ended {
                     id,
                     generated: heard.generated,
@@ -297,11 +456,70 @@ impl Driver {
         }
     }
 
-    /// Awaits a response's task once it has ended on its own.
-    async fn reap(&mut self, id: ResponseId) {
-        if let Some(r) = self.responses.remove(&id) {
-            r.token.cancel();
-            let _ = r.task.await;
+    /// Stops a response's task (and clears the voice when given) off the session loop, so a
+    /// backend that never confirms cannot freeze the session. Bounded by [`REAP_LIMIT`].
+    fn reap(&mut self, id: ResponseId, clear: Option<Arc<dyn SpeechSynthesizer>>) {
+        let task = self.responses.remove(&id);
+        if let Some(t) = &task {
+            t.token.cancel();
+        }
+        if task.is_none() && clear.is_none() {
+            return;
+        }
+        self.reaper.spawn(
+            async move {
+                if let Some(tts) = clear
+                    && tokio::time::timeout(REAP_LIMIT, tts.clear()).await.is_err()
+                {
+                    warn!(%id, voice = tts.name(), "the voice did not confirm the clear within {REAP_LIMIT:?}; going on");
+                }
+                if let Some(mut t) = task {
+                    match tokio::time::timeout(REAP_LIMIT, &mut t.task).await {
+                        Err(_) => {
+                            t.task.abort();
+                            warn!(%id, "the response did not stop within {REAP_LIMIT:?}; aborted");
+                        }
+                        Ok(Err(e)) if e.is_panic() => {
+                            warn!(%id, panic = %panic_message(&*e.into_panic()), "response task panicked")
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Drops a response's queued audio in playout and returns what was heard. Playout is a
+    /// local task that answers at once; a dead playout answers nothing heard.
+    async fn clear_playout(&mut self, id: ResponseId) -> Heard {
+        let (reply, heard) = oneshot::channel();
+        if self
+            .playout
+            .send(PlayoutCommand::Clear { id, reply })
+            .await
+            .is_ok()
+        {
+            heard.await.unwrap_or_default()
+        } else {
+            Heard::default()
+        }
+    }
+
+    /// Queues an application event without waiting: a slow application loses events (counted)
+    /// rather than stalling the conversation.
+    fn emit(&mut self, event: EngineEvent) {
+        match self.events.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.events_dropped += 1;
+                if self.events_dropped.is_power_of_two() {
+                    warn!(
+                        dropped = self.events_dropped,
+                        "application event queue full; events dropped"
+                    );
+                }
+            }
         }
     }
 
@@ -313,6 +531,25 @@ impl Driver {
                     inputs.push_back(next);
                 }
             }
+        }
+        let history = self.machine.history();
+        let mut snapshot = self.history.lock().expect("history lock");
+        if snapshot.len() != history.len() || snapshot.last() != history.last() {
+            snapshot.clear();
+            snapshot.extend_from_slice(history);
+        }
+    }
+
+    /// Counts a reply the machine reports ended (once per response); speculations thrown
+    /// away unheard are neither answered nor failed.
+    fn count_reply(&mut self, heard: &str, error: Option<&str>) {
+        match error {
+            Some(error) => {
+                self.replies.failed += 1;
+                self.replies.last_failure = Some(error.to_owned());
+            }
+            None if !heard.trim().is_empty() => self.replies.answered += 1,
+            None => {}
         }
     }
 
@@ -331,9 +568,16 @@ impl Driver {
                 let token = self.cancel.child_token();
                 let (gate, gate_rx) = watch::channel(!speculative);
                 let span = info_span!("response", %id, turn = self.machine.turn(), speculative);
+                let reports = self.ctx.reports.clone();
+                let response = run_response(id, messages, self.ctx.clone(), gate_rx, token.clone());
                 let task = tokio::spawn(
-                    run_response(id, messages, self.ctx.clone(), gate_rx, token.clone())
-                        .instrument(span),
+                    async move {
+                        if let Err(panic) = AssertUnwindSafe(response).catch_unwind().await {
+                            let error = format!("panicked: {}", panic_message(&*panic));
+                            let _ = reports.send(ResponseReport::Panicked { id, error });
+                        }
+                    }
+                    .instrument(span),
                 );
                 self.responses
                     .insert(id, ResponseTask { token, gate, task });
@@ -348,27 +592,14 @@ impl Driver {
             }
             Action::Cancel(id, reason) => {
                 self.log.record(LogKind::Cancelled { id, reason });
-                let task = self.responses.remove(&id);
-                if let Some(t) = &task {
+                // Inline only what the turn machine needs: the token and the playout clear
+                // with its heard text. The voice's clear and the task's end are reaped.
+                if let Some(t) = self.responses.get(&id) {
                     t.token.cancel();
                 }
-                let (reply, heard) = oneshot::channel();
-                let heard = if self
-                    .playout
-                    .send(PlayoutCommand::Clear { id, reply })
-                    .await
-                    .is_ok()
-                {
-                    heard.await.unwrap_or_default()
-                } else {
-                    Default::default()
-                };
-                if reason == CancelReason::BargeIn {
-                    self.ctx.tts.clear().await;
-                }
-                if let Some(t) = task {
-                    let _ = t.task.await;
-                }
+                let heard = self.clear_playout(id).await;
+                let clear = (reason == CancelReason::BargeIn).then(|| self.ctx.tts.clone());
+                self.reap(id, clear);
                 self.log.record(LogKind::Ended {
                     id,
                     generated: heard.generated,
@@ -401,7 +632,10 @@ impl Driver {
                 None
             }
             Action::Emit(event) => {
-                let _ = self.events.send(event);
+                if let EngineEvent::ResponseEnded { heard, error, .. } = &event {
+                    self.count_reply(heard, error.as_deref());
+                }
+                self.emit(event);
                 None
             }
         }

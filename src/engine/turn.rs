@@ -19,6 +19,8 @@
 //!   false-interruption timeout.
 //! - History holds user turns that were answered and what the agent was heard to say;
 //!   consecutive user messages (a reply cut before it made a sound) are merged.
+//! - An `EndOfTurn` that repeats the last one's words without a `StartOfTurn` between them is
+//!   ignored: it is neither a new turn nor a barge-in.
 
 use std::time::Duration;
 
@@ -57,6 +59,11 @@ pub struct MachineConfig {
     pub false_interruption_timeout: Duration,
     /// System prompt placed first in every request.
     pub system_prompt: Option<String>,
+    /// Most recent history messages sent to the model with each request (the context
+    /// window); older ones are left out, starting at a user message.
+    pub context_messages: usize,
+    /// Most history messages kept for the session's outcome; older ones are dropped.
+    pub history_limit: usize,
 }
 
 impl Default for MachineConfig {
@@ -67,6 +74,8 @@ impl Default for MachineConfig {
             barge_in: BargeInPolicy::Immediate,
             false_interruption_timeout: Duration::from_secs(2),
             system_prompt: None,
+            context_messages: 40,
+            history_limit: 400,
         }
     }
 }
@@ -320,6 +329,8 @@ pub struct TurnMachine {
     awaiting_cut: Option<ResponseId>,
     /// Work that depends on the history, waiting for `awaiting_cut` to end.
     deferred: Option<(UserEvent, String)>,
+    /// The normalized words of the last `EndOfTurn`, to recognise a repeat of it.
+    last_end: Option<String>,
 }
 
 impl TurnMachine {
@@ -342,6 +353,7 @@ impl TurnMachine {
             cancelling: Vec::new(),
             awaiting_cut: None,
             deferred: None,
+            last_end: None,
         }
     }
 
@@ -438,6 +450,18 @@ impl TurnMachine {
         let words = word_count(&transcript);
         if self.user == UserState::Idle && event == UserEvent::Update {
             return;
+        }
+        if self.user == UserState::Idle
+            && event == UserEvent::EndOfTurn
+            && self.last_end.as_deref() == Some(normalize(&transcript).as_str())
+        {
+            // The same end again without a new StartOfTurn: not a new turn, not a barge-in.
+            return;
+        }
+        match event {
+            UserEvent::EndOfTurn => self.last_end = Some(normalize(&transcript)),
+            UserEvent::StartOfTurn => self.last_end = None,
+            _ => {}
         }
         if event == UserEvent::StartOfTurn || self.user == UserState::Idle {
             self.start_turn(out);
@@ -543,15 +567,35 @@ impl TurnMachine {
     }
 
     fn request(&self, transcript: &str) -> Vec<Message> {
-        let mut messages = Vec::with_capacity(self.history.len() + 2);
+        let mut messages = self.context();
+        push_user(&mut messages, transcript);
+        messages
+    }
+
+    /// The system prompt and the most recent history within the context window, starting at
+    /// a user message (providers refuse a conversation that opens with the assistant).
+    fn context(&self) -> Vec<Message> {
+        let recent = &self.history[self
+            .history
+            .len()
+            .saturating_sub(self.config.context_messages)..];
+        let from_user = recent
+            .iter()
+            .position(|m| matches!(m, Message::User { .. }))
+            .unwrap_or(recent.len());
+        let mut messages = Vec::with_capacity(recent.len() + 2);
         if let Some(prompt) = &self.config.system_prompt {
             messages.push(Message::System {
                 content: prompt.clone(),
             });
         }
-        messages.extend(self.history.iter().cloned());
-        push_user(&mut messages, transcript);
+        messages.extend(recent[from_user..].iter().cloned());
         messages
+    }
+
+    fn trim_history(&mut self) {
+        let excess = self.history.len().saturating_sub(self.config.history_limit);
+        self.history.drain(..excess);
     }
 
     fn speculate(&mut self, transcript: String, out: &mut Vec<Action>) {
@@ -670,6 +714,7 @@ impl TurnMachine {
 
     fn commit_user(&mut self, transcript: &str) {
         push_user(&mut self.history, transcript);
+        self.trim_history();
     }
 
     fn on_ended(&mut self, id: ResponseId, outcome: Outcome, out: &mut Vec<Action>) {
@@ -710,6 +755,7 @@ impl TurnMachine {
                 interrupted,
                 tool_calls: Vec::new(),
             });
+            self.trim_history();
         }
         out.push(Action::Emit(EngineEvent::ResponseEnded {
             response: id,
@@ -719,13 +765,7 @@ impl TurnMachine {
         }));
         if let Some(live) = retry {
             let id = self.new_id();
-            let mut messages = Vec::with_capacity(self.history.len() + 1);
-            if let Some(prompt) = &self.config.system_prompt {
-                messages.push(Message::System {
-                    content: prompt.clone(),
-                });
-            }
-            messages.extend(self.history.iter().cloned());
+            let messages = self.context();
             out.push(Action::Start {
                 id,
                 messages,

@@ -43,8 +43,17 @@ impl ScriptedReply {
 pub enum Fault {
     /// The stream errors after this many text tokens.
     FailAfterTokens(usize),
-    /// No token ever arrives.
+    /// The stream exists but no token ever arrives.
     Stall,
+    /// The request is accepted and never answered: `stream` never returns (a server that
+    /// sends no headers).
+    StallBeforeStream,
+    /// `stream` returns only after this long (headers arrive late, with the first token).
+    DelayStream(Duration),
+    /// The stream stops after this many tokens without ending.
+    StallAfterTokens(usize),
+    /// The reply has no text at all, only its end.
+    Empty,
 }
 
 /// Releases tokens one by one in tests.
@@ -174,7 +183,16 @@ impl LanguageModel for ScriptedLlm {
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let fault = self.faults.lock().expect("faults lock").remove(&call);
-        let (chunks, output_tokens) = self.answer(&request);
+        match fault {
+            Some(Fault::StallBeforeStream) => std::future::pending::<()>().await,
+            Some(Fault::DelayStream(delay)) => tokio::time::sleep(delay).await,
+            _ => {}
+        }
+        let (chunks, output_tokens) = if fault == Some(Fault::Empty) {
+            (Vec::new(), 0)
+        } else {
+            self.answer(&request)
+        };
         let input_tokens = request
             .messages
             .iter()
@@ -230,6 +248,7 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<LlmChunk, LlmError>, S
     if is_token {
         match s.fault {
             Some(Fault::Stall) => std::future::pending::<()>().await,
+            Some(Fault::StallAfterTokens(n)) if s.index >= n => std::future::pending::<()>().await,
             Some(Fault::FailAfterTokens(n)) if s.index >= n => {
                 s.done = true;
                 return Some((
@@ -250,7 +269,12 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<LlmChunk, LlmError>, S
                 .expect("stepper semaphore is never closed")
                 .forget(),
             None => {
-                let wait = if s.index == 0 { s.ttft } else { s.interval };
+                let first_delayed = matches!(s.fault, Some(Fault::DelayStream(_)));
+                let wait = match s.index {
+                    0 if first_delayed => Duration::ZERO,
+                    0 => s.ttft,
+                    _ => s.interval,
+                };
                 tokio::time::sleep(wait).await;
             }
         }

@@ -18,10 +18,14 @@ use crate::scenario::TtsTiming;
 /// A scripted failure of one synthesis request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TtsFault {
-    /// No audio ever arrives.
+    /// The stream exists but no audio ever arrives.
     Stall,
     /// The request fails at once.
     Fail,
+    /// The request is never answered: `synthesize` never returns.
+    StallBeforeStream,
+    /// The audio stops after this many chunks without ending.
+    StallAfterChunks(u64),
 }
 
 /// The synthetic text-to-speech backend.
@@ -33,6 +37,7 @@ pub struct SyntheticTts {
     calls: AtomicU64,
     clears: AtomicU64,
     chunks: std::sync::Arc<AtomicU64>,
+    clear_never_confirmed: bool,
 }
 
 impl SyntheticTts {
@@ -45,7 +50,14 @@ impl SyntheticTts {
             calls: AtomicU64::new(0),
             clears: AtomicU64::new(0),
             chunks: Default::default(),
+            clear_never_confirmed: false,
         }
+    }
+
+    /// Makes `clear()` hang forever, like a provider that never confirms a clear.
+    pub fn never_confirm_clear(mut self) -> Self {
+        self.clear_never_confirmed = true;
+        self
     }
 
     /// Makes request number `call` (0-based) fail.
@@ -174,6 +186,9 @@ impl SpeechSynthesizer for SyntheticTts {
     async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let fault = self.faults.lock().expect("faults lock").remove(&call);
+        if fault == Some(TtsFault::StallBeforeStream) {
+            std::future::pending::<()>().await
+        }
         if fault == Some(TtsFault::Fail) {
             return Err(TtsError {
                 provider: "synthetic".into(),
@@ -184,6 +199,10 @@ impl SpeechSynthesizer for SyntheticTts {
         let chunk_len = u64::from(self.sample_rate / 10).max(1);
         let ttfb = Duration::from_millis(self.timing.ttfb_ms);
         let stalled = fault == Some(TtsFault::Stall);
+        let stall_after = match fault {
+            Some(TtsFault::StallAfterChunks(n)) => Some(n * chunk_len),
+            _ => None,
+        };
         let served = self.chunks.clone();
         let stream = futures_util::stream::unfold((voice, 0u64), move |(voice, start)| {
             let served = served.clone();
@@ -196,6 +215,9 @@ impl SpeechSynthesizer for SyntheticTts {
                 }
                 if start >= voice.len() {
                     return None;
+                }
+                if stall_after.is_some_and(|limit| start >= limit) {
+                    std::future::pending::<()>().await
                 }
                 served.fetch_add(1, Ordering::Relaxed);
                 let end = (start + chunk_len).min(voice.len());
@@ -216,6 +238,9 @@ impl SpeechSynthesizer for SyntheticTts {
 
     async fn clear(&self) {
         self.clears.fetch_add(1, Ordering::Relaxed);
+        if self.clear_never_confirmed {
+            std::future::pending::<()>().await
+        }
     }
 }
 

@@ -361,6 +361,69 @@ fn updates_between_turns_and_empty_turns_do_nothing() {
     assert!(m.history().is_empty());
 }
 
+#[test]
+fn a_repeated_end_of_turn_neither_cancels_nor_doubles() {
+    for policy in [BargeInPolicy::Immediate, BargeInPolicy::MinWords(2)] {
+        let mut m = machine(policy);
+        m.step(user(UserEvent::StartOfTurn, "Book it"));
+        let reply = starts(&m.step(user(UserEvent::EndOfTurn, "Book it.")))[0].0;
+        m.step(Input::AudioStarted(reply));
+        let again = m.step(user(UserEvent::EndOfTurn, "book it"));
+        assert!(again.is_empty(), "{policy:?}: {again:?}");
+        assert_eq!(m.audible(), Some(reply));
+        assert_eq!(m.history(), &[Message::user("Book it.")]);
+        // After a real new turn, the same words are a new turn.
+        m.step(Input::Ended(
+            reply,
+            Outcome::Finished {
+                spoken: "Done.".into(),
+            },
+        ));
+        m.step(user(UserEvent::StartOfTurn, "Book"));
+        let a = m.step(user(UserEvent::EndOfTurn, "Book it."));
+        assert_eq!(starts(&a).len(), 1, "{policy:?}");
+    }
+}
+
+#[test]
+fn requests_carry_a_bounded_context_starting_at_a_user_message() {
+    let mut m = TurnMachine::new(MachineConfig {
+        context_messages: 3,
+        history_limit: 5,
+        system_prompt: Some("be brief".into()),
+        ..MachineConfig::default()
+    });
+    for turn in 0..6 {
+        m.step(user(UserEvent::StartOfTurn, "q"));
+        let a = m.step(user(UserEvent::EndOfTurn, &format!("question {turn}")));
+        let Some(Action::Start { id, messages, .. }) =
+            a.iter().find(|a| matches!(a, Action::Start { .. }))
+        else {
+            panic!("{a:?}")
+        };
+        assert!(messages.len() <= 1 + 3 + 1, "{messages:?}");
+        assert_eq!(
+            messages[0],
+            Message::System {
+                content: "be brief".into()
+            }
+        );
+        assert!(matches!(messages[1], Message::User { .. }), "{messages:?}");
+        assert_eq!(
+            messages.last(),
+            Some(&Message::user(format!("question {turn}")))
+        );
+        m.step(Input::Ended(
+            *id,
+            Outcome::Finished {
+                spoken: format!("answer {turn}"),
+            },
+        ));
+        assert!(m.history().len() <= 5);
+    }
+    assert_eq!(m.history().last(), Some(&Message::assistant("answer 5")));
+}
+
 /// A model of the session driver: executes actions, reports progress, checks invariants.
 #[derive(Default)]
 struct Driver {
