@@ -7,14 +7,16 @@
 //! and holds every byte of audio; nothing reaches playout until promotion. A side-effecting
 //! tool call waits for promotion too, and is never made if the speculation is cancelled.
 //!
-//! A backend error or stall (no first token / byte in time) ends the response with a short
-//! spoken fallback line; a speculative response that fails before promotion reports it
-//! instead, so `EndOfTurn` can start a fresh one.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! Every wait on a backend is bounded: the first token (or audio) must arrive within its limit
+//! counted from the request, so a server that never sends headers is caught too, and later
+//! chunks within the stall limit. A backend error, a stall, a reply with no text (or only a
+//! tool call nobody can run) and a panicking model all end the response with a short spoken
+//! fallback line; a speculative response that fails before promotion reports it instead, so
+//! `EndOfTurn` can start a fresh one.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};

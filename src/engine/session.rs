@@ -7,9 +7,14 @@
 //!               └─ response token ── generator (LLM stream, tools)
 //!                                  └─ speaker (TTS stream, delivery to playout)
 //! ```
-//! Barge-in cancels one response token and clears its queued audio in playout; closing
-//! cancels the session token and awaits every task. All loops `select!` with `biased;` so
-//! cancellation wins over work.
+//! Barge-in cancels one response token and clears its queued audio in playout; that is all the
+//! session loop waits for. The voice's `clear()` and the end of the cancelled task are awaited
+//! by a reaper the session owns, each bounded, so a provider that never confirms cannot freeze
+//! the conversation. Closing stops the live response first (its heard part stays in the
+//! history), then cancels the session token and awaits every task; dropping the handle cancels
+//! at once. A panicking response ends with the fallback line; a panicking output ends the
+//! session with [`SessionError::Panicked`]. All loops `select!` with `biased;` so cancellation
+//! wins over work.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
