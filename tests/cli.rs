@@ -46,7 +46,7 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("speculation: 5 attempts, 4 hits, 0 misses, 3 wasted LLM tokens"),
+        stdout.contains("speculation: 5 attempts, 4 hits, 1 misses, 3 wasted LLM tokens"),
         "{stdout}"
     );
 
@@ -58,6 +58,8 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
         "index",
         "user_transcript",
         "speculation",
+        "speculation_attempts",
+        "speculation_withdrawn",
         "lead_ms",
         "response_latency_ms",
         "voice_to_voice_ms",
@@ -78,6 +80,7 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
     assert_eq!(latencies, vec![380.0, 380.0, 280.0, 400.0, 620.0]);
     assert_eq!(report["summary"]["response_latency_ms"]["p50"], 380.0);
     assert_eq!(report["summary"]["speculation"]["hits"], 4);
+    assert_eq!(report["summary"]["speculation"]["misses"], 1);
 
     let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap();
     assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));

@@ -509,8 +509,14 @@ async fn the_demo_report_is_exact_on_the_virtual_clock() {
     assert_eq!(latency, vec![380.0, 380.0, 280.0, 400.0, 620.0]);
     assert!(t[2].interrupted);
     assert_eq!(t[3].barge_in_stop_ms, Some(0.0));
-    assert_eq!(r.report.summary.speculation.attempts, 5);
-    assert_eq!(r.report.summary.speculation.wasted_llm_tokens, 3);
+    let s = r.report.summary.speculation;
+    assert_eq!((s.attempts, s.hits, s.misses), (5, 4, 1), "every attempt is one outcome");
+    assert_eq!(s.wasted_llm_tokens, 3);
+    let per_turn: Vec<(u64, u64)> = t
+        .iter()
+        .map(|t| (t.speculation_attempts, t.speculation_withdrawn))
+        .collect();
+    assert_eq!(per_turn, vec![(1, 0), (2, 1), (1, 0), (1, 0), (0, 0)]);
     assert!(
         t.iter()
             .all(|t| t.llm_ttft_ms == Some(350.0) && t.tts_ttfb_ms == Some(150.0))
