@@ -117,8 +117,12 @@ pub struct WavFormat {
 #[error("unsupported wav: {0}")]
 pub struct WavError(pub String);
 
-/// Parses a WAV header at the start of `bytes`. Returns `Ok(None)` when more bytes are needed,
-/// else the format and the offset where sample data starts.
+/// `WAVE_FORMAT_EXTENSIBLE`: the format tag is in the sub-format GUID.
+const WAVE_FORMAT_EXTENSIBLE: u16 = 0xFFFE;
+
+/// Parses a WAV header at the start of `bytes` (plain or extensible `fmt `). Returns
+/// `Ok(None)` when more bytes are needed, else the format and the offset where sample data
+/// starts.
 ///
 /// # Errors
 /// [`WavError`] for anything but RIFF/WAVE with PCM16, float32, mu-law or A-law samples.
@@ -149,15 +153,27 @@ pub fn parse_wav_header(bytes: &[u8]) -> Result<Option<(WavFormat, usize)>, WavE
                 None => Err(WavError("data chunk before fmt chunk".into())),
             };
         }
-        if bytes.len() < body + len {
+        let Some(end) = body.checked_add(len) else {
+            return Err(WavError(format!("chunk length {len} is out of range")));
+        };
+        if bytes.len() < end {
             return Ok(None);
         }
         if id == b"fmt " {
             if len < 16 {
                 return Err(WavError("fmt chunk shorter than 16 bytes".into()));
             }
-            let f = &bytes[body..body + len];
-            let tag = u16::from_le_bytes([f[0], f[1]]);
+            let f = &bytes[body..end];
+            let mut tag = u16::from_le_bytes([f[0], f[1]]);
+            if tag == WAVE_FORMAT_EXTENSIBLE {
+                // The real format is the first two bytes of the sub-format GUID.
+                if len < 40 {
+                    return Err(WavError(format!(
+                        "extensible fmt chunk of {len} bytes; it needs 40"
+                    )));
+                }
+                tag = u16::from_le_bytes([f[24], f[25]]);
+            }
             let channels = u16::from_le_bytes([f[2], f[3]]);
             let sample_rate = u32::from_le_bytes([f[4], f[5], f[6], f[7]]);
             let bits = u16::from_le_bytes([f[14], f[15]]);
@@ -178,24 +194,32 @@ pub fn parse_wav_header(bytes: &[u8]) -> Result<Option<(WavFormat, usize)>, WavE
                 channels,
             });
         }
-        pos = body + len + (len & 1);
+        pos = end + (len & 1);
     }
 }
 
-/// A 44-byte PCM16 WAV header for `samples` samples per channel.
-pub fn wav_header(sample_rate: u32, channels: u16, samples: u32) -> [u8; 44] {
-    let data_len = samples * u32::from(channels) * 2;
+/// A 44-byte PCM16 WAV header for `samples` samples per channel. Sizes beyond what the
+/// format's 32-bit fields hold (recordings of more than about 18 hours of 16 kHz stereo) are
+/// written as `0xFFFFFFFF`, which readers take as "to the end of the file".
+pub fn wav_header(sample_rate: u32, channels: u16, samples: u64) -> [u8; 44] {
+    let data_len = samples
+        .checked_mul(u64::from(channels) * 2)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| n.checked_add(36).is_some())
+        .unwrap_or(u32::MAX);
+    let riff_len = data_len.saturating_add(36);
+    let byte_rate = sample_rate.saturating_mul(u32::from(channels) * 2);
     let mut h = [0u8; 44];
     h[0..4].copy_from_slice(b"RIFF");
-    h[4..8].copy_from_slice(&(36 + data_len).to_le_bytes());
+    h[4..8].copy_from_slice(&riff_len.to_le_bytes());
     h[8..12].copy_from_slice(b"WAVE");
     h[12..16].copy_from_slice(b"fmt ");
     h[16..20].copy_from_slice(&16u32.to_le_bytes());
     h[20..22].copy_from_slice(&1u16.to_le_bytes());
     h[22..24].copy_from_slice(&channels.to_le_bytes());
     h[24..28].copy_from_slice(&sample_rate.to_le_bytes());
-    h[28..32].copy_from_slice(&(sample_rate * u32::from(channels) * 2).to_le_bytes());
-    h[32..34].copy_from_slice(&(channels * 2).to_le_bytes());
+    h[28..32].copy_from_slice(&byte_rate.to_le_bytes());
+    h[32..34].copy_from_slice(&channels.saturating_mul(2).to_le_bytes());
     h[34..36].copy_from_slice(&16u16.to_le_bytes());
     h[36..40].copy_from_slice(b"data");
     h[40..44].copy_from_slice(&data_len.to_le_bytes());
@@ -212,7 +236,7 @@ pub fn write_wav(
     channels: u16,
     interleaved: &[i16],
 ) -> std::io::Result<()> {
-    let frames = (interleaved.len() / usize::from(channels.max(1))) as u32;
+    let frames = (interleaved.len() / usize::from(channels.max(1))) as u64;
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
     file.write_all(&wav_header(sample_rate, channels, frames))?;
     for s in interleaved {
@@ -283,6 +307,56 @@ mod tests {
                 .contains("format tag 2")
         );
         assert!(parse_wav_header(b"OggS\0\0\0\0\0\0\0\0").is_err());
+    }
+
+    #[test]
+    fn extensible_headers_are_read_by_their_sub_format() {
+        let mut h = Vec::new();
+        h.extend_from_slice(b"RIFF\0\0\0\0WAVEfmt ");
+        h.extend_from_slice(&40u32.to_le_bytes());
+        h.extend_from_slice(&0xFFFEu16.to_le_bytes());
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.extend_from_slice(&16000u32.to_le_bytes());
+        h.extend_from_slice(&32000u32.to_le_bytes());
+        h.extend_from_slice(&2u16.to_le_bytes());
+        h.extend_from_slice(&16u16.to_le_bytes());
+        h.extend_from_slice(&22u16.to_le_bytes()); // cbSize
+        h.extend_from_slice(&16u16.to_le_bytes()); // valid bits
+        h.extend_from_slice(&4u32.to_le_bytes()); // channel mask
+        h.extend_from_slice(&[
+            1, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xAA, 0, 0x38, 0x9B, 0x71,
+        ]);
+        h.extend_from_slice(b"data\0\0\0\0");
+        let (format, offset) = parse_wav_header(&h).unwrap().unwrap();
+        assert_eq!(
+            (format.encoding, format.sample_rate, format.channels, offset),
+            (Encoding::Linear16, 16000, 1, h.len())
+        );
+        let short = {
+            let mut s = h.clone();
+            s[16] = 18;
+            s
+        };
+        assert!(parse_wav_header(&short).unwrap_err().0.contains("needs 40"));
+    }
+
+    #[test]
+    fn headers_of_very_long_recordings_saturate_instead_of_wrapping() {
+        let day = 16000u64 * 3600 * 24;
+        let h = wav_header(16000, 2, day);
+        assert_eq!(h[40..44], u32::MAX.to_le_bytes());
+        assert_eq!(h[4..8], u32::MAX.to_le_bytes());
+        let hour = wav_header(16000, 1, 16000 * 3600);
+        assert_eq!(
+            u32::from_le_bytes([hour[40], hour[41], hour[42], hour[43]]),
+            16000 * 3600 * 2
+        );
+        let mut huge = h.to_vec();
+        huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            parse_wav_header(&huge).is_ok(),
+            "no overflow on a huge chunk length"
+        );
     }
 
     #[test]

@@ -510,7 +510,11 @@ async fn the_demo_report_is_exact_on_the_virtual_clock() {
     assert!(t[2].interrupted);
     assert_eq!(t[3].barge_in_stop_ms, Some(0.0));
     let s = r.report.summary.speculation;
-    assert_eq!((s.attempts, s.hits, s.misses), (5, 4, 1), "every attempt is one outcome");
+    assert_eq!(
+        (s.attempts, s.hits, s.misses),
+        (5, 4, 1),
+        "every attempt is one outcome"
+    );
     assert_eq!(s.wasted_llm_tokens, 3);
     let per_turn: Vec<(u64, u64)> = t
         .iter()

@@ -94,6 +94,11 @@ const VAD_FRAME: usize = 256;
 const VAD_ONSET_FRAMES: u32 = 3;
 /// Consecutive unvoiced frames that end speech (240 ms; gaps between words are shorter).
 const VAD_HANGOVER_FRAMES: u32 = 15;
+/// Containerized audio buffered while looking for its WAV header, at most.
+const MAX_WAV_HEADER: usize = 64 * 1024;
+/// Words one voice-activity turn grows to at most (a turn of nonstop speech or noise must not
+/// grow without bound; about eight minutes of speech).
+const MAX_TURN_WORDS: usize = 1280;
 /// Words of an unscripted turn.
 const PLACEHOLDER: &str = "unscripted speech";
 
@@ -262,6 +267,14 @@ impl EmulatorSession {
             AudioFormat::AwaitingWavHeader(buffer) => {
                 buffer.extend_from_slice(bytes);
                 match parse_wav_header(buffer) {
+                    Ok(None) if buffer.len() > MAX_WAV_HEADER => {
+                        return self.fatal(
+                            "UNSUPPORTED_AUDIO",
+                            format!(
+                                "no complete wav header in the first {MAX_WAV_HEADER} bytes; send raw audio with encoding and sample_rate, or a wav file"
+                            ),
+                        );
+                    }
                     Ok(None) => return out,
                     Ok(Some((format, offset))) if format.channels == 1 => {
                         decode_into(format.encoding, &buffer[offset..], &mut self.decoded);
@@ -452,7 +465,9 @@ impl EmulatorSession {
                 } else {
                     None
                 };
-                if let Some(word) = word {
+                if let Some(word) = word
+                    && placed.words.len() < MAX_TURN_WORDS
+                {
                     placed.words.push(TimedWord {
                         word,
                         start: end - word_len,
@@ -927,6 +942,32 @@ mod tests {
         assert!(out.close);
         assert!(
             matches!(&out.messages[0], ServerMessage::Error(e) if e.code == "UNSUPPORTED_AUDIO")
+        );
+    }
+
+    #[test]
+    fn a_wav_header_that_never_ends_is_refused_not_buffered_for_ever() {
+        let mut s = EmulatorSession::new(
+            ListenOptions::containerized(),
+            scenario(r#"{"name":"w","turns":[{"say":"hi"}]}"#),
+            "r".into(),
+        );
+        let mut head = b"RIFF\0\0\0\0WAVELIST".to_vec();
+        head.extend_from_slice(&100_000_000u32.to_le_bytes());
+        assert!(s.on_audio(&head).messages.is_empty());
+        let mut refused = None;
+        for _ in 0..20 {
+            let out = s.on_audio(&[0u8; 8192]);
+            if out.close {
+                refused = Some(out);
+                break;
+            }
+        }
+        let out = refused.expect("refused within the header limit");
+        assert!(
+            matches!(&out.messages[0], ServerMessage::Error(e) if e.code == "UNSUPPORTED_AUDIO" && e.description.contains("no complete wav header")),
+            "{:?}",
+            out.messages
         );
     }
 
