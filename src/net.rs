@@ -45,6 +45,15 @@ fn host_of(url: &str) -> Option<&str> {
     )
 }
 
+/// An HTTP header value holding a secret, marked sensitive so HTTP/2 never indexes it and
+/// debug output of the request hides it. `None` when the secret has characters a header
+/// cannot carry.
+pub(crate) fn secret_header(value: &str) -> Option<reqwest::header::HeaderValue> {
+    let mut header = reqwest::header::HeaderValue::from_str(value).ok()?;
+    header.set_sensitive(true);
+    Some(header)
+}
+
 /// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
 pub fn is_loopback(url: &str) -> bool {
     host_of(url).is_some_and(|host| {
@@ -107,6 +116,14 @@ mod tests {
         for encrypted in ["https://example.com", "wss://api.deepgram.com"] {
             assert!(!insecure_remote(encrypted), "{encrypted}");
         }
+    }
+
+    #[test]
+    fn secret_headers_are_sensitive() {
+        let header = secret_header("Token dg_123").unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(format!("{header:?}"), "Sensitive");
+        assert!(secret_header("bad\nkey").is_none());
     }
 
     #[test]

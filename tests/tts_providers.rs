@@ -6,6 +6,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use turnflow::flux::ApiKey;
+use turnflow::tts::espeak::ESPEAK_RATE;
 use turnflow::tts::{Espeak, OpenAiSpeech, SpeechSynthesizer};
 
 /// Answers one request with `status` and `body` sent in the given pieces (chunked encoding).
@@ -113,4 +114,29 @@ async fn espeak_speaks_when_installed_and_says_how_to_install_it_otherwise() {
         };
         assert!(e.to_string().contains("apt-get install espeak-ng"));
     }
+}
+
+#[tokio::test]
+async fn espeak_speaks_text_that_looks_like_options() {
+    if !Espeak::available() {
+        // `.ci/run` installs espeak-ng and sets this, so CI never skips it.
+        assert!(
+            std::env::var_os("TURNFLOW_REQUIRE_ESPEAK").is_none(),
+            "espeak-ng is required here"
+        );
+        return;
+    }
+    let target = std::env::temp_dir().join(format!("turnflow-espeak-{}.wav", std::process::id()));
+    let tts = Espeak::new("en-us", 170);
+    let text = format!("-w {} --version", target.display());
+    let mut stream = tts.synthesize(&text).await.unwrap();
+    let mut samples = 0;
+    while let Some(chunk) = stream.next().await {
+        samples += chunk.unwrap().samples.len();
+    }
+    assert!(
+        samples > ESPEAK_RATE as usize / 2,
+        "the words were spoken: {samples}"
+    );
+    assert!(!target.exists(), "the text was not read as -w FILE");
 }

@@ -181,12 +181,14 @@ impl Connector for WebSocketConnector {
                     reason: e.to_string(),
                 })?;
         if let Some(key) = &request.api_key {
-            let value = format!("Token {}", key.expose()).parse().map_err(|_| {
-                ConnectError::InvalidUrl {
-                    url: request.url.clone(),
-                    reason: "the api key contains characters not allowed in an http header".into(),
-                }
-            })?;
+            let value =
+                crate::net::secret_header(&format!("Token {}", key.expose())).ok_or_else(|| {
+                    ConnectError::InvalidUrl {
+                        url: request.url.clone(),
+                        reason: "the api key contains characters not allowed in an http header"
+                            .into(),
+                    }
+                })?;
             http.headers_mut().insert("authorization", value);
         }
         match tokio_tungstenite::connect_async(http).await {

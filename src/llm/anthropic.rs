@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::openai::{Finished, check_status, decode_sse, tool_arguments};
 use super::sse::SseEvent;
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
-use crate::net::{ApiKey, http_client, insecure_remote};
+use crate::net::{ApiKey, http_client, insecure_remote, secret_header};
 
 /// The environment variable holding the key.
 pub const ANTHROPIC_API_KEY_ENV: &str = "ANTHROPIC_API_KEY";
@@ -254,10 +254,14 @@ impl LanguageModel for Anthropic {
     }
 
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
+        let key = secret_header(self.api_key.expose()).ok_or_else(|| LlmError::Provider {
+            provider: "anthropic".into(),
+            message: format!("{ANTHROPIC_API_KEY_ENV} has characters an http header cannot carry"),
+        })?;
         let response = self
             .client
             .post(format!("{}/v1/messages", self.base_url))
-            .header("x-api-key", self.api_key.expose())
+            .header("x-api-key", key)
             .header("anthropic-version", API_VERSION)
             .header("content-type", "application/json")
             .body(self.body(&request).to_string())

@@ -1,16 +1,20 @@
 //! espeak-ng as a local voice: a subprocess per sentence, offline, no key.
 //!
-//! `espeak-ng --stdout` writes a WAV stream (22050 Hz, 16-bit mono) whose header is followed by
+//! The text goes to espeak-ng on stdin (never on the command line, where a sentence starting
+//! with `-` would be an option). `espeak-ng --stdout` writes a WAV stream (22050 Hz, 16-bit mono) whose header is followed by
 //! samples as they are synthesized. The process is killed when the stream is dropped, so a
 //! barge-in stops it at once. Installed on Debian with `apt-get install espeak-ng`.
 
 use std::process::Stdio;
 
 use async_trait::async_trait;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdout, Command};
 
 use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
+
+/// Text accepted per request: well under a pipe's buffer, so writing it never blocks.
+const MAX_TEXT_BYTES: usize = 16 * 1024;
 
 /// espeak-ng's output rate.
 pub const ESPEAK_RATE: u32 = 22050;
@@ -70,16 +74,26 @@ impl SpeechSynthesizer for Espeak {
     }
 
     async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(error(format!(
+                "{} bytes of text in one request; at most {MAX_TEXT_BYTES} (one sentence at a time)",
+                text.len()
+            )));
+        }
+        // The text goes in on stdin, never as an argument: a sentence starting with "-" must be
+        // spoken, not read as an option.
         let mut child = Command::new(&self.program)
             .args([
                 "-v",
                 &self.voice,
                 "-s",
                 &self.words_per_minute.to_string(),
+                "-b",
+                "1",
+                "--stdin",
                 "--stdout",
             ])
-            .arg(text)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -89,6 +103,13 @@ impl SpeechSynthesizer for Espeak {
                     "cannot run espeak-ng ({e}); install it with apt-get install espeak-ng"
                 ))
             })?;
+        let mut stdin = child.stdin.take().ok_or_else(|| error("no stdin"))?;
+        // Fits the pipe (MAX_TEXT_BYTES), so this cannot wait on espeak reading its output.
+        stdin
+            .write_all(text.as_bytes())
+            .await
+            .map_err(|e| error(format!("writing the text: {e}")))?;
+        drop(stdin);
         let stdout = child.stdout.take().ok_or_else(|| error("no stdout"))?;
         let state = Speaking {
             _child: child,
