@@ -92,7 +92,7 @@ async fn an_hour_of_conversation_stays_within_every_limit() {
         flux.send_audio(vec![0u8; 16 * 2 * 400]).await.unwrap();
         tokio::time::sleep(chunk).await;
         sent += chunk;
-        if sent.as_millis() % 600_000 == 0 {
+        if sent.as_millis().is_multiple_of(600_000) {
             samples.push((log.len(), log.dropped(), events.len()));
         }
     }
