@@ -236,8 +236,26 @@ pub fn write_wav(
     channels: u16,
     interleaved: &[i16],
 ) -> std::io::Result<()> {
+    write_wav_to(
+        std::fs::File::create(path)?,
+        sample_rate,
+        channels,
+        interleaved,
+    )
+}
+
+/// Like [`write_wav`], into a file already open for writing.
+///
+/// # Errors
+/// I/O errors from writing the file.
+pub fn write_wav_to(
+    file: std::fs::File,
+    sample_rate: u32,
+    channels: u16,
+    interleaved: &[i16],
+) -> std::io::Result<()> {
     let frames = (interleaved.len() / usize::from(channels.max(1))) as u64;
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut file = std::io::BufWriter::new(file);
     file.write_all(&wav_header(sample_rate, channels, frames))?;
     for s in interleaved {
         file.write_all(&s.to_le_bytes())?;

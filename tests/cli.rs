@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 
 fn turnflow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_turnflow"))
@@ -402,4 +403,198 @@ fn emulate_serves_the_scenario_on_the_printed_address() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(events, vec!["StartOfTurn@0.96", "EndOfTurn@3.6"]);
+}
+
+/// A loopback HTTP server that answers every request with 401 and a provider-style error
+/// body, and remembers the request lines it saw.
+fn refusing_http_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            log.lock().unwrap().push(request_line.trim().to_owned());
+            let reply =
+                r#"{"error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn run_fails_with_one_clear_line_when_every_reply_fails_and_llm_url_reaches_every_provider() {
+    let (port, seen) = refusing_http_server();
+    let dir = temp_dir("run-fails");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (provider, key_env, path) in [
+        ("openai", "OPENAI_API_KEY", "POST /v1/chat/completions"),
+        ("anthropic", "ANTHROPIC_API_KEY", "POST /v1/v1/messages"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+            .args([
+                "run",
+                "--input",
+                "tests/fixtures/book_table_16k.wav",
+                "--output",
+                dir.join("agent.wav").to_str().unwrap(),
+                "--llm",
+                provider,
+                "--llm-model",
+                "m",
+                "--llm-url",
+                &format!("http://127.0.0.1:{port}/v1"),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env(key_env, "wrong-key")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{provider}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: every reply failed") && last.contains("401"),
+            "{provider}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("wrong-key"),
+            "the key never reaches the output"
+        );
+        assert!(
+            seen.lock().unwrap().iter().any(|l| l.starts_with(path)),
+            "{provider} went to --llm-url: {:?}",
+            seen.lock().unwrap()
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn run_checks_output_and_record_paths_before_the_session() {
+    for (flag, expected) in [
+        (
+            "--output",
+            "--output /nonexistent-turnflow-dir/agent.wav: cannot create the file",
+        ),
+        (
+            "--record",
+            "--record /nonexistent-turnflow-dir/agent.wav: cannot create the file",
+        ),
+    ] {
+        let mut args = vec![
+            "run",
+            "--input",
+            "tests/fixtures/book_table_16k.wav",
+            "--output",
+            "/tmp/turnflow-unused.wav",
+        ];
+        if flag == "--output" {
+            args[4] = "/nonexistent-turnflow-dir/agent.wav";
+        } else {
+            args.extend(["--record", "/nonexistent-turnflow-dir/agent.wav"]);
+        }
+        let out = turnflow(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).is_empty(),
+            "no conversation started"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_a_run_and_leaves_complete_files() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("run-term");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wav, record) = (dir.join("agent.wav"), dir.join("events.jsonl"));
+    // A long input: the fixture three times over.
+    let bytes = std::fs::read("tests/fixtures/book_table_16k.wav").unwrap();
+    let (_, offset) = turnflow::audio::parse_wav_header(&bytes).unwrap().unwrap();
+    let mut pcm = Vec::new();
+    for _ in 0..3 {
+        pcm.extend(
+            bytes[offset..]
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]])),
+        );
+    }
+    let input = dir.join("long.wav");
+    turnflow::audio::write_wav(&input, 16000, 1, &pcm).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            wav.to_str().unwrap(),
+            "--record",
+            record.to_str().unwrap(),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 && !line.contains("user:") {
+        line.clear();
+    }
+    assert!(line.contains("user:"), "the conversation started");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("terminated: stopping"), "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is complete json"))
+        .collect();
+    assert!(lines.iter().any(|l| l["event"] == "EndOfTurn"), "{lines:?}");
+    assert!(
+        rest.contains(&format!("wrote {} (", record.display())),
+        "{rest}"
+    );
+    let written = std::fs::read(&wav).unwrap();
+    let (format, offset) = turnflow::audio::parse_wav_header(&written)
+        .unwrap()
+        .unwrap();
+    assert_eq!(format.sample_rate, 16000);
+    assert!(written.len() > offset, "the agent's audio so far");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -81,7 +81,7 @@ pub enum FluxError {
     Closed,
     /// The API key would travel unencrypted to another machine.
     #[error(
-        "refusing to send the api key over unencrypted {url} (not this machine): use wss://, or set allow_insecure"
+        "refusing to send the api key over unencrypted {url} (not this machine): use wss://, or allow it explicitly (FluxConfig::allow_insecure)"
     )]
     InsecureTransport {
         /// The base URL refused.

@@ -191,7 +191,7 @@ impl Connector for WebSocketConnector {
                 })?;
             http.headers_mut().insert("authorization", value);
         }
-        match tokio_tungstenite::connect_async(http).await {
+        match tokio_tungstenite::connect_async(http.clone()).await {
             Ok((ws, response)) => {
                 let request_id = header(response.headers(), "dg-request-id");
                 Ok(websocket_connection(ws, request_id))
@@ -213,7 +213,17 @@ impl Connector for WebSocketConnector {
                 url: request.url.clone(),
                 reason: e.to_string(),
             }),
-            Err(e) => Err(ConnectError::Io(e.to_string())),
+            Err(e) => {
+                let host = http
+                    .uri()
+                    .authority()
+                    .map_or_else(|| request.url.clone(), ToString::to_string);
+                let reason = match e {
+                    tungstenite::Error::Io(io) => io.to_string(),
+                    other => other.to_string(),
+                };
+                Err(ConnectError::Io(format!("{host}: {reason}")))
+            }
         }
     }
 }

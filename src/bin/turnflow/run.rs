@@ -55,7 +55,8 @@ pub struct RunArgs {
     /// Model name for the LLM provider.
     #[arg(long)]
     llm_model: Option<String>,
-    /// Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:11434/v1 for Ollama).
+    /// Base URL of the LLM provider: an OpenAI-compatible server (e.g.
+    /// http://127.0.0.1:11434/v1 for Ollama) or an Anthropic-compatible endpoint.
     #[arg(long)]
     llm_url: Option<String>,
     /// Voice: `synthetic`, `aura` (Deepgram, needs DEEPGRAM_API_KEY), `openai`
@@ -202,7 +203,7 @@ fn open_input(spec: &str) -> Result<Input> {
 }
 
 enum Output {
-    File(PathBuf, RecordingSink),
+    File(PathBuf, std::fs::File, RecordingSink),
     #[cfg(feature = "audio-io")]
     Speaker(crate::audio_io::Speaker),
 }
@@ -219,7 +220,19 @@ fn open_output(spec: &str, sample_rate: u32) -> Result<Output> {
             "--output speaker needs the audio-io feature: cargo run --release --features audio-io -- run ..."
         );
     }
-    Ok(Output::File(PathBuf::from(spec), RecordingSink::new()))
+    let path = PathBuf::from(spec);
+    // Created now, so a wrong path fails before the conversation, not after it.
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("--output {}: cannot create the file", path.display()))?;
+    Ok(Output::File(path, file, RecordingSink::new()))
+}
+
+/// Creates the `--record` file now (a wrong path fails before the conversation) and returns a
+/// writer for its lines.
+fn open_record(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("--record {}: cannot create the file", path.display()))?;
+    Ok(std::io::BufWriter::new(file))
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -324,6 +337,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let input = open_input(&args.input)?;
     let output = open_output(&args.output, voice.sample_rate())?;
+    let record = args.record.as_deref().map(open_record).transpose()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -359,14 +373,19 @@ pub fn run(args: RunArgs) -> Result<()> {
             tools: None,
         };
         let sink: Box<dyn AudioSink> = match &output {
-            Output::File(_, recorder) => Box::new(recorder.clone()),
+            Output::File(_, _, recorder) => Box::new(recorder.clone()),
             #[cfg(feature = "audio-io")]
             Output::Speaker(speaker) => Box::new(speaker.sink()),
         };
         let output_rate = backends.tts.sample_rate();
         let (handle, mut engine_events) = start_session(session, events, backends, sink);
-        let log = handle.log();
         let start = Instant::now();
+        // The event log is written as the session goes: an interrupted run leaves every line
+        // up to the interruption.
+        let recorder = record.map(|file| {
+            let entries = handle.log().subscribe(4096);
+            tokio::task::spawn_blocking(move || write_record(file, entries, start))
+        });
         let (speaking_tx, speaking) = tokio::sync::watch::channel(false);
         let printer = tokio::spawn(async move {
             while let Some(event) = engine_events.recv().await {
@@ -382,21 +401,27 @@ pub fn run(args: RunArgs) -> Result<()> {
                 print_live(&event);
             }
         });
-        stream_input(input, flux.sender(), speaking).await;
+        tokio::select! {
+            _ = stream_input(input, flux.sender(), speaking) => {}
+            signal = shutdown_signal() => eprintln!("{signal}: stopping; the files are being completed"),
+        }
         flux.close().await?;
         let outcome = handle.finished().await;
         let _ = printer.await;
-        if let Some(error) = outcome.error {
-            eprintln!("flux: {error}");
-        }
         if let Some(server) = emulator {
             server.shutdown().await;
         }
-        match &output {
-            Output::File(path, recorder) => {
+        if let Some(writer) = recorder {
+            let lines = writer.await.context("the event log writer stopped")??;
+            if let Some(path) = &args.record {
+                println!("wrote {} ({lines} events)", path.display());
+            }
+        }
+        match output {
+            Output::File(path, file, recorder) => {
                 let pcm = place_frames(&recorder.take(), start, output_rate);
-                turnflow::audio::write_wav(path, output_rate, 1, &pcm)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                turnflow::audio::write_wav_to(file, output_rate, 1, &pcm)
+                    .with_context(|| format!("--output {}: cannot write", path.display()))?;
                 println!(
                     "wrote {} ({:.1} s of agent audio timeline)",
                     path.display(),
@@ -406,12 +431,42 @@ pub fn run(args: RunArgs) -> Result<()> {
             #[cfg(feature = "audio-io")]
             Output::Speaker(_) => {}
         }
-        if let Some(path) = &args.record {
-            write_record(path, &log.entries(), start)?;
-            println!("wrote {}", path.display());
+        if let Some(error) = outcome.error {
+            bail!("the session failed: {error}");
+        }
+        if outcome.replies.answered == 0 && outcome.replies.failed > 0 {
+            bail!(
+                "every reply failed ({} of them); the last: {}",
+                outcome.replies.failed,
+                outcome.replies.last_failure.unwrap_or_default()
+            );
         }
         Ok(())
     })
+}
+
+/// Ctrl-C, or SIGTERM where there is one: the run stops taking input and finishes cleanly.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return "interrupted";
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted"
+    }
 }
 
 fn voice_backend(
@@ -499,9 +554,10 @@ fn language_model(
             let key = key_from(ANTHROPIC_API_KEY_ENV).with_context(|| {
                 format!("{ANTHROPIC_API_KEY_ENV} is not set: --llm anthropic needs an API key")
             })?;
-            let base = config
-                .base_url
+            let base = args
+                .llm_url
                 .clone()
+                .or(config.base_url.clone())
                 .unwrap_or_else(|| ANTHROPIC_BASE_URL.into());
             let model =
                 model.context("--llm anthropic needs a model: --llm-model NAME or [llm] model")?;
@@ -581,25 +637,26 @@ struct RecordLine<'a> {
     kind: &'a turnflow::engine::log::LogKind,
 }
 
+/// Writes each entry as one JSON line as it arrives, flushing after each, until the log
+/// closes. Returns the number of lines.
 fn write_record(
-    path: &Path,
-    entries: &[turnflow::engine::log::LogEntry],
+    mut file: std::io::BufWriter<std::fs::File>,
+    mut entries: tokio::sync::mpsc::Receiver<turnflow::engine::log::LogEntry>,
     start: Instant,
-) -> Result<()> {
+) -> Result<u64> {
     use std::io::Write;
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-    );
-    for e in entries {
+    let mut lines = 0;
+    while let Some(e) = entries.blocking_recv() {
         let line = RecordLine {
             t_ms: e.at.saturating_duration_since(start).as_secs_f64() * 1000.0,
             kind: &e.kind,
         };
         serde_json::to_writer(&mut file, &line)?;
         file.write_all(b"\n")?;
+        file.flush()?;
+        lines += 1;
     }
-    file.flush()?;
-    Ok(())
+    Ok(lines)
 }
 
 #[cfg(test)]
