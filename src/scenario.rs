@@ -154,6 +154,9 @@ pub struct Scenario {
     pub listen: Option<Thresholds>,
     /// The user turns, in order.
     pub turns: Vec<UserTurn>,
+    /// Faults the emulator injects (see [`crate::emulator::faults`]).
+    #[serde(default)]
+    pub faults: Vec<crate::emulator::FaultSpec>,
 }
 
 /// A word of a user turn with its timing relative to the turn's start, in seconds.
@@ -280,6 +283,11 @@ impl Scenario {
             };
             if let Err(e) = options.validate() {
                 return Err(err(format!("listen.{}", e.parameter), &e.to_string()));
+            }
+        }
+        for (i, fault) in self.faults.iter().enumerate() {
+            if let Err((field, reason)) = fault.check() {
+                return Err(err(format!("faults[{i}].{field}"), &reason));
             }
         }
         if !(60.0..=400.0).contains(&self.tts.words_per_minute) {

@@ -5,9 +5,12 @@
 //!
 //! - [`session`]: one connection's behaviour, pure (audio and messages in, messages out).
 //! - [`server`]: handshake rules, the WebSocket server and the in-memory connector.
+//! - [`faults`]: stalls, drops, closes, refusals, clock jumps and duplicates on demand.
 
+pub mod faults;
 pub mod server;
 pub mod session;
 
+pub use faults::{FaultKind, FaultSpec};
 pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};
 pub use session::{EmulatorSession, TurnDetection};

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::faults::{ConnectionFaults, Ending, FaultSpec, refusal};
 use super::session::{EmulatorSession, TurnDetection};
 use crate::flux::options::ListenOptions;
 use crate::flux::transport::{
@@ -37,16 +39,19 @@ pub struct EmulatorConfig {
     pub idle_timeout: Duration,
     /// Scripted timing or voice activity detection.
     pub turn_detection: TurnDetection,
+    /// Faults to inject (the scenario's `faults`, plus any added).
+    pub faults: Vec<FaultSpec>,
 }
 
 impl EmulatorConfig {
     /// A configuration playing `scenario`, without authentication.
     pub fn new(scenario: Arc<Scenario>) -> Self {
         Self {
-            scenario,
             api_key: None,
             idle_timeout: Duration::from_secs(60),
             turn_detection: TurnDetection::Script,
+            faults: scenario.faults.clone(),
+            scenario,
         }
     }
 }
@@ -136,11 +141,30 @@ pub fn admit(
     })
 }
 
+/// A `refuse` fault turns an accepted upgrade into the refusal it names.
+fn refuse_by_fault(
+    admission: Admission,
+    config: &EmulatorConfig,
+    connection: u32,
+    request_id: &str,
+) -> Result<Admission, Rejection> {
+    match refusal(&config.faults, connection) {
+        Some(status) => Err(reject(
+            status,
+            "EMULATED_FAULT",
+            format!("connection {connection} refused by an emulated fault"),
+            request_id,
+        )),
+        None => Ok(admission),
+    }
+}
+
 /// Drives one session over `connection` until either side closes, `cancel` fires, or the
 /// connection is idle for `config.idle_timeout`.
 pub async fn run_connection(
     mut connection: Connection,
     mut session: EmulatorSession,
+    faults: ConnectionFaults,
     idle_timeout: Duration,
     cancel: CancellationToken,
 ) {
@@ -187,7 +211,9 @@ pub async fn run_connection(
                 return;
             }
         };
-        for message in output.messages {
+        let close = output.close;
+        let (messages, ending) = faults.apply(session.audio_time(), output);
+        for message in messages {
             if connection
                 .sink
                 .send(WireFrame::Text(message.to_json()))
@@ -197,7 +223,22 @@ pub async fn run_connection(
                 return;
             }
         }
-        if output.close {
+        match ending {
+            Some(Ending::Drop) => {
+                info!("emulated fault: dropping the connection");
+                return;
+            }
+            Some(Ending::Close(code, reason)) => {
+                info!(code, %reason, "emulated fault: closing the connection");
+                let _ = connection
+                    .sink
+                    .send(WireFrame::Close(Some((code, reason))))
+                    .await;
+                return;
+            }
+            None => {}
+        }
+        if close {
             let _ = connection.sink.send(WireFrame::Close(None)).await;
             return;
         }
@@ -255,6 +296,7 @@ async fn accept_loop(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let mut connections = 0u32;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -265,9 +307,11 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let config = config.clone();
                 let cancel = cancel.child_token();
+                let connection = connections;
+                connections = connections.saturating_add(1);
                 tasks.spawn(async move {
                     let _ = stream.set_nodelay(true);
-                    serve_socket(stream, peer, config, cancel).await;
+                    serve_socket(stream, peer, connection, config, cancel).await;
                 });
             }
             Err(e) => {
@@ -282,6 +326,7 @@ async fn accept_loop(
 async fn serve_socket(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    connection: u32,
     config: Arc<EmulatorConfig>,
     cancel: CancellationToken,
 ) {
@@ -301,7 +346,9 @@ async fn serve_socket(
             header("sec-websocket-protocol"),
             &config,
             &request_id,
-        ) {
+        )
+        .and_then(|admission| refuse_by_fault(admission, &config, connection, &request_id))
+        {
             Ok(admission) => {
                 response
                     .headers_mut()
@@ -345,6 +392,7 @@ async fn serve_socket(
     run_connection(
         websocket_connection(ws, None),
         session,
+        ConnectionFaults::for_connection(&config.faults, connection),
         config.idle_timeout,
         cancel,
     )
@@ -357,6 +405,7 @@ async fn serve_socket(
 #[derive(Clone)]
 pub struct MemoryEmulator {
     config: Arc<EmulatorConfig>,
+    connections: Arc<AtomicU32>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -366,6 +415,7 @@ impl MemoryEmulator {
     pub fn new(config: EmulatorConfig) -> Self {
         Self {
             config: Arc::new(config),
+            connections: Arc::new(AtomicU32::new(0)),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -392,6 +442,7 @@ impl Connector for MemoryEmulator {
             .api_key
             .as_ref()
             .map(|k| format!("Token {}", k.expose()));
+        let connection = self.connections.fetch_add(1, Ordering::Relaxed);
         let admission = admit(
             target,
             authorization.as_deref(),
@@ -399,6 +450,7 @@ impl Connector for MemoryEmulator {
             &self.config,
             &request_id,
         )
+        .and_then(|admission| refuse_by_fault(admission, &self.config, connection, &request_id))
         .map_err(|r| ConnectError::Handshake {
             status: r.status,
             dg_error: Some(r.dg_error),
@@ -417,6 +469,7 @@ impl Connector for MemoryEmulator {
             run_connection(
                 server,
                 session,
+                ConnectionFaults::for_connection(&self.config.faults, connection),
                 self.config.idle_timeout,
                 self.cancel.child_token(),
             )

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
+use turnflow::emulator::{EmulatorConfig, EmulatorServer, FaultSpec, TurnDetection};
 use turnflow::engine::{BargeInPolicy, EngineEvent};
 use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::report::{Report, Stats};
@@ -143,6 +143,10 @@ struct EmulateArgs {
     /// (16 kHz; transcripts come from the scenario's user lines).
     #[arg(long, value_enum, default_value = "script")]
     turns: Turns,
+    /// Inject a fault, repeatable: KIND[=ARG][@MS][/CONNECTION] with KIND one of stall, drop,
+    /// close=CODE, refuse=STATUS, clock_jump=MS, duplicate (docs/scenarios.md, "Faults").
+    #[arg(long = "fault", value_parser = FaultSpec::parse)]
+    faults: Vec<FaultSpec>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -360,13 +364,19 @@ fn emulate(args: EmulateArgs) -> Result<()> {
             Turns::Script => TurnDetection::Script,
             Turns::Vad => TurnDetection::Vad,
         };
+        config.faults.extend(args.faults);
+        let faults = config.faults.len();
         let server = EmulatorServer::bind(args.listen, config)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         println!(
-            "flux emulator playing {:?} on {}/v2/listen (Ctrl-C to stop)",
+            "flux emulator playing {:?} on {}/v2/listen{} (Ctrl-C to stop)",
             scenario.name,
-            server.base_url()
+            server.base_url(),
+            match faults {
+                0 => String::new(),
+                n => format!(" with {n} fault(s)"),
+            }
         );
         if tokio::signal::ctrl_c().await.is_err() {
             bail!("cannot wait for Ctrl-C");
