@@ -54,6 +54,40 @@ pub(crate) fn secret_header(value: &str) -> Option<reqwest::header::HeaderValue>
     Some(header)
 }
 
+/// One readable line for a failed HTTP exchange: the host, what failed and every cause
+/// (reqwest's own message alone is "error sending request"). The path and query are left out.
+pub(crate) fn describe_http_error(error: &reqwest::Error) -> String {
+    let host = error.url().and_then(|u| {
+        let host = u.host_str()?;
+        Some(match u.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        })
+    });
+    let mut line = match host {
+        Some(host) => format!("{host}: "),
+        None => String::new(),
+    };
+    let mut top = error.to_string();
+    if let Some(url) = error.url() {
+        top = top
+            .replace(&format!(" for url ({url})"), "")
+            .replace(&format!(" ({url})"), "")
+            .replace(url.as_str(), "");
+    }
+    line.push_str(top.trim());
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 /// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
 pub fn is_loopback(url: &str) -> bool {
     host_of(url).is_some_and(|host| {
@@ -116,6 +150,28 @@ mod tests {
         for encrypted in ["https://example.com", "wss://api.deepgram.com"] {
             assert!(!insecure_remote(encrypted), "{encrypted}");
         }
+    }
+
+    #[tokio::test]
+    async fn http_errors_name_the_host_and_every_cause() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let client = http_client(Duration::from_secs(1)).unwrap();
+        let error = client
+            .get(format!("http://127.0.0.1:{port}/v1/secret-path?q=1"))
+            .send()
+            .await
+            .unwrap_err();
+        let line = describe_http_error(&error);
+        assert!(line.starts_with(&format!("127.0.0.1:{port}: ")), "{line}");
+        assert!(line.to_lowercase().contains("refused"), "the cause: {line}");
+        assert!(!line.contains("secret-path"), "{line}");
+        assert!(
+            !line.contains('\n') && !line.contains("{ "),
+            "one readable line: {line}"
+        );
     }
 
     #[test]

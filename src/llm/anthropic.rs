@@ -269,7 +269,7 @@ impl LanguageModel for Anthropic {
             .await
             .map_err(|e| LlmError::Provider {
                 provider: "anthropic".into(),
-                message: format!("request failed: {}", e.without_url()),
+                message: crate::net::describe_http_error(&e),
             })?;
         let response = check_status(response, "anthropic", ANTHROPIC_API_KEY_ENV).await?;
         Ok(decode_sse(

@@ -329,7 +329,7 @@ impl LanguageModel for OpenAiCompatible {
         let provider = self.name().to_owned();
         let response = http.send().await.map_err(|e| LlmError::Provider {
             provider: provider.clone(),
-            message: format!("request failed: {}", e.without_url()),
+            message: crate::net::describe_http_error(&e),
         })?;
         let response = check_status(response, &provider, &self.key_env).await?;
         Ok(decode_sse(
@@ -399,7 +399,7 @@ where
                     Some(Err(e)) => {
                         s.queue.push_back(Err(stream_error(format!(
                             "connection failed: {}",
-                            e.without_url()
+                            crate::net::describe_http_error(&e)
                         ))));
                         s.done = true;
                     }

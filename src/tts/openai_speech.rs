@@ -89,7 +89,7 @@ impl SpeechSynthesizer for OpenAiSpeech {
         let response = request
             .send()
             .await
-            .map_err(|e| error(format!("request failed: {}", e.without_url())))?;
+            .map_err(|e| error(crate::net::describe_http_error(&e)))?;
         let status = response.status().as_u16();
         if status != 200 {
             let detail: String = response
@@ -116,7 +116,7 @@ impl SpeechSynthesizer for OpenAiSpeech {
                             return Some((
                                 Err(error(format!(
                                     "audio stream broke off: {}",
-                                    e.without_url()
+                                    crate::net::describe_http_error(&e)
                                 ))),
                                 (body, None),
                             ));
