@@ -598,3 +598,57 @@ fn sigterm_stops_a_run_and_leaves_complete_files() {
     assert!(written.len() > offset, "the agent's audio so far");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn run_exits_non_zero_when_flux_keeps_failing_and_emulate_injects_the_fault() {
+    use std::io::{BufRead, BufReader};
+    let mut emulator = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--fault",
+            "close=1011@1000/all",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(emulator.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("with 1 fault(s)"), "{line}");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap()
+        .trim_end_matches("/v2/listen")
+        .to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "run",
+            "--input",
+            "tests/fixtures/book_table_16k.wav",
+            "--output",
+            "/tmp/turnflow-flux-fails.wav",
+            "--stt",
+            "flux",
+            "--flux-url",
+            &url,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DEEPGRAM_API_KEY", "dg-test-key")
+        .output()
+        .unwrap();
+    emulator.kill().unwrap();
+    let _ = emulator.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: the session failed: connection lost (server closed the connection (1011 emulated fault))"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("dg-test-key"));
+}
