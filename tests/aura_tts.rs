@@ -31,6 +31,8 @@ enum Mode {
     RateLimited,
     /// Close the socket after each Flushed.
     DropAfterEach,
+    /// Like Slow, but never answer Clear.
+    NeverClears,
 }
 
 #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
@@ -87,7 +89,7 @@ async fn aura_server(mode: Mode) -> (String, Arc<Mutex<Log>>) {
                                         let _ = frames_tx.send(Message::Close(Some(CloseFrame { code: 1008.into(), reason: "DATA-0001".into() })));
                                         continue;
                                     }
-                                    let (count, pause) = if mode == Mode::Slow { (20, 10) } else { (4, 0) };
+                                    let (count, pause) = if matches!(mode, Mode::Slow | Mode::NeverClears) { (20, 10) } else { (4, 0) };
                                     let frames_tx = frames_tx.clone();
                                     let seq = sequence;
                                     sequence += 1;
@@ -109,6 +111,7 @@ async fn aura_server(mode: Mode) -> (String, Arc<Mutex<Log>>) {
                                         }
                                     });
                                 }
+                                "Clear" if mode == Mode::NeverClears => {}
                                 "Clear" => {
                                     let mut stop = cleared.lock().unwrap();
                                     *stop = true;
@@ -209,4 +212,26 @@ async fn rate_limit_close_is_an_error_that_says_so() {
         again.contains("backing off"),
         "no new request during the back-off: {again}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_never_confirms_a_clear_is_replaced_not_waited_for() {
+    let (url, log) = aura_server(Mode::NeverClears).await;
+    let tts = AuraTts::new(&url, "aura-2-thalia-en", 16000, None).unwrap();
+    let mut stream = tts
+        .synthesize("A long sentence that will be cut.")
+        .await
+        .unwrap();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    let started = tokio::time::Instant::now();
+    tts.clear().await;
+    assert!(started.elapsed() <= turnflow::tts::aura::CLEAR_TIMEOUT + Duration::from_millis(50));
+    let next = speak(&tts, "Next one.").await.unwrap();
+    assert!(!next.is_empty());
+    assert!(
+        next.iter().all(|s| *s == 1000),
+        "a fresh socket: its first sentence, nothing of the cut one"
+    );
+    assert_eq!(log.lock().unwrap().connections, 2);
 }

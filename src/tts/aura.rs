@@ -48,6 +48,9 @@ struct Link {
 
 /// How long to stay away after Aura's character rate limit closed the connection.
 pub const RATE_LIMIT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a `Clear` may wait for `Cleared` before the socket is replaced instead: a server
+/// that never confirms must not hold up the next reply.
+pub const CLEAR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn error(message: impl Into<String>) -> TtsError {
     TtsError {
@@ -139,19 +142,26 @@ impl AuraTts {
             link.connection = None;
             return;
         }
-        loop {
-            match connection.stream.next().await {
-                Some(Ok(WireFrame::Text(text)))
-                    if message_type(&text).as_deref() == Some("Cleared") =>
-                {
-                    break;
+        let cleared = tokio::time::timeout(CLEAR_TIMEOUT, async {
+            loop {
+                match connection.stream.next().await {
+                    Some(Ok(WireFrame::Text(text)))
+                        if message_type(&text).as_deref() == Some("Cleared") =>
+                    {
+                        return true;
+                    }
+                    Some(Ok(WireFrame::Close(_))) | None | Some(Err(_)) => return false,
+                    Some(Ok(_)) => {}
                 }
-                Some(Ok(WireFrame::Close(_))) | None | Some(Err(_)) => {
-                    link.connection = None;
-                    break;
-                }
-                Some(Ok(_)) => {}
             }
+        })
+        .await;
+        if cleared != Ok(true) {
+            if cleared.is_err() {
+                warn!("aura sent no Cleared within {CLEAR_TIMEOUT:?}; opening a fresh socket");
+            }
+            // Whatever the old socket still holds belongs to the cut sentence.
+            link.connection = None;
         }
         link.dirty = false;
     }
