@@ -91,7 +91,10 @@ async fn main() -> anyhow::Result<()> {
             match event {
                 EngineEvent::UserFinished { transcript, .. } => println!("user:  {transcript}"),
                 EngineEvent::ResponseEnded { heard, error, .. } => {
-                    println!("agent: {heard} {}", error.unwrap_or_default())
+                    println!(
+                        "agent: {heard} {}",
+                        error.map(|e| e.to_string()).unwrap_or_default()
+                    )
                 }
                 _ => {}
             }

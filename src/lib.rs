@@ -61,6 +61,7 @@
 //! | [`sim`] | the simulated conversation behind `turnflow simulate`: emulator + client + engine + user |
 //! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
 //! | [`text`] | transcript normalization shared by engine and backends |
+//! | [`error`] | the typed error of a language model or voice: kind, HTTP status, whether to retry |
 //! | [`net`] | API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client |
 //!
 //! Data flows one way: audio in -> [`flux`] client -> [`engine`] turn machine -> response (LLM ->
@@ -71,6 +72,7 @@
 pub mod audio;
 pub mod emulator;
 pub mod engine;
+pub mod error;
 pub mod flux;
 pub mod llm;
 pub mod net;

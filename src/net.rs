@@ -88,6 +88,33 @@ pub(crate) fn describe_http_error(error: &reqwest::Error) -> String {
     line
 }
 
+/// A [`BackendError`](crate::error::BackendError) for a request that got no HTTP answer:
+/// a timeout, a connection that could not be made, or a body that broke off.
+pub(crate) fn http_error(provider: &str, error: &reqwest::Error) -> crate::error::BackendError {
+    use crate::error::ErrorKind;
+    let kind = if error.is_timeout() {
+        ErrorKind::Timeout
+    } else if error.is_body() || error.is_decode() {
+        ErrorKind::StreamBroken
+    } else {
+        ErrorKind::Network
+    };
+    crate::error::BackendError::new(provider, kind, describe_http_error(error))
+}
+
+/// The `retry-after` header in seconds (the HTTP-date form is ignored).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
 /// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
 pub fn is_loopback(url: &str) -> bool {
     host_of(url).is_some_and(|host| {

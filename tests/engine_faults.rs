@@ -13,6 +13,7 @@ use turnflow::engine::{
     AudioSink, Backends, EVENT_QUEUE, EngineEvent, SessionConfig, SessionError, SessionOutcome,
     start_session,
 };
+use turnflow::error::{BackendError, ErrorKind};
 use turnflow::flux::{FluxConfig, FluxHandle, ListenOptions, connect};
 use turnflow::llm::scripted::Fault;
 use turnflow::llm::{
@@ -53,8 +54,14 @@ fn scripted() -> ScriptedLlm {
     ScriptedLlm::from_scenario(&two_turns())
 }
 
-/// The first reply's failure, the first reply as heard, and the second as heard.
+/// The first reply's failure (as text), the first reply as heard, and the second as heard.
 fn first_failure(r: &SimulationResult) -> (String, String, String) {
+    let (error, first, second) = first_error(r);
+    (error.to_string(), first, second)
+}
+
+/// Like [`first_failure`], with the typed error.
+fn first_error(r: &SimulationResult) -> (BackendError, String, String) {
     let error = r
         .events
         .iter()
@@ -77,9 +84,13 @@ async fn an_llm_that_never_answers_the_request_gets_the_fallback_at_the_ttft_lim
         voice(),
     )
     .await;
-    let (error, first, second) = first_failure(&r);
+    let (error, first, second) = first_error(&r);
+    assert_eq!(error.kind, ErrorKind::Timeout);
+    assert!(error.is_retryable());
     assert!(
-        error.contains("no first token within 5s of the request"),
+        error
+            .message
+            .contains("no first token within 5s of the request"),
         "{error}"
     );
     assert_eq!(first, FALLBACK);
@@ -160,8 +171,9 @@ async fn a_voice_that_never_answers_or_stalls_mid_sentence_gets_the_fallback() {
 #[tokio::test(start_paused = true)]
 async fn an_empty_reply_speaks_the_fallback_and_says_why() {
     let r = simulate_with(Arc::new(scripted().fail_call(0, Fault::Empty)), voice()).await;
-    let (error, first, second) = first_failure(&r);
-    assert_eq!(error, "scripted: the reply had no text");
+    let (error, first, second) = first_error(&r);
+    assert_eq!(error.to_string(), "scripted: the reply had no text");
+    assert_eq!(error.kind, ErrorKind::EmptyReply);
     assert_eq!(
         (first.as_str(), second.as_str()),
         (FALLBACK, "You're welcome.")
@@ -216,9 +228,11 @@ async fn a_panicking_model_gets_the_fallback_and_the_session_goes_on() {
         calls: AtomicU64::new(0),
     };
     let r = simulate_with(Arc::new(llm), voice()).await;
-    let (error, first, second) = first_failure(&r);
+    let (error, first, second) = first_error(&r);
+    assert_eq!(error.kind, ErrorKind::Panicked);
+    assert_eq!(error.provider, "panicky");
     assert!(
-        error.contains("panicky panicked: index out of bounds"),
+        error.message.contains("panicked: index out of bounds"),
         "{error}"
     );
     assert_eq!(

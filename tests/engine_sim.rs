@@ -372,7 +372,10 @@ async fn a_stalled_tts_times_out_into_the_fallback() {
             _ => None,
         })
         .expect("the first reply failed");
-    assert!(error.contains("no first audio within 3s"), "{error}");
+    assert!(
+        error.message.contains("no first audio within 3s"),
+        "{error}"
+    );
     let first = &r.report.turns[0];
     assert_eq!(
         first.assistant_heard,

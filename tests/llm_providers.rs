@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use turnflow::error::ErrorKind;
 use turnflow::flux::ApiKey;
 use turnflow::llm::{
     LanguageModel, LlmChunk, LlmError, LlmRequest, Message, OpenAiCompatible, ToolCall, ToolEffect,
@@ -285,16 +286,16 @@ async fn openai_broken_streams_end_with_a_typed_error() {
     cut.cut = true;
     let malformed = sse(&[TEXT[1], "data: {\"choices\": [oops"]);
     let unterminated = sse(&TEXT[..3]);
-    for (reply, needle) in [
-        (cut, "connection failed"),
-        (malformed, "malformed chunk"),
-        (unterminated, "truncated"),
+    for (reply, needle, kind) in [
+        (cut, "connection failed", ErrorKind::StreamBroken),
+        (malformed, "malformed chunk", ErrorKind::StreamBroken),
+        (unterminated, "truncated", ErrorKind::StreamBroken),
     ] {
         let (base, _) = serve(vec![reply]).await;
         let chunks = collect(&openai(&base), request("hi")).await;
         let last = chunks.last().unwrap();
         assert!(
-            matches!(last, Err(LlmError::Stream { message, .. }) if message.contains(needle)),
+            matches!(last, Err(e) if e.message.contains(needle) && e.kind == kind && e.is_retryable()),
             "{needle}: {chunks:?}"
         );
         assert_eq!(
@@ -392,7 +393,7 @@ async fn anthropic_error_event_mid_stream_is_a_typed_error() {
         turnflow::llm::Anthropic::new(base.trim_end_matches("/v1"), "c", ApiKey::new("k")).unwrap();
     let chunks = collect(&model, request("hi")).await;
     assert!(
-        matches!(chunks.last(), Some(Err(LlmError::Stream { message, .. })) if message.contains("Overloaded"))
+        matches!(chunks.last(), Some(Err(e)) if e.message.contains("Overloaded") && e.kind == ErrorKind::Server)
     );
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::turn::{CancelReason, ResponseId};
+use crate::error::BackendError;
 use crate::flux::TurnEvent;
 
 /// What happened.
@@ -125,7 +126,7 @@ pub enum LogKind {
         /// Cut by the user.
         interrupted: bool,
         /// Backend failure, if any.
-        error: Option<String>,
+        error: Option<BackendError>,
     },
 }
 

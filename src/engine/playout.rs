@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::log::{EventLog, LogKind};
 use super::turn::ResponseId;
+use crate::error::BackendError;
 use crate::tts::WordTiming;
 
 /// Where agent audio goes: a speaker, a file, a telephony leg.
@@ -46,7 +47,7 @@ pub enum PlayoutCommand {
         /// The response.
         id: ResponseId,
         /// A backend failure, if the response ended because of one.
-        failure: Option<String>,
+        failure: Option<BackendError>,
     },
     /// Stop writing this response's audio until resumed.
     Pause(ResponseId),
@@ -91,7 +92,7 @@ pub enum PlayoutEvent {
         /// Heard (= generated) text.
         heard: Heard,
         /// The failure that ended it early, if any.
-        failure: Option<String>,
+        failure: Option<BackendError>,
     },
 }
 
@@ -114,7 +115,7 @@ struct Track {
     paused: bool,
     started: bool,
     last_written: Option<Instant>,
-    ended: Option<Option<String>>,
+    ended: Option<Option<BackendError>>,
 }
 
 impl Track {

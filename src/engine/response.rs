@@ -28,6 +28,7 @@ use super::log::{EventLog, LogKind};
 use super::playout::PlayoutCommand;
 use super::segment::SentenceSplitter;
 use super::turn::ResponseId;
+use crate::error::{BackendError, ErrorKind};
 use crate::llm::{LanguageModel, LlmChunk, LlmRequest, Message, ToolEffect, ToolExecutor};
 use crate::tts::SpeechSynthesizer;
 
@@ -73,14 +74,14 @@ pub enum ResponseReport {
         /// The response.
         id: ResponseId,
         /// What failed.
-        error: String,
+        error: BackendError,
     },
     /// The response's task panicked (a backend or a tool did); it is over.
     Panicked {
         /// The response.
         id: ResponseId,
-        /// The panic message.
-        error: String,
+        /// The panic, as an error of kind `panicked`.
+        error: BackendError,
     },
 }
 
@@ -106,7 +107,7 @@ pub struct ResponseContext {
 
 enum Piece {
     Sentence(String),
-    Failed(String),
+    Failed(BackendError),
 }
 
 /// Runs one response to its end or its cancellation.
@@ -138,7 +139,11 @@ pub async fn run_response(
             // A panicking model must not leave the turn silent: the speaker gets a failure and
             // speaks the fallback line.
             if let Err(panic) = AssertUnwindSafe(generation).catch_unwind().await {
-                let error = format!("{llm_name} panicked: {}", panic_message(&*panic));
+                let error = BackendError::new(
+                    llm_name,
+                    ErrorKind::Panicked,
+                    format!("panicked: {}", panic_message(&*panic)),
+                );
                 let _ = on_panic.send(Piece::Failed(error)).await;
             }
         }
@@ -191,13 +196,12 @@ enum Late {
 }
 
 impl Late {
-    fn describe(&self, backend: &str, what: &str) -> String {
-        match self {
-            Late::First(limit) => {
-                format!("{backend}: no first {what} within {limit:?} of the request")
-            }
-            Late::Stalled(limit) => format!("{backend}: stalled, no {what} for {limit:?}"),
-        }
+    fn error(&self, backend: &str, what: &str) -> BackendError {
+        let message = match self {
+            Late::First(limit) => format!("no first {what} within {limit:?} of the request"),
+            Late::Stalled(limit) => format!("stalled, no {what} for {limit:?}"),
+        };
+        BackendError::new(backend, ErrorKind::Timeout, message)
     }
 }
 
@@ -295,11 +299,11 @@ async fn generate(
         let mut stream = match started {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                let _ = pieces.send(Piece::Failed(e.to_string())).await;
+                let _ = pieces.send(Piece::Failed(e)).await;
                 return;
             }
             Err(late) => {
-                let error = late.describe(ctx.llm.name(), "token");
+                let error = late.error(ctx.llm.name(), "token");
                 let _ = pieces.send(Piece::Failed(error)).await;
                 return;
             }
@@ -315,7 +319,7 @@ async fn generate(
             };
             let chunk = match chunk {
                 Err(late) => {
-                    let error = late.describe(ctx.llm.name(), "token");
+                    let error = late.error(ctx.llm.name(), "token");
                     let _ = pieces.send(Piece::Failed(error)).await;
                     return;
                 }
@@ -323,7 +327,7 @@ async fn generate(
                 Ok(Some(Err(e))) => {
                     // The unfinished sentence is dropped: half a sentence followed by an
                     // apology sounds broken; finished sentences were already spoken.
-                    let _ = pieces.send(Piece::Failed(e.to_string())).await;
+                    let _ = pieces.send(Piece::Failed(e)).await;
                     return;
                 }
                 Ok(Some(Ok(chunk))) => chunk,
@@ -386,15 +390,15 @@ async fn generate(
         let _ = send(rest, &mut sentence_index).await;
     }
     if sentence_index == 0 {
-        let error = if unexecuted.is_empty() {
-            format!("{}: the reply had no text", ctx.llm.name())
+        let message = if unexecuted.is_empty() {
+            "the reply had no text".to_owned()
         } else {
             format!(
-                "{}: the reply was only a call to {} and no tools are configured",
-                ctx.llm.name(),
+                "the reply was only a call to {} and no tools are configured",
                 unexecuted.join(", ")
             )
         };
+        let error = BackendError::new(ctx.llm.name(), ErrorKind::EmptyReply, message);
         let _ = pieces.send(Piece::Failed(error)).await;
     }
     drop(tally);
@@ -533,7 +537,7 @@ async fn speak(
 enum Synthesis {
     Done,
     Cancelled,
-    Failed(String),
+    Failed(BackendError),
 }
 
 async fn synthesize(
@@ -561,8 +565,8 @@ async fn synthesize(
     };
     let mut stream = match started {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Synthesis::Failed(e.to_string()),
-        Err(late) => return Synthesis::Failed(late.describe(ctx.tts.name(), "audio")),
+        Ok(Err(e)) => return Synthesis::Failed(e),
+        Err(late) => return Synthesis::Failed(late.error(ctx.tts.name(), "audio")),
     };
     let sentence = PlayoutCommand::Sentence {
         id,
@@ -577,9 +581,9 @@ async fn synthesize(
             chunk = stream.next() => chunk,
         };
         let chunk = match chunk {
-            Err(late) => return Synthesis::Failed(late.describe(ctx.tts.name(), "audio")),
+            Err(late) => return Synthesis::Failed(late.error(ctx.tts.name(), "audio")),
             Ok(None) => return Synthesis::Done,
-            Ok(Some(Err(e))) => return Synthesis::Failed(e.to_string()),
+            Ok(Some(Err(e))) => return Synthesis::Failed(e),
             Ok(Some(Ok(chunk))) => chunk,
         };
         if first {

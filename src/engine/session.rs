@@ -37,6 +37,7 @@ use super::turn::{
     Action, CancelReason, EngineEvent, Input, MachineConfig, Outcome, ResponseId, TurnMachine,
     UserEvent,
 };
+use crate::error::{BackendError, ErrorKind};
 use crate::flux::{FluxError, FluxEventKind, FluxEvents, TurnEvent};
 use crate::llm::{LanguageModel, Message, ToolExecutor};
 use crate::tts::SpeechSynthesizer;
@@ -107,7 +108,7 @@ pub struct ReplyTally {
     /// Replies that ended with a backend failure (the fallback line, if it played, included).
     pub failed: u64,
     /// The last failure, for the closing message of a session where nothing worked.
-    pub last_failure: Option<String>,
+    pub last_failure: Option<BackendError>,
 }
 
 /// What a finished session leaves behind.
@@ -547,11 +548,11 @@ impl Driver {
 
     /// Counts a reply the machine reports ended (once per response); speculations thrown
     /// away unheard are neither answered nor failed.
-    fn count_reply(&mut self, heard: &str, error: Option<&str>) {
+    fn count_reply(&mut self, heard: &str, error: Option<&BackendError>) {
         match error {
             Some(error) => {
                 self.replies.failed += 1;
-                self.replies.last_failure = Some(error.to_owned());
+                self.replies.last_failure = Some(error.clone());
             }
             None if !heard.trim().is_empty() => self.replies.answered += 1,
             None => {}
@@ -574,11 +575,17 @@ impl Driver {
                 let (gate, gate_rx) = watch::channel(!speculative);
                 let span = info_span!("response", %id, turn = self.machine.turn(), speculative);
                 let reports = self.ctx.reports.clone();
+                // The generator catches the model's panics itself; what is left is the voice's.
+                let voice = self.ctx.tts.name().to_owned();
                 let response = run_response(id, messages, self.ctx.clone(), gate_rx, token.clone());
                 let task = tokio::spawn(
                     async move {
                         if let Err(panic) = AssertUnwindSafe(response).catch_unwind().await {
-                            let error = format!("panicked: {}", panic_message(&*panic));
+                            let error = BackendError::new(
+                                voice,
+                                ErrorKind::Panicked,
+                                format!("panicked: {}", panic_message(&*panic)),
+                            );
                             let _ = reports.send(ResponseReport::Panicked { id, error });
                         }
                     }
@@ -638,7 +645,7 @@ impl Driver {
             }
             Action::Emit(event) => {
                 if let EngineEvent::ResponseEnded { heard, error, .. } = &event {
-                    self.count_reply(heard, error.as_deref());
+                    self.count_reply(heard, error.as_ref());
                 }
                 self.emit(event);
                 None

@@ -24,6 +24,7 @@
 
 use std::time::Duration;
 
+use crate::error::BackendError;
 use crate::llm::Message;
 use crate::text::{normalize, word_count};
 
@@ -113,7 +114,7 @@ pub enum Outcome {
         /// The text the user heard.
         heard: String,
         /// What failed.
-        error: String,
+        error: BackendError,
     },
 }
 
@@ -253,7 +254,7 @@ pub enum EngineEvent {
         /// Whether it was cut.
         interrupted: bool,
         /// The failure, if a backend failed.
-        error: Option<String>,
+        error: Option<BackendError>,
     },
 }
 

@@ -15,9 +15,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::openai::{Finished, check_status, decode_sse, tool_arguments};
+use super::openai::{Finished, StreamFault, check_status, decode_sse, tool_arguments};
 use super::sse::SseEvent;
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
+use crate::error::ErrorKind;
 use crate::net::{ApiKey, http_client, insecure_remote, secret_header};
 
 /// The environment variable holding the key.
@@ -43,7 +44,7 @@ impl Anthropic {
     /// A model at `base_url` (normally [`ANTHROPIC_BASE_URL`]).
     ///
     /// # Errors
-    /// [`LlmError::Provider`] for plain HTTP to another machine, or when the HTTP client cannot
+    /// [`LlmError`] for plain HTTP to another machine, or when the HTTP client cannot
     /// be built.
     pub fn new(
         base_url: impl Into<String>,
@@ -51,10 +52,8 @@ impl Anthropic {
         api_key: ApiKey,
     ) -> Result<Self, LlmError> {
         let base_url: String = base_url.into();
-        let provider_error = |message: String| LlmError::Provider {
-            provider: "anthropic".into(),
-            message,
-        };
+        let provider_error =
+            |message: String| LlmError::new("anthropic", ErrorKind::BadRequest, message);
         if insecure_remote(&base_url) {
             return Err(provider_error(format!(
                 "refusing plain http to a remote host ({base_url}): use https"
@@ -150,7 +149,7 @@ struct ToolBlock {
 
 /// Turns Anthropic stream events into [`LlmChunk`]s.
 #[derive(Default)]
-pub struct EventDecoder {
+pub(crate) struct EventDecoder {
     tools: BTreeMap<u64, ToolBlock>,
     input_tokens: u64,
     finished: bool,
@@ -167,7 +166,7 @@ impl EventDecoder {
     ///
     /// # Errors
     /// A message naming what is malformed, or the provider's error event.
-    pub fn decode(&mut self, event: &SseEvent) -> Result<Vec<LlmChunk>, String> {
+    pub fn decode(&mut self, event: &SseEvent) -> Result<Vec<LlmChunk>, StreamFault> {
         let name = event.event.as_deref().unwrap_or("");
         if name == "ping" {
             return Ok(Vec::new());
@@ -241,7 +240,7 @@ impl EventDecoder {
                     finish_reason: None,
                 }]
             }
-            "error" => return Err(format!("error event: {}", data["error"])),
+            "error" => return Err(StreamFault::event(&data["error"])),
             _ => Vec::new(),
         })
     }
@@ -254,9 +253,12 @@ impl LanguageModel for Anthropic {
     }
 
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
-        let key = secret_header(self.api_key.expose()).ok_or_else(|| LlmError::Provider {
-            provider: "anthropic".into(),
-            message: format!("{ANTHROPIC_API_KEY_ENV} has characters an http header cannot carry"),
+        let key = secret_header(self.api_key.expose()).ok_or_else(|| {
+            LlmError::new(
+                "anthropic",
+                ErrorKind::Auth,
+                format!("{ANTHROPIC_API_KEY_ENV} has characters an http header cannot carry"),
+            )
         })?;
         let response = self
             .client
@@ -267,10 +269,7 @@ impl LanguageModel for Anthropic {
             .body(self.body(&request).to_string())
             .send()
             .await
-            .map_err(|e| LlmError::Provider {
-                provider: "anthropic".into(),
-                message: crate::net::describe_http_error(&e),
-            })?;
+            .map_err(|e| crate::net::http_error("anthropic", &e))?;
         let response = check_status(response, "anthropic", ANTHROPIC_API_KEY_ENV).await?;
         Ok(decode_sse(
             "anthropic".into(),
@@ -365,12 +364,20 @@ mod tests {
                 r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
             ))
             .unwrap_err();
-        assert!(e.contains("Overloaded"));
-        assert!(
-            d.decode(&event("content_block_delta", "{oops"))
-                .unwrap_err()
-                .contains("malformed")
-        );
+        assert!(e.message.contains("Overloaded"));
+        assert_eq!(e.kind, ErrorKind::Server, "overloaded is worth a retry");
+        let broken = d
+            .decode(&event("content_block_delta", "{oops"))
+            .unwrap_err();
+        assert!(broken.message.contains("malformed"));
+        assert_eq!(broken.kind, ErrorKind::StreamBroken);
+        let limited = d
+            .decode(&event(
+                "error",
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#,
+            ))
+            .unwrap_err();
+        assert!(matches!(limited.kind, ErrorKind::RateLimited { .. }));
     }
 
     #[test]

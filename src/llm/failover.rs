@@ -1,9 +1,10 @@
 //! Failover across language models: retry and switch providers only before the first token.
 //!
 //! A request goes to the first healthy provider. If it fails before producing its first chunk
-//! (refused, rate limited, broken, or silent past `first_token_timeout`), it is retried once
-//! after `retry_backoff`, then the provider is marked unhealthy for `probe_after` and the next
-//! one is tried. Once a chunk has been produced nothing is retried: that text may already be
+//! with a retryable error (rate limited, server, network, broken, or silent past
+//! `first_token_timeout`), it is retried once after `retry_backoff` (or the provider's
+//! `retry-after`, up to `longest_retry_wait`); a wrong key or a refused request is not retried.
+//! Then the provider is marked unhealthy for `probe_after` and the next one is tried. Once a chunk has been produced nothing is retried: that text may already be
 //! on its way to the user. An unhealthy provider gets a request again (a probe) once its
 //! `probe_after` has passed.
 
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream};
+use crate::error::ErrorKind;
 
 /// A chain of models tried in order.
 pub struct FailoverLlm {
@@ -26,6 +28,8 @@ pub struct FailoverLlm {
     pub first_token_timeout: Duration,
     /// Wait before the single retry of the same provider.
     pub retry_backoff: Duration,
+    /// A provider asking to wait longer than this is not retried; the next one is tried.
+    pub longest_retry_wait: Duration,
     /// How long a failed provider is skipped.
     pub probe_after: Duration,
     name: String,
@@ -44,6 +48,7 @@ impl FailoverLlm {
             providers,
             first_token_timeout: Duration::from_secs(3),
             retry_backoff: Duration::from_millis(200),
+            longest_retry_wait: Duration::from_secs(2),
             probe_after: Duration::from_secs(30),
             name,
         }
@@ -61,14 +66,16 @@ impl FailoverLlm {
     ) -> Result<(LlmChunk, LlmStream), LlmError> {
         let mut stream = provider.stream(request.clone()).await?;
         match tokio::time::timeout(self.first_token_timeout, stream.next()).await {
-            Err(_) => Err(LlmError::Stream {
-                provider: provider.name().into(),
-                message: format!("no first chunk within {:?}", self.first_token_timeout),
-            }),
-            Ok(None) => Err(LlmError::Stream {
-                provider: provider.name().into(),
-                message: "empty stream".into(),
-            }),
+            Err(_) => Err(LlmError::new(
+                provider.name(),
+                ErrorKind::Timeout,
+                format!("no first chunk within {:?}", self.first_token_timeout),
+            )),
+            Ok(None) => Err(LlmError::new(
+                provider.name(),
+                ErrorKind::EmptyReply,
+                "empty stream",
+            )),
             Ok(Some(Err(e))) => Err(e),
             Ok(Some(Ok(chunk))) => Ok((chunk, stream)),
         }
@@ -94,7 +101,11 @@ impl LanguageModel for FailoverLlm {
             let provider = &*self.providers[index];
             for attempt in 0..2 {
                 if attempt > 0 {
-                    tokio::time::sleep(self.retry_backoff).await;
+                    let wait = last_error.as_ref().and_then(|e: &LlmError| {
+                        e.retry_wait(self.retry_backoff, self.longest_retry_wait)
+                    });
+                    let Some(wait) = wait else { break };
+                    tokio::time::sleep(wait).await;
                 }
                 match self.first_chunk(provider, &request).await {
                     Ok((first, rest)) => {
@@ -113,9 +124,12 @@ impl LanguageModel for FailoverLlm {
             self.unhealthy_until.lock().expect("health lock")[index] =
                 Some(Instant::now() + self.probe_after);
         }
-        Err(last_error.unwrap_or_else(|| LlmError::Provider {
-            provider: self.name.clone(),
-            message: "no providers configured".into(),
+        Err(last_error.unwrap_or_else(|| {
+            LlmError::new(
+                self.name.clone(),
+                ErrorKind::BadRequest,
+                "no providers configured",
+            )
         }))
     }
 }
@@ -209,5 +223,32 @@ mod tests {
             panic!("expected an error")
         };
         assert!(e.to_string().contains("scripted failure"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wrong_key_is_not_retried_but_the_next_provider_is_asked() {
+        let first = Arc::new(ScriptedLlm::new([], timing()).fail_call(0, Fault::Reject(401)));
+        let second = Arc::new(ScriptedLlm::new([], timing()));
+        let chain = FailoverLlm::new(vec![first.clone(), second.clone()]);
+        let started = Instant::now();
+        let reply = text(chain.stream(request()).await.unwrap()).await;
+        assert_eq!(reply, "Hello! How can I help you today?");
+        assert_eq!((first.calls(), second.calls()), (1, 1), "no retry of a 401");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100 + 6 * 10),
+            "no back-off either"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_provider_refusing_the_request_fails_once_with_its_kind() {
+        let only = Arc::new(ScriptedLlm::new([], timing()).fail_call(0, Fault::Reject(400)));
+        let chain = FailoverLlm::new(vec![only.clone()]);
+        let Err(e) = chain.stream(request()).await else {
+            panic!("refused")
+        };
+        assert_eq!((e.kind, e.status), (ErrorKind::BadRequest, Some(400)));
+        assert_eq!(only.calls(), 1);
     }
 }

@@ -4,7 +4,7 @@
 //! - [`openai`]: any OpenAI-compatible chat completions server, streamed.
 //! - [`anthropic`]: the Anthropic Messages API, streamed.
 //! - [`failover`]: a chain that switches providers before the first token.
-//! - [`sse`]: the server-sent-events parser both streaming clients share.
+//! - `sse` (internal): the server-sent-events parser both streaming clients share.
 //!
 //! A model takes the conversation (and tool definitions) and streams [`LlmChunk`]s. Dropping
 //! the stream cancels the request, which is how barge-in and failed speculation stop spending
@@ -21,7 +21,7 @@ pub mod anthropic;
 pub mod failover;
 pub mod openai;
 pub mod scripted;
-pub mod sse;
+pub(crate) mod sse;
 
 pub use anthropic::Anthropic;
 pub use failover::FailoverLlm;
@@ -147,26 +147,8 @@ pub enum LlmChunk {
     },
 }
 
-/// Why a model request failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum LlmError {
-    /// The provider refused or failed the request.
-    #[error("{provider} request failed: {message}")]
-    Provider {
-        /// Which backend.
-        provider: String,
-        /// What it said.
-        message: String,
-    },
-    /// The stream broke off before its end.
-    #[error("{provider} stream ended early: {message}")]
-    Stream {
-        /// Which backend.
-        provider: String,
-        /// What happened.
-        message: String,
-    },
-}
+/// Why a model request failed: a [`crate::error::BackendError`] with its kind.
+pub type LlmError = crate::error::BackendError;
 
 /// A streamed reply.
 pub type LlmStream = Pin<Box<dyn Stream<Item = Result<LlmChunk, LlmError>> + Send>>;

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::sse::SseParser;
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
+use crate::error::ErrorKind;
 use crate::net::{ApiKey, http_client, insecure_remote};
 
 /// The environment variable holding the key, by default.
@@ -47,7 +48,7 @@ impl OpenAiCompatible {
     /// when given. `key_env` names where the key came from, for error messages.
     ///
     /// # Errors
-    /// [`LlmError::Provider`] for a plain-HTTP URL to another machine (keys would travel in
+    /// [`LlmError`] for a plain-HTTP URL to another machine (keys would travel in
     /// clear; use [`OpenAiCompatible::allow_insecure`] to accept that), or when the HTTP client
     /// cannot be built.
     pub fn new(
@@ -68,7 +69,7 @@ impl OpenAiCompatible {
     /// Like [`OpenAiCompatible::new`], accepting plain HTTP to another machine.
     ///
     /// # Errors
-    /// [`LlmError::Provider`] when the HTTP client cannot be built.
+    /// [`LlmError`] when the HTTP client cannot be built.
     pub fn allow_insecure(
         base_url: impl Into<String>,
         model: impl Into<String>,
@@ -85,10 +86,8 @@ impl OpenAiCompatible {
         key_env: String,
         insecure_ok: bool,
     ) -> Result<Self, LlmError> {
-        let provider_error = |message: String| LlmError::Provider {
-            provider: "openai-compatible".into(),
-            message,
-        };
+        let provider_error =
+            |message: String| LlmError::new("openai-compatible", ErrorKind::BadRequest, message);
         if !insecure_ok && insecure_remote(&base_url) {
             return Err(provider_error(format!(
                 "refusing plain http to a remote host ({base_url}): use https, or allow it explicitly"
@@ -170,7 +169,7 @@ impl OpenAiCompatible {
 /// message.
 ///
 /// # Errors
-/// [`LlmError::Provider`] for every status but 200.
+/// [`LlmError`] for every status but 200.
 pub(crate) async fn check_status(
     response: reqwest::Response,
     provider: &str,
@@ -180,19 +179,9 @@ pub(crate) async fn check_status(
     if status == 200 {
         return Ok(response);
     }
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let retry_after = crate::net::retry_after(response.headers());
     let body = response.text().await.unwrap_or_default();
-    Err(status_error(
-        provider,
-        status,
-        key_env,
-        retry_after.as_deref(),
-        &body,
-    ))
+    Err(status_error(provider, status, key_env, retry_after, &body))
 }
 
 /// The error for an HTTP status (see [`check_status`]).
@@ -200,7 +189,7 @@ pub(crate) fn status_error(
     provider: &str,
     status: u16,
     key_env: &str,
-    retry_after: Option<&str>,
+    retry_after: Option<Duration>,
     body: &str,
 ) -> LlmError {
     let detail: String = body.chars().take(300).collect();
@@ -209,14 +198,68 @@ pub(crate) fn status_error(
         429 => format!(
             "http 429 rate limited{}: {detail}",
             retry_after
-                .map(|r| format!(", retry after {r} s"))
+                .map(|r| format!(", retry after {} s", r.as_secs_f64()))
                 .unwrap_or_default()
         ),
         _ => format!("http {status}: {detail}"),
     };
-    LlmError::Provider {
-        provider: provider.into(),
-        message,
+    LlmError::http(provider, status, retry_after, message)
+}
+
+/// Why a streamed reply cannot go on: malformed data (the stream is broken) or an error event
+/// from the provider, with the kind its type names.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StreamFault {
+    pub(crate) kind: ErrorKind,
+    pub(crate) message: String,
+}
+
+impl StreamFault {
+    /// An error event's body (`{"type": ..., "message": ...}` in both OpenAI's and Anthropic's
+    /// spelling), its kind read from the type or code.
+    pub(crate) fn event(error: &Value) -> Self {
+        let label = [error.get("type"), error.get("code")]
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let kind = if label.contains("rate_limit") || label.contains("quota") {
+            ErrorKind::RateLimited { retry_after: None }
+        } else if label.contains("auth")
+            || label.contains("api_key")
+            || label.contains("permission")
+        {
+            ErrorKind::Auth
+        } else if label.contains("invalid_request") || label.contains("not_found") {
+            ErrorKind::BadRequest
+        } else if label.contains("overloaded")
+            || label.contains("server")
+            || label.contains("api_error")
+        {
+            ErrorKind::Server
+        } else {
+            ErrorKind::StreamBroken
+        };
+        Self {
+            kind,
+            message: format!("error event: {error}"),
+        }
+    }
+}
+
+impl From<String> for StreamFault {
+    fn from(message: String) -> Self {
+        Self {
+            kind: ErrorKind::StreamBroken,
+            message,
+        }
+    }
+}
+
+impl From<&str> for StreamFault {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
     }
 }
 
@@ -238,7 +281,7 @@ struct PartialCall {
 
 /// Turns OpenAI chunk JSON into [`LlmChunk`]s, assembling streamed tool calls.
 #[derive(Default)]
-pub struct ChunkDecoder {
+pub(crate) struct ChunkDecoder {
     calls: BTreeMap<u64, PartialCall>,
     finished: bool,
 }
@@ -248,7 +291,7 @@ impl ChunkDecoder {
     ///
     /// # Errors
     /// A message naming what is malformed.
-    pub fn decode(&mut self, data: &str) -> Result<Vec<LlmChunk>, String> {
+    pub fn decode(&mut self, data: &str) -> Result<Vec<LlmChunk>, StreamFault> {
         if data.trim() == "[DONE]" {
             self.finished = true;
             let mut out = self.flush_calls()?;
@@ -260,7 +303,7 @@ impl ChunkDecoder {
         let chunk: Value =
             serde_json::from_str(data).map_err(|e| format!("malformed chunk ({e}): {data}"))?;
         if let Some(error) = chunk.get("error") {
-            return Err(format!("error event: {error}"));
+            return Err(StreamFault::event(error));
         }
         let mut out = Vec::new();
         if let Some(choice) = chunk["choices"].get(0) {
@@ -296,7 +339,7 @@ impl ChunkDecoder {
         Ok(out)
     }
 
-    fn flush_calls(&mut self) -> Result<Vec<LlmChunk>, String> {
+    fn flush_calls(&mut self) -> Result<Vec<LlmChunk>, StreamFault> {
         std::mem::take(&mut self.calls)
             .into_values()
             .map(|c| {
@@ -327,10 +370,10 @@ impl LanguageModel for OpenAiCompatible {
             http = http.bearer_auth(key.expose());
         }
         let provider = self.name().to_owned();
-        let response = http.send().await.map_err(|e| LlmError::Provider {
-            provider: provider.clone(),
-            message: crate::net::describe_http_error(&e),
-        })?;
+        let response = http
+            .send()
+            .await
+            .map_err(|e| crate::net::http_error(&provider, &e))?;
         let response = check_status(response, &provider, &self.key_env).await?;
         Ok(decode_sse(
             provider,
@@ -344,7 +387,7 @@ impl LanguageModel for OpenAiCompatible {
 pub(crate) fn decode_sse<D, S, B>(
     provider: String,
     body: S,
-    decode: fn(&mut D, &super::sse::SseEvent) -> Result<Vec<LlmChunk>, String>,
+    decode: fn(&mut D, &super::sse::SseEvent) -> Result<Vec<LlmChunk>, StreamFault>,
 ) -> LlmStream
 where
     D: Default + Finished + Send + 'static,
@@ -375,17 +418,20 @@ where
                 if s.done {
                     return None;
                 }
-                let stream_error = |message: String| LlmError::Stream {
-                    provider: provider.clone(),
-                    message,
+                let stream_error = |message: String| {
+                    LlmError::new(provider.clone(), ErrorKind::StreamBroken, message)
                 };
                 match s.body.next().await {
                     Some(Ok(bytes)) => {
                         for event in s.parser.push(bytes.as_ref()) {
                             match decode(&mut s.decoder, &event) {
                                 Ok(chunks) => s.queue.extend(chunks.into_iter().map(Ok)),
-                                Err(message) => {
-                                    s.queue.push_back(Err(stream_error(message)));
+                                Err(fault) => {
+                                    s.queue.push_back(Err(LlmError::new(
+                                        provider.clone(),
+                                        fault.kind,
+                                        fault.message,
+                                    )));
                                     s.done = true;
                                     break;
                                 }
@@ -484,16 +530,14 @@ mod tests {
     #[test]
     fn malformed_chunks_and_error_events_are_errors() {
         let mut d = ChunkDecoder::default();
-        assert!(
-            d.decode("{not json")
-                .unwrap_err()
-                .contains("malformed chunk")
-        );
-        assert!(
-            d.decode(r#"{"error":{"message":"overloaded"}}"#)
-                .unwrap_err()
-                .contains("overloaded")
-        );
+        let malformed = d.decode("{not json").unwrap_err();
+        assert!(malformed.message.contains("malformed chunk"));
+        assert_eq!(malformed.kind, ErrorKind::StreamBroken);
+        let event = d
+            .decode(r#"{"error":{"message":"overloaded","type":"server_error"}}"#)
+            .unwrap_err();
+        assert!(event.message.contains("overloaded"));
+        assert_eq!(event.kind, ErrorKind::Server);
     }
 
     #[test]
@@ -559,7 +603,17 @@ mod tests {
             "{\"error\":\"bad key\"}",
         );
         assert!(e.to_string().contains("check GROQ_API_KEY"));
-        let e = status_error("openai-compatible", 429, "K", Some("7"), "slow down");
+        assert_eq!(e.kind, ErrorKind::Auth);
+        assert!(!e.is_retryable());
+        let e = status_error(
+            "openai-compatible",
+            429,
+            "K",
+            Some(Duration::from_secs(7)),
+            "slow down",
+        );
         assert!(e.to_string().contains("retry after 7 s") && e.to_string().contains("slow down"));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert!(e.is_retryable());
     }
 }

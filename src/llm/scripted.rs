@@ -54,6 +54,8 @@ pub enum Fault {
     StallAfterTokens(usize),
     /// The reply has no text at all, only its end.
     Empty,
+    /// The request is refused with this HTTP status (401: a wrong key, 429: rate limited).
+    Reject(u16),
 }
 
 /// Releases tokens one by one in tests.
@@ -184,6 +186,14 @@ impl LanguageModel for ScriptedLlm {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let fault = self.faults.lock().expect("faults lock").remove(&call);
         match fault {
+            Some(Fault::Reject(status)) => {
+                return Err(LlmError::http(
+                    "scripted",
+                    status,
+                    None,
+                    format!("http {status}: scripted refusal"),
+                ));
+            }
             Some(Fault::StallBeforeStream) => std::future::pending::<()>().await,
             Some(Fault::DelayStream(delay)) => tokio::time::sleep(delay).await,
             _ => {}
@@ -252,10 +262,11 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<LlmChunk, LlmError>, S
             Some(Fault::FailAfterTokens(n)) if s.index >= n => {
                 s.done = true;
                 return Some((
-                    Err(LlmError::Stream {
-                        provider: "scripted".into(),
-                        message: format!("scripted failure after {n} tokens"),
-                    }),
+                    Err(LlmError::new(
+                        "scripted",
+                        crate::error::ErrorKind::StreamBroken,
+                        format!("scripted failure after {n} tokens"),
+                    )),
                     s,
                 ));
             }

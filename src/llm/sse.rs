@@ -68,11 +68,6 @@ impl SseParser {
             _ => {}
         }
     }
-
-    /// Whether bytes of an unfinished event are buffered (a stream that ends here was cut).
-    pub fn has_partial(&self) -> bool {
-        !self.pending.is_empty() || self.data.is_some()
-    }
 }
 
 #[cfg(test)]
@@ -103,14 +98,12 @@ mod tests {
                 },
             ]
         );
-        assert!(!p.has_partial());
     }
 
     #[test]
     fn crlf_and_partial_input() {
         let mut p = SseParser::default();
         assert!(p.push(b"data: hel").is_empty());
-        assert!(p.has_partial());
         assert!(p.push(b"lo\r\n").is_empty());
         assert_eq!(
             p.push(b"\r\n"),

@@ -18,8 +18,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{debug, warn};
 
 use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
+use crate::error::ErrorKind;
 use crate::flux::transport::{
-    ConnectRequest, Connection, Connector, WebSocketConnector, WireFrame,
+    ConnectError, ConnectRequest, Connection, Connector, WebSocketConnector, WireFrame,
 };
 use crate::net::{ApiKey, insecure_remote};
 
@@ -52,11 +53,8 @@ pub const RATE_LIMIT_BACKOFF: std::time::Duration = std::time::Duration::from_se
 /// that never confirms must not hold up the next reply.
 pub const CLEAR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-fn error(message: impl Into<String>) -> TtsError {
-    TtsError {
-        provider: "aura".into(),
-        message: message.into(),
-    }
+fn error(kind: ErrorKind, message: impl Into<String>) -> TtsError {
+    TtsError::new("aura", kind, message)
 }
 
 /// Splits `text` into pieces of at most `max` characters, at spaces when possible.
@@ -95,9 +93,10 @@ impl AuraTts {
     ) -> Result<Self, TtsError> {
         let base = base_url.trim_end_matches('/');
         if insecure_remote(base) {
-            return Err(error(format!(
-                "refusing unencrypted ws:// to a remote host ({base}): use wss"
-            )));
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!("refusing unencrypted ws:// to a remote host ({base}): use wss"),
+            ));
         }
         Ok(Self {
             url: format!(
@@ -120,7 +119,12 @@ impl AuraTts {
                 .connector
                 .connect(&request)
                 .await
-                .map_err(|e| error(e.to_string()))?;
+                .map_err(|e| match &e {
+                    ConnectError::Handshake { status, .. } => {
+                        TtsError::http("aura", *status, None, e.to_string())
+                    }
+                    _ => error(ErrorKind::Network, e.to_string()),
+                })?;
             link.connection = Some(connection);
             link.dirty = false;
         }
@@ -184,9 +188,19 @@ fn close_error(reason: Option<(u16, String)>) -> TtsError {
                 "NET-0003" => "connection time limit reached; the next sentence reconnects",
                 _ => "the connection is closed; the next sentence reconnects",
             };
-            error(format!("closed with {code} {reason}: {advice}"))
+            let kind = match reason.as_str() {
+                "DATA-0001" => ErrorKind::RateLimited {
+                    retry_after: Some(RATE_LIMIT_BACKOFF),
+                },
+                "BIG-0000" | "BIG-0001" => ErrorKind::BadRequest,
+                _ => ErrorKind::StreamBroken,
+            };
+            error(kind, format!("closed with {code} {reason}: {advice}"))
         }
-        None => error("the connection closed; the next sentence reconnects"),
+        None => error(
+            ErrorKind::StreamBroken,
+            "the connection closed; the next sentence reconnects",
+        ),
     }
 }
 
@@ -218,10 +232,15 @@ impl SpeechSynthesizer for AuraTts {
         if let Some(until) = link.backoff_until {
             let now = tokio::time::Instant::now();
             if now < until {
-                return Err(error(format!(
-                    "rate limited (DATA-0001): backing off for another {} ms",
-                    (until - now).as_millis()
-                )));
+                return Err(error(
+                    ErrorKind::RateLimited {
+                        retry_after: Some(until - now),
+                    },
+                    format!(
+                        "rate limited (DATA-0001): backing off for another {} ms",
+                        (until - now).as_millis()
+                    ),
+                ));
             }
             link.backoff_until = None;
         }
@@ -234,7 +253,10 @@ impl SpeechSynthesizer for AuraTts {
             let speak = serde_json::json!({"type": "Speak", "text": piece}).to_string();
             if connection.sink.send(WireFrame::Text(speak)).await.is_err() {
                 link.connection = None;
-                return Err(error("the connection dropped while sending text"));
+                return Err(error(
+                    ErrorKind::Network,
+                    "the connection dropped while sending text",
+                ));
             }
         }
         if connection
@@ -244,7 +266,10 @@ impl SpeechSynthesizer for AuraTts {
             .is_err()
         {
             link.connection = None;
-            return Err(error("the connection dropped while sending Flush"));
+            return Err(error(
+                ErrorKind::Network,
+                "the connection dropped while sending Flush",
+            ));
         }
         let state = Synthesis { link, done: false };
         let stream = futures_util::stream::unfold(Some(state), |state| async move {
@@ -290,7 +315,7 @@ impl SpeechSynthesizer for AuraTts {
                     Some(Err(e)) => {
                         state.link.connection = None;
                         state.done = true;
-                        return Some((Err(error(e.0)), None));
+                        return Some((Err(error(ErrorKind::StreamBroken, e.0)), None));
                     }
                     None => {
                         state.link.connection = None;

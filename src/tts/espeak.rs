@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdout, Command};
 
 use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
+use crate::error::ErrorKind;
 
 /// Text accepted per request: well under a pipe's buffer, so writing it never blocks.
 const MAX_TEXT_BYTES: usize = 16 * 1024;
@@ -27,11 +28,8 @@ pub struct Espeak {
     words_per_minute: u32,
 }
 
-fn error(message: impl Into<String>) -> TtsError {
-    TtsError {
-        provider: "espeak-ng".into(),
-        message: message.into(),
-    }
+fn error(kind: ErrorKind, message: impl Into<String>) -> TtsError {
+    TtsError::new("espeak-ng", kind, message)
 }
 
 impl Espeak {
@@ -75,10 +73,13 @@ impl SpeechSynthesizer for Espeak {
 
     async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
         if text.len() > MAX_TEXT_BYTES {
-            return Err(error(format!(
-                "{} bytes of text in one request; at most {MAX_TEXT_BYTES} (one sentence at a time)",
-                text.len()
-            )));
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!(
+                    "{} bytes of text in one request; at most {MAX_TEXT_BYTES} (one sentence at a time)",
+                    text.len()
+                ),
+            ));
         }
         // The text goes in on stdin, never as an argument: a sentence starting with "-" must be
         // spoken, not read as an option.
@@ -99,18 +100,27 @@ impl SpeechSynthesizer for Espeak {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
-                error(format!(
-                    "cannot run espeak-ng ({e}); install it with apt-get install espeak-ng"
-                ))
+                error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "cannot run espeak-ng ({e}); install it with apt-get install espeak-ng"
+                    ),
+                )
             })?;
-        let mut stdin = child.stdin.take().ok_or_else(|| error("no stdin"))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| error(ErrorKind::StreamBroken, "no stdin"))?;
         // Fits the pipe (MAX_TEXT_BYTES), so this cannot wait on espeak reading its output.
         stdin
             .write_all(text.as_bytes())
             .await
-            .map_err(|e| error(format!("writing the text: {e}")))?;
+            .map_err(|e| error(ErrorKind::StreamBroken, format!("writing the text: {e}")))?;
         drop(stdin);
-        let stdout = child.stdout.take().ok_or_else(|| error("no stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| error(ErrorKind::StreamBroken, "no stdout"))?;
         let state = Speaking {
             _child: child,
             stdout,
@@ -123,7 +133,15 @@ impl SpeechSynthesizer for Espeak {
                 let n = match s.stdout.read(&mut buf).await {
                     Ok(0) => return None,
                     Ok(n) => n,
-                    Err(e) => return Some((Err(error(format!("reading audio: {e}"))), s)),
+                    Err(e) => {
+                        return Some((
+                            Err(error(
+                                ErrorKind::StreamBroken,
+                                format!("reading audio: {e}"),
+                            )),
+                            s,
+                        ));
+                    }
                 };
                 s.pending.extend_from_slice(&buf[..n]);
                 if !s.header_done {
@@ -133,7 +151,9 @@ impl SpeechSynthesizer for Espeak {
                             s.pending.drain(..offset);
                             s.header_done = true;
                         }
-                        Err(e) => return Some((Err(error(e.to_string())), s)),
+                        Err(e) => {
+                            return Some((Err(error(ErrorKind::StreamBroken, e.to_string())), s));
+                        }
                     }
                 }
                 let whole = s.pending.len() / 2 * 2;

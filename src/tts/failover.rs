@@ -1,9 +1,10 @@
 //! Failover across voices: switch providers only before the first audio of a sentence.
 //!
 //! Mirrors [`crate::llm::FailoverLlm`]: the first healthy voice is asked; if it fails before its
-//! first chunk (refused, closed, silent past `first_audio_timeout`), it is retried once after
-//! `retry_backoff`, then the next voice is asked and the failed one is skipped for
-//! `probe_after`. Audio already delivered is never re-synthesized.
+//! first chunk with a retryable error (rate limited, closed, silent past
+//! `first_audio_timeout`), it is retried once after `retry_backoff` (or the voice's own
+//! back-off); a wrong key or refused text is not retried. Then the next voice is asked and the
+//! failed one is skipped for `probe_after`. Audio already delivered is never re-synthesized.
 //! All voices of a chain must share one sample rate, since playout runs at one rate.
 
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,8 @@ pub struct FailoverTts {
     pub first_audio_timeout: Duration,
     /// Wait before the single retry of the same voice.
     pub retry_backoff: Duration,
+    /// A voice asking to wait longer than this is not retried; the next one is asked.
+    pub longest_retry_wait: Duration,
     /// How long a failed voice is skipped.
     pub probe_after: Duration,
     name: String,
@@ -40,9 +43,8 @@ impl FailoverTts {
             .map(|v| v.name().to_owned())
             .collect::<Vec<_>>()
             .join(",");
-        let error = |message: String| TtsError {
-            provider: name.clone(),
-            message,
+        let error = |message: String| {
+            TtsError::new(name.clone(), crate::error::ErrorKind::BadRequest, message)
         };
         let Some(first) = voices.first() else {
             return Err(error("a failover chain needs at least one voice".into()));
@@ -64,6 +66,7 @@ impl FailoverTts {
             voices,
             first_audio_timeout: Duration::from_secs(2),
             retry_backoff: Duration::from_millis(200),
+            longest_retry_wait: Duration::from_secs(2),
             probe_after: Duration::from_secs(30),
             name,
         })
@@ -76,10 +79,11 @@ impl FailoverTts {
     ) -> Result<SpeechStream, TtsError> {
         let mut stream = voice.synthesize(text).await?;
         match tokio::time::timeout(self.first_audio_timeout, stream.next()).await {
-            Err(_) => Err(TtsError {
-                provider: voice.name().into(),
-                message: format!("no audio within {:?}", self.first_audio_timeout),
-            }),
+            Err(_) => Err(TtsError::new(
+                voice.name(),
+                crate::error::ErrorKind::Timeout,
+                format!("no audio within {:?}", self.first_audio_timeout),
+            )),
             Ok(None) => Ok(stream),
             Ok(Some(Err(e))) => Err(e),
             Ok(Some(Ok(first))) => Ok(Box::pin(
@@ -117,7 +121,11 @@ impl SpeechSynthesizer for FailoverTts {
             let voice = &self.voices[index];
             for attempt in 0..2 {
                 if attempt > 0 {
-                    tokio::time::sleep(self.retry_backoff).await;
+                    let wait = last_error.as_ref().and_then(|e: &TtsError| {
+                        e.retry_wait(self.retry_backoff, self.longest_retry_wait)
+                    });
+                    let Some(wait) = wait else { break };
+                    tokio::time::sleep(wait).await;
                 }
                 match self.first_audio(&**voice, text).await {
                     Ok(stream) => {
@@ -188,5 +196,16 @@ mod tests {
         let e = FailoverTts::new(vec![a, b]).err().unwrap();
         assert!(e.to_string().contains("share a sample rate"));
         assert!(FailoverTts::new(vec![]).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_voice_is_not_retried() {
+        let first = Arc::new(
+            SyntheticTts::new(16000, TtsTiming::default()).fail_call(0, TtsFault::Reject(403)),
+        );
+        let second = Arc::new(SyntheticTts::new(16000, TtsTiming::default()));
+        let chain = FailoverTts::new(vec![first.clone(), second.clone()]).unwrap();
+        drop(chain.synthesize("hello").await.unwrap());
+        assert_eq!((first.calls(), second.calls()), (1, 1));
     }
 }

@@ -61,15 +61,8 @@ impl SpeechChunk {
     }
 }
 
-/// Why synthesis failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{provider} synthesis failed: {message}")]
-pub struct TtsError {
-    /// Which backend.
-    pub provider: String,
-    /// What happened.
-    pub message: String,
-}
+/// Why synthesis failed: a [`crate::error::BackendError`] with its kind.
+pub type TtsError = crate::error::BackendError;
 
 /// Streamed audio of one sentence.
 pub type SpeechStream = Pin<Box<dyn Stream<Item = Result<SpeechChunk, TtsError>> + Send>>;

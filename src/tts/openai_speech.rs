@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 
 use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
-use crate::net::{ApiKey, http_client, insecure_remote};
+use crate::error::ErrorKind;
+use crate::net::{ApiKey, http_client, insecure_remote, retry_after};
 
 /// Sample rate of OpenAI's `pcm` format.
 pub const OPENAI_PCM_RATE: u32 = 24000;
@@ -26,11 +27,8 @@ pub struct OpenAiSpeech {
     key_env: String,
 }
 
-fn error(message: impl Into<String>) -> TtsError {
-    TtsError {
-        provider: "openai-speech".into(),
-        message: message.into(),
-    }
+fn error(kind: ErrorKind, message: impl Into<String>) -> TtsError {
+    TtsError::new("openai-speech", kind, message)
 }
 
 impl OpenAiSpeech {
@@ -46,12 +44,14 @@ impl OpenAiSpeech {
         key_env: &str,
     ) -> Result<Self, TtsError> {
         if insecure_remote(base_url) {
-            return Err(error(format!(
-                "refusing plain http to a remote host ({base_url}): use https"
-            )));
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!("refusing plain http to a remote host ({base_url}): use https"),
+            ));
         }
         Ok(Self {
-            client: http_client(Duration::from_secs(5)).map_err(error)?,
+            client: http_client(Duration::from_secs(5))
+                .map_err(|e| error(ErrorKind::BadRequest, e))?,
             base_url: base_url.trim_end_matches('/').to_owned(),
             model: model.to_owned(),
             voice: voice.to_owned(),
@@ -89,9 +89,10 @@ impl SpeechSynthesizer for OpenAiSpeech {
         let response = request
             .send()
             .await
-            .map_err(|e| error(crate::net::describe_http_error(&e)))?;
+            .map_err(|e| crate::net::http_error("openai-speech", &e))?;
         let status = response.status().as_u16();
         if status != 200 {
+            let retry_after = retry_after(response.headers());
             let detail: String = response
                 .text()
                 .await
@@ -99,10 +100,15 @@ impl SpeechSynthesizer for OpenAiSpeech {
                 .chars()
                 .take(300)
                 .collect();
-            return Err(error(match status {
-                401 | 403 => format!("http {status}: check {} ({detail})", self.key_env),
-                _ => format!("http {status}: {detail}"),
-            }));
+            return Err(TtsError::http(
+                "openai-speech",
+                status,
+                retry_after,
+                match status {
+                    401 | 403 => format!("http {status}: check {} ({detail})", self.key_env),
+                    _ => format!("http {status}: {detail}"),
+                },
+            ));
         }
         let body = response.bytes_stream();
         // An odd byte at a chunk boundary waits for its partner.
@@ -114,10 +120,13 @@ impl SpeechSynthesizer for OpenAiSpeech {
                         None => return None,
                         Some(Err(e)) => {
                             return Some((
-                                Err(error(format!(
-                                    "audio stream broke off: {}",
-                                    crate::net::describe_http_error(&e)
-                                ))),
+                                Err(error(
+                                    ErrorKind::StreamBroken,
+                                    format!(
+                                        "audio stream broke off: {}",
+                                        crate::net::describe_http_error(&e)
+                                    ),
+                                )),
                                 (body, None),
                             ));
                         }

@@ -26,6 +26,8 @@ pub enum TtsFault {
     StallBeforeStream,
     /// The audio stops after this many chunks without ending.
     StallAfterChunks(u64),
+    /// The request is refused with this HTTP status.
+    Reject(u16),
 }
 
 /// The synthetic text-to-speech backend.
@@ -189,11 +191,20 @@ impl SpeechSynthesizer for SyntheticTts {
         if fault == Some(TtsFault::StallBeforeStream) {
             std::future::pending::<()>().await
         }
+        if let Some(TtsFault::Reject(status)) = fault {
+            return Err(TtsError::http(
+                "synthetic",
+                status,
+                None,
+                format!("http {status}: scripted refusal"),
+            ));
+        }
         if fault == Some(TtsFault::Fail) {
-            return Err(TtsError {
-                provider: "synthetic".into(),
-                message: "scripted failure".into(),
-            });
+            return Err(TtsError::new(
+                "synthetic",
+                crate::error::ErrorKind::Server,
+                "scripted failure",
+            ));
         }
         let voice = Voice::new(self, text);
         let chunk_len = u64::from(self.sample_rate / 10).max(1);

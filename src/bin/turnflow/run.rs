@@ -434,11 +434,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         if let Some(error) = outcome.error {
             bail!("the session failed: {error}");
         }
-        if outcome.replies.answered == 0 && outcome.replies.failed > 0 {
+        let replies = outcome.replies;
+        if let Some(last) = replies.last_failure.filter(|_| replies.answered == 0) {
+            let hint = if last.is_configuration() {
+                " (a configuration error: it fails the same way until the key, model or url changes)"
+            } else {
+                ""
+            };
             bail!(
-                "every reply failed ({} of them); the last: {}",
-                outcome.replies.failed,
-                outcome.replies.last_failure.unwrap_or_default()
+                "every reply failed ({} of them); the last: {last}{hint}",
+                replies.failed
             );
         }
         Ok(())

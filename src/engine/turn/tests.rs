@@ -33,6 +33,10 @@ fn cancels(actions: &[Action]) -> Vec<(ResponseId, CancelReason)> {
         .collect()
 }
 
+fn down(message: &str) -> crate::error::BackendError {
+    crate::error::BackendError::new("llm", crate::error::ErrorKind::Server, message)
+}
+
 fn machine(barge_in: BargeInPolicy) -> TurnMachine {
     TurnMachine::new(MachineConfig {
         barge_in,
@@ -305,7 +309,7 @@ fn a_promoted_speculation_that_failed_silently_is_answered_again() {
         spec,
         Outcome::Failed {
             heard: String::new(),
-            error: "llm down".into(),
+            error: down("llm down"),
         },
     ));
     let Some(Action::Start {
@@ -326,7 +330,7 @@ fn a_promoted_speculation_that_failed_silently_is_answered_again() {
         id,
         Outcome::Failed {
             heard: String::new(),
-            error: "still down".into(),
+            error: down("still down"),
         },
     ));
     assert!(starts(&a).is_empty());
@@ -576,7 +580,7 @@ fn run(ops: &[(u8, u8)], policy: BargeInPolicy) {
                             id,
                             Outcome::Failed {
                                 heard,
-                                error: "x".into(),
+                                error: down("x"),
                             },
                         ),
                         false,
