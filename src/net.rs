@@ -1,9 +1,10 @@
-//! Shared networking: API keys, the rule against sending keys in clear, TLS setup and the HTTP
-//! client. Used by the Flux client, the LLM clients and the voices alike.
+//! Shared networking: API keys, the rule against sending keys in clear, TLS setup (ring and
+//! Mozilla's roots, per client: no process-wide provider is installed) and the HTTP client.
+//! Used by the Flux client, the LLM clients and the voices alike.
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::Once;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// An API key. Its `Debug` never shows the secret.
@@ -130,19 +131,34 @@ pub fn insecure_remote(url: &str) -> bool {
     matches!(scheme.as_deref(), Some("http" | "ws")) && !is_loopback(url)
 }
 
-/// Installs ring as the process's rustls crypto provider unless one is installed already.
-pub(crate) fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Another provider may already be installed by the application; that one wins.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+/// The TLS settings of every connection turnflow makes: ring as the crypto provider, Mozilla's
+/// roots, and `alpn` as the offered protocols. Built per client, never installed as the
+/// process's default, so an application's own rustls setup is left alone.
+fn tls_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports rustls's default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// TLS for WebSockets (Flux, Aura): no ALPN, as the upgrade is HTTP/1.1.
+pub(crate) fn websocket_tls() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG.get_or_init(|| Arc::new(tls_config(&[]))).clone()
 }
 
 /// The HTTP client every HTTP backend uses.
 pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
-    install_crypto_provider();
     reqwest::Client::builder()
+        .use_preconfigured_tls(tls_config(&[b"h2", b"http/1.1"]))
         .connect_timeout(connect_timeout)
         .build()
         .map_err(|e| format!("cannot build the http client: {e}"))

@@ -5,11 +5,13 @@
 //!
 //! - [`session`]: one connection's behaviour, pure (audio and messages in, messages out).
 //! - [`server`]: handshake rules, the WebSocket server and the in-memory connector.
+//! - `vad` (internal): the voice activity detector of [`TurnDetection::Vad`] (feature `vad`).
 //! - [`faults`]: stalls, drops, closes, refusals, clock jumps and duplicates on demand.
 
 pub mod faults;
 pub mod server;
 pub mod session;
+mod vad;
 
 pub use faults::{FaultKind, FaultSpec};
 pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};

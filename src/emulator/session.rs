@@ -41,6 +41,7 @@
 
 use std::sync::Arc;
 
+use super::vad::{Detector, VAD_FRAME};
 use crate::audio::{decode_into, parse_wav_header};
 use crate::flux::messages::{
     ClientMessage, ConfigureFailure, ConfigureSuccess, FatalError, ServerMessage, TurnEvent,
@@ -88,8 +89,6 @@ pub enum TurnDetection {
     Vad,
 }
 
-/// VAD frames are 256 samples (16 ms) at 16 kHz.
-const VAD_FRAME: usize = 256;
 /// Consecutive voiced frames that start speech (48 ms).
 const VAD_ONSET_FRAMES: u32 = 3;
 /// Consecutive unvoiced frames that end speech (240 ms; gaps between words are shorter).
@@ -103,7 +102,7 @@ const MAX_TURN_WORDS: usize = 1280;
 const PLACEHOLDER: &str = "unscripted speech";
 
 struct Vad {
-    detector: Box<earshot::Detector>,
+    detector: Detector,
     frame: Vec<i16>,
     speaking: bool,
     voiced_run: u32,
@@ -186,8 +185,11 @@ impl EmulatorSession {
 
     /// Switches turn detection (script timing or voice activity).
     pub fn with_turn_detection(mut self, detection: TurnDetection) -> Self {
-        self.vad = (detection == TurnDetection::Vad).then(|| Vad {
-            detector: earshot::Detector::default_boxed(),
+        let detector = (detection == TurnDetection::Vad)
+            .then(Detector::new)
+            .flatten();
+        self.vad = detector.map(|detector| Vad {
+            detector,
             frame: Vec::with_capacity(VAD_FRAME),
             speaking: false,
             voiced_run: 0,
@@ -203,6 +205,12 @@ impl EmulatorSession {
     /// Whether the emulator can serve `options` (it needs samples to keep the audio clock, and
     /// voice activity detection runs at 16 kHz).
     pub fn supports(options: &ListenOptions, detection: TurnDetection) -> Result<(), String> {
+        if detection == TurnDetection::Vad && !Detector::available() {
+            return Err(
+                "this build has no voice activity detection: build turnflow with the vad feature"
+                    .into(),
+            );
+        }
         if detection == TurnDetection::Vad && options.sample_rate.is_some_and(|r| r != 16000) {
             return Err("the emulator's voice activity mode needs sample_rate=16000".into());
         }
@@ -413,7 +421,7 @@ impl EmulatorSession {
         }
         let end = (self.samples + 1) as f64 / f64::from(rate);
         let start = end - VAD_FRAME as f64 / f64::from(rate);
-        let voiced = vad.detector.predict_i16(&vad.frame) >= 0.5;
+        let voiced = vad.detector.voiced(&vad.frame);
         vad.frame.clear();
         if voiced {
             if vad.voiced_run == 0 {

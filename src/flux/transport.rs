@@ -170,7 +170,6 @@ where
 #[async_trait]
 impl Connector for WebSocketConnector {
     async fn connect(&self, request: &ConnectRequest) -> Result<Connection, ConnectError> {
-        crate::net::install_crypto_provider();
         let mut http =
             request
                 .url
@@ -191,7 +190,10 @@ impl Connector for WebSocketConnector {
                 })?;
             http.headers_mut().insert("authorization", value);
         }
-        match tokio_tungstenite::connect_async(http.clone()).await {
+        let tls = tokio_tungstenite::Connector::Rustls(crate::net::websocket_tls());
+        match tokio_tungstenite::connect_async_tls_with_config(http.clone(), None, false, Some(tls))
+            .await
+        {
             Ok((ws, response)) => {
                 let request_id = header(response.headers(), "dg-request-id");
                 Ok(websocket_connection(ws, request_id))
