@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use turnflow::async_trait;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer};
 use turnflow::engine::{AudioSink, Backends, EngineEvent, SessionConfig, start_session};
 use turnflow::flux::{FluxConfig, ListenOptions, WebSocketConnector, connect};
@@ -48,7 +48,7 @@ impl LanguageModel for WordCounter {
                 finish_reason: Some("stop".into()),
             })])
             .collect();
-        Ok(Box::pin(futures_util::stream::iter(chunks)))
+        Ok(Box::pin(turnflow::stream::iter(chunks)))
     }
 }
 
@@ -60,7 +60,7 @@ impl AudioSink for Discard {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = Scenario::load("scenarios/eager_hit.json".as_ref())?;
     let emulator = EmulatorServer::bind(
         "127.0.0.1:0".parse()?,

@@ -13,7 +13,7 @@ use turnflow::flux::{
 use turnflow::scenario::Scenario;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "scenarios/eager_miss.json".into());

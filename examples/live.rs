@@ -12,7 +12,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use turnflow::engine::{AudioSink, Backends, EngineEvent, SessionConfig, start_session};
 use turnflow::flux::{ApiKey, Encoding, FluxConfig, ListenOptions, WebSocketConnector, connect};
 use turnflow::llm::OpenAiCompatible;
@@ -31,26 +30,28 @@ impl AudioSink for Collect {
     }
 }
 
-fn key(name: &str) -> anyhow::Result<String> {
+type Error = Box<dyn std::error::Error>;
+
+fn key(name: &str) -> Result<String, Error> {
     match std::env::var(name) {
         Ok(k) if !k.is_empty() => Ok(k),
-        _ => bail!("{name} is not set"),
+        _ => Err(format!("{name} is not set").into()),
     }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
     let (input, output) = (
-        args.next().context("usage: live QUESTION.wav ANSWER.wav")?,
-        args.next().context("usage: live QUESTION.wav ANSWER.wav")?,
+        args.next().ok_or("usage: live QUESTION.wav ANSWER.wav")?,
+        args.next().ok_or("usage: live QUESTION.wav ANSWER.wav")?,
     );
     let deepgram = key("DEEPGRAM_API_KEY")?;
     let openai = key("OPENAI_API_KEY")?;
-    let bytes = std::fs::read(&input).with_context(|| format!("{input}: cannot read"))?;
-    let (format, offset) = turnflow::audio::parse_wav_header(&bytes)?.context("truncated wav")?;
+    let bytes = std::fs::read(&input).map_err(|e| format!("{input}: cannot read: {e}"))?;
+    let (format, offset) = turnflow::audio::parse_wav_header(&bytes)?.ok_or("truncated wav")?;
     if (format.sample_rate, format.channels) != (16000, 1) {
-        bail!("{input}: needs 16 kHz mono 16-bit PCM");
+        return Err(format!("{input}: needs 16 kHz mono 16-bit PCM").into());
     }
 
     let options = ListenOptions {

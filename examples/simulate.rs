@@ -10,7 +10,7 @@ use std::sync::Arc;
 use turnflow::scenario::Scenario;
 use turnflow::sim::{SimulationConfig, Transport, run};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = match std::env::args().nth(1) {
         Some(path) => Scenario::load(path.as_ref())?,
         None => Scenario::demo(),

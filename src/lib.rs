@@ -67,7 +67,21 @@
 //! Data flows one way: audio in -> [`flux`] client -> [`engine`] turn machine -> response (LLM ->
 //! sentences -> TTS -> gate -> playout) -> audio out, every step stamped into one event log that
 //! [`report`] reads. Nothing upstream knows what is downstream.
-#![warn(missing_docs)]
+
+/// Implementing [`llm::LanguageModel`] or [`tts::SpeechSynthesizer`] takes this attribute;
+/// re-exported so a backend needs no dependency of its own for it.
+pub use async_trait::async_trait;
+
+/// What backends build their streams with (re-exported from `futures-util`): the [`Stream`]
+/// trait, [`StreamExt`] and the constructors used for [`llm::LlmStream`] and
+/// [`tts::SpeechStream`].
+///
+/// [`Stream`]: stream::Stream
+/// [`StreamExt`]: stream::StreamExt
+pub mod stream {
+    pub use futures_util::stream::{empty, iter, once, unfold};
+    pub use futures_util::{Stream, StreamExt};
+}
 
 pub mod audio;
 pub mod emulator;
