@@ -3,20 +3,25 @@
 //! - [`turn`]: `(state, input) -> actions`; speculation, promotion, barge-in, history.
 //! - [`segment`]: streaming sentence segmentation.
 //! - [`session`]: owns the tasks, executes actions, feeds progress back.
-//! - [`response`]: one reply's pipeline, LLM -> sentences -> TTS -> gate -> playout.
-//! - [`playout`]: real-time output with pause, resume, clear and heard-text tracking.
+//! - [`EngineEvent`]: what the application hears about (`event.rs`).
+//! - `response` (internal): one reply's pipeline, LLM -> sentences -> TTS -> gate -> playout.
+//! - `playout` (internal): real-time output with pause, resume, clear and heard-text tracking;
+//!   [`AudioSink`] is where its frames go.
 //! - [`log`]: the timestamped event log the metrics are computed from.
 
+mod event;
 pub mod log;
-pub mod playout;
-pub mod response;
+pub(crate) mod playout;
+pub(crate) mod response;
 pub mod segment;
 pub mod session;
 pub mod turn;
 
+pub use event::EngineEvent;
 pub use playout::AudioSink;
+pub use response::ResponseOptions;
 pub use session::{
     Backends, EVENT_QUEUE, ReplyTally, SessionConfig, SessionError, SessionHandle, SessionOutcome,
     start_session,
 };
-pub use turn::{BargeInPolicy, EngineEvent, MachineConfig, ResponseId};
+pub use turn::{BargeInPolicy, CancelReason, MachineConfig, ResponseId};

@@ -24,6 +24,7 @@
 
 use std::time::Duration;
 
+pub use super::event::EngineEvent;
 use crate::error::BackendError;
 use crate::llm::Message;
 use crate::text::{normalize, word_count};
@@ -152,110 +153,6 @@ pub enum CancelReason {
     Superseded,
     /// The session closed.
     Shutdown,
-}
-
-/// Application-facing events.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum EngineEvent {
-    /// The user started a turn.
-    UserStarted {
-        /// User turn index.
-        turn: u64,
-        /// Whether the agent was speaking (or about to).
-        over_agent: bool,
-    },
-    /// The user's words so far in the current turn (interim, may still change).
-    UserTranscript {
-        /// User turn index.
-        turn: u64,
-        /// The transcript so far.
-        transcript: String,
-    },
-    /// The user's final transcript of a turn.
-    UserFinished {
-        /// User turn index.
-        turn: u64,
-        /// The transcript.
-        transcript: String,
-    },
-    /// A speculative reply started.
-    Speculating {
-        /// User turn index.
-        turn: u64,
-        /// The response.
-        response: ResponseId,
-        /// The eager transcript it answers.
-        transcript: String,
-    },
-    /// A speculative reply was thrown away.
-    SpeculationCancelled {
-        /// User turn index.
-        turn: u64,
-        /// The response.
-        response: ResponseId,
-        /// Why.
-        reason: CancelReason,
-    },
-    /// A speculative reply became the answer.
-    SpeculationPromoted {
-        /// User turn index.
-        turn: u64,
-        /// The response.
-        response: ResponseId,
-    },
-    /// A committed reply started (no usable speculation).
-    Responding {
-        /// User turn index.
-        turn: u64,
-        /// The response.
-        response: ResponseId,
-    },
-    /// The agent's first audio of a response was written.
-    AgentSpeaking {
-        /// The response.
-        response: ResponseId,
-    },
-    /// Playout paused: the user may be interrupting.
-    AgentPaused {
-        /// The response.
-        response: ResponseId,
-    },
-    /// Playout resumed: it was a backchannel or a false interruption.
-    AgentResumed {
-        /// The response.
-        response: ResponseId,
-    },
-    /// The user interrupted the agent.
-    Interrupted {
-        /// The response.
-        response: ResponseId,
-    },
-    /// The agent started speaking a sentence (for captions).
-    AgentSentence {
-        /// The response.
-        response: ResponseId,
-        /// The sentence.
-        text: String,
-    },
-    /// A user turn ignored as a backchannel ("uh-huh") over the agent.
-    Backchannel {
-        /// User turn index.
-        turn: u64,
-        /// What the user said.
-        transcript: String,
-    },
-    /// A response ended.
-    ResponseEnded {
-        /// The response.
-        response: ResponseId,
-        /// What the user heard of it.
-        heard: String,
-        /// Whether it was cut.
-        interrupted: bool,
-        /// The failure, if a backend failed.
-        error: Option<BackendError>,
-    },
 }
 
 /// What the driver must do, in order. After executing a [`Action::Cancel`], the driver

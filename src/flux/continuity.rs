@@ -58,6 +58,7 @@ impl Chunker {
     }
 
     /// Bytes waiting for a complete frame.
+    #[cfg(test)]
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -333,6 +334,7 @@ fn plausible(t: f64, limit: Option<f64>) -> bool {
 
 impl TurnTracker {
     /// The turn state as the consumer sees it.
+    #[cfg(test)]
     pub fn state(&self) -> TurnState {
         self.state
     }
@@ -343,6 +345,7 @@ impl TurnTracker {
     }
 
     /// How many turns ended so far.
+    #[cfg(test)]
     pub fn turns_completed(&self) -> u64 {
         self.turns_completed
     }

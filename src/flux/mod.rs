@@ -3,11 +3,12 @@
 //! - [`messages`]: every JSON message in both directions (lenient in, strict out).
 //! - [`options`]: the query parameters with Flux's validation rules, shared with the emulator.
 //! - [`transport`]: WebSocket or in-memory connections behind one [`transport::Connector`] trait.
-//! - [`continuity`]: pure framing, audio-time and turn bookkeeping.
+//! - `continuity` (internal): pure framing, audio-time and turn bookkeeping, and the repairs of
+//!   broken turn events.
 //! - [`client`]: [`client::connect`], the handle and the event stream.
 
 pub mod client;
-pub mod continuity;
+pub(crate) mod continuity;
 pub mod messages;
 pub mod options;
 pub mod transport;

@@ -166,7 +166,7 @@ impl EventDecoder {
     ///
     /// # Errors
     /// A message naming what is malformed, or the provider's error event.
-    pub fn decode(&mut self, event: &SseEvent) -> Result<Vec<LlmChunk>, StreamFault> {
+    pub(crate) fn decode(&mut self, event: &SseEvent) -> Result<Vec<LlmChunk>, StreamFault> {
         let name = event.event.as_deref().unwrap_or("");
         if name == "ping" {
             return Ok(Vec::new());

@@ -291,7 +291,7 @@ impl ChunkDecoder {
     ///
     /// # Errors
     /// A message naming what is malformed.
-    pub fn decode(&mut self, data: &str) -> Result<Vec<LlmChunk>, StreamFault> {
+    pub(crate) fn decode(&mut self, data: &str) -> Result<Vec<LlmChunk>, StreamFault> {
         if data.trim() == "[DONE]" {
             self.finished = true;
             let mut out = self.flush_calls()?;

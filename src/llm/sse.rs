@@ -8,7 +8,7 @@
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
+pub(crate) struct SseEvent {
     /// The `event:` field, if any (Anthropic names its events; OpenAI does not).
     pub event: Option<String>,
     /// The `data:` lines, joined with `\n`.
@@ -17,7 +17,7 @@ pub struct SseEvent {
 
 /// Incremental parser.
 #[derive(Debug, Default)]
-pub struct SseParser {
+pub(crate) struct SseParser {
     pending: Vec<u8>,
     event: Option<String>,
     data: Option<String>,
@@ -25,7 +25,7 @@ pub struct SseParser {
 
 impl SseParser {
     /// Feeds bytes and returns the events they completed.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         self.pending.extend_from_slice(bytes);
         let mut out = Vec::new();
         while let Some(newline) = self.pending.iter().position(|b| *b == b'\n') {

@@ -16,7 +16,7 @@ use turnflow::sim::{SimulationConfig, Transport};
 use crate::{Clock, parse_barge_in};
 
 #[derive(Parser)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// Scenario files; the built-in demo when none is given.
     scenarios: Vec<PathBuf>,
     /// Runs of each scenario per configuration.
@@ -138,7 +138,7 @@ fn status_kib(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn bench(args: BenchArgs) -> Result<()> {
+pub(crate) fn bench(args: BenchArgs) -> Result<()> {
     if args.sessions == 0 || args.repeat == 0 {
         bail!("--sessions and --repeat must be at least 1");
     }

@@ -34,7 +34,7 @@ use crate::{ThresholdArgs, parse_barge_in};
 const SAMPLE_RATE: u32 = 16000;
 
 #[derive(Parser)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// `mic` or a 16 kHz mono 16-bit WAV file.
     #[arg(long)]
     input: String,
@@ -83,7 +83,7 @@ pub struct RunArgs {
 /// `turnflow.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     /// First message of every LLM request.
     pub system_prompt: Option<String>,
     /// Speech to text.
@@ -102,7 +102,7 @@ pub struct FileConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SttConfig {
+pub(crate) struct SttConfig {
     pub provider: Option<String>,
     pub url: Option<String>,
     pub eager_eot_threshold: Option<f64>,
@@ -114,7 +114,7 @@ pub struct SttConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
+pub(crate) struct ProviderConfig {
     pub provider: Option<String>,
     pub model: Option<String>,
     pub base_url: Option<String>,
@@ -123,7 +123,7 @@ pub struct ProviderConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TtsConfig {
+pub(crate) struct TtsConfig {
     pub provider: Option<String>,
     pub words_per_minute: Option<f64>,
     pub model: Option<String>,
@@ -132,7 +132,7 @@ pub struct TtsConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EngineConfig {
+pub(crate) struct EngineConfig {
     pub speculation: Option<bool>,
     pub barge_in: Option<String>,
     pub max_speculations_per_turn: Option<u32>,
@@ -142,7 +142,7 @@ pub struct EngineConfig {
 }
 
 /// Reads and checks `turnflow.toml`.
-pub fn load_config(path: &Path) -> Result<FileConfig> {
+pub(crate) fn load_config(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let config: FileConfig = toml::from_str(&text)
@@ -235,7 +235,7 @@ fn open_record(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
     Ok(std::io::BufWriter::new(file))
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
+pub(crate) fn run(args: RunArgs) -> Result<()> {
     let file = match &args.config {
         Some(path) => load_config(path)?,
         None => FileConfig::default(),

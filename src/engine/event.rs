@@ -1,0 +1,112 @@
+//! What the engine tells the application as a conversation goes: the user's words, the
+//! agent's sentences, speculation, interruptions and how each reply ended. Arrives on the
+//! receiver [`super::start_session`] returns.
+
+use super::turn::{CancelReason, ResponseId};
+use crate::error::BackendError;
+
+/// Application-facing events.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EngineEvent {
+    /// The user started a turn.
+    UserStarted {
+        /// User turn index.
+        turn: u64,
+        /// Whether the agent was speaking (or about to).
+        over_agent: bool,
+    },
+    /// The user's words so far in the current turn (interim, may still change).
+    UserTranscript {
+        /// User turn index.
+        turn: u64,
+        /// The transcript so far.
+        transcript: String,
+    },
+    /// The user's final transcript of a turn.
+    UserFinished {
+        /// User turn index.
+        turn: u64,
+        /// The transcript.
+        transcript: String,
+    },
+    /// A speculative reply started.
+    Speculating {
+        /// User turn index.
+        turn: u64,
+        /// The response.
+        response: ResponseId,
+        /// The eager transcript it answers.
+        transcript: String,
+    },
+    /// A speculative reply was thrown away.
+    SpeculationCancelled {
+        /// User turn index.
+        turn: u64,
+        /// The response.
+        response: ResponseId,
+        /// Why.
+        reason: CancelReason,
+    },
+    /// A speculative reply became the answer.
+    SpeculationPromoted {
+        /// User turn index.
+        turn: u64,
+        /// The response.
+        response: ResponseId,
+    },
+    /// A committed reply started (no usable speculation).
+    Responding {
+        /// User turn index.
+        turn: u64,
+        /// The response.
+        response: ResponseId,
+    },
+    /// The agent's first audio of a response was written.
+    AgentSpeaking {
+        /// The response.
+        response: ResponseId,
+    },
+    /// Playout paused: the user may be interrupting.
+    AgentPaused {
+        /// The response.
+        response: ResponseId,
+    },
+    /// Playout resumed: it was a backchannel or a false interruption.
+    AgentResumed {
+        /// The response.
+        response: ResponseId,
+    },
+    /// The user interrupted the agent.
+    Interrupted {
+        /// The response.
+        response: ResponseId,
+    },
+    /// The agent started speaking a sentence (for captions).
+    AgentSentence {
+        /// The response.
+        response: ResponseId,
+        /// The sentence.
+        text: String,
+    },
+    /// A user turn ignored as a backchannel ("uh-huh") over the agent.
+    Backchannel {
+        /// User turn index.
+        turn: u64,
+        /// What the user said.
+        transcript: String,
+    },
+    /// A response ended.
+    ResponseEnded {
+        /// The response.
+        response: ResponseId,
+        /// What the user heard of it.
+        heard: String,
+        /// Whether it was cut.
+        interrupted: bool,
+        /// The failure, if a backend failed.
+        error: Option<BackendError>,
+    },
+}
+
