@@ -13,7 +13,7 @@ use std::time::Duration;
 use turnflow::async_trait;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer};
 use turnflow::engine::{AudioSink, Backends, EngineEvent, SessionConfig, start_session};
-use turnflow::flux::{FluxConfig, ListenOptions, WebSocketConnector, connect};
+use turnflow::flux::{FluxConfig, ListenOptions, Thresholds, WebSocketConnector, connect};
 use turnflow::llm::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message};
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::tts::SyntheticTts;
@@ -68,10 +68,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
 
-    let options = ListenOptions {
+    let options = ListenOptions::default().with_thresholds(Thresholds {
         eager_eot_threshold: Some(0.5),
-        ..ListenOptions::default()
-    };
+        ..Thresholds::default()
+    });
     let (flux, flux_events) = connect(
         FluxConfig::new(options).with_base_url(emulator.base_url()),
         Arc::new(WebSocketConnector),

@@ -24,12 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let thresholds = scenario.listen.unwrap_or_default();
-    let options = ListenOptions {
-        eager_eot_threshold: thresholds.eager_eot_threshold,
-        eot_threshold: thresholds.eot_threshold,
-        eot_timeout_ms: thresholds.eot_timeout_ms,
-        ..ListenOptions::raw(Encoding::Linear16, 16000)
-    };
+    let options = ListenOptions::raw(Encoding::Linear16, 16000).with_thresholds(thresholds);
     let config = FluxConfig::new(options).with_base_url(server.base_url());
     let (flux, mut events) = connect(config, Arc::new(WebSocketConnector)).await?;
     println!(

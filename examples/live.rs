@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use turnflow::engine::{AudioSink, Backends, EngineEvent, SessionConfig, start_session};
-use turnflow::flux::{ApiKey, Encoding, FluxConfig, ListenOptions, WebSocketConnector, connect};
+use turnflow::flux::{
+    ApiKey, Encoding, FluxConfig, ListenOptions, Thresholds, WebSocketConnector, connect,
+};
 use turnflow::llm::OpenAiCompatible;
 use turnflow::tts::AuraTts;
 use turnflow::tts::aura::AURA_BASE_URL;
@@ -54,10 +56,10 @@ async fn main() -> Result<(), Error> {
         return Err(format!("{input}: needs 16 kHz mono 16-bit PCM").into());
     }
 
-    let options = ListenOptions {
+    let options = ListenOptions::raw(Encoding::Linear16, 16000).with_thresholds(Thresholds {
         eager_eot_threshold: Some(0.5),
-        ..ListenOptions::raw(Encoding::Linear16, 16000)
-    };
+        ..Thresholds::default()
+    });
     let (flux, events) = connect(
         FluxConfig::new(options).with_api_key(ApiKey::new(deepgram.clone())),
         Arc::new(WebSocketConnector),

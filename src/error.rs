@@ -83,6 +83,7 @@ impl ErrorKind {
 
 /// A language model's or a voice's failure.
 #[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[non_exhaustive]
 pub struct BackendError {
     /// Which backend (`openai-compatible`, `anthropic`, `aura`, ...).
     pub provider: String,

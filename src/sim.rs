@@ -26,6 +26,7 @@ use crate::tts::SyntheticTts;
 
 /// How the client reaches the emulator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Transport {
     /// A WebSocket on a loopback port.
     Socket,
@@ -38,6 +39,7 @@ pub type WrapConnector = fn(Arc<dyn Connector>) -> Arc<dyn Connector>;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SimulationConfig {
     /// The conversation.
     pub scenario: Arc<Scenario>,

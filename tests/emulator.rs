@@ -14,8 +14,8 @@ use turnflow::flux::client::FluxEventKind;
 use turnflow::flux::messages::ServerMessage;
 use turnflow::flux::transport::{ConnectRequest, WireFrame};
 use turnflow::flux::{
-    ApiKey, Connector, Encoding, FluxConfig, ListenOptions, TurnEvent, TurnInfo, TurnTrigger,
-    WebSocketConnector, connect,
+    ApiKey, Connector, Encoding, FluxConfig, ListenOptions, Thresholds, TurnEvent, TurnInfo,
+    TurnTrigger, WebSocketConnector, connect,
 };
 use turnflow::scenario::Scenario;
 
@@ -37,12 +37,7 @@ async fn events_over_socket(path: &str, seconds: f64) -> Vec<String> {
     let scenario = Scenario::load(path.as_ref()).unwrap();
     let t = scenario.listen.unwrap_or_default();
     let server = server(scenario, None).await;
-    let options = ListenOptions {
-        eager_eot_threshold: t.eager_eot_threshold,
-        eot_threshold: t.eot_threshold,
-        eot_timeout_ms: t.eot_timeout_ms,
-        ..ListenOptions::default()
-    };
+    let options = ListenOptions::default().with_thresholds(t);
     let mut config = FluxConfig::new(options).with_base_url(server.base_url());
     config.api_key = None;
     let (handle, mut events) = connect(config, Arc::new(WebSocketConnector)).await.unwrap();
@@ -418,12 +413,11 @@ proptest! {
         chunk_ms in prop_oneof![Just(20u64), Just(80), Just(100), Just(250)],
     ) {
         let eager = eager.map(|e| f64::from(e.min(eot)) / 100.0);
-        let options = ListenOptions {
+        let options = ListenOptions::default().with_thresholds(Thresholds {
             eager_eot_threshold: eager,
             eot_threshold: Some(f64::from(eot) / 100.0),
             eot_timeout_ms: Some(timeout),
-            ..ListenOptions::default()
-        };
+        });
         options.validate().unwrap();
         let scenario = Arc::new(Scenario::parse(&scenario, "prop").unwrap());
         let mut session = EmulatorSession::new(options, scenario, "r".into());
@@ -468,10 +462,10 @@ async fn vad_events(scenario: &str, audio: Vec<u8>) -> Vec<TurnInfo> {
     let mut config = EmulatorConfig::new(Arc::new(Scenario::parse(scenario, "vad").unwrap()));
     config.turn_detection = turnflow::emulator::TurnDetection::Vad;
     let emulator = MemoryEmulator::new(config);
-    let options = ListenOptions {
+    let options = ListenOptions::default().with_thresholds(Thresholds {
         eager_eot_threshold: Some(0.5),
-        ..ListenOptions::default()
-    };
+        ..Thresholds::default()
+    });
     let mut flux_config = FluxConfig::new(options);
     flux_config.api_key = None;
     let (handle, mut events) = connect(flux_config, Arc::new(emulator.clone()))

@@ -32,10 +32,10 @@ fn scenario(json: &str) -> Arc<Scenario> {
 }
 
 fn eager_options() -> ListenOptions {
-    ListenOptions {
+    ListenOptions::default().with_thresholds(Thresholds {
         eager_eot_threshold: Some(0.5),
-        ..ListenOptions::default()
-    }
+        ..Thresholds::default()
+    })
 }
 
 fn config(base_url: &str, options: ListenOptions) -> FluxConfig {
@@ -177,11 +177,11 @@ async fn invalid_options_fail_before_any_io() {
             panic!("invalid options reached the network");
         }
     }
-    let options = ListenOptions {
+    let options = ListenOptions::default().with_thresholds(Thresholds {
         eager_eot_threshold: Some(0.8),
         eot_threshold: Some(0.6),
-        ..ListenOptions::default()
-    };
+        ..Thresholds::default()
+    });
     let Err(e) = connect(config("ws://x", options), Arc::new(Unreachable)).await else {
         panic!("expected an error")
     };

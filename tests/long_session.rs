@@ -70,10 +70,8 @@ async fn an_hour_of_conversation_stays_within_every_limit() {
         inner: ScriptedLlm::from_scenario(&scenario),
         longest_request: AtomicUsize::new(0),
     });
-    let mut config = SessionConfig {
-        log_limit: 2_000,
-        ..SessionConfig::default()
-    };
+    let mut config = SessionConfig::default();
+    config.log_limit = 2_000;
     config.machine.context_messages = 20;
     config.machine.history_limit = 50;
     let backends = Backends {

@@ -22,6 +22,7 @@ use crate::flux::{ServerMessage, TurnEvent};
 /// What goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FaultKind {
     /// Read audio, answer nothing.
     Stall,

@@ -30,6 +30,7 @@ use crate::scenario::Scenario;
 
 /// How the emulator behaves.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EmulatorConfig {
     /// The conversation every connection plays.
     pub scenario: Arc<Scenario>,

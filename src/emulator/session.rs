@@ -80,6 +80,7 @@ enum AudioFormat {
 
 /// How the emulator decides when the user speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum TurnDetection {
     /// The scenario's timing (`at_ms`, or the first loud sample for relative starts).
     #[default]

@@ -109,4 +109,3 @@ pub enum EngineEvent {
         error: Option<BackendError>,
     },
 }
-

@@ -16,6 +16,7 @@ use crate::flux::TurnEvent;
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum LogKind {
     /// A Flux turn event was received.
     Flux {

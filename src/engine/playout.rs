@@ -25,7 +25,7 @@ pub trait AudioSink: Send {
 
 /// Commands to the playout task.
 #[derive(Debug)]
-pub enum PlayoutCommand {
+pub(crate) enum PlayoutCommand {
     /// A sentence of a response begins; its audio follows.
     Sentence {
         /// The response.
@@ -64,7 +64,7 @@ pub enum PlayoutCommand {
 
 /// What the user heard of a response.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Heard {
+pub(crate) struct Heard {
     /// The heard text.
     pub heard: String,
     /// The whole text queued for speech so far.
@@ -75,7 +75,7 @@ pub struct Heard {
 
 /// Reports from playout to the session.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PlayoutEvent {
+pub(crate) enum PlayoutEvent {
     /// The first frame of a response was written.
     Started(ResponseId),
     /// The first frame of a sentence was written.
@@ -196,7 +196,7 @@ const CLEARED_KEPT: usize = 32;
 /// Runs playout until `cancel` fires or every command sender is gone. `written` counts the
 /// samples written to the sink so far, so producers can stay about a second ahead instead of
 /// buffering whole replies.
-pub async fn run_playout(
+pub(crate) async fn run_playout(
     mut sink: Box<dyn AudioSink>,
     sample_rate: u32,
     mut commands: mpsc::Receiver<PlayoutCommand>,

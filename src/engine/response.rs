@@ -34,6 +34,7 @@ use crate::tts::SpeechSynthesizer;
 
 /// Per-session settings of the response pipeline.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ResponseOptions {
     /// Synthesize (and hold) the first sentence while still speculative.
     pub presynthesize_first_sentence: bool,
@@ -68,7 +69,7 @@ impl Default for ResponseOptions {
 
 /// What a response reports to the session besides its audio.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ResponseReport {
+pub(crate) enum ResponseReport {
     /// A speculative response failed before promotion; nothing was played.
     FailedWhileHeld {
         /// The response.
@@ -86,7 +87,7 @@ pub enum ResponseReport {
 }
 
 /// Everything a response needs from its session.
-pub struct ResponseContext {
+pub(crate) struct ResponseContext {
     /// The language model.
     pub llm: Arc<dyn LanguageModel>,
     /// The voice.
@@ -115,7 +116,7 @@ enum Piece {
 /// # Cancellation safety
 /// Cancelling `token` stops the LLM request (its stream is dropped), any synthesis in flight,
 /// and delivery to playout; this future then returns promptly.
-pub async fn run_response(
+pub(crate) async fn run_response(
     id: ResponseId,
     messages: Vec<Message>,
     ctx: Arc<ResponseContext>,

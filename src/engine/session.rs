@@ -44,6 +44,7 @@ use crate::tts::SpeechSynthesizer;
 
 /// How a session behaves.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SessionConfig {
     /// Speculation, barge-in policy, system prompt, history bounds.
     pub machine: MachineConfig,
@@ -86,6 +87,7 @@ impl std::fmt::Debug for Backends {
 
 /// Why a session ended other than by its Flux stream closing normally.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The Flux stream failed (server error, reconnects exhausted).
     #[error(transparent)]
@@ -102,6 +104,7 @@ pub enum SessionError {
 
 /// How the session's replies went.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ReplyTally {
     /// Replies that played to their end or were cut by the user.
     pub answered: u64,
@@ -113,6 +116,7 @@ pub struct ReplyTally {
 
 /// What a finished session leaves behind.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SessionOutcome {
     /// The conversation as the user heard it (the most recent
     /// [`MachineConfig::history_limit`] messages).

@@ -41,6 +41,7 @@ impl std::fmt::Display for ResponseId {
 
 /// When a user's speech interrupts the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BargeInPolicy {
     /// Cut on `StartOfTurn`.
     Immediate,
@@ -50,6 +51,7 @@ pub enum BargeInPolicy {
 
 /// How the machine decides.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MachineConfig {
     /// Start replies on `EagerEndOfTurn`.
     pub speculation: bool,
@@ -99,6 +101,7 @@ pub enum UserEvent {
 
 /// How a response ended, as reported by the driver.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Played to the end; `spoken` is the whole text spoken.
     Finished {
@@ -121,6 +124,7 @@ pub enum Outcome {
 
 /// Everything the machine reacts to.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Input {
     /// A Flux turn event with the turn's transcript so far.
     User {
@@ -142,6 +146,7 @@ pub enum Input {
 /// Why a response was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum CancelReason {
     /// The user kept talking after `EagerEndOfTurn`.
     TurnResumed,
@@ -159,6 +164,7 @@ pub enum CancelReason {
 /// reports [`Input::Ended`] for that response before any other input: the heard text must
 /// reach the history before the words of the user who interrupted.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Action {
     /// Start a response for `messages`; hold its audio while `speculative`.
     Start {

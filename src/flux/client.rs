@@ -53,6 +53,7 @@ pub const API_KEY_ENV: &str = "DEEPGRAM_API_KEY";
 
 /// Errors of the Flux client.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum FluxError {
     /// The options would be refused by the server; nothing was sent.
     #[error(transparent)]
@@ -99,6 +100,7 @@ pub enum FluxError {
 
 /// How the client reconnects after a dropped connection.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ReconnectPolicy {
     /// Attempts before giving up (0 disables reconnecting).
     pub max_attempts: u32,
@@ -134,6 +136,7 @@ impl ReconnectPolicy {
 
 /// Everything the client needs to connect and stay connected.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct FluxConfig {
     /// `wss://api.deepgram.com` by default; `ws://127.0.0.1:PORT` for an emulator. `http(s)`
     /// is accepted and turned into `ws(s)`. A query string is kept (the listen options follow
@@ -294,6 +297,7 @@ impl FluxConfig {
 
 /// Counters a production deployment wants to watch.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct ClientStats {
     /// Server messages that could not be parsed (logged and skipped).
     pub malformed_messages: AtomicU64,
@@ -335,6 +339,7 @@ impl TurnUpdate {
 
 /// What the client reports.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum FluxEventKind {
     /// A connection is ready (`attempt` 0 is the first connection).
     Connected {

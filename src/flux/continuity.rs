@@ -21,14 +21,14 @@ use crate::text::normalize;
 /// Cuts an arbitrary byte stream into frames of exactly `frame_bytes`, keeping sample
 /// boundaries. `frame_bytes == 0` means pass-through (compressed or containerized audio).
 #[derive(Debug)]
-pub struct Chunker {
+pub(crate) struct Chunker {
     frame_bytes: usize,
     pending: BytesMut,
 }
 
 impl Chunker {
     /// A chunker for frames of `frame_bytes` (0 = pass-through).
-    pub fn new(frame_bytes: usize) -> Self {
+    pub(crate) fn new(frame_bytes: usize) -> Self {
         Self {
             frame_bytes,
             pending: BytesMut::new(),
@@ -36,7 +36,7 @@ impl Chunker {
     }
 
     /// Adds bytes and returns every complete frame now available.
-    pub fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
+    pub(crate) fn push(&mut self, data: &[u8]) -> Vec<Bytes> {
         if self.frame_bytes == 0 {
             return if data.is_empty() {
                 Vec::new()
@@ -53,13 +53,13 @@ impl Chunker {
     }
 
     /// Takes the incomplete remainder (on close), if any.
-    pub fn flush(&mut self) -> Option<Bytes> {
+    pub(crate) fn flush(&mut self) -> Option<Bytes> {
         (!self.pending.is_empty()).then(|| self.pending.split().freeze())
     }
 
     /// Bytes waiting for a complete frame.
     #[cfg(test)]
-    pub fn pending_len(&self) -> usize {
+    pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 }
@@ -67,7 +67,7 @@ impl Chunker {
 /// Maps audio time (seconds since the session's first byte, across reconnects) to the
 /// instant that audio was first sent.
 #[derive(Debug)]
-pub struct AudioLedger {
+pub(crate) struct AudioLedger {
     /// (audio end time of a frame, instant it was first sent), ascending.
     entries: VecDeque<(f64, Instant)>,
     horizon: f64,
@@ -75,7 +75,7 @@ pub struct AudioLedger {
 
 impl AudioLedger {
     /// A ledger remembering `horizon` seconds of audio.
-    pub fn new(horizon: Duration) -> Self {
+    pub(crate) fn new(horizon: Duration) -> Self {
         Self {
             entries: VecDeque::new(),
             horizon: horizon.as_secs_f64(),
@@ -84,7 +84,7 @@ impl AudioLedger {
 
     /// Records that audio up to `audio_end` was sent at `at`. Re-sending (replay) an already
     /// recorded stretch keeps the first instant.
-    pub fn record(&mut self, audio_end: f64, at: Instant) {
+    pub(crate) fn record(&mut self, audio_end: f64, at: Instant) {
         if self
             .entries
             .back()
@@ -103,7 +103,7 @@ impl AudioLedger {
     }
 
     /// The instant the audio at `audio_time` was sent: the first frame whose end reaches it.
-    pub fn sent_at(&self, audio_time: f64) -> Option<Instant> {
+    pub(crate) fn sent_at(&self, audio_time: f64) -> Option<Instant> {
         // Allow float noise from server-side rounding (e.g. 0.24 vs 0.2399999).
         let t = audio_time - 1e-6;
         let i = self.entries.partition_point(|(end, _)| *end < t);
@@ -114,7 +114,7 @@ impl AudioLedger {
 /// Audio kept for replay after a dropped connection: everything since the last `EndOfTurn`,
 /// bounded to `turn_limit` while a turn is open and `idle_limit` between turns.
 #[derive(Debug)]
-pub struct ReplayBuffer {
+pub(crate) struct ReplayBuffer {
     frames: VecDeque<(f64, Bytes)>,
     start: f64,
     end: f64,
@@ -124,7 +124,7 @@ pub struct ReplayBuffer {
 
 impl ReplayBuffer {
     /// A buffer keeping at most `turn_limit` of an open turn and `idle_limit` between turns.
-    pub fn new(turn_limit: Duration, idle_limit: Duration) -> Self {
+    pub(crate) fn new(turn_limit: Duration, idle_limit: Duration) -> Self {
         Self {
             frames: VecDeque::new(),
             start: 0.0,
@@ -135,7 +135,7 @@ impl ReplayBuffer {
     }
 
     /// Appends a frame covering audio `[start, end)`.
-    pub fn push(&mut self, start: f64, end: f64, frame: Bytes, turn_open: bool) {
+    pub(crate) fn push(&mut self, start: f64, end: f64, frame: Bytes, turn_open: bool) {
         if self.frames.is_empty() {
             self.start = start;
         }
@@ -155,7 +155,7 @@ impl ReplayBuffer {
     }
 
     /// Drops audio that ends at or before `audio_time` (a turn ended there).
-    pub fn discard_until(&mut self, audio_time: f64) {
+    pub(crate) fn discard_until(&mut self, audio_time: f64) {
         while let Some((end, _)) = self.frames.front() {
             if *end > audio_time + 1e-9 {
                 break;
@@ -166,7 +166,7 @@ impl ReplayBuffer {
     }
 
     /// Audio time where the buffered audio starts (= `end()` when empty).
-    pub fn start(&self) -> f64 {
+    pub(crate) fn start(&self) -> f64 {
         if self.frames.is_empty() {
             self.end
         } else {
@@ -175,24 +175,24 @@ impl ReplayBuffer {
     }
 
     /// Audio time where the buffered audio ends.
-    pub fn end(&self) -> f64 {
+    pub(crate) fn end(&self) -> f64 {
         self.end
     }
 
     /// The buffered frames, oldest first.
-    pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
+    pub(crate) fn frames(&self) -> impl Iterator<Item = &Bytes> {
         self.frames.iter().map(|(_, f)| f)
     }
 
     /// Seconds of audio buffered.
-    pub fn duration(&self) -> f64 {
+    pub(crate) fn duration(&self) -> f64 {
         self.end() - self.start()
     }
 }
 
 /// The turn state a consumer has seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TurnState {
+pub(crate) enum TurnState {
     /// No turn in progress.
     Idle,
     /// The user is speaking.
@@ -204,7 +204,7 @@ pub enum TurnState {
 /// Something wrong with a `TurnInfo` that [`TurnTracker::accept`] repaired or dropped. Each is
 /// logged by the client; none of them ends the session.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Anomaly {
+pub(crate) enum Anomaly {
     /// A time that is not finite, negative, or beyond the audio sent; `replaced_by` is the
     /// estimate used instead (`None`: the value was dropped).
     Time {
@@ -280,7 +280,7 @@ impl std::fmt::Display for Anomaly {
 
 /// What [`TurnTracker::accept`] makes of one `TurnInfo`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The event for the consumer, in session time; `None` when it only repeats what the
     /// consumer already has (a replay) or was dropped (see `anomalies`).
     pub info: Option<TurnInfo>,
@@ -299,7 +299,7 @@ const CLOCK_RESTART: f64 = 1.0;
 /// sent, turn indices are counted rather than trusted, and only the replayed stretch after a
 /// reconnect is ever deduplicated.
 #[derive(Debug)]
-pub struct TurnTracker {
+pub(crate) struct TurnTracker {
     state: TurnState,
     turns_completed: u64,
     /// Session time of this connection's time 0.
@@ -335,24 +335,24 @@ fn plausible(t: f64, limit: Option<f64>) -> bool {
 impl TurnTracker {
     /// The turn state as the consumer sees it.
     #[cfg(test)]
-    pub fn state(&self) -> TurnState {
+    pub(crate) fn state(&self) -> TurnState {
         self.state
     }
 
     /// Whether a turn is open (started and not ended).
-    pub fn turn_open(&self) -> bool {
+    pub(crate) fn turn_open(&self) -> bool {
         self.state != TurnState::Idle
     }
 
     /// How many turns ended so far.
     #[cfg(test)]
-    pub fn turns_completed(&self) -> u64 {
+    pub(crate) fn turns_completed(&self) -> u64 {
         self.turns_completed
     }
 
     /// A new connection starts: its audio time 0 is `audio_offset` of the session timeline,
     /// and its events up to what the consumer has already seen are a replay.
-    pub fn new_connection(&mut self, audio_offset: f64) {
+    pub(crate) fn new_connection(&mut self, audio_offset: f64) {
         self.time_offset = audio_offset;
         self.index_offset = self.turns_completed;
         self.last_raw = None;
@@ -362,7 +362,7 @@ impl TurnTracker {
     /// Takes one `TurnInfo` from the current connection; `audio_sent` is the session audio
     /// time sent so far (`None` when bytes do not map to time). Returns what the consumer
     /// should see, in session time, and what had to be repaired.
-    pub fn accept(&mut self, mut info: TurnInfo, audio_sent: Option<f64>) -> Accepted {
+    pub(crate) fn accept(&mut self, mut info: TurnInfo, audio_sent: Option<f64>) -> Accepted {
         let mut anomalies = Vec::new();
         let (last_start, last_end) = self.last_raw.unwrap_or((0.0, 0.0));
         let sent_end = info.audio_window_end;

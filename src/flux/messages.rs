@@ -21,6 +21,7 @@ use serde_json::Value;
 
 /// Why a server message could not be understood.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MessageError {
     /// The text frame is not JSON at all.
     #[error("server message is not valid json: {0}")]

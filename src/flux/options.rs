@@ -176,6 +176,7 @@ pub const MAX_KEYTERMS: usize = 100;
 
 /// Every query parameter of `/v2/listen`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ListenOptions {
     /// The model; required.
     pub model: FluxModel,
@@ -229,6 +230,15 @@ impl ListenOptions {
             mip_opt_out: None,
             tags: Vec::new(),
         }
+    }
+
+    /// These options with the end-of-turn thresholds of `thresholds` (each field as given,
+    /// unset ones unset).
+    pub fn with_thresholds(mut self, thresholds: super::messages::Thresholds) -> Self {
+        self.eager_eot_threshold = thresholds.eager_eot_threshold;
+        self.eot_threshold = thresholds.eot_threshold;
+        self.eot_timeout_ms = thresholds.eot_timeout_ms;
+        self
     }
 
     /// Options for containerized audio (format read from the container header).

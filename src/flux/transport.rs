@@ -47,6 +47,7 @@ pub struct ConnectRequest {
 
 /// Why a connection could not be opened.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The server answered the upgrade with an HTTP error.
     #[error("handshake rejected with http {status}: {}{}", .dg_error.as_deref().unwrap_or(.body.as_str()), .request_id.as_ref().map(|r| format!(" (dg-request-id {r})")).unwrap_or_default())]

@@ -133,6 +133,7 @@ pub struct Usage {
 
 /// One piece of a streamed reply.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum LlmChunk {
     /// Text to append to the reply.
     Text(String),

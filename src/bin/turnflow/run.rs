@@ -283,13 +283,9 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         eot_threshold: file.stt.eot_threshold,
         eot_timeout_ms: file.stt.eot_timeout_ms,
     });
-    let options = ListenOptions {
-        eager_eot_threshold: thresholds.eager_eot_threshold,
-        eot_threshold: thresholds.eot_threshold,
-        eot_timeout_ms: thresholds.eot_timeout_ms,
-        keyterms: file.stt.keyterms.clone(),
-        ..ListenOptions::raw(Encoding::Linear16, SAMPLE_RATE)
-    };
+    let mut options =
+        ListenOptions::raw(Encoding::Linear16, SAMPLE_RATE).with_thresholds(thresholds);
+    options.keyterms = file.stt.keyterms.clone();
     options.validate()?;
     let mut session = SessionConfig::default();
     session.machine.system_prompt = file
