@@ -60,7 +60,6 @@
 //! | [`timeline`] | the SVG timeline of a simulated conversation |
 //! | [`sim`] | the simulated conversation behind `turnflow simulate`: emulator + client + engine + user |
 //! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
-//! | [`text`] | transcript normalization shared by engine and backends |
 //! | [`error`] | the typed error of a language model or voice: kind, HTTP status, whether to retry |
 //! | [`net`] | API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client |
 //!
@@ -93,6 +92,6 @@ pub mod net;
 pub mod report;
 pub mod scenario;
 pub mod sim;
-pub mod text;
+pub(crate) mod text;
 pub mod timeline;
 pub mod tts;

@@ -117,7 +117,7 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 }
 
 /// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
-pub fn is_loopback(url: &str) -> bool {
+pub(crate) fn is_loopback(url: &str) -> bool {
     host_of(url).is_some_and(|host| {
         host.eq_ignore_ascii_case("localhost")
             || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -126,7 +126,7 @@ pub fn is_loopback(url: &str) -> bool {
 
 /// Whether `url` is unencrypted (`http://` or `ws://`) to a host other than this machine:
 /// a key sent there travels in clear.
-pub fn insecure_remote(url: &str) -> bool {
+pub(crate) fn insecure_remote(url: &str) -> bool {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     matches!(scheme.as_deref(), Some("http" | "ws")) && !is_loopback(url)
 }

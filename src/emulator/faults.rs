@@ -221,7 +221,7 @@ impl FaultSpec {
 }
 
 /// The HTTP status the `connection`-th handshake is refused with, if a fault says so.
-pub fn refusal(faults: &[FaultSpec], connection: u32) -> Option<u16> {
+pub(crate) fn refusal(faults: &[FaultSpec], connection: u32) -> Option<u16> {
     faults
         .iter()
         .find(|f| f.kind == FaultKind::Refuse && f.connection.matches(connection))
@@ -230,7 +230,7 @@ pub fn refusal(faults: &[FaultSpec], connection: u32) -> Option<u16> {
 
 /// How a faulty connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// Without a close frame.
     Drop,
     /// With this close code and reason.
@@ -239,7 +239,7 @@ pub enum Ending {
 
 /// The faults of one connection, applied to its output as its audio time advances.
 #[derive(Debug, Clone, Default)]
-pub struct ConnectionFaults {
+pub(crate) struct ConnectionFaults {
     active: Vec<FaultSpec>,
 }
 

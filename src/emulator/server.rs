@@ -59,7 +59,7 @@ impl EmulatorConfig {
 
 /// An accepted upgrade.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// The validated options.
     pub options: ListenOptions,
     /// The subprotocol to echo (`token` or `bearer`) when the client authenticated that way.
@@ -68,7 +68,7 @@ pub struct Admission {
 
 /// A refused upgrade, as the HTTP response the real service sends.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// HTTP status.
     pub status: u16,
     /// The `dg-error` header.
@@ -91,7 +91,7 @@ fn reject(status: u16, code: &str, message: String, request_id: &str) -> Rejecti
 /// # Errors
 /// A [`Rejection`]: 404 for another path, 401 for missing or wrong credentials (when a key is
 /// configured), 400 for invalid options or an encoding the emulator cannot decode.
-pub fn admit(
+pub(crate) fn admit(
     target: &str,
     authorization: Option<&str>,
     subprotocols: Option<&str>,
@@ -162,7 +162,7 @@ fn refuse_by_fault(
 
 /// Drives one session over `connection` until either side closes, `cancel` fires, or the
 /// connection is idle for `config.idle_timeout`.
-pub async fn run_connection(
+pub(crate) async fn run_connection(
     mut connection: Connection,
     mut session: EmulatorSession,
     faults: ConnectionFaults,

@@ -51,9 +51,9 @@ use crate::flux::options::{Encoding, FluxModel, ListenOptions};
 use crate::scenario::{Phrase, Scenario, TimedWord, TurnStart};
 
 /// Audio per `TurnInfo`, in seconds.
-pub const TICK_SECONDS: f64 = 0.24;
+pub(crate) const TICK_SECONDS: f64 = 0.24;
 /// Speech onset level for relative turn starts: 1/32 of full scale.
-pub const ONSET_LEVEL: i16 = 1024;
+pub(crate) const ONSET_LEVEL: i16 = 1024;
 const SPEAKING_CONFIDENCE: f64 = 0.02;
 
 /// What the session wants the transport to do after an input.

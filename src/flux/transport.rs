@@ -144,7 +144,7 @@ fn from_message(message: Message) -> Option<WireFrame> {
 }
 
 /// Splits a tungstenite stream (client or server side) into a [`Connection`].
-pub fn websocket_connection<S>(
+pub(crate) fn websocket_connection<S>(
     ws: tokio_tungstenite::WebSocketStream<S>,
     request_id: Option<String>,
 ) -> Connection

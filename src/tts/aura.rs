@@ -58,7 +58,7 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> TtsError {
 }
 
 /// Splits `text` into pieces of at most `max` characters, at spaces when possible.
-pub fn split_text(text: &str, max: usize) -> Vec<String> {
+pub(crate) fn split_text(text: &str, max: usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::new();
     for word in text.split_inclusive(' ') {
