@@ -2,7 +2,7 @@
 
 /// Lowercase words without punctuation, single-spaced: how transcripts are compared
 /// ("Friday." and "friday" are the same words).
-pub fn normalize(text: &str) -> String {
+pub(crate) fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for word in text.split_whitespace() {
         let cleaned: String = word
@@ -23,7 +23,7 @@ pub fn normalize(text: &str) -> String {
 }
 
 /// Number of words (whitespace-separated runs with at least one alphanumeric character).
-pub fn word_count(text: &str) -> usize {
+pub(crate) fn word_count(text: &str) -> usize {
     text.split_whitespace()
         .filter(|w| w.chars().any(char::is_alphanumeric))
         .count()

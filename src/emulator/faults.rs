@@ -10,7 +10,7 @@
 //! - `clock_jump`: shift every later time by `by_ms` (negative: a restarted clock);
 //! - `duplicate`: send every later turn event (not `Update`) twice.
 //!
-//! Pure: [`ConnectionFaults::apply`] rewrites a session's output at a given audio time; the
+//! Pure: `ConnectionFaults::apply` rewrites a session's output at a given audio time; the
 //! server does the I/O. The same faults come from a scenario's `faults` list or from
 //! `turnflow emulate --fault SPEC` ([`FaultSpec::parse`]).
 
@@ -245,7 +245,7 @@ pub(crate) struct ConnectionFaults {
 
 impl ConnectionFaults {
     /// The faults of `faults` that apply to the `connection`-th connection.
-    pub fn for_connection(faults: &[FaultSpec], connection: u32) -> Self {
+    pub(crate) fn for_connection(faults: &[FaultSpec], connection: u32) -> Self {
         Self {
             active: faults
                 .iter()
@@ -256,13 +256,14 @@ impl ConnectionFaults {
     }
 
     /// Whether the connection behaves.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.active.is_empty()
     }
 
     /// Rewrites `output`, produced once the connection had `audio_seconds` of audio: the
     /// messages to send, and how the connection ends now, if it does.
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         audio_seconds: f64,
         output: Output,

@@ -1,8 +1,8 @@
 //! The emulator's I/O: the handshake rules, a WebSocket server, and an in-memory connector.
 //!
-//! [`admit`] applies the real service's upgrade rules (path, query validation shared with the
+//! `admit` applies the real service's upgrade rules (path, query validation shared with the
 //! client, `Authorization: Token` or the `token, <key>` subprotocol) and is used by both
-//! transports, so a rejection looks the same over a socket and in memory. [`run_connection`]
+//! transports, so a rejection looks the same over a socket and in memory. `run_connection`
 //! drives one [`EmulatorSession`] over any [`Connection`], with the 60 s idle close.
 
 use std::net::SocketAddr;
