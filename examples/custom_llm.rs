@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use turnflow::async_trait;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer};
-use turnflow::engine::{AudioSink, Backends, EngineEvent, SessionConfig, start_session};
+use turnflow::engine::{
+    AudioSink, Backends, CancellationToken, EngineEvent, SessionConfig, start_session,
+};
 use turnflow::flux::{FluxConfig, ListenOptions, Thresholds, WebSocketConnector, connect};
 use turnflow::llm::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message};
 use turnflow::scenario::{Scenario, TtsTiming};
@@ -87,6 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         flux_events,
         backends,
         Box::new(Discard),
+        CancellationToken::new(),
     );
 
     // The microphone: 7 s of 16 kHz silence in 20 ms frames (this scenario's turn is scripted

@@ -12,7 +12,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use turnflow::engine::{AudioSink, Backends, EngineEvent, SessionConfig, start_session};
+use turnflow::engine::{
+    AudioSink, Backends, CancellationToken, EngineEvent, SessionConfig, start_session,
+};
 use turnflow::flux::{
     ApiKey, Encoding, FluxConfig, ListenOptions, Thresholds, WebSocketConnector, connect,
 };
@@ -87,8 +89,13 @@ async fn main() -> Result<(), Error> {
     config.machine.system_prompt =
         Some("You are a helpful voice assistant. Answer in one or two short sentences.".into());
     let speaker = Collect::default();
-    let (session, mut engine_events) =
-        start_session(config, events, backends, Box::new(speaker.clone()));
+    let (session, mut engine_events) = start_session(
+        config,
+        events,
+        backends,
+        Box::new(speaker.clone()),
+        CancellationToken::new(),
+    );
     tokio::spawn(async move {
         while let Some(event) = engine_events.recv().await {
             match event {

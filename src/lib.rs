@@ -14,7 +14,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
-//! use turnflow::engine::{AudioSink, Backends, SessionConfig, start_session};
+//! use turnflow::engine::{AudioSink, Backends, CancellationToken, SessionConfig, start_session};
 //! use turnflow::flux::{FluxConfig, ListenOptions, connect};
 //! use turnflow::llm::ScriptedLlm;
 //! use turnflow::scenario::Scenario;
@@ -36,7 +36,8 @@
 //!     tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
 //!     tools: None,
 //! };
-//! let (session, _events) = start_session(SessionConfig::default(), events, backends, Box::new(Speaker));
+//! let stop = CancellationToken::new(); // Ctrl-C, a server's drain, ...
+//! let (session, _events) = start_session(SessionConfig::default(), events, backends, Box::new(Speaker), stop);
 //!
 //! flux.send_audio(vec![0u8; 16000 * 2 * 8]).await?; // 8 s of the microphone
 //! tokio::time::sleep(std::time::Duration::from_secs(8)).await;

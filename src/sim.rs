@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::emulator::{EmulatorConfig, EmulatorServer, MemoryEmulator};
 use crate::engine::log::LogEntry;
@@ -247,6 +248,7 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         flux_events,
         backends,
         Box::new(sink.clone()),
+        CancellationToken::new(),
     );
     let (agent_tx, agent_rx) = watch::channel(AgentState::default());
     let observer = config.observer.clone();

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
 use turnflow::engine::log::LogKind;
 use turnflow::engine::{
-    AudioSink, Backends, EVENT_QUEUE, EngineEvent, SessionConfig, SessionError, SessionOutcome,
-    start_session,
+    AudioSink, Backends, CancellationToken, EVENT_QUEUE, EngineEvent, SessionConfig, SessionError,
+    SessionOutcome, start_session,
 };
 use turnflow::error::{BackendError, ErrorKind};
 use turnflow::flux::{FluxConfig, FluxHandle, ListenOptions, connect};
@@ -306,6 +306,19 @@ async fn live_session(
     turnflow::engine::SessionHandle,
     tokio::sync::mpsc::Receiver<EngineEvent>,
 ) {
+    live_session_stopped_by(sink, seconds, CancellationToken::new()).await
+}
+
+/// Like [`live_session`], stopped by `stop`.
+async fn live_session_stopped_by(
+    sink: CountingSink,
+    seconds: u64,
+    stop: CancellationToken,
+) -> (
+    FluxHandle,
+    turnflow::engine::SessionHandle,
+    tokio::sync::mpsc::Receiver<EngineEvent>,
+) {
     let scenario = Scenario::parse(LONG_REPLY, "long").unwrap();
     let flux_server = MemoryEmulator::new(EmulatorConfig::new(Arc::new(scenario.clone())));
     let (flux, events) = connect(
@@ -319,8 +332,13 @@ async fn live_session(
         tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
         tools: None,
     };
-    let (session, app_events) =
-        start_session(SessionConfig::default(), events, backends, Box::new(sink));
+    let (session, app_events) = start_session(
+        SessionConfig::default(),
+        events,
+        backends,
+        Box::new(sink),
+        stop,
+    );
     flux.send_audio(vec![0u8; 16000 * 2 * seconds as usize])
         .await
         .unwrap();
@@ -410,4 +428,36 @@ async fn an_application_that_never_reads_events_cannot_grow_the_queue() {
     let outcome = session.finished().await;
     assert!(events.len() <= EVENT_QUEUE);
     assert_eq!(outcome.replies.answered, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_stop_token_stops_many_sessions_and_closing_one_leaves_the_others() {
+    let stop = CancellationToken::new();
+    let (a_sink, b_sink) = (CountingSink::default(), CountingSink::default());
+    let b_frames = b_sink.frames.clone();
+    let (_a_flux, a, mut a_events) = live_session_stopped_by(a_sink, 30, stop.clone()).await;
+    let (_b_flux, b, mut b_events) = live_session_stopped_by(b_sink, 30, stop.clone()).await;
+    until_speaking(&mut a_events).await;
+    until_speaking(&mut b_events).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a_outcome = a.close().await;
+    assert!(
+        !stop.is_cancelled(),
+        "closing one session leaves the shared token alone"
+    );
+    let before = b_frames.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        b_frames.load(Ordering::Relaxed) > before,
+        "the other one still speaks"
+    );
+    stop.cancel();
+    let b_outcome = b.finished().await;
+    for outcome in [a_outcome, b_outcome] {
+        assert!(
+            matches!(&outcome.history[1], Message::Assistant { interrupted: true, content, .. } if content.starts_with("Once upon")),
+            "{:?}",
+            outcome.history
+        );
+    }
 }

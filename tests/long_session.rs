@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
-use turnflow::engine::{AudioSink, Backends, EVENT_QUEUE, SessionConfig, start_session};
+use turnflow::engine::{
+    AudioSink, Backends, CancellationToken, EVENT_QUEUE, SessionConfig, start_session,
+};
 use turnflow::flux::{FluxConfig, ListenOptions, connect};
 use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
 use turnflow::scenario::Scenario;
@@ -79,7 +81,13 @@ async fn an_hour_of_conversation_stays_within_every_limit() {
         tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
         tools: None,
     };
-    let (session, events) = start_session(config, flux_events, backends, Box::new(Silent));
+    let (session, events) = start_session(
+        config,
+        flux_events,
+        backends,
+        Box::new(Silent),
+        CancellationToken::new(),
+    );
     let log = session.log();
 
     let hour = Duration::from_millis(TURNS as u64 * TURN_EVERY_MS);

@@ -24,4 +24,5 @@ pub use session::{
     Backends, EVENT_QUEUE, ReplyTally, SessionConfig, SessionError, SessionHandle, SessionOutcome,
     start_session,
 };
+pub use tokio_util::sync::CancellationToken;
 pub use turn::{BargeInPolicy, CancelReason, MachineConfig, ResponseId};

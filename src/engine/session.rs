@@ -189,16 +189,21 @@ impl Drop for SessionHandle {
     }
 }
 
-/// Starts a session on a Flux event stream. Events for the application arrive on the
-/// returned receiver (drop it if unused); it holds at most [`EVENT_QUEUE`] unread events.
+/// Starts a session on a Flux event stream. Cancelling `stop` (or calling
+/// [`SessionHandle::close`]) ends it gracefully: the reply in progress is cut, what the user
+/// heard of it stays in the history, then every task is awaited. One token can stop many
+/// sessions (a server draining). Events for the application arrive on the returned receiver
+/// (drop it if unused); it holds at most [`EVENT_QUEUE`] unread events.
 pub fn start_session(
     config: SessionConfig,
     flux: FluxEvents,
     backends: Backends,
     sink: Box<dyn AudioSink>,
+    stop: CancellationToken,
 ) -> (SessionHandle, mpsc::Receiver<EngineEvent>) {
     let cancel = CancellationToken::new();
-    let stop = cancel.child_token();
+    // Closing this session must not stop the others sharing the caller's token.
+    let stop = stop.child_token();
     let log = EventLog::with_limit(config.log_limit);
     let history = Arc::new(Mutex::new(Vec::new()));
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -326,6 +331,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
+                _ = self.cancel.cancelled() => break,
                 ended = &mut playout => {
                     playout_alive = false;
                     let message = match ended {

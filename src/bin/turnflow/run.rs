@@ -14,7 +14,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
 use turnflow::engine::{
-    AudioSink, Backends, BargeInPolicy, EngineEvent, SessionConfig, start_session,
+    AudioSink, Backends, BargeInPolicy, CancellationToken, EngineEvent, SessionConfig,
+    start_session,
 };
 use turnflow::flux::client::API_KEY_ENV;
 use turnflow::flux::{ApiKey, Thresholds};
@@ -374,7 +375,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             Output::Speaker(speaker) => Box::new(speaker.sink()),
         };
         let output_rate = backends.tts.sample_rate();
-        let (handle, mut engine_events) = start_session(session, events, backends, sink);
+        let (handle, mut engine_events) = start_session(session, events, backends, sink, CancellationToken::new());
         let start = Instant::now();
         // The event log is written as the session goes: an interrupted run leaves every line
         // up to the interruption.
