@@ -1,0 +1,227 @@
+//! One connection: opening it (upgrade, `Connected`), and its reader and writer tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, warn};
+
+use crate::flux::messages::{Parsed, ServerMessage};
+use crate::flux::options::ListenOptions;
+use crate::flux::transport::{ConnectError, ConnectRequest, Connection, Connector, WireFrame};
+
+use super::{FluxConfig, FluxError};
+
+pub(super) enum Inbound {
+    /// A message, when it arrived, and whether parsing had to repair it.
+    Message(Box<ServerMessage>, Instant, bool),
+    /// A text frame that could not be parsed (already logged by the reader).
+    Malformed(Instant),
+    Closed(String),
+}
+
+pub(super) struct Link {
+    pub(super) to_writer: mpsc::Sender<WireFrame>,
+    pub(super) inbound: mpsc::Receiver<Inbound>,
+    pub(super) token: CancellationToken,
+    pub(super) reader: JoinHandle<()>,
+    pub(super) writer: JoinHandle<()>,
+}
+
+impl Link {
+    pub(super) async fn shutdown(self) {
+        self.token.cancel();
+        let _ = self.reader.await;
+        let _ = self.writer.await;
+    }
+}
+
+/// Opens one connection and starts its reader and writer under a child of `parent`. Takes
+/// its inputs by value so a reconnect can run as a task of its own.
+pub(super) async fn open_link(
+    config: FluxConfig,
+    connector: Arc<dyn Connector>,
+    options: ListenOptions,
+    parent: CancellationToken,
+) -> Result<(Link, String), FluxError> {
+    let request = ConnectRequest {
+        url: config.url_for(&options),
+        api_key: config.api_key.clone(),
+    };
+    let mut connection = tokio::time::timeout(config.connect_timeout, connector.connect(&request))
+        .await
+        .map_err(|_| {
+            ConnectError::Io(format!("no upgrade within {:?}", config.connect_timeout))
+        })??;
+    let request_id = wait_connected(&mut connection, config.connected_timeout).await?;
+    let token = parent.child_token();
+    let (to_writer, writer_rx) = mpsc::channel(32);
+    let (inbound_tx, inbound) = mpsc::channel(256);
+    let Connection { sink, stream, .. } = connection;
+    let reader = tokio::spawn(read_loop(stream, inbound_tx, token.clone()).in_current_span());
+    let writer = tokio::spawn(write_loop(sink, writer_rx, token.clone()).in_current_span());
+    Ok((
+        Link {
+            to_writer,
+            inbound,
+            token,
+            reader,
+            writer,
+        },
+        request_id,
+    ))
+}
+
+async fn wait_connected(connection: &mut Connection, limit: Duration) -> Result<String, FluxError> {
+    let wait = async {
+        while let Some(frame) = connection.stream.next().await {
+            match frame {
+                Ok(WireFrame::Text(text)) => match ServerMessage::parse(&text) {
+                    Ok(ServerMessage::Connected { request_id, .. }) => return Ok(request_id),
+                    Ok(ServerMessage::Error(e)) => return Err(FluxError::Server(e)),
+                    Ok(other) => {
+                        debug!(message_type = other.type_name(), "message before Connected")
+                    }
+                    Err(e) => warn!(error = %e, "malformed message before Connected"),
+                },
+                Ok(WireFrame::Close(reason)) => {
+                    return Err(ConnectError::Io(format!(
+                        "server closed before Connected: {reason:?}"
+                    ))
+                    .into());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(ConnectError::Io(e.0).into()),
+            }
+        }
+        Err(ConnectError::Io("server closed before Connected".into()).into())
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .map_err(|_| FluxError::ConnectedTimeout(limit))?
+}
+
+async fn read_loop(
+    mut stream: crate::flux::transport::FrameStream,
+    inbound: mpsc::Sender<Inbound>,
+    token: CancellationToken,
+) {
+    let closed = loop {
+        let frame = tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            frame = stream.next() => frame,
+        };
+        let received_at = Instant::now();
+        match frame {
+            Some(Ok(WireFrame::Text(text))) => match ServerMessage::parse_repairing(&text) {
+                Ok(Parsed { message, repairs }) => {
+                    if !repairs.is_empty() {
+                        warn!(
+                            message_type = message.type_name(),
+                            repairs = %repairs.join("; "),
+                            "server message repaired"
+                        );
+                    }
+                    if inbound
+                        .send(Inbound::Message(
+                            Box::new(message),
+                            received_at,
+                            !repairs.is_empty(),
+                        ))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "skipping malformed server message");
+                    if inbound.send(Inbound::Malformed(received_at)).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            Some(Ok(WireFrame::Binary(b))) => {
+                warn!(bytes = b.len(), "unexpected binary frame from server");
+            }
+            Some(Ok(WireFrame::Ping(_) | WireFrame::Pong(_))) => {}
+            Some(Ok(WireFrame::Close(reason))) => {
+                break match reason {
+                    Some((code, text)) => format!("server closed the connection ({code} {text})"),
+                    None => "server closed the connection".to_owned(),
+                };
+            }
+            Some(Err(e)) => break format!("connection failed: {}", e.0),
+            None => break "connection lost".to_owned(),
+        }
+    };
+    let _ = inbound.send(Inbound::Closed(closed)).await;
+}
+
+async fn write_loop(
+    mut sink: crate::flux::transport::FrameSink,
+    mut frames: mpsc::Receiver<WireFrame>,
+    token: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = token.cancelled() => break,
+            frame = frames.recv() => frame,
+        };
+        let Some(frame) = frame else { break };
+        if let Err(e) = sink.send(frame).await {
+            debug!(error = %e, "writer stopped");
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(200), sink.close()).await;
+}
+
+pub(super) struct Connecting {
+    pub(super) token: CancellationToken,
+    pub(super) task: JoinHandle<Result<(Link, String), FluxError>>,
+}
+
+impl Connecting {
+    pub(super) async fn abandon(self) {
+        self.token.cancel();
+        if let Ok(Ok((link, _))) = self.task.await {
+            link.shutdown().await;
+        }
+    }
+}
+
+pub(super) async fn connect_result(
+    connecting: &mut Option<Connecting>,
+) -> Result<(Link, String), FluxError> {
+    match connecting {
+        Some(c) => match (&mut c.task).await {
+            Ok(result) => result,
+            Err(e) => Err(ConnectError::Io(format!("connect task failed: {e}")).into()),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Room for one frame in the writer's queue (never resolves without a writer).
+pub(super) async fn writer_room(
+    writer: Option<mpsc::Sender<WireFrame>>,
+) -> Result<mpsc::OwnedPermit<WireFrame>, mpsc::error::SendError<()>> {
+    match writer {
+        Some(writer) => writer.reserve_owned().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn next_inbound(link: &mut Option<Link>) -> Option<Inbound> {
+    match link {
+        Some(l) => l.inbound.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,139 @@
+//! The Flux `/v2/listen` client: one handle, one supervisor task, a reader and a writer per
+//! connection.
+//!
+//! ```text
+//! FluxHandle / FluxSender --commands--> supervisor --frames--> writer task --> Connection.sink
+//!                FluxEvents <--events-- supervisor <--parsed-- reader task <-- Connection.stream
+//! ```
+//!
+//! The supervisor owns everything that must survive a reconnect: the audio timeline, the audio of
+//! the open turn (replayed to a new connection so no words are lost), the configuration (the
+//! latest one goes into the new URL), and the turn state the consumer has seen, so that a drop in
+//! the middle of a turn never shows up as a premature `EndOfTurn` or a second `StartOfTurn`.
+//!
+//! It also keeps Flux's audio-driven clock running: WebSocket pings when no audio flows (Flux has
+//! no `KeepAlive` message) and silence when the source stalls mid-turn. A server that stops
+//! answering while audio flows is treated like a dropped socket.
+//!
+//! Continuity features need a sample-based raw encoding (linear16, linear32, mulaw, alaw), where
+//! bytes map to audio time. With Opus or containerized audio, frames pass through unchanged and
+//! reconnects start a fresh timeline without replay.
+//!
+//! Files: `config` (what to connect to and how to stay connected), `handle` (the handle, the
+//! sender and the event stream the application holds), `link` (one connection: its reader and
+//! writer tasks), `supervisor` (the task that owns the session across connections).
+
+use std::time::Duration;
+
+use super::messages::FatalError;
+use super::options::OptionsError;
+use super::transport::ConnectError;
+
+mod config;
+mod handle;
+mod link;
+mod supervisor;
+
+pub use config::{API_KEY_ENV, DEEPGRAM_BASE_URL, FluxConfig, ReconnectPolicy};
+pub use handle::{
+    ClientStats, FluxEvent, FluxEventKind, FluxEvents, FluxHandle, FluxSender, TurnUpdate,
+};
+pub use supervisor::connect;
+
+/// Errors of the Flux client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FluxError {
+    /// The options would be refused by the server; nothing was sent.
+    #[error(transparent)]
+    InvalidOptions(#[from] OptionsError),
+    /// Opening the connection failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The server accepted the upgrade but sent no `Connected` in time.
+    #[error("no Connected message within {0:?} of the upgrade")]
+    ConnectedTimeout(Duration),
+    /// The server sent `Error` and closed the connection.
+    #[error("server error {}: {}", .0.code, .0.description)]
+    Server(FatalError),
+    /// The connection dropped and every reconnect attempt failed.
+    #[error("connection lost ({reason}); {attempts} reconnect attempts failed, last: {last_error}")]
+    ReconnectFailed {
+        /// Why the connection was lost.
+        reason: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last attempt's error.
+        last_error: String,
+    },
+    /// The client is closed.
+    #[error("the flux client is closed")]
+    Closed,
+    /// The API key would travel unencrypted to another machine.
+    #[error(
+        "refusing to send the api key over unencrypted {url} (not this machine): use wss://, or allow it explicitly (FluxConfig::allow_insecure)"
+    )]
+    InsecureTransport {
+        /// The base URL refused.
+        url: String,
+    },
+    /// The base URL cannot be used as given.
+    #[error("flux url {url:?} is not usable: {reason}")]
+    InvalidBaseUrl {
+        /// The base URL.
+        url: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flux::options::ListenOptions;
+
+    #[test]
+    fn urls_for_deepgram_and_emulators() {
+        let c = FluxConfig::new(ListenOptions::default());
+        assert_eq!(
+            c.url_for(&c.options),
+            "wss://api.deepgram.com/v2/listen?model=flux-general-en&encoding=linear16&sample_rate=16000"
+        );
+        let e = c.clone().with_base_url("http://127.0.0.1:9000/");
+        assert!(
+            e.url_for(&e.options)
+                .starts_with("ws://127.0.0.1:9000/v2/listen?model=")
+        );
+        let full = c
+            .clone()
+            .with_base_url("wss://api.eu.deepgram.com/v2/listen");
+        assert!(
+            full.url_for(&full.options)
+                .starts_with("wss://api.eu.deepgram.com/v2/listen?")
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = ReconnectPolicy::default();
+        assert_eq!(p.backoff(1), Duration::from_millis(100));
+        assert_eq!(p.backoff(2), Duration::from_millis(200));
+        assert_eq!(p.backoff(4), Duration::from_millis(800));
+        assert_eq!(p.backoff(30), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn frame_size_is_80_ms_of_the_declared_format() {
+        let c = FluxConfig::new(ListenOptions::default());
+        assert_eq!(c.bytes_per_second(), Some(32000.0));
+        let mulaw = FluxConfig::new(ListenOptions::raw(
+            super::super::options::Encoding::Mulaw,
+            8000,
+        ));
+        assert_eq!(mulaw.bytes_per_second(), Some(8000.0));
+        assert_eq!(
+            FluxConfig::new(ListenOptions::containerized()).bytes_per_second(),
+            None
+        );
+    }
+}
