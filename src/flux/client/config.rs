@@ -79,7 +79,7 @@ pub struct FluxConfig {
     pub writer_stall_timeout: Duration,
     /// Most audio of an open turn kept for replay after a reconnect.
     pub replay_limit: Duration,
-    /// Bound for each step of [`FluxHandle::close`].
+    /// Bound for each step of [`FluxHandle::close`](super::FluxHandle::close).
     pub close_timeout: Duration,
     /// Reconnect behaviour.
     pub reconnect: ReconnectPolicy,
