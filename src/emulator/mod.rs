@@ -3,15 +3,15 @@
 //! The embedded default behind `turnflow simulate`, the server of the integration tests, and a
 //! product of its own: any Flux client pointed at it works unchanged.
 //!
-//! - [`session`]: one connection's behaviour, pure (audio and messages in, messages out).
+//! - [`session`]: one connection's behaviour, pure (audio and messages in, messages out): the
+//!   protocol clock, scripted turns (`session/script.rs`) and voice-activity turns
+//!   (`session/voice.rs`, feature `vad`).
 //! - [`server`]: handshake rules, the WebSocket server and the in-memory connector.
-//! - `vad` (internal): the voice activity detector of [`TurnDetection::Vad`] (feature `vad`).
 //! - [`faults`]: stalls, drops, closes, refusals, clock jumps and duplicates on demand.
 
 pub mod faults;
 pub mod server;
 pub mod session;
-mod vad;
 
 pub use faults::{FaultKind, FaultSpec};
 pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};

@@ -41,14 +41,17 @@
 
 use std::sync::Arc;
 
-use super::vad::{Detector, VAD_FRAME};
 use crate::audio::{decode_into, parse_wav_header};
 use crate::flux::messages::{
     ClientMessage, ConfigureFailure, ConfigureSuccess, FatalError, ServerMessage, TurnEvent,
     TurnInfo, TurnTrigger, Warning, Word,
 };
 use crate::flux::options::{Encoding, FluxModel, ListenOptions};
-use crate::scenario::{Phrase, Scenario, TimedWord, TurnStart};
+use crate::scenario::{Phrase, Scenario, TimedWord};
+use voice::{Detector, Vad};
+
+mod script;
+mod voice;
 
 /// Audio per `TurnInfo`, in seconds.
 pub(crate) const TICK_SECONDS: f64 = 0.24;
@@ -90,43 +93,8 @@ pub enum TurnDetection {
     Vad,
 }
 
-/// Consecutive voiced frames that start speech (48 ms).
-const VAD_ONSET_FRAMES: u32 = 3;
-/// Consecutive unvoiced frames that end speech (240 ms; gaps between words are shorter).
-const VAD_HANGOVER_FRAMES: u32 = 15;
 /// Containerized audio buffered while looking for its WAV header, at most.
 const MAX_WAV_HEADER: usize = 64 * 1024;
-/// Words one voice-activity turn grows to at most (a turn of nonstop speech or noise must not
-/// grow without bound; about eight minutes of speech).
-const MAX_TURN_WORDS: usize = 1280;
-/// Words of an unscripted turn.
-const PLACEHOLDER: &str = "unscripted speech";
-
-struct Vad {
-    detector: Detector,
-    frame: Vec<i16>,
-    speaking: bool,
-    voiced_run: u32,
-    quiet_run: u32,
-    /// Where the current run of voiced frames began.
-    run_start: f64,
-    /// End of the last voiced frame.
-    last_voiced: f64,
-    /// Speech time already turned into words in this turn.
-    words_spoken: f64,
-    /// The words of the current turn not yet revealed.
-    pending: std::collections::VecDeque<String>,
-}
-
-impl std::fmt::Debug for Vad {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vad")
-            .field("speaking", &self.speaking)
-            .field("pending", &self.pending)
-            .finish()
-    }
-}
-
 /// A turn of the script placed on the audio timeline.
 #[derive(Debug)]
 struct PlacedTurn {
@@ -186,20 +154,10 @@ impl EmulatorSession {
 
     /// Switches turn detection (script timing or voice activity).
     pub fn with_turn_detection(mut self, detection: TurnDetection) -> Self {
-        let detector = (detection == TurnDetection::Vad)
+        self.vad = (detection == TurnDetection::Vad)
             .then(Detector::new)
-            .flatten();
-        self.vad = detector.map(|detector| Vad {
-            detector,
-            frame: Vec::with_capacity(VAD_FRAME),
-            speaking: false,
-            voiced_run: 0,
-            quiet_run: 0,
-            run_start: 0.0,
-            last_voiced: 0.0,
-            words_spoken: 0.0,
-            pending: Default::default(),
-        });
+            .flatten()
+            .map(Vad::new);
         self
     }
 
@@ -402,174 +360,6 @@ impl EmulatorSession {
             out.messages.push(ServerMessage::TurnInfo(info));
         }
         out
-    }
-
-    fn current_turn_start(&self) -> Option<TurnStart> {
-        let turn = self.scenario.turns.get(self.next_turn)?;
-        Some(turn.start.unwrap_or(if self.next_turn == 0 {
-            TurnStart::AtMs(500)
-        } else {
-            TurnStart::AfterAgentMs(600)
-        }))
-    }
-
-    /// Feeds one sample to the voice activity detector and turns speech into words.
-    fn vad_sample(&mut self, sample: i16, rate: u32) {
-        let Some(vad) = &mut self.vad else { return };
-        vad.frame.push(sample);
-        if vad.frame.len() < VAD_FRAME {
-            return;
-        }
-        let end = (self.samples + 1) as f64 / f64::from(rate);
-        let start = end - VAD_FRAME as f64 / f64::from(rate);
-        let voiced = vad.detector.voiced(&vad.frame);
-        vad.frame.clear();
-        if voiced {
-            if vad.voiced_run == 0 {
-                vad.run_start = start;
-            }
-            vad.voiced_run += 1;
-            vad.quiet_run = 0;
-            vad.last_voiced = end;
-        } else {
-            vad.voiced_run = 0;
-            vad.quiet_run += 1;
-        }
-        if !vad.speaking && vad.voiced_run >= VAD_ONSET_FRAMES && vad.run_start >= self.window_start
-        {
-            vad.speaking = true;
-            if self.placed.is_none() {
-                let line = self
-                    .scenario
-                    .turns
-                    .get(self.next_turn)
-                    .map_or_else(|| PLACEHOLDER.to_owned(), |t| t.transcript());
-                vad.pending = line.split_whitespace().map(str::to_owned).collect();
-                vad.words_spoken = 0.0;
-                self.placed = Some(PlacedTurn {
-                    words: Vec::new(),
-                    phrases: vec![Phrase {
-                        text: line,
-                        pause_ms: 0,
-                        eot_confidence: 0.9,
-                        ramp_ms: 800,
-                    }],
-                });
-            }
-        }
-        let Some(placed) = &mut self.placed else {
-            return;
-        };
-        let word_len = 60.0 / 160.0;
-        if vad.speaking {
-            // One word per word-length of speech; the last scripted word waits for the pause,
-            // so the transcript is complete exactly when the user stops.
-            vad.words_spoken += VAD_FRAME as f64 / f64::from(rate) * f64::from(u8::from(voiced));
-            while vad.words_spoken >= word_len {
-                vad.words_spoken -= word_len;
-                let word = if vad.pending.len() > 1 {
-                    vad.pending.pop_front()
-                } else if vad.pending.is_empty() {
-                    Some("uh".to_owned())
-                } else {
-                    None
-                };
-                if let Some(word) = word
-                    && placed.words.len() < MAX_TURN_WORDS
-                {
-                    placed.words.push(TimedWord {
-                        word,
-                        start: end - word_len,
-                        end,
-                        phrase: 0,
-                    });
-                }
-            }
-            if vad.quiet_run >= VAD_HANGOVER_FRAMES {
-                vad.speaking = false;
-                let at = vad.last_voiced;
-                placed
-                    .words
-                    .extend(vad.pending.drain(..).map(|word| TimedWord {
-                        word,
-                        start: at,
-                        end: at,
-                        phrase: 0,
-                    }));
-            }
-        }
-    }
-
-    fn place_turn(&mut self, t: f64) {
-        if self.placed.is_some() || self.vad.is_some() {
-            return;
-        }
-        let origin = match self.current_turn_start() {
-            None => return,
-            Some(TurnStart::AtMs(ms)) => {
-                let at = (ms as f64 / 1000.0).max(self.window_start);
-                if at > t {
-                    return;
-                }
-                at
-            }
-            Some(TurnStart::AfterAgentMs(_) | TurnStart::BargeInMs(_)) => match self.onset {
-                Some(onset) => onset,
-                None => return,
-            },
-        };
-        let turn = &self.scenario.turns[self.next_turn];
-        let words = turn
-            .timed_words()
-            .into_iter()
-            .map(|mut w| {
-                w.start += origin;
-                w.end += origin;
-                w
-            })
-            .collect();
-        self.placed = Some(PlacedTurn {
-            words,
-            phrases: turn.effective_phrases(),
-        });
-    }
-
-    fn visible_words(&self, t: f64) -> usize {
-        self.placed.as_ref().map_or(0, |p| {
-            p.words.iter().take_while(|w| w.end <= t + 1e-9).count()
-        })
-    }
-
-    /// Seconds since the last word ended (0 while a word is being spoken).
-    fn silence(&self, t: f64, visible: usize) -> f64 {
-        let Some(p) = &self.placed else { return 0.0 };
-        if let Some(vad) = &self.vad {
-            return if vad.speaking {
-                0.0
-            } else {
-                (t - vad.last_voiced).max(0.0)
-            };
-        }
-        if p.words.get(visible).is_some_and(|w| w.start <= t + 1e-9) {
-            return 0.0;
-        }
-        visible
-            .checked_sub(1)
-            .map_or(0.0, |i| (t - p.words[i].end).max(0.0))
-    }
-
-    fn confidence(&self, t: f64, visible: usize) -> f64 {
-        let silence = self.silence(t, visible);
-        let Some(p) = &self.placed else {
-            return SPEAKING_CONFIDENCE;
-        };
-        if visible == 0 || silence == 0.0 {
-            return SPEAKING_CONFIDENCE + 0.01 * (visible % 5) as f64;
-        }
-        let phrase = &p.phrases[p.words[visible - 1].phrase];
-        let ramp = (silence / (phrase.ramp_ms as f64 / 1000.0)).min(1.0);
-        let value = SPEAKING_CONFIDENCE + (phrase.eot_confidence - SPEAKING_CONFIDENCE) * ramp;
-        (value * 10_000.0).round() / 10_000.0
     }
 
     fn tick(&mut self, t: f64) -> ServerMessage {
