@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use turnflow::emulator::sim::{SimulationConfig, Transport, run};
 use turnflow::scenario::Scenario;
-use turnflow::sim::{SimulationConfig, Transport, run};
 
 fn bench(c: &mut Criterion) {
     let scenario = Arc::new(Scenario::load("scenarios/eager_hit.json".as_ref()).unwrap());

@@ -52,14 +52,12 @@
 //! | module | role |
 //! |---|---|
 //! | [`flux`] | Flux `/v2/listen`: wire types, listen options, transports and the client |
-//! | [`emulator`] | a local Flux server (WebSocket or in-memory) driven by a scenario |
+//! | [`emulator`] | a local Flux server (WebSocket or in-memory) driven by a scenario, its faults on demand, and the simulated conversation behind `turnflow simulate` ([`emulator::sim`]: emulator + client + engine + a simulated user) |
 //! | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies |
 //! | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
 //! | [`llm`] | the `LanguageModel` trait, conversation types, tools; OpenAI-compatible, Anthropic, failover, scripted |
 //! | [`tts`] | the `SpeechSynthesizer` trait; Aura, OpenAI-compatible speech, espeak-ng, synthetic |
-//! | [`report`] | per-turn metrics and the run summary, computed from the session's event log |
-//! | [`timeline`] | the SVG timeline of a simulated conversation |
-//! | [`sim`] | the simulated conversation behind `turnflow simulate`: emulator + client + engine + user |
+//! | [`report`] | per-turn metrics and the run summary, computed from the session's event log ([`engine::log`]); the SVG timeline ([`report::timeline`]) |
 //! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
 //! | [`error`] | the typed error of a language model or voice: kind, HTTP status, whether to retry |
 //! | [`net`] | API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client |
@@ -92,7 +90,5 @@ pub mod llm;
 pub mod net;
 pub mod report;
 pub mod scenario;
-pub mod sim;
 pub(crate) mod text;
-pub mod timeline;
 pub mod tts;

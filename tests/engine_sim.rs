@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::time::Instant;
+use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::engine::log::{LogEntry, LogKind};
 use turnflow::engine::turn::CancelReason;
 use turnflow::engine::{Backends, BargeInPolicy, EngineEvent, ResponseId};
@@ -17,7 +18,6 @@ use turnflow::llm::{
     ToolSpec,
 };
 use turnflow::scenario::Scenario;
-use turnflow::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::tts::SyntheticTts;
 use turnflow::tts::synthetic::TtsFault;
 

@@ -7,11 +7,14 @@
 //!   protocol clock, scripted turns (`session/script.rs`) and voice-activity turns
 //!   (`session/voice.rs`, feature `vad`).
 //! - [`server`]: handshake rules, the WebSocket server and the in-memory connector.
+//! - [`sim`]: a whole simulated conversation: this emulator, the real Flux client, the engine
+//!   and a simulated user who speaks the scenario and reacts to the agent.
 //! - [`faults`]: stalls, drops, closes, refusals, clock jumps and duplicates on demand.
 
 pub mod faults;
 pub mod server;
 pub mod session;
+pub mod sim;
 
 pub use faults::{FaultKind, FaultSpec};
 pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};

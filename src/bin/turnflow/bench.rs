@@ -9,9 +9,9 @@ use std::time::Instant as WallInstant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
+use turnflow::emulator::sim::{SimulationConfig, Transport};
 use turnflow::report::{Report, Stats, Summary};
 use turnflow::scenario::Scenario;
-use turnflow::sim::{SimulationConfig, Transport};
 
 use crate::{Clock, parse_barge_in};
 
@@ -175,7 +175,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                         config.transport = Transport::Memory;
                         config.record_audio = false;
                         (variant.apply)(&mut config, &variant.value);
-                        tasks.push(tokio::spawn(turnflow::sim::run(config)));
+                        tasks.push(tokio::spawn(turnflow::emulator::sim::run(config)));
                     }
                     let mut out = Vec::new();
                     for t in tasks {

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
+use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport};
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, FaultSpec, TurnDetection};
 use turnflow::engine::{BargeInPolicy, EngineEvent};
 use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::report::{Report, Stats};
 use turnflow::scenario::Scenario;
-use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
 
 #[cfg(feature = "audio-io")]
 mod audio_io;
@@ -228,7 +228,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
                 print_event(&event);
             }
         });
-        let result = turnflow::sim::run(config).await;
+        let result = turnflow::emulator::sim::run(config).await;
         let _ = printer.await;
         result
     })?;
@@ -334,8 +334,11 @@ fn write_outputs(dir: &PathBuf, result: &SimulationResult) -> Result<()> {
     let report = serde_json::to_string_pretty(&result.report)?;
     std::fs::write(dir.join("report.json"), report + "\n")
         .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
-    std::fs::write(dir.join("timeline.svg"), turnflow::timeline::render(result))
-        .with_context(|| format!("cannot write {}", dir.join("timeline.svg").display()))?;
+    std::fs::write(
+        dir.join("timeline.svg"),
+        turnflow::report::timeline::render(result),
+    )
+    .with_context(|| format!("cannot write {}", dir.join("timeline.svg").display()))?;
     turnflow::audio::write_wav(
         &dir.join("conversation.wav"),
         result.sample_rate,

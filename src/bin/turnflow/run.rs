@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Deserialize;
 use tokio::time::Instant;
+use turnflow::emulator::sim::{RecordingSink, place_frames};
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
 use turnflow::engine::{
     AudioSink, Backends, BargeInPolicy, CancellationToken, EngineEvent, SessionConfig,
@@ -26,7 +27,6 @@ use turnflow::llm::anthropic::{ANTHROPIC_API_KEY_ENV, ANTHROPIC_BASE_URL};
 use turnflow::llm::openai::OPENAI_API_KEY_ENV;
 use turnflow::llm::{Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, ScriptedLlm};
 use turnflow::scenario::{Scenario, TtsTiming};
-use turnflow::sim::{RecordingSink, place_frames};
 use turnflow::tts::aura::AURA_BASE_URL;
 use turnflow::tts::{AuraTts, Espeak, FailoverTts, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
 

@@ -10,10 +10,10 @@ use std::fmt::Write;
 
 use tokio::time::Instant;
 
+use crate::emulator::sim::SimulationResult;
 use crate::engine::log::LogKind;
 use crate::engine::turn::ResponseId;
 use crate::flux::TurnEvent;
-use crate::sim::SimulationResult;
 
 const PX_PER_SECOND: f64 = 100.0;
 const LEFT: f64 = 110.0;

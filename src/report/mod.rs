@@ -22,6 +22,8 @@ use crate::engine::log::{LogEntry, LogKind};
 use crate::engine::turn::{CancelReason, ResponseId};
 use crate::flux::TurnEvent;
 
+pub mod timeline;
+
 /// Metrics of one user turn.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TurnReport {
