@@ -4,13 +4,28 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use turnflow::engine::segment::SentenceSplitter;
-use turnflow::engine::turn::{Input, MachineConfig, TurnMachine, UserEvent};
+use turnflow::engine::turn::{Action, Input, MachineConfig, TurnMachine, UserEvent};
 
 fn user(event: UserEvent, transcript: &str) -> Input {
     Input::User {
         event,
         transcript: transcript.into(),
     }
+}
+
+/// What the benchmarked work must produce (checked before timing, and by `cargo bench --
+/// --test`): an eager end then the same end is a promoted speculation, and the reply splits
+/// into its three sentences.
+fn check(tokens: &[String]) {
+    let mut m = TurnMachine::new(MachineConfig::default());
+    m.step(user(UserEvent::StartOfTurn, "I'd"));
+    m.step(user(UserEvent::EagerEndOfTurn, "I'd like to change my flight."));
+    let end = m.step(user(UserEvent::EndOfTurn, "I'd like to change my flight."));
+    assert!(end.iter().any(|a| matches!(a, Action::Promote(_))), "{end:?}");
+    let mut s = SentenceSplitter::default();
+    let mut sentences: Vec<String> = tokens.iter().flat_map(|t| s.push(t)).collect();
+    sentences.extend(s.finish());
+    assert_eq!(sentences.len(), 3, "{sentences:?}");
 }
 
 fn bench(c: &mut Criterion) {
@@ -44,6 +59,7 @@ fn bench(c: &mut Criterion) {
     let reply = "Thanks Jordan. Your table for four is booked for seven tonight. We will hold it \
                  for fifteen minutes, and you will get a confirmation by text message shortly.";
     let tokens: Vec<String> = reply.split_inclusive(' ').map(str::to_owned).collect();
+    check(&tokens);
     c.bench_function("segment/stream_29_tokens", |b| {
         b.iter(|| {
             let mut s = SentenceSplitter::default();

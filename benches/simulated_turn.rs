@@ -4,22 +4,29 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use turnflow::emulator::sim::{SimulationConfig, Transport, run};
+use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::scenario::Scenario;
+
+fn simulate(scenario: &Arc<Scenario>) -> SimulationResult {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let mut config = SimulationConfig::new(scenario.clone());
+    config.transport = Transport::Memory;
+    runtime.block_on(run(config)).unwrap()
+}
 
 fn bench(c: &mut Criterion) {
     let scenario = Arc::new(Scenario::load("scenarios/eager_hit.json".as_ref()).unwrap());
+    // What is measured must be a real turn: answered, by the promoted speculation.
+    let result = simulate(&scenario);
+    assert_eq!(result.report.turns.len(), 1);
+    assert_eq!(result.report.turns[0].speculation, "hit");
+    assert!(!result.report.turns[0].assistant_heard.is_empty());
     c.bench_function("simulated_turn/eager_hit_virtual_clock", |b| {
-        b.iter(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap();
-            let mut config = SimulationConfig::new(scenario.clone());
-            config.transport = Transport::Memory;
-            runtime.block_on(run(config)).unwrap()
-        })
+        b.iter(|| simulate(&scenario))
     });
 }
 
