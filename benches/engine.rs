@@ -19,9 +19,15 @@ fn user(event: UserEvent, transcript: &str) -> Input {
 fn check(tokens: &[String]) {
     let mut m = TurnMachine::new(MachineConfig::default());
     m.step(user(UserEvent::StartOfTurn, "I'd"));
-    m.step(user(UserEvent::EagerEndOfTurn, "I'd like to change my flight."));
+    m.step(user(
+        UserEvent::EagerEndOfTurn,
+        "I'd like to change my flight.",
+    ));
     let end = m.step(user(UserEvent::EndOfTurn, "I'd like to change my flight."));
-    assert!(end.iter().any(|a| matches!(a, Action::Promote(_))), "{end:?}");
+    assert!(
+        end.iter().any(|a| matches!(a, Action::Promote(_))),
+        "{end:?}"
+    );
     let mut s = SentenceSplitter::default();
     let mut sentences: Vec<String> = tokens.iter().flat_map(|t| s.push(t)).collect();
     sentences.extend(s.finish());

@@ -219,7 +219,10 @@ impl Supervisor {
                     self.on_reconnect_result(result).await
                 }
                 command = self.commands.recv(), if accepting => match command {
-                    Some(command) => self.on_command(command).await,
+                    Some(command) => {
+                        self.on_command(command).await;
+                        Flow::Continue
+                    }
                     None => Flow::Stop,
                 },
                 _ = tick.tick() => self.on_tick().await,
@@ -282,7 +285,7 @@ impl Supervisor {
         }
     }
 
-    async fn on_command(&mut self, command: Command) -> Flow {
+    async fn on_command(&mut self, command: Command) {
         match command {
             Command::Audio(audio) => {
                 let now = Instant::now();
@@ -315,7 +318,6 @@ impl Supervisor {
                 }
             }
         }
-        Flow::Continue
     }
 
     async fn send_audio_frame(&mut self, frame: Bytes, now: Instant) {
