@@ -47,14 +47,14 @@ fn stream_error(error: cpal::Error) {
 }
 
 /// The default input device, delivering 16 kHz mono.
-pub struct Microphone {
+pub(crate) struct Microphone {
     _stream: cpal::Stream,
     samples: mpsc::UnboundedReceiver<Vec<f32>>,
 }
 
 impl Microphone {
     /// Opens the default microphone.
-    pub fn open(rate: u32) -> Result<Self> {
+    pub(crate) fn open(rate: u32) -> Result<Self> {
         let host = cpal::default_host();
         let device = host
             .default_input_device()
@@ -111,7 +111,7 @@ impl Microphone {
 }
 
 /// Forwards the microphone to Flux until Ctrl-C.
-pub async fn stream_microphone(mut mic: Microphone, flux: FluxSender) {
+pub(crate) async fn stream_microphone(mut mic: Microphone, flux: FluxSender) {
     println!("listening; Ctrl-C to stop");
     loop {
         let block = tokio::select! {
@@ -135,7 +135,7 @@ pub async fn stream_microphone(mut mic: Microphone, flux: FluxSender) {
 }
 
 /// The default output device, fed from the agent's 16 kHz mono frames.
-pub struct Speaker {
+pub(crate) struct Speaker {
     _stream: cpal::Stream,
     buffer: Arc<Mutex<VecDeque<f32>>>,
     from: u32,
@@ -144,7 +144,7 @@ pub struct Speaker {
 
 impl Speaker {
     /// Opens the default speaker.
-    pub fn open(rate: u32) -> Result<Self> {
+    pub(crate) fn open(rate: u32) -> Result<Self> {
         let host = cpal::default_host();
         let device = host
             .default_output_device()
@@ -185,7 +185,7 @@ impl Speaker {
     }
 
     /// The sink the session writes to.
-    pub fn sink(&self) -> SpeakerSink {
+    pub(crate) fn sink(&self) -> SpeakerSink {
         SpeakerSink {
             buffer: self.buffer.clone(),
             resampler: Resampler::new(self.from, self.to),
@@ -194,7 +194,7 @@ impl Speaker {
 }
 
 /// Writes agent frames into the speaker's buffer.
-pub struct SpeakerSink {
+pub(crate) struct SpeakerSink {
     buffer: Arc<Mutex<VecDeque<f32>>>,
     resampler: Resampler,
 }
