@@ -344,17 +344,13 @@ fn run_names_the_missing_llm_key_variable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("OPENAI_API_KEY is not set"));
 }
 
-#[test]
-fn emulate_serves_the_scenario_on_the_printed_address() {
+/// Starts `turnflow emulate` with `args` on a free loopback port: the process, the line it
+/// printed, and the `ws://.../v2/listen` address in it.
+fn spawn_emulator(args: &[&str]) -> (std::process::Child, String, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_turnflow"))
-        .args([
-            "emulate",
-            "--scenario",
-            "scenarios/plain.json",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["emulate", "--listen", "127.0.0.1:0"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -368,6 +364,12 @@ fn emulate_serves_the_scenario_on_the_printed_address() {
         .find(|w| w.starts_with("ws://"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
+    (child, line, url)
+}
+
+#[test]
+fn emulate_serves_the_scenario_on_the_printed_address() {
+    let (mut child, line, url) = spawn_emulator(&["--scenario", "scenarios/plain.json"]);
     assert!(line.contains("\"plain\""), "{line}");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let events = runtime.block_on(async {
@@ -601,30 +603,9 @@ fn sigterm_stops_a_run_and_leaves_complete_files() {
 
 #[test]
 fn run_exits_non_zero_when_flux_keeps_failing_and_emulate_injects_the_fault() {
-    use std::io::{BufRead, BufReader};
-    let mut emulator = Command::new(env!("CARGO_BIN_EXE_turnflow"))
-        .args([
-            "emulate",
-            "--listen",
-            "127.0.0.1:0",
-            "--fault",
-            "close=1011@1000/all",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(emulator.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut emulator, line, url) = spawn_emulator(&["--fault", "close=1011@1000/all"]);
     assert!(line.contains("with 1 fault(s)"), "{line}");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap()
-        .trim_end_matches("/v2/listen")
-        .to_owned();
+    let url = url.trim_end_matches("/v2/listen").to_owned();
     let out = Command::new(env!("CARGO_BIN_EXE_turnflow"))
         .args([
             "run",
