@@ -65,6 +65,17 @@
 //! Data flows one way: audio in -> [`flux`] client -> [`engine`] turn machine -> response (LLM ->
 //! sentences -> TTS -> gate -> playout) -> audio out, every step stamped into one event log that
 //! [`report`] reads. Nothing upstream knows what is downstream.
+//!
+//! ## Crate features
+//! - `cli` (default): the `turnflow` binary and what only it needs (clap, anyhow, toml,
+//!   tracing-subscriber, a multi-threaded runtime, signals, tokio's paused clock). Depend on
+//!   turnflow with `default-features = false` for the library alone.
+//! - `vad`: the emulator's voice-activity turn detection (earshot); without it
+//!   [`emulator::TurnDetection::Vad`] is refused at the handshake.
+//! - `audio-io`: microphone and speaker for `turnflow run` (cpal; ALSA headers on Linux).
+//!
+//! TLS is configured per client (ring, Mozilla's roots): turnflow never installs a process-wide
+//! rustls provider, so an application's own choice stands.
 
 /// Implementing [`llm::LanguageModel`] or [`tts::SpeechSynthesizer`] takes this attribute;
 /// re-exported so a backend needs no dependency of its own for it.
