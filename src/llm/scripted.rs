@@ -2,9 +2,10 @@
 //!
 //! It is the embedded default of `turnflow simulate` and the test fake of the engine. A reply
 //! is chosen by the words of the last user message (compared like transcripts); unknown
-//! requests get a short rule-based answer. Tokens are words with their leading space, the
-//! first after `ttft_ms` and the rest every `token_interval_ms` (on tokio's clock, so paused
-//! tests are exact). A [`Stepper`] instead releases tokens one at a time from a test.
+//! requests get a short rule-based answer. Tokens are words with their leading space, token n
+//! due at request + `ttft_ms` + n x `token_interval_ms`: absolute deadlines on tokio's clock, so
+//! paused tests are exact and on the real clock timer slack does not add up from token to
+//! token. A [`Stepper`] instead releases tokens one at a time from a test.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
 use crate::scenario::{LlmTiming, Scenario};
@@ -183,6 +185,7 @@ impl LanguageModel for ScriptedLlm {
     }
 
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
+        let requested_at = Instant::now();
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let fault = self.faults.lock().expect("faults lock").remove(&call);
         match fault {
@@ -195,7 +198,7 @@ impl LanguageModel for ScriptedLlm {
                 ));
             }
             Some(Fault::StallBeforeStream) => std::future::pending::<()>().await,
-            Some(Fault::DelayStream(delay)) => tokio::time::sleep(delay).await,
+            Some(Fault::DelayStream(delay)) => tokio::time::sleep_until(requested_at + delay).await,
             _ => {}
         }
         let (chunks, output_tokens) = if fault == Some(Fault::Empty) {
@@ -229,7 +232,11 @@ impl LanguageModel for ScriptedLlm {
         let state = StreamState {
             chunks: all.into_iter(),
             index: 0,
-            ttft: Duration::from_millis(self.timing.ttft_ms),
+            first_due: requested_at
+                + match fault {
+                    Some(Fault::DelayStream(delay)) => delay,
+                    _ => Duration::from_millis(self.timing.ttft_ms),
+                },
             interval: Duration::from_millis(self.timing.token_interval_ms),
             fault,
             stepper: self.stepper.clone(),
@@ -242,7 +249,10 @@ impl LanguageModel for ScriptedLlm {
 struct StreamState {
     chunks: std::vec::IntoIter<LlmChunk>,
     index: usize,
-    ttft: Duration,
+    /// When the first token is due: the request plus the time to first token. Token n is due
+    /// `n` intervals later, whenever the consumer polls (absolute deadlines, so polling late
+    /// does not push every later token back).
+    first_due: Instant,
     interval: Duration,
     fault: Option<Fault>,
     stepper: Option<Stepper>,
@@ -280,13 +290,8 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<LlmChunk, LlmError>, S
                 .expect("stepper semaphore is never closed")
                 .forget(),
             None => {
-                let first_delayed = matches!(s.fault, Some(Fault::DelayStream(_)));
-                let wait = match s.index {
-                    0 if first_delayed => Duration::ZERO,
-                    0 => s.ttft,
-                    _ => s.interval,
-                };
-                tokio::time::sleep(wait).await;
+                let due = s.first_due + s.interval * s.index as u32;
+                tokio::time::sleep_until(due).await;
             }
         }
         s.index += 1;
@@ -298,7 +303,6 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<LlmChunk, LlmError>, S
 mod tests {
     use super::*;
     use futures_util::StreamExt;
-    use tokio::time::Instant;
 
     fn request(user: &str) -> LlmRequest {
         LlmRequest {
@@ -309,6 +313,31 @@ mod tests {
 
     async fn collect(model: &ScriptedLlm, r: LlmRequest) -> Vec<Result<LlmChunk, LlmError>> {
         model.stream(r).await.unwrap().collect().await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_keep_their_absolute_deadlines_when_read_late() {
+        let model = ScriptedLlm::new(
+            [(
+                "Are you open?".to_owned(),
+                ScriptedReply::text("Yes we are open until nine tonight."),
+            )],
+            LlmTiming {
+                ttft_ms: 100,
+                token_interval_ms: 10,
+            },
+        );
+        let requested = Instant::now();
+        let mut stream = model.stream(request("are you open")).await.unwrap();
+        // The consumer is busy for 130 ms: tokens 0-3 (due at 100, 110, 120, 130 ms) are ready.
+        tokio::time::sleep(Duration::from_millis(130)).await;
+        let mut times = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            if let LlmChunk::Text(_) = chunk.unwrap() {
+                times.push(requested.elapsed().as_millis());
+            }
+        }
+        assert_eq!(times, vec![130, 130, 130, 130, 140, 150, 160]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -186,6 +186,7 @@ impl SpeechSynthesizer for SyntheticTts {
     }
 
     async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
+        let requested_at = tokio::time::Instant::now();
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         let fault = self.faults.lock().expect("faults lock").remove(&call);
         if fault == Some(TtsFault::StallBeforeStream) {
@@ -208,7 +209,8 @@ impl SpeechSynthesizer for SyntheticTts {
         }
         let voice = Voice::new(self, text);
         let chunk_len = u64::from(self.sample_rate / 10).max(1);
-        let ttfb = Duration::from_millis(self.timing.ttfb_ms);
+        // Absolute: the first audio is due `ttfb_ms` after the request, however late it is read.
+        let first_due = requested_at + Duration::from_millis(self.timing.ttfb_ms);
         let stalled = fault == Some(TtsFault::Stall);
         let stall_after = match fault {
             Some(TtsFault::StallAfterChunks(n)) => Some(n * chunk_len),
@@ -222,7 +224,7 @@ impl SpeechSynthesizer for SyntheticTts {
                     if stalled {
                         std::future::pending::<()>().await;
                     }
-                    tokio::time::sleep(ttfb).await;
+                    tokio::time::sleep_until(first_due).await;
                 }
                 if start >= voice.len() {
                     return None;
@@ -319,5 +321,26 @@ mod tests {
         tts.clear().await;
         assert_eq!(tts.clears(), 1);
         assert_eq!(tts.calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_audio_is_due_ttfb_after_the_request_however_late_it_is_read() {
+        let tts = SyntheticTts::new(
+            16000,
+            TtsTiming {
+                ttfb_ms: 150,
+                words_per_minute: 180.0,
+            },
+        );
+        let requested = Instant::now();
+        let mut stream = tts.synthesize("hello").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.next().await.unwrap().unwrap();
+        assert_eq!(requested.elapsed(), Duration::from_millis(150));
+        let mut late = tts.synthesize("hello").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let read_at = Instant::now();
+        late.next().await.unwrap().unwrap();
+        assert_eq!(read_at.elapsed(), Duration::ZERO, "already due");
     }
 }
