@@ -166,12 +166,17 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("bench.json");
     let svg = dir.join("bench.svg");
+    let turns = dir.join("turns.jsonl");
     let out = turnflow(&[
         "bench",
         "--clock",
         "virtual",
         "--sessions",
         "3",
+        "--stagger",
+        "2s",
+        "--turns-json",
+        turns.to_str().unwrap(),
         "--compare",
         "speculation=on,off",
         "--json",
@@ -194,7 +199,31 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
     };
     assert_eq!(results[0]["config"], "speculation=on");
     assert_eq!(results[0]["summary"]["response_latency_ms"]["count"], 3);
-    assert_eq!((p50(0), p50(1)), (150.0, 520.0));
+    assert_eq!(
+        (p50(0), p50(1)),
+        (150.0, 520.0),
+        "staggered starts change no latency"
+    );
+    assert!(results[0]["summary"]["response_latency_ms"]["p95"].is_number());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("3 sessions starting over 2s"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&turns)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        6,
+        "one row per turn: 3 sessions x 2 configurations"
+    );
+    assert_eq!(rows[0]["config"], "speculation=on");
+    assert_eq!(rows[5]["session"], 2);
+    assert_eq!(rows[0]["turn"]["speculation"], "hit");
+    assert_eq!(rows[0]["turn"]["response_latency_ms"], 150.0);
     assert!(
         std::fs::read_to_string(&svg)
             .unwrap()

@@ -69,6 +69,8 @@ pub struct Stats {
     pub p50: f64,
     /// 90th percentile.
     pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
     /// Maximum.
@@ -90,6 +92,7 @@ impl Stats {
             count: values.len(),
             p50: rank(50.0),
             p90: rank(90.0),
+            p95: rank(95.0),
             p99: rank(99.0),
             max: *values.last().expect("not empty"),
         }

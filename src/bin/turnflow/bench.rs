@@ -2,9 +2,10 @@
 //! more configurations, with pooled latency distributions, speculation accounting, CPU and RSS.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant as WallInstant;
+use std::time::{Duration, Instant as WallInstant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -25,6 +26,14 @@ pub(crate) struct BenchArgs {
     /// Concurrent sessions per run (each plays the scenario in real time).
     #[arg(long, default_value_t = 8)]
     sessions: usize,
+    /// Start the sessions at random moments over this window (`10s`, `500ms`), as callers
+    /// arrive; `0` starts them all at once (lock step, the worst case for bursts). Default:
+    /// 10s with more than one session.
+    #[arg(long, value_parser = parse_duration)]
+    stagger: Option<Duration>,
+    /// Seed of the start offsets, so a staggered run can be repeated exactly.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Compare configurations, e.g. `speculation=on,off`, `barge-in=immediate,min-words=2`,
     /// `eager=0.4,0.6`, `presynthesize=off,on`.
     #[arg(long)]
@@ -39,6 +48,44 @@ pub(crate) struct BenchArgs {
     /// Write a chart of the latency distributions as SVG.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Write every turn's metrics as JSON lines (configuration, run, session, then the turn).
+    #[arg(long)]
+    turns_json: Option<PathBuf>,
+}
+
+/// `500ms`, `10s`, `2m` or `0`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let number = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+    let (value, unit) = if let Some(v) = text.strip_suffix("ms") {
+        (number(v), 0.001)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (number(v), 1.0)
+    } else if let Some(v) = text.strip_suffix('m') {
+        (number(v), 60.0)
+    } else if text == "0" {
+        (Some(0.0), 1.0)
+    } else {
+        (None, 1.0)
+    };
+    value
+        .map(|v| Duration::from_secs_f64(v * unit))
+        .ok_or_else(|| format!("{text:?} is not a duration: use e.g. 500ms, 10s, 2m or 0"))
+}
+
+/// Start offsets of `sessions` sessions spread at random over `window`, reproducible from
+/// `seed` (SplitMix64; no dependency for a benchmark's dice).
+fn start_offsets(sessions: usize, window: Duration, seed: u64) -> Vec<Duration> {
+    let mut state = seed;
+    (0..sessions)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            window.mul_f64((z >> 11) as f64 / (1u64 << 53) as f64)
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +198,18 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
             .collect::<Result<_, _>>()?
     };
     let variants = variants(args.compare.as_deref())?;
+    let stagger = args.stagger.unwrap_or(if args.sessions > 1 {
+        Duration::from_secs(10)
+    } else {
+        Duration::ZERO
+    });
+    let mut turns_out = match &args.turns_json {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("--turns-json {}: cannot create", path.display()))?,
+        )),
+        None => None,
+    };
     let runtime = args.clock.runtime()?;
     let baseline_rss = status_kib("VmRSS");
     let mut results = Vec::new();
@@ -161,21 +220,31 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
         for repeat in 0..args.repeat {
             for scenario in &scenarios {
                 eprintln!(
-                    "[{}] run {}/{} of {:?}: {} sessions",
+                    "[{}] run {}/{} of {:?}: {} sessions{}",
                     variant.label,
                     repeat + 1,
                     args.repeat,
                     scenario.name,
-                    args.sessions
+                    args.sessions,
+                    if stagger.is_zero() {
+                        " in lock step".to_owned()
+                    } else {
+                        format!(" starting over {stagger:?}")
+                    }
                 );
+                let offsets = start_offsets(args.sessions, stagger, args.seed ^ repeat as u64);
                 let runs = runtime.block_on(async {
                     let mut tasks = Vec::new();
-                    for _ in 0..args.sessions {
+                    for offset in &offsets {
                         let mut config = SimulationConfig::new(scenario.clone());
                         config.transport = Transport::Memory;
                         config.record_audio = false;
                         (variant.apply)(&mut config, &variant.value);
-                        tasks.push(tokio::spawn(turnflow::emulator::sim::run(config)));
+                        let offset = *offset;
+                        tasks.push(tokio::spawn(async move {
+                            tokio::time::sleep(offset).await;
+                            turnflow::emulator::sim::run(config).await
+                        }));
                     }
                     let mut out = Vec::new();
                     for t in tasks {
@@ -183,8 +252,22 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                     }
                     out
                 });
-                for run in runs {
-                    reports.push(run.context("session task panicked")??.report);
+                for (session, run) in runs.into_iter().enumerate() {
+                    let report = run.context("session task panicked")??.report;
+                    if let Some(out) = &mut turns_out {
+                        for turn in &report.turns {
+                            let row = serde_json::json!({
+                                "config": variant.label,
+                                "scenario": scenario.name,
+                                "repeat": repeat,
+                                "session": session,
+                                "turn": turn,
+                            });
+                            serde_json::to_writer(&mut *out, &row)?;
+                            out.write_all(b"\n")?;
+                        }
+                    }
+                    reports.push(report);
                 }
             }
         }
@@ -211,6 +294,9 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
             summary: report.summary,
         });
     }
+    if let Some(mut out) = turns_out {
+        out.flush()?;
+    }
     print_table(&results);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")
@@ -225,8 +311,8 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
 
 fn print_table(results: &[VariantResult]) {
     println!(
-        "{:<24} {:<20} {:>8} {:>8} {:>8} {:>8} {:>5}",
-        "config", "metric", "p50", "p90", "p99", "max", "n"
+        "{:<24} {:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5}",
+        "config", "metric", "p50", "p90", "p95", "p99", "max", "n"
     );
     for r in results {
         let s = &r.summary;
@@ -238,8 +324,8 @@ fn print_table(results: &[VariantResult]) {
             ("lead_ms", &s.lead_ms),
         ] {
             println!(
-                "{:<24} {:<20} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>5}",
-                r.config, name, st.p50, st.p90, st.p99, st.max, st.count
+                "{:<24} {:<20} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>5}",
+                r.config, name, st.p50, st.p90, st.p95, st.p99, st.max, st.count
             );
         }
         let spec = s.speculation;
@@ -325,6 +411,38 @@ fn chart(results: &[VariantResult]) -> String {
 mod tests {
     use super::*;
     use turnflow::engine::BargeInPolicy;
+
+    #[test]
+    fn durations_and_start_offsets() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("500ms, 10s, 2m or 0")
+        );
+        assert!(parse_duration("-1s").is_err());
+        let window = Duration::from_secs(10);
+        let offsets = start_offsets(1000, window, 7);
+        assert_eq!(offsets, start_offsets(1000, window, 7), "reproducible");
+        assert_ne!(offsets, start_offsets(1000, window, 8));
+        assert!(offsets.iter().all(|o| *o < window));
+        // Spread over the window: every tenth of it gets a share near a tenth.
+        for tenth in 0..10 {
+            let n = offsets
+                .iter()
+                .filter(|o| o.as_secs_f64() as u32 == tenth)
+                .count();
+            assert!((60..=140).contains(&n), "second {tenth}: {n}");
+        }
+        assert!(
+            start_offsets(5, Duration::ZERO, 1)
+                .iter()
+                .all(Duration::is_zero)
+        );
+    }
 
     #[test]
     fn compare_specs_are_validated() {
