@@ -202,7 +202,7 @@ impl Supervisor {
                     None => self.on_inbound(Inbound::Closed("connection tasks ended".into())).await,
                 },
                 reply = self.close.recv() => match reply {
-                    Some(reply) => self.begin_close(reply).await,
+                    Some(reply) => self.begin_close(reply),
                     None => Flow::Stop,
                 },
                 room = writer_room(backlog) => {
@@ -220,7 +220,7 @@ impl Supervisor {
                 }
                 command = self.commands.recv(), if accepting => match command {
                     Some(command) => {
-                        self.on_command(command).await;
+                        self.on_command(command);
                         Flow::Continue
                     }
                     None => Flow::Stop,
@@ -252,7 +252,7 @@ impl Supervisor {
     /// Queues a frame for the writer without waiting: a server that stops reading must not
     /// stall the supervisor. Frames wait in the outbox while the writer is behind; the tick
     /// treats a writer stuck for `writer_stall_timeout` as a lost connection.
-    async fn write(&mut self, frame: WireFrame) {
+    fn write(&mut self, frame: WireFrame) {
         if self.link.is_none() {
             return;
         }
@@ -285,13 +285,13 @@ impl Supervisor {
         }
     }
 
-    async fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command) {
         match command {
             Command::Audio(audio) => {
                 let now = Instant::now();
                 self.last_source_audio = now;
                 for frame in self.chunker.push(&audio) {
-                    self.send_audio_frame(frame, now).await;
+                    self.send_audio_frame(frame, now);
                 }
             }
             Command::Configure(update, reply) => {
@@ -304,7 +304,7 @@ impl Supervisor {
                             None => self.pending = Some(update),
                         }
                         let _ = reply.send(Ok(()));
-                        self.send_pending_configure().await;
+                        self.send_pending_configure();
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -313,14 +313,13 @@ impl Supervisor {
             }
             Command::ForceEndTurn => {
                 if matches!(self.phase, Phase::Running) {
-                    self.write(WireFrame::Text(ClientMessage::ForceEndTurn.to_json()))
-                        .await;
+                    self.write(WireFrame::Text(ClientMessage::ForceEndTurn.to_json()));
                 }
             }
         }
     }
 
-    async fn send_audio_frame(&mut self, frame: Bytes, now: Instant) {
+    fn send_audio_frame(&mut self, frame: Bytes, now: Instant) {
         let start = self.audio_time;
         if let Some(bps) = self.bytes_per_second {
             let end = start + frame.len() as f64 / bps;
@@ -333,39 +332,37 @@ impl Supervisor {
         self.last_audio_sent = now;
         if matches!(self.phase, Phase::Running) {
             self.stats.audio_frames_sent.fetch_add(1, Ordering::Relaxed);
-            self.write(WireFrame::Binary(frame)).await;
+            self.write(WireFrame::Binary(frame));
         }
     }
 
-    async fn send_pending_configure(&mut self) {
+    fn send_pending_configure(&mut self) {
         if self.inflight.is_some() || !matches!(self.phase, Phase::Running) {
             return;
         }
         if let Some(update) = self.pending.take().filter(|u| !u.is_empty()) {
             self.write(WireFrame::Text(
                 ClientMessage::Configure(update.clone()).to_json(),
-            ))
-            .await;
+            ));
             self.inflight = Some(update);
         }
     }
 
-    async fn begin_close(&mut self, reply: oneshot::Sender<()>) -> Flow {
+    fn begin_close(&mut self, reply: oneshot::Sender<()>) -> Flow {
         if !matches!(self.phase, Phase::Running) {
             let _ = reply.send(());
             return Flow::Stop;
         }
         // Audio the caller queued before closing goes out first.
         while let Ok(command) = self.commands.try_recv() {
-            self.on_command(command).await;
+            self.on_command(command);
         }
         if let Some(rest) = self.chunker.flush() {
-            self.send_audio_frame(rest, Instant::now()).await;
+            self.send_audio_frame(rest, Instant::now());
         }
         // ForceEndTurn goes out even when we think no turn is open: the server may not have
         // reported a turn for the audio just sent. It answers with EndOfTurn or a Warning.
-        self.write(WireFrame::Text(ClientMessage::ForceEndTurn.to_json()))
-            .await;
+        self.write(WireFrame::Text(ClientMessage::ForceEndTurn.to_json()));
         self.phase = Phase::ClosingAwaitEnd {
             deadline: Instant::now() + self.config.close_timeout,
             reply: Some(reply),
@@ -373,11 +370,10 @@ impl Supervisor {
         Flow::Continue
     }
 
-    async fn after_end_of_turn_while_closing(&mut self) {
+    fn after_end_of_turn_while_closing(&mut self) {
         if let Phase::ClosingAwaitEnd { reply, .. } = &mut self.phase {
             let reply = reply.take();
-            self.write(WireFrame::Text(ClientMessage::CloseStream.to_json()))
-                .await;
+            self.write(WireFrame::Text(ClientMessage::CloseStream.to_json()));
             self.phase = Phase::ClosingAwaitServer {
                 deadline: Instant::now() + self.config.close_timeout,
                 reply,
@@ -438,7 +434,7 @@ impl Supervisor {
                 let ended = update.info.event == TurnEvent::EndOfTurn;
                 self.emit(received_at, FluxEventKind::Turn(update)).await;
                 if ended {
-                    self.after_end_of_turn_while_closing().await;
+                    self.after_end_of_turn_while_closing();
                 }
             }
             ServerMessage::ConfigureSuccess(success) => {
@@ -452,7 +448,7 @@ impl Supervisor {
                 }
                 self.emit(received_at, FluxEventKind::ConfigureApplied(success))
                     .await;
-                self.send_pending_configure().await;
+                self.send_pending_configure();
             }
             ServerMessage::ConfigureFailure(failure) => {
                 warn!(code = ?failure.code, description = ?failure.description, "configure rejected");
@@ -466,13 +462,13 @@ impl Supervisor {
                 }
                 self.emit(received_at, FluxEventKind::ConfigureRejected(failure))
                     .await;
-                self.send_pending_configure().await;
+                self.send_pending_configure();
             }
             ServerMessage::Warning(w)
                 if w.code == "FORCE_END_TURN_NO_ACTIVE_TURN"
                     && matches!(self.phase, Phase::ClosingAwaitEnd { .. }) =>
             {
-                self.after_end_of_turn_while_closing().await;
+                self.after_end_of_turn_while_closing();
             }
             ServerMessage::Warning(w) => {
                 warn!(code = %w.code, description = %w.description, "flux warning");
@@ -614,7 +610,7 @@ impl Supervisor {
                 .await;
                 for frame in frames {
                     self.stats.audio_frames_sent.fetch_add(1, Ordering::Relaxed);
-                    self.write(WireFrame::Binary(frame)).await;
+                    self.write(WireFrame::Binary(frame));
                 }
                 Flow::Continue
             }
@@ -651,7 +647,7 @@ impl Supervisor {
             Phase::ClosingAwaitEnd { deadline, .. } => {
                 if now >= *deadline {
                     warn!("no EndOfTurn after ForceEndTurn; closing anyway");
-                    self.after_end_of_turn_while_closing().await;
+                    self.after_end_of_turn_while_closing();
                 }
                 return Flow::Continue;
             }
@@ -681,7 +677,7 @@ impl Supervisor {
             && now.duration_since(self.last_audio_sent) >= self.config.frame
         {
             if let Some(rest) = self.chunker.flush() {
-                self.send_audio_frame(rest, now).await;
+                self.send_audio_frame(rest, now);
             } else if let Some(sample) = self
                 .config
                 .options
@@ -690,12 +686,12 @@ impl Supervisor {
             {
                 let silence = Bytes::from(sample.repeat(self.frame_bytes / sample.len()));
                 self.stats.silence_frames.fetch_add(1, Ordering::Relaxed);
-                self.send_audio_frame(silence, now).await;
+                self.send_audio_frame(silence, now);
             }
         }
         if now.duration_since(self.last_sent) >= self.config.ping_interval {
             self.stats.pings_sent.fetch_add(1, Ordering::Relaxed);
-            self.write(WireFrame::Ping(Bytes::new())).await;
+            self.write(WireFrame::Ping(Bytes::new()));
         }
         let silent_for = now.duration_since(self.last_inbound);
         if silent_for >= self.config.silent_server_timeout
