@@ -12,6 +12,15 @@ fn turnflow(args: &[&str]) -> Output {
         .expect("the turnflow binary runs")
 }
 
+/// A JSON-lines file, every line parsed (a torn last line fails the test).
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("incomplete line {l:?}: {e}")))
+        .collect()
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("turnflow-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -210,11 +219,7 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&turns)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows = json_lines(&turns);
     assert_eq!(
         rows.len(),
         6,
@@ -273,11 +278,7 @@ fn run_on_a_wav_file_with_the_local_emulator_answers_and_records() {
             .chunks_exact(2)
             .any(|c| i16::from_le_bytes([c[0], c[1]]).unsigned_abs() > 3000)
     );
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&record)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&record);
     assert!(
         lines
             .iter()
@@ -611,11 +612,7 @@ fn sigterm_stops_a_run_and_leaves_complete_files() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("terminated: stopping"), "{stderr}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&record)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line is complete json"))
-        .collect();
+    let lines = json_lines(&record);
     assert!(lines.iter().any(|l| l["event"] == "EndOfTurn"), "{lines:?}");
     assert!(
         rest.contains(&format!("wrote {} (", record.display())),

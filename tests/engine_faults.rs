@@ -11,7 +11,7 @@ use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport, run
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
 use turnflow::engine::log::LogKind;
 use turnflow::engine::{
-    AudioSink, Backends, CancellationToken, EVENT_QUEUE, EngineEvent, SessionConfig, SessionError,
+    AudioSink, Backends, CancellationToken, EngineEvent, SessionConfig, SessionError,
     SessionOutcome, start_session,
 };
 use turnflow::error::{BackendError, ErrorKind};
@@ -417,17 +417,6 @@ async fn a_panicking_output_ends_the_session_with_an_error() {
     assert!(message.contains("sound card"), "{message}");
     assert_eq!(outcome.history[0], Message::user("Tell me a story."));
     drop(flux);
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_application_that_never_reads_events_cannot_grow_the_queue() {
-    let sink = CountingSink::default();
-    let (flux, session, events) = live_session(sink, 30).await;
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    flux.close().await.unwrap();
-    let outcome = session.finished().await;
-    assert!(events.len() <= EVENT_QUEUE);
-    assert_eq!(outcome.replies.answered, 1);
 }
 
 #[tokio::test(start_paused = true)]

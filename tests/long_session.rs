@@ -107,10 +107,12 @@ async fn an_hour_of_conversation_stays_within_every_limit() {
     emulator.shutdown().await;
 
     assert_eq!(samples.len(), 6, "one sample every ten minutes");
-    for (i, &(kept, _, queued)) in samples.iter().enumerate() {
+    for (i, &(kept, _, _)) in samples.iter().enumerate() {
         assert!(kept <= 2_000, "log at sample {i}: {kept}");
-        assert!(queued <= EVENT_QUEUE, "event queue at sample {i}: {queued}");
     }
+    // Nobody reads the application events: the queue filled up long ago, and the session went
+    // on regardless (every turn is answered below).
+    assert_eq!(samples.last().unwrap().2, EVENT_QUEUE, "{samples:?}");
     assert!(
         samples.last().unwrap().1 > 10_000,
         "the hour produced far more entries than were kept: {samples:?}"
