@@ -17,10 +17,26 @@ use super::turn::ResponseId;
 use crate::error::BackendError;
 use crate::tts::WordTiming;
 
-/// Where agent audio goes: a speaker, a file, a telephony leg.
+/// Where agent audio goes: a speaker, a file, a browser or a phone line.
+///
+/// Playout calls [`AudioSink::write`] once per 20 ms frame, in real time. A listener that
+/// buffers audio downstream (a browser's jitter buffer, a carrier) plays it later than it was
+/// written; such a sink drops what it buffered on [`AudioSink::clear`] and reports through
+/// [`AudioSink::played`] how much the listener has actually played, so the history keeps what
+/// was heard rather than what was written.
 pub trait AudioSink: Send {
     /// Writes one frame of 16-bit mono PCM, now.
     fn write(&mut self, frame: &[i16]);
+
+    /// The response being written was cut: whatever the listener has buffered but not yet
+    /// played must not be played. Called before the heard text is computed.
+    fn clear(&mut self) {}
+
+    /// Samples of everything written so far that the listener has played (a running count
+    /// over the whole session), or `None` when what was written is what was heard.
+    fn played(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Commands to the playout task.
@@ -132,13 +148,29 @@ impl Track {
             .map_or(0, |(_, i)| *i)
     }
 
-    fn heard(&self) -> Heard {
+    /// What was heard, the last `unplayed` samples written excepted (still buffered by the
+    /// listener when the response was cut).
+    fn heard(&self, unplayed: u64) -> Heard {
         let mut heard = Vec::new();
-        for s in &self.sentences {
-            if s.received > 0 && s.played >= s.received {
+        let mut unheard = unplayed;
+        let played: Vec<u64> = self
+            .sentences
+            .iter()
+            .rev()
+            .map(|s| {
+                let cut = unheard.min(s.played);
+                unheard -= cut;
+                s.played - cut
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        for (s, &played) in self.sentences.iter().zip(&played) {
+            if s.received > 0 && played >= s.received {
                 heard.push(s.text.clone());
-            } else if s.played > 0 {
-                heard.push(partial(s));
+            } else if played > 0 {
+                heard.push(partial(s, played));
                 break;
             } else {
                 break;
@@ -163,17 +195,17 @@ impl Track {
 
 /// The words of a partly played sentence that were heard: by word timings when the TTS gave
 /// them (a word counts once its audio ended), else in proportion to the characters.
-fn partial(s: &Sentence) -> String {
+fn partial(s: &Sentence, played: u64) -> String {
     if !s.words.is_empty() {
         return s
             .words
             .iter()
-            .take_while(|w| w.end <= s.played)
+            .take_while(|w| w.end <= played)
             .map(|w| w.word.as_str())
             .collect::<Vec<_>>()
             .join(" ");
     }
-    let chars = s.text.chars().count() as u64 * s.played / s.received.max(1);
+    let chars = s.text.chars().count() as u64 * played / s.received.max(1);
     let prefix: String = s.text.chars().take(chars as usize).collect();
     let complete_words = if s
         .text
@@ -219,6 +251,9 @@ pub(crate) async fn run_playout(
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut frame = vec![0i16; frame_len];
     let mut total_written: u64 = 0;
+    // Everything handed to the sink, padding of a response's last frame included: the count
+    // the sink's `played` is measured against.
+    let mut sink_samples: u64 = 0;
     loop {
         tokio::select! {
             biased;
@@ -279,10 +314,15 @@ pub(crate) async fn run_playout(
                         order.retain(|o| *o != id);
                         let heard = match tracks.remove(&id) {
                             Some(t) => {
+                                let mut unplayed = 0;
                                 if t.started {
                                     log.record_at(t.last_written_at(), LogKind::LastFrameWritten { id });
+                                    sink.clear();
+                                    unplayed = sink
+                                        .played()
+                                        .map_or(0, |played| sink_samples.saturating_sub(played));
                                 }
-                                t.heard()
+                                t.heard(unplayed)
                             }
                             None => finished
                                 .iter()
@@ -295,7 +335,11 @@ pub(crate) async fn run_playout(
                 }
             }
             _ = tick.tick() => {
-                total_written += play_next(&mut tracks, &mut order, &mut finished, &mut *sink, &mut frame, &events, &log);
+                let played = play_next(&mut tracks, &mut order, &mut finished, &mut *sink, &mut frame, &events, &log);
+                total_written += played;
+                if played > 0 {
+                    sink_samples += frame_len as u64;
+                }
             }
         }
         // A response that just got its first audio starts now, not at the next tick; the
@@ -305,7 +349,7 @@ pub(crate) async fn run_playout(
             && !track.paused
             && !track.queue.is_empty()
         {
-            total_written += play_next(
+            let played = play_next(
                 &mut tracks,
                 &mut order,
                 &mut finished,
@@ -314,6 +358,10 @@ pub(crate) async fn run_playout(
                 &events,
                 &log,
             );
+            total_written += played;
+            if played > 0 {
+                sink_samples += frame_len as u64;
+            }
             tick.reset();
         }
         let total = total_written;
@@ -344,7 +392,7 @@ fn play_next(
             if track.started {
                 log.record_at(track.last_written_at(), LogKind::LastFrameWritten { id });
             }
-            let mut heard = track.heard();
+            let mut heard = track.heard(0);
             heard.complete = true;
             finished.push_back((id, heard.clone()));
             if finished.len() > 8 {
@@ -493,6 +541,86 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// A listener `lag` samples behind what was written, like a browser's jitter buffer.
+    struct Lagging {
+        written: u64,
+        lag: u64,
+        cleared: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AudioSink for Lagging {
+        fn write(&mut self, frame: &[i16]) {
+            self.written += frame.len() as u64;
+        }
+        fn clear(&mut self) {
+            self.cleared
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn played(&self) -> Option<u64> {
+            Some(self.written.saturating_sub(self.lag))
+        }
+    }
+
+    /// Plays two sentences of one second each for `play` then cuts; returns what was heard.
+    async fn heard_after(play: Duration, lag: u64) -> (Heard, usize) {
+        let cleared = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sink = Lagging {
+            written: 0,
+            lag,
+            cleared: cleared.clone(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let (events_tx, _events) = mpsc::unbounded_channel();
+        let (written, _) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_playout(
+            Box::new(sink),
+            16000,
+            rx,
+            events_tx,
+            written,
+            EventLog::default(),
+            cancel.clone(),
+        ));
+        let id = ResponseId(1);
+        for text in ["one two three four", "five six seven eight"] {
+            tx.send(PlayoutCommand::Sentence {
+                id,
+                text: text.into(),
+            })
+            .await
+            .unwrap();
+            tx.send(PlayoutCommand::Audio {
+                id,
+                samples: vec![1; 16000],
+                words: vec![],
+            })
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(play).await;
+        let (reply, heard) = oneshot::channel();
+        tx.send(PlayoutCommand::Clear { id, reply }).await.unwrap();
+        let heard = heard.await.unwrap();
+        cancel.cancel();
+        task.await.unwrap();
+        (heard, cleared.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listener_behind_the_output_hears_less_than_was_written() {
+        let (written, cleared) = heard_after(Duration::from_millis(1510), 0).await;
+        assert_eq!(written.heard, "one two three four five six");
+        assert_eq!(cleared, 1, "the sink is told to drop its buffer");
+        // 400 ms still buffered downstream: the second sentence's first 0.1 s was heard,
+        // not a whole word of it.
+        let (heard, _) = heard_after(Duration::from_millis(1510), 6400).await;
+        assert_eq!(heard.heard, "one two three four");
+        // More than the response buffered: nothing of it was heard.
+        let (heard, _) = heard_after(Duration::from_millis(500), 32000).await;
+        assert_eq!(heard.heard, "");
+    }
+
     fn sentence(text: &str, words: &[(&str, u64, u64)], received: u64, played: u64) -> Sentence {
         Sentence {
             text: text.into(),
@@ -517,24 +645,28 @@ mod tests {
             300,
             190,
         );
-        assert_eq!(partial(&s), "one two");
+        assert_eq!(partial(&s, 190), "one two");
         let s = sentence(
             "one two three",
             &[("one", 0, 80), ("two", 100, 180), ("three", 200, 280)],
             300,
             179,
         );
-        assert_eq!(partial(&s), "one", "a word counts once its audio ended");
+        assert_eq!(
+            partial(&s, 179),
+            "one",
+            "a word counts once its audio ended"
+        );
     }
 
     #[test]
     fn heard_words_without_timings_are_proportional_to_characters() {
         let s = sentence("Thanks for calling us", &[], 210, 100);
         // 21 chars * 100/210 = 10 chars: "Thanks for" is complete at a space.
-        assert_eq!(partial(&s), "Thanks for");
+        assert_eq!(partial(&s, 100), "Thanks for");
         let s = sentence("Thanks for calling us", &[], 210, 80);
         assert_eq!(
-            partial(&s),
+            partial(&s, 80),
             "Thanks",
             "a word cut in the middle is not heard"
         );
