@@ -101,5 +101,7 @@ pub mod llm;
 pub mod net;
 pub mod report;
 pub mod scenario;
+#[cfg(feature = "server")]
+pub mod server;
 pub(crate) mod text;
 pub mod tts;

@@ -29,7 +29,7 @@ pub(crate) struct BenchArgs {
     /// Start the sessions at random moments over this window (`10s`, `500ms`), as callers
     /// arrive; `0` starts them all at once (lock step, the worst case for bursts). Default:
     /// 10s with more than one session.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::parse_duration)]
     stagger: Option<Duration>,
     /// Seed of the start offsets, so a staggered run can be repeated exactly.
     #[arg(long, default_value_t = 1)]
@@ -51,25 +51,6 @@ pub(crate) struct BenchArgs {
     /// Write every turn's metrics as JSON lines (configuration, run, session, then the turn).
     #[arg(long)]
     turns_json: Option<PathBuf>,
-}
-
-/// `500ms`, `10s`, `2m` or `0`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let number = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
-    let (value, unit) = if let Some(v) = text.strip_suffix("ms") {
-        (number(v), 0.001)
-    } else if let Some(v) = text.strip_suffix('s') {
-        (number(v), 1.0)
-    } else if let Some(v) = text.strip_suffix('m') {
-        (number(v), 60.0)
-    } else if text == "0" {
-        (Some(0.0), 1.0)
-    } else {
-        (None, 1.0)
-    };
-    value
-        .map(|v| Duration::from_secs_f64(v * unit))
-        .ok_or_else(|| format!("{text:?} is not a duration: use e.g. 500ms, 10s, 2m or 0"))
 }
 
 /// Start offsets of `sessions` sessions spread at random over `window`, reproducible from
@@ -410,6 +391,7 @@ fn chart(results: &[VariantResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse_duration;
     use turnflow::engine::BargeInPolicy;
 
     #[test]

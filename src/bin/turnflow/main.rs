@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -22,10 +23,12 @@ use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::report::{Report, Stats};
 use turnflow::scenario::Scenario;
 
+mod agent;
 #[cfg(feature = "audio-io")]
 mod audio_io;
 mod bench;
 mod run;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +51,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// A live agent on real audio: a WAV file or the microphone in, a WAV file or the speaker out.
     Run(Box<run::RunArgs>),
+    /// Serve conversations: a browser page at /, one session per WebSocket at /session,
+    /// /healthz, /readyz and /metrics; drains on SIGTERM or Ctrl-C.
+    Serve(Box<serve::ServeArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -167,6 +173,49 @@ pub(crate) fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
         .ok_or_else(|| format!("{value:?}: expected `immediate` or `min-words=N` with N >= 1"))
 }
 
+/// `500ms`, `10s`, `2m` or `0`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let number = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+    let (value, unit) = if let Some(v) = text.strip_suffix("ms") {
+        (number(v), 0.001)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (number(v), 1.0)
+    } else if let Some(v) = text.strip_suffix('m') {
+        (number(v), 60.0)
+    } else if text == "0" {
+        (Some(0.0), 1.0)
+    } else {
+        (None, 1.0)
+    };
+    value
+        .map(|v| Duration::from_secs_f64(v * unit))
+        .ok_or_else(|| format!("{text:?} is not a duration: use e.g. 500ms, 10s, 2m or 0"))
+}
+
+/// Ctrl-C, or SIGTERM where there is one: the run stops taking input and finishes cleanly.
+pub(crate) async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return "interrupted";
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted"
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -189,6 +238,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Emulate(args) => emulate(args),
         Command::Bench(args) => bench::bench(args),
         Command::Run(args) => run::run(*args),
+        Command::Serve(args) => serve::serve(*args),
     }
 }
 

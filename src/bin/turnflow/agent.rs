@@ -1,0 +1,435 @@
+//! The agent every live command runs: which speech to text, language model and voice, with
+//! which thresholds and policies, from flags over a `turnflow.toml` (see
+//! `turnflow.example.toml`). `run` puts one conversation on a file or the microphone; `serve`
+//! gives one to every WebSocket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use turnflow::emulator::{EmulatorConfig, TurnDetection};
+use turnflow::engine::{BargeInPolicy, SessionConfig};
+use turnflow::flux::client::API_KEY_ENV;
+use turnflow::flux::{ApiKey, Encoding, FluxConfig, ListenOptions, Thresholds};
+use turnflow::llm::anthropic::{ANTHROPIC_API_KEY_ENV, ANTHROPIC_BASE_URL};
+use turnflow::llm::openai::OPENAI_API_KEY_ENV;
+use turnflow::llm::{Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, ScriptedLlm};
+use turnflow::scenario::{Scenario, TtsTiming};
+use turnflow::tts::aura::AURA_BASE_URL;
+use turnflow::tts::{AuraTts, Espeak, FailoverTts, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
+
+use crate::{ThresholdArgs, parse_barge_in};
+
+/// The sample rate of the local voices and of `run`'s audio.
+pub(crate) const SAMPLE_RATE: u32 = 16000;
+
+/// The agent's settings on the command line; each overrides `--config`.
+#[derive(clap::Args)]
+pub(crate) struct AgentArgs {
+    /// Settings file; flags override it.
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// `flux` (Deepgram, needs DEEPGRAM_API_KEY) or `emulator` (local, voice activity).
+    #[arg(long)]
+    stt: Option<String>,
+    /// Language model: `scripted`, `openai` (any OpenAI-compatible server) or `anthropic`; a
+    /// comma-separated list fails over in order before the first token; `provider:model` names
+    /// each model (`openai:gpt-4o-mini,anthropic:claude-sonnet-4-5`).
+    #[arg(long)]
+    llm: Option<String>,
+    /// Model name for the LLM provider.
+    #[arg(long)]
+    llm_model: Option<String>,
+    /// Base URL of the LLM provider: an OpenAI-compatible server (e.g.
+    /// http://127.0.0.1:11434/v1 for Ollama) or an Anthropic-compatible endpoint.
+    #[arg(long)]
+    llm_url: Option<String>,
+    /// Voice: `synthetic`, `aura` (Deepgram, needs DEEPGRAM_API_KEY), `openai`
+    /// (OpenAI-compatible speech) or `espeak` (local espeak-ng); a comma-separated list of
+    /// voices with one sample rate (`aura,openai`) fails over before the first audio.
+    #[arg(long)]
+    tts: Option<String>,
+    /// Scenario for the scripted LLM and the emulator's user lines (default: the demo).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
+    /// `immediate` or `min-words=N`.
+    #[arg(long, value_parser = parse_barge_in)]
+    barge_in: Option<BargeInPolicy>,
+    /// Another Flux endpoint (regional host, proxy, self-hosted).
+    #[arg(long)]
+    flux_url: Option<String>,
+}
+
+/// Where the user's turns come from.
+pub(crate) enum Stt {
+    /// The local emulator in voice-activity mode (transcripts from the scenario's user lines).
+    Emulator(EmulatorConfig),
+    /// Deepgram Flux (or another endpoint speaking its protocol).
+    Flux(Box<FluxConfig>),
+}
+
+/// A resolved agent: everything a session needs but the audio.
+pub(crate) struct Agent {
+    pub(crate) stt: Stt,
+    /// Listen options for 16 kHz PCM16 (`serve` sets the rate per session).
+    pub(crate) options: ListenOptions,
+    pub(crate) session: SessionConfig,
+    pub(crate) llm: Arc<dyn LanguageModel>,
+    pub(crate) tts: Arc<dyn SpeechSynthesizer>,
+}
+
+impl Agent {
+    /// Resolves flags over the settings file, checking every choice before any I/O.
+    pub(crate) fn resolve(args: &AgentArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => load_config(path)?,
+            None => FileConfig::default(),
+        };
+        let stt = args
+            .stt
+            .clone()
+            .or(file.stt.provider.clone())
+            .unwrap_or_else(|| "emulator".into());
+        check_provider("stt", &stt, &["flux", "emulator"])?;
+        let llm = args
+            .llm
+            .clone()
+            .or(file.llm.provider.clone())
+            .unwrap_or_else(|| "scripted".into());
+        for one in llm.split(',') {
+            let provider = one.split_once(':').map_or(one, |(p, _)| p);
+            check_provider("llm", provider, &["scripted", "openai", "anthropic"])?;
+        }
+        let tts = args
+            .tts
+            .clone()
+            .or(file.tts.provider.clone())
+            .unwrap_or_else(|| "synthetic".into());
+        for one in tts.split(',') {
+            check_provider("tts", one, &["synthetic", "aura", "openai", "espeak"])?;
+        }
+        let api_key = if stt == "flux" || tts.split(',').any(|t| t == "aura") {
+            let key = std::env::var(API_KEY_ENV).unwrap_or_default();
+            if key.is_empty() {
+                bail!(
+                    "{API_KEY_ENV} is not set: --stt flux needs a Deepgram API key (or use --stt emulator)"
+                );
+            }
+            Some(key)
+        } else {
+            None
+        };
+        let scenario = Arc::new(match &args.scenario {
+            Some(p) => Scenario::load(p)?,
+            None => Scenario::demo(),
+        });
+        let thresholds = args.thresholds.over(Thresholds {
+            eager_eot_threshold: file.stt.eager_eot_threshold,
+            eot_threshold: file.stt.eot_threshold,
+            eot_timeout_ms: file.stt.eot_timeout_ms,
+        });
+        let mut options =
+            ListenOptions::raw(Encoding::Linear16, SAMPLE_RATE).with_thresholds(thresholds);
+        options.keyterms = file.stt.keyterms.clone();
+        options.validate()?;
+        let mut session = SessionConfig::default();
+        session.machine.system_prompt = file
+            .system_prompt
+            .clone()
+            .or(scenario.system_prompt.clone());
+        if let Some(v) = file.engine.speculation {
+            session.machine.speculation = v;
+        }
+        if let Some(v) = file.engine.max_speculations_per_turn {
+            session.machine.max_speculations_per_turn = v;
+        }
+        if let Some(v) = file.engine.false_interruption_timeout_ms {
+            session.machine.false_interruption_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = &file.engine.fallback_line {
+            session.response.fallback_line = v.clone();
+        }
+        if let Some(v) = file.engine.presynthesize_first_sentence {
+            session.response.presynthesize_first_sentence = v;
+        }
+        if let Some(p) = args.barge_in.or(file
+            .engine
+            .barge_in
+            .as_deref()
+            .map(|p| parse_barge_in(p).expect("checked on load")))
+        {
+            session.machine.barge_in = p;
+        }
+        let timing = TtsTiming {
+            words_per_minute: file
+                .tts
+                .words_per_minute
+                .unwrap_or(scenario.tts.words_per_minute),
+            ..scenario.tts.clone()
+        };
+        let voices = tts
+            .split(',')
+            .map(|one| voice_backend(one, &file.tts, timing.clone(), api_key.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let voice: Arc<dyn SpeechSynthesizer> = if voices.len() == 1 {
+            voices.into_iter().next().expect("one voice")
+        } else {
+            Arc::new(FailoverTts::new(voices)?)
+        };
+        let chain = llm
+            .split(',')
+            .map(|one| language_model(one, &file.llm, args, &scenario))
+            .collect::<Result<Vec<_>>>()?;
+        let llm: Arc<dyn LanguageModel> = if chain.len() == 1 {
+            chain.into_iter().next().expect("one provider")
+        } else {
+            Arc::new(FailoverLlm::new(chain))
+        };
+        let stt = if stt == "emulator" {
+            let mut config = EmulatorConfig::new(scenario.clone());
+            config.turn_detection = TurnDetection::Vad;
+            Stt::Emulator(config)
+        } else {
+            let mut flux = FluxConfig::new(options.clone());
+            flux.api_key = api_key.map(ApiKey::new);
+            if let Some(url) = args.flux_url.clone().or(file.stt.url.clone()) {
+                flux = flux.with_base_url(url);
+            }
+            Stt::Flux(Box::new(flux))
+        };
+        Ok(Agent {
+            stt,
+            options,
+            session,
+            llm,
+            tts: voice,
+        })
+    }
+}
+
+/// `turnflow.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// First message of every LLM request.
+    pub system_prompt: Option<String>,
+    /// Speech to text.
+    #[serde(default)]
+    pub stt: SttConfig,
+    /// Language model.
+    #[serde(default)]
+    pub llm: ProviderConfig,
+    /// Voice.
+    #[serde(default)]
+    pub tts: TtsConfig,
+    /// Turn-taking policies.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SttConfig {
+    pub provider: Option<String>,
+    pub url: Option<String>,
+    pub eager_eot_threshold: Option<f64>,
+    pub eot_threshold: Option<f64>,
+    pub eot_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub keyterms: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderConfig {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TtsConfig {
+    pub provider: Option<String>,
+    pub words_per_minute: Option<f64>,
+    pub model: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EngineConfig {
+    pub speculation: Option<bool>,
+    pub barge_in: Option<String>,
+    pub max_speculations_per_turn: Option<u32>,
+    pub false_interruption_timeout_ms: Option<u64>,
+    pub fallback_line: Option<String>,
+    pub presynthesize_first_sentence: Option<bool>,
+}
+
+/// Reads and checks `turnflow.toml`.
+pub(crate) fn load_config(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let config: FileConfig = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+        .with_context(|| format!("{}: invalid settings", path.display()))?;
+    if let Some(policy) = &config.engine.barge_in {
+        parse_barge_in(policy)
+            .map_err(|e| anyhow::anyhow!("{}: engine.barge_in: {e}", path.display()))?;
+    }
+    Ok(config)
+}
+
+fn check_provider(role: &str, chosen: &str, available: &[&str]) -> Result<()> {
+    if available.contains(&chosen) {
+        Ok(())
+    } else {
+        bail!(
+            "{role} provider {chosen:?} is not available in this build; available: {}",
+            available.join(", ")
+        )
+    }
+}
+
+fn voice_backend(
+    kind: &str,
+    config: &TtsConfig,
+    timing: TtsTiming,
+    deepgram_key: Option<String>,
+) -> Result<Arc<dyn SpeechSynthesizer>> {
+    Ok(match kind {
+        // Aura's default rate, which OpenAI speech shares, so the two can form a chain.
+        "aura" => Arc::new(AuraTts::new(
+            config.url.as_deref().unwrap_or(AURA_BASE_URL),
+            config.model.as_deref().unwrap_or("aura-2-thalia-en"),
+            24000,
+            deepgram_key.map(ApiKey::new),
+        )?),
+        "openai" => {
+            let base = config.url.as_deref().unwrap_or("https://api.openai.com/v1");
+            let key = key_from(OPENAI_API_KEY_ENV);
+            if key.is_none()
+                && !base.starts_with("http://127.")
+                && !base.starts_with("http://localhost")
+            {
+                bail!("{OPENAI_API_KEY_ENV} is not set: --tts openai needs an API key for {base}");
+            }
+            Arc::new(OpenAiSpeech::new(
+                base,
+                config.model.as_deref().unwrap_or("gpt-4o-mini-tts"),
+                "alloy",
+                key,
+                OPENAI_API_KEY_ENV,
+            )?)
+        }
+        "espeak" => {
+            if !Espeak::available() {
+                bail!("--tts espeak needs espeak-ng: apt-get install espeak-ng");
+            }
+            Arc::new(Espeak::new("en-us", timing.words_per_minute as u32))
+        }
+        _ => Arc::new(SyntheticTts::new(SAMPLE_RATE, timing)),
+    })
+}
+
+fn key_from(env: &str) -> Option<ApiKey> {
+    std::env::var(env)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(ApiKey::new)
+}
+
+/// Builds one provider from `kind`, `provider` or `provider:model`.
+fn language_model(
+    kind: &str,
+    config: &ProviderConfig,
+    args: &AgentArgs,
+    scenario: &Scenario,
+) -> Result<Arc<dyn LanguageModel>> {
+    let (kind, model) = match kind.split_once(':') {
+        Some((kind, model)) => (kind, Some(model.to_owned())),
+        None => (kind, args.llm_model.clone().or(config.model.clone())),
+    };
+    Ok(match kind {
+        "openai" => {
+            let base = args
+                .llm_url
+                .clone()
+                .or(config.base_url.clone())
+                .unwrap_or_else(|| "https://api.openai.com/v1".into());
+            let env = config
+                .api_key_env
+                .clone()
+                .unwrap_or_else(|| OPENAI_API_KEY_ENV.into());
+            let key = key_from(&env);
+            let local = base.starts_with("http://127.") || base.starts_with("http://localhost");
+            if key.is_none() && !local {
+                bail!(
+                    "{env} is not set: --llm openai needs an API key for {base} (set api_key_env in turnflow.toml for other providers)"
+                );
+            }
+            let model =
+                model.context("--llm openai needs a model: --llm-model NAME or [llm] model")?;
+            Arc::new(OpenAiCompatible::new(base, model, key, env)?)
+        }
+        "anthropic" => {
+            let key = key_from(ANTHROPIC_API_KEY_ENV).with_context(|| {
+                format!("{ANTHROPIC_API_KEY_ENV} is not set: --llm anthropic needs an API key")
+            })?;
+            let base = args
+                .llm_url
+                .clone()
+                .or(config.base_url.clone())
+                .unwrap_or_else(|| ANTHROPIC_BASE_URL.into());
+            let model =
+                model.context("--llm anthropic needs a model: --llm-model NAME or [llm] model")?;
+            Arc::new(Anthropic::new(base, model, key)?)
+        }
+        _ => Arc::new(ScriptedLlm::from_scenario(scenario)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("turnflow.example.toml");
+        let config = load_config(&path).unwrap();
+        assert_eq!(config.stt.provider.as_deref(), Some("emulator"));
+        assert_eq!(config.engine.barge_in.as_deref(), Some("min-words=2"));
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_field() {
+        let dir = std::env::temp_dir().join(format!("turnflow-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[engine]\ncolour = \"red\"\n").unwrap();
+        let e = format!("{:#}", load_config(&path).unwrap_err());
+        assert!(e.contains("bad.toml") && e.contains("colour"), "{e}");
+        std::fs::write(&path, "[engine]\nbarge_in = \"sometimes\"\n").unwrap();
+        let e = format!("{:#}", load_config(&path).unwrap_err());
+        assert!(
+            e.contains("engine.barge_in") && e.contains("min-words=N"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unavailable_providers_are_named() {
+        let e = check_provider("llm", "openai", &["scripted"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "llm provider \"openai\" is not available in this build; available: scripted"
+        );
+    }
+}

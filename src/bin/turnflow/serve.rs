@@ -1,0 +1,94 @@
+//! `turnflow serve`: the agent for many callers at once, behind one HTTP port (the server
+//! itself is [`turnflow::server`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use turnflow::emulator::MemoryEmulator;
+use turnflow::engine::Backends;
+use turnflow::flux::{ApiKey, Connector, FluxConfig, WebSocketConnector};
+use turnflow::server::{Server, ServerConfig};
+
+use crate::agent::{Agent, AgentArgs, Stt};
+
+#[derive(Parser)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (port 0 picks one; 0.0.0.0:8080 in a container).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    agent: AgentArgs,
+    /// Sessions at once; more are refused with 503 and Retry-After.
+    #[arg(long, default_value_t = 100)]
+    max_sessions: usize,
+    /// Require this bearer token of every session (Authorization: Bearer, or ?token=).
+    #[arg(long, env = "TURNFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// An origin browser pages may connect from (repeatable; `*` for any). Without it only
+    /// the page this server serves may connect.
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+    /// On SIGTERM or Ctrl-C, how long running sessions may go on (e.g. 10m, 30s).
+    #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
+    drain_timeout: Duration,
+    /// Close a session that sends nothing for this long.
+    #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
+    idle_timeout: Duration,
+}
+
+pub(crate) fn serve(args: ServeArgs) -> Result<()> {
+    let agent = Agent::resolve(&args.agent)?;
+    if args.max_sessions == 0 {
+        anyhow::bail!("--max-sessions 0 would refuse everyone; give at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (flux, connector, stt): (FluxConfig, Arc<dyn Connector>, &str) = match agent.stt {
+            Stt::Emulator(config) => (
+                FluxConfig::new(agent.options.clone()).with_base_url("ws://emulator.invalid"),
+                Arc::new(MemoryEmulator::new(config)),
+                "emulator (voice activity; transcripts are the scenario's lines)",
+            ),
+            Stt::Flux(flux) => (*flux, Arc::new(WebSocketConnector), "Deepgram Flux"),
+        };
+        let backends = Backends {
+            llm: agent.llm,
+            tts: agent.tts,
+            tools: None,
+        };
+        let (llm, tts) = (
+            backends.llm.name().to_owned(),
+            backends.tts.name().to_owned(),
+        );
+        let mut config = ServerConfig::new(flux, connector, backends);
+        config.session.machine = agent.session.machine;
+        config.session.response = agent.session.response;
+        config.max_sessions = args.max_sessions;
+        config.token = args.token.filter(|t| !t.is_empty()).map(ApiKey::new);
+        config.allowed_origins = args.allowed_origins;
+        config.drain_timeout = args.drain_timeout;
+        config.idle_timeout = args.idle_timeout;
+        let server = Server::bind(args.listen, config)
+            .await
+            .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
+        let addr = server.local_addr();
+        println!("turnflow serve: http://{addr}/  (stt: {stt}; llm: {llm}; voice: {tts})");
+        println!("  sessions at ws://{addr}/session; /healthz /readyz /metrics; Ctrl-C drains");
+        let report = server
+            .serve(async {
+                let signal = crate::shutdown_signal().await;
+                eprintln!("{signal}: draining (new sessions refused; running ones go on)");
+            })
+            .await?;
+        eprintln!(
+            "drained: {} session(s) were running, {} stopped at the drain timeout",
+            report.running, report.stopped
+        );
+        Ok(())
+    })
+}

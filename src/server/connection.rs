@@ -1,0 +1,513 @@
+//! One browser session: a WebSocket from `start` to `end`, with its Flux connection, its
+//! engine session and the limits that keep one client from disturbing the others.
+//!
+//! One task owns the socket: it reads client messages, forwards agent audio and engine events,
+//! and ends the session. The engine's playout writes agent frames into [`SocketSink`], which
+//! queues them for that task without waiting; a `clear` travels in the same queue, after the
+//! frames written before it. Every send to the client is bounded, so a client that stops
+//! reading ends its session instead of holding it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::State;
+use super::limits::{PlaybackReport, RealtimeGuard};
+use super::metrics::SessionOutcome;
+use super::protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage, Start, close_code};
+use crate::engine::{AudioSink, EngineEvent, ResponseId, start_session};
+use crate::flux::{Encoding, connect};
+use crate::report::Report;
+
+/// Agent audio frames queued for the socket at most (one second); beyond it the client is
+/// not reading and frames are dropped.
+const AUDIO_QUEUE_FRAMES: usize = 50;
+/// Longest one send to the client may take before the client counts as gone.
+const SEND_LIMIT: Duration = Duration::from_secs(5);
+/// Longest the ending of a session may take: provider connections are closed by then.
+const END_LIMIT: Duration = Duration::from_secs(1);
+
+enum Outbound {
+    Audio(Bytes),
+    Clear,
+}
+
+/// Where the engine's playout writes: frames go to the connection's task, and the client's
+/// playback reports decide what was heard.
+struct SocketSink {
+    queue: mpsc::UnboundedSender<Outbound>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+    written: u64,
+    sample_rate: u32,
+    playback: Arc<Mutex<Option<PlaybackReport>>>,
+}
+
+impl AudioSink for SocketSink {
+    fn write(&mut self, frame: &[i16]) {
+        self.written += frame.len() as u64;
+        if self.queued.load(Ordering::Relaxed) >= AUDIO_QUEUE_FRAMES {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let _ = self.queue.send(Outbound::Audio(bytes.into()));
+    }
+
+    fn clear(&mut self) {
+        let _ = self.queue.send(Outbound::Clear);
+    }
+
+    fn played(&self) -> Option<u64> {
+        let report = *self.playback.lock().expect("playback lock");
+        report.map(|r| r.estimate(Instant::now(), self.sample_rate, self.written))
+    }
+}
+
+/// How a session ended, for the client's `end` message, the close code and the metrics.
+struct Ending {
+    outcome: SessionOutcome,
+    reason: &'static str,
+    error: Option<(&'static str, String)>,
+    close: u16,
+}
+
+impl Ending {
+    fn normal(outcome: SessionOutcome, reason: &'static str) -> Self {
+        Ending {
+            outcome,
+            reason,
+            error: None,
+            close: close_code::NORMAL,
+        }
+    }
+
+    fn refused(code: &'static str, message: String, close: u16) -> Self {
+        Ending {
+            outcome: SessionOutcome::ProtocolError,
+            reason: "protocol_error",
+            error: Some((code, message)),
+            close,
+        }
+    }
+}
+
+/// Sends one message to the client, bounded by [`SEND_LIMIT`].
+async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_LIMIT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+fn text(message: &ServerMessage<'_>) -> Message {
+    Message::Text(Utf8Bytes::from(message.to_json()))
+}
+
+/// Serves one upgraded connection until its session ends.
+pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
+    let id = uuid::Uuid::new_v4();
+    let span = info_span!("connection", session = %id);
+    async move {
+        state.metrics.session_started();
+        let (ending, turns) = match wait_for_start(&mut socket, &state).await {
+            Ok(start) => run(&mut socket, &state, id, start).await,
+            Err(ending) => (ending, 0),
+        };
+        finish(&mut socket, &ending, turns).await;
+        state.metrics.session_ended(ending.outcome);
+        info!(outcome = ending.outcome.as_str(), turns, "session ended");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Tells the client how it ended and closes the socket, bounded.
+async fn finish(socket: &mut WebSocket, ending: &Ending, turns: u64) {
+    if ending.outcome == SessionOutcome::ClientClosed {
+        return;
+    }
+    let _ = tokio::time::timeout(END_LIMIT, async {
+        if let Some((code, message)) = &ending.error {
+            warn!(code, %message, "closing the session");
+            let _ = socket
+                .send(text(&ServerMessage::Error {
+                    code,
+                    message,
+                    fatal: true,
+                }))
+                .await;
+        }
+        let _ = socket
+            .send(text(&ServerMessage::End {
+                reason: ending.reason,
+                turns,
+            }))
+            .await;
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code: ending.close,
+                reason: Utf8Bytes::from_static(""),
+            })))
+            .await;
+        // The closing handshake: read until the client's close, so what it sent meanwhile is
+        // consumed and the close frame is not lost to a reset connection.
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Waits for the `start` message; anything else first ends the connection.
+async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<Start, Ending> {
+    let limit = state.config.start_timeout;
+    loop {
+        let message = match tokio::time::timeout(limit, socket.recv()).await {
+            Err(_) => {
+                return Err(Ending::refused(
+                    "idle",
+                    format!("no start message within {limit:?}"),
+                    close_code::POLICY,
+                ));
+            }
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
+                return Err(Ending::normal(
+                    SessionOutcome::ClientClosed,
+                    "client_closed",
+                ));
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        match message {
+            Message::Text(text) => match ClientMessage::parse(&text) {
+                Ok(ClientMessage::Start(start)) => return Ok(start),
+                Ok(_) => {
+                    return Err(Ending::refused(
+                        "not_started",
+                        "the first message must be start".into(),
+                        close_code::POLICY,
+                    ));
+                }
+                Err(e) => {
+                    return Err(Ending::refused(
+                        e.code(),
+                        e.to_string(),
+                        close_code::INVALID,
+                    ));
+                }
+            },
+            Message::Binary(_) => {
+                return Err(Ending::refused(
+                    "not_started",
+                    "audio before the start message".into(),
+                    close_code::UNSUPPORTED,
+                ));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+        }
+    }
+}
+
+async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start) -> (Ending, u64) {
+    let config = &state.config;
+    let mut flux_config = config.flux.clone();
+    flux_config.options.encoding = Some(Encoding::Linear16);
+    flux_config.options.sample_rate = Some(start.sample_rate);
+    let (flux, flux_events) = match connect(flux_config, config.connector.clone()).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, "speech to text unavailable");
+            return (
+                Ending {
+                    outcome: SessionOutcome::SttFailed,
+                    reason: "stt_failed",
+                    error: Some((
+                        "stt_unavailable",
+                        format!("speech to text is unavailable: {e}"),
+                    )),
+                    close: close_code::INTERNAL,
+                },
+                0,
+            );
+        }
+    };
+    let output_rate = config.backends.tts.sample_rate();
+    let (queue, mut outbound) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let playback = Arc::new(Mutex::new(None));
+    let sink = SocketSink {
+        queue,
+        queued: queued.clone(),
+        dropped: dropped.clone(),
+        written: 0,
+        sample_rate: output_rate,
+        playback: playback.clone(),
+    };
+    let stop = state.shutdown.child_token();
+    let (handle, mut events) = start_session(
+        config.session.clone(),
+        flux_events,
+        config.backends.clone(),
+        Box::new(sink),
+        stop.clone(),
+    );
+    let log = handle.log();
+    let mut finished = std::pin::pin!(handle.finished());
+    let ready = ServerMessage::Ready {
+        version: PROTOCOL_VERSION,
+        session: id.to_string(),
+        input_sample_rate: start.sample_rate,
+        output_sample_rate: output_rate,
+        frame_ms: 20,
+    };
+    let mut flux = Some(flux);
+    let mut session = Session {
+        turns_of: HashMap::new(),
+        reported: None,
+        turns: 0,
+    };
+    let mut guard = RealtimeGuard::new(Instant::now(), start.sample_rate, config.realtime_margin);
+    let idle = config.idle_timeout;
+    let mut last_heard = Instant::now();
+    let mut stopping = false;
+    let mut ending = None;
+    if send(socket, text(&ready)).await.is_err() {
+        ending = Some(Ending::normal(
+            SessionOutcome::ClientClosed,
+            "client_closed",
+        ));
+        stop.cancel();
+    }
+    info!(sample_rate = start.sample_rate, "session started");
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut finished => break outcome,
+            Some(out) = outbound.recv() => {
+                let message = match out {
+                    Outbound::Audio(frame) => {
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                        Message::Binary(frame)
+                    }
+                    Outbound::Clear => text(&ServerMessage::Clear),
+                };
+                if ending.is_none() && send(socket, message).await.is_err() {
+                    warn!("the client stopped reading; ending the session");
+                    ending = Some(Ending::normal(SessionOutcome::ClientClosed, "client_closed"));
+                    stop.cancel();
+                }
+            }
+            Some(event) = events.recv() => {
+                if ending.is_none() && session.forward(socket, state, &log, &event).await.is_err() {
+                    ending = Some(Ending::normal(SessionOutcome::ClientClosed, "client_closed"));
+                    stop.cancel();
+                }
+            }
+            _ = tokio::time::sleep_until(last_heard + idle), if ending.is_none() && !stopping => {
+                ending = Some(Ending::refused(
+                    "idle",
+                    format!("nothing received for {idle:?}"),
+                    close_code::POLICY,
+                ));
+                stop.cancel();
+            }
+            message = socket.recv(), if ending.is_none() => {
+                last_heard = Instant::now();
+                let verdict = match message {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
+                        Err(Ending::normal(SessionOutcome::ClientClosed, "client_closed"))
+                    }
+                    Some(Ok(Message::Binary(audio))) => {
+                        audio_frame(&audio, config.max_frame_bytes, &mut guard, stopping)
+                            .map(|()| Some(audio))
+                    }
+                    Some(Ok(Message::Text(text))) => match ClientMessage::parse(&text) {
+                        Ok(ClientMessage::Played(p)) => {
+                            *playback.lock().expect("playback lock") = Some(PlaybackReport {
+                                played: p.samples,
+                                buffered: p.buffered,
+                                at: Instant::now(),
+                            });
+                            Ok(None)
+                        }
+                        Ok(ClientMessage::Stop) => {
+                            stopping = true;
+                            // Ends the user's audio; the session finishes the turn in progress.
+                            if let Some(flux) = flux.take() {
+                                tokio::spawn(async move {
+                                    if let Err(e) = flux.close().await {
+                                        debug!(error = %e, "flux close");
+                                    }
+                                }.in_current_span());
+                            }
+                            Ok(None)
+                        }
+                        Ok(ClientMessage::Start(_)) => Err(Ending::refused(
+                            "invalid",
+                            "start was already received".into(),
+                            close_code::POLICY,
+                        )),
+                        Err(e) => Err(Ending::refused(e.code(), e.to_string(), close_code::INVALID)),
+                    },
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(None),
+                };
+                match verdict {
+                    Ok(Some(audio)) => {
+                        if let Some(flux) = &flux
+                            && flux.send_audio(audio).await.is_err()
+                        {
+                            debug!("flux no longer takes audio");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(end) => {
+                        ending = Some(end);
+                        stop.cancel();
+                    }
+                }
+            }
+        }
+    };
+    // The session is over: its Flux connection closes now, releasing the provider's slot.
+    drop(flux);
+    let dropped = dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        warn!(
+            dropped,
+            "agent audio frames dropped because the client fell behind"
+        );
+    }
+    let ending = ending.unwrap_or_else(|| match &outcome.error {
+        Some(e) if !state.shutdown.is_cancelled() => Ending {
+            outcome: SessionOutcome::SttFailed,
+            reason: "stt_failed",
+            error: Some(("stt_failed", format!("speech to text failed: {e}"))),
+            close: close_code::INTERNAL,
+        },
+        _ if state.shutdown.is_cancelled() => Ending {
+            outcome: SessionOutcome::Shutdown,
+            reason: "server_shutdown",
+            error: None,
+            close: close_code::GOING_AWAY,
+        },
+        _ => Ending::normal(SessionOutcome::Completed, "stopped"),
+    });
+    (ending, session.turns)
+}
+
+/// Checks one binary audio frame against the limits.
+fn audio_frame(
+    audio: &[u8],
+    max_bytes: usize,
+    guard: &mut RealtimeGuard,
+    stopping: bool,
+) -> Result<(), Ending> {
+    if audio.len() > max_bytes {
+        return Err(Ending::refused(
+            "too_big",
+            format!(
+                "an audio frame of {} bytes; at most {max_bytes} bytes (send 20 ms frames)",
+                audio.len()
+            ),
+            close_code::TOO_BIG,
+        ));
+    }
+    if !audio.len().is_multiple_of(2) {
+        return Err(Ending::refused(
+            "invalid_audio",
+            format!(
+                "an audio frame of {} bytes; PCM16 frames have an even length",
+                audio.len()
+            ),
+            close_code::INVALID,
+        ));
+    }
+    if stopping {
+        return Ok(());
+    }
+    guard
+        .admit(audio.len() as u64 / 2, Instant::now())
+        .map_err(|ahead| {
+            Ending::refused(
+                "too_fast",
+                format!(
+                    "audio arrives faster than real time: {:.1} s ahead; send it as it is captured",
+                    ahead.as_secs_f64()
+                ),
+                close_code::POLICY,
+            )
+        })
+}
+
+/// What the connection remembers of the conversation to report turns as they end.
+struct Session {
+    turns_of: HashMap<ResponseId, u64>,
+    reported: Option<u64>,
+    turns: u64,
+}
+
+impl Session {
+    async fn forward(
+        &mut self,
+        socket: &mut WebSocket,
+        state: &State,
+        log: &crate::engine::log::EventLog,
+        event: &EngineEvent,
+    ) -> Result<(), ()> {
+        send(socket, text(&ServerMessage::Event(event))).await?;
+        match event {
+            EngineEvent::UserStarted { turn, .. } => self.turns = self.turns.max(*turn + 1),
+            EngineEvent::Speculating { turn, response, .. }
+            | EngineEvent::Responding { turn, response } => {
+                self.turns_of.insert(*response, *turn);
+            }
+            EngineEvent::ResponseEnded {
+                response, error, ..
+            } => {
+                if let Some(error) = error {
+                    state.metrics.provider_error(error);
+                }
+                if let Some(turn) = self.turns_of.remove(response) {
+                    self.report_turns_up_to(socket, state, log, turn).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Sends the figures of every turn up to `turn` not sent yet, and records them.
+    async fn report_turns_up_to(
+        &mut self,
+        socket: &mut WebSocket,
+        state: &State,
+        log: &crate::engine::log::EventLog,
+        turn: u64,
+    ) -> Result<(), ()> {
+        let report = Report::from_log(&log.entries());
+        for t in report
+            .turns
+            .iter()
+            .filter(|t| t.index <= turn && self.reported.is_none_or(|r| t.index > r))
+        {
+            state.metrics.turn(t);
+            send(socket, text(&ServerMessage::Turn(t))).await?;
+        }
+        self.reported = Some(self.reported.map_or(turn, |r| r.max(turn)));
+        // Responses of turns already reported cannot report again.
+        self.turns_of.retain(|_, t| *t > turn);
+        Ok(())
+    }
+}

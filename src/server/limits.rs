@@ -1,0 +1,128 @@
+//! Per-connection limits and clocks, pure so they are tested on numbers: how far a client's
+//! audio may run ahead of real time, and how much agent audio a browser has played.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Refuses audio that arrives faster than real time beyond a margin (a client replaying a
+/// file at full speed, or a hostile one flooding the speech-to-text connection). A burst after
+/// a network stall stays within the margin.
+#[derive(Debug, Clone)]
+pub struct RealtimeGuard {
+    started: Instant,
+    sample_rate: u32,
+    margin: Duration,
+    received: u64,
+}
+
+impl RealtimeGuard {
+    /// A guard for audio at `sample_rate` from `started`, allowing `margin` ahead.
+    pub fn new(started: Instant, sample_rate: u32, margin: Duration) -> Self {
+        Self {
+            started,
+            sample_rate,
+            margin,
+            received: 0,
+        }
+    }
+
+    /// Counts `samples` received at `now`.
+    ///
+    /// # Errors
+    /// How far ahead of real time the audio is, when that is beyond the margin.
+    pub fn admit(&mut self, samples: u64, now: Instant) -> Result<(), Duration> {
+        self.received += samples;
+        let elapsed = now.saturating_duration_since(self.started);
+        let audio = Duration::from_secs_f64(self.received as f64 / f64::from(self.sample_rate));
+        let ahead = audio.saturating_sub(elapsed);
+        if ahead > self.margin {
+            Err(ahead)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What a client last said about its playback, and how the server estimates what it has
+/// played since: the buffered audio goes on playing in real time, so the position advances
+/// from the report by the time elapsed, but never past what was buffered then, nor past what
+/// the server wrote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlaybackReport {
+    /// Samples played, as reported.
+    pub played: u64,
+    /// Samples buffered then.
+    pub buffered: u64,
+    /// When the report arrived.
+    pub at: Instant,
+}
+
+impl PlaybackReport {
+    /// Samples the client has played by `now`, of `written` written so far at `sample_rate`.
+    pub fn estimate(&self, now: Instant, sample_rate: u32, written: u64) -> u64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        let since = (elapsed * f64::from(sample_rate)) as u64;
+        (self.played + since.min(self.buffered)).min(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_time_audio_and_a_burst_within_the_margin_pass() {
+        let t0 = Instant::now();
+        let mut guard = RealtimeGuard::new(t0, 16000, Duration::from_secs(2));
+        for i in 1..=500u64 {
+            let now = t0 + Duration::from_millis(20 * i);
+            assert!(guard.admit(320, now).is_ok(), "frame {i}");
+        }
+        // A 1.5 s stall, then everything at once.
+        let now = t0 + Duration::from_millis(10_000 + 1500);
+        assert!(guard.admit(16000 * 3 / 2, now).is_ok());
+    }
+
+    #[test]
+    fn a_file_sent_at_full_speed_is_refused_once_past_the_margin() {
+        let t0 = Instant::now();
+        let mut guard = RealtimeGuard::new(t0, 16000, Duration::from_secs(2));
+        let now = t0 + Duration::from_millis(100);
+        let mut frames = 0;
+        let ahead = loop {
+            frames += 1;
+            if let Err(ahead) = guard.admit(320, now) {
+                break ahead;
+            }
+        };
+        // 2.1 s of audio in 100 ms: 105 frames of 20 ms, refused at the 106th.
+        assert_eq!(frames, 106);
+        assert!(ahead > Duration::from_secs(2), "{ahead:?}");
+    }
+
+    #[test]
+    fn playback_advances_through_the_buffer_only() {
+        let t0 = Instant::now();
+        let report = PlaybackReport {
+            played: 16000,
+            buffered: 1600,
+            at: t0,
+        };
+        assert_eq!(report.estimate(t0, 16000, 17600), 16000);
+        assert_eq!(
+            report.estimate(t0 + Duration::from_millis(50), 16000, 17600),
+            16800
+        );
+        // The buffer ran dry after 100 ms: no further progress is assumed.
+        assert_eq!(
+            report.estimate(t0 + Duration::from_secs(5), 16000, 40000),
+            17600
+        );
+        // Never past what was written (the server cleared in between).
+        assert_eq!(
+            report.estimate(t0 + Duration::from_millis(50), 16000, 16200),
+            16200
+        );
+    }
+}

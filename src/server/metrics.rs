@@ -1,0 +1,374 @@
+//! The server's Prometheus metrics: fixed names, low cardinality (no session id in any label;
+//! providers and error kinds are bounded by the configuration), rendered in the text
+//! exposition format at `/metrics`. Counters and histogram buckets are atomics, so recording
+//! never waits for a scrape.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::BackendError;
+use crate::report::TurnReport;
+
+/// Latency buckets in seconds: from a fast local reply to a slow provider.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+];
+/// Engine overhead and barge-in stop: milliseconds matter.
+const FAST_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5,
+];
+
+/// One histogram with fixed buckets.
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    /// Observations at or below each bound (not cumulative; summed when rendered).
+    buckets: Vec<AtomicU64>,
+    /// Observations above the last bound.
+    overflow: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            overflow: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        match self.bounds.iter().position(|b| seconds <= *b) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.overflow.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// How a session ended, for `turnflow_sessions_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SessionOutcome {
+    /// The client sent `stop` and the session finished.
+    Completed,
+    /// The client went away without `stop`.
+    ClientClosed,
+    /// The client broke the protocol or a limit (malformed, too fast, too big, idle).
+    ProtocolError,
+    /// Speech to text failed.
+    SttFailed,
+    /// Cut by the server's shutdown after the drain timeout.
+    Shutdown,
+}
+
+impl SessionOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionOutcome::Completed => "completed",
+            SessionOutcome::ClientClosed => "client_closed",
+            SessionOutcome::ProtocolError => "protocol_error",
+            SessionOutcome::SttFailed => "stt_failed",
+            SessionOutcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a connection was refused before it became a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// `--max-sessions` reached.
+    Full,
+    /// The server is draining.
+    Draining,
+    /// No or a wrong bearer token.
+    Unauthorized,
+    /// A browser page from an origin not allowed.
+    Origin,
+}
+
+impl Refusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Full => "full",
+            Refusal::Draining => "draining",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Origin => "origin",
+        }
+    }
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    active: AtomicU64,
+    sessions: Mutex<BTreeMap<SessionOutcome, u64>>,
+    refused: Mutex<BTreeMap<Refusal, u64>>,
+    turns: AtomicU64,
+    speculation: Mutex<BTreeMap<&'static str, u64>>,
+    provider_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    response_latency: Histogram,
+    voice_to_voice: Histogram,
+    engine_overhead: Histogram,
+    barge_in_stop: Histogram,
+    llm_ttft: Histogram,
+    tts_ttfb: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            active: AtomicU64::new(0),
+            sessions: Mutex::default(),
+            refused: Mutex::default(),
+            turns: AtomicU64::new(0),
+            speculation: Mutex::default(),
+            provider_errors: Mutex::default(),
+            response_latency: Histogram::new(&LATENCY_BUCKETS),
+            voice_to_voice: Histogram::new(&LATENCY_BUCKETS),
+            engine_overhead: Histogram::new(&FAST_BUCKETS),
+            barge_in_stop: Histogram::new(&FAST_BUCKETS),
+            llm_ttft: Histogram::new(&LATENCY_BUCKETS),
+            tts_ttfb: Histogram::new(&LATENCY_BUCKETS),
+        }
+    }
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    *map.lock().expect("metrics lock").entry(key).or_default() += 1;
+}
+
+impl Metrics {
+    /// Sessions running now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn session_started(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn session_ended(&self, outcome: SessionOutcome) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        bump(&self.sessions, outcome);
+    }
+
+    /// Sessions that ended with `outcome` so far.
+    pub fn sessions(&self, outcome: SessionOutcome) -> u64 {
+        self.sessions
+            .lock()
+            .expect("metrics lock")
+            .get(&outcome)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn refused(&self, why: Refusal) {
+        bump(&self.refused, why);
+    }
+
+    pub(crate) fn turn(&self, turn: &TurnReport) {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+        bump(&self.speculation, turn.speculation);
+        let seconds = |ms: Option<f64>| ms.map(|ms| ms / 1000.0);
+        let pairs = [
+            (&self.response_latency, seconds(turn.response_latency_ms)),
+            (&self.voice_to_voice, seconds(turn.voice_to_voice_ms)),
+            (&self.engine_overhead, seconds(turn.engine_overhead_ms)),
+            (&self.barge_in_stop, seconds(turn.barge_in_stop_ms)),
+            (&self.llm_ttft, seconds(turn.llm_ttft_ms)),
+            (&self.tts_ttfb, seconds(turn.tts_ttfb_ms)),
+        ];
+        for (histogram, value) in pairs {
+            if let Some(v) = value {
+                histogram.observe(v);
+            }
+        }
+    }
+
+    pub(crate) fn provider_error(&self, error: &BackendError) {
+        bump(
+            &self.provider_errors,
+            (error.provider.clone(), error.kind.as_str()),
+        );
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self, ready: bool) -> String {
+        let mut out = String::with_capacity(8192);
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_sessions_active Sessions running now.\n# TYPE turnflow_sessions_active gauge\nturnflow_sessions_active {}",
+            self.active()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_ready Whether the server takes new sessions (0 while draining or full).\n# TYPE turnflow_ready gauge\nturnflow_ready {}",
+            u8::from(ready)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_sessions_total Sessions ended, by outcome.\n# TYPE turnflow_sessions_total counter"
+        );
+        let sessions = self.sessions.lock().expect("metrics lock").clone();
+        for outcome in [
+            SessionOutcome::Completed,
+            SessionOutcome::ClientClosed,
+            SessionOutcome::ProtocolError,
+            SessionOutcome::SttFailed,
+            SessionOutcome::Shutdown,
+        ] {
+            let n = sessions.get(&outcome).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "turnflow_sessions_total{{outcome=\"{}\"}} {n}",
+                outcome.as_str()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_connections_refused_total Connections refused before a session, by reason.\n# TYPE turnflow_connections_refused_total counter"
+        );
+        let refused = self.refused.lock().expect("metrics lock").clone();
+        for why in [
+            Refusal::Full,
+            Refusal::Draining,
+            Refusal::Unauthorized,
+            Refusal::Origin,
+        ] {
+            let n = refused.get(&why).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "turnflow_connections_refused_total{{reason=\"{}\"}} {n}",
+                why.as_str()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_turns_total User turns answered or cut.\n# TYPE turnflow_turns_total counter\nturnflow_turns_total {}",
+            self.turns.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_speculation_total Turns by speculation outcome (hit: an eager reply was promoted; miss: every one was withdrawn; none: no eager end).\n# TYPE turnflow_speculation_total counter"
+        );
+        let speculation = self.speculation.lock().expect("metrics lock").clone();
+        for outcome in ["hit", "miss", "none"] {
+            let n = speculation.get(outcome).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "turnflow_speculation_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_provider_errors_total Replies a language model or voice failed, by provider and kind.\n# TYPE turnflow_provider_errors_total counter"
+        );
+        for ((provider, kind), n) in self.provider_errors.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "turnflow_provider_errors_total{{provider=\"{}\",kind=\"{kind}\"}} {n}",
+                escape_label(provider)
+            );
+        }
+        self.response_latency.render(
+            &mut out,
+            "turnflow_response_latency_seconds",
+            "From the user's end of turn (Flux EndOfTurn) to the first agent audio written.",
+        );
+        self.voice_to_voice.render(
+            &mut out,
+            "turnflow_voice_to_voice_seconds",
+            "From the end of the user's last word sent to Flux to the first agent audio written.",
+        );
+        self.engine_overhead.render(
+            &mut out,
+            "turnflow_engine_overhead_seconds",
+            "Time turnflow itself adds to a reply, providers excluded.",
+        );
+        self.barge_in_stop.render(
+            &mut out,
+            "turnflow_barge_in_stop_seconds",
+            "From the user's StartOfTurn over the agent to the last agent frame written.",
+        );
+        self.llm_ttft.render(
+            &mut out,
+            "turnflow_llm_time_to_first_token_seconds",
+            "From the language model request to its first token.",
+        );
+        self.tts_ttfb.render(
+            &mut out,
+            "turnflow_tts_time_to_first_byte_seconds",
+            "From the first sentence sent to the voice to its first audio.",
+        );
+        out
+    }
+}
+
+/// A provider name as a label value: backslash, quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_count_everything() {
+        let h = Histogram::new(&FAST_BUCKETS);
+        for v in [0.0001, 0.0007, 0.003, 2.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.001\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.5\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("x_count 4\n"), "{out}");
+        assert!(out.contains("x_sum 2.0038"), "{out}");
+    }
+
+    #[test]
+    fn labels_are_escaped_and_bounded() {
+        let m = Metrics::default();
+        m.provider_error(&BackendError::new(
+            "open\"ai",
+            crate::error::ErrorKind::Timeout,
+            "slow",
+        ));
+        let text = m.render(true);
+        assert!(
+            text.contains(
+                "turnflow_provider_errors_total{provider=\"open\\\"ai\",kind=\"timeout\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("session="), "no per-session label");
+    }
+}

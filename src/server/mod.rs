@@ -1,0 +1,442 @@
+//! `turnflow serve` as a library: an HTTP server where each WebSocket at `/session` is one
+//! conversation (the protocol is [`protocol`], documented in `docs/protocol.md`), with the page
+//! that talks to it at `/`, health at `/healthz` and `/readyz`, and Prometheus metrics at
+//! `/metrics` ([`metrics`]).
+//!
+//! Ownership: the server owns a [`TaskTracker`] of session tasks and a shutdown token whose
+//! children stop each session. [`Server::serve`] drains on its signal: readiness turns 503 and
+//! new sessions are refused at once, running ones go on until they end or
+//! [`ServerConfig::drain_timeout`] passes, then they are stopped (the reply in progress cut,
+//! the client told `server_shutdown`) and awaited before `serve` returns.
+//!
+//! Limits are checked before the upgrade (capacity, token, origin: plain HTTP refusals a load
+//! balancer and a browser understand) and per message after it ([`limits`]).
+
+mod connection;
+pub mod limits;
+pub mod metrics;
+pub mod protocol;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State as AxumState};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::engine::{Backends, SessionConfig};
+use crate::flux::{ApiKey, Connector, FluxConfig};
+pub use metrics::Metrics;
+
+/// How the server behaves. [`ServerConfig::new`] gives production defaults.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Speech to text for every session; the encoding and sample rate are set per session
+    /// from the client's `start`.
+    pub flux: FluxConfig,
+    /// How Flux connections are made (Deepgram over WebSocket, or an emulator).
+    pub connector: Arc<dyn Connector>,
+    /// The language model and voice every session uses.
+    pub backends: Backends,
+    /// The engine's settings for every session.
+    pub session: SessionConfig,
+    /// Sessions at once; a connection beyond this is refused with 503 before the upgrade.
+    pub max_sessions: usize,
+    /// When set, a connection must present it (`Authorization: Bearer TOKEN`, or `?token=`
+    /// for browsers, which cannot set headers on a WebSocket).
+    pub token: Option<ApiKey>,
+    /// Origins a browser page may connect from (`https://app.example.com`, or `*`). Empty:
+    /// only pages served by this server (the Origin's host equals the Host header). Clients
+    /// that send no Origin (not browsers) are not affected.
+    pub allowed_origins: Vec<String>,
+    /// On shutdown, how long running sessions may go on before they are stopped.
+    pub drain_timeout: Duration,
+    /// A session that receives nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// A connection that sends no `start` within this is closed.
+    pub start_timeout: Duration,
+    /// Largest audio frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// How far a client's audio may run ahead of real time.
+    pub realtime_margin: Duration,
+    /// What a full or draining server tells clients to wait before retrying.
+    pub retry_after: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("flux", &self.flux)
+            .field("backends", &self.backends)
+            .field("max_sessions", &self.max_sessions)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("allowed_origins", &self.allowed_origins)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConfig {
+    /// A configuration with production defaults: 100 sessions, a 10 minute drain, 15 s idle
+    /// and start limits, 16 KiB frames, audio at most 2 s ahead of real time.
+    pub fn new(flux: FluxConfig, connector: Arc<dyn Connector>, backends: Backends) -> Self {
+        // Reports are computed per turn from the log; a few minutes of entries is plenty and
+        // keeps a thousand sessions in memory.
+        let session = SessionConfig {
+            log_limit: 2048,
+            ..SessionConfig::default()
+        };
+        Self {
+            flux,
+            connector,
+            backends,
+            session,
+            max_sessions: 100,
+            token: None,
+            allowed_origins: Vec::new(),
+            drain_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(15),
+            start_timeout: Duration::from_secs(15),
+            max_frame_bytes: 16 * 1024,
+            realtime_margin: Duration::from_secs(2),
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the server's tasks share.
+struct State {
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
+    /// Sessions admitted (reserved before the upgrade, released when the session ends).
+    admitted: AtomicUsize,
+    draining: AtomicBool,
+    /// Parent of every session's stop token.
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+}
+
+/// A bound server, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+/// How a drain went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Sessions running when the drain began.
+    pub running: usize,
+    /// Sessions stopped at the drain timeout.
+    pub stopped: usize,
+}
+
+impl Server {
+    /// Binds the listener (port 0 picks a free one).
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn bind(addr: SocketAddr, config: ServerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self {
+            listener,
+            state: Arc::new(State {
+                config,
+                metrics: Arc::new(Metrics::default()),
+                admitted: AtomicUsize::new(0),
+                draining: AtomicBool::new(false),
+                shutdown: CancellationToken::new(),
+                sessions: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The server's metrics (also at `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// Serves until `signal` completes, then drains (see the module docs) and returns.
+    ///
+    /// # Errors
+    /// The HTTP server failed.
+    ///
+    /// # Cancellation safety
+    /// Dropping the future stops accepting at once and cancels every session.
+    pub async fn serve(
+        self,
+        signal: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<DrainReport> {
+        let state = self.state;
+        let _stop_sessions_on_drop = state.shutdown.clone().drop_guard();
+        let app = Router::new()
+            .route("/", get(page::index))
+            .route("/app.js", get(page::script))
+            .route("/worklets.js", get(page::worklets))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .route("/session", get(session))
+            .with_state(state.clone());
+        let stop_http = CancellationToken::new();
+        let http = axum::serve(self.listener, app)
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+            .into_future();
+        let mut http = std::pin::pin!(http);
+        tokio::select! {
+            result = &mut http => {
+                result?;
+                return Ok(DrainReport { running: 0, stopped: 0 });
+            }
+            () = signal => {}
+        }
+        state.draining.store(true, Ordering::SeqCst);
+        state.sessions.close();
+        let running = state.sessions.len();
+        info!(running, timeout = ?state.config.drain_timeout, "draining: new sessions are refused, running ones go on");
+        let drained = async {
+            let deadline = tokio::time::sleep(state.config.drain_timeout);
+            let mut deadline = std::pin::pin!(deadline);
+            let mut progress = tokio::time::interval(Duration::from_secs(10));
+            progress.tick().await;
+            loop {
+                tokio::select! {
+                    () = state.sessions.wait() => return true,
+                    () = &mut deadline => return false,
+                    _ = progress.tick() => info!(running = state.sessions.len(), "draining"),
+                }
+            }
+        };
+        // The HTTP side keeps answering probes (readiness 503) while sessions drain.
+        let mut stopped = 0;
+        tokio::select! {
+            result = &mut http => result?,
+            finished = drained => {
+                if !finished {
+                    stopped = state.sessions.len();
+                    warn!(stopped, "drain timeout: stopping the sessions still running");
+                    state.shutdown.cancel();
+                    state.sessions.wait().await;
+                }
+            }
+        }
+        info!(running, stopped, "drained");
+        stop_http.cancel();
+        http.await?;
+        Ok(DrainReport { running, stopped })
+    }
+}
+
+/// Releases an admitted session's place when dropped (whether or not the upgrade happened).
+struct Admission(Arc<State>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn refusal(state: &State, status: StatusCode, why: metrics::Refusal, message: &str) -> Response {
+    state.metrics.refused(why);
+    let mut response = (status, format!("{message}\n")).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        let seconds = state.config.retry_after.as_secs().max(1).to_string();
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&seconds).expect("digits are a valid header value"),
+        );
+    }
+    response
+}
+
+/// Whether `given` is the token, in time independent of where they differ.
+fn token_matches(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    if allowed.is_empty() {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        return host.is_some_and(|host| host.eq_ignore_ascii_case(origin_host));
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+#[derive(serde::Deserialize)]
+struct SessionQuery {
+    token: Option<String>,
+}
+
+async fn session(
+    AxumState(state): AxumState<Arc<State>>,
+    Query(query): Query<SessionQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        return refusal(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            metrics::Refusal::Draining,
+            "the server is shutting down; connect again to reach another",
+        );
+    }
+    if let Some(expected) = &state.config.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or(query.token.as_deref());
+        if !given.is_some_and(|g| token_matches(expected.expose(), g)) {
+            return refusal(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                metrics::Refusal::Unauthorized,
+                "a bearer token is required (Authorization: Bearer TOKEN, or ?token=)",
+            );
+        }
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(&state.config.allowed_origins, origin, host) {
+        warn!(origin, "connection from an origin not allowed");
+        return refusal(
+            &state,
+            StatusCode::FORBIDDEN,
+            metrics::Refusal::Origin,
+            "this origin may not connect (see --allowed-origin)",
+        );
+    }
+    let max = state.config.max_sessions;
+    if state.admitted.fetch_add(1, Ordering::SeqCst) >= max {
+        state.admitted.fetch_sub(1, Ordering::SeqCst);
+        return refusal(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            metrics::Refusal::Full,
+            &format!("the server is full ({max} sessions); retry later"),
+        );
+    }
+    let admission = Admission(state.clone());
+    let frame_limit = state.config.max_frame_bytes * 4;
+    upgrade
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            let sessions = admission.0.sessions.clone();
+            let state = admission.0.clone();
+            sessions.track_future(async move {
+                connection::serve(socket, state).await;
+                drop(admission);
+            })
+        })
+}
+
+async fn readyz(AxumState(state): AxumState<Arc<State>>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if state.admitted.load(Ordering::SeqCst) >= state.config.max_sessions {
+        (StatusCode::SERVICE_UNAVAILABLE, "full\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn metrics_text(AxumState(state): AxumState<Arc<State>>) -> Response {
+    let ready = !state.draining.load(Ordering::SeqCst)
+        && state.admitted.load(Ordering::SeqCst) < state.config.max_sessions;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(ready),
+    )
+        .into_response()
+}
+
+mod page {
+    //! The browser page, served from the binary.
+    use axum::http::header;
+    use axum::response::IntoResponse;
+
+    pub(super) async fn index() -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            include_str!("web/index.html"),
+        )
+    }
+
+    pub(super) async fn script() -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            include_str!("web/app.js"),
+        )
+    }
+
+    pub(super) async fn worklets() -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            include_str!("web/worklets.js"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_default_to_the_server_itself() {
+        assert!(
+            origin_allowed(&[], None, Some("h:1")),
+            "non-browser clients"
+        );
+        assert!(origin_allowed(&[], Some("http://h:1"), Some("h:1")));
+        assert!(!origin_allowed(
+            &[],
+            Some("https://evil.example"),
+            Some("h:1")
+        ));
+        let list = vec!["https://app.example.com/".to_owned()];
+        assert!(origin_allowed(
+            &list,
+            Some("https://app.example.com"),
+            Some("h:1")
+        ));
+        assert!(!origin_allowed(&list, Some("http://h:1"), Some("h:1")));
+        assert!(origin_allowed(&["*".into()], Some("https://any"), None));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches("secret", "secret"));
+        assert!(!token_matches("secret", "secre"));
+        assert!(!token_matches("secret", "secreT"));
+    }
+}

@@ -1,0 +1,296 @@
+//! The browser session protocol (version 1), as types: what a client may send, what the server
+//! sends, and the close codes. Pure: no I/O, so every malformed input is tested here.
+//! `docs/protocol.md` is the prose version of this module.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineEvent;
+use crate::report::TurnReport;
+
+/// The protocol version this server speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Input sample rates a client may declare (PCM16 mono), the ones Flux accepts for linear16.
+pub const INPUT_SAMPLE_RATES: [u32; 5] = [8000, 16000, 24000, 44100, 48000];
+
+/// A text message from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// The first message: what the client will send.
+    Start(Start),
+    /// How much agent audio the client has played.
+    Played(Played),
+    /// The user is done: finish the turn in progress, then end.
+    Stop,
+}
+
+/// `{"type": "start", ...}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Start {
+    /// The protocol version the client speaks (only 1 exists).
+    pub version: u32,
+    /// Sample rate of the client's PCM16 mono audio.
+    pub sample_rate: u32,
+}
+
+/// `{"type": "played", "samples": N, "buffered": M}`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Played {
+    /// Agent audio samples (at the output rate) played since the session started.
+    pub samples: u64,
+    /// Samples received and not yet played when `samples` was counted; the client goes on
+    /// playing them unless told to clear.
+    #[serde(default)]
+    pub buffered: u64,
+}
+
+/// Why a client message was refused: the error message names the field and what is allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Not JSON, or not an object with a string `type`.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// A `type` this version does not know.
+    #[error("unknown message type {0:?}; this server knows start, played and stop")]
+    UnknownType(String),
+    /// A known message with a missing, unknown or wrong field.
+    #[error("invalid {kind} message: {detail}")]
+    Invalid {
+        /// The message type.
+        kind: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A `start` asking for something this server does not do.
+    #[error("unsupported start: {0}")]
+    Unsupported(String),
+}
+
+impl ProtocolError {
+    /// The machine-readable code sent in the `error` message.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::Malformed(_) => "malformed",
+            ProtocolError::UnknownType(_) => "unknown_type",
+            ProtocolError::Invalid { .. } => "invalid",
+            ProtocolError::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+impl ClientMessage {
+    /// Parses one text message.
+    ///
+    /// # Errors
+    /// [`ProtocolError`] naming what was wrong: not JSON, no `type`, an unknown type, or a
+    /// field missing, unknown or out of range.
+    pub fn parse(text: &str) -> Result<Self, ProtocolError> {
+        let mut value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ProtocolError::Malformed(format!("not JSON ({e})")))?;
+        let object = value
+            .as_object_mut()
+            .ok_or_else(|| ProtocolError::Malformed("expected a JSON object".into()))?;
+        let kind = match object.remove("type") {
+            Some(serde_json::Value::String(kind)) => kind,
+            Some(_) => return Err(ProtocolError::Malformed("\"type\" must be a string".into())),
+            None => return Err(ProtocolError::Malformed("missing \"type\"".into())),
+        };
+        fn fields<T: serde::de::DeserializeOwned>(
+            kind: &'static str,
+            value: serde_json::Value,
+        ) -> Result<T, ProtocolError> {
+            serde_json::from_value(value).map_err(|e| ProtocolError::Invalid {
+                kind,
+                detail: e.to_string(),
+            })
+        }
+        match kind.as_str() {
+            "start" => {
+                let start: Start = fields("start", value)?;
+                if start.version != PROTOCOL_VERSION {
+                    return Err(ProtocolError::Unsupported(format!(
+                        "version {}; this server speaks version {PROTOCOL_VERSION}",
+                        start.version
+                    )));
+                }
+                if !INPUT_SAMPLE_RATES.contains(&start.sample_rate) {
+                    return Err(ProtocolError::Unsupported(format!(
+                        "sample_rate {}; allowed: {INPUT_SAMPLE_RATES:?}",
+                        start.sample_rate
+                    )));
+                }
+                Ok(ClientMessage::Start(start))
+            }
+            "played" => Ok(ClientMessage::Played(fields("played", value)?)),
+            "stop" => {
+                if !object.is_empty() {
+                    return Err(ProtocolError::Invalid {
+                        kind: "stop",
+                        detail: format!(
+                            "unknown field(s): {}",
+                            object.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+                Ok(ClientMessage::Stop)
+            }
+            _ => Err(ProtocolError::UnknownType(kind)),
+        }
+    }
+}
+
+/// A text message from the server.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// The session is running; audio may flow.
+    Ready {
+        /// Protocol version.
+        version: u32,
+        /// The session's id (also in the server's logs).
+        session: String,
+        /// Sample rate of the client's audio, as accepted.
+        input_sample_rate: u32,
+        /// Sample rate of the agent audio the server sends.
+        output_sample_rate: u32,
+        /// Length of each agent audio frame.
+        frame_ms: u32,
+    },
+    /// Drop every agent audio sample received and not yet played, now.
+    Clear,
+    /// A user turn's figures, once its reply ended.
+    Turn(&'a TurnReport),
+    /// Something went wrong; a close follows unless `fatal` is false.
+    Error {
+        /// Machine-readable code.
+        code: &'a str,
+        /// What was wrong and what is allowed.
+        message: &'a str,
+        /// Whether the session ends.
+        fatal: bool,
+    },
+    /// The session is over; the socket closes next.
+    End {
+        /// Why (`stopped`, `client_closed`, `stt_failed`, `server_shutdown`, ...).
+        reason: &'a str,
+        /// User turns in the session.
+        turns: u64,
+    },
+    /// A conversation event (its own `type`: `user_transcript`, `agent_sentence`, ...).
+    #[serde(untagged)]
+    Event(&'a EngineEvent),
+}
+
+impl ServerMessage<'_> {
+    /// The JSON text of this message.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+/// WebSocket close codes the server uses (RFC 6455 section 7.4.1).
+pub mod close_code {
+    /// The session ended normally.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A message of a type this endpoint does not take (binary before `start`).
+    pub const UNSUPPORTED: u16 = 1003;
+    /// A message that is not valid for the protocol (malformed JSON, odd-length audio).
+    pub const INVALID: u16 = 1007;
+    /// A limit was broken: audio too fast, idle, not allowed.
+    pub const POLICY: u16 = 1008;
+    /// A frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server failed (speech to text unavailable).
+    pub const INTERNAL: u16 = 1011;
+    /// The server is full; retry later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_with_a_supported_rate_parses() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"start","version":1,"sample_rate":16000}"#),
+            Ok(ClientMessage::Start(Start {
+                version: 1,
+                sample_rate: 16000
+            }))
+        );
+    }
+
+    #[test]
+    fn every_malformed_message_is_named() {
+        let cases = [
+            ("not json", "malformed message: not JSON"),
+            ("[1,2]", "malformed message: expected a JSON object"),
+            (
+                r#"{"sample_rate":1}"#,
+                "malformed message: missing \"type\"",
+            ),
+            (r#"{"type":7}"#, "\"type\" must be a string"),
+            (
+                r#"{"type":"hello"}"#,
+                "unknown message type \"hello\"; this server knows start, played and stop",
+            ),
+            (
+                r#"{"type":"start","version":1}"#,
+                "invalid start message: missing field `sample_rate`",
+            ),
+            (
+                r#"{"type":"start","version":1,"sample_rate":16000,"codec":"opus"}"#,
+                "invalid start message: unknown field `codec`",
+            ),
+            (
+                r#"{"type":"start","version":2,"sample_rate":16000}"#,
+                "unsupported start: version 2; this server speaks version 1",
+            ),
+            (
+                r#"{"type":"start","version":1,"sample_rate":11025}"#,
+                "unsupported start: sample_rate 11025; allowed: [8000, 16000, 24000, 44100, 48000]",
+            ),
+            (
+                r#"{"type":"played","samples":-4}"#,
+                "invalid played message: invalid value: integer `-4`",
+            ),
+            (
+                r#"{"type":"stop","now":true}"#,
+                "invalid stop message: unknown field(s): now",
+            ),
+        ];
+        for (input, expected) in cases {
+            let error = ClientMessage::parse(input).unwrap_err().to_string();
+            assert!(error.contains(expected), "{input}: {error}");
+        }
+    }
+
+    #[test]
+    fn played_defaults_buffered_to_zero() {
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"played","samples":320}"#),
+            Ok(ClientMessage::Played(Played {
+                samples: 320,
+                buffered: 0
+            }))
+        );
+    }
+
+    #[test]
+    fn engine_events_keep_their_own_type() {
+        let event = EngineEvent::UserTranscript {
+            turn: 2,
+            transcript: "book a table".into(),
+        };
+        assert_eq!(
+            ServerMessage::Event(&event).to_json(),
+            r#"{"type":"user_transcript","turn":2,"transcript":"book a table"}"#
+        );
+        assert_eq!(ServerMessage::Clear.to_json(), r#"{"type":"clear"}"#);
+    }
+}

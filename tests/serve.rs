@@ -1,0 +1,691 @@
+//! `turnflow serve` end to end on loopback: a server on port 0 with the in-memory emulator
+//! (scripted turns), the scripted model and the synthetic voice, and clients speaking the
+//! session protocol (docs/protocol.md) over real WebSockets. Timing here is the real clock,
+//! but nothing asserts a wall-clock threshold: limits are exercised by what a client sends,
+//! and every wait has a generous bound only so that a broken server fails instead of hanging.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
+use turnflow::engine::Backends;
+use turnflow::flux::transport::{ConnectError, ConnectRequest, Connection};
+use turnflow::flux::{Connector, Encoding, FluxConfig, ListenOptions};
+use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
+use turnflow::scenario::Scenario;
+use turnflow::server::metrics::SessionOutcome;
+use turnflow::server::{DrainReport, Server, ServerConfig};
+use turnflow::tts::SyntheticTts;
+
+/// Bound for anything a test waits for.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Counts the Flux connections open now (the emulator's, wrapped).
+struct Counted {
+    inner: MemoryEmulator,
+    open: Arc<AtomicUsize>,
+}
+
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for Counted {
+    async fn connect(&self, request: &ConnectRequest) -> Result<Connection, ConnectError> {
+        let mut connection = self.inner.connect(request).await?;
+        self.open.fetch_add(1, Ordering::SeqCst);
+        let guard = OpenGuard(self.open.clone());
+        connection.stream = Box::pin(connection.stream.inspect(move |_| {
+            let _ = &guard;
+        }));
+        Ok(connection)
+    }
+}
+
+/// The scripted model, counting its streams still open.
+struct CountedLlm {
+    inner: ScriptedLlm,
+    open: Arc<AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl LanguageModel for CountedLlm {
+    fn name(&self) -> &str {
+        "counted"
+    }
+
+    async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
+        let stream = self.inner.stream(request).await?;
+        self.open.fetch_add(1, Ordering::SeqCst);
+        let guard = OpenGuard(self.open.clone());
+        Ok(Box::pin(stream.inspect(move |_| {
+            let _ = &guard;
+        })))
+    }
+}
+
+fn scenario(file: &str) -> Arc<Scenario> {
+    Arc::new(Scenario::load(format!("scenarios/{file}").as_ref()).unwrap())
+}
+
+struct Setup {
+    config: ServerConfig,
+    flux_open: Arc<AtomicUsize>,
+    llm_open: Arc<AtomicUsize>,
+}
+
+fn setup(file: &str) -> Setup {
+    let scenario = scenario(file);
+    let open = Arc::new(AtomicUsize::new(0));
+    let connector = Counted {
+        inner: MemoryEmulator::new(EmulatorConfig::new(scenario.clone())),
+        open: open.clone(),
+    };
+    let mut options = ListenOptions::raw(Encoding::Linear16, 16000);
+    if let Some(t) = scenario.listen {
+        options = options.with_thresholds(t);
+    }
+    let llm_open = Arc::new(AtomicUsize::new(0));
+    let backends = Backends {
+        llm: Arc::new(CountedLlm {
+            inner: ScriptedLlm::from_scenario(&scenario),
+            open: llm_open.clone(),
+        }),
+        tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+        tools: None,
+    };
+    Setup {
+        config: ServerConfig::new(
+            FluxConfig::new(options).with_base_url("ws://emulator.invalid"),
+            Arc::new(connector),
+            backends,
+        ),
+        flux_open: open,
+        llm_open,
+    }
+}
+
+/// A running server and the way to start its drain.
+struct Running {
+    addr: std::net::SocketAddr,
+    metrics: Arc<turnflow::server::Metrics>,
+    drain: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<DrainReport>>,
+}
+
+async fn start(config: ServerConfig) -> Running {
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let metrics = server.metrics();
+    let (drain, signal) = oneshot::channel::<()>();
+    let served = tokio::spawn(server.serve(async move {
+        let _ = signal.await;
+    }));
+    Running {
+        addr,
+        metrics,
+        drain: Some(drain),
+        served,
+    }
+}
+
+impl Running {
+    async fn drain(mut self) -> DrainReport {
+        let _ = self.drain.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, self.served)
+            .await
+            .expect("the drain ends")
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.addr))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A client like the browser page: streams 20 ms of silence at real time while `talking`,
+/// acknowledges the agent audio it received as played, and collects what the server says.
+struct Client {
+    to_server: mpsc::UnboundedSender<Message>,
+    from_server: mpsc::UnboundedReceiver<Message>,
+    agent_samples: u64,
+    /// How far behind what it received the client says it has played (its jitter buffer).
+    ack_lag: u64,
+    clears: usize,
+    /// The user starts speaking over the agent once this much agent audio arrived.
+    barge_in_after: Option<u64>,
+    /// Whether the "microphone" carries speech (loud samples) rather than silence.
+    loud: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn open(addr: std::net::SocketAddr, path: &str) -> Result<Socket, u16> {
+    match connect_async(format!("ws://{addr}{path}")).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+impl Client {
+    /// Connects, sends `start` and streams audio in real time from then on.
+    async fn start(addr: std::net::SocketAddr) -> Client {
+        let socket = open(addr, "/session").await.expect("admitted");
+        let client = Client::over(socket, true);
+        client.send(json!({"type": "start", "version": 1, "sample_rate": 16000}));
+        client
+    }
+
+    fn over(socket: Socket, stream_audio: bool) -> Client {
+        let (mut write, mut read) = socket.split();
+        let (to_server, mut outgoing) = mpsc::unbounded_channel::<Message>();
+        let (incoming, from_server) = mpsc::unbounded_channel();
+        let loud = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let speech = loud.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    message = outgoing.recv() => match message {
+                        Some(m) => if write.send(m).await.is_err() { break },
+                        None => { let _ = write.close().await; break }
+                    },
+                    _ = tick.tick(), if stream_audio => {
+                        let sample: i16 = if speech.load(Ordering::SeqCst) { 0x2000 } else { 0 };
+                        let frame: Vec<u8> = (0..320).flat_map(|_| sample.to_le_bytes()).collect();
+                        if write.send(Message::Binary(frame.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = read.next().await {
+                if incoming.send(message).is_err() {
+                    break;
+                }
+            }
+        });
+        Client {
+            to_server,
+            from_server,
+            agent_samples: 0,
+            ack_lag: 0,
+            clears: 0,
+            barge_in_after: None,
+            loud,
+        }
+    }
+
+    fn send(&self, value: Value) {
+        let _ = self.to_server.send(Message::Text(value.to_string().into()));
+    }
+
+    /// The next text message (agent audio is counted and acknowledged on the way), or the
+    /// close code when the server closed.
+    async fn next(&mut self) -> Result<Value, Option<u16>> {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.from_server.recv())
+                .await
+                .expect("the server says something");
+            match message {
+                Some(Message::Text(text)) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "clear" {
+                        self.clears += 1;
+                    }
+                    if value["type"] == "user_finished" {
+                        self.loud.store(false, Ordering::SeqCst);
+                    }
+                    return Ok(value);
+                }
+                Some(Message::Binary(audio)) => {
+                    self.agent_samples += audio.len() as u64 / 2;
+                    if self.barge_in_after.is_some_and(|n| self.agent_samples >= n) {
+                        self.barge_in_after = None;
+                        self.loud.store(true, Ordering::SeqCst);
+                    }
+                    let played = self.agent_samples.saturating_sub(self.ack_lag);
+                    self.send(json!({"type": "played", "samples": played}));
+                }
+                Some(Message::Close(frame)) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(_) => {}
+                None => return Err(None),
+            }
+        }
+    }
+
+    /// Messages up to one of type `kind` (returned last).
+    async fn until(&mut self, kind: &str) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            match self.next().await {
+                Ok(m) => {
+                    let done = m["type"] == kind;
+                    seen.push(m);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(code) => panic!("closed ({code:?}) before {kind}; saw {seen:?}"),
+            }
+        }
+    }
+
+    /// The error the server ends with, then its close code.
+    async fn refused(&mut self) -> (Value, Option<u16>) {
+        let mut error = Value::Null;
+        loop {
+            match self.next().await {
+                Ok(m) if m["type"] == "error" => error = m,
+                Ok(_) => {}
+                Err(code) => return (error, code),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_answered_reports_its_turn_and_ends_when_asked() {
+    let s = setup("plain.json");
+    let server = start(s.config).await;
+    let mut client = Client::start(server.addr).await;
+    let ready = client.until("ready").await.pop().unwrap();
+    assert_eq!(ready["version"], 1);
+    assert_eq!(ready["output_sample_rate"], 16000);
+    let conversation = client.until("turn").await;
+    let finished = conversation
+        .iter()
+        .find(|m| m["type"] == "user_finished")
+        .expect("the user's final transcript");
+    assert_eq!(finished["transcript"], "What time do you open tomorrow?");
+    let ended = conversation
+        .iter()
+        .find(|m| m["type"] == "response_ended")
+        .expect("the reply ended");
+    assert_eq!(ended["heard"], "We open at nine in the morning.");
+    assert!(
+        client.agent_samples > 16000,
+        "about two seconds of agent audio"
+    );
+    let turn = conversation.last().unwrap();
+    assert_eq!(turn["index"], 0);
+    assert!(
+        turn["response_latency_ms"].as_f64().unwrap() > 0.0,
+        "{turn}"
+    );
+    assert_eq!(turn["speculation"], "none");
+
+    client.send(json!({"type": "stop"}));
+    let end = client.until("end").await.pop().unwrap();
+    assert_eq!(end["reason"], "stopped");
+    assert_eq!(end["turns"], 1);
+    assert_eq!(client.next().await, Err(Some(1000)));
+
+    let (status, metrics) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("turnflow_sessions_total{outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("turnflow_turns_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("turnflow_response_latency_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("turnflow_sessions_active 0"), "{metrics}");
+    assert_eq!(s.flux_open.load(Ordering::SeqCst), 0);
+    let report = server.drain().await;
+    assert_eq!((report.running, report.stopped), (0, 0));
+}
+
+/// What the user heard of the interrupted first reply of `barge_in.json`, with the client
+/// saying it plays `lag` samples behind what it received.
+async fn heard_of_the_cut_reply(addr: std::net::SocketAddr, lag: u64) -> (String, usize) {
+    let mut client = Client::start(addr).await;
+    client.ack_lag = lag;
+    client.barge_in_after = Some(24000);
+    let seen = client.until("interrupted").await;
+    assert!(seen.iter().any(|m| m["type"] == "agent_sentence"));
+    let ended = client.until("response_ended").await.pop().unwrap();
+    assert_eq!(ended["interrupted"], true, "{ended}");
+    client.send(json!({"type": "stop"}));
+    client.until("end").await;
+    (ended["heard"].as_str().unwrap().to_owned(), client.clears)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barge_in_clears_the_client_and_keeps_what_it_played() {
+    let s = setup("barge_in.json");
+    let server = start(s.config).await;
+    // Two callers at once: one whose playback keeps up with what it receives, one whose
+    // buffer holds half a second.
+    let (prompt, behind) = tokio::join!(
+        heard_of_the_cut_reply(server.addr, 0),
+        heard_of_the_cut_reply(server.addr, 8000),
+    );
+    assert_eq!(prompt.1, 1, "one clear for the one interruption");
+    assert_eq!(behind.1, 1);
+    let (prompt, behind) = (prompt.0, behind.0);
+    eprintln!("heard with playback in step: {prompt:?}; half a second behind: {behind:?}");
+    assert!(prompt.starts_with("You can return any item"), "{prompt}");
+    assert!(
+        prompt.starts_with(&behind) && behind.len() < prompt.len(),
+        "half a second behind hears less: {behind:?} vs {prompt:?}"
+    );
+    server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_are_closed_with_a_reason_and_disturb_no_one() {
+    let mut s = setup("plain.json");
+    s.config.idle_timeout = Duration::from_millis(400);
+    s.config.start_timeout = Duration::from_millis(400);
+    let server = start(s.config).await;
+    let addr = server.addr;
+    let good = tokio::spawn(async move {
+        let mut client = Client::start(addr).await;
+        let turn = client.until("turn").await.pop().unwrap();
+        client.send(json!({"type": "stop"}));
+        let end = client.until("end").await.pop().unwrap();
+        (turn, end)
+    });
+    let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
+    let cases: Vec<(&str, Vec<Message>, &str, u16)> = vec![
+        (
+            "malformed json",
+            vec![Message::Text("{nope".into())],
+            "malformed",
+            1007,
+        ),
+        (
+            "unknown type",
+            vec![Message::Text(r#"{"type":"dance"}"#.into())],
+            "unknown_type",
+            1007,
+        ),
+        (
+            "audio before start",
+            vec![Message::Binary(vec![0; 640].into())],
+            "not_started",
+            1003,
+        ),
+        (
+            "unsupported rate",
+            vec![Message::Text(
+                r#"{"type":"start","version":1,"sample_rate":11025}"#.into(),
+            )],
+            "unsupported",
+            1007,
+        ),
+        (
+            "oversized frame",
+            vec![
+                Message::Text(start.clone().into()),
+                Message::Binary(vec![0; 20_000].into()),
+            ],
+            "too_big",
+            1009,
+        ),
+        (
+            "odd-length frame",
+            vec![
+                Message::Text(start.clone().into()),
+                Message::Binary(vec![0; 641].into()),
+            ],
+            "invalid_audio",
+            1007,
+        ),
+        (
+            "a file at full speed",
+            std::iter::once(Message::Text(start.clone().into()))
+                .chain((0..200).map(|_| Message::Binary(vec![0; 640].into())))
+                .collect(),
+            "too_fast",
+            1008,
+        ),
+        (
+            "a second start",
+            vec![
+                Message::Text(start.clone().into()),
+                Message::Text(start.clone().into()),
+            ],
+            "invalid",
+            1008,
+        ),
+        ("silent after connecting", vec![], "idle", 1008),
+        (
+            "silent after start",
+            vec![Message::Text(start.clone().into())],
+            "idle",
+            1008,
+        ),
+    ];
+    let count = cases.len() as u64;
+    for (name, messages, code, close) in cases {
+        let socket = open(addr, "/session").await.unwrap();
+        let mut client = Client::over(socket, false);
+        for m in messages {
+            let _ = client.to_server.send(m);
+        }
+        let (error, closed) = client.refused().await;
+        assert_eq!(error["code"], code, "{name}: {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty(), "{name}");
+        assert_eq!(closed, Some(close), "{name}: {error}");
+    }
+    let (turn, end) = good.await.unwrap();
+    assert_eq!(turn["index"], 0);
+    assert_eq!(end["reason"], "stopped");
+    settled(&server.metrics).await;
+    assert_eq!(
+        server.metrics.sessions(SessionOutcome::ProtocolError),
+        count
+    );
+    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+    server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_before_the_upgrade_and_says_when_to_retry() {
+    let mut s = setup("plain.json");
+    s.config.max_sessions = 1;
+    let server = start(s.config).await;
+    assert_eq!(server.get("/readyz").await, (200, "ready\n".into()));
+    let mut first = Client::start(server.addr).await;
+    first.until("ready").await;
+    let refused = connect_async(format!("ws://{}/session", server.addr)).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("refused over HTTP")
+    };
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    assert_eq!(server.get("/readyz").await, (503, "full\n".into()));
+    first.send(json!({"type": "stop"}));
+    first.until("end").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server.get("/readyz").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place is released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("turnflow_connections_refused_total{reason=\"full\"} 1"),
+        "{metrics}"
+    );
+    server.drain().await;
+}
+
+/// Waits until no session is running (a session is counted once its closing handshake is
+/// over, after the client saw `end`).
+async fn settled(metrics: &turnflow::server::Metrics) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while metrics.active() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "sessions end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn status_with(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    for (name, value) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes());
+        request
+            .headers_mut()
+            .insert(name.unwrap(), value.parse().unwrap());
+    }
+    match connect_async(request).await {
+        Ok((mut socket, response)) => {
+            let _ = socket.close(None).await;
+            response.status().as_u16()
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_origins_are_checked_before_the_upgrade() {
+    let mut s = setup("plain.json");
+    s.config.token = Some(turnflow::flux::ApiKey::new("s3cret"));
+    let server = start(s.config).await;
+    let addr = server.addr;
+    assert_eq!(status_with(addr, "/session", &[]).await, 401);
+    assert_eq!(status_with(addr, "/session?token=guess", &[]).await, 401);
+    assert_eq!(status_with(addr, "/session?token=s3cret", &[]).await, 101);
+    assert_eq!(
+        status_with(addr, "/session", &[("authorization", "Bearer s3cret")]).await,
+        101
+    );
+    let own = format!("http://{addr}");
+    assert_eq!(
+        status_with(addr, "/session?token=s3cret", &[("origin", &own)]).await,
+        101,
+        "the page this server serves"
+    );
+    assert_eq!(
+        status_with(
+            addr,
+            "/session?token=s3cret",
+            &[("origin", "https://evil.example")]
+        )
+        .await,
+        403
+    );
+    server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_refuses_new_sessions_and_lets_running_ones_finish() {
+    let s = setup("plain.json");
+    let server = start(s.config).await;
+    let mut running = Client::start(server.addr).await;
+    running.until("ready").await;
+    let addr = server.addr;
+    let Running {
+        drain,
+        served,
+        metrics,
+        ..
+    } = server;
+    drain.unwrap().send(()).unwrap();
+    let get = |path: &'static str| async move {
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while get("/readyz").await.0 != 503 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(get("/readyz").await, (503, "draining\n".into()));
+    assert_eq!(get("/healthz").await.0, 200, "alive while draining");
+    assert_eq!(status_with(addr, "/session", &[]).await, 503);
+    // The running conversation goes on to its answer and ends normally.
+    let turn = running.until("turn").await.pop().unwrap();
+    assert_eq!(turn["index"], 0);
+    running.send(json!({"type": "stop"}));
+    assert_eq!(
+        running.until("end").await.pop().unwrap()["reason"],
+        "stopped"
+    );
+    settled(&metrics).await;
+    let report = tokio::time::timeout(PATIENCE, served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.running, report.stopped), (1, 0));
+    assert_eq!(metrics.sessions(SessionOutcome::Completed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_still_running_at_the_drain_timeout_are_told_and_closed() {
+    let mut s = setup("plain.json");
+    s.config.drain_timeout = Duration::from_millis(300);
+    let server = start(s.config).await;
+    let mut running = Client::start(server.addr).await;
+    running.until("ready").await;
+    let metrics = server.metrics.clone();
+    let report = server.drain().await;
+    assert_eq!((report.running, report.stopped), (1, 1));
+    let end = running.until("end").await.pop().unwrap();
+    assert_eq!(end["reason"], "server_shutdown");
+    assert_eq!(running.next().await, Err(Some(1001)));
+    assert_eq!(metrics.sessions(SessionOutcome::Shutdown), 1);
+    assert_eq!(s.flux_open.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_vanishes_mid_reply_releases_every_provider_connection() {
+    let s = setup("barge_in.json");
+    let server = start(s.config).await;
+    let mut client = Client::start(server.addr).await;
+    client.until("agent_speaking").await;
+    assert_eq!(s.flux_open.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        s.llm_open.load(Ordering::SeqCst),
+        1,
+        "the reply is streaming"
+    );
+    drop(client);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server.metrics.active() > 0
+        || s.flux_open.load(Ordering::SeqCst) > 0
+        || s.llm_open.load(Ordering::SeqCst) > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
+    server.drain().await;
+}
