@@ -659,3 +659,87 @@ fn run_exits_non_zero_when_flux_keeps_failing_and_emulate_injects_the_fault() {
     );
     assert!(!stderr.contains("dg-test-key"));
 }
+
+/// `turnflow serve` on a free port: the child and the http:// URL it printed (its stdout stays
+/// open with the child).
+fn spawn_server(args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    (child, url)
+}
+
+#[test]
+fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly() {
+    let (mut server, url) = spawn_server(&[]);
+    let out = turnflow(&[
+        "load",
+        &url,
+        "--sessions",
+        "2",
+        "--turns",
+        "1",
+        "--ramp",
+        "0",
+        "--wav",
+        "tests/fixtures/book_table_16k.wav",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["turns"], 2, "{summary}");
+    assert_eq!(summary["failed_sessions"], 0, "{summary}");
+    assert_eq!(summary["response_latency_ms"]["count"], 2, "{summary}");
+    assert!(
+        summary["engine_overhead_ms"]["p50"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = server.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("terminated: draining"), "{stderr}");
+    assert!(
+        stderr.contains("drained: 0 session(s) were running"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn load_reports_a_server_that_refuses_as_failed_sessions() {
+    let (mut server, url) = spawn_server(&["--token", "s3cret"]);
+    let out = turnflow(&["load", &url, "--wav", "tests/fixtures/book_table_16k.wav"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stdout.contains("failed x1: refused: HTTP 401"), "{stdout}");
+    assert!(stderr.contains("1 of 1 sessions failed"), "{stderr}");
+}

@@ -27,6 +27,7 @@ mod agent;
 #[cfg(feature = "audio-io")]
 mod audio_io;
 mod bench;
+mod load;
 mod run;
 mod serve;
 
@@ -54,6 +55,8 @@ enum Command {
     /// Serve conversations: a browser page at /, one session per WebSocket at /session,
     /// /healthz, /readyz and /metrics; drains on SIGTERM or Ctrl-C.
     Serve(Box<serve::ServeArgs>),
+    /// Load a running `turnflow serve` with many real-time callers and measure them.
+    Load(Box<load::LoadArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -239,6 +242,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Bench(args) => bench::bench(args),
         Command::Run(args) => run::run(*args),
         Command::Serve(args) => serve::serve(*args),
+        Command::Load(args) => load::load(*args),
     }
 }
 

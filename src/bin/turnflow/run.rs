@@ -49,16 +49,21 @@ fn open_input(spec: &str) -> Result<Input> {
             "--input mic needs the audio-io feature: cargo run --release --features audio-io -- run ..."
         );
     }
-    let bytes = std::fs::read(spec).with_context(|| format!("{spec}: cannot read"))?;
+    Ok(Input::File(read_speech(spec, "--input")?))
+}
+
+/// Reads a 16 kHz mono 16-bit WAV file; errors name the file, the flag and what is needed.
+pub(crate) fn read_speech(path: &str, flag: &str) -> Result<Vec<i16>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{path}: cannot read"))?;
     let (format, offset) = turnflow::audio::parse_wav_header(&bytes)
-        .map_err(|e| anyhow::anyhow!("{spec}: {e}"))?
-        .with_context(|| format!("{spec}: truncated wav header"))?;
+        .map_err(|e| anyhow::anyhow!("{path}: {e}"))?
+        .with_context(|| format!("{path}: truncated wav header"))?;
     if format.channels != 1
         || format.sample_rate != SAMPLE_RATE
         || format.encoding != Encoding::Linear16
     {
         bail!(
-            "{spec}: {} Hz, {} channel(s), {}; --input needs 16000 Hz mono 16-bit PCM (sox in.wav -r 16000 -c 1 -b 16 out.wav)",
+            "{path}: {} Hz, {} channel(s), {}; {flag} needs 16000 Hz mono 16-bit PCM (sox in.wav -r 16000 -c 1 -b 16 out.wav)",
             format.sample_rate,
             format.channels,
             format.encoding.as_str()
@@ -66,7 +71,7 @@ fn open_input(spec: &str) -> Result<Input> {
     }
     let mut samples = Vec::new();
     turnflow::audio::decode_into(Encoding::Linear16, &bytes[offset..], &mut samples);
-    Ok(Input::File(samples))
+    Ok(samples)
 }
 
 enum Output {

@@ -77,8 +77,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
         let addr = server.local_addr();
-        println!("turnflow serve: http://{addr}/  (stt: {stt}; llm: {llm}; voice: {tts})");
-        println!("  sessions at ws://{addr}/session; /healthz /readyz /metrics; Ctrl-C drains");
+        // One write: a reader that takes the first line and goes away must not break a later one.
+        println!(
+            "turnflow serve: http://{addr}/  (stt: {stt}; llm: {llm}; voice: {tts})\n  sessions at ws://{addr}/session; /healthz /readyz /metrics; Ctrl-C drains"
+        );
         let report = server
             .serve(async {
                 let signal = crate::shutdown_signal().await;

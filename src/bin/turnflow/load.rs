@@ -1,0 +1,523 @@
+//! `turnflow load`: many callers against a running `turnflow serve`, measured where callers
+//! are. Each virtual caller speaks the session protocol (docs/protocol.md): it streams a WAV
+//! in real time as its microphone, plays the agent's audio on a simulated real-time clock (and
+//! reports it played, dropping it on `clear`), and times every turn at the client.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use turnflow::report::Stats;
+
+#[derive(Parser)]
+pub(crate) struct LoadArgs {
+    /// The server (`http://HOST:PORT`, whose /session is used) or a session URL (`ws://...`).
+    url: String,
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// The caller's speech for each turn: a 16 kHz mono 16-bit WAV.
+    #[arg(long)]
+    wav: PathBuf,
+    /// Turns per session (the WAV is spoken once per turn).
+    #[arg(long, default_value_t = 3)]
+    turns: u32,
+    /// Spread session starts evenly over this window (default 10s with several sessions, so
+    /// turns do not all end in the same millisecond; 0 for lock step).
+    #[arg(long, value_parser = crate::parse_duration)]
+    ramp: Option<Duration>,
+    /// Bearer token, if the server requires one.
+    #[arg(long, env = "TURNFLOW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the summary as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Longest a caller waits for the agent's reply after it stopped speaking.
+const REPLY_PATIENCE: Duration = Duration::from_secs(20);
+/// Quiet between the end of the agent's reply and the caller's next turn.
+const PAUSE_AFTER_REPLY: Duration = Duration::from_secs(1);
+const FRAME: usize = 320;
+
+/// One turn as the caller experienced it.
+#[derive(Debug, Default, Clone, Serialize)]
+struct TurnSample {
+    /// From the `user_finished` message to the first agent audio frame received.
+    response_latency_ms: Option<f64>,
+    /// From sending the end of the caller's speech to the first agent audio frame received.
+    voice_to_voice_ms: Option<f64>,
+    /// The server's own figures for the turn.
+    server_response_latency_ms: Option<f64>,
+    engine_overhead_ms: Option<f64>,
+    barge_in_stop_ms: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct SessionResult {
+    turns: Vec<TurnSample>,
+    failure: Option<String>,
+}
+
+/// The agent's audio played in real time from when it arrives, as a speaker would.
+#[derive(Debug)]
+struct Playback {
+    rate: f64,
+    received: u64,
+    dropped: u64,
+    buffered_until: Instant,
+}
+
+impl Playback {
+    fn buffered(&self, now: Instant) -> u64 {
+        (self
+            .buffered_until
+            .saturating_duration_since(now)
+            .as_secs_f64()
+            * self.rate) as u64
+    }
+
+    fn receive(&mut self, samples: u64, now: Instant) {
+        self.received += samples;
+        self.buffered_until =
+            self.buffered_until.max(now) + Duration::from_secs_f64(samples as f64 / self.rate);
+    }
+
+    fn clear(&mut self, now: Instant) {
+        self.dropped += self.buffered(now);
+        self.buffered_until = now;
+    }
+
+    fn report(&self, now: Instant) -> Value {
+        let buffered = self.buffered(now);
+        json!({
+            "type": "played",
+            "samples": self.received - self.dropped - buffered,
+            "buffered": buffered,
+        })
+    }
+}
+
+/// The end of the last 20 ms frame of `speech` with speech energy in it (RMS above 1.5 % of
+/// full scale), in samples.
+fn speech_end(speech: &[i16]) -> usize {
+    speech
+        .chunks(FRAME)
+        .enumerate()
+        .rev()
+        .find(|(_, frame)| {
+            let energy: f64 = frame.iter().map(|s| f64::from(*s).powi(2)).sum();
+            (energy / frame.len() as f64).sqrt() > 500.0
+        })
+        .map_or(speech.len(), |(i, frame)| i * FRAME + frame.len())
+}
+
+fn session_url(url: &str) -> Result<String> {
+    let url = url.trim_end_matches('/');
+    let (scheme, rest) = url
+        .split_once("://")
+        .with_context(|| format!("{url}: expected http://HOST:PORT or ws://HOST:PORT/session"))?;
+    let scheme = match scheme {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
+        other => bail!("{url}: scheme {other:?}; use http(s) or ws(s)"),
+    };
+    Ok(if rest.contains('/') {
+        format!("{scheme}://{rest}")
+    } else {
+        format!("{scheme}://{rest}/session")
+    })
+}
+
+struct Progress {
+    open: AtomicUsize,
+    turns: AtomicU64,
+    failed: AtomicUsize,
+}
+
+async fn one_session(
+    url: String,
+    token: Option<String>,
+    speech: Arc<Vec<i16>>,
+    turns: u32,
+    progress: Arc<Progress>,
+) -> SessionResult {
+    let mut result = SessionResult::default();
+    let mut request = match url.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(e) => {
+            result.failure = Some(format!("bad url: {e}"));
+            return result;
+        }
+    };
+    if let Some(token) = &token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        request.headers_mut().insert("authorization", value);
+    }
+    let socket = match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => socket,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            result.failure = Some(format!("refused: HTTP {}", response.status().as_u16()));
+            return result;
+        }
+        Err(e) => {
+            result.failure = Some(format!("cannot connect: {e}"));
+            return result;
+        }
+    };
+    progress.open.fetch_add(1, Ordering::Relaxed);
+    let (mut write, mut read) = socket.split();
+    let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
+    if write.send(Message::Text(start.into())).await.is_err() {
+        result.failure = Some("the connection closed before start".into());
+        progress.open.fetch_sub(1, Ordering::Relaxed);
+        return result;
+    }
+    let end_of_speech = speech_end(&speech);
+    let silence = vec![0u8; FRAME * 2];
+    let mut playback = Playback {
+        rate: 16000.0,
+        received: 0,
+        dropped: 0,
+        buffered_until: Instant::now(),
+    };
+    let mut ready = false;
+    let mut turn = 0u32;
+    // Where the caller is: speaking (position in the WAV), waiting for the reply, or pausing.
+    let mut position: Option<usize> = None;
+    let mut speech_end_sent: Option<Instant> = None;
+    let mut finished_at: Option<Instant> = None;
+    let mut sample = TurnSample::default();
+    let mut reply_ended = false;
+    let mut waiting_since: Option<Instant> = None;
+    let mut pause_until: Option<Instant> = None;
+    let mut stopping = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut report = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if ready && !stopping => {
+                let now = Instant::now();
+                let frame: Vec<u8> = match position {
+                    Some(at) => {
+                        let end = (at + FRAME).min(speech.len());
+                        if at < end_of_speech && end >= end_of_speech {
+                            speech_end_sent = Some(now);
+                        }
+                        position = (end < speech.len()).then_some(end);
+                        if position.is_none() {
+                            waiting_since = Some(now);
+                        }
+                        speech[at..end].iter().flat_map(|s| s.to_le_bytes()).collect()
+                    }
+                    None => silence.clone(),
+                };
+                if write.send(Message::Binary(frame.into())).await.is_err() {
+                    result.failure = Some("the server closed the connection mid-session".into());
+                    break;
+                }
+                if waiting_since.is_some_and(|t| now - t > REPLY_PATIENCE) && !reply_ended {
+                    result.failure = Some(format!("no reply within {REPLY_PATIENCE:?} in turn {turn}"));
+                    break;
+                }
+                if reply_ended && pause_until.is_none() {
+                    pause_until = Some(now + PAUSE_AFTER_REPLY);
+                }
+                if pause_until.is_some_and(|t| now >= t) {
+                    result.turns.push(std::mem::take(&mut sample));
+                    progress.turns.fetch_add(1, Ordering::Relaxed);
+                    turn += 1;
+                    (reply_ended, pause_until, waiting_since, finished_at, speech_end_sent) =
+                        (false, None, None, None, None);
+                    if turn == turns {
+                        stopping = true;
+                        let stop = json!({"type": "stop"}).to_string();
+                        let _ = write.send(Message::Text(stop.into())).await;
+                    } else {
+                        position = Some(0);
+                    }
+                }
+            }
+            _ = report.tick(), if ready && playback.received > 0 => {
+                let played = playback.report(Instant::now()).to_string();
+                let _ = write.send(Message::Text(played.into())).await;
+            }
+            message = read.next() => {
+                let now = Instant::now();
+                let Some(Ok(message)) = message else {
+                    if !stopping {
+                        result.failure = Some("the server closed the connection mid-session".into());
+                    }
+                    break;
+                };
+                match message {
+                    Message::Binary(audio) => {
+                        playback.receive(audio.len() as u64 / 2, now);
+                        if let Some(at) = finished_at
+                            && sample.response_latency_ms.is_none()
+                        {
+                            sample.response_latency_ms = Some(ms(at, now));
+                            sample.voice_to_voice_ms = speech_end_sent.map(|t| ms(t, now));
+                        }
+                    }
+                    Message::Text(text) => {
+                        let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
+                        match m["type"].as_str().unwrap_or_default() {
+                            "ready" => {
+                                ready = true;
+                                playback.rate = m["output_sample_rate"].as_f64().unwrap_or(16000.0);
+                                position = Some(0);
+                            }
+                            "user_finished" => finished_at = Some(now),
+                            "clear" => {
+                                playback.clear(now);
+                                let played = playback.report(now).to_string();
+                                let _ = write.send(Message::Text(played.into())).await;
+                            }
+                            "response_ended" if finished_at.is_some() => reply_ended = true,
+                            "turn" => {
+                                sample.server_response_latency_ms = m["response_latency_ms"].as_f64();
+                                sample.engine_overhead_ms = m["engine_overhead_ms"].as_f64();
+                                sample.barge_in_stop_ms = m["barge_in_stop_ms"].as_f64();
+                            }
+                            "error" => {
+                                result.failure = Some(format!(
+                                    "server error {}: {}",
+                                    m["code"].as_str().unwrap_or("?"),
+                                    m["message"].as_str().unwrap_or("?")
+                                ));
+                            }
+                            "end" if m["reason"] != "stopped" && result.failure.is_none() => {
+                                result.failure = Some(format!("ended: {}", m["reason"]));
+                            }
+                            _ => {}
+                        }
+                    }
+                    Message::Close(_) => {
+                        if !stopping && result.failure.is_none() {
+                            result.failure = Some("the server closed the connection mid-session".into());
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _ = write.close().await;
+    progress.open.fetch_sub(1, Ordering::Relaxed);
+    if result.failure.is_some() {
+        progress.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
+fn ms(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1000.0
+}
+
+#[derive(Serialize)]
+struct Summary {
+    url: String,
+    sessions: usize,
+    turns_per_session: u32,
+    turns: usize,
+    failed_sessions: usize,
+    failures: std::collections::BTreeMap<String, usize>,
+    seconds: f64,
+    response_latency_ms: Stats,
+    voice_to_voice_ms: Stats,
+    server_response_latency_ms: Stats,
+    engine_overhead_ms: Stats,
+    barge_in_stop_ms: Stats,
+}
+
+pub(crate) fn load(args: LoadArgs) -> Result<()> {
+    let url = session_url(&args.url)?;
+    let speech = Arc::new(crate::run::read_speech(
+        args.wav.to_str().context("--wav: the path is not UTF-8")?,
+        "--wav",
+    )?);
+    if args.sessions == 0 || args.turns == 0 {
+        bail!("--sessions and --turns must be at least 1");
+    }
+    let ramp = args.ramp.unwrap_or(if args.sessions > 1 {
+        Duration::from_secs(10)
+    } else {
+        Duration::ZERO
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = std::time::Instant::now();
+    let results = runtime.block_on(async {
+        let progress = Arc::new(Progress {
+            open: AtomicUsize::new(0),
+            turns: AtomicU64::new(0),
+            failed: AtomicUsize::new(0),
+        });
+        let reporter = {
+            let progress = progress.clone();
+            let (sessions, total) = (args.sessions, args.sessions as u64 * u64::from(args.turns));
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    eprintln!(
+                        "load: {}/{sessions} sessions open, {}/{total} turns, {} failed",
+                        progress.open.load(Ordering::Relaxed),
+                        progress.turns.load(Ordering::Relaxed),
+                        progress.failed.load(Ordering::Relaxed),
+                    );
+                }
+            })
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        let t0 = Instant::now();
+        for i in 0..args.sessions {
+            let offset = ramp.mul_f64(i as f64 / args.sessions as f64);
+            let (url, token, speech, progress) = (
+                url.clone(),
+                args.token.clone(),
+                speech.clone(),
+                progress.clone(),
+            );
+            let turns = args.turns;
+            tasks.spawn(async move {
+                tokio::time::sleep_until(t0 + offset).await;
+                one_session(url, token, speech, turns, progress).await
+            });
+        }
+        let mut results = Vec::with_capacity(args.sessions);
+        while let Some(result) = tasks.join_next().await {
+            results.push(result.unwrap_or_else(|e| SessionResult {
+                turns: Vec::new(),
+                failure: Some(format!("the caller task failed: {e}")),
+            }));
+        }
+        reporter.abort();
+        results
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let turns: Vec<&TurnSample> = results.iter().flat_map(|r| &r.turns).collect();
+    let pick =
+        |f: fn(&TurnSample) -> Option<f64>| Stats::of(turns.iter().filter_map(|t| f(t)).collect());
+    let mut failures = std::collections::BTreeMap::new();
+    for failure in results.iter().filter_map(|r| r.failure.as_ref()) {
+        *failures.entry(failure.clone()).or_insert(0) += 1;
+    }
+    let summary = Summary {
+        url,
+        sessions: args.sessions,
+        turns_per_session: args.turns,
+        turns: turns.len(),
+        failed_sessions: results.iter().filter(|r| r.failure.is_some()).count(),
+        failures,
+        seconds,
+        response_latency_ms: pick(|t| t.response_latency_ms),
+        voice_to_voice_ms: pick(|t| t.voice_to_voice_ms),
+        server_response_latency_ms: pick(|t| t.server_response_latency_ms),
+        engine_overhead_ms: pick(|t| t.engine_overhead_ms),
+        barge_in_stop_ms: pick(|t| t.barge_in_stop_ms),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    if summary.failed_sessions > 0 {
+        bail!(
+            "{} of {} sessions failed",
+            summary.failed_sessions,
+            summary.sessions
+        );
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    println!(
+        "load: {} sessions x {} turns against {}: {} turns measured, {} sessions failed, {:.1} s",
+        s.sessions, s.turns_per_session, s.url, s.turns, s.failed_sessions, s.seconds
+    );
+    println!(
+        "{:<34}{:>9}{:>9}{:>9}{:>9}{:>9}{:>7}",
+        "(ms)", "p50", "p90", "p95", "p99", "max", "n"
+    );
+    for (name, stats) in [
+        ("response latency (client)", &s.response_latency_ms),
+        ("voice-to-voice (client)", &s.voice_to_voice_ms),
+        ("response latency (server)", &s.server_response_latency_ms),
+        ("engine overhead (server)", &s.engine_overhead_ms),
+        ("barge-in stop (server)", &s.barge_in_stop_ms),
+    ] {
+        if stats.count > 0 {
+            println!(
+                "{name:<34}{:>9.1}{:>9.1}{:>9.1}{:>9.1}{:>9.1}{:>7}",
+                stats.p50, stats.p90, stats.p95, stats.p99, stats.max, stats.count
+            );
+        }
+    }
+    for (failure, n) in &s.failures {
+        println!("failed x{n}: {failure}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_the_session_endpoint() {
+        assert_eq!(
+            session_url("http://127.0.0.1:8080").unwrap(),
+            "ws://127.0.0.1:8080/session"
+        );
+        assert_eq!(
+            session_url("https://agent.example/").unwrap(),
+            "wss://agent.example/session"
+        );
+        assert_eq!(session_url("ws://h:1/custom").unwrap(), "ws://h:1/custom");
+        assert!(
+            session_url("ftp://h")
+                .unwrap_err()
+                .to_string()
+                .contains("scheme \"ftp\"")
+        );
+    }
+
+    #[test]
+    fn playback_plays_in_real_time_and_drops_on_clear() {
+        let t0 = Instant::now();
+        let mut p = Playback {
+            rate: 16000.0,
+            received: 0,
+            dropped: 0,
+            buffered_until: t0,
+        };
+        p.receive(16000, t0);
+        let at = t0 + Duration::from_millis(250);
+        assert_eq!(p.report(at)["samples"], 4000);
+        assert_eq!(p.report(at)["buffered"], 12000);
+        p.clear(at);
+        assert_eq!(p.report(at + Duration::from_secs(1))["samples"], 4000);
+    }
+
+    #[test]
+    fn speech_ends_at_the_last_loud_frame() {
+        let mut speech = vec![0i16; 3200];
+        speech[700..900].fill(4000);
+        assert_eq!(speech_end(&speech), 960);
+    }
+}
