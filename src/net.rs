@@ -155,6 +155,15 @@ pub(crate) fn websocket_tls() -> Arc<rustls::ClientConfig> {
     CONFIG.get_or_init(|| Arc::new(tls_config(&[]))).clone()
 }
 
+/// WebSocket settings for provider connections: tungstenite's default read buffer (128 KiB,
+/// zero-filled on every read) costs memory and time per connection; provider messages are
+/// a few kilobytes, and the buffer still grows for a larger one.
+pub(crate) fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+}
+
 /// The HTTP client every HTTP backend uses.
 pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()

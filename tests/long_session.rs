@@ -114,8 +114,8 @@ async fn an_hour_of_conversation_stays_within_every_limit() {
     // on regardless (every turn is answered below).
     assert_eq!(samples.last().unwrap().2, EVENT_QUEUE, "{samples:?}");
     assert!(
-        samples.last().unwrap().1 > 10_000,
-        "the hour produced far more entries than were kept: {samples:?}"
+        samples.last().unwrap().1 > 2_000,
+        "the hour produced more entries than were kept: {samples:?}"
     );
     assert_eq!(
         outcome.replies.answered, TURNS as u64,

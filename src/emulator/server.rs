@@ -379,7 +379,12 @@ async fn serve_socket(
             }
         }
     };
-    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+    let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(crate::net::websocket_config()),
+    )
+    .await {
         Ok(ws) => ws,
         Err(e) => {
             debug!(%peer, error = %e, "handshake refused or failed");

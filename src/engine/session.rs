@@ -248,6 +248,7 @@ pub fn start_session(
         reaper: JoinSet::new(),
         replies: ReplyTally::default(),
         history: history.clone(),
+        last_logged_words: None,
     };
     let task = tokio::spawn(
         driver
@@ -290,6 +291,8 @@ struct Driver {
     replies: ReplyTally,
     /// The history as of the last step, for the outcome of a panicked driver.
     history: Arc<Mutex<Vec<Message>>>,
+    /// Turn and transcript of the last Flux event logged.
+    last_logged_words: Option<(u64, String)>,
 }
 
 fn user_event(event: &TurnEvent) -> Option<UserEvent> {
@@ -385,16 +388,26 @@ impl Driver {
             return;
         };
         let info = &update.info;
-        self.log.record_at(
-            event.received_at,
-            LogKind::Flux {
-                event: info.event.clone(),
-                turn_index: info.turn_index,
-                transcript: info.transcript.clone(),
-                audio_window_end: info.audio_window_end,
-                speech_end_sent_at: update.speech_end_sent_at(),
-            },
-        );
+        // An Update that changes nothing (Flux sends one every 240 ms, between turns too)
+        // would fill the log without telling the report anything.
+        let news = info.event != TurnEvent::Update
+            || self
+                .last_logged_words
+                .as_ref()
+                .is_none_or(|(turn, words)| *turn != info.turn_index || *words != info.transcript);
+        if news {
+            self.last_logged_words = Some((info.turn_index, info.transcript.clone()));
+            self.log.record_at(
+                event.received_at,
+                LogKind::Flux {
+                    event: info.event.clone(),
+                    turn_index: info.turn_index,
+                    transcript: info.transcript.clone(),
+                    audio_window_end: info.audio_window_end,
+                    speech_end_sent_at: update.speech_end_sent_at(),
+                },
+            );
+        }
         if let Some(user) = user_event(&info.event) {
             debug!(turn = info.turn_index, event = %info.event, transcript = %info.transcript, "flux");
             self.step(Input::User {

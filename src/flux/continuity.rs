@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::messages::{TurnEvent, TurnInfo};
@@ -46,8 +46,11 @@ impl Chunker {
         }
         self.pending.extend_from_slice(data);
         let mut frames = Vec::with_capacity(self.pending.len() / self.frame_bytes);
+        // Each frame is its own allocation: frames kept for replay must not pin the shared
+        // buffers `split_to` would hand out (seen as ~175 KiB per session under load).
         while self.pending.len() >= self.frame_bytes {
-            frames.push(self.pending.split_to(self.frame_bytes).freeze());
+            frames.push(Bytes::copy_from_slice(&self.pending[..self.frame_bytes]));
+            self.pending.advance(self.frame_bytes);
         }
         frames
     }

@@ -192,7 +192,12 @@ impl Connector for WebSocketConnector {
             http.headers_mut().insert("authorization", value);
         }
         let tls = tokio_tungstenite::Connector::Rustls(crate::net::websocket_tls());
-        match tokio_tungstenite::connect_async_tls_with_config(http.clone(), None, false, Some(tls))
+        match tokio_tungstenite::connect_async_tls_with_config(
+            http.clone(),
+            Some(crate::net::websocket_config()),
+            false,
+            Some(tls),
+        )
             .await
         {
             Ok((ws, response)) => {

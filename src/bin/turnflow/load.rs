@@ -164,7 +164,13 @@ async fn one_session(
     {
         request.headers_mut().insert("authorization", value);
     }
-    let socket = match tokio_tungstenite::connect_async(request).await {
+    // A small read buffer: a thousand callers in one process (see `turnflow::net`).
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let socket = match tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+        .await
+    {
         Ok((socket, _)) => socket,
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             result.failure = Some(format!("refused: HTTP {}", response.status().as_u16()));
