@@ -192,10 +192,13 @@ async fn open(addr: std::net::SocketAddr, path: &str) -> Result<Socket, u16> {
 impl Client {
     /// Connects, sends `start` and streams audio in real time from then on.
     async fn start(addr: std::net::SocketAddr) -> Client {
-        let socket = open(addr, "/session").await.expect("admitted");
-        let client = Client::over(socket, true);
-        client.send(json!({"type": "start", "version": 1, "sample_rate": 16000}));
-        client
+        let mut socket = open(addr, "/session").await.expect("admitted");
+        let start = json!({"type": "start", "version": 1, "sample_rate": 16000});
+        socket
+            .send(Message::Text(start.to_string().into()))
+            .await
+            .unwrap();
+        Client::over(socket, true)
     }
 
     fn over(socket: Socket, stream_audio: bool) -> Client {

@@ -384,7 +384,8 @@ async fn serve_socket(
         callback,
         Some(crate::net::websocket_config()),
     )
-    .await {
+    .await
+    {
         Ok(ws) => ws,
         Err(e) => {
             debug!(%peer, error = %e, "handshake refused or failed");

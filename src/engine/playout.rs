@@ -222,6 +222,9 @@ fn partial(s: &Sentence, played: u64) -> String {
     complete_words.trim().to_owned()
 }
 
+/// The length of one output frame.
+const FRAME: Duration = Duration::from_millis(20);
+
 /// How many cleared response ids playout remembers to ignore their late commands.
 const CLEARED_KEPT: usize = 32;
 
@@ -247,13 +250,15 @@ pub(crate) async fn run_playout(
     // A clear can race a response's natural end; the last few finished responses answer it.
     let mut finished: VecDeque<(ResponseId, Heard)> = VecDeque::new();
     let mut order: VecDeque<ResponseId> = VecDeque::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut frame = vec![0i16; frame_len];
     let mut total_written: u64 = 0;
     // Everything handed to the sink, padding of a response's last frame included: the count
     // the sink's `played` is measured against.
     let mut sink_samples: u64 = 0;
+    // Whether the tick is running: only while the front response has something to play.
+    let mut ticking = false;
     loop {
         tokio::select! {
             biased;
@@ -334,7 +339,7 @@ pub(crate) async fn run_playout(
                     }
                 }
             }
-            _ = tick.tick() => {
+            _ = tick.tick(), if has_work(&tracks, &order) => {
                 let played = play_next(&mut tracks, &mut order, &mut finished, &mut *sink, &mut frame, &events, &log);
                 total_written += played;
                 if played > 0 {
@@ -342,13 +347,23 @@ pub(crate) async fn run_playout(
                 }
             }
         }
-        // A response that just got its first audio starts now, not at the next tick; the
-        // following frames keep the 20 ms cadence from here.
+        // A response that just got its first audio starts now, not at the next tick; one
+        // whose audio ran dry (the tick sleeps while there is nothing to play) goes on one
+        // frame after its last, or now if that is past. The 20 ms cadence runs from there.
+        let idle_before = !ticking;
+        ticking = has_work(&tracks, &order);
         if let Some(track) = order.front().and_then(|id| tracks.get(id))
-            && !track.started
+            && (!track.started || idle_before)
             && !track.paused
             && !track.queue.is_empty()
         {
+            let due = track.last_written.map(|at| at + FRAME);
+            if let Some(due) = due.filter(|due| *due > Instant::now()) {
+                tick.reset_at(due);
+                let total = total_written;
+                written.send_if_modified(|w| std::mem::replace(w, total) != total);
+                continue;
+            }
             let played = play_next(
                 &mut tracks,
                 &mut order,
@@ -367,6 +382,15 @@ pub(crate) async fn run_playout(
         let total = total_written;
         written.send_if_modified(|w| std::mem::replace(w, total) != total);
     }
+}
+
+/// Whether the front response has a frame to write or an end to report: the 20 ms tick runs
+/// only then, so a session costs no wakeups while the agent is silent.
+fn has_work(tracks: &HashMap<ResponseId, Track>, order: &VecDeque<ResponseId>) -> bool {
+    order
+        .front()
+        .and_then(|id| tracks.get(id))
+        .is_some_and(|t| !t.paused && (!t.queue.is_empty() || t.ended.is_some()))
 }
 
 /// Writes the next frame of the front response, or reports it finished when it has drained.
@@ -539,6 +563,62 @@ mod tests {
         assert_eq!(heard.heard, "Hello.");
         cancel.cancel();
         task.await.unwrap();
+    }
+
+    struct Stamps(std::sync::Arc<std::sync::Mutex<Vec<Instant>>>);
+
+    impl AudioSink for Stamps {
+        fn write(&mut self, _frame: &[i16]) {
+            self.0.lock().unwrap().push(Instant::now());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_that_ran_dry_resumes_on_the_frame_cadence_or_at_once_if_late() {
+        let stamps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(16);
+        let (events_tx, _events) = mpsc::unbounded_channel();
+        let (written, _) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_playout(
+            Box::new(Stamps(stamps.clone())),
+            16000,
+            rx,
+            events_tx,
+            written,
+            EventLog::default(),
+            cancel.clone(),
+        ));
+        let t0 = Instant::now();
+        let id = ResponseId(1);
+        let audio = |samples| PlayoutCommand::Audio {
+            id,
+            samples: vec![1; samples],
+            words: vec![],
+        };
+        tx.send(PlayoutCommand::Sentence {
+            id,
+            text: "a b".into(),
+        })
+        .await
+        .unwrap();
+        tx.send(audio(640)).await.unwrap();
+        // Dry after two frames (0 and 20 ms); more audio 5 ms after the second frame.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        tx.send(audio(320)).await.unwrap();
+        // Dry again; audio long after the next frame was due.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(audio(320)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancel.cancel();
+        task.await.unwrap();
+        let offsets: Vec<u128> = stamps
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| (*t - t0).as_millis())
+            .collect();
+        assert_eq!(offsets, [0, 20, 40, 125]);
     }
 
     /// A listener `lag` samples behind what was written, like a browser's jitter buffer.

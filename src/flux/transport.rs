@@ -198,7 +198,7 @@ impl Connector for WebSocketConnector {
             false,
             Some(tls),
         )
-            .await
+        .await
         {
             Ok((ws, response)) => {
                 let request_id = header(response.headers(), "dg-request-id");

@@ -281,6 +281,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     let mut guard = RealtimeGuard::new(Instant::now(), start.sample_rate, config.realtime_margin);
     let idle = config.idle_timeout;
     let mut last_heard = Instant::now();
+    let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_heard + idle));
     let mut stopping = false;
     let mut ending = None;
     if send(socket, text(&ready)).await.is_err() {
@@ -315,13 +316,20 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
                     stop.cancel();
                 }
             }
-            _ = tokio::time::sleep_until(last_heard + idle), if ending.is_none() && !stopping => {
-                ending = Some(Ending::refused(
-                    "idle",
-                    format!("nothing received for {idle:?}"),
-                    close_code::POLICY,
-                ));
-                stop.cancel();
+            () = &mut idle_check, if ending.is_none() && !stopping => {
+                // One timer, moved only when it fires: resetting it on each of the fifty
+                // messages a second would cost more than the check.
+                let due = last_heard + idle;
+                if due > Instant::now() {
+                    idle_check.as_mut().reset(due);
+                } else {
+                    ending = Some(Ending::refused(
+                        "idle",
+                        format!("nothing received for {idle:?}"),
+                        close_code::POLICY,
+                    ));
+                    stop.cancel();
+                }
             }
             message = socket.recv(), if ending.is_none() => {
                 last_heard = Instant::now();

@@ -168,19 +168,18 @@ async fn one_session(
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0);
-    let socket = match tokio_tungstenite::connect_async_with_config(request, Some(config), false)
-        .await
-    {
-        Ok((socket, _)) => socket,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            result.failure = Some(format!("refused: HTTP {}", response.status().as_u16()));
-            return result;
-        }
-        Err(e) => {
-            result.failure = Some(format!("cannot connect: {e}"));
-            return result;
-        }
-    };
+    let socket =
+        match tokio_tungstenite::connect_async_with_config(request, Some(config), false).await {
+            Ok((socket, _)) => socket,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                result.failure = Some(format!("refused: HTTP {}", response.status().as_u16()));
+                return result;
+            }
+            Err(e) => {
+                result.failure = Some(format!("cannot connect: {e}"));
+                return result;
+            }
+        };
     progress.open.fetch_add(1, Ordering::Relaxed);
     let (mut write, mut read) = socket.split();
     let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
