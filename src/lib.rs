@@ -57,6 +57,7 @@
 //! | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
 //! | [`llm`] | the `LanguageModel` trait, conversation types, tools; OpenAI-compatible, Anthropic, failover, scripted |
 //! | [`tts`] | the `SpeechSynthesizer` trait; Aura, OpenAI-compatible speech, espeak-ng, synthetic |
+//! | `server` (feature `server`) | `turnflow serve` as a library: one conversation per WebSocket (the protocol in `docs/protocol.md`), limits, Prometheus metrics, health and readiness, drain, the browser page |
 //! | [`report`] | per-turn metrics and the run summary, computed from the session's event log ([`engine::log`]); the SVG timeline ([`report::timeline`]) |
 //! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
 //! | [`error`] | the typed error of a language model or voice: kind, HTTP status, whether to retry |
@@ -72,6 +73,7 @@
 //!   turnflow with `default-features = false` for the library alone.
 //! - `vad`: the emulator's voice-activity turn detection (earshot); without it
 //!   [`emulator::TurnDetection::Vad`] is refused at the handshake.
+//! - `server`: the session server behind `turnflow serve` (axum); part of `cli`.
 //! - `audio-io`: microphone and speaker for `turnflow run` (cpal; ALSA headers on Linux).
 //!
 //! TLS is configured per client (ring, Mozilla's roots): turnflow never installs a process-wide

@@ -5,6 +5,9 @@
 //! - `turnflow emulate`: the Flux `/v2/listen` emulator on a loopback port.
 //! - `turnflow bench`: latency distributions over repeats and concurrent sessions.
 //! - `turnflow run`: a live agent on a WAV file or the microphone (feature `audio-io`).
+//! - `turnflow serve`: conversations for browsers, one per WebSocket, with health, metrics and
+//!   a drain on SIGTERM.
+//! - `turnflow load`: real-time callers against a running `serve`, measured at the client.
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
