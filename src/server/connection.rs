@@ -273,6 +273,10 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         frame_ms: 20,
     };
     let mut flux = Some(flux);
+    let flux_frame_bytes = (u128::from(start.sample_rate) * 2 * config.flux.frame.as_millis()
+        / 1000)
+        .max(2) as usize;
+    let mut inbound = bytes::BytesMut::with_capacity(flux_frame_bytes);
     let mut session = Session {
         turns_of: HashMap::new(),
         reported: None,
@@ -354,7 +358,11 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
                             stopping = true;
                             // Ends the user's audio; the session finishes the turn in progress.
                             if let Some(flux) = flux.take() {
+                                let rest = inbound.split().freeze();
                                 tokio::spawn(async move {
+                                    if !rest.is_empty() {
+                                        let _ = flux.send_audio(rest).await;
+                                    }
                                     if let Err(e) = flux.close().await {
                                         debug!(error = %e, "flux close");
                                     }
@@ -373,8 +381,13 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
                 };
                 match verdict {
                     Ok(Some(audio)) => {
-                        if let Some(flux) = &flux
-                            && flux.send_audio(audio).await.is_err()
+                        // The Flux client sends whole frames; handing it whole frames wakes
+                        // its task once per frame instead of once per 20 ms message, and
+                        // delays nothing.
+                        inbound.extend_from_slice(&audio);
+                        if inbound.len() >= flux_frame_bytes
+                            && let Some(flux) = &flux
+                            && flux.send_audio(inbound.split().freeze()).await.is_err()
                         {
                             debug!("flux no longer takes audio");
                         }

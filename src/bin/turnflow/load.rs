@@ -209,6 +209,7 @@ async fn one_session(
     let mut stopping = false;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut report = tokio::time::interval(Duration::from_millis(100));
+    let mut last_report = Value::Null;
     loop {
         tokio::select! {
             _ = tick.tick(), if ready && !stopping => {
@@ -254,8 +255,12 @@ async fn one_session(
                 }
             }
             _ = report.tick(), if ready && playback.received > 0 => {
-                let played = playback.report(Instant::now()).to_string();
-                let _ = write.send(Message::Text(played.into())).await;
+                // Only while there is news: a caller listening to silence says nothing.
+                let played = playback.report(Instant::now());
+                if played != last_report {
+                    let _ = write.send(Message::Text(played.to_string().into())).await;
+                    last_report = played;
+                }
             }
             message = read.next() => {
                 let now = Instant::now();

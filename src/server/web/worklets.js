@@ -54,6 +54,8 @@ class Player extends AudioWorkletProcessor {
     this.playedContext = 0; // context-rate samples played since the last report
     this.played = 0; // source-rate samples played in the session
     this.sinceReport = 0;
+    this.lastPlayed = -1;
+    this.lastBuffered = -1;
     this.port.onmessage = (event) => {
       const data = event.data;
       if (data instanceof ArrayBuffer) this.push(new Int16Array(data));
@@ -84,18 +86,21 @@ class Player extends AudioWorkletProcessor {
   clear() {
     this.read = this.write;
     this.primed = false;
-    this.report();
+    this.report(true);
   }
 
-  report() {
+  report(always) {
     const ratio = this.sourceRate / sampleRate;
     this.played += this.playedContext * ratio;
     this.playedContext = 0;
     this.sinceReport = 0;
-    this.port.postMessage({
-      played: Math.floor(this.played),
-      buffered: Math.floor(this.buffered() * ratio),
-    });
+    const played = Math.floor(this.played);
+    const buffered = Math.floor(this.buffered() * ratio);
+    // Only news goes to the server: nothing while the agent is silent.
+    if (!always && played === this.lastPlayed && buffered === this.lastBuffered) return;
+    this.lastPlayed = played;
+    this.lastBuffered = buffered;
+    this.port.postMessage({ played, buffered });
   }
 
   process(_inputs, outputs) {
@@ -113,7 +118,7 @@ class Player extends AudioWorkletProcessor {
     }
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     this.sinceReport += out.length;
-    if (this.sinceReport >= sampleRate / 10) this.report();
+    if (this.sinceReport >= sampleRate / 10) this.report(false);
     return true;
   }
 }
