@@ -225,6 +225,8 @@ pub struct TurnMachine {
     over: Option<ResponseId>,
     paused: bool,
     words_seen: usize,
+    /// The interim transcript last emitted this turn (Flux repeats it on every Update).
+    shown: String,
     timer_generation: u64,
     history: Vec<Message>,
     next_id: u64,
@@ -251,6 +253,7 @@ impl TurnMachine {
             over: None,
             paused: false,
             words_seen: 0,
+            shown: String::new(),
             timer_generation: 0,
             history: Vec::new(),
             next_id: 0,
@@ -384,7 +387,8 @@ impl TurnMachine {
             }
         }
         self.words_seen = self.words_seen.max(words);
-        if event != UserEvent::EndOfTurn && !transcript.is_empty() {
+        if event != UserEvent::EndOfTurn && !transcript.is_empty() && transcript != self.shown {
+            self.shown.clone_from(&transcript);
             out.push(Action::Emit(EngineEvent::UserTranscript {
                 turn: self.turn,
                 transcript: transcript.clone(),
@@ -434,6 +438,7 @@ impl TurnMachine {
         self.user = UserState::Speaking;
         self.speculations_in_turn = 0;
         self.words_seen = 0;
+        self.shown.clear();
         if let Some(s) = self.speculative.take() {
             out.push(Action::Emit(EngineEvent::SpeculationCancelled {
                 turn: s.turn,

@@ -273,9 +273,8 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         frame_ms: 20,
     };
     let mut flux = Some(flux);
-    let flux_frame_bytes = (u128::from(start.sample_rate) * 2 * config.flux.frame.as_millis()
-        / 1000)
-        .max(2) as usize;
+    let flux_frame_bytes =
+        (u128::from(start.sample_rate) * 2 * config.flux.frame.as_millis() / 1000).max(2) as usize;
     let mut inbound = bytes::BytesMut::with_capacity(flux_frame_bytes);
     let mut session = Session {
         turns_of: HashMap::new(),

@@ -677,3 +677,33 @@ proptest! {
         run(&ops, BargeInPolicy::MinWords(2));
     }
 }
+
+#[test]
+fn an_interim_transcript_is_emitted_once_per_change() {
+    let mut m = machine(BargeInPolicy::Immediate);
+    let interim = |actions: Vec<Action>| -> Vec<String> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Emit(EngineEvent::UserTranscript { transcript, .. }) => Some(transcript),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        interim(m.step(user(UserEvent::StartOfTurn, "Book"))),
+        ["Book"]
+    );
+    assert!(interim(m.step(user(UserEvent::Update, "Book"))).is_empty());
+    assert!(interim(m.step(user(UserEvent::Update, "Book"))).is_empty());
+    assert_eq!(
+        interim(m.step(user(UserEvent::Update, "Book a"))),
+        ["Book a"]
+    );
+    m.step(user(UserEvent::EndOfTurn, "Book a"));
+    // The next turn starts afresh, even with the same words.
+    assert_eq!(
+        interim(m.step(user(UserEvent::StartOfTurn, "Book"))),
+        ["Book"]
+    );
+}
