@@ -259,10 +259,11 @@ pub(crate) async fn run_playout(
     let mut sink_samples: u64 = 0;
     // Whether the tick is running: only while the front response has something to play.
     let mut ticking = false;
+    let mut cancelled = std::pin::pin!(cancel.cancelled());
     loop {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => return,
+            () = &mut cancelled => return,
             command = commands.recv() => {
                 let Some(command) = command else { return };
                 let stale = match &command {

@@ -312,10 +312,11 @@ async fn generate(
         let mut calls = Vec::new();
         let mut round_text = String::new();
         let mut first = true;
+        let mut cancelled = std::pin::pin!(token.cancelled());
         loop {
             let chunk = tokio::select! {
                 biased;
-                _ = token.cancelled() => return,
+                () = &mut cancelled => return,
                 chunk = stream.next() => chunk,
             };
             let chunk = match chunk {
@@ -575,10 +576,12 @@ async fn synthesize(
     };
     let mut pending_sentence = Some(sentence);
     let mut first = true;
+    // One wait for the whole stream: a fresh one per chunk locks the token each time.
+    let mut cancelled = std::pin::pin!(token.cancelled());
     loop {
         let chunk = tokio::select! {
             biased;
-            _ = token.cancelled() => return Synthesis::Cancelled,
+            () = &mut cancelled => return Synthesis::Cancelled,
             chunk = stream.next() => chunk,
         };
         let chunk = match chunk {
@@ -594,7 +597,7 @@ async fn synthesize(
         let open = *gate.borrow();
         let delivered = tokio::select! {
             biased;
-            _ = token.cancelled() => return Synthesis::Cancelled,
+            () = &mut cancelled => return Synthesis::Cancelled,
             ok = async {
                 if let Some(s) = pending_sentence.take()
                     && !delivery.send(s, open).await

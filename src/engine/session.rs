@@ -317,6 +317,9 @@ impl Driver {
         let mut error = None;
         let mut flux_open = true;
         let mut playout_alive = true;
+        let (stop, cancel) = (self.stop.clone(), self.cancel.clone());
+        let mut stopped = std::pin::pin!(stop.cancelled());
+        let mut cancelled = std::pin::pin!(cancel.cancelled());
         loop {
             if !flux_open && self.responses.is_empty() {
                 break;
@@ -333,8 +336,8 @@ impl Driver {
             };
             tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => break,
-                _ = self.cancel.cancelled() => break,
+                () = &mut stopped => break,
+                () = &mut cancelled => break,
                 ended = &mut playout => {
                     playout_alive = false;
                     let message = match ended {

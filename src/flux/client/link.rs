@@ -110,10 +110,11 @@ async fn read_loop(
     inbound: mpsc::Sender<Inbound>,
     token: CancellationToken,
 ) {
+    let mut cancelled = std::pin::pin!(token.cancelled());
     let closed = loop {
         let frame = tokio::select! {
             biased;
-            _ = token.cancelled() => return,
+            () = &mut cancelled => return,
             frame = stream.next() => frame,
         };
         let received_at = Instant::now();
@@ -168,10 +169,11 @@ async fn write_loop(
     mut frames: mpsc::Receiver<WireFrame>,
     token: CancellationToken,
 ) {
+    let mut cancelled = std::pin::pin!(token.cancelled());
     loop {
         let frame = tokio::select! {
             biased;
-            _ = token.cancelled() => break,
+            () = &mut cancelled => break,
             frame = frames.recv() => frame,
         };
         let Some(frame) = frame else { break };

@@ -187,6 +187,8 @@ impl Supervisor {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(self.config.frame.min(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One wait for the whole loop: a fresh one per iteration locks the token each time.
+        let mut cancelled = std::pin::pin!(self.cancel.clone().cancelled_owned());
         loop {
             // Audio waits in the caller's queue (backpressure) while the writer is behind.
             let accepting = matches!(self.phase, Phase::Running | Phase::Reconnecting { .. })
@@ -196,7 +198,7 @@ impl Supervisor {
                 .flatten();
             let flow = tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => Flow::Stop,
+                () = &mut cancelled => Flow::Stop,
                 inbound = next_inbound(&mut self.link) => match inbound {
                     Some(inbound) => self.on_inbound(inbound).await,
                     None => self.on_inbound(Inbound::Closed("connection tasks ended".into())).await,
