@@ -152,7 +152,7 @@ struct EmulateArgs {
     #[arg(long, env = "TURNFLOW_EMULATOR_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// How turns are detected: the scenario's timing, or voice activity in the received audio
-    /// (16 kHz; transcripts come from the scenario's user lines).
+    /// (transcripts come from the scenario's user lines).
     #[arg(long, value_enum, default_value = "script")]
     turns: Turns,
     /// Inject a fault, repeatable: KIND[=ARG][@MS][/CONNECTION] with KIND one of stall, drop,

@@ -17,7 +17,8 @@
 //!   passed (trigger `timeout`), or on `ForceEndTurn` (trigger `manual`). `eot_threshold=1.0`
 //!   disables model-driven ends. The words of a turn not yet spoken when it ends are dropped.
 //!
-//! With [`TurnDetection::Vad`] a voice activity detector (earshot, 16 ms frames at 16 kHz)
+//! With [`TurnDetection::Vad`] a voice activity detector (earshot, 16 ms frames at 16 kHz; other
+//! rates are resampled to it by nearest sample, enough to tell voice from silence)
 //! decides instead: speech starts after 48 ms of voice and ends after 240 ms without; during
 //! speech one word of the scenario's next user line appears per 0.375 s of voice, and the rest
 //! when the user stops, so a microphone or a recording produces real turn timing.
@@ -88,7 +89,7 @@ pub enum TurnDetection {
     /// The scenario's timing (`at_ms`, or the first loud sample for relative starts).
     #[default]
     Script,
-    /// Voice activity detection on the received audio (16 kHz only); the words come from the
+    /// Voice activity detection on the received audio (any rate); the words come from the
     /// scenario's next user line, or a placeholder once the script is exhausted.
     Vad,
 }
@@ -162,16 +163,13 @@ impl EmulatorSession {
     }
 
     /// Whether the emulator can serve `options` (it needs samples to keep the audio clock, and
-    /// voice activity detection runs at 16 kHz).
+    /// voice activity detection needs the `vad` feature).
     pub fn supports(options: &ListenOptions, detection: TurnDetection) -> Result<(), String> {
         if detection == TurnDetection::Vad && !Detector::available() {
             return Err(
                 "this build has no voice activity detection: build turnflow with the vad feature"
                     .into(),
             );
-        }
-        if detection == TurnDetection::Vad && options.sample_rate.is_some_and(|r| r != 16000) {
-            return Err("the emulator's voice activity mode needs sample_rate=16000".into());
         }
         match options.encoding {
             Some(e) if e.bytes_per_sample().is_none() => Err(format!(

@@ -19,6 +19,8 @@ const PLACEHOLDER: &str = "unscripted speech";
 pub(super) struct Vad {
     detector: Detector,
     frame: Vec<i16>,
+    /// Resampling to the detector's rate: input samples owed, in units of 1/rate.
+    phase: u32,
     speaking: bool,
     voiced_run: u32,
     quiet_run: u32,
@@ -37,6 +39,7 @@ impl Vad {
         Self {
             detector,
             frame: Vec::with_capacity(VAD_FRAME),
+            phase: 0,
             speaking: false,
             voiced_run: 0,
             quiet_run: 0,
@@ -68,6 +71,9 @@ impl std::fmt::Debug for Vad {
 
 /// Samples per detector frame (16 ms at 16 kHz).
 pub(super) const VAD_FRAME: usize = 256;
+
+/// The detector's sample rate.
+const VAD_RATE: u32 = 16000;
 
 /// Peak amplitude under which a frame is silence (-60 dBFS).
 const SILENCE_PEAK: u16 = 33;
@@ -115,15 +121,30 @@ impl Detector {
 }
 
 impl EmulatorSession {
-    /// Feeds one sample to the voice activity detector and turns speech into words.
+    /// Feeds one sample at `rate` to the voice activity detector, which listens at 16 kHz
+    /// (nearest-sample resampling: a phone's 8 kHz sample counts twice, a 48 kHz stream's
+    /// every third), and turns speech into words.
     pub(super) fn vad_sample(&mut self, sample: i16, rate: u32) {
+        let Some(vad) = &mut self.vad else { return };
+        vad.phase += VAD_RATE;
+        let mut copies = 0;
+        while vad.phase >= rate {
+            vad.phase -= rate;
+            copies += 1;
+        }
+        for _ in 0..copies {
+            self.vad_push(sample, rate);
+        }
+    }
+
+    fn vad_push(&mut self, sample: i16, rate: u32) {
         let Some(vad) = &mut self.vad else { return };
         vad.frame.push(sample);
         if vad.frame.len() < VAD_FRAME {
             return;
         }
         let end = (self.samples + 1) as f64 / f64::from(rate);
-        let start = end - VAD_FRAME as f64 / f64::from(rate);
+        let start = end - VAD_FRAME as f64 / f64::from(VAD_RATE);
         let voiced = vad.detector.voiced(&vad.frame);
         vad.frame.clear();
         if voiced {
