@@ -29,7 +29,8 @@ pub trait AudioSink: Send {
     fn write(&mut self, frame: &[i16]);
 
     /// The response being written was cut: whatever the listener has buffered but not yet
-    /// played must not be played. Called before the heard text is computed.
+    /// played must not be played. Called right after [`AudioSink::played`] was read for the
+    /// heard text.
     fn clear(&mut self) {}
 
     /// Samples of everything written so far that the listener has played (a running count
@@ -323,10 +324,12 @@ pub(crate) async fn run_playout(
                                 let mut unplayed = 0;
                                 if t.started {
                                     log.record_at(t.last_written_at(), LogKind::LastFrameWritten { id });
-                                    sink.clear();
+                                    // What was played is read before the listener is told to
+                                    // drop the rest (a carrier's clear settles its marks).
                                     unplayed = sink
                                         .played()
                                         .map_or(0, |played| sink_samples.saturating_sub(played));
+                                    sink.clear();
                                 }
                                 t.heard(unplayed)
                             }

@@ -48,6 +48,9 @@ struct SocketSink {
     written: u64,
     sample_rate: u32,
     playback: Arc<Mutex<Option<PlaybackReport>>>,
+    /// Cuts decided by the client's playback reports, and by what the server wrote.
+    cuts_by_reports: Arc<AtomicU64>,
+    cuts_by_server: Arc<AtomicU64>,
 }
 
 impl AudioSink for SocketSink {
@@ -63,6 +66,12 @@ impl AudioSink for SocketSink {
     }
 
     fn clear(&mut self) {
+        let reported = self.playback.lock().expect("playback lock").is_some();
+        if reported {
+            self.cuts_by_reports.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.cuts_by_server.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = self.queue.send(Outbound::Clear);
     }
 
@@ -247,6 +256,8 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     let queued = Arc::new(AtomicUsize::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
     let playback = Arc::new(Mutex::new(None));
+    let (cuts_by_reports, cuts_by_server) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let sink = SocketSink {
         queue,
         queued: queued.clone(),
@@ -254,6 +265,8 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         written: 0,
         sample_rate: output_rate,
         playback: playback.clone(),
+        cuts_by_reports: cuts_by_reports.clone(),
+        cuts_by_server: cuts_by_server.clone(),
     };
     let stop = state.shutdown.child_token();
     let (handle, mut events) = start_session(
@@ -402,6 +415,9 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     };
     // The session is over: its Flux connection closes now, releasing the provider's slot.
     drop(flux);
+    let metrics = &state.metrics;
+    metrics.cuts_decided_by("client_reports", cuts_by_reports.load(Ordering::Relaxed));
+    metrics.cuts_decided_by("server_clock", cuts_by_server.load(Ordering::Relaxed));
     let dropped = dropped.load(Ordering::Relaxed);
     if dropped > 0 {
         warn!(

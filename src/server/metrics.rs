@@ -127,6 +127,7 @@ pub struct Metrics {
     turns: AtomicU64,
     speculation: Mutex<BTreeMap<&'static str, u64>>,
     provider_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    heard_clock: Mutex<BTreeMap<&'static str, u64>>,
     response_latency: Histogram,
     voice_to_voice: Histogram,
     engine_overhead: Histogram,
@@ -144,6 +145,7 @@ impl Default for Metrics {
             turns: AtomicU64::new(0),
             speculation: Mutex::default(),
             provider_errors: Mutex::default(),
+            heard_clock: Mutex::default(),
             response_latency: Histogram::new(&LATENCY_BUCKETS),
             voice_to_voice: Histogram::new(&LATENCY_BUCKETS),
             engine_overhead: Histogram::new(&FAST_BUCKETS),
@@ -203,6 +205,19 @@ impl Metrics {
             if let Some(v) = value {
                 histogram.observe(v);
             }
+        }
+    }
+
+    /// `n` interrupted replies whose heard part was decided by `clock` (`carrier_marks`,
+    /// `client_reports` or `server_clock`).
+    pub(crate) fn cuts_decided_by(&self, clock: &'static str, n: u64) {
+        if n > 0 {
+            *self
+                .heard_clock
+                .lock()
+                .expect("metrics lock")
+                .entry(clock)
+                .or_default() += n;
         }
     }
 
@@ -290,6 +305,15 @@ impl Metrics {
                 "turnflow_provider_errors_total{{provider=\"{}\",kind=\"{kind}\"}} {n}",
                 escape_label(provider)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_heard_clock_total Interrupted replies by the clock that decided what was heard (carrier_marks: the carrier's echoed marks; client_reports: the browser's playback reports; server_clock: what the server wrote).\n# TYPE turnflow_heard_clock_total counter"
+        );
+        let clocks = self.heard_clock.lock().expect("metrics lock").clone();
+        for clock in ["carrier_marks", "client_reports", "server_clock"] {
+            let n = clocks.get(clock).copied().unwrap_or(0);
+            let _ = writeln!(out, "turnflow_heard_clock_total{{clock=\"{clock}\"}} {n}");
         }
         self.response_latency.render(
             &mut out,

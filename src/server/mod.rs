@@ -16,6 +16,7 @@ mod connection;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod telephony;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -72,6 +73,13 @@ pub struct ServerConfig {
     pub realtime_margin: Duration,
     /// What a full or draining server tells clients to wait before retrying.
     pub retry_after: Duration,
+    /// Where carriers reach this server (`https://agent.example.com`): the TwiML answered at
+    /// `/twilio/voice` points the call's media stream at its `/telephony`, and Twilio's
+    /// signatures are computed over it.
+    pub public_url: Option<String>,
+    /// Twilio's auth token: when set, `/twilio/voice` and `/telephony` refuse requests
+    /// without a valid `X-Twilio-Signature` (401).
+    pub twilio_auth_token: Option<ApiKey>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -112,6 +120,8 @@ impl ServerConfig {
             max_frame_bytes: 16 * 1024,
             realtime_margin: Duration::from_secs(2),
             retry_after: Duration::from_secs(5),
+            public_url: None,
+            twilio_auth_token: None,
         }
     }
 }
@@ -197,6 +207,8 @@ impl Server {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
             .route("/session", get(session))
+            .route("/telephony", get(telephony_stream))
+            .route("/twilio/voice", axum::routing::post(twilio_voice))
             .with_state(state.clone());
         let stop_http = CancellationToken::new();
         let http = axum::serve(self.listener, app)
@@ -291,6 +303,53 @@ struct SessionQuery {
     token: Option<String>,
 }
 
+/// Admission before an upgrade: draining, then capacity. Returns the reserved place.
+fn admit(state: &Arc<State>) -> Result<Admission, Response> {
+    if state.draining.load(Ordering::SeqCst) {
+        return Err(refusal(
+            state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            metrics::Refusal::Draining,
+            "the server is shutting down; connect again to reach another",
+        ));
+    }
+    let max = state.config.max_sessions;
+    if state.admitted.fetch_add(1, Ordering::SeqCst) >= max {
+        state.admitted.fetch_sub(1, Ordering::SeqCst);
+        return Err(refusal(
+            state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            metrics::Refusal::Full,
+            &format!("the server is full ({max} sessions); retry later"),
+        ));
+    }
+    Ok(Admission(state.clone()))
+}
+
+/// Upgrades with the server's frame limits and runs `serve` as a tracked session task.
+fn upgrade_into<F, Fut>(upgrade: WebSocketUpgrade, admission: Admission, serve: F) -> Response
+where
+    F: FnOnce(axum::extract::ws::WebSocket, Arc<State>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let frame_limit = admission.0.config.max_frame_bytes * 4;
+    // tungstenite's default 128 KiB read buffer is zero-filled on every read: most of the
+    // CPU a session's socket cost, and most of its memory. A 20 ms frame is 640 bytes.
+    upgrade
+        .read_buffer_size(8 * 1024)
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            let sessions = admission.0.sessions.clone();
+            let state = admission.0.clone();
+            sessions.track_future(async move {
+                serve(socket, state).await;
+                drop(admission);
+            })
+        })
+}
+
 async fn session(
     AxumState(state): AxumState<Arc<State>>,
     Query(query): Query<SessionQuery>,
@@ -298,12 +357,7 @@ async fn session(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        return refusal(
-            &state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            metrics::Refusal::Draining,
-            "the server is shutting down; connect again to reach another",
-        );
+        return admit(&state).err().expect("a draining server refuses");
     }
     if let Some(expected) = &state.config.token {
         let given = headers
@@ -331,33 +385,118 @@ async fn session(
             "this origin may not connect (see --allowed-origin)",
         );
     }
-    let max = state.config.max_sessions;
-    if state.admitted.fetch_add(1, Ordering::SeqCst) >= max {
-        state.admitted.fetch_sub(1, Ordering::SeqCst);
+    match admit(&state) {
+        Ok(admission) => upgrade_into(upgrade, admission, connection::serve),
+        Err(refused) => refused,
+    }
+}
+
+/// The public URL of one of our paths, in the scheme a carrier uses for it.
+fn public(state: &State, path: &str, websocket: bool) -> Option<String> {
+    let base = state.config.public_url.as_deref()?.trim_end_matches('/');
+    let base = if websocket {
+        base.replacen("https://", "wss://", 1)
+            .replacen("http://", "ws://", 1)
+    } else {
+        base.to_owned()
+    };
+    Some(format!("{base}{path}"))
+}
+
+fn twilio_signature_header(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+}
+
+/// A carrier's media stream: Twilio's signature when an auth token is configured, else the
+/// bearer token (as `?token=`, which carriers can put in a stream URL) when one is.
+async fn telephony_stream(
+    AxumState(state): AxumState<Arc<State>>,
+    Query(query): Query<SessionQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        return admit(&state).err().expect("a draining server refuses");
+    }
+    if let Some(auth) = &state.config.twilio_auth_token {
+        let url = public(&state, "/telephony", true).unwrap_or_default();
+        if !telephony::signature_valid(auth.expose(), &url, &[], twilio_signature_header(&headers))
+        {
+            warn!("a media stream without a valid X-Twilio-Signature refused");
+            return refusal(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                metrics::Refusal::Unauthorized,
+                "a valid X-Twilio-Signature is required",
+            );
+        }
+    } else if let Some(expected) = &state.config.token
+        && !query
+            .token
+            .as_deref()
+            .is_some_and(|g| token_matches(expected.expose(), g))
+    {
+        return refusal(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            metrics::Refusal::Unauthorized,
+            "a token is required (?token= in the stream URL)",
+        );
+    }
+    match admit(&state) {
+        Ok(admission) => upgrade_into(upgrade, admission, telephony::serve),
+        Err(refused) => refused,
+    }
+}
+
+/// Twilio's voice webhook: answers TwiML that connects the call's media to `/telephony`.
+async fn twilio_voice(
+    AxumState(state): AxumState<Arc<State>>,
+    headers: HeaderMap,
+    axum::Form(params): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let (Some(webhook), Some(stream)) = (
+        public(&state, "/twilio/voice", false),
+        public(&state, "/telephony", true),
+    ) else {
+        warn!("a Twilio call arrived but no public URL is configured (--public-url)");
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server has no public URL configured (--public-url)\n",
+        )
+            .into_response();
+    };
+    if let Some(auth) = &state.config.twilio_auth_token
+        && !telephony::signature_valid(
+            auth.expose(),
+            &webhook,
+            &params,
+            twilio_signature_header(&headers),
+        )
+    {
+        warn!("a Twilio webhook without a valid X-Twilio-Signature refused");
+        return refusal(
+            &state,
+            StatusCode::UNAUTHORIZED,
+            metrics::Refusal::Unauthorized,
+            "a valid X-Twilio-Signature is required",
+        );
+    }
+    if state.draining.load(Ordering::SeqCst) {
         return refusal(
             &state,
             StatusCode::SERVICE_UNAVAILABLE,
-            metrics::Refusal::Full,
-            &format!("the server is full ({max} sessions); retry later"),
+            metrics::Refusal::Draining,
+            "the server is shutting down",
         );
     }
-    let admission = Admission(state.clone());
-    let frame_limit = state.config.max_frame_bytes * 4;
-    // tungstenite's default 128 KiB read buffer is zero-filled on every read: most of the
-    // CPU a session's socket cost, and most of its memory. A 20 ms frame is 640 bytes.
-    upgrade
-        .read_buffer_size(8 * 1024)
-        .max_message_size(frame_limit)
-        .max_frame_size(frame_limit)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| {
-            let sessions = admission.0.sessions.clone();
-            let state = admission.0.clone();
-            sessions.track_future(async move {
-                connection::serve(socket, state).await;
-                drop(admission);
-            })
-        })
+    (
+        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+        telephony::twiml(&stream),
+    )
+        .into_response()
 }
 
 async fn readyz(AxumState(state): AxumState<Arc<State>>) -> Response {

@@ -1,0 +1,405 @@
+//! The carriers' media-stream messages, pure: what Twilio and Telnyx send (parsed into one
+//! [`Inbound`] shape) and what we send back to each. Field names follow their documentation
+//! (SERVING.md); the carrier is told apart from the `start` message.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+/// Which carrier a stream comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// Twilio Media Streams (`<Connect><Stream>`).
+    Twilio,
+    /// Telnyx media streaming (bidirectional RTP mode).
+    Telnyx,
+}
+
+impl Carrier {
+    /// The carrier's name in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Carrier::Twilio => "twilio",
+            Carrier::Telnyx => "telnyx",
+        }
+    }
+}
+
+/// The `start` of a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamStart {
+    /// The carrier, told from the fields present.
+    pub carrier: Carrier,
+    /// Twilio `streamSid` or Telnyx `stream_id`: where our outbound messages go.
+    pub stream_id: String,
+    /// Twilio `callSid` or Telnyx `call_control_id`.
+    pub call_id: String,
+    /// The audio encoding as the carrier names it (`audio/x-mulaw`, `PCMU`).
+    pub encoding: String,
+    /// Sample rate of the call audio.
+    pub sample_rate: u32,
+    /// Channels of the call audio.
+    pub channels: u32,
+    /// Parameters the call was started with (Twilio `customParameters`, Telnyx
+    /// `client_state`), for the application; never logged.
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl StreamStart {
+    /// Whether the call audio is what this endpoint takes: G.711 mu-law, 8 kHz, mono.
+    pub fn is_mulaw_8k(&self) -> bool {
+        matches!(self.encoding.as_str(), "audio/x-mulaw" | "PCMU" | "pcmu")
+            && self.sample_rate == 8000
+            && self.channels == 1
+    }
+}
+
+/// One message from a carrier.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// The socket is open (sent before `start`).
+    Connected,
+    /// The stream starts.
+    Start(StreamStart),
+    /// 20 ms of the caller's audio, still mu-law.
+    Media {
+        /// The carrier's message sequence number, when given.
+        sequence: Option<u64>,
+        /// The media chunk number, when given.
+        chunk: Option<u64>,
+        /// Milliseconds since the stream started, when given.
+        timestamp_ms: Option<u64>,
+        /// The audio bytes (mu-law).
+        audio: Vec<u8>,
+    },
+    /// A mark we sent came back: the audio queued before it has played (or was cleared).
+    Mark {
+        /// The name we gave it.
+        name: String,
+    },
+    /// The caller pressed a key.
+    Dtmf {
+        /// The digit (`0`-`9`, `*`, `#`, `A`-`D`).
+        digit: String,
+    },
+    /// The carrier reports an error (Telnyx).
+    Error {
+        /// What it said.
+        detail: String,
+    },
+    /// The call's stream ended.
+    Stop,
+    /// An event this endpoint does not use.
+    Other(String),
+}
+
+/// Why a carrier message was not understood.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CarrierError {
+    /// Not JSON or no `event`.
+    #[error("not a media-stream message: {0}")]
+    Malformed(String),
+    /// A known event missing a field it needs.
+    #[error("{event} without {field}")]
+    Missing {
+        /// The event.
+        event: &'static str,
+        /// The field.
+        field: &'static str,
+    },
+    /// A `media` payload that is not base64.
+    #[error("media payload is not base64: {0}")]
+    Base64(String),
+    /// A `start` from neither Twilio nor Telnyx.
+    #[error(
+        "a start message from an unknown carrier (no streamSid/callSid or stream_id/call_control_id)"
+    )]
+    UnknownCarrier,
+}
+
+/// A number the carriers send as a string (`"sequenceNumber": "3"`) or as a number.
+fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl Inbound {
+    /// Parses one text message of either carrier.
+    ///
+    /// # Errors
+    /// [`CarrierError`] naming what was wrong.
+    pub fn parse(message: &str) -> Result<Self, CarrierError> {
+        let value: Value =
+            serde_json::from_str(message).map_err(|e| CarrierError::Malformed(e.to_string()))?;
+        let event = value["event"]
+            .as_str()
+            .ok_or_else(|| CarrierError::Malformed("no \"event\"".into()))?;
+        Ok(match event {
+            "connected" => Inbound::Connected,
+            "start" => Inbound::Start(start(&value)?),
+            "media" => {
+                let media = &value["media"];
+                let payload = media["payload"].as_str().ok_or(CarrierError::Missing {
+                    event: "media",
+                    field: "media.payload",
+                })?;
+                let audio = base64::engine::general_purpose::STANDARD
+                    .decode(payload)
+                    .map_err(|e| CarrierError::Base64(e.to_string()))?;
+                Inbound::Media {
+                    sequence: number(&value["sequenceNumber"])
+                        .or_else(|| number(&value["sequence_number"])),
+                    chunk: number(&media["chunk"]),
+                    timestamp_ms: number(&media["timestamp"]),
+                    audio,
+                }
+            }
+            "mark" => Inbound::Mark {
+                name: value["mark"]["name"]
+                    .as_str()
+                    .ok_or(CarrierError::Missing {
+                        event: "mark",
+                        field: "mark.name",
+                    })?
+                    .to_owned(),
+            },
+            "dtmf" => Inbound::Dtmf {
+                digit: text(&value["dtmf"]["digit"]).ok_or(CarrierError::Missing {
+                    event: "dtmf",
+                    field: "dtmf.digit",
+                })?,
+            },
+            "error" => Inbound::Error {
+                detail: value
+                    .get("payload")
+                    .map_or_else(|| value.to_string(), Value::to_string),
+            },
+            "stop" => Inbound::Stop,
+            other => Inbound::Other(other.to_owned()),
+        })
+    }
+}
+
+fn start(value: &Value) -> Result<StreamStart, CarrierError> {
+    let start = &value["start"];
+    let string_map = |v: &Value| -> BTreeMap<String, String> {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| text(v).map(|t| (k.clone(), t)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (carrier, stream_id, call_id, format, parameters) = if let (Some(stream), Some(call)) =
+        (start["streamSid"].as_str(), start["callSid"].as_str())
+    {
+        (
+            Carrier::Twilio,
+            stream,
+            call,
+            &start["mediaFormat"],
+            string_map(&start["customParameters"]),
+        )
+    } else if let (Some(stream), Some(call)) = (
+        value["stream_id"]
+            .as_str()
+            .or_else(|| start["stream_id"].as_str()),
+        start["call_control_id"].as_str(),
+    ) {
+        let mut parameters = BTreeMap::new();
+        if let Some(state) = start["client_state"].as_str() {
+            parameters.insert("client_state".to_owned(), state.to_owned());
+        }
+        (
+            Carrier::Telnyx,
+            stream,
+            call,
+            &start["media_format"],
+            parameters,
+        )
+    } else {
+        return Err(CarrierError::UnknownCarrier);
+    };
+    let rate = number(&format["sampleRate"]).or_else(|| number(&format["sample_rate"]));
+    Ok(StreamStart {
+        carrier,
+        stream_id: stream_id.to_owned(),
+        call_id: call_id.to_owned(),
+        encoding: format["encoding"].as_str().unwrap_or_default().to_owned(),
+        sample_rate: rate.unwrap_or(0) as u32,
+        channels: number(&format["channels"]).unwrap_or(1) as u32,
+        parameters,
+    })
+}
+
+/// Messages to a carrier, in its own shape.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    carrier: Carrier,
+    stream_id: String,
+}
+
+impl Outbound {
+    /// Messages for the stream `start` opened.
+    pub fn new(start: &StreamStart) -> Self {
+        Self {
+            carrier: start.carrier,
+            stream_id: start.stream_id.clone(),
+        }
+    }
+
+    fn with_stream(&self, mut message: Value) -> String {
+        if self.carrier == Carrier::Twilio {
+            message["streamSid"] = Value::String(self.stream_id.clone());
+        }
+        message.to_string()
+    }
+
+    /// Audio to play (mu-law bytes).
+    pub fn media(&self, mulaw: &[u8]) -> String {
+        let payload = base64::engine::general_purpose::STANDARD.encode(mulaw);
+        self.with_stream(json!({"event": "media", "media": {"payload": payload}}))
+    }
+
+    /// A mark the carrier echoes once the audio sent before it has played.
+    pub fn mark(&self, name: &str) -> String {
+        self.with_stream(json!({"event": "mark", "mark": {"name": name}}))
+    }
+
+    /// Drop every audio queued and not yet played.
+    pub fn clear(&self) -> String {
+        self.with_stream(json!({"event": "clear"}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Shapes from the carriers' documentation (values invented).
+    const TWILIO_START: &str = r#"{"event":"start","sequenceNumber":"1","start":{"accountSid":"AC0","streamSid":"MZ1","callSid":"CA2","tracks":["inbound"],"customParameters":{"caller":"+15550100"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"MZ1"}"#;
+    const TELNYX_START: &str = r#"{"event":"start","sequence_number":"1","start":{"user_id":"u","call_control_id":"v3:abc","client_state":"aGk=","media_format":{"encoding":"PCMU","sample_rate":8000,"channels":1}},"stream_id":"s-9"}"#;
+
+    #[test]
+    fn starts_tell_the_carrier() {
+        let Inbound::Start(twilio) = Inbound::parse(TWILIO_START).unwrap() else {
+            panic!()
+        };
+        assert_eq!(twilio.carrier, Carrier::Twilio);
+        assert_eq!(
+            (twilio.stream_id.as_str(), twilio.call_id.as_str()),
+            ("MZ1", "CA2")
+        );
+        assert!(twilio.is_mulaw_8k());
+        assert_eq!(twilio.parameters["caller"], "+15550100");
+        let Inbound::Start(telnyx) = Inbound::parse(TELNYX_START).unwrap() else {
+            panic!()
+        };
+        assert_eq!(telnyx.carrier, Carrier::Telnyx);
+        assert_eq!(
+            (telnyx.stream_id.as_str(), telnyx.call_id.as_str()),
+            ("s-9", "v3:abc")
+        );
+        assert!(telnyx.is_mulaw_8k());
+        assert_eq!(telnyx.parameters["client_state"], "aGk=");
+    }
+
+    #[test]
+    fn media_marks_dtmf_and_stop_parse_for_both() {
+        let twilio = r#"{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"2","timestamp":"40","payload":"//8A"},"streamSid":"MZ1"}"#;
+        assert_eq!(
+            Inbound::parse(twilio).unwrap(),
+            Inbound::Media {
+                sequence: Some(3),
+                chunk: Some(2),
+                timestamp_ms: Some(40),
+                audio: vec![0xff, 0xff, 0x00]
+            }
+        );
+        let telnyx = r#"{"event":"media","sequence_number":"4","media":{"track":"inbound","chunk":"3","timestamp":"60","payload":"fw=="},"stream_id":"s-9"}"#;
+        let Inbound::Media {
+            sequence, audio, ..
+        } = Inbound::parse(telnyx).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((sequence, audio), (Some(4), vec![0x7f]));
+        assert_eq!(
+            Inbound::parse(r#"{"event":"mark","sequenceNumber":"5","streamSid":"MZ1","mark":{"name":"tf-800"}}"#).unwrap(),
+            Inbound::Mark { name: "tf-800".into() }
+        );
+        assert_eq!(
+            Inbound::parse(r#"{"event":"dtmf","streamSid":"MZ1","sequenceNumber":"6","dtmf":{"track":"inbound_track","digit":"7"}}"#).unwrap(),
+            Inbound::Dtmf { digit: "7".into() }
+        );
+        assert_eq!(
+            Inbound::parse(r#"{"event":"stop","sequenceNumber":"7","streamSid":"MZ1","stop":{"accountSid":"AC0","callSid":"CA2"}}"#).unwrap(),
+            Inbound::Stop
+        );
+        assert_eq!(
+            Inbound::parse(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#).unwrap(),
+            Inbound::Connected
+        );
+    }
+
+    #[test]
+    fn bad_messages_are_named() {
+        let e = |m: &str| Inbound::parse(m).unwrap_err().to_string();
+        assert!(e("nope").starts_with("not a media-stream message"));
+        assert_eq!(
+            e(r#"{"no":"event"}"#),
+            "not a media-stream message: no \"event\""
+        );
+        assert_eq!(
+            e(r#"{"event":"media","media":{}}"#),
+            "media without media.payload"
+        );
+        assert!(
+            e(r#"{"event":"media","media":{"payload":"%%%"}}"#)
+                .starts_with("media payload is not base64")
+        );
+        assert!(e(r#"{"event":"start","start":{}}"#).contains("unknown carrier"));
+        assert_eq!(
+            Inbound::parse(r#"{"event":"bogus"}"#).unwrap(),
+            Inbound::Other("bogus".into())
+        );
+    }
+
+    #[test]
+    fn outbound_messages_follow_each_carrier() {
+        let Inbound::Start(twilio) = Inbound::parse(TWILIO_START).unwrap() else {
+            panic!()
+        };
+        let out = Outbound::new(&twilio);
+        let media: Value = serde_json::from_str(&out.media(&[0xff, 0xff, 0x00])).unwrap();
+        assert_eq!(
+            media,
+            json!({"event":"media","streamSid":"MZ1","media":{"payload":"//8A"}})
+        );
+        let clear: Value = serde_json::from_str(&out.clear()).unwrap();
+        assert_eq!(clear, json!({"event":"clear","streamSid":"MZ1"}));
+        let Inbound::Start(telnyx) = Inbound::parse(TELNYX_START).unwrap() else {
+            panic!()
+        };
+        let out = Outbound::new(&telnyx);
+        let mark: Value = serde_json::from_str(&out.mark("tf-1")).unwrap();
+        assert_eq!(mark, json!({"event":"mark","mark":{"name":"tf-1"}}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&out.clear()).unwrap(),
+            json!({"event":"clear"})
+        );
+    }
+}

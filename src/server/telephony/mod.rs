@@ -1,0 +1,515 @@
+//! Phone calls: Twilio and Telnyx media streams on `/telephony`, and Twilio's call webhook at
+//! `/twilio/voice`.
+//!
+//! One WebSocket is one call, as for browsers, and it shares the server's sessions, limits,
+//! metrics and drain. The caller's audio (G.711 mu-law, 8 kHz) goes to Flux as it comes, put
+//! back in order first ([`reorder`]); the agent's audio is low-passed and decimated to 8 kHz
+//! ([`resample`]), encoded, and sent in 40 ms messages, each followed by a `mark`. The carrier
+//! echoes a mark once the audio before it has played, so what the caller heard is known from
+//! the carrier's own playback clock: on barge-in the history keeps exactly the audio up to the
+//! last echoed mark, and `clear` drops the rest at the carrier.
+
+pub mod carrier;
+pub mod reorder;
+pub mod resample;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use hmac::Mac as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::State;
+use super::metrics::SessionOutcome;
+use crate::engine::{AudioSink, start_session};
+use crate::flux::{Encoding, connect};
+use carrier::{Inbound, Outbound, StreamStart};
+use reorder::Reorder;
+use resample::{PHONE_RATE, ToPhone};
+
+/// Agent audio per media message: 40 ms at 8 kHz mu-law (carriers stutter on tiny chunks).
+const MESSAGE_BYTES: usize = 320;
+/// A partial message goes out when no more audio came for this long.
+const FLUSH_AFTER: Duration = Duration::from_millis(25);
+/// Longest one send to the carrier may take.
+const SEND_LIMIT: Duration = Duration::from_secs(5);
+
+/// Twilio's request signature: HMAC-SHA1 of the URL followed by the POST parameters sorted by
+/// name (each name then its value), keyed by the account's auth token, in base64.
+pub fn twilio_signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
+    use base64::Engine as _;
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Whether `given` is the signature, compared in constant time.
+pub(super) fn signature_valid(
+    auth_token: &str,
+    url: &str,
+    params: &[(String, String)],
+    given: Option<&str>,
+) -> bool {
+    let expected = twilio_signature(auth_token, url, params);
+    given.is_some_and(|g| super::token_matches(&expected, g))
+}
+
+/// The TwiML that connects a call to our media-stream endpoint, bidirectionally.
+pub(super) fn twiml(stream_url: &str) -> String {
+    let escaped = stream_url
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Connect><Stream url=\"{escaped}\"/></Connect></Response>\n"
+    )
+}
+
+/// The carrier's playback clock, read from the marks it echoes.
+#[derive(Debug, Default)]
+struct MarkClock {
+    /// Agent samples (at the voice's rate) the carrier confirmed played or dropped.
+    confirmed: u64,
+    /// Marks up to here were settled by a clear; their late echoes mean nothing.
+    settled: u64,
+}
+
+impl MarkClock {
+    fn echoed(&mut self, name: &str) {
+        if let Some(at) = name.strip_prefix("tf-").and_then(|n| n.parse::<u64>().ok())
+            && at > self.settled
+        {
+            self.confirmed = self.confirmed.max(at);
+        }
+    }
+
+    fn cleared(&mut self, written: u64) {
+        self.confirmed = written;
+        self.settled = written;
+    }
+}
+
+enum Out {
+    /// Mu-law audio and the running sample count (voice rate) after it.
+    Audio(Vec<u8>, u64),
+    Clear,
+}
+
+/// The engine's output on a phone line.
+struct CarrierSink {
+    queue: mpsc::UnboundedSender<Out>,
+    resampler: ToPhone,
+    written: u64,
+    clock: Arc<Mutex<MarkClock>>,
+    cuts: Arc<AtomicU64>,
+}
+
+impl AudioSink for CarrierSink {
+    fn write(&mut self, frame: &[i16]) {
+        self.written += frame.len() as u64;
+        let phone = self.resampler.process(frame);
+        let mulaw = phone
+            .iter()
+            .map(|s| crate::audio::mulaw_encode(*s))
+            .collect();
+        let _ = self.queue.send(Out::Audio(mulaw, self.written));
+    }
+
+    fn clear(&mut self) {
+        self.clock.lock().expect("mark clock").cleared(self.written);
+        self.cuts.fetch_add(1, Ordering::Relaxed);
+        let _ = self.queue.send(Out::Clear);
+    }
+
+    fn played(&self) -> Option<u64> {
+        Some(self.clock.lock().expect("mark clock").confirmed)
+    }
+}
+
+/// How a call ended, for the log and the metrics.
+struct Ending {
+    outcome: SessionOutcome,
+    reason: String,
+}
+
+impl Ending {
+    fn new(outcome: SessionOutcome, reason: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            reason: reason.into(),
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, text: String) -> Result<(), ()> {
+    match tokio::time::timeout(
+        SEND_LIMIT,
+        socket.send(Message::Text(Utf8Bytes::from(text))),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Serves one carrier stream until the call ends.
+pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
+    let span = info_span!("call", session = %uuid::Uuid::new_v4());
+    async move {
+        state.metrics.session_started();
+        let ending = match wait_for_start(&mut socket, &state).await {
+            Ok(start) => call(&mut socket, &state, start).await,
+            Err(ending) => ending,
+        };
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(None))).await;
+        state.metrics.session_ended(ending.outcome);
+        info!(outcome = ending.outcome.as_str(), reason = %ending.reason, "call ended");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<StreamStart, Ending> {
+    let limit = state.config.start_timeout;
+    loop {
+        let message = match tokio::time::timeout(limit, socket.recv()).await {
+            Err(_) => {
+                return Err(Ending::new(
+                    SessionOutcome::ProtocolError,
+                    format!("no start within {limit:?}"),
+                ));
+            }
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
+                return Err(Ending::new(
+                    SessionOutcome::ClientClosed,
+                    "closed before start",
+                ));
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        match Inbound::parse(&text) {
+            Ok(Inbound::Start(start)) => return Ok(start),
+            Ok(Inbound::Connected | Inbound::Other(_)) => {}
+            Ok(Inbound::Media { .. }) => {
+                return Err(Ending::new(
+                    SessionOutcome::ProtocolError,
+                    "media before start",
+                ));
+            }
+            Ok(other) => debug!(?other, "before start; ignored"),
+            Err(e) => {
+                return Err(Ending::new(
+                    SessionOutcome::ProtocolError,
+                    format!("before start: {e}"),
+                ));
+            }
+        }
+    }
+}
+
+async fn call(socket: &mut WebSocket, state: &State, start: StreamStart) -> Ending {
+    let config = &state.config;
+    // Who is calling is the application's business; the log gets the call's ids only.
+    info!(
+        carrier = start.carrier.as_str(),
+        call = %start.call_id,
+        parameters = start.parameters.len(),
+        "call started"
+    );
+    if !start.is_mulaw_8k() {
+        return Ending::new(
+            SessionOutcome::ProtocolError,
+            format!(
+                "unsupported media format {} {} Hz x{}; this endpoint takes audio/x-mulaw (PCMU) 8000 Hz mono",
+                start.encoding, start.sample_rate, start.channels
+            ),
+        );
+    }
+    let resampler = match ToPhone::new(config.backends.tts.sample_rate()) {
+        Ok(r) => r,
+        Err(e) => return Ending::new(SessionOutcome::ProtocolError, e),
+    };
+    let mut flux_config = config.flux.clone();
+    flux_config.options.encoding = Some(Encoding::Mulaw);
+    flux_config.options.sample_rate = Some(PHONE_RATE);
+    let (flux, flux_events) = match connect(flux_config, config.connector.clone()).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            return Ending::new(
+                SessionOutcome::SttFailed,
+                format!("speech to text is unavailable: {e}"),
+            );
+        }
+    };
+    let (queue, mut outbound) = mpsc::unbounded_channel();
+    let clock = Arc::new(Mutex::new(MarkClock::default()));
+    let cuts = Arc::new(AtomicU64::new(0));
+    let sink = CarrierSink {
+        queue,
+        resampler,
+        written: 0,
+        clock: clock.clone(),
+        cuts: cuts.clone(),
+    };
+    let stop = state.shutdown.child_token();
+    let (handle, mut events) = start_session(
+        config.session.clone(),
+        flux_events,
+        config.backends.clone(),
+        Box::new(sink),
+        stop.clone(),
+    );
+    let mut finished = std::pin::pin!(handle.finished());
+    let out = Outbound::new(&start);
+    let mut reorder = Reorder::default();
+    let flux_frame_bytes =
+        (u128::from(PHONE_RATE) * config.flux.frame.as_millis() / 1000).max(1) as usize;
+    let mut inbound = Vec::with_capacity(flux_frame_bytes);
+    let mut batch: Vec<u8> = Vec::with_capacity(MESSAGE_BYTES);
+    let mut batch_mark = 0;
+    let mut flush = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
+    let mut flushing = false;
+    let mut last_heard = Instant::now();
+    let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_heard + config.idle_timeout));
+    let (mut bad_payloads, mut dtmf) = (0u64, 0u64);
+    let mut ending = None;
+    let mut flux = Some(flux);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut finished => break outcome,
+            Some(item) = outbound.recv() => {
+                let sent = match item {
+                    Out::Audio(mulaw, mark) => {
+                        batch.extend_from_slice(&mulaw);
+                        batch_mark = mark;
+                        if batch.len() >= MESSAGE_BYTES {
+                            flushing = false;
+                            flush_batch(socket, &out, &mut batch, batch_mark).await
+                        } else {
+                            if !flushing {
+                                flush.as_mut().reset(Instant::now() + FLUSH_AFTER);
+                                flushing = true;
+                            }
+                            Ok(())
+                        }
+                    }
+                    Out::Clear => {
+                        // Not yet sent, so never played: the clear settles it too.
+                        batch.clear();
+                        flushing = false;
+                        send(socket, out.clear()).await
+                    }
+                };
+                if sent.is_err() && ending.is_none() {
+                    ending = Some(Ending::new(SessionOutcome::ClientClosed, "the carrier stopped reading"));
+                    stop.cancel();
+                }
+            }
+            () = &mut flush, if flushing => {
+                flushing = false;
+                if flush_batch(socket, &out, &mut batch, batch_mark).await.is_err() && ending.is_none() {
+                    ending = Some(Ending::new(SessionOutcome::ClientClosed, "the carrier stopped reading"));
+                    stop.cancel();
+                }
+            }
+            Some(event) = events.recv() => {
+                if let crate::engine::EngineEvent::ResponseEnded { error: Some(error), .. } = &event {
+                    state.metrics.provider_error(error);
+                }
+            }
+            () = &mut idle_check, if ending.is_none() => {
+                let due = last_heard + config.idle_timeout;
+                if due > Instant::now() {
+                    idle_check.as_mut().reset(due);
+                } else {
+                    ending = Some(Ending::new(
+                        SessionOutcome::ProtocolError,
+                        format!("no audio from the carrier for {:?}", config.idle_timeout),
+                    ));
+                    stop.cancel();
+                }
+            }
+            message = socket.recv(), if ending.is_none() => {
+                last_heard = Instant::now();
+                let text = match message {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Binary(_))) => {
+                        warn!("binary message from a carrier ignored");
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        ending = Some(Ending::new(SessionOutcome::ProtocolError, format!("the stream broke: {e}")));
+                        stop.cancel();
+                        continue;
+                    }
+                    None | Some(Ok(Message::Close(_))) => {
+                        ending = Some(Ending::new(SessionOutcome::ClientClosed, "the carrier closed the stream without stop"));
+                        stop.cancel();
+                        continue;
+                    }
+                };
+                match Inbound::parse(&text) {
+                    Ok(Inbound::Media { chunk, audio, .. }) => {
+                        for frame in reorder.push(chunk, audio) {
+                            inbound.extend_from_slice(&frame);
+                        }
+                        if inbound.len() >= flux_frame_bytes
+                            && let Some(flux) = &flux
+                            && flux.send_audio(std::mem::take(&mut inbound)).await.is_err()
+                        {
+                            debug!("flux no longer takes audio");
+                        }
+                    }
+                    Ok(Inbound::Mark { name }) => clock.lock().expect("mark clock").echoed(&name),
+                    Ok(Inbound::Dtmf { .. }) => {
+                        // The digit may be a PIN: counted, not logged.
+                        dtmf += 1;
+                        debug!(dtmf, "a key was pressed");
+                    }
+                    Ok(Inbound::Stop) => {
+                        ending = Some(Ending::new(SessionOutcome::Completed, "the caller hung up"));
+                        stop.cancel();
+                    }
+                    Ok(Inbound::Error { detail }) => warn!(%detail, "the carrier reported an error"),
+                    Ok(Inbound::Start(_)) => warn!("a second start ignored"),
+                    Ok(Inbound::Connected) => {}
+                    Ok(Inbound::Other(event)) => debug!(%event, "carrier event not used"),
+                    Err(carrier::CarrierError::Base64(e)) => {
+                        bad_payloads += 1;
+                        if bad_payloads.is_power_of_two() {
+                            warn!(bad_payloads, error = %e, "media with a payload that is not base64 skipped");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "carrier message not understood; the call goes on"),
+                }
+            }
+        }
+    };
+    drop(flux.take());
+    if reorder.late + reorder.lost > 0 {
+        info!(
+            late = reorder.late,
+            lost = reorder.lost,
+            "caller audio frames out of order"
+        );
+    }
+    state
+        .metrics
+        .cuts_decided_by("carrier_marks", cuts.load(Ordering::Relaxed));
+    ending.unwrap_or_else(|| match outcome.error {
+        Some(e) if !state.shutdown.is_cancelled() => Ending::new(
+            SessionOutcome::SttFailed,
+            format!("speech to text failed: {e}"),
+        ),
+        _ if state.shutdown.is_cancelled() => {
+            Ending::new(SessionOutcome::Shutdown, "server shutdown")
+        }
+        _ => Ending::new(SessionOutcome::Completed, "the session ended"),
+    })
+}
+
+async fn flush_batch(
+    socket: &mut WebSocket,
+    out: &Outbound,
+    batch: &mut Vec<u8>,
+    mark: u64,
+) -> Result<(), ()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    send(socket, out.media(batch)).await?;
+    batch.clear();
+    send(socket, out.mark(&format!("tf-{mark}"))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twilio_signatures_match_the_documented_algorithm() {
+        // Known answers computed independently (Python's hmac and hashlib): the example of
+        // Twilio's security documentation, and a WebSocket URL without parameters.
+        let params: Vec<(String, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]
+        .iter()
+        .rev()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(
+            twilio_signature(
+                "12345",
+                "https://mycompany.com/myapp.php?foo=1&bar=2",
+                &params
+            ),
+            "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+        );
+        assert_eq!(
+            twilio_signature("12345", "wss://agent.example/telephony", &[]),
+            "DLFKUdMLs9prY+Er7lIRSBC15Wc="
+        );
+        assert!(!signature_valid(
+            "12345",
+            "wss://agent.example/telephony",
+            &[],
+            Some("x")
+        ));
+        assert!(!signature_valid(
+            "12345",
+            "wss://agent.example/telephony",
+            &[],
+            None
+        ));
+    }
+
+    #[test]
+    fn marks_advance_the_clock_and_a_clear_settles_the_rest() {
+        let mut clock = MarkClock::default();
+        clock.echoed("tf-640");
+        clock.echoed("tf-1280");
+        clock.echoed("tf-960");
+        assert_eq!(clock.confirmed, 1280, "an echo never moves the clock back");
+        clock.cleared(3200);
+        clock.echoed("tf-1920");
+        clock.echoed("tf-2560");
+        assert_eq!(
+            clock.confirmed, 3200,
+            "echoes of cleared marks mean nothing"
+        );
+        clock.echoed("tf-3840");
+        assert_eq!(clock.confirmed, 3840);
+        clock.echoed("somebody-else");
+        assert_eq!(clock.confirmed, 3840);
+    }
+
+    #[test]
+    fn twiml_connects_the_stream() {
+        assert_eq!(
+            twiml("wss://agent.example/telephony?a=1&b=2"),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Connect><Stream url=\"wss://agent.example/telephony?a=1&amp;b=2\"/></Connect></Response>\n"
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! Puts a carrier's media frames back in order by their chunk number (Telnyx does not promise
+//! order). A frame that arrives after its successors were delivered is dropped; a gap that
+//! stays open longer than the window is given up on, so one lost frame never stalls a call.
+
+use std::collections::BTreeMap;
+
+/// Frames held at most while waiting for a missing one (each is 20 ms of audio).
+pub const REORDER_WINDOW: usize = 5;
+
+/// Reorders frames by chunk number.
+#[derive(Debug, Default)]
+pub struct Reorder {
+    next: Option<u64>,
+    pending: BTreeMap<u64, Vec<u8>>,
+    /// Frames dropped as too late or duplicated.
+    pub late: u64,
+    /// Frames never received before their gap was given up on.
+    pub lost: u64,
+}
+
+impl Reorder {
+    /// Takes one frame (numbered, or not) and returns the frames now in order.
+    pub fn push(&mut self, chunk: Option<u64>, audio: Vec<u8>) -> Vec<Vec<u8>> {
+        let Some(chunk) = chunk else {
+            return vec![audio];
+        };
+        let next = *self.next.get_or_insert(chunk);
+        if chunk < next || self.pending.contains_key(&chunk) {
+            self.late += 1;
+            return Vec::new();
+        }
+        self.pending.insert(chunk, audio);
+        let mut out = Vec::new();
+        self.drain(&mut out);
+        if self.pending.len() > REORDER_WINDOW {
+            let first = *self.pending.keys().next().expect("not empty");
+            self.lost += first - self.next.expect("set above");
+            self.next = Some(first);
+            self.drain(&mut out);
+        }
+        out
+    }
+
+    fn drain(&mut self, out: &mut Vec<Vec<u8>>) {
+        let mut next = self.next.expect("set before draining");
+        while let Some(audio) = self.pending.remove(&next) {
+            out.push(audio);
+            next += 1;
+        }
+        self.next = Some(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn numbers(frames: Vec<Vec<u8>>) -> Vec<u8> {
+        frames.into_iter().map(|f| f[0]).collect()
+    }
+
+    #[test]
+    fn a_swapped_pair_comes_out_in_order() {
+        let mut r = Reorder::default();
+        assert_eq!(numbers(r.push(Some(1), vec![1])), [1]);
+        assert!(r.push(Some(3), vec![3]).is_empty());
+        assert_eq!(numbers(r.push(Some(2), vec![2])), [2, 3]);
+        assert!(r.push(Some(2), vec![2]).is_empty(), "a duplicate");
+        assert_eq!(r.late, 1);
+    }
+
+    #[test]
+    fn a_lost_frame_is_given_up_after_the_window() {
+        let mut r = Reorder::default();
+        r.push(Some(1), vec![1]);
+        let mut out = Vec::new();
+        for n in 3..=(3 + REORDER_WINDOW as u8) {
+            out.extend(r.push(Some(u64::from(n)), vec![n]));
+        }
+        assert_eq!(
+            numbers(out),
+            (3..=(3 + REORDER_WINDOW as u8)).collect::<Vec<_>>()
+        );
+        assert_eq!(r.lost, 1);
+        assert!(r.push(Some(2), vec![2]).is_empty(), "too late now");
+    }
+
+    proptest! {
+        /// Any shuffle that moves frames less than the window apart comes out in order, whole.
+        #[test]
+        fn local_shuffles_are_undone(swaps in proptest::collection::vec(0usize..40, 0..30)) {
+            let mut order: Vec<u64> = (1..=40).collect();
+            for s in swaps {
+                let j = (s + 1).min(39);
+                order.swap(s, j);
+            }
+            // Keep displacement within the window.
+            prop_assume!(order.iter().enumerate().all(|(i, n)| (i as i64 + 1 - *n as i64).unsigned_abs() < REORDER_WINDOW as u64));
+            let mut r = Reorder::default();
+            let mut out = Vec::new();
+            // The stream starts with frame 1 so the reorderer knows where it begins.
+            let first = order.iter().position(|n| *n == 1).unwrap();
+            let head = order.remove(first);
+            out.extend(r.push(Some(head), vec![head as u8]));
+            for n in order {
+                out.extend(r.push(Some(n), vec![n as u8]));
+            }
+            prop_assert_eq!(numbers(out), (1..=40).collect::<Vec<u8>>());
+            prop_assert_eq!((r.late, r.lost), (0, 0));
+        }
+    }
+}
