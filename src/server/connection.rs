@@ -290,6 +290,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         (u128::from(start.sample_rate) * 2 * config.flux.frame.as_millis() / 1000).max(2) as usize;
     let mut inbound = bytes::BytesMut::with_capacity(flux_frame_bytes);
     let mut session = Session {
+        id: id.to_string(),
         turns_of: HashMap::new(),
         reported: None,
         turns: 0,
@@ -489,6 +490,7 @@ fn audio_frame(
 
 /// What the connection remembers of the conversation to report turns as they end.
 struct Session {
+    id: String,
     turns_of: HashMap<ResponseId, u64>,
     reported: Option<u64>,
     turns: u64,
@@ -502,6 +504,9 @@ impl Session {
         log: &crate::engine::log::EventLog,
         event: &EngineEvent,
     ) -> Result<(), ()> {
+        if let Some(observer) = &state.config.observer {
+            observer.event(&self.id, event);
+        }
         send(socket, text(&ServerMessage::Event(event))).await?;
         match event {
             EngineEvent::UserStarted { turn, .. } => self.turns = self.turns.max(*turn + 1),

@@ -39,6 +39,27 @@ use crate::engine::{Backends, SessionConfig};
 use crate::flux::{ApiKey, Connector, FluxConfig};
 pub use metrics::Metrics;
 
+/// What an application learns of the server's sessions, as they happen: every engine event,
+/// and for phone calls who is calling and the keys pressed. Called on the session's task, so
+/// an implementation must return quickly (hand the work to a channel).
+pub trait SessionObserver: Send + Sync {
+    /// A conversation event of session `session`.
+    fn event(&self, session: &str, event: &crate::engine::EngineEvent) {
+        let _ = (session, event);
+    }
+
+    /// A phone call started: its carrier, ids and custom parameters (the caller's number
+    /// among them when the call was set up with it). Never logged by turnflow.
+    fn call_started(&self, session: &str, call: &telephony::carrier::StreamStart) {
+        let _ = (session, call);
+    }
+
+    /// The caller pressed a key (`0`-`9`, `*`, `#`, `A`-`D`).
+    fn dtmf(&self, session: &str, digit: &str) {
+        let _ = (session, digit);
+    }
+}
+
 /// How the server behaves. [`ServerConfig::new`] gives production defaults.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -80,6 +101,8 @@ pub struct ServerConfig {
     /// Twilio's auth token: when set, `/twilio/voice` and `/telephony` refuse requests
     /// without a valid `X-Twilio-Signature` (401).
     pub twilio_auth_token: Option<ApiKey>,
+    /// The application's view of every session, if it wants one.
+    pub observer: Option<Arc<dyn SessionObserver>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -122,6 +145,7 @@ impl ServerConfig {
             retry_after: Duration::from_secs(5),
             public_url: None,
             twilio_auth_token: None,
+            observer: None,
         }
     }
 }
@@ -304,26 +328,29 @@ struct SessionQuery {
 }
 
 /// Admission before an upgrade: draining, then capacity. Returns the reserved place.
-fn admit(state: &Arc<State>) -> Result<Admission, Response> {
+fn admit(state: &Arc<State>) -> Result<Admission, metrics::Refusal> {
     if state.draining.load(Ordering::SeqCst) {
-        return Err(refusal(
-            state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            metrics::Refusal::Draining,
-            "the server is shutting down; connect again to reach another",
-        ));
+        return Err(metrics::Refusal::Draining);
     }
-    let max = state.config.max_sessions;
-    if state.admitted.fetch_add(1, Ordering::SeqCst) >= max {
+    if state.admitted.fetch_add(1, Ordering::SeqCst) >= state.config.max_sessions {
         state.admitted.fetch_sub(1, Ordering::SeqCst);
-        return Err(refusal(
-            state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            metrics::Refusal::Full,
-            &format!("the server is full ({max} sessions); retry later"),
-        ));
+        return Err(metrics::Refusal::Full);
     }
     Ok(Admission(state.clone()))
+}
+
+/// The 503 of a draining or full server.
+fn unavailable(state: &State, why: metrics::Refusal) -> Response {
+    let message = match why {
+        metrics::Refusal::Draining => {
+            "the server is shutting down; connect again to reach another".to_owned()
+        }
+        _ => format!(
+            "the server is full ({} sessions); retry later",
+            state.config.max_sessions
+        ),
+    };
+    refusal(state, StatusCode::SERVICE_UNAVAILABLE, why, &message)
 }
 
 /// Upgrades with the server's frame limits and runs `serve` as a tracked session task.
@@ -357,7 +384,7 @@ async fn session(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        return admit(&state).err().expect("a draining server refuses");
+        return unavailable(&state, metrics::Refusal::Draining);
     }
     if let Some(expected) = &state.config.token {
         let given = headers
@@ -387,7 +414,7 @@ async fn session(
     }
     match admit(&state) {
         Ok(admission) => upgrade_into(upgrade, admission, connection::serve),
-        Err(refused) => refused,
+        Err(why) => unavailable(&state, why),
     }
 }
 
@@ -418,7 +445,7 @@ async fn telephony_stream(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if state.draining.load(Ordering::SeqCst) {
-        return admit(&state).err().expect("a draining server refuses");
+        return unavailable(&state, metrics::Refusal::Draining);
     }
     if let Some(auth) = &state.config.twilio_auth_token {
         let url = public(&state, "/telephony", true).unwrap_or_default();
@@ -447,7 +474,7 @@ async fn telephony_stream(
     }
     match admit(&state) {
         Ok(admission) => upgrade_into(upgrade, admission, telephony::serve),
-        Err(refused) => refused,
+        Err(why) => unavailable(&state, why),
     }
 }
 

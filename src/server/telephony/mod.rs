@@ -166,11 +166,12 @@ async fn send(socket: &mut WebSocket, text: String) -> Result<(), ()> {
 
 /// Serves one carrier stream until the call ends.
 pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
-    let span = info_span!("call", session = %uuid::Uuid::new_v4());
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = info_span!("call", session = %id);
     async move {
         state.metrics.session_started();
         let ending = match wait_for_start(&mut socket, &state).await {
-            Ok(start) => call(&mut socket, &state, start).await,
+            Ok(start) => call(&mut socket, &state, &id, start).await,
             Err(ending) => ending,
         };
         let _ =
@@ -223,8 +224,12 @@ async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<StreamS
     }
 }
 
-async fn call(socket: &mut WebSocket, state: &State, start: StreamStart) -> Ending {
+async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStart) -> Ending {
     let config = &state.config;
+    let observer = config.observer.clone();
+    if let Some(observer) = &observer {
+        observer.call_started(id, &start);
+    }
     // Who is calling is the application's business; the log gets the call's ids only.
     info!(
         carrier = start.carrier.as_str(),
@@ -333,6 +338,9 @@ async fn call(socket: &mut WebSocket, state: &State, start: StreamStart) -> Endi
                 if let crate::engine::EngineEvent::ResponseEnded { error: Some(error), .. } = &event {
                     state.metrics.provider_error(error);
                 }
+                if let Some(observer) = &observer {
+                    observer.event(id, &event);
+                }
             }
             () = &mut idle_check, if ending.is_none() => {
                 let due = last_heard + config.idle_timeout;
@@ -379,10 +387,13 @@ async fn call(socket: &mut WebSocket, state: &State, start: StreamStart) -> Endi
                         }
                     }
                     Ok(Inbound::Mark { name }) => clock.lock().expect("mark clock").echoed(&name),
-                    Ok(Inbound::Dtmf { .. }) => {
-                        // The digit may be a PIN: counted, not logged.
+                    Ok(Inbound::Dtmf { digit }) => {
+                        // The digit may be a PIN: it goes to the application, not the log.
                         dtmf += 1;
                         debug!(dtmf, "a key was pressed");
+                        if let Some(observer) = &observer {
+                            observer.dtmf(id, &digit);
+                        }
                     }
                     Ok(Inbound::Stop) => {
                         ending = Some(Ending::new(SessionOutcome::Completed, "the caller hung up"));

@@ -24,7 +24,7 @@ impl ToPhone {
     /// # Errors
     /// A rate that is not a whole multiple of 8 kHz.
     pub fn new(rate: u32) -> Result<Self, String> {
-        if rate == 0 || rate % PHONE_RATE != 0 {
+        if rate == 0 || !rate.is_multiple_of(PHONE_RATE) {
             return Err(format!(
                 "a voice at {rate} Hz cannot be sent to a phone line; use a voice at 8, 16, 24 or 48 kHz"
             ));

@@ -1,0 +1,567 @@
+//! Phone calls end to end on loopback: a server on port 0 (in-memory emulator, scripted model,
+//! synthetic voice) and a simulated carrier speaking Twilio's or Telnyx's documented messages:
+//! 20 ms mu-law media, marks echoed when the audio before them has played on the carrier's
+//! own real-time playback clock (at once when a `clear` drops it), `clear` honoured, DTMF,
+//! `stop`. Nothing asserts a wall-clock threshold; waits are bounded only so a broken server
+//! fails instead of hanging.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
+use turnflow::engine::{Backends, EngineEvent};
+use turnflow::flux::{Encoding, FluxConfig, ListenOptions};
+use turnflow::llm::ScriptedLlm;
+use turnflow::scenario::Scenario;
+use turnflow::server::metrics::SessionOutcome;
+use turnflow::server::telephony::carrier::StreamStart;
+use turnflow::server::{Metrics, Server, ServerConfig, SessionObserver};
+use turnflow::tts::SyntheticTts;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the application saw, per session.
+#[derive(Default)]
+struct Seen {
+    events: Mutex<Vec<(String, EngineEvent)>>,
+    calls: Mutex<Vec<(String, StreamStart)>>,
+    digits: Mutex<Vec<(String, String)>>,
+}
+
+impl SessionObserver for Seen {
+    fn event(&self, session: &str, event: &EngineEvent) {
+        self.events
+            .lock()
+            .unwrap()
+            .push((session.to_owned(), event.clone()));
+    }
+    fn call_started(&self, session: &str, call: &StreamStart) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((session.to_owned(), call.clone()));
+    }
+    fn dtmf(&self, session: &str, digit: &str) {
+        self.digits
+            .lock()
+            .unwrap()
+            .push((session.to_owned(), digit.to_owned()));
+    }
+}
+
+impl Seen {
+    /// The session whose call carried `tag` in its parameters.
+    fn session_tagged(&self, tag: &str) -> String {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, c)| c.parameters.values().any(|v| v == tag))
+            .map(|(s, _)| s.clone())
+            .unwrap_or_else(|| panic!("no call tagged {tag}"))
+    }
+
+    fn events_of(&self, session: &str) -> Vec<EngineEvent> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == session)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+}
+
+struct Running {
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    seen: Arc<Seen>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start(file: &str, configure: impl FnOnce(&mut ServerConfig)) -> Running {
+    let scenario = Arc::new(Scenario::load(format!("scenarios/{file}").as_ref()).unwrap());
+    let mut options = ListenOptions::raw(Encoding::Linear16, 16000);
+    if let Some(t) = scenario.listen {
+        options = options.with_thresholds(t);
+    }
+    let mut config = ServerConfig::new(
+        FluxConfig::new(options).with_base_url("ws://emulator.invalid"),
+        Arc::new(MemoryEmulator::new(EmulatorConfig::new(scenario.clone()))),
+        Backends {
+            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+            tools: None,
+        },
+    );
+    let seen = Arc::new(Seen::default());
+    config.observer = Some(seen.clone());
+    configure(&mut config);
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let (addr, metrics) = (server.local_addr(), server.metrics());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        metrics,
+        seen,
+        stop: Some(stop),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Twilio,
+    Telnyx,
+}
+
+/// How the simulated carrier behaves on one call.
+#[derive(Clone)]
+struct Plan {
+    kind: Kind,
+    /// Put in the call's parameters, to find the session again.
+    tag: &'static str,
+    /// Start speaking over the agent once this much of its audio was received.
+    barge_in_after: Option<Duration>,
+    /// Extra delay of the carrier's playback (a deeper buffer): marks come back this late.
+    playback_delay: Duration,
+    /// Send chunks in swapped pairs (2, 1, 4, 3, ...).
+    out_of_order: bool,
+    /// A key pressed early in the call.
+    dtmf: Option<&'static str>,
+    /// How long the call lasts.
+    length: Duration,
+    /// Hang up with `stop` (else the socket just closes).
+    stop: bool,
+    /// Messages sent once, right after `start`.
+    extra: Vec<String>,
+}
+
+impl Plan {
+    fn new(kind: Kind, tag: &'static str) -> Self {
+        Plan {
+            kind,
+            tag,
+            barge_in_after: None,
+            playback_delay: Duration::ZERO,
+            out_of_order: false,
+            dtmf: None,
+            length: Duration::from_secs(8),
+            stop: true,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// What the carrier saw.
+#[derive(Debug, Default)]
+struct Heard {
+    agent_ms: u64,
+    clears: usize,
+    marks: usize,
+    closed: bool,
+}
+
+fn start_message(kind: Kind, tag: &str) -> String {
+    match kind {
+        Kind::Twilio => json!({"event": "start", "sequenceNumber": "1", "start": {
+            "accountSid": "AC0", "streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound"],
+            "customParameters": {"tag": tag, "caller": "+15550100"},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
+            "streamSid": "MZ1"}),
+        Kind::Telnyx => json!({"event": "start", "sequence_number": "1", "start": {
+            "user_id": "u", "call_control_id": "v3:c1", "client_state": tag,
+            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}},
+            "stream_id": "s1"}),
+    }
+    .to_string()
+}
+
+fn media_message(kind: Kind, sequence: u64, chunk: u64, audio: &[u8]) -> String {
+    let payload = base64::engine::general_purpose::STANDARD.encode(audio);
+    match kind {
+        Kind::Twilio => json!({"event": "media", "sequenceNumber": sequence.to_string(),
+            "media": {"track": "inbound", "chunk": chunk.to_string(),
+            "timestamp": (chunk * 20).to_string(), "payload": payload}, "streamSid": "MZ1"}),
+        Kind::Telnyx => json!({"event": "media", "sequence_number": sequence.to_string(),
+            "media": {"track": "inbound", "chunk": chunk.to_string(),
+            "timestamp": (chunk * 20).to_string(), "payload": payload}, "stream_id": "s1"}),
+    }
+    .to_string()
+}
+
+fn mark_echo(kind: Kind, name: &str) -> String {
+    match kind {
+        Kind::Twilio => json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": name}}),
+        Kind::Telnyx => json!({"event": "mark", "stream_id": "s1", "mark": {"name": name}}),
+    }
+    .to_string()
+}
+
+/// One phone call as the carrier makes it.
+async fn phone_call(addr: std::net::SocketAddr, plan: Plan) -> Heard {
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/telephony"))
+        .await
+        .expect("the call is admitted");
+    let (mut write, mut read) = socket.split();
+    let kind = plan.kind;
+    let connected = json!({"event": "connected", "protocol": "Call", "version": "1.0.0"});
+    write
+        .send(Message::Text(connected.to_string().into()))
+        .await
+        .unwrap();
+    write
+        .send(Message::Text(start_message(kind, plan.tag).into()))
+        .await
+        .unwrap();
+    for extra in &plan.extra {
+        write
+            .send(Message::Text(extra.clone().into()))
+            .await
+            .unwrap();
+    }
+    let silence = vec![0xffu8; 160];
+    let loud = vec![turnflow::audio::mulaw_encode(0x2000); 160];
+    let began = Instant::now();
+    let mut heard = Heard::default();
+    // The carrier's playback: audio plays in real time after `playback_delay`; each mark
+    // comes back when everything before it has played.
+    let mut playing_until = began;
+    let mut marks: std::collections::VecDeque<(Instant, String)> = Default::default();
+    let mut speaking_until: Option<Instant> = None;
+    let mut held: Option<(u64, String)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let (mut sequence, mut chunk) = (1u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if now - began > plan.length {
+                    break;
+                }
+                while marks.front().is_some_and(|(at, _)| *at <= now) {
+                    let (_, name) = marks.pop_front().unwrap();
+                    write.send(Message::Text(mark_echo(kind, &name).into())).await.unwrap();
+                }
+                if let (Some(after), None) = (plan.barge_in_after, speaking_until)
+                    && heard.agent_ms >= after.as_millis() as u64
+                {
+                    speaking_until = Some(now + Duration::from_millis(1500));
+                }
+                let audio = if speaking_until.is_some_and(|t| now < t) { &loud } else { &silence };
+                sequence += 1;
+                chunk += 1;
+                let message = media_message(kind, sequence, chunk, audio);
+                if plan.out_of_order {
+                    match held.take() {
+                        None => held = Some((chunk, message)),
+                        Some((_, earlier)) => {
+                            write.send(Message::Text(message.into())).await.unwrap();
+                            write.send(Message::Text(earlier.into())).await.unwrap();
+                        }
+                    }
+                } else {
+                    write.send(Message::Text(message.into())).await.unwrap();
+                }
+                if chunk == 25 && let Some(digit) = plan.dtmf {
+                    let dtmf = match kind {
+                        Kind::Twilio => json!({"event": "dtmf", "streamSid": "MZ1", "dtmf": {"track": "inbound_track", "digit": digit}}),
+                        Kind::Telnyx => json!({"event": "dtmf", "stream_id": "s1", "dtmf": {"digit": digit}}),
+                    };
+                    write.send(Message::Text(dtmf.to_string().into())).await.unwrap();
+                }
+            }
+            message = read.next() => {
+                let Some(Ok(message)) = message else { heard.closed = true; break };
+                let Message::Text(text) = message else {
+                    if let Message::Close(_) = message { heard.closed = true; break }
+                    continue;
+                };
+                let m: Value = serde_json::from_str(&text).unwrap();
+                if kind == Kind::Twilio {
+                    assert_eq!(m["streamSid"], "MZ1", "{m}");
+                }
+                let now = Instant::now();
+                match m["event"].as_str().unwrap() {
+                    "media" => {
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(m["media"]["payload"].as_str().unwrap())
+                            .unwrap();
+                        let length = Duration::from_millis(bytes.len() as u64 / 8);
+                        heard.agent_ms += length.as_millis() as u64;
+                        playing_until = playing_until.max(now + plan.playback_delay) + length;
+                    }
+                    "mark" => {
+                        heard.marks += 1;
+                        marks.push_back((playing_until, m["mark"]["name"].as_str().unwrap().to_owned()));
+                    }
+                    "clear" => {
+                        heard.clears += 1;
+                        // Dropped audio: its marks come back at once.
+                        while let Some((_, name)) = marks.pop_front() {
+                            write.send(Message::Text(mark_echo(kind, &name).into())).await.unwrap();
+                        }
+                        playing_until = now;
+                    }
+                    other => panic!("unexpected {other}: {m}"),
+                }
+            }
+        }
+    }
+    if !heard.closed {
+        if plan.stop {
+            let stop = match kind {
+                Kind::Twilio => {
+                    json!({"event": "stop", "streamSid": "MZ1", "stop": {"accountSid": "AC0", "callSid": "CA1"}})
+                }
+                Kind::Telnyx => {
+                    json!({"event": "stop", "stream_id": "s1", "stop": {"call_control_id": "v3:c1"}})
+                }
+            };
+            let _ = write.send(Message::Text(stop.to_string().into())).await;
+            // The server hangs up in turn.
+            let _ = tokio::time::timeout(PATIENCE, async {
+                while let Some(Ok(m)) = read.next().await {
+                    if let Message::Close(_) = m {
+                        break;
+                    }
+                }
+            })
+            .await;
+        } else {
+            let _ = write.close().await;
+        }
+    }
+    heard
+}
+
+async fn settled(metrics: &Metrics) {
+    let deadline = Instant::now() + PATIENCE;
+    while metrics.active() > 0 {
+        assert!(Instant::now() < deadline, "calls end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn interrupted_heard(events: &[EngineEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| match e {
+            EngineEvent::ResponseEnded {
+                heard,
+                interrupted: true,
+                ..
+            } => Some(heard.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no interrupted reply in {events:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twilio_call_is_answered_cleared_on_barge_in_and_keeps_what_the_carrier_played() {
+    let server = start("barge_in.json", |_| {}).await;
+    let mut prompt = Plan::new(Kind::Twilio, "prompt");
+    prompt.barge_in_after = Some(Duration::from_millis(1500));
+    prompt.dtmf = Some("7");
+    prompt.length = Duration::from_secs(12);
+    let mut late = prompt.clone();
+    late.tag = "late";
+    late.dtmf = None;
+    late.playback_delay = Duration::from_millis(400);
+    let (a, b) = tokio::join!(
+        phone_call(server.addr, prompt),
+        phone_call(server.addr, late)
+    );
+    settled(&server.metrics).await;
+    for heard in [&a, &b] {
+        assert_eq!(heard.clears, 1, "one clear for one barge-in: {heard:?}");
+        assert!(heard.marks > 10, "a mark after each message: {heard:?}");
+        assert!(heard.agent_ms >= 1500, "{heard:?}");
+    }
+    let seen = &server.seen;
+    let (prompt, late) = (seen.session_tagged("prompt"), seen.session_tagged("late"));
+    let events = seen.events_of(&prompt);
+    assert!(events.iter().any(|e| matches!(e, EngineEvent::UserFinished { transcript, .. } if transcript == "What is your return policy?")));
+    let heard_prompt = interrupted_heard(&events);
+    let heard_late = interrupted_heard(&seen.events_of(&late));
+    eprintln!("heard, marks echoed as played: {heard_prompt:?}; 400 ms later: {heard_late:?}");
+    assert!(heard_prompt.starts_with("You can return"), "{heard_prompt}");
+    assert!(
+        heard_prompt.starts_with(&heard_late) && heard_late.len() < heard_prompt.len(),
+        "the carrier that played 400 ms later confirmed less: {heard_late:?} vs {heard_prompt:?}"
+    );
+    // The second turn is answered after the barge-in.
+    assert!(events.iter().any(|e| matches!(e, EngineEvent::ResponseEnded { heard, interrupted: false, .. } if heard.starts_with("Yes, sale items"))));
+    // The application got the call's parameters and the key; the log got neither.
+    let calls = seen.calls.lock().unwrap();
+    let call = &calls.iter().find(|(s, _)| *s == prompt).unwrap().1;
+    assert_eq!(call.parameters["caller"], "+15550100");
+    assert_eq!(call.call_id, "CA1");
+    assert_eq!(
+        *seen.digits.lock().unwrap(),
+        [(prompt.clone(), "7".to_owned())]
+    );
+    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 2);
+    let text = server.metrics.render(true);
+    assert!(
+        text.contains("turnflow_heard_clock_total{clock=\"carrier_marks\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_telnyx_call_with_frames_out_of_order_is_answered() {
+    let server = start("plain.json", |_| {}).await;
+    let mut plan = Plan::new(Kind::Telnyx, "telnyx");
+    plan.out_of_order = true;
+    let heard = phone_call(server.addr, plan).await;
+    settled(&server.metrics).await;
+    assert!(heard.agent_ms > 1000, "{heard:?}");
+    assert_eq!(heard.clears, 0);
+    let session = server.seen.session_tagged("telnyx");
+    let events = server.seen.events_of(&session);
+    assert!(events.iter().any(|e| matches!(e, EngineEvent::UserFinished { transcript, .. } if transcript == "What time do you open tomorrow?")), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, EngineEvent::ResponseEnded { heard, .. } if heard == "We open at nine in the morning.")), "{events:?}");
+    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
+    let server = start("plain.json", |c| {
+        c.start_timeout = Duration::from_millis(500)
+    })
+    .await;
+    // Unknown events, bad base64 and broken JSON are skipped: the call goes on and is answered.
+    let mut plan = Plan::new(Kind::Twilio, "noisy");
+    plan.extra = vec![
+        json!({"event": "vendor-thing", "x": 1}).to_string(),
+        json!({"event": "media", "streamSid": "MZ1", "media": {"payload": "!!not base64!!"}})
+            .to_string(),
+        "{broken".to_owned(),
+    ];
+    let heard = phone_call(server.addr, plan).await;
+    assert!(heard.agent_ms > 1000, "{heard:?}");
+    // A socket that just closes (no stop) ends the call as the caller gone.
+    let mut plan = Plan::new(Kind::Twilio, "vanished");
+    plan.length = Duration::from_secs(1);
+    plan.stop = false;
+    phone_call(server.addr, plan).await;
+    settled(&server.metrics).await;
+    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+    assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
+
+    // Media before start, a format this endpoint does not take, and silence end the call.
+    let wrong_format = start_message(Kind::Twilio, "x").replace("audio/x-mulaw", "audio/x-l16");
+    let media = media_message(Kind::Twilio, 2, 1, &[0xff; 160]);
+    for first in [Some(media), Some(wrong_format), None] {
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/telephony", server.addr))
+                .await
+                .unwrap();
+        if let Some(first) = first {
+            socket.send(Message::Text(first.into())).await.unwrap();
+        }
+        let closed = tokio::time::timeout(PATIENCE, async {
+            while let Some(Ok(m)) = socket.next().await {
+                if let Message::Close(_) = m {
+                    return true;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap();
+        assert!(closed);
+    }
+    settled(&server.metrics).await;
+    assert_eq!(server.metrics.sessions(SessionOutcome::ProtocolError), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_requests_need_a_valid_signature_when_an_auth_token_is_set() {
+    let server = start("plain.json", |c| {
+        c.public_url = Some("https://agent.example".into());
+        c.twilio_auth_token = Some(turnflow::flux::ApiKey::new("12345"));
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let form = [("CallSid", "CA1"), ("From", "+15550100")];
+    let params: Vec<(String, String)> = form
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let url = format!("http://{}/twilio/voice", server.addr);
+    let encode = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.replace('+', "%2B")))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    let post = |body: String| {
+        client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    };
+    let unsigned = post(encode(&form)).send().await.unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let signature = turnflow::server::telephony::twilio_signature(
+        "12345",
+        "https://agent.example/twilio/voice",
+        &params,
+    );
+    let signed = post(encode(&form))
+        .header("x-twilio-signature", &signature)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200);
+    let twiml = signed.text().await.unwrap();
+    assert!(
+        twiml.contains("<Connect><Stream url=\"wss://agent.example/telephony\"/></Connect>"),
+        "{twiml}"
+    );
+    let forged = post(encode(&[("CallSid", "CA2"), ("From", "+15550100")]))
+        .header("x-twilio-signature", &signature)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401, "the signature covers the parameters");
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stream = format!("ws://{}/telephony", server.addr);
+    match tokio_tungstenite::connect_async(stream.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("an unsigned stream is refused: {:?}", other.map(|_| ())),
+    }
+    let mut request = stream.as_str().into_client_request().unwrap();
+    let signature = turnflow::server::telephony::twilio_signature(
+        "12345",
+        "wss://agent.example/telephony",
+        &[],
+    );
+    request
+        .headers_mut()
+        .insert("x-twilio-signature", signature.parse().unwrap());
+    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), 101);
+    let _ = socket.close(None).await;
+}
