@@ -7,7 +7,6 @@
 //! frames written before it. Every send to the client is bounded, so a client that stops
 //! reading ends its session instead of holding it.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,9 +21,8 @@ use super::State;
 use super::limits::{PlaybackReport, RealtimeGuard};
 use super::metrics::SessionOutcome;
 use super::protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage, Start, close_code};
-use crate::engine::{AudioSink, EngineEvent, ResponseId, start_session};
+use crate::engine::{AudioSink, EngineEvent, start_session};
 use crate::flux::{Encoding, connect};
-use crate::report::Report;
 
 /// Agent audio frames queued for the socket at most (one second); beyond it the client is
 /// not reading and frames are dropped.
@@ -291,9 +289,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     let mut inbound = bytes::BytesMut::with_capacity(flux_frame_bytes);
     let mut session = Session {
         id: id.to_string(),
-        turns_of: HashMap::new(),
-        reported: None,
-        turns: 0,
+        turns: super::Turns::default(),
     };
     let mut guard = RealtimeGuard::new(Instant::now(), start.sample_rate, config.realtime_margin);
     let idle = config.idle_timeout;
@@ -441,7 +437,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         },
         _ => Ending::normal(SessionOutcome::Completed, "stopped"),
     });
-    (ending, session.turns)
+    (ending, session.turns.started())
 }
 
 /// Checks one binary audio frame against the limits.
@@ -491,9 +487,7 @@ fn audio_frame(
 /// What the connection remembers of the conversation to report turns as they end.
 struct Session {
     id: String,
-    turns_of: HashMap<ResponseId, u64>,
-    reported: Option<u64>,
-    turns: u64,
+    turns: super::Turns,
 }
 
 impl Session {
@@ -508,47 +502,9 @@ impl Session {
             observer.event(&self.id, event);
         }
         send(socket, text(&ServerMessage::Event(event))).await?;
-        match event {
-            EngineEvent::UserStarted { turn, .. } => self.turns = self.turns.max(*turn + 1),
-            EngineEvent::Speculating { turn, response, .. }
-            | EngineEvent::Responding { turn, response } => {
-                self.turns_of.insert(*response, *turn);
-            }
-            EngineEvent::ResponseEnded {
-                response, error, ..
-            } => {
-                if let Some(error) = error {
-                    state.metrics.provider_error(error);
-                }
-                if let Some(turn) = self.turns_of.remove(response) {
-                    self.report_turns_up_to(socket, state, log, turn).await?;
-                }
-            }
-            _ => {}
+        for turn in self.turns.on_event(event, log, &state.metrics) {
+            send(socket, text(&ServerMessage::Turn(&turn))).await?;
         }
-        Ok(())
-    }
-
-    /// Sends the figures of every turn up to `turn` not sent yet, and records them.
-    async fn report_turns_up_to(
-        &mut self,
-        socket: &mut WebSocket,
-        state: &State,
-        log: &crate::engine::log::EventLog,
-        turn: u64,
-    ) -> Result<(), ()> {
-        let report = Report::from_log(&log.entries());
-        for t in report
-            .turns
-            .iter()
-            .filter(|t| t.index <= turn && self.reported.is_none_or(|r| t.index > r))
-        {
-            state.metrics.turn(t);
-            send(socket, text(&ServerMessage::Turn(t))).await?;
-        }
-        self.reported = Some(self.reported.map_or(turn, |r| r.max(turn)));
-        // Responses of turns already reported cannot report again.
-        self.turns_of.retain(|_, t| *t > turn);
         Ok(())
     }
 }

@@ -37,6 +37,14 @@ pub(crate) struct ServeArgs {
     /// Close a session that sends nothing for this long.
     #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
     idle_timeout: Duration,
+    /// Where carriers reach this server (https://agent.example.com): Twilio's webhook
+    /// (/twilio/voice) answers TwiML pointing the call's media at its /telephony.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Twilio's auth token: requests to /twilio/voice and /telephony must then carry a valid
+    /// X-Twilio-Signature.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    twilio_auth_token: Option<String>,
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
@@ -73,13 +81,18 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         config.allowed_origins = args.allowed_origins;
         config.drain_timeout = args.drain_timeout;
         config.idle_timeout = args.idle_timeout;
+        config.public_url = args.public_url;
+        config.twilio_auth_token = args
+            .twilio_auth_token
+            .filter(|t| !t.is_empty())
+            .map(ApiKey::new);
         let server = Server::bind(args.listen, config)
             .await
             .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
         let addr = server.local_addr();
         // One write: a reader that takes the first line and goes away must not break a later one.
         println!(
-            "turnflow serve: http://{addr}/  (stt: {stt}; llm: {llm}; voice: {tts})\n  sessions at ws://{addr}/session; /healthz /readyz /metrics; Ctrl-C drains"
+            "turnflow serve: http://{addr}/  (stt: {stt}; llm: {llm}; voice: {tts})\n  sessions at ws://{addr}/session, phone calls at ws://{addr}/telephony (Twilio webhook: POST /twilio/voice); /healthz /readyz /metrics; Ctrl-C drains"
         );
         let report = server
             .serve(async {

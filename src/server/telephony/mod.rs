@@ -280,6 +280,8 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
         Box::new(sink),
         stop.clone(),
     );
+    let log = handle.log();
+    let mut turns = super::Turns::default();
     let mut finished = std::pin::pin!(handle.finished());
     let out = Outbound::new(&start);
     let mut reorder = Reorder::default();
@@ -335,12 +337,10 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                 }
             }
             Some(event) = events.recv() => {
-                if let crate::engine::EngineEvent::ResponseEnded { error: Some(error), .. } = &event {
-                    state.metrics.provider_error(error);
-                }
                 if let Some(observer) = &observer {
                     observer.event(id, &event);
                 }
+                turns.on_event(&event, &log, &state.metrics);
             }
             () = &mut idle_check, if ending.is_none() => {
                 let due = last_heard + config.idle_timeout;
