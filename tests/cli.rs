@@ -743,3 +743,36 @@ fn load_reports_a_server_that_refuses_as_failed_sessions() {
     assert!(stdout.contains("failed x1: refused: HTTP 401"), "{stdout}");
     assert!(stderr.contains("1 of 1 sessions failed"), "{stderr}");
 }
+
+#[test]
+fn load_calls_like_a_phone_carrier() {
+    let (mut server, url) = spawn_server(&[]);
+    let out = turnflow(&[
+        "load",
+        &url,
+        "--carrier",
+        "telnyx",
+        "--sessions",
+        "1",
+        "--turns",
+        "1",
+        "--wav",
+        "tests/fixtures/book_table_16k.wav",
+        "--json",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        summary["url"].as_str().unwrap().ends_with("/telephony"),
+        "{summary}"
+    );
+    assert_eq!(summary["turns"], 1, "{summary}");
+    assert_eq!(summary["voice_to_voice_ms"]["count"], 1, "{summary}");
+}

@@ -562,6 +562,11 @@ async fn voice_activity_mode_hears_phone_audio_too() {
     assert_eq!(end.transcript, "Book me a table.");
     let words_end = end.words.last().unwrap().end.unwrap();
     assert!(
+        end.audio_window_end > words_end && end.audio_window_end < words_end + 1.5,
+        "the turn ends as promptly as at 16 kHz: {}",
+        end.audio_window_end
+    );
+    assert!(
         (3.3..=4.3).contains(&words_end),
         "speech ends near 3.9 s, as at 16 kHz: {words_end}"
     );

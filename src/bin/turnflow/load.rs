@@ -41,6 +41,17 @@ pub(crate) struct LoadArgs {
     /// Print the summary as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Call like a phone carrier instead of a browser: Twilio's or Telnyx's media-stream
+    /// messages on the server's /telephony (8 kHz mu-law, marks echoed as the audio plays).
+    #[arg(long, value_enum)]
+    carrier: Option<CarrierKind>,
+}
+
+/// Which carrier `load --carrier` imitates.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub(crate) enum CarrierKind {
+    Twilio,
+    Telnyx,
 }
 
 /// Longest a caller waits for the agent's reply after it stopped speaking.
@@ -122,10 +133,15 @@ fn speech_end(speech: &[i16]) -> usize {
 }
 
 fn session_url(url: &str) -> Result<String> {
+    endpoint_url(url, "/session")
+}
+
+/// `url` as a WebSocket URL, with `path` appended when it names only the server.
+fn endpoint_url(url: &str, path: &str) -> Result<String> {
     let url = url.trim_end_matches('/');
     let (scheme, rest) = url
         .split_once("://")
-        .with_context(|| format!("{url}: expected http://HOST:PORT or ws://HOST:PORT/session"))?;
+        .with_context(|| format!("{url}: expected http://HOST:PORT or a ws:// URL"))?;
     let scheme = match scheme {
         "http" | "ws" => "ws",
         "https" | "wss" => "wss",
@@ -134,7 +150,7 @@ fn session_url(url: &str) -> Result<String> {
     Ok(if rest.contains('/') {
         format!("{scheme}://{rest}")
     } else {
-        format!("{scheme}://{rest}/session")
+        format!("{scheme}://{rest}{path}")
     })
 }
 
@@ -332,6 +348,183 @@ async fn one_session(
     result
 }
 
+/// The caller's speech as a phone line carries it: 8 kHz (pairs averaged), mu-law.
+fn phone_speech(speech: &[i16]) -> Vec<u8> {
+    speech
+        .chunks(2)
+        .map(|pair| {
+            let mean = pair.iter().map(|s| i32::from(*s)).sum::<i32>() / pair.len() as i32;
+            turnflow::audio::mulaw_encode(mean as i16)
+        })
+        .collect()
+}
+
+/// One phone call as a carrier places it: `connected` and `start`, the caller's speech as
+/// 20 ms `media` messages in real time, the agent's audio played on a real-time clock with its
+/// marks echoed once played (at once on `clear`), `stop` at the end. A turn's reply has ended
+/// when no agent audio came for a second after some did.
+async fn one_call(
+    url: String,
+    kind: CarrierKind,
+    speech: Arc<Vec<i16>>,
+    turns: u32,
+    progress: Arc<Progress>,
+) -> SessionResult {
+    use base64::Engine as _;
+    let mut result = SessionResult::default();
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let socket =
+        match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), false).await
+        {
+            Ok((socket, _)) => socket,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                result.failure = Some(format!("refused: HTTP {}", response.status().as_u16()));
+                return result;
+            }
+            Err(e) => {
+                result.failure = Some(format!("cannot connect: {e}"));
+                return result;
+            }
+        };
+    progress.open.fetch_add(1, Ordering::Relaxed);
+    let (mut write, mut read) = socket.split();
+    let twilio = kind == CarrierKind::Twilio;
+    let start = if twilio {
+        json!({"event": "start", "sequenceNumber": "1", "start": {"accountSid": "AC0",
+            "streamSid": "MZload", "callSid": "CAload", "tracks": ["inbound"], "customParameters": {},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
+            "streamSid": "MZload"})
+    } else {
+        json!({"event": "start", "sequence_number": "1", "start": {"call_control_id": "v3:load",
+            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}},
+            "stream_id": "load"})
+    };
+    let stream_key = if twilio { "streamSid" } else { "stream_id" };
+    let stream_id = if twilio { "MZload" } else { "load" };
+    for message in [json!({"event": "connected", "version": "1.0.0"}), start] {
+        if write
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .is_err()
+        {
+            result.failure = Some("the connection closed before start".into());
+            progress.open.fetch_sub(1, Ordering::Relaxed);
+            return result;
+        }
+    }
+    let phone = phone_speech(&speech);
+    let end_of_speech = speech_end(&speech) / 2;
+    let silence = vec![0xffu8; FRAME / 2];
+    let mut playing_until = Instant::now();
+    let mut marks: std::collections::VecDeque<(Instant, String)> = Default::default();
+    let (mut turn, mut sequence, mut chunk) = (0u32, 1u64, 0u64);
+    let mut position: Option<usize> = Some(0);
+    let mut speech_end_sent: Option<Instant> = None;
+    let mut last_agent: Option<Instant> = None;
+    let mut waiting_since: Option<Instant> = None;
+    let mut sample = TurnSample::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut hung_up = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if !hung_up => {
+                let now = Instant::now();
+                while marks.front().is_some_and(|(at, _)| *at <= now) {
+                    let (_, name) = marks.pop_front().expect("checked");
+                    let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
+                    let _ = write.send(Message::Text(echo.to_string().into())).await;
+                }
+                let audio = match position {
+                    Some(at) => {
+                        let end = (at + FRAME / 2).min(phone.len());
+                        if at < end_of_speech && end >= end_of_speech {
+                            speech_end_sent = Some(now);
+                        }
+                        position = (end < phone.len()).then_some(end);
+                        if position.is_none() {
+                            waiting_since = Some(now);
+                        }
+                        &phone[at..end]
+                    }
+                    None => &silence[..],
+                };
+                sequence += 1;
+                chunk += 1;
+                let payload = base64::engine::general_purpose::STANDARD.encode(audio);
+                let media = json!({"event": "media", "sequenceNumber": sequence.to_string(),
+                    "sequence_number": sequence.to_string(), stream_key: stream_id,
+                    "media": {"track": "inbound", "chunk": chunk.to_string(),
+                    "timestamp": (chunk * 20).to_string(), "payload": payload}});
+                if write.send(Message::Text(media.to_string().into())).await.is_err() {
+                    result.failure = Some("the server closed the call".into());
+                    break;
+                }
+                let replied = last_agent.is_some_and(|t| now - t > Duration::from_secs(1));
+                if position.is_none() && replied {
+                    result.turns.push(std::mem::take(&mut sample));
+                    progress.turns.fetch_add(1, Ordering::Relaxed);
+                    turn += 1;
+                    (last_agent, waiting_since, speech_end_sent) = (None, None, None);
+                    if turn == turns {
+                        let stop = json!({"event": "stop", stream_key: stream_id, "stop": {}});
+                        let _ = write.send(Message::Text(stop.to_string().into())).await;
+                        hung_up = true;
+                    } else {
+                        position = Some(0);
+                    }
+                } else if waiting_since.is_some_and(|t| now - t > REPLY_PATIENCE) && last_agent.is_none() {
+                    result.failure = Some(format!("no reply within {REPLY_PATIENCE:?} in turn {turn}"));
+                    break;
+                }
+            }
+            message = read.next() => {
+                let now = Instant::now();
+                let Some(Ok(Message::Text(text))) = message else {
+                    if !hung_up {
+                        result.failure = Some("the server closed the call".into());
+                    }
+                    break;
+                };
+                let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
+                match m["event"].as_str().unwrap_or_default() {
+                    "media" => {
+                        let bytes = m["media"]["payload"].as_str().map_or(0, |p| p.len() * 3 / 4);
+                        let length = Duration::from_millis(bytes as u64 / 8);
+                        playing_until = playing_until.max(now) + length;
+                        // The reply to this turn: agent audio after the caller's speech ended.
+                        if let Some(sent) = speech_end_sent {
+                            if sample.voice_to_voice_ms.is_none() {
+                                sample.voice_to_voice_ms = Some(ms(sent, now));
+                            }
+                            last_agent = Some(now);
+                        }
+                    }
+                    "mark" => {
+                        let name = m["mark"]["name"].as_str().unwrap_or_default().to_owned();
+                        marks.push_back((playing_until, name));
+                    }
+                    "clear" => {
+                        while let Some((_, name)) = marks.pop_front() {
+                            let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
+                            let _ = write.send(Message::Text(echo.to_string().into())).await;
+                        }
+                        playing_until = now;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _ = write.close().await;
+    progress.open.fetch_sub(1, Ordering::Relaxed);
+    if result.failure.is_some() {
+        progress.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    result
+}
+
 fn ms(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1000.0
 }
@@ -353,7 +546,10 @@ struct Summary {
 }
 
 pub(crate) fn load(args: LoadArgs) -> Result<()> {
-    let url = session_url(&args.url)?;
+    let url = match args.carrier {
+        Some(_) => endpoint_url(&args.url, "/telephony")?,
+        None => session_url(&args.url)?,
+    };
     let speech = Arc::new(crate::run::read_speech(
         args.wav.to_str().context("--wav: the path is not UTF-8")?,
         "--wav",
@@ -404,9 +600,13 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
                 progress.clone(),
             );
             let turns = args.turns;
+            let carrier = args.carrier;
             tasks.spawn(async move {
                 tokio::time::sleep_until(t0 + offset).await;
-                one_session(url, token, speech, turns, progress).await
+                match carrier {
+                    Some(kind) => one_call(url, kind, speech, turns, progress).await,
+                    None => one_session(url, token, speech, turns, progress).await,
+                }
             });
         }
         let mut results = Vec::with_capacity(args.sessions);
