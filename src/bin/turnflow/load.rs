@@ -416,7 +416,7 @@ async fn one_call(
     }
     let phone = phone_speech(&speech);
     let end_of_speech = speech_end(&speech) / 2;
-    let silence = vec![0xffu8; FRAME / 2];
+    let silence = [0xffu8; FRAME / 2];
     let mut playing_until = Instant::now();
     let mut marks: std::collections::VecDeque<(Instant, String)> = Default::default();
     let (mut turn, mut sequence, mut chunk) = (0u32, 1u64, 0u64);
