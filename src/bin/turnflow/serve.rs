@@ -49,6 +49,13 @@ pub(crate) struct ServeArgs {
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     let agent = Agent::resolve(&args.agent)?;
+    if let Some(url) = &args.public_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        anyhow::bail!(
+            "--public-url {url}: expected https://HOST (where carriers reach this server)"
+        );
+    }
     if args.max_sessions == 0 {
         anyhow::bail!("--max-sessions 0 would refuse everyone; give at least 1");
     }
