@@ -454,6 +454,15 @@ async fn hostile_clients_are_closed_with_a_reason_and_disturb_no_one() {
             1009,
         ),
         (
+            "a 100 KB frame",
+            vec![
+                Message::Text(start.clone().into()),
+                Message::Binary(vec![0; 100_000].into()),
+            ],
+            "too_big",
+            1009,
+        ),
+        (
             "odd-length frame",
             vec![
                 Message::Text(start.clone().into()),

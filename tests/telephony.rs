@@ -467,10 +467,12 @@ async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
     assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
     assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
 
-    // Media before start, a format this endpoint does not take, and silence end the call.
+    // Media before start, a format this endpoint does not take, a huge message and silence
+    // end the call.
     let wrong_format = start_message(Kind::Twilio, "x").replace("audio/x-mulaw", "audio/x-l16");
     let media = media_message(Kind::Twilio, 2, 1, &[0xff; 160]);
-    for first in [Some(media), Some(wrong_format), None] {
+    let huge = media_message(Kind::Twilio, 2, 1, &vec![0xff; 1_000_000]);
+    for first in [Some(media), Some(wrong_format), Some(huge), None] {
         let (mut socket, _) =
             tokio_tungstenite::connect_async(format!("ws://{}/telephony", server.addr))
                 .await
@@ -491,7 +493,7 @@ async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
         assert!(closed);
     }
     settled(&server.metrics).await;
-    assert_eq!(server.metrics.sessions(SessionOutcome::ProtocolError), 3);
+    assert_eq!(server.metrics.sessions(SessionOutcome::ProtocolError), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

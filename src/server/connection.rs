@@ -347,6 +347,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
             message = socket.recv(), if ending.is_none() => {
                 last_heard = Instant::now();
                 let verdict = match message {
+                    Some(Err(e)) if super::too_big(&e) => Err(oversized()),
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                         Err(Ending::normal(SessionOutcome::ClientClosed, "client_closed"))
                     }
@@ -438,6 +439,15 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         _ => Ending::normal(SessionOutcome::Completed, "stopped"),
     });
     (ending, session.turns.started())
+}
+
+/// A message over the WebSocket limit (four times the frame limit).
+fn oversized() -> Ending {
+    Ending::refused(
+        "too_big",
+        "a message over the size limit (send 20 ms audio frames and small JSON messages)".into(),
+        close_code::TOO_BIG,
+    )
 }
 
 /// Checks one binary audio frame against the limits.

@@ -340,6 +340,14 @@ impl Turns {
     }
 }
 
+/// Whether a WebSocket read failed because the peer sent a message over the size limit (as
+/// opposed to going away).
+fn too_big(error: &axum::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+}
+
 /// Releases an admitted session's place when dropped (whether or not the upgrade happened).
 struct Admission(Arc<State>);
 
@@ -416,7 +424,9 @@ where
     F: FnOnce(axum::extract::ws::WebSocket, Arc<State>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let frame_limit = admission.0.config.max_frame_bytes * 4;
+    // Messages up to 1 MiB reach our own checks, which answer with an error and a close
+    // code; past that tungstenite drops the connection (counted as a protocol error).
+    let frame_limit = (admission.0.config.max_frame_bytes * 4).max(1 << 20);
     // tungstenite's default 128 KiB read buffer is zero-filled on every read: most of the
     // CPU a session's socket cost, and most of its memory. A 20 ms frame is 640 bytes.
     upgrade

@@ -193,6 +193,12 @@ async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<StreamS
                     format!("no start within {limit:?}"),
                 ));
             }
+            Ok(Some(Err(e))) if super::too_big(&e) => {
+                return Err(Ending::new(
+                    SessionOutcome::ProtocolError,
+                    "a message over the size limit",
+                ));
+            }
             Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
                 return Err(Ending::new(
                     SessionOutcome::ClientClosed,
@@ -364,7 +370,12 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                         continue;
                     }
                     Some(Err(e)) => {
-                        ending = Some(Ending::new(SessionOutcome::ProtocolError, format!("the stream broke: {e}")));
+                        let ended = if super::too_big(&e) {
+                            Ending::new(SessionOutcome::ProtocolError, "a message over the size limit")
+                        } else {
+                            Ending::new(SessionOutcome::ClientClosed, "the stream broke")
+                        };
+                        ending = Some(ended);
                         stop.cancel();
                         continue;
                     }
