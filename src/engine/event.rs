@@ -56,6 +56,11 @@ pub enum EngineEvent {
         /// The response.
         response: ResponseId,
     },
+    /// The agent speaks first (a greeting, a re-prompt): see [`super::Prompt`].
+    Prompting {
+        /// The response.
+        response: ResponseId,
+    },
     /// A committed reply started (no usable speculation).
     Responding {
         /// User turn index.

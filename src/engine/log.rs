@@ -39,8 +39,11 @@ pub enum LogKind {
         id: ResponseId,
         /// Held until promoted.
         speculative: bool,
-        /// The user turn it answers.
+        /// The user turn it answers (the last one, for a prompt).
         turn: u64,
+        /// Started by a prompt (the agent speaking first), so it answers no turn.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        prompted: bool,
     },
     /// The request went to the LLM.
     LlmRequestSent {

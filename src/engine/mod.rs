@@ -21,8 +21,8 @@ pub use event::EngineEvent;
 pub use playout::AudioSink;
 pub use response::ResponseOptions;
 pub use session::{
-    Backends, EVENT_QUEUE, ReplyTally, SessionConfig, SessionError, SessionHandle, SessionOutcome,
-    start_session,
+    Backends, EVENT_QUEUE, Prompter, ReplyTally, SessionConfig, SessionError, SessionHandle,
+    SessionOutcome, start_session,
 };
 pub use tokio_util::sync::CancellationToken;
-pub use turn::{BargeInPolicy, CancelReason, MachineConfig, ResponseId};
+pub use turn::{BargeInPolicy, CancelReason, MachineConfig, Prompt, ResponseId};

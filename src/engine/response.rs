@@ -119,11 +119,31 @@ enum Piece {
 pub(crate) async fn run_response(
     id: ResponseId,
     messages: Vec<Message>,
+    line: Option<String>,
     ctx: Arc<ResponseContext>,
     gate: watch::Receiver<bool>,
     token: CancellationToken,
 ) {
     let (pieces_tx, pieces_rx) = mpsc::channel(32);
+    if let Some(line) = line {
+        // A prompt's fixed words: sentences straight to the voice, no model.
+        let mut splitter = SentenceSplitter::default();
+        let mut sentences = splitter.push(&line);
+        sentences.extend(splitter.finish());
+        for (index, text) in sentences.into_iter().enumerate() {
+            ctx.log.record(LogKind::SentenceReady {
+                id,
+                index,
+                text: text.clone(),
+            });
+            if pieces_tx.send(Piece::Sentence(text)).await.is_err() {
+                return;
+            }
+        }
+        drop(pieces_tx);
+        speak(id, &ctx, gate, pieces_rx, &token).await;
+        return;
+    }
     let generator_token = token.child_token();
     let on_panic = pieces_tx.clone();
     let llm_name = ctx.llm.name().to_owned();

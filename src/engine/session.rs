@@ -34,8 +34,8 @@ use super::response::{
     ResponseContext, ResponseOptions, ResponseReport, panic_message, run_response,
 };
 use super::turn::{
-    Action, CancelReason, EngineEvent, Input, MachineConfig, Outcome, ResponseId, TurnMachine,
-    UserEvent,
+    Action, CancelReason, EngineEvent, Input, MachineConfig, Outcome, Prompt, ResponseId,
+    TurnMachine, UserEvent,
 };
 use crate::error::{BackendError, ErrorKind};
 use crate::flux::{FluxError, FluxEventKind, FluxEvents, TurnEvent};
@@ -138,6 +138,7 @@ const REAP_LIMIT: Duration = Duration::from_secs(2);
 /// A running session. Dropping it stops every task of the session at once;
 /// [`SessionHandle::close`] stops gracefully.
 pub struct SessionHandle {
+    prompts: mpsc::UnboundedSender<Prompt>,
     stop: CancellationToken,
     cancel: CancellationToken,
     task: Option<JoinHandle<SessionOutcome>>,
@@ -149,6 +150,12 @@ impl SessionHandle {
     /// The session's event log (grows while the session runs, up to its limit).
     pub fn log(&self) -> EventLog {
         self.log.clone()
+    }
+
+    /// A handle that makes the agent speak first (see [`Prompter::prompt`]); it stays usable
+    /// while [`SessionHandle::finished`] is awaited.
+    pub fn prompter(&self) -> Prompter {
+        Prompter(self.prompts.clone())
     }
 
     /// Waits until the Flux stream has ended and the last reply has played out. A panic of
@@ -183,6 +190,20 @@ impl SessionHandle {
     }
 }
 
+/// Makes the agent speak without being asked: a greeting when a call connects, a re-prompt
+/// after silence. The prompt is an ordinary response (interruptible, kept in the history as
+/// heard); it is taken only while neither the user nor the agent is speaking and no reply is
+/// being prepared, and ignored otherwise (an [`EngineEvent::Prompting`] tells it was taken).
+#[derive(Debug, Clone)]
+pub struct Prompter(mpsc::UnboundedSender<Prompt>);
+
+impl Prompter {
+    /// Asks for `prompt`; false when the session has ended.
+    pub fn prompt(&self, prompt: Prompt) -> bool {
+        self.0.send(prompt).is_ok()
+    }
+}
+
 impl Drop for SessionHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -207,6 +228,7 @@ pub fn start_session(
     let log = EventLog::with_limit(config.log_limit);
     let history = Arc::new(Mutex::new(Vec::new()));
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (prompts_tx, prompts) = mpsc::unbounded_channel();
     let (playout_tx, playout_rx) = mpsc::channel(256);
     let (playout_events_tx, playout_events) = mpsc::unbounded_channel();
     let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -252,11 +274,12 @@ pub fn start_session(
     };
     let task = tokio::spawn(
         driver
-            .run(flux, playout_events, reports, playout)
+            .run(flux, playout_events, reports, prompts, playout)
             .instrument(span),
     );
     (
         SessionHandle {
+            prompts: prompts_tx,
             stop,
             cancel,
             task: Some(task),
@@ -312,6 +335,7 @@ impl Driver {
         mut flux: FluxEvents,
         mut playout_events: mpsc::UnboundedReceiver<PlayoutEvent>,
         mut reports: mpsc::UnboundedReceiver<ResponseReport>,
+        mut prompts: mpsc::UnboundedReceiver<Prompt>,
         mut playout: JoinHandle<()>,
     ) -> SessionOutcome {
         let mut error = None;
@@ -350,6 +374,7 @@ impl Driver {
                 }
                 Some(event) = playout_events.recv() => self.on_playout(event).await,
                 Some(report) = reports.recv() => self.on_report(report).await,
+                Some(prompt) = prompts.recv(), if flux_open => self.step(Input::Prompt(prompt)).await,
                 Some(_) = self.reaper.join_next(), if !self.reaper.is_empty() => {}
                 generation = expiry => {
                     self.timer = None;
@@ -591,11 +616,14 @@ impl Driver {
                 id,
                 messages,
                 speculative,
+                line,
+                prompted,
             } => {
                 self.log.record(LogKind::ResponseStarted {
                     id,
                     speculative,
                     turn: self.machine.turn(),
+                    prompted,
                 });
                 let token = self.cancel.child_token();
                 let (gate, gate_rx) = watch::channel(!speculative);
@@ -603,7 +631,8 @@ impl Driver {
                 let reports = self.ctx.reports.clone();
                 // The generator catches the model's panics itself; what is left is the voice's.
                 let voice = self.ctx.tts.name().to_owned();
-                let response = run_response(id, messages, self.ctx.clone(), gate_rx, token.clone());
+                let response =
+                    run_response(id, messages, line, self.ctx.clone(), gate_rx, token.clone());
                 let task = tokio::spawn(
                     async move {
                         if let Err(panic) = AssertUnwindSafe(response).catch_unwind().await {

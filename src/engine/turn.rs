@@ -139,8 +139,21 @@ pub enum Input {
     Ended(ResponseId, Outcome),
     /// The false-interruption timer of this generation expired.
     FalseInterruptionTimeout(u64),
+    /// The application wants the agent to speak without being asked (a greeting, a
+    /// re-prompt after silence). Taken only while neither side is speaking; ignored otherwise.
+    Prompt(Prompt),
     /// The session is closing.
     Shutdown,
+}
+
+/// What the agent says when it speaks first.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Prompt {
+    /// These words, as written (no language model).
+    Line(String),
+    /// A reply the language model writes from the conversation so far.
+    Reply,
 }
 
 /// Why a response was cancelled.
@@ -174,6 +187,10 @@ pub enum Action {
         messages: Vec<Message>,
         /// Held until promoted.
         speculative: bool,
+        /// Speak these words instead of asking the model (a [`Prompt::Line`]).
+        line: Option<String>,
+        /// Started by a [`Prompt`], not by a user turn.
+        prompted: bool,
     },
     /// Open the gate of a speculative response.
     Promote(ResponseId),
@@ -300,6 +317,7 @@ impl TurnMachine {
                     self.resume(&mut out);
                 }
             }
+            Input::Prompt(prompt) => self.prompt(prompt, &mut out),
             Input::Shutdown => {
                 if let Some(s) = self.speculative.take() {
                     self.cancel(s.id, CancelReason::Shutdown, &mut out);
@@ -310,6 +328,32 @@ impl TurnMachine {
             }
         }
         out
+    }
+
+    /// Speaks first, when nobody is speaking and nothing is being prepared.
+    fn prompt(&mut self, prompt: Prompt, out: &mut Vec<Action>) {
+        if self.user != UserState::Idle || self.committed.is_some() || self.speculative.is_some() {
+            return;
+        }
+        let id = self.new_id();
+        let line = match prompt {
+            Prompt::Line(text) => Some(text),
+            Prompt::Reply => None,
+        };
+        out.push(Action::Start {
+            id,
+            messages: self.context(),
+            speculative: false,
+            line,
+            prompted: true,
+        });
+        out.push(Action::Emit(EngineEvent::Prompting { response: id }));
+        self.committed = Some(Live {
+            id,
+            transcript: String::new(),
+            turn: self.turn,
+            speculative: false,
+        });
     }
 
     fn new_id(&mut self) -> ResponseId {
@@ -532,6 +576,8 @@ impl TurnMachine {
             id,
             messages: self.request(&transcript),
             speculative: true,
+            line: None,
+            prompted: false,
         });
         out.push(Action::Emit(EngineEvent::Speculating {
             turn: self.turn,
@@ -606,6 +652,8 @@ impl TurnMachine {
                     id,
                     messages,
                     speculative: false,
+                    line: None,
+                    prompted: false,
                 });
                 out.push(Action::Emit(EngineEvent::Responding {
                     turn: self.turn,
@@ -679,6 +727,8 @@ impl TurnMachine {
                 id,
                 messages,
                 speculative: false,
+                line: None,
+                prompted: false,
             });
             out.push(Action::Emit(EngineEvent::Responding {
                 turn: live.turn,

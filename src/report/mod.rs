@@ -188,6 +188,7 @@ impl Report {
         let mut turns: BTreeMap<u64, Turn> = BTreeMap::new();
         let mut responses: BTreeMap<ResponseId, Response> = BTreeMap::new();
         let mut last_flux: Option<Instant> = None;
+        let mut prompted_responses: Vec<ResponseId> = Vec::new();
         for entry in entries {
             let at = entry.at;
             match &entry.kind {
@@ -218,7 +219,12 @@ impl Report {
                     id,
                     speculative,
                     turn,
+                    prompted,
                 } => {
+                    if *prompted {
+                        // Answers no user turn; a barge-in over it still counts.
+                        prompted_responses.push(*id);
+                    }
                     responses.insert(
                         *id,
                         Response {
@@ -305,8 +311,10 @@ impl Report {
         let mut report_turns: Vec<TurnReport> = Vec::new();
         for (&index, turn) in &turns {
             let Some(end) = turn.end else { continue };
-            let mine: Vec<(&ResponseId, &Response)> =
-                responses.iter().filter(|(_, r)| r.turn == index).collect();
+            let mine: Vec<(&ResponseId, &Response)> = responses
+                .iter()
+                .filter(|(id, r)| r.turn == index && !prompted_responses.contains(id))
+                .collect();
             let attempts = mine.iter().filter(|(_, r)| r.speculative).count() as u64;
             let withdrawn = mine
                 .iter()

@@ -152,6 +152,7 @@ fn a_cut_reply_reaches_the_history_before_the_speculation_that_follows() {
         id: spec,
         messages,
         speculative: true,
+        ..
     }) = a
         .iter()
         .find(|a| matches!(a, Action::Start { .. }))
@@ -316,6 +317,7 @@ fn a_promoted_speculation_that_failed_silently_is_answered_again() {
         id,
         messages,
         speculative: false,
+        ..
     }) = a
         .iter()
         .find(|a| matches!(a, Action::Start { .. }))
@@ -706,4 +708,45 @@ fn an_interim_transcript_is_emitted_once_per_change() {
         interim(m.step(user(UserEvent::StartOfTurn, "Book"))),
         ["Book"]
     );
+}
+
+#[test]
+fn a_prompt_speaks_first_only_when_nobody_speaks() {
+    let mut m = machine(BargeInPolicy::Immediate);
+    let a = m.step(Input::Prompt(Prompt::Line("Hello, how can I help?".into())));
+    let Some(Action::Start {
+        id,
+        line,
+        prompted: true,
+        speculative: false,
+        ..
+    }) = a
+        .iter()
+        .find(|a| matches!(a, Action::Start { .. }))
+        .cloned()
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!(line.as_deref(), Some("Hello, how can I help?"));
+    assert!(a.contains(&Action::Emit(EngineEvent::Prompting { response: id })));
+    // While the greeting is live, another prompt is ignored.
+    assert!(m.step(Input::Prompt(Prompt::Reply)).is_empty());
+    m.step(Input::AudioStarted(id));
+    // The caller interrupts the greeting: it is cut like any reply, and kept as heard.
+    let a = m.step(user(UserEvent::StartOfTurn, "Hi"));
+    assert_eq!(cancels(&a), [(id, CancelReason::BargeIn)]);
+    m.step(Input::Ended(
+        id,
+        Outcome::Cancelled {
+            heard: "Hello,".into(),
+        },
+    ));
+    // While the user speaks, prompts are ignored.
+    assert!(m.step(Input::Prompt(Prompt::Reply)).is_empty());
+    assert!(matches!(
+        m.history().first(),
+        Some(Message::Assistant { content, interrupted: true, .. }) if content == "Hello,"
+    ));
+    m.step(user(UserEvent::EndOfTurn, "Hi, book a table."));
+    assert_eq!(m.history().len(), 2);
 }
