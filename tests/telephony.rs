@@ -93,14 +93,23 @@ impl Drop for Running {
 }
 
 async fn start(file: &str, configure: impl FnOnce(&mut ServerConfig)) -> Running {
+    start_with(file, false, configure).await
+}
+
+/// A server whose emulator detects turns from the audio (`vad`) or plays the scenario's timing.
+async fn start_with(file: &str, vad: bool, configure: impl FnOnce(&mut ServerConfig)) -> Running {
     let scenario = Arc::new(Scenario::load(format!("scenarios/{file}").as_ref()).unwrap());
+    let mut emulator = EmulatorConfig::new(scenario.clone());
+    if vad {
+        emulator.turn_detection = turnflow::emulator::TurnDetection::Vad;
+    }
     let mut options = ListenOptions::raw(Encoding::Linear16, 16000);
     if let Some(t) = scenario.listen {
         options = options.with_thresholds(t);
     }
     let mut config = ServerConfig::new(
         FluxConfig::new(options).with_base_url("ws://emulator.invalid"),
-        Arc::new(MemoryEmulator::new(EmulatorConfig::new(scenario.clone()))),
+        Arc::new(MemoryEmulator::new(emulator)),
         Backends {
             llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
             tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
@@ -566,4 +575,49 @@ async fn twilio_requests_need_a_valid_signature_when_an_auth_token_is_set() {
     let (mut socket, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.status(), 101);
     let _ = socket.close(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_greeted_and_a_silent_caller_reprompted_then_let_go() {
+    let server = start_with("plain.json", true, |c| {
+        c.greeting = Some("Thanks for calling.".into());
+        c.reprompt_after = Some(Duration::from_millis(1500));
+    })
+    .await;
+    let mut plan = Plan::new(Kind::Twilio, "silent");
+    plan.length = Duration::from_secs(20);
+    let heard = phone_call(server.addr, plan).await;
+    assert!(
+        heard.closed,
+        "the agent hung up before the caller did: {heard:?}"
+    );
+    settled(&server.metrics).await;
+    let session = server.seen.session_tagged("silent");
+    let events = server.seen.events_of(&session);
+    let prompts = events
+        .iter()
+        .filter(|e| matches!(e, EngineEvent::Prompting { .. }))
+        .count();
+    let spoken: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::ResponseEnded { heard, .. } => Some(heard.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(prompts, 3, "{events:?}");
+    assert_eq!(
+        spoken,
+        [
+            "Thanks for calling.",
+            "Are you still there?",
+            "I'll let you go now. Goodbye!"
+        ]
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, EngineEvent::UserStarted { .. }))
+    );
+    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
 }

@@ -103,6 +103,16 @@ pub struct ServerConfig {
     pub twilio_auth_token: Option<ApiKey>,
     /// The application's view of every session, if it wants one.
     pub observer: Option<Arc<dyn SessionObserver>>,
+    /// Phone calls: what the agent says when a call connects (nothing: it waits for the caller).
+    pub greeting: Option<String>,
+    /// Phone calls: after the agent finished and the caller said nothing for this long, the
+    /// agent re-prompts once ([`ServerConfig::reprompt_line`]); after as long again it says
+    /// [`ServerConfig::goodbye_line`] and hangs up. `None`: it waits.
+    pub reprompt_after: Option<Duration>,
+    /// The re-prompt.
+    pub reprompt_line: String,
+    /// The last words before hanging up on a silent caller.
+    pub goodbye_line: String,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -146,6 +156,10 @@ impl ServerConfig {
             public_url: None,
             twilio_auth_token: None,
             observer: None,
+            greeting: None,
+            reprompt_after: None,
+            reprompt_line: "Are you still there?".into(),
+            goodbye_line: "I'll let you go now. Goodbye!".into(),
         }
     }
 }

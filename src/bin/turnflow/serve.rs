@@ -45,6 +45,13 @@ pub(crate) struct ServeArgs {
     /// X-Twilio-Signature.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     twilio_auth_token: Option<String>,
+    /// Phone calls: what the agent says when a call connects.
+    #[arg(long)]
+    greeting: Option<String>,
+    /// Phone calls: re-prompt a caller silent this long after the agent spoke, once; then say
+    /// goodbye and hang up (e.g. 8s).
+    #[arg(long, value_parser = crate::parse_duration)]
+    reprompt_after: Option<Duration>,
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
@@ -89,6 +96,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         config.drain_timeout = args.drain_timeout;
         config.idle_timeout = args.idle_timeout;
         config.public_url = args.public_url;
+        config.greeting = args.greeting.filter(|g| !g.trim().is_empty());
+        config.reprompt_after = args.reprompt_after.filter(|d| !d.is_zero());
         config.twilio_auth_token = args
             .twilio_auth_token
             .filter(|t| !t.is_empty())
