@@ -21,7 +21,7 @@ use super::State;
 use super::limits::{PlaybackReport, RealtimeGuard};
 use super::metrics::SessionOutcome;
 use super::protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage, Start, close_code};
-use crate::engine::{AudioSink, EngineEvent, start_session};
+use crate::engine::{AudioSink, EngineEvent};
 use crate::flux::{Encoding, connect};
 
 /// Agent audio frames queued for the socket at most (one second); beyond it the client is
@@ -266,14 +266,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         cuts_by_reports: cuts_by_reports.clone(),
         cuts_by_server: cuts_by_server.clone(),
     };
-    let stop = state.shutdown.child_token();
-    let (handle, mut events) = start_session(
-        config.session.clone(),
-        flux_events,
-        config.backends.clone(),
-        Box::new(sink),
-        stop.clone(),
-    );
+    let (stop, handle, mut events) = super::start_engine(state, flux_events, Box::new(sink));
     let log = handle.log();
     let mut finished = std::pin::pin!(handle.finished());
     let ready = ServerMessage::Ready {

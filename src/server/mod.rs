@@ -362,6 +362,28 @@ fn too_big(error: &axum::Error) -> bool {
         .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
 }
 
+/// Starts the engine session of a connection: stopped by the server's shutdown or by the
+/// returned token.
+fn start_engine(
+    state: &State,
+    flux: crate::flux::FluxEvents,
+    sink: Box<dyn crate::engine::AudioSink>,
+) -> (
+    CancellationToken,
+    crate::engine::SessionHandle,
+    tokio::sync::mpsc::Receiver<crate::engine::EngineEvent>,
+) {
+    let stop = state.shutdown.child_token();
+    let (handle, events) = crate::engine::start_session(
+        state.config.session.clone(),
+        flux,
+        state.config.backends.clone(),
+        sink,
+        stop.clone(),
+    );
+    (stop, handle, events)
+}
+
 /// Releases an admitted session's place when dropped (whether or not the upgrade happened).
 struct Admission(Arc<State>);
 

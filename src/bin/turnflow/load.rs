@@ -168,34 +168,13 @@ async fn one_session(
     progress: Arc<Progress>,
 ) -> SessionResult {
     let mut result = SessionResult::default();
-    let mut request = match url.as_str().into_client_request() {
-        Ok(r) => r,
-        Err(e) => {
-            result.failure = Some(format!("bad url: {e}"));
+    let socket = match dial(&url, token.as_deref()).await {
+        Ok(socket) => socket,
+        Err(failure) => {
+            result.failure = Some(failure);
             return result;
         }
     };
-    if let Some(token) = &token
-        && let Ok(value) = format!("Bearer {token}").parse()
-    {
-        request.headers_mut().insert("authorization", value);
-    }
-    // A small read buffer: a thousand callers in one process (see `turnflow::net`).
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0);
-    let socket =
-        match tokio_tungstenite::connect_async_with_config(request, Some(config), false).await {
-            Ok((socket, _)) => socket,
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                result.failure = Some(format!("refused: HTTP {}", response.status().as_u16()));
-                return result;
-            }
-            Err(e) => {
-                result.failure = Some(format!("cannot connect: {e}"));
-                return result;
-            }
-        };
     progress.open.fetch_add(1, Ordering::Relaxed);
     let (mut write, mut read) = socket.split();
     let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
@@ -359,6 +338,32 @@ fn phone_speech(speech: &[i16]) -> Vec<u8> {
         .collect()
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a caller's WebSocket, with a bearer token if given; the failure as a report line.
+async fn dial(url: &str, token: Option<&str>) -> Result<Socket, String> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("bad url: {e}"))?;
+    if let Some(token) = token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        request.headers_mut().insert("authorization", value);
+    }
+    // A small read buffer: a thousand callers in one process (see `turnflow::net`).
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    match tokio_tungstenite::connect_async_with_config(request, Some(config), false).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(format!("refused: HTTP {}", response.status().as_u16()))
+        }
+        Err(e) => Err(format!("cannot connect: {e}")),
+    }
+}
+
 /// One phone call as a carrier places it: `connected` and `start`, the caller's speech as
 /// 20 ms `media` messages in real time, the agent's audio played on a real-time clock with its
 /// marks echoed once played (at once on `clear`), `stop` at the end. A turn's reply has ended
@@ -372,22 +377,13 @@ async fn one_call(
 ) -> SessionResult {
     use base64::Engine as _;
     let mut result = SessionResult::default();
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0);
-    let socket =
-        match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), false).await
-        {
-            Ok((socket, _)) => socket,
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                result.failure = Some(format!("refused: HTTP {}", response.status().as_u16()));
-                return result;
-            }
-            Err(e) => {
-                result.failure = Some(format!("cannot connect: {e}"));
-                return result;
-            }
-        };
+    let socket = match dial(&url, None).await {
+        Ok(socket) => socket,
+        Err(failure) => {
+            result.failure = Some(failure);
+            return result;
+        }
+    };
     progress.open.fetch_add(1, Ordering::Relaxed);
     let (mut write, mut read) = socket.split();
     let twilio = kind == CarrierKind::Twilio;

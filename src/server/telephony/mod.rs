@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::State;
 use super::metrics::SessionOutcome;
-use crate::engine::{AudioSink, EngineEvent, Prompt, ResponseId, start_session};
+use crate::engine::{AudioSink, EngineEvent, Prompt, ResponseId};
 use crate::flux::{Encoding, connect};
 use carrier::{Inbound, Outbound, StreamStart};
 use reorder::Reorder;
@@ -361,14 +361,7 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
         clock: clock.clone(),
         cuts: cuts.clone(),
     };
-    let stop = state.shutdown.child_token();
-    let (handle, mut events) = start_session(
-        config.session.clone(),
-        flux_events,
-        config.backends.clone(),
-        Box::new(sink),
-        stop.clone(),
-    );
+    let (stop, handle, mut events) = super::start_engine(state, flux_events, Box::new(sink));
     let log = handle.log();
     let prompter = handle.prompter();
     if let Some(greeting) = &config.greeting {
