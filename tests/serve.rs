@@ -399,6 +399,15 @@ async fn a_barge_in_clears_the_client_and_keeps_what_it_played() {
         prompt.starts_with(&behind) && behind.len() < prompt.len(),
         "half a second behind hears less: {behind:?} vs {prompt:?}"
     );
+    let text = server.metrics.render(true);
+    assert!(
+        text.contains("turnflow_clear_sent_seconds_count 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("turnflow_heard_clock_total{clock=\"client_reports\"} 2"),
+        "{text}"
+    );
     server.drain().await;
 }
 

@@ -433,6 +433,14 @@ async fn a_twilio_call_is_answered_cleared_on_barge_in_and_keeps_what_the_carrie
         text.contains("turnflow_heard_clock_total{clock=\"carrier_marks\"} 2"),
         "{text}"
     );
+    assert!(
+        text.contains("turnflow_barge_in_stop_seconds_count 2"),
+        "calls report their turns: {text}"
+    );
+    assert!(
+        text.contains("turnflow_clear_sent_seconds_count 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

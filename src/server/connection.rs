@@ -303,14 +303,19 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
             biased;
             outcome = &mut finished => break outcome,
             Some(out) = outbound.recv() => {
-                let message = match out {
+                let (message, clear) = match out {
                     Outbound::Audio(frame) => {
                         queued.fetch_sub(1, Ordering::Relaxed);
-                        Message::Binary(frame)
+                        (Message::Binary(frame), false)
                     }
-                    Outbound::Clear => text(&ServerMessage::Clear),
+                    Outbound::Clear => (text(&ServerMessage::Clear), true),
                 };
-                if ending.is_none() && send(socket, message).await.is_err() {
+                let sent = ending.is_none() && send(socket, message).await.is_ok();
+                // A barge-in's clear, not the one of a server shutting down.
+                if sent && clear && !stop.is_cancelled() {
+                    super::clear_written(state, &log);
+                }
+                if ending.is_none() && !sent {
                     warn!("the client stopped reading; ending the session");
                     ending = Some(Ending::normal(SessionOutcome::ClientClosed, "client_closed"));
                     stop.cancel();

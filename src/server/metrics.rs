@@ -134,6 +134,7 @@ pub struct Metrics {
     barge_in_stop: Histogram,
     llm_ttft: Histogram,
     tts_ttfb: Histogram,
+    clear_sent: Histogram,
 }
 
 impl Default for Metrics {
@@ -152,6 +153,7 @@ impl Default for Metrics {
             barge_in_stop: Histogram::new(&FAST_BUCKETS),
             llm_ttft: Histogram::new(&LATENCY_BUCKETS),
             tts_ttfb: Histogram::new(&LATENCY_BUCKETS),
+            clear_sent: Histogram::new(&FAST_BUCKETS),
         }
     }
 }
@@ -219,6 +221,11 @@ impl Metrics {
                 .entry(clock)
                 .or_default() += n;
         }
+    }
+
+    /// A `clear` reached the client's socket `seconds` after the StartOfTurn that caused it.
+    pub(crate) fn clear_sent(&self, seconds: f64) {
+        self.clear_sent.observe(seconds);
     }
 
     pub(crate) fn provider_error(&self, error: &BackendError) {
@@ -308,7 +315,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP turnflow_heard_clock_total Interrupted replies by the clock that decided what was heard (carrier_marks: the carrier's echoed marks; client_reports: the browser's playback reports; server_clock: what the server wrote).\n# TYPE turnflow_heard_clock_total counter"
+            "# HELP turnflow_heard_clock_total Replies cut (by the user, or by the end of the session) by the clock that decided what was heard (carrier_marks: the carrier's echoed marks; client_reports: the browser's playback reports; server_clock: what the server wrote).\n# TYPE turnflow_heard_clock_total counter"
         );
         let clocks = self.heard_clock.lock().expect("metrics lock").clone();
         for clock in ["carrier_marks", "client_reports", "server_clock"] {
@@ -344,6 +351,11 @@ impl Metrics {
             &mut out,
             "turnflow_tts_time_to_first_byte_seconds",
             "From the first sentence sent to the voice to its first audio.",
+        );
+        self.clear_sent.render(
+            &mut out,
+            "turnflow_clear_sent_seconds",
+            "From the StartOfTurn that interrupted the agent to the clear written to the browser or carrier.",
         );
         out
     }

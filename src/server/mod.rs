@@ -362,6 +362,23 @@ fn too_big(error: &axum::Error) -> bool {
         .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
 }
 
+/// Records how long after the StartOfTurn that caused it a `clear` was written to a client.
+fn clear_written(state: &State, log: &crate::engine::log::EventLog) {
+    let now = tokio::time::Instant::now();
+    let started = log.entries().into_iter().rev().find_map(|e| match e.kind {
+        crate::engine::log::LogKind::Flux {
+            event: crate::flux::TurnEvent::StartOfTurn,
+            ..
+        } => Some(e.at),
+        _ => None,
+    });
+    if let Some(at) = started {
+        state
+            .metrics
+            .clear_sent(now.saturating_duration_since(at).as_secs_f64());
+    }
+}
+
 /// Starts the engine session of a connection: stopped by the server's shutdown or by the
 /// returned token.
 fn start_engine(

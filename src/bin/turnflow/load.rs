@@ -45,6 +45,11 @@ pub(crate) struct LoadArgs {
     /// messages on the server's /telephony (8 kHz mu-law, marks echoed as the audio plays).
     #[arg(long, value_enum)]
     carrier: Option<CarrierKind>,
+    /// With --carrier: the caller speaks again (its next turn) once this much of each reply
+    /// has arrived, interrupting the agent; the server's turnflow_clear_sent_seconds then
+    /// measures how fast the clear went out.
+    #[arg(long, value_parser = crate::parse_duration, requires = "carrier")]
+    barge_in_after: Option<Duration>,
 }
 
 /// Which carrier `load --carrier` imitates.
@@ -373,6 +378,7 @@ async fn one_call(
     kind: CarrierKind,
     speech: Arc<Vec<i16>>,
     turns: u32,
+    barge_in_after: Option<Duration>,
     progress: Arc<Progress>,
 ) -> SessionResult {
     use base64::Engine as _;
@@ -423,6 +429,8 @@ async fn one_call(
     let mut sample = TurnSample::default();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut hung_up = false;
+    // Agent audio of this turn's reply received so far.
+    let mut reply_received = Duration::ZERO;
     loop {
         tokio::select! {
             _ = tick.tick(), if !hung_up => {
@@ -458,7 +466,9 @@ async fn one_call(
                     break;
                 }
                 let replied = last_agent.is_some_and(|t| now - t > Duration::from_secs(1));
-                if position.is_none() && replied {
+                let interrupting = barge_in_after.is_some_and(|after| reply_received >= after);
+                if (position.is_none() && replied) || interrupting {
+                    reply_received = Duration::ZERO;
                     result.turns.push(std::mem::take(&mut sample));
                     progress.turns.fetch_add(1, Ordering::Relaxed);
                     turn += 1;
@@ -489,6 +499,9 @@ async fn one_call(
                         let bytes = m["media"]["payload"].as_str().map_or(0, |p| p.len() * 3 / 4);
                         let length = Duration::from_millis(bytes as u64 / 8);
                         playing_until = playing_until.max(now) + length;
+                        if speech_end_sent.is_some() {
+                            reply_received += length;
+                        }
                         // The reply to this turn: agent audio after the caller's speech ended.
                         if let Some(sent) = speech_end_sent {
                             if sample.voice_to_voice_ms.is_none() {
@@ -597,10 +610,13 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
             );
             let turns = args.turns;
             let carrier = args.carrier;
+            let barge_in_after = args.barge_in_after;
             tasks.spawn(async move {
                 tokio::time::sleep_until(t0 + offset).await;
                 match carrier {
-                    Some(kind) => one_call(url, kind, speech, turns, progress).await,
+                    Some(kind) => {
+                        one_call(url, kind, speech, turns, barge_in_after, progress).await
+                    }
                     None => one_session(url, token, speech, turns, progress).await,
                 }
             });

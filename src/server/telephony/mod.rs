@@ -409,7 +409,12 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                         // Not yet sent, so never played: the clear settles it too.
                         batch.clear();
                         flushing = false;
-                        send(socket, out.clear()).await
+                        let sent = send(socket, out.clear()).await;
+                        // A barge-in's clear, not the one that ends the call.
+                        if sent.is_ok() && ending.is_none() && !stop.is_cancelled() {
+                            super::clear_written(state, &log);
+                        }
+                        sent
                     }
                 };
                 if sent.is_err() && ending.is_none() {
