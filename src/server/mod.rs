@@ -1,7 +1,9 @@
 //! `turnflow serve` as a library: an HTTP server where each WebSocket at `/session` is one
 //! conversation (the protocol is [`protocol`], documented in `docs/protocol.md`), with the page
-//! that talks to it at `/`, health at `/healthz` and `/readyz`, and Prometheus metrics at
-//! `/metrics` ([`metrics`]).
+//! that talks to it at `/`, phone calls from Twilio and Telnyx at `/telephony` and Twilio's
+//! webhook at `/twilio/voice` ([`telephony`], `docs/telephony.md`), health at `/healthz` and
+//! `/readyz`, and Prometheus metrics at `/metrics` ([`metrics`]). An application follows every
+//! session through a [`SessionObserver`].
 //!
 //! Ownership: the server owns a [`TaskTracker`] of session tasks and a shutdown token whose
 //! children stop each session. [`Server::serve`] drains on its signal: readiness turns 503 and
