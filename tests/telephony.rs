@@ -629,3 +629,46 @@ async fn a_call_is_greeted_and_a_silent_caller_reprompted_then_let_go() {
     );
     assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_telnyx_call_greeting_turn_barge_in_dtmf_and_stop() {
+    let server = start("barge_in.json", |c| {
+        c.greeting = Some("Hello.".into());
+    })
+    .await;
+    let mut plan = Plan::new(Kind::Telnyx, "whole");
+    plan.barge_in_after = Some(Duration::from_millis(2500));
+    plan.dtmf = Some("#");
+    plan.out_of_order = true;
+    plan.length = Duration::from_secs(12);
+    let heard = phone_call(server.addr, plan).await;
+    settled(&server.metrics).await;
+    assert_eq!(heard.clears, 1, "{heard:?}");
+    let session = server.seen.session_tagged("whole");
+    let events = server.seen.events_of(&session);
+    let spoken: Vec<(&str, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            EngineEvent::ResponseEnded {
+                heard, interrupted, ..
+            } => Some((heard.as_str(), *interrupted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spoken[0], ("Hello.", false), "the greeting: {spoken:?}");
+    assert!(
+        spoken[1].1 && spoken[1].0.starts_with("You can return"),
+        "the first answer, cut by the caller: {spoken:?}"
+    );
+    assert!(
+        spoken[2].0.starts_with("Yes, sale items"),
+        "the second answer: {spoken:?}"
+    );
+    assert_eq!(
+        *server.seen.digits.lock().unwrap(),
+        [(session.clone(), "#".to_owned())]
+    );
+    let calls = server.seen.calls.lock().unwrap();
+    assert_eq!(calls[0].1.call_id, "v3:c1");
+    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+}
