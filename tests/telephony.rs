@@ -495,7 +495,8 @@ async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
                 .await
                 .unwrap();
         if let Some(first) = first {
-            socket.send(Message::Text(first.into())).await.unwrap();
+            // The server may drop the connection while a huge message is still being written.
+            let _ = socket.send(Message::Text(first.into())).await;
         }
         let closed = tokio::time::timeout(PATIENCE, async {
             while let Some(Ok(m)) = socket.next().await {
