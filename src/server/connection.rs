@@ -277,6 +277,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         frame_ms: 20,
     };
     let mut flux = Some(flux);
+    let mut closing: Option<tokio::task::JoinHandle<()>> = None;
     let flux_frame_bytes =
         (u128::from(start.sample_rate) * 2 * config.flux.frame.as_millis() / 1000).max(2) as usize;
     let mut inbound = bytes::BytesMut::with_capacity(flux_frame_bytes);
@@ -367,14 +368,15 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
                             // Ends the user's audio; the session finishes the turn in progress.
                             if let Some(flux) = flux.take() {
                                 let rest = inbound.split().freeze();
-                                tokio::spawn(async move {
+                                // Owned by this task: awaited (bounded) when the session ends.
+                                closing = Some(tokio::spawn(async move {
                                     if !rest.is_empty() {
                                         let _ = flux.send_audio(rest).await;
                                     }
                                     if let Err(e) = flux.close().await {
                                         debug!(error = %e, "flux close");
                                     }
-                                }.in_current_span());
+                                }.in_current_span()));
                             }
                             Ok(None)
                         }
@@ -411,6 +413,11 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     };
     // The session is over: its Flux connection closes now, releasing the provider's slot.
     drop(flux);
+    if let Some(mut task) = closing
+        && tokio::time::timeout(END_LIMIT, &mut task).await.is_err()
+    {
+        task.abort();
+    }
     let metrics = &state.metrics;
     metrics.cuts_decided_by("client_reports", cuts_by_reports.load(Ordering::Relaxed));
     metrics.cuts_decided_by("server_clock", cuts_by_server.load(Ordering::Relaxed));
