@@ -208,7 +208,9 @@ async fn one_session(
     let mut pause_until: Option<Instant> = None;
     let mut stopping = false;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut report = tokio::time::interval(Duration::from_millis(100));
+    // Playback is reported every fifth frame (100 ms) on the frame's own wakeup, and only
+    // when there is news: a caller listening to silence says nothing.
+    let mut ticks = 0u64;
     let mut last_report = Value::Null;
     loop {
         tokio::select! {
@@ -232,6 +234,14 @@ async fn one_session(
                     result.failure = Some("the server closed the connection mid-session".into());
                     break;
                 }
+                ticks += 1;
+                if ticks.is_multiple_of(5) && playback.received > 0 {
+                    let played = playback.report(now);
+                    if played != last_report {
+                        let _ = write.send(Message::Text(played.to_string().into())).await;
+                        last_report = played;
+                    }
+                }
                 if waiting_since.is_some_and(|t| now - t > REPLY_PATIENCE) && !reply_ended {
                     result.failure = Some(format!("no reply within {REPLY_PATIENCE:?} in turn {turn}"));
                     break;
@@ -252,14 +262,6 @@ async fn one_session(
                     } else {
                         position = Some(0);
                     }
-                }
-            }
-            _ = report.tick(), if ready && playback.received > 0 => {
-                // Only while there is news: a caller listening to silence says nothing.
-                let played = playback.report(Instant::now());
-                if played != last_report {
-                    let _ = write.send(Message::Text(played.to_string().into())).await;
-                    last_report = played;
                 }
             }
             message = read.next() => {
