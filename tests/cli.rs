@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
+mod support;
+use support::spawn_server;
+
 fn turnflow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_turnflow"))
         .args(args)
@@ -658,31 +661,6 @@ fn run_exits_non_zero_when_flux_keeps_failing_and_emulate_injects_the_fault() {
         "{stderr}"
     );
     assert!(!stderr.contains("dg-test-key"));
-}
-
-/// `turnflow serve` on a free port: the child and the http:// URL it printed (its stdout stays
-/// open with the child).
-fn spawn_server(args: &[&str]) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnflow"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches('/')
-        .to_owned();
-    (child, url)
 }
 
 #[test]

@@ -4,13 +4,15 @@
 //! drained process exits 0. `.ci/run` installs haproxy and sets `TURNFLOW_REQUIRE_HAPROXY`, so
 //! CI never skips this.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+
+mod support;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -20,23 +22,7 @@ struct Served {
 }
 
 fn serve() -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnflow"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "60s"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .trim_end_matches('/')
-        .to_owned();
+    let (child, url) = support::spawn_server(&["--drain-timeout", "60s"]);
     Served { child, url }
 }
 

@@ -165,6 +165,16 @@ struct Progress {
     failed: AtomicUsize,
 }
 
+impl Progress {
+    /// A caller whose socket was open has finished.
+    fn ended(&self, result: &SessionResult) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if result.failure.is_some() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn one_session(
     url: String,
     token: Option<String>,
@@ -185,7 +195,7 @@ async fn one_session(
     let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
     if write.send(Message::Text(start.into())).await.is_err() {
         result.failure = Some("the connection closed before start".into());
-        progress.open.fetch_sub(1, Ordering::Relaxed);
+        progress.ended(&result);
         return result;
     }
     let end_of_speech = speech_end(&speech);
@@ -327,10 +337,7 @@ async fn one_session(
         }
     }
     let _ = write.close().await;
-    progress.open.fetch_sub(1, Ordering::Relaxed);
-    if result.failure.is_some() {
-        progress.failed.fetch_add(1, Ordering::Relaxed);
-    }
+    progress.ended(&result);
     result
 }
 
@@ -414,7 +421,7 @@ async fn one_call(
             .is_err()
         {
             result.failure = Some("the connection closed before start".into());
-            progress.open.fetch_sub(1, Ordering::Relaxed);
+            progress.ended(&result);
             return result;
         }
     }
@@ -529,10 +536,7 @@ async fn one_call(
         }
     }
     let _ = write.close().await;
-    progress.open.fetch_sub(1, Ordering::Relaxed);
-    if result.failure.is_some() {
-        progress.failed.fetch_add(1, Ordering::Relaxed);
-    }
+    progress.ended(&result);
     result
 }
 
