@@ -58,7 +58,7 @@ impl AudioSink for SocketSink {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let bytes = crate::audio::encode(Encoding::Linear16, frame);
         self.queued.fetch_add(1, Ordering::Relaxed);
         let _ = self.queue.send(Outbound::Audio(bytes.into()));
     }

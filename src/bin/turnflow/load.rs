@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use turnflow::flux::Encoding;
 use turnflow::report::Stats;
 
 #[derive(Parser)]
@@ -236,7 +237,7 @@ async fn one_session(
                         if position.is_none() {
                             waiting_since = Some(now);
                         }
-                        speech[at..end].iter().flat_map(|s| s.to_le_bytes()).collect()
+                        turnflow::audio::encode(Encoding::Linear16, &speech[at..end])
                     }
                     None => silence.clone(),
                 };
@@ -341,15 +342,23 @@ async fn one_session(
     result
 }
 
-/// The caller's speech as a phone line carries it: 8 kHz (pairs averaged), mu-law.
-fn phone_speech(speech: &[i16]) -> Vec<u8> {
-    speech
-        .chunks(2)
-        .map(|pair| {
-            let mean = pair.iter().map(|s| i32::from(*s)).sum::<i32>() / pair.len() as i32;
-            turnflow::audio::mulaw_encode(mean as i16)
+/// The caller's speech as a phone line carries it (16 kHz decimated to 8 kHz by the server's own
+/// resampler, mu-law), made once for every call, and where its speech ends (in bytes).
+struct PhoneSpeech {
+    mulaw: Vec<u8>,
+    end_of_speech: usize,
+}
+
+impl PhoneSpeech {
+    fn new(speech: &[i16]) -> Result<Self> {
+        let mut to_phone = turnflow::server::telephony::resample::ToPhone::new(16000)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let phone = to_phone.process(speech);
+        Ok(Self {
+            mulaw: turnflow::audio::encode(Encoding::Mulaw, &phone),
+            end_of_speech: speech_end(speech) / 2,
         })
-        .collect()
+    }
 }
 
 type Socket =
@@ -385,7 +394,7 @@ async fn dial(url: &str, token: Option<&str>) -> Result<Socket, String> {
 async fn one_call(
     url: String,
     kind: CarrierKind,
-    speech: Arc<Vec<i16>>,
+    speech: Arc<PhoneSpeech>,
     turns: u32,
     barge_in_after: Option<Duration>,
     progress: Arc<Progress>,
@@ -425,8 +434,7 @@ async fn one_call(
             return result;
         }
     }
-    let phone = phone_speech(&speech);
-    let end_of_speech = speech_end(&speech) / 2;
+    let (phone, end_of_speech) = (&speech.mulaw, speech.end_of_speech);
     let silence = [0xffu8; FRAME / 2];
     let mut playing_until = Instant::now();
     let mut marks: std::collections::VecDeque<(Instant, String)> = Default::default();
@@ -569,6 +577,10 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         args.wav.to_str().context("--wav: the path is not UTF-8")?,
         "--wav",
     )?);
+    let phone = match args.carrier {
+        Some(_) => Some(Arc::new(PhoneSpeech::new(&speech)?)),
+        None => None,
+    };
     if args.sessions == 0 || args.turns == 0 {
         bail!("--sessions and --turns must be at least 1");
     }
@@ -615,13 +627,13 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
                 progress.clone(),
             );
             let turns = args.turns;
-            let carrier = args.carrier;
+            let carrier = args.carrier.zip(phone.clone());
             let barge_in_after = args.barge_in_after;
             tasks.spawn(async move {
                 tokio::time::sleep_until(t0 + offset).await;
                 match carrier {
-                    Some(kind) => {
-                        one_call(url, kind, speech, turns, barge_in_after, progress).await
+                    Some((kind, phone)) => {
+                        one_call(url, kind, phone, turns, barge_in_after, progress).await
                     }
                     None => one_session(url, token, speech, turns, progress).await,
                 }

@@ -119,10 +119,7 @@ impl AudioSink for CarrierSink {
     fn write(&mut self, frame: &[i16]) {
         self.written += frame.len() as u64;
         let phone = self.resampler.process(frame);
-        let mulaw = phone
-            .iter()
-            .map(|s| crate::audio::mulaw_encode(*s))
-            .collect();
+        let mulaw = crate::audio::encode(Encoding::Mulaw, &phone);
         let _ = self.queue.send(Out::Audio(mulaw, self.written));
     }
 
