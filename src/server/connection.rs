@@ -46,9 +46,8 @@ struct SocketSink {
     written: u64,
     sample_rate: u32,
     playback: Arc<Mutex<Option<PlaybackReport>>>,
-    /// Cuts decided by the client's playback reports, and by what the server wrote.
-    cuts_by_reports: Arc<AtomicU64>,
-    cuts_by_server: Arc<AtomicU64>,
+    /// Where each cut is counted by the clock that decided it.
+    metrics: Arc<super::Metrics>,
 }
 
 impl AudioSink for SocketSink {
@@ -65,11 +64,12 @@ impl AudioSink for SocketSink {
 
     fn clear(&mut self) {
         let reported = self.playback.lock().expect("playback lock").is_some();
-        if reported {
-            self.cuts_by_reports.fetch_add(1, Ordering::Relaxed);
+        let clock = if reported {
+            "client_reports"
         } else {
-            self.cuts_by_server.fetch_add(1, Ordering::Relaxed);
-        }
+            "server_clock"
+        };
+        self.metrics.cuts_decided_by(clock, 1);
         let _ = self.queue.send(Outbound::Clear);
     }
 
@@ -254,8 +254,6 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     let queued = Arc::new(AtomicUsize::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
     let playback = Arc::new(Mutex::new(None));
-    let (cuts_by_reports, cuts_by_server) =
-        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let sink = SocketSink {
         queue,
         queued: queued.clone(),
@@ -263,8 +261,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         written: 0,
         sample_rate: output_rate,
         playback: playback.clone(),
-        cuts_by_reports: cuts_by_reports.clone(),
-        cuts_by_server: cuts_by_server.clone(),
+        metrics: state.metrics.clone(),
     };
     let (stop, handle, mut events) = super::start_engine(state, flux_events, Box::new(sink));
     let log = handle.log();
@@ -418,9 +415,6 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     {
         task.abort();
     }
-    let metrics = &state.metrics;
-    metrics.cuts_decided_by("client_reports", cuts_by_reports.load(Ordering::Relaxed));
-    metrics.cuts_decided_by("server_clock", cuts_by_server.load(Ordering::Relaxed));
     let dropped = dropped.load(Ordering::Relaxed);
     if dropped > 0 {
         warn!(

@@ -13,7 +13,6 @@ pub mod carrier;
 pub mod reorder;
 pub mod resample;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -112,7 +111,7 @@ struct CarrierSink {
     resampler: ToPhone,
     written: u64,
     clock: Arc<Mutex<MarkClock>>,
-    cuts: Arc<AtomicU64>,
+    metrics: Arc<super::Metrics>,
 }
 
 impl AudioSink for CarrierSink {
@@ -125,7 +124,7 @@ impl AudioSink for CarrierSink {
 
     fn clear(&mut self) {
         self.clock.lock().expect("mark clock").cleared(self.written);
-        self.cuts.fetch_add(1, Ordering::Relaxed);
+        self.metrics.cuts_decided_by("carrier_marks", 1);
         let _ = self.queue.send(Out::Clear);
     }
 
@@ -350,13 +349,12 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
     };
     let (queue, mut outbound) = mpsc::unbounded_channel();
     let clock = Arc::new(Mutex::new(MarkClock::default()));
-    let cuts = Arc::new(AtomicU64::new(0));
     let sink = CarrierSink {
         queue,
         resampler,
         written: 0,
         clock: clock.clone(),
-        cuts: cuts.clone(),
+        metrics: state.metrics.clone(),
     };
     let (stop, handle, mut events) = super::start_engine(state, flux_events, Box::new(sink));
     let log = handle.log();
@@ -534,9 +532,6 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
             "caller audio frames out of order"
         );
     }
-    state
-        .metrics
-        .cuts_decided_by("carrier_marks", cuts.load(Ordering::Relaxed));
     ending.unwrap_or_else(|| match outcome.error {
         Some(e) if !state.shutdown.is_cancelled() => Ending::new(
             SessionOutcome::SttFailed,
