@@ -90,15 +90,15 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
         .iter()
         .map(|t| t["response_latency_ms"].as_f64().unwrap())
         .collect();
-    assert_eq!(latencies, vec![380.0, 380.0, 280.0, 400.0, 620.0]);
-    assert_eq!(report["summary"]["response_latency_ms"]["p50"], 380.0);
+    assert_eq!(latencies, vec![260.0, 260.0, 280.0, 280.0, 620.0]);
+    assert_eq!(report["summary"]["response_latency_ms"]["p50"], 280.0);
     assert_eq!(report["summary"]["speculation"]["hits"], 4);
     assert_eq!(report["summary"]["speculation"]["misses"], 1);
 
     let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap();
     assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
     assert!(svg.trim_end().ends_with("</svg>"));
-    assert!(svg.contains(">cut</text>") && svg.contains("380 ms"));
+    assert!(svg.contains(">cut</text>") && svg.contains("260 ms"));
 
     let wav = std::fs::read(dir.join("conversation.wav")).unwrap();
     let (format, offset) = turnflow::audio::parse_wav_header(&wav).unwrap().unwrap();
@@ -213,7 +213,7 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
     assert_eq!(results[0]["summary"]["response_latency_ms"]["count"], 3);
     assert_eq!(
         (p50(0), p50(1)),
-        (150.0, 520.0),
+        (40.0, 520.0),
         "staggered starts change no latency"
     );
     assert!(results[0]["summary"]["response_latency_ms"]["p95"].is_number());
@@ -231,7 +231,7 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
     assert_eq!(rows[0]["config"], "speculation=on");
     assert_eq!(rows[5]["session"], 2);
     assert_eq!(rows[0]["turn"]["speculation"], "hit");
-    assert_eq!(rows[0]["turn"]["response_latency_ms"], 150.0);
+    assert_eq!(rows[0]["turn"]["response_latency_ms"], 40.0);
     assert!(
         std::fs::read_to_string(&svg)
             .unwrap()

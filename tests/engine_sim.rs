@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::engine::log::{LogEntry, LogKind};
 use turnflow::engine::turn::CancelReason;
-use turnflow::engine::{Backends, BargeInPolicy, EngineEvent, ResponseId};
+use turnflow::engine::{Backends, BargeInPolicy, EngineEvent, Presynthesis, ResponseId};
 use turnflow::flux::TurnEvent;
 use turnflow::llm::scripted::Fault;
 use turnflow::llm::{
@@ -83,11 +83,9 @@ async fn eager_hit_answers_earlier_than_no_speculation_by_the_lead() {
     // Without speculation: 350 ms to the first token, 20 ms to "course.", 150 ms of TTS.
     assert_eq!(plain.response_latency_ms, Some(520.0));
 
-    // Pre-synthesized: the whole 520 ms head start is available, so the saving is the lead.
-    let held = simulate(load("scenarios/eager_hit.json"), |c| {
-        c.session.response.presynthesize_first_sentence = true;
-    })
-    .await;
+    // Pre-synthesized (the first chunk, the default, is the first sentence here): the whole
+    // 520 ms head start is available, so the saving is the lead.
+    let held = simulate(load("scenarios/eager_hit.json"), |_| {}).await;
     let hit = &held.report.turns[0];
     assert_eq!(hit.speculation, "hit");
     let lead = hit.lead_ms.unwrap();
@@ -97,9 +95,12 @@ async fn eager_hit_answers_earlier_than_no_speculation_by_the_lead() {
         lead
     );
 
-    // LLM-only speculation (the default): TTS starts at promotion, so the saving is the lead
-    // capped by the LLM's 370 ms to the first sentence.
-    let on = simulate(load("scenarios/eager_hit.json"), |_| {}).await;
+    // LLM-only speculation: TTS starts at promotion, so the saving is the lead capped by the
+    // LLM's 370 ms to the first sentence.
+    let on = simulate(load("scenarios/eager_hit.json"), |c| {
+        c.session.response.presynthesis = Presynthesis::Off;
+    })
+    .await;
     let llm_only = &on.report.turns[0];
     assert_eq!(llm_only.speculation, "hit");
     assert_eq!(llm_only.response_latency_ms, Some(150.0));
@@ -110,11 +111,55 @@ async fn eager_hit_answers_earlier_than_no_speculation_by_the_lead() {
     assert_eq!(llm_only.assistant_heard, plain.assistant_heard);
 }
 
+/// Issue 13's reference: LLM 200 ms + 20 ms per token, TTS 100 ms, one Flux tick of lead.
+const QUICK_CHUNK: &str = r#"{"name":"quick-chunk","llm":{"ttft_ms":200,"token_interval_ms":20},
+  "tts":{"ttfb_ms":100},"listen":{"eager_eot_threshold":0.5,"eot_threshold":0.7},
+  "turns":[{"start":{"at_ms":500},
+    "phrases":[{"text":"Can you book me a table for two tonight?","eot_confidence":0.95,"ramp_ms":200}],
+    "reply":"Sure, I can book a table for two at eight tonight."}]}"#;
+
+#[tokio::test(start_paused = true)]
+async fn a_quick_first_chunk_speaks_at_the_limit_set_by_the_providers() {
+    let chunk = simulate(inline(QUICK_CHUNK), |_| {}).await;
+    let turn = &chunk.report.turns[0];
+    assert_eq!(turn.speculation, "hit");
+    let lead = turn.lead_ms.unwrap();
+    assert_eq!(lead, 240.0, "one Flux tick");
+    // "Sure," is one token: 200 ms to it, 100 ms of TTS, 240 ms of that before EndOfTurn.
+    assert_eq!(turn.first_piece_tokens, Some(1));
+    assert_eq!(turn.response_latency_ms, Some(200.0 + 100.0 - lead));
+    assert_eq!(
+        turn.assistant_heard,
+        "Sure, I can book a table for two at eight tonight."
+    );
+    assert_eq!(chunk.report.summary.speculation.wasted_tts_chars, 0);
+
+    // The first sentence (the comma comes before six words, so the whole sentence) needs all
+    // eleven tokens: 200 + 10 x 20 + 100 - 240.
+    let sentence = simulate(inline(QUICK_CHUNK), |c| {
+        c.session.response.presynthesis = Presynthesis::FirstSentence;
+    })
+    .await;
+    let turn = &sentence.report.turns[0];
+    assert_eq!(turn.first_piece_tokens, Some(11));
+    assert_eq!(turn.response_latency_ms, Some(260.0));
+    assert_eq!(turn.assistant_heard, chunk.report.turns[0].assistant_heard);
+
+    // Without speculation the quick chunk is not used: the first clause rule applies.
+    let plain = simulate(inline(QUICK_CHUNK), |c| {
+        c.session.machine.speculation = false;
+    })
+    .await;
+    assert_eq!(plain.report.turns[0].first_piece_tokens, Some(11));
+    assert_eq!(plain.report.turns[0].response_latency_ms, Some(500.0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn eager_miss_cancels_and_none_of_its_audio_is_ever_written() {
-    for presynthesize in [false, true] {
+    for presynthesis in [Presynthesis::Off, Presynthesis::FirstChunk] {
+        let presynthesize = presynthesis != Presynthesis::Off;
         let r = simulate(load("scenarios/eager_miss.json"), |c| {
-            c.session.response.presynthesize_first_sentence = presynthesize;
+            c.session.response.presynthesis = presynthesis;
         })
         .await;
         let resumed = cancelled(&r.log, CancelReason::TurnResumed);
@@ -507,9 +552,13 @@ async fn the_demo_report_is_exact_on_the_virtual_clock() {
     let spec: Vec<&str> = t.iter().map(|t| t.speculation).collect();
     assert_eq!(spec, vec!["hit", "hit", "hit", "hit", "none"]);
     let latency: Vec<f64> = t.iter().map(|t| t.response_latency_ms.unwrap()).collect();
-    // LLM 350 ms to first token + 20 ms a token to the first sentence end + TTS 150 ms,
-    // minus the 240 ms eager lead on hits.
-    assert_eq!(latency, vec![380.0, 380.0, 280.0, 400.0, 620.0]);
+    // LLM 350 ms to first token + 20 ms a token to the end of the first piece + TTS 150 ms,
+    // minus the 240 ms eager lead on hits. A speculative reply's first piece is its quick
+    // first chunk ("Yes," "Great," one token; "Thanks Jordan." "No problem," two); the
+    // timeout turn is not speculative and waits for its whole first sentence (seven tokens).
+    assert_eq!(latency, vec![260.0, 260.0, 280.0, 280.0, 620.0]);
+    let tokens: Vec<Option<u64>> = t.iter().map(|t| t.first_piece_tokens).collect();
+    assert_eq!(tokens, [Some(1), Some(1), Some(2), Some(2), Some(7)]);
     assert!(t[2].interrupted);
     assert_eq!(t[3].barge_in_stop_ms, Some(0.0));
     let s = r.report.summary.speculation;
@@ -613,7 +662,7 @@ async fn applications_see_interim_transcripts_and_sentences_in_order() {
         )
     });
     let sentence = position(
-        &|e| matches!(e, EngineEvent::AgentSentence { response: ResponseId(1), text } if text == "Yes, we are open until eleven tonight."),
+        &|e| matches!(e, EngineEvent::AgentSentence { response: ResponseId(1), text } if text == "Yes,"),
     );
     assert!(partial < finished && finished < speaking && speaking < sentence);
 }

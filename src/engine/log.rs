@@ -70,6 +70,9 @@ pub enum LogKind {
         index: usize,
         /// The sentence.
         text: String,
+        /// Text chunks received from the LLM when the sentence was released (0 for a fixed
+        /// line): how much of the stream the sentence waited for.
+        tokens: u64,
     },
     /// The sentence went to the TTS.
     TtsRequestSent {

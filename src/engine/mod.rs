@@ -19,7 +19,7 @@ pub mod turn;
 
 pub use event::EngineEvent;
 pub use playout::AudioSink;
-pub use response::ResponseOptions;
+pub use response::{Presynthesis, ResponseOptions};
 pub use session::{
     Backends, EVENT_QUEUE, Prompter, ReplyTally, SessionConfig, SessionError, SessionHandle,
     SessionOutcome, start_session,

@@ -3,8 +3,9 @@
 //! Two tasks under the response's cancellation token: the generator streams the LLM reply,
 //! runs tool calls and cuts the text into sentences; the speaker synthesizes each sentence and
 //! hands the audio to playout. While the response is speculative its gate is closed: the
-//! generator runs, the speaker waits (or pre-synthesizes the first sentence when configured)
-//! and holds every byte of audio; nothing reaches playout until promotion. A side-effecting
+//! generator runs, the speaker synthesizes the first piece (see [`Presynthesis`]: by default a
+//! quick first chunk) and then waits, holding every byte of audio; nothing reaches playout
+//! until promotion. A side-effecting
 //! tool call waits for promotion too, and is never made if the speculation is cancelled.
 //!
 //! Every wait on a backend is bounded: the first token (or audio) must arrive within its limit
@@ -32,12 +33,32 @@ use crate::error::{BackendError, ErrorKind};
 use crate::llm::{LanguageModel, LlmChunk, LlmRequest, Message, ToolEffect, ToolExecutor};
 use crate::tts::SpeechSynthesizer;
 
+/// What a speculative response synthesizes before it is promoted.
+///
+/// Whatever is synthesized is held, never played, until promotion; a withdrawn guess wastes
+/// its characters (reported as `wasted_tts_chars`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Presynthesis {
+    /// Nothing: the voice starts at promotion (LLM-only speculation).
+    Off,
+    /// The first sentence (or first clause of six words or more), as it would be spoken
+    /// without speculation.
+    FirstSentence,
+    /// The first speakable chunk: the reply's first segment ends at its first punctuation
+    /// ("Sure,", "Of course.", "Thanks Jordan."), so its audio is ready a few tokens into the
+    /// eager lead and first audio can leave the moment `EndOfTurn` arrives. Replies that open
+    /// without punctuation keep their first sentence (cutting mid-phrase sounds broken).
+    #[default]
+    FirstChunk,
+}
+
 /// Per-session settings of the response pipeline.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ResponseOptions {
-    /// Synthesize (and hold) the first sentence while still speculative.
-    pub presynthesize_first_sentence: bool,
+    /// What a speculative response synthesizes (and holds) before promotion.
+    pub presynthesis: Presynthesis,
     /// Spoken when a backend fails.
     pub fallback_line: String,
     /// Give up on the LLM when its first chunk has not arrived this long after the request
@@ -56,7 +77,7 @@ pub struct ResponseOptions {
 impl Default for ResponseOptions {
     fn default() -> Self {
         Self {
-            presynthesize_first_sentence: false,
+            presynthesis: Presynthesis::default(),
             fallback_line: "Sorry, I'm having trouble right now. Could you say that again?".into(),
             llm_ttft_timeout: Duration::from_secs(5),
             llm_stall_timeout: Duration::from_secs(5),
@@ -135,6 +156,7 @@ pub(crate) async fn run_response(
                 id,
                 index,
                 text: text.clone(),
+                tokens: 0,
             });
             if pieces_tx.send(Piece::Sentence(text)).await.is_err() {
                 return;
@@ -289,15 +311,24 @@ async fn generate(
         id,
         tokens: 0,
     };
-    let mut splitter = SentenceSplitter::default();
+    // Only a speculative reply opens with a quick chunk: the eager lead gives the rest of the
+    // reply time to be synthesized while the chunk plays. Without a lead a one-word chunk
+    // would often run out before the next sentence's audio arrives.
+    let speculative = !*gate.borrow();
+    let mut splitter = if speculative && ctx.options.presynthesis == Presynthesis::FirstChunk {
+        SentenceSplitter::quick_first_chunk()
+    } else {
+        SentenceSplitter::default()
+    };
     let mut sentence_index = 0;
     let tools = ctx.tools.as_ref().map(|t| t.specs()).unwrap_or_default();
     let mut unexecuted: Vec<String> = Vec::new();
-    let send = |text: String, index: &mut usize| {
+    let send = |text: String, index: &mut usize, tokens: u64| {
         ctx.log.record(LogKind::SentenceReady {
             id,
             index: *index,
             text: text.clone(),
+            tokens,
         });
         *index += 1;
         pieces.send(Piece::Sentence(text))
@@ -363,7 +394,7 @@ async fn generate(
                     tally.tokens += 1;
                     round_text.push_str(&text);
                     for s in splitter.push(&text) {
-                        if send(s, &mut sentence_index).await.is_err() {
+                        if send(s, &mut sentence_index, tally.tokens).await.is_err() {
                             return;
                         }
                     }
@@ -409,7 +440,7 @@ async fn generate(
         }
     }
     if let Some(rest) = splitter.finish() {
-        let _ = send(rest, &mut sentence_index).await;
+        let _ = send(rest, &mut sentence_index, tally.tokens).await;
     }
     if sentence_index == 0 {
         let message = if unexecuted.is_empty() {
@@ -514,7 +545,7 @@ async fn speak(
             Some(Piece::Sentence(s)) => s,
         };
         let may_synthesize =
-            *gate.borrow() || (index == 0 && ctx.options.presynthesize_first_sentence);
+            *gate.borrow() || (index == 0 && ctx.options.presynthesis != Presynthesis::Off);
         if !may_synthesize && !wait_gate(&mut gate, token).await {
             return;
         }

@@ -43,6 +43,13 @@ impl SentenceSplitter {
         }
     }
 
+    /// A splitter whose first segment ends at the reply's first punctuation, however few words
+    /// precede it ("Sure,", "Of course."): the quick first chunk a speculative reply
+    /// synthesizes during the eager lead. Later segments follow the default rules.
+    pub fn quick_first_chunk() -> Self {
+        Self::new(1, 240)
+    }
+
     /// Adds a delta and returns the sentences it completed.
     pub fn push(&mut self, delta: &str) -> Vec<String> {
         self.pending.push_str(delta);
@@ -222,6 +229,40 @@ mod tests {
         assert_eq!(
             split_tokens(&["We sold one two three four 1,", "000 units."]),
             vec!["We sold one two three four 1,000 units."]
+        );
+    }
+
+    #[test]
+    fn a_quick_first_chunk_ends_at_the_first_punctuation() {
+        let split = |tokens: &[&str]| {
+            let mut s = SentenceSplitter::quick_first_chunk();
+            let mut out = Vec::new();
+            for t in tokens {
+                out.extend(s.push(t));
+            }
+            out.extend(s.finish());
+            out
+        };
+        let mut s = SentenceSplitter::quick_first_chunk();
+        assert_eq!(s.push("Yes,"), vec!["Yes,"], "released on its own token");
+        assert_eq!(
+            split(&["Sure", " thing,", " I", " can,", " really."]),
+            vec!["Sure thing,", "I can, really."],
+            "only the first segment is cut short"
+        );
+        assert_eq!(
+            split(&["Of", " course.", " What", " time?"]),
+            vec!["Of course.", "What time?"]
+        );
+        assert_eq!(
+            split(&["Let", " me", " check", " that", " for", " you."]),
+            vec!["Let me check that for you."],
+            "no punctuation: never cut mid-phrase"
+        );
+        assert_eq!(
+            split(&["About 1,", "000 people."]),
+            vec!["About 1,000 people."],
+            "a digit before the comma waits"
         );
     }
 

@@ -50,6 +50,9 @@ pub struct TurnReport {
     pub llm_ttft_ms: Option<f64>,
     /// TTS time to first byte of the first sentence.
     pub tts_ttfb_ms: Option<f64>,
+    /// LLM text chunks the reply's first piece waited for (the scripted model's chunks are
+    /// words): with the provider latencies, what sets the earliest possible first audio.
+    pub first_piece_tokens: Option<u64>,
     /// Whether the user cut the reply to this turn.
     pub interrupted: bool,
     /// For a turn that barged in: `StartOfTurn` -> last agent frame written.
@@ -157,6 +160,7 @@ struct Response {
     llm_first: Option<Instant>,
     tokens: u64,
     sentence0: Option<Instant>,
+    sentence0_tokens: Option<u64>,
     tts_sent0: Option<Instant>,
     tts_first0: Option<Instant>,
     tts_chars: u64,
@@ -247,12 +251,15 @@ impl Report {
                 LogKind::LlmDone { id, tokens } => {
                     responses.entry(*id).or_default().tokens += tokens
                 }
-                LogKind::SentenceReady { id, index: 0, .. } => {
-                    responses
-                        .entry(*id)
-                        .or_default()
-                        .sentence0
-                        .get_or_insert(at);
+                LogKind::SentenceReady {
+                    id,
+                    index: 0,
+                    tokens,
+                    ..
+                } => {
+                    let r = responses.entry(*id).or_default();
+                    r.sentence0.get_or_insert(at);
+                    r.sentence0_tokens.get_or_insert(*tokens);
                 }
                 LogKind::TtsRequestSent { id, index, chars } => {
                     let r = responses.entry(*id).or_default();
@@ -371,6 +378,7 @@ impl Report {
                 engine_overhead_ms,
                 llm_ttft_ms: answer.and_then(|r| Some(ms(r.llm_sent?, r.llm_first?))),
                 tts_ttfb_ms: answer.and_then(|r| Some(ms(r.tts_sent0?, r.tts_first0?))),
+                first_piece_tokens: answer.and_then(|r| r.sentence0_tokens),
                 interrupted: answer.is_some_and(|r| {
                     r.interrupted
                         && r.cancelled

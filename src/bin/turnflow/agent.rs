@@ -20,7 +20,7 @@ use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::tts::aura::AURA_BASE_URL;
 use turnflow::tts::{AuraTts, Espeak, FailoverTts, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
 
-use crate::{ThresholdArgs, parse_barge_in};
+use crate::{ThresholdArgs, parse_barge_in, parse_presynthesis};
 
 /// The sample rate of the local voices and of `run`'s audio.
 pub(crate) const SAMPLE_RATE: u32 = 16000;
@@ -153,8 +153,8 @@ impl Agent {
         if let Some(v) = &file.engine.fallback_line {
             session.response.fallback_line = v.clone();
         }
-        if let Some(v) = file.engine.presynthesize_first_sentence {
-            session.response.presynthesize_first_sentence = v;
+        if let Some(v) = &file.engine.presynthesis {
+            session.response.presynthesis = parse_presynthesis(v).expect("checked on load");
         }
         if let Some(p) = args.barge_in.or(file
             .engine
@@ -269,7 +269,7 @@ pub(crate) struct EngineConfig {
     pub max_speculations_per_turn: Option<u32>,
     pub false_interruption_timeout_ms: Option<u64>,
     pub fallback_line: Option<String>,
-    pub presynthesize_first_sentence: Option<bool>,
+    pub presynthesis: Option<String>,
 }
 
 /// Reads and checks `turnflow.toml`.
@@ -282,6 +282,10 @@ pub(crate) fn load_config(path: &Path) -> Result<FileConfig> {
     if let Some(policy) = &config.engine.barge_in {
         parse_barge_in(policy)
             .map_err(|e| anyhow::anyhow!("{}: engine.barge_in: {e}", path.display()))?;
+    }
+    if let Some(value) = &config.engine.presynthesis {
+        parse_presynthesis(value)
+            .map_err(|e| anyhow::anyhow!("{}: engine.presynthesis: {e}", path.display()))?;
     }
     Ok(config)
 }

@@ -35,7 +35,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Compare configurations, e.g. `speculation=on,off`, `barge-in=immediate,min-words=2`,
-    /// `eager=0.4,0.6`, `presynthesize=off,on`.
+    /// `eager=0.4,0.6`, `presynthesis=off,first-sentence,first-chunk`.
     #[arg(long)]
     compare: Option<String>,
     /// `real` measures engine overhead in wall time; `virtual` is exact and instant but
@@ -89,17 +89,20 @@ fn variants(compare: Option<&str>) -> Result<Vec<Variant>> {
         .with_context(|| format!("--compare {spec:?}: expected KEY=V1,V2"))?;
     let apply: fn(&mut SimulationConfig, &str) = match key {
         "speculation" => |c, v| c.session.machine.speculation = v == "on",
-        "presynthesize" => |c, v| c.session.response.presynthesize_first_sentence = v == "on",
+        "presynthesis" => |c, v| {
+            c.session.response.presynthesis = crate::parse_presynthesis(v).expect("validated")
+        },
         "barge-in" => |c, v| c.session.machine.barge_in = parse_barge_in(v).expect("validated"),
         "eager" => |c, v| c.thresholds.eager_eot_threshold = v.parse().ok(),
         other => bail!(
-            "--compare {other:?}: supported keys are speculation, presynthesize, barge-in, eager"
+            "--compare {other:?}: supported keys are speculation, presynthesis, barge-in, eager"
         ),
     };
     let mut out = Vec::new();
     for value in values.split(',') {
         let valid = match key {
-            "speculation" | "presynthesize" => matches!(value, "on" | "off"),
+            "speculation" => matches!(value, "on" | "off"),
+            "presynthesis" => crate::parse_presynthesis(value).is_ok(),
             "barge-in" => parse_barge_in(value).is_ok(),
             _ => value.parse::<f64>().is_ok_and(|v| (0.3..=0.9).contains(&v)),
         };

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport};
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, FaultSpec, TurnDetection};
-use turnflow::engine::{BargeInPolicy, EngineEvent};
+use turnflow::engine::{BargeInPolicy, EngineEvent, Presynthesis};
 use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::report::{Report, Stats};
 use turnflow::scenario::Scenario;
@@ -110,9 +110,10 @@ struct SimulateArgs {
     barge_in: BargeInPolicy,
     #[command(flatten)]
     thresholds: ThresholdArgs,
-    /// Synthesize the first sentence while speculative (held until promotion).
-    #[arg(long)]
-    presynthesize: bool,
+    /// What a speculative reply synthesizes (and holds) before promotion: `first-chunk` (up to
+    /// its first punctuation), `first-sentence` or `off`.
+    #[arg(long, default_value = "first-chunk", value_parser = parse_presynthesis)]
+    presynthesis: Presynthesis,
 }
 
 /// Flux thresholds from the command line; each overrides the scenario or settings file.
@@ -177,6 +178,18 @@ pub(crate) fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
         .filter(|n| *n >= 1)
         .map(BargeInPolicy::MinWords)
         .ok_or_else(|| format!("{value:?}: expected `immediate` or `min-words=N` with N >= 1"))
+}
+
+/// `first-chunk`, `first-sentence` or `off`.
+pub(crate) fn parse_presynthesis(value: &str) -> Result<Presynthesis, String> {
+    match value {
+        "first-chunk" => Ok(Presynthesis::FirstChunk),
+        "first-sentence" => Ok(Presynthesis::FirstSentence),
+        "off" => Ok(Presynthesis::Off),
+        _ => Err(format!(
+            "{value:?}: expected `first-chunk`, `first-sentence` or `off`"
+        )),
+    }
 }
 
 /// `500ms`, `10s`, `2m` or `0`.
@@ -265,7 +278,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     };
     config.session.machine.speculation = args.speculation == OnOff::On;
     config.session.machine.barge_in = args.barge_in;
-    config.session.response.presynthesize_first_sentence = args.presynthesize;
+    config.session.response.presynthesis = args.presynthesis;
     config.thresholds = args.thresholds.over(config.thresholds);
     let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
     config.observer = Some(observer);
