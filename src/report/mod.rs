@@ -25,7 +25,7 @@ use crate::flux::TurnEvent;
 pub mod timeline;
 
 /// Metrics of one user turn.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TurnReport {
     /// User turn index.
     pub index: u64,

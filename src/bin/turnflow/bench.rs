@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
 use turnflow::emulator::sim::{SimulationConfig, Transport};
-use turnflow::report::{Report, Stats, Summary};
+use turnflow::engine::Presynthesis;
+use turnflow::report::{Report, Stats, Summary, TurnReport};
 use turnflow::scenario::Scenario;
 
 use crate::{Clock, parse_barge_in};
@@ -130,6 +131,32 @@ struct VariantResult {
     rss_kib_per_session: f64,
     hit_rate: f64,
     summary: Summary,
+    /// Earliest possible first audio after `EndOfTurn` per turn, from the scripted latencies.
+    first_audio_limit_ms: Stats,
+    /// Response latency minus that limit: the peer's definition of engine overhead, which
+    /// also catches a fake provider that is late against its own script.
+    above_limit_ms: Stats,
+}
+
+/// The earliest a turn's first audio can follow `EndOfTurn` with the scenario's scripted
+/// providers: the first piece's audio is due TTFT + (c - 1) x token interval + TTFB after
+/// the request, and a promoted speculation sent its request `lead` before `EndOfTurn`.
+/// Without presynthesis the voice cannot start before promotion, so never sooner than TTFB.
+fn first_audio_limit_ms(
+    scenario: &Scenario,
+    presynthesis: Presynthesis,
+    turn: &TurnReport,
+) -> Option<f64> {
+    let tokens = turn.first_piece_tokens.filter(|c| *c > 0)?;
+    let ttfb = scenario.tts.ttfb_ms as f64;
+    let text_due = scenario.llm.ttft_ms as f64
+        + (tokens - 1) as f64 * scenario.llm.token_interval_ms as f64
+        - turn.lead_ms.unwrap_or(0.0);
+    Some(if presynthesis == Presynthesis::Off {
+        text_due.max(0.0) + ttfb
+    } else {
+        (text_due + ttfb).max(0.0)
+    })
 }
 
 /// CPU time of this process so far, in milliseconds.
@@ -201,6 +228,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
         let wall = WallInstant::now();
         let cpu = cpu_ms();
         let mut reports = Vec::new();
+        let (mut limits, mut above) = (Vec::new(), Vec::new());
         for repeat in 0..args.repeat {
             for scenario in &scenarios {
                 eprintln!(
@@ -217,6 +245,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                     }
                 );
                 let offsets = start_offsets(args.sessions, stagger, args.seed ^ repeat as u64);
+                let mut presynthesis = Presynthesis::default();
                 let runs = runtime.block_on(async {
                     let mut tasks = Vec::new();
                     for offset in &offsets {
@@ -224,6 +253,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                         config.transport = Transport::Memory;
                         config.record_audio = false;
                         (variant.apply)(&mut config, &variant.value);
+                        presynthesis = config.session.response.presynthesis;
                         let offset = *offset;
                         tasks.push(tokio::spawn(async move {
                             tokio::time::sleep(offset).await;
@@ -238,14 +268,22 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                 });
                 for (session, run) in runs.into_iter().enumerate() {
                     let report = run.context("session task panicked")??.report;
-                    if let Some(out) = &mut turns_out {
-                        for turn in &report.turns {
+                    for turn in &report.turns {
+                        let limit = first_audio_limit_ms(scenario, presynthesis, turn);
+                        let excess = limit
+                            .zip(turn.response_latency_ms)
+                            .map(|(limit, latency)| latency - limit);
+                        limits.extend(limit);
+                        above.extend(excess);
+                        if let Some(out) = &mut turns_out {
                             let row = serde_json::json!({
                                 "config": variant.label,
                                 "scenario": scenario.name,
                                 "repeat": repeat,
                                 "session": session,
                                 "turn": turn,
+                                "first_audio_limit_ms": limit,
+                                "above_limit_ms": excess,
                             });
                             serde_json::to_writer(&mut *out, &row)?;
                             out.write_all(b"\n")?;
@@ -276,6 +314,8 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                 0.0
             },
             summary: report.summary,
+            first_audio_limit_ms: Stats::of(limits),
+            above_limit_ms: Stats::of(above),
         });
     }
     if let Some(mut out) = turns_out {
@@ -306,6 +346,8 @@ fn print_table(results: &[VariantResult]) {
             ("engine_overhead_ms", &s.engine_overhead_ms),
             ("barge_in_stop_ms", &s.barge_in_stop_ms),
             ("lead_ms", &s.lead_ms),
+            ("first_audio_limit_ms", &r.first_audio_limit_ms),
+            ("above_limit_ms", &r.above_limit_ms),
         ] {
             println!(
                 "{:<24} {:<20} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>5}",
@@ -455,6 +497,36 @@ mod tests {
         let v = variants(Some("barge-in=min-words=2")).unwrap();
         (v[0].apply)(&mut c, &v[0].value);
         assert_eq!(c.session.machine.barge_in, BargeInPolicy::MinWords(2));
+    }
+
+    #[test]
+    fn the_first_audio_limit_follows_the_scripted_latencies() {
+        let scenario = Scenario::load("scenarios/quick_replies.json".as_ref()).unwrap();
+        let turn = |tokens, lead| TurnReport {
+            first_piece_tokens: Some(tokens),
+            lead_ms: lead,
+            ..TurnReport::default()
+        };
+        let limit = |p, t: &TurnReport| first_audio_limit_ms(&scenario, p, t).unwrap();
+        // 200 ms to the first token, 20 ms a token, 100 ms of TTS.
+        assert_eq!(limit(Presynthesis::FirstChunk, &turn(1, Some(240.0))), 60.0);
+        assert_eq!(
+            limit(Presynthesis::FirstChunk, &turn(3, Some(240.0))),
+            100.0
+        );
+        assert_eq!(limit(Presynthesis::FirstChunk, &turn(1, Some(500.0))), 0.0);
+        assert_eq!(limit(Presynthesis::FirstChunk, &turn(2, None)), 320.0);
+        // The voice starts at promotion: never sooner than its 100 ms.
+        assert_eq!(limit(Presynthesis::Off, &turn(1, Some(240.0))), 100.0);
+        assert_eq!(limit(Presynthesis::Off, &turn(11, Some(240.0))), 260.0);
+        let line = TurnReport {
+            first_piece_tokens: Some(0),
+            ..TurnReport::default()
+        };
+        assert_eq!(
+            first_audio_limit_ms(&scenario, Presynthesis::Off, &line),
+            None
+        );
     }
 
     #[test]
