@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::messages::{TurnEvent, TurnInfo};
@@ -46,11 +46,10 @@ impl Chunker {
         }
         self.pending.extend_from_slice(data);
         let mut frames = Vec::with_capacity(self.pending.len() / self.frame_bytes);
-        // Each frame is its own allocation: frames kept for replay must not pin the shared
-        // buffers `split_to` would hand out (seen as ~175 KiB per session under load).
+        // Frames only pass through (the replay buffer keeps its own packed copy), so sharing
+        // the pending buffer pins nothing for long.
         while self.pending.len() >= self.frame_bytes {
-            frames.push(Bytes::copy_from_slice(&self.pending[..self.frame_bytes]));
-            self.pending.advance(self.frame_bytes);
+            frames.push(self.pending.split_to(self.frame_bytes).freeze());
         }
         frames
     }
@@ -115,10 +114,12 @@ impl AudioLedger {
 }
 
 /// Audio kept for replay after a dropped connection: everything since the last `EndOfTurn`,
-/// bounded to `turn_limit` while a turn is open and `idle_limit` between turns.
+/// bounded to `turn_limit` while a turn is open and `idle_limit` between turns. 16-bit PCM is
+/// kept packed losslessly ([`super::lossless`]): it is most of a session's memory otherwise.
 #[derive(Debug)]
 pub(crate) struct ReplayBuffer {
-    frames: VecDeque<(f64, Bytes)>,
+    frames: VecDeque<(f64, Box<[u8]>)>,
+    pack: bool,
     start: f64,
     end: f64,
     turn_limit: f64,
@@ -126,10 +127,12 @@ pub(crate) struct ReplayBuffer {
 }
 
 impl ReplayBuffer {
-    /// A buffer keeping at most `turn_limit` of an open turn and `idle_limit` between turns.
-    pub(crate) fn new(turn_limit: Duration, idle_limit: Duration) -> Self {
+    /// A buffer keeping at most `turn_limit` of an open turn and `idle_limit` between turns;
+    /// `pcm16` frames are packed.
+    pub(crate) fn new(turn_limit: Duration, idle_limit: Duration, pcm16: bool) -> Self {
         Self {
             frames: VecDeque::new(),
+            pack: pcm16,
             start: 0.0,
             end: 0.0,
             turn_limit: turn_limit.as_secs_f64(),
@@ -138,11 +141,16 @@ impl ReplayBuffer {
     }
 
     /// Appends a frame covering audio `[start, end)`.
-    pub(crate) fn push(&mut self, start: f64, end: f64, frame: Bytes, turn_open: bool) {
+    pub(crate) fn push(&mut self, start: f64, end: f64, frame: &[u8], turn_open: bool) {
         if self.frames.is_empty() {
             self.start = start;
         }
-        self.frames.push_back((end, frame));
+        let kept = if self.pack {
+            super::lossless::pack(frame)
+        } else {
+            frame.to_vec()
+        };
+        self.frames.push_back((end, kept.into_boxed_slice()));
         self.end = end;
         let limit = if turn_open {
             self.turn_limit
@@ -182,9 +190,15 @@ impl ReplayBuffer {
         self.end
     }
 
-    /// The buffered frames, oldest first.
-    pub(crate) fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.frames.iter().map(|(_, f)| f)
+    /// The buffered frames as they were pushed, oldest first.
+    pub(crate) fn frames(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.frames.iter().map(|(_, kept)| {
+            Bytes::from(if self.pack {
+                super::lossless::unpack(kept)
+            } else {
+                kept.to_vec()
+            })
+        })
     }
 
     /// Seconds of audio buffered.
@@ -580,24 +594,52 @@ mod tests {
 
     #[test]
     fn replay_buffer_bounds_and_discards() {
-        let mut r = ReplayBuffer::new(Duration::from_secs(1), Duration::from_millis(200));
+        let mut r = ReplayBuffer::new(Duration::from_secs(1), Duration::from_millis(200), false);
         for i in 0..10u32 {
             let s = 0.08 * f64::from(i);
-            r.push(s, s + 0.08, Bytes::from(vec![i as u8]), false);
+            r.push(s, s + 0.08, &[i as u8], false);
         }
         assert!(r.duration() <= 0.2 + 1e-9, "idle limit: {}", r.duration());
         for i in 10..30u32 {
             let s = 0.08 * f64::from(i);
-            r.push(s, s + 0.08, Bytes::from(vec![i as u8]), true);
+            r.push(s, s + 0.08, &[i as u8], true);
         }
         assert!(r.duration() <= 1.0 + 1e-9);
         assert!((r.end() - 2.4).abs() < 1e-9);
         r.discard_until(2.0);
         assert!((r.start() - 2.0).abs() < 1e-9);
         assert_eq!(r.frames().count(), 5);
+        let kept: Vec<Bytes> = r.frames().collect();
+        assert_eq!(
+            kept,
+            (25..30u8).map(|i| Bytes::from(vec![i])).collect::<Vec<_>>()
+        );
         r.discard_until(5.0);
         assert_eq!(r.frames().count(), 0);
         assert!((r.start() - r.end()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn packed_pcm_replays_exactly_what_was_sent() {
+        let mut r = ReplayBuffer::new(Duration::from_secs(10), Duration::from_secs(2), true);
+        let frames: Vec<Vec<u8>> = (0..5)
+            .map(|f| {
+                (0..1280)
+                    .flat_map(|n| {
+                        let x = f64::from(f * 1280 + n) * 0.03;
+                        ((2000.0 * x.sin()) as i16 + (n % 7) as i16).to_le_bytes()
+                    })
+                    .collect()
+            })
+            .collect();
+        for (i, frame) in frames.iter().enumerate() {
+            let s = 0.08 * i as f64;
+            r.push(s, s + 0.08, frame, true);
+        }
+        let kept: usize = r.frames.iter().map(|(_, k)| k.len()).sum();
+        assert!(kept < 5 * 2560 / 2, "packed to {kept} bytes");
+        let replayed: Vec<Bytes> = r.frames().collect();
+        assert_eq!(replayed, frames);
     }
 
     #[test]

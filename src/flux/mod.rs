@@ -9,6 +9,7 @@
 
 pub mod client;
 pub(crate) mod continuity;
+pub(crate) mod lossless;
 pub mod messages;
 pub mod options;
 pub mod transport;

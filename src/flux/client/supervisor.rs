@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::flux::continuity::{AudioLedger, Chunker, ReplayBuffer, TurnTracker};
 use crate::flux::messages::{ClientMessage, Configure, ServerMessage, TurnEvent};
-use crate::flux::options::ListenOptions;
+use crate::flux::options::{Encoding, ListenOptions};
 use crate::flux::transport::{Connector, WireFrame};
 
 use super::handle::Command;
@@ -74,7 +74,11 @@ pub async fn connect(
         chunker: Chunker::new(frame_bytes),
         frame_bytes,
         ledger: AudioLedger::new(config.replay_limit * 2),
-        replay: ReplayBuffer::new(config.replay_limit, Duration::from_secs(2)),
+        replay: ReplayBuffer::new(
+            config.replay_limit,
+            Duration::from_secs(2),
+            config.options.encoding == Some(Encoding::Linear16),
+        ),
         tracker: TurnTracker::default(),
         audio_time: 0.0,
         desired: config.options.clone(),
@@ -329,7 +333,7 @@ impl Supervisor {
             self.audio_since_inbound += end - start;
             self.ledger.record(end, now);
             self.replay
-                .push(start, end, frame.clone(), self.tracker.turn_open());
+                .push(start, end, &frame, self.tracker.turn_open());
         }
         self.last_audio_sent = now;
         if matches!(self.phase, Phase::Running) {
@@ -601,7 +605,7 @@ impl Supervisor {
                 self.last_inbound = now;
                 self.audio_since_inbound = 0.0;
                 self.phase = Phase::Running;
-                let frames: Vec<Bytes> = self.replay.frames().cloned().collect();
+                let frames: Vec<Bytes> = self.replay.frames().collect();
                 self.emit(
                     now,
                     FluxEventKind::Connected {
