@@ -128,9 +128,21 @@ fn unzigzag(u: u32) -> i32 {
 /// histogram of the values' bit lengths (a mean would let one loud click set the parameter
 /// for a whole quiet partition).
 fn rice_parameter(values: &[u32]) -> u32 {
+    // Four tallies, summed after: neighbouring samples mostly share a length, and one tally
+    // would make each increment wait for the previous one.
+    let mut tallies = [[0u64; 33]; 4];
+    let mut quads = values.chunks_exact(4);
+    for quad in &mut quads {
+        for (tally, &v) in tallies.iter_mut().zip(quad) {
+            tally[(32 - v.leading_zeros()) as usize] += 1;
+        }
+    }
+    for &v in quads.remainder() {
+        tallies[0][(32 - v.leading_zeros()) as usize] += 1;
+    }
     let mut lengths = [0u64; 33];
-    for &v in values {
-        lengths[(32 - v.leading_zeros()) as usize] += 1;
+    for (b, length) in lengths.iter_mut().enumerate() {
+        *length = tallies.iter().map(|tally| tally[b]).sum();
     }
     let longest = lengths.iter().rposition(|&n| n > 0).unwrap_or(0) as u32;
     let cost = |k: u32| -> u64 {
@@ -171,13 +183,15 @@ impl BitWriter {
         }
     }
 
-    /// Appends the low `count` bits of `value` (count <= 56), most significant first.
+    /// Appends the low `count` bits of `value` (count <= 32), most significant first. Whole
+    /// 32-bit words go out at once: per-byte pushes were most of the packing time.
     fn write(&mut self, value: u64, count: u32) {
         self.acc = (self.acc << count) | (value & ((1u64 << count) - 1));
         self.bits += count;
-        while self.bits >= 8 {
-            self.bits -= 8;
-            self.out.push((self.acc >> self.bits) as u8);
+        if self.bits >= 32 {
+            self.bits -= 32;
+            self.out
+                .extend_from_slice(&((self.acc >> self.bits) as u32).to_be_bytes());
         }
     }
 
@@ -188,17 +202,24 @@ impl BitWriter {
             self.write(u64::from(value), 32);
             return;
         }
-        // `quotient` ones and a zero, then the remainder: at most 24 + 30 bits in one write.
+        // `quotient` ones and a zero, then the remainder; one write when both fit.
         let unary = ((1u64 << quotient) - 1) << 1;
-        let remainder = u64::from(value) & ((1u64 << k) - 1);
-        self.write((unary << k) | remainder, quotient + 1 + k);
+        if quotient + 1 + k <= 32 {
+            let remainder = u64::from(value) & ((1u64 << k) - 1);
+            self.write((unary << k) | remainder, quotient + 1 + k);
+        } else {
+            self.write(unary, quotient + 1);
+            self.write(u64::from(value), k);
+        }
     }
 
     fn finish(mut self) -> Vec<u8> {
-        if self.bits > 0 {
-            let pad = 8 - self.bits;
-            self.write(0, pad);
-        }
+        let pad = (8 - self.bits % 8) % 8;
+        self.write(0, pad);
+        // Whole bytes are left (fewer than four): the low `bits` of the accumulator.
+        let bytes = (self.bits / 8) as usize;
+        self.out
+            .extend_from_slice(&(self.acc as u32).to_be_bytes()[4 - bytes..]);
         self.out
     }
 }
