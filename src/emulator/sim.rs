@@ -328,8 +328,9 @@ fn utterance(turn: &crate::scenario::UserTurn, start: u64, rate: u32) -> Utteran
 /// A voice-like buzz (triangle wave at full amplitude from its first sample, so the emulator
 /// sees the onset exactly).
 fn voice_sample(n: u64, rate: u32) -> i16 {
-    let period = f64::from(rate) / 140.0;
-    let phase = (n as f64 % period) / period;
+    // The phase in integers: a float remainder per sample cost more than the rest of the
+    // simulated user (a bench of 1000 sessions spent 3.5 % of its CPU in `fmod`).
+    let phase = ((n * 140) % u64::from(rate)) as f64 / f64::from(rate);
     let triangle = 4.0 * (phase - 0.5).abs() - 1.0;
     (triangle * 6000.0) as i16
 }
@@ -393,12 +394,11 @@ async fn speak_as_user(
         if done_at.is_some_and(|d| cursor >= d) {
             break;
         }
-        let mut samples = Vec::with_capacity(chunk as usize);
-        for n in cursor..cursor + chunk {
-            let voiced = current
-                .as_ref()
-                .is_some_and(|u| u.words.iter().any(|(s, e)| n >= *s && n < *e));
-            samples.push(if voiced { voice_sample(n, rate) } else { 0 });
+        let mut samples = vec![0; chunk as usize];
+        for &(start, end) in current.iter().flat_map(|u| &u.words) {
+            for n in start.max(cursor)..end.min(cursor + chunk) {
+                samples[(n - cursor) as usize] = voice_sample(n, rate);
+            }
         }
         cursor += chunk;
         if current.as_ref().is_some_and(|u| cursor >= u.end) {
