@@ -325,6 +325,13 @@ fn utterance(turn: &crate::scenario::UserTurn, start: u64, rate: u32) -> Utteran
     Utterance { words, end }
 }
 
+/// A microphone's noise floor, -8..=7, the same for every run: no real input is digital
+/// silence, and what the client keeps for replay must be measured on realistic audio. It stays
+/// far below the emulator's voice-activity gate.
+fn noise_floor(n: u64) -> i16 {
+    (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as i16 - 8
+}
+
 /// A voice-like buzz (triangle wave at full amplitude from its first sample, so the emulator
 /// sees the onset exactly).
 fn voice_sample(n: u64, rate: u32) -> i16 {
@@ -394,7 +401,7 @@ async fn speak_as_user(
         if done_at.is_some_and(|d| cursor >= d) {
             break;
         }
-        let mut samples = vec![0; chunk as usize];
+        let mut samples: Vec<i16> = (cursor..cursor + chunk).map(noise_floor).collect();
         for &(start, end) in current.iter().flat_map(|u| &u.words) {
             for n in start.max(cursor)..end.min(cursor + chunk) {
                 samples[(n - cursor) as usize] = voice_sample(n, rate);
