@@ -702,3 +702,47 @@ async fn synthesis_is_paced_to_stay_about_a_second_ahead_of_playout() {
     assert_eq!(tts.chunks_served(), 150);
     assert_eq!(result.report.turns[0].assistant_heard, reply);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_turn_of_every_scenario_breaks_down_into_parts_that_add_up() {
+    let mut scenarios = vec![Arc::new(Scenario::demo())];
+    for entry in std::fs::read_dir("scenarios").unwrap() {
+        scenarios.push(load(entry.unwrap().path().to_str().unwrap()));
+    }
+    let mut turns = 0;
+    for scenario in scenarios {
+        let name = scenario.name.clone();
+        for presynthesis in [Presynthesis::FirstChunk, Presynthesis::Off] {
+            let r = simulate(scenario.clone(), |c| {
+                c.session.response.presynthesis = presynthesis
+            })
+            .await;
+            for t in &r.report.turns {
+                let Some(latency) = t.response_latency_ms else {
+                    continue;
+                };
+                let b = t
+                    .breakdown
+                    .unwrap_or_else(|| panic!("{name} turn {}: no breakdown", t.index));
+                let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+                assert!(
+                    close(b.response_latency_ms(), latency),
+                    "{name} turn {}: {b:?} vs {latency}",
+                    t.index
+                );
+                assert!(
+                    close(b.engine_ms, t.engine_overhead_ms.unwrap()),
+                    "{name}: {b:?}"
+                );
+                assert_eq!(
+                    b.voice_to_voice_ms().map(|v| (v * 1e3).round()),
+                    t.voice_to_voice_ms.map(|v| (v * 1e3).round()),
+                    "{name}"
+                );
+                assert_eq!(b.speculation_ms, -t.lead_ms.unwrap_or(0.0), "{name}");
+                turns += 1;
+            }
+        }
+    }
+    assert!(turns > 30, "{turns} turns checked");
+}

@@ -12,6 +12,8 @@
 //! - `speculation`: none | hit | miss, with `lead_ms` = `EndOfTurn` minus the receipt of the
 //!   `EagerEndOfTurn` whose speculation was promoted.
 //! - `barge_in_stop_ms`: `StartOfTurn` received -> last agent frame written (0 if none after).
+//! - `breakdown`: voice-to-voice split into consecutive parts that add up exactly
+//!   ([`Breakdown`]).
 
 use std::collections::BTreeMap;
 
@@ -22,7 +24,11 @@ use crate::engine::log::{LogEntry, LogKind};
 use crate::engine::turn::{CancelReason, ResponseId};
 use crate::flux::TurnEvent;
 
+mod breakdown;
 pub mod timeline;
+
+pub use breakdown::Breakdown;
+use breakdown::CriticalPath;
 
 /// Metrics of one user turn.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -57,6 +63,9 @@ pub struct TurnReport {
     pub interrupted: bool,
     /// For a turn that barged in: `StartOfTurn` -> last agent frame written.
     pub barge_in_stop_ms: Option<f64>,
+    /// The voice-to-voice latency in consecutive parts that add up exactly (the parts after
+    /// `EndOfTurn` add up to the response latency).
+    pub breakdown: Option<Breakdown>,
     /// What the agent generated in reply.
     pub assistant_text: String,
     /// What the user heard of it.
@@ -139,6 +148,8 @@ pub struct Summary {
     pub lead_ms: Stats,
     /// Speculation accounting.
     pub speculation: SpeculationSummary,
+    /// The mean of each part of the turns' breakdowns: they add up to the mean latency.
+    pub breakdown_mean_ms: Option<Breakdown>,
 }
 
 /// A run's report: `report.json`.
@@ -357,6 +368,23 @@ impl Report {
                         + ms(audio_ready, r.first_frame?),
                 )
             });
+            let breakdown = answer.and_then(|r| {
+                let rel = |at: Instant| {
+                    if at >= end { ms(end, at) } else { -ms(at, end) }
+                };
+                let path = CriticalPath {
+                    speech_end: turn.speech_end_sent.map(rel),
+                    trigger: rel(r.trigger?),
+                    gate_open: rel(r.promoted.or(r.started)?),
+                    llm_sent: rel(r.llm_sent?),
+                    llm_first: rel(r.llm_first?),
+                    first_piece: rel(r.sentence0?),
+                    tts_sent: rel(r.tts_sent0?),
+                    tts_first: rel(r.tts_first0?),
+                    first_frame: rel(r.first_frame?),
+                };
+                Some(Breakdown::of(&path))
+            });
             let barge_in_stop_ms = turn.start.and_then(|start| {
                 responses
                     .values()
@@ -385,6 +413,7 @@ impl Report {
                             .is_some_and(|(_, why)| why == CancelReason::BargeIn)
                 }),
                 barge_in_stop_ms,
+                breakdown,
                 assistant_text: answer.map(|r| r.generated.clone()).unwrap_or_default(),
                 assistant_heard: answer.map(|r| r.heard.clone()).unwrap_or_default(),
             };
@@ -407,6 +436,7 @@ impl Report {
             barge_in_stop_ms: collect(|t| t.barge_in_stop_ms),
             lead_ms: collect(|t| t.lead_ms),
             speculation,
+            breakdown_mean_ms: Breakdown::mean(turns.iter().filter_map(|t| t.breakdown.as_ref())),
         };
         Report { turns, summary }
     }

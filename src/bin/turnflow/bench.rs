@@ -354,6 +354,21 @@ fn print_table(results: &[VariantResult]) {
                 r.config, name, st.p50, st.p90, st.p95, st.p99, st.max, st.count
             );
         }
+        if let Some(b) = &s.breakdown_mean_ms {
+            println!(
+                "{:<24} mean breakdown (ms, adds up to the mean response latency {:.2}): speculation {:.2}, ttft {:.2}, first piece {:.2}, ttfb {:.2}, held {:.2}, engine {:.2}; endpointing before it {}",
+                r.config,
+                b.response_latency_ms(),
+                b.speculation_ms,
+                b.llm_ttft_ms,
+                b.first_piece_ms,
+                b.tts_ttfb_ms,
+                b.held_ms,
+                b.engine_ms,
+                b.endpointing_ms
+                    .map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+            );
+        }
         let spec = s.speculation;
         println!(
             "{:<24} speculation: hit rate {:.0}% ({} hits, {} misses, {} attempts), {} wasted LLM tokens, {} wasted TTS chars",

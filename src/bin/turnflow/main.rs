@@ -282,6 +282,28 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     config.thresholds = args.thresholds.over(config.thresholds);
     let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
     config.observer = Some(observer);
+    let governors = Governors {
+        endpointing: format!(
+            "eot_threshold {}, eot_timeout_ms {}",
+            config
+                .thresholds
+                .eot_threshold
+                .map_or_else(|| "(Flux default)".into(), |v| v.to_string()),
+            config
+                .thresholds
+                .eot_timeout_ms
+                .map_or_else(|| "(Flux default)".into(), |v| v.to_string()),
+        ),
+        speculation: match (
+            config.session.machine.speculation,
+            config.thresholds.eager_eot_threshold,
+        ) {
+            (true, Some(eager)) => format!("eager_eot_threshold {eager}"),
+            (true, None) => "no eager_eot_threshold: Flux sends no eager ends".into(),
+            (false, _) => "speculation off".into(),
+        },
+        first_piece: format!("presynthesis {}", args.presynthesis_name()),
+    };
     let runtime = args.clock.runtime()?;
     println!(
         "simulating {:?} ({} turns, {} clock)",
@@ -303,6 +325,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         result
     })?;
     print_report(&result.report);
+    print_breakdown(&result.report, &governors);
     if let Some(dir) = &args.out {
         write_outputs(dir, &result)?;
         println!("wrote {}", dir.display());
@@ -341,6 +364,66 @@ fn print_event(event: &EngineEvent) {
         }
         _ => {}
     }
+}
+
+/// The settings that govern the parts of a latency breakdown, as the run used them.
+struct Governors {
+    endpointing: String,
+    speculation: String,
+    first_piece: String,
+}
+
+impl SimulateArgs {
+    fn presynthesis_name(&self) -> &'static str {
+        match self.presynthesis {
+            Presynthesis::Off => "off",
+            Presynthesis::FirstSentence => "first-sentence",
+            _ => "first-chunk",
+        }
+    }
+}
+
+fn print_breakdown(report: &Report, governors: &Governors) {
+    let Some(mean) = report.summary.breakdown_mean_ms else {
+        return;
+    };
+    println!();
+    println!("where the time went (ms; the parts add up to voice-to-voice)");
+    println!(
+        "{:>4}  {:>11} {:>11} {:>8} {:>11} {:>8} {:>6} {:>6}  {:>8}",
+        "turn",
+        "endpointing",
+        "speculation",
+        "ttft",
+        "first piece",
+        "ttfb",
+        "held",
+        "engine",
+        "response"
+    );
+    let row = |label: String, b: &turnflow::report::Breakdown| {
+        println!(
+            "{label:>4}  {:>11} {:>11.1} {:>8.1} {:>11.1} {:>8.1} {:>6.1} {:>6.2}  {:>8.1}",
+            fmt_ms(b.endpointing_ms),
+            b.speculation_ms,
+            b.llm_ttft_ms,
+            b.first_piece_ms,
+            b.tts_ttfb_ms,
+            b.held_ms,
+            b.engine_ms,
+            b.response_latency_ms()
+        );
+    };
+    for t in &report.turns {
+        if let Some(b) = &t.breakdown {
+            row(t.index.to_string(), b);
+        }
+    }
+    row("mean".into(), &mean);
+    println!("  endpointing: {}", governors.endpointing);
+    println!("  speculation: {}", governors.speculation);
+    println!("  ttft, ttfb: the model and the voice; held: ready before EndOfTurn");
+    println!("  first piece: {}", governors.first_piece);
 }
 
 fn fmt_ms(v: Option<f64>) -> String {
