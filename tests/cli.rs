@@ -99,6 +99,10 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
     assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
     assert!(svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains(">cut</text>") && svg.contains("260 ms"));
+    assert!(
+        svg.contains("<title>engine ") && svg.contains("<title>endpointing "),
+        "the breakdown's stacked bars"
+    );
 
     let wav = std::fs::read(dir.join("conversation.wav")).unwrap();
     let (format, offset) = turnflow::audio::parse_wav_header(&wav).unwrap().unwrap();

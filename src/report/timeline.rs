@@ -1,9 +1,9 @@
 //! The conversation as a picture: an SVG timeline of one simulated session.
 //!
 //! Rows, top to bottom: user speech (from the audio sent), Flux turn events, LLM spans, TTS
-//! spans, agent playback. Speculative work is drawn hatched-light, cancelled work red-edged,
-//! barge-in cuts as red lines, and each turn's response latency as a labelled bracket from
-//! `EndOfTurn` to the first agent frame.
+//! spans, agent playback, and each turn's latency breakdown as stacked bars. Speculative work
+//! is drawn hatched-light, cancelled work red-edged, barge-in cuts as red lines, and each
+//! turn's response latency as a labelled bracket from `EndOfTurn` to the first agent frame.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -48,14 +48,17 @@ pub fn render(result: &SimulationResult) -> String {
             e.at.saturating_duration_since(result.start).as_secs_f64()
         })) + 0.5;
     let width = LEFT + end_seconds * PX_PER_SECOND + 20.0;
-    let height = ROW * 6.0 + 40.0;
+    let height = ROW * 7.0 + 56.0;
     let mut svg = String::new();
     let _ = write!(
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
     );
     svg.push_str(r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
-    for (i, label) in ["user", "flux", "llm", "tts", "agent"].iter().enumerate() {
+    for (i, label) in ["user", "flux", "llm", "tts", "agent", "", "breakdown"]
+        .iter()
+        .enumerate()
+    {
         let y = 20.0 + ROW * i as f64;
         let _ = write!(
             svg,
@@ -226,6 +229,9 @@ pub fn render(result: &SimulationResult) -> String {
         }
     }
     for (turn, end) in result.report.turns.iter().zip(ends) {
+        if let Some(b) = &turn.breakdown {
+            breakdown_bars(&mut svg, x(result, end), b);
+        }
         if let Some(latency) = turn.response_latency_ms {
             let x0 = x(result, end);
             let x1 = x0 + latency / 1000.0 * PX_PER_SECOND;
@@ -239,6 +245,62 @@ pub fn render(result: &SimulationResult) -> String {
             );
         }
     }
+    let legend_y = 20.0 + ROW * 7.0 + 14.0;
+    let mut legend_x = LEFT;
+    for (label, color) in BREAKDOWN_COLORS {
+        let _ = write!(
+            svg,
+            r##"<rect x="{legend_x:.1}" y="{:.1}" width="10" height="10" fill="{color}"/><text x="{:.1}" y="{legend_y:.1}" fill="#333">{label}</text>"##,
+            legend_y - 9.0,
+            legend_x + 13.0
+        );
+        legend_x += 14.0 + 6.5 * label.len() as f64 + 12.0;
+    }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// The parts of a breakdown, in order, with their colours.
+const BREAKDOWN_COLORS: [(&str, &str); 6] = [
+    ("endpointing", "#bdbdbd"),
+    ("llm ttft", "#1565c0"),
+    ("first piece", "#90caf9"),
+    ("tts ttfb", "#2e7d32"),
+    ("held for EndOfTurn", "#ffca28"),
+    ("engine", "#e53935"),
+];
+
+/// One turn's breakdown: endpointing as a thin bar ending at `EndOfTurn` (x = `eot`), and
+/// the reply's critical path stacked from its trigger (before `EndOfTurn` when speculative:
+/// the overlap is what speculation saved) to the first frame.
+fn breakdown_bars(svg: &mut String, eot: f64, b: &super::Breakdown) {
+    let y = 20.0 + ROW * 6.0;
+    let px = |ms: f64| ms / 1000.0 * PX_PER_SECOND;
+    if let Some(wait) = b.endpointing_ms {
+        let _ = write!(
+            svg,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="6" fill="{}"><title>endpointing {wait:.1} ms</title></rect>"##,
+            eot - px(wait),
+            y + 2.0,
+            px(wait),
+            BREAKDOWN_COLORS[0].1
+        );
+    }
+    let mut at = eot + px(b.speculation_ms);
+    let parts = [
+        b.llm_ttft_ms,
+        b.first_piece_ms,
+        b.tts_ttfb_ms,
+        b.held_ms,
+        b.engine_ms,
+    ];
+    for (ms, (label, color)) in parts.into_iter().zip(&BREAKDOWN_COLORS[1..]) {
+        let _ = write!(
+            svg,
+            r##"<rect x="{at:.1}" y="{:.1}" width="{:.2}" height="12" fill="{color}"><title>{label} {ms:.1} ms</title></rect>"##,
+            y + 10.0,
+            px(ms)
+        );
+        at += px(ms);
+    }
 }
