@@ -5,8 +5,8 @@
 //! hands the audio to playout. While the response is speculative its gate is closed: the
 //! generator runs, the speaker synthesizes the first piece (see [`Presynthesis`]: by default a
 //! quick first chunk) and then waits, holding every byte of audio; nothing reaches playout
-//! until promotion. A side-effecting
-//! tool call waits for promotion too, and is never made if the speculation is cancelled.
+//! until promotion. A side-effecting tool call waits for promotion too, and is never made if
+//! the speculation is cancelled.
 //!
 //! Every wait on a backend is bounded: the first token (or audio) must arrive within its limit
 //! counted from the request, so a server that never sends headers is caught too, and later
