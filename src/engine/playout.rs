@@ -293,6 +293,9 @@ pub(crate) async fn run_playout(
                             s.received += samples.len() as u64;
                         }
                         track.received += samples.len() as u64;
+                        // Exact growth: delivery keeps a track about a second ahead, and
+                        // doubling rounds that second (31 KiB at 16 kHz) up to 64 KiB.
+                        track.queue.reserve_exact(samples.len());
                         track.queue.extend(samples);
                     }
                     PlayoutCommand::End { id, failure } => {
