@@ -555,8 +555,20 @@ async fn silence_is_injected_while_a_turn_is_open_and_the_source_stalls() {
 async fn dropped_socket_mid_turn_reconnects_replays_and_keeps_the_timeline() {
     let (handle, mut events, _, mut first, mut ends) =
         connected(config("ws://x", eager_options())).await;
-    // 1 s of audio, then turn 0 ends at 0.48; turn 1 starts at 0.96.
-    handle.send_audio(pcm(1.0, SPEECH)).await.unwrap();
+    // 1 s of audio, then turn 0 ends at 0.48; turn 1 starts at 0.96. The samples vary (a
+    // pseudo-random walk), so the replay is checked byte for byte through the client's
+    // lossless packing.
+    let mut level = 0i32;
+    let mut state = 7u32;
+    let samples: Vec<i16> = (0..16000)
+        .map(|_| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            level = (level + (state >> 16) as i32 % 2001 - 1000).clamp(-20_000, 20_000);
+            level as i16
+        })
+        .collect();
+    let audio = Bytes::from(encode(Encoding::Linear16, &samples));
+    handle.send_audio(audio.clone()).await.unwrap();
     for _ in 0..12 {
         first.stream.next().await.unwrap().unwrap();
     }
@@ -589,17 +601,22 @@ async fn dropped_socket_mid_turn_reconnects_replays_and_keeps_the_timeline() {
     assert!(
         matches!(connected.kind, FluxEventKind::Connected { attempt: 1, ref request_id } if request_id == "r2")
     );
-    // The audio since the last EndOfTurn (0.48 s .. 0.96 s, six whole frames) is replayed.
-    let mut replayed = 0;
+    // The audio since the last EndOfTurn (0.48 s .. 0.96 s, six whole frames) is replayed,
+    // exactly as it was first sent.
+    let mut replayed = Vec::new();
     while let Ok(Some(Ok(frame))) =
         tokio::time::timeout(Duration::from_millis(1), second.stream.next()).await
     {
         let WireFrame::Binary(b) = frame else {
             panic!("{frame:?}")
         };
-        replayed += b.len() / 2;
+        replayed.extend_from_slice(&b);
     }
-    assert_eq!(replayed, 7680, "0.48 s of audio at 16 kHz");
+    assert_eq!(replayed.len() / 2, 7680, "0.48 s of audio at 16 kHz");
+    assert!(
+        replayed == audio[15_360..30_720],
+        "the replayed bytes are the sent ones"
+    );
     // The new connection's clock starts at session time 0.48; its turn 0 is our turn 1.
     send_json(&mut second, turn_info("StartOfTurn", 0, 0.24, "book", 1)).await;
     send_json(&mut second, turn_info("Update", 0, 0.48, "book a", 2)).await;
