@@ -51,14 +51,14 @@
 //! ## Crate guide
 //! | module | role |
 //! |---|---|
-//! | [`flux`] | Flux `/v2/listen`: wire types, listen options, transports and the client |
+//! | [`flux`] | Flux `/v2/listen`: wire types, listen options, transports and the client (which keeps the open turn's audio packed losslessly for a reconnect) |
 //! | [`emulator`] | a local Flux server (WebSocket or in-memory) driven by a scenario, its faults on demand, and the simulated conversation behind `turnflow simulate` ([`emulator::sim`]: emulator + client + engine + a simulated user) |
 //! | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies |
 //! | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
 //! | [`llm`] | the `LanguageModel` trait, conversation types, tools; OpenAI-compatible, Anthropic, failover, scripted |
 //! | [`tts`] | the `SpeechSynthesizer` trait; Aura, OpenAI-compatible speech, espeak-ng, synthetic |
 //! | `server` (feature `server`) | `turnflow serve` as a library: one conversation per WebSocket (the protocol in `docs/protocol.md`), limits, Prometheus metrics, health and readiness, drain, the browser page |
-//! | [`report`] | per-turn metrics and the run summary, computed from the session's event log ([`engine::log`]); the SVG timeline ([`report::timeline`]) |
+//! | [`report`] | per-turn metrics and the run summary, computed from the session's event log ([`engine::log`]); each turn's latency in parts that add up ([`report::Breakdown`]); the SVG timeline ([`report::timeline`]) |
 //! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
 //! | [`error`] | the typed error of a language model or voice: kind, HTTP status, whether to retry |
 //! | [`net`] | API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client |
