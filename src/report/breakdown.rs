@@ -59,6 +59,29 @@ pub struct Breakdown {
 }
 
 impl Breakdown {
+    /// Names of the parts after `EndOfTurn`, in the order of [`Breakdown::parts`].
+    pub const PART_NAMES: [&'static str; 6] = [
+        "speculation",
+        "llm ttft",
+        "first piece",
+        "tts ttfb",
+        "held",
+        "engine",
+    ];
+
+    /// The parts after `EndOfTurn`, in order (named by [`Breakdown::PART_NAMES`]): they add
+    /// up to the response latency.
+    pub fn parts(&self) -> [f64; 6] {
+        [
+            self.speculation_ms,
+            self.llm_ttft_ms,
+            self.first_piece_ms,
+            self.tts_ttfb_ms,
+            self.held_ms,
+            self.engine_ms,
+        ]
+    }
+
     /// The parts of a critical path. Instants out of order (which the engine never logs)
     /// count as zero-length steps rather than negative ones.
     pub(crate) fn of(path: &CriticalPath) -> Self {
@@ -81,12 +104,7 @@ impl Breakdown {
 
     /// The parts after `EndOfTurn`: the response latency.
     pub fn response_latency_ms(&self) -> f64 {
-        self.speculation_ms
-            + self.llm_ttft_ms
-            + self.first_piece_ms
-            + self.tts_ttfb_ms
-            + self.held_ms
-            + self.engine_ms
+        self.parts().iter().sum()
     }
 
     /// Every part: the voice-to-voice latency, when the speech end is known.

@@ -14,6 +14,7 @@ use crate::emulator::sim::SimulationResult;
 use crate::engine::log::LogKind;
 use crate::engine::turn::ResponseId;
 use crate::flux::TurnEvent;
+use crate::report::Breakdown;
 
 const PX_PER_SECOND: f64 = 100.0;
 const LEFT: f64 = 110.0;
@@ -247,7 +248,8 @@ pub fn render(result: &SimulationResult) -> String {
     }
     let legend_y = 20.0 + ROW * 7.0 + 14.0;
     let mut legend_x = LEFT;
-    for (label, color) in BREAKDOWN_COLORS {
+    let drawn = std::iter::once("endpointing").chain(Breakdown::PART_NAMES[1..].iter().copied());
+    for (label, color) in drawn.zip(BREAKDOWN_COLORS) {
         let _ = write!(
             svg,
             r##"<rect x="{legend_x:.1}" y="{:.1}" width="10" height="10" fill="{color}"/><text x="{:.1}" y="{legend_y:.1}" fill="#333">{label}</text>"##,
@@ -260,20 +262,16 @@ pub fn render(result: &SimulationResult) -> String {
     svg
 }
 
-/// The parts of a breakdown, in order, with their colours.
-const BREAKDOWN_COLORS: [(&str, &str); 6] = [
-    ("endpointing", "#bdbdbd"),
-    ("llm ttft", "#1565c0"),
-    ("first piece", "#90caf9"),
-    ("tts ttfb", "#2e7d32"),
-    ("held for EndOfTurn", "#ffca28"),
-    ("engine", "#e53935"),
+/// Colours of what a breakdown draws: endpointing, then every part after `EndOfTurn` but the
+/// speculation (which is where the path starts, not a bar).
+const BREAKDOWN_COLORS: [&str; 6] = [
+    "#bdbdbd", "#1565c0", "#90caf9", "#2e7d32", "#ffca28", "#e53935",
 ];
 
 /// One turn's breakdown: endpointing as a thin bar ending at `EndOfTurn` (x = `eot`), and
 /// the reply's critical path stacked from its trigger (before `EndOfTurn` when speculative:
 /// the overlap is what speculation saved) to the first frame.
-fn breakdown_bars(svg: &mut String, eot: f64, b: &super::Breakdown) {
+fn breakdown_bars(svg: &mut String, eot: f64, b: &Breakdown) {
     let y = 20.0 + ROW * 6.0;
     let px = |ms: f64| ms / 1000.0 * PX_PER_SECOND;
     if let Some(wait) = b.endpointing_ms {
@@ -283,18 +281,12 @@ fn breakdown_bars(svg: &mut String, eot: f64, b: &super::Breakdown) {
             eot - px(wait),
             y + 2.0,
             px(wait),
-            BREAKDOWN_COLORS[0].1
+            BREAKDOWN_COLORS[0]
         );
     }
     let mut at = eot + px(b.speculation_ms);
-    let parts = [
-        b.llm_ttft_ms,
-        b.first_piece_ms,
-        b.tts_ttfb_ms,
-        b.held_ms,
-        b.engine_ms,
-    ];
-    for (ms, (label, color)) in parts.into_iter().zip(&BREAKDOWN_COLORS[1..]) {
+    let parts = b.parts().into_iter().zip(Breakdown::PART_NAMES).skip(1);
+    for ((ms, label), color) in parts.zip(&BREAKDOWN_COLORS[1..]) {
         let _ = write!(
             svg,
             r##"<rect x="{at:.1}" y="{:.1}" width="{:.2}" height="12" fill="{color}"><title>{label} {ms:.1} ms</title></rect>"##,

@@ -12,7 +12,7 @@ use clap::Parser;
 use serde::Serialize;
 use turnflow::emulator::sim::{SimulationConfig, Transport};
 use turnflow::engine::Presynthesis;
-use turnflow::report::{Report, Stats, Summary, TurnReport};
+use turnflow::report::{Breakdown, Report, Stats, Summary, TurnReport};
 use turnflow::scenario::Scenario;
 
 use crate::{Clock, parse_barge_in};
@@ -229,6 +229,11 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
         let cpu = cpu_ms();
         let mut reports = Vec::new();
         let (mut limits, mut above) = (Vec::new(), Vec::new());
+        let presynthesis = {
+            let mut probe = SimulationConfig::new(scenarios[0].clone());
+            (variant.apply)(&mut probe, &variant.value);
+            probe.session.response.presynthesis
+        };
         for repeat in 0..args.repeat {
             for scenario in &scenarios {
                 eprintln!(
@@ -245,7 +250,6 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                     }
                 );
                 let offsets = start_offsets(args.sessions, stagger, args.seed ^ repeat as u64);
-                let mut presynthesis = Presynthesis::default();
                 let runs = runtime.block_on(async {
                     let mut tasks = Vec::new();
                     for offset in &offsets {
@@ -253,7 +257,6 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                         config.transport = Transport::Memory;
                         config.record_audio = false;
                         (variant.apply)(&mut config, &variant.value);
-                        presynthesis = config.session.response.presynthesis;
                         let offset = *offset;
                         tasks.push(tokio::spawn(async move {
                             tokio::time::sleep(offset).await;
@@ -355,18 +358,17 @@ fn print_table(results: &[VariantResult]) {
             );
         }
         if let Some(b) = &s.breakdown_mean_ms {
+            let parts: Vec<String> = Breakdown::PART_NAMES
+                .iter()
+                .zip(b.parts())
+                .map(|(name, ms)| format!("{name} {ms:.2}"))
+                .collect();
             println!(
-                "{:<24} mean breakdown (ms, adds up to the mean response latency {:.2}): speculation {:.2}, ttft {:.2}, first piece {:.2}, ttfb {:.2}, held {:.2}, engine {:.2}; endpointing before it {}",
+                "{:<24} mean breakdown (ms, adds up to the mean response latency {:.2}): {}; endpointing before it {}",
                 r.config,
                 b.response_latency_ms(),
-                b.speculation_ms,
-                b.llm_ttft_ms,
-                b.first_piece_ms,
-                b.tts_ttfb_ms,
-                b.held_ms,
-                b.engine_ms,
-                b.endpointing_ms
-                    .map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+                parts.join(", "),
+                crate::fmt_ms(b.endpointing_ms)
             );
         }
         let spec = s.speculation;

@@ -11,6 +11,7 @@
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport};
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, FaultSpec, TurnDetection};
 use turnflow::engine::{BargeInPolicy, EngineEvent, Presynthesis};
 use turnflow::flux::{ApiKey, Thresholds};
-use turnflow::report::{Report, Stats};
+use turnflow::report::{Breakdown, Report, Stats};
 use turnflow::scenario::Scenario;
 
 mod agent;
@@ -180,16 +181,28 @@ pub(crate) fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
         .ok_or_else(|| format!("{value:?}: expected `immediate` or `min-words=N` with N >= 1"))
 }
 
+/// The spellings of [`Presynthesis`] on the command line and in `turnflow.toml`.
+const PRESYNTHESIS: [(&str, Presynthesis); 3] = [
+    ("first-chunk", Presynthesis::FirstChunk),
+    ("first-sentence", Presynthesis::FirstSentence),
+    ("off", Presynthesis::Off),
+];
+
 /// `first-chunk`, `first-sentence` or `off`.
 pub(crate) fn parse_presynthesis(value: &str) -> Result<Presynthesis, String> {
-    match value {
-        "first-chunk" => Ok(Presynthesis::FirstChunk),
-        "first-sentence" => Ok(Presynthesis::FirstSentence),
-        "off" => Ok(Presynthesis::Off),
-        _ => Err(format!(
-            "{value:?}: expected `first-chunk`, `first-sentence` or `off`"
-        )),
-    }
+    PRESYNTHESIS
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, p)| *p)
+        .ok_or_else(|| format!("{value:?}: expected `first-chunk`, `first-sentence` or `off`"))
+}
+
+/// The spelling of `p` (see [`PRESYNTHESIS`]).
+fn presynthesis_name(p: Presynthesis) -> &'static str {
+    PRESYNTHESIS
+        .iter()
+        .find(|(_, q)| *q == p)
+        .map_or("unknown", |(name, _)| name)
 }
 
 /// `500ms`, `10s`, `2m` or `0`.
@@ -302,7 +315,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
             (true, None) => "no eager_eot_threshold: Flux sends no eager ends".into(),
             (false, _) => "speculation off".into(),
         },
-        first_piece: format!("presynthesis {}", args.presynthesis_name()),
+        first_piece: format!("presynthesis {}", presynthesis_name(args.presynthesis)),
     };
     let runtime = args.clock.runtime()?;
     println!(
@@ -373,46 +386,23 @@ struct Governors {
     first_piece: String,
 }
 
-impl SimulateArgs {
-    fn presynthesis_name(&self) -> &'static str {
-        match self.presynthesis {
-            Presynthesis::Off => "off",
-            Presynthesis::FirstSentence => "first-sentence",
-            _ => "first-chunk",
-        }
-    }
-}
-
 fn print_breakdown(report: &Report, governors: &Governors) {
     let Some(mean) = report.summary.breakdown_mean_ms else {
         return;
     };
     println!();
     println!("where the time went (ms; the parts add up to voice-to-voice)");
-    println!(
-        "{:>4}  {:>11} {:>11} {:>8} {:>11} {:>8} {:>6} {:>6}  {:>8}",
-        "turn",
-        "endpointing",
-        "speculation",
-        "ttft",
-        "first piece",
-        "ttfb",
-        "held",
-        "engine",
-        "response"
-    );
-    let row = |label: String, b: &turnflow::report::Breakdown| {
-        println!(
-            "{label:>4}  {:>11} {:>11.1} {:>8.1} {:>11.1} {:>8.1} {:>6.1} {:>6.2}  {:>8.1}",
-            fmt_ms(b.endpointing_ms),
-            b.speculation_ms,
-            b.llm_ttft_ms,
-            b.first_piece_ms,
-            b.tts_ttfb_ms,
-            b.held_ms,
-            b.engine_ms,
-            b.response_latency_ms()
-        );
+    let mut header = format!("{:>4}  {:>11}", "turn", "endpointing");
+    for name in Breakdown::PART_NAMES {
+        let _ = write!(header, " {name:>11}");
+    }
+    println!("{header}  {:>8}", "response");
+    let row = |label: String, b: &Breakdown| {
+        let mut line = format!("{label:>4}  {:>11}", fmt_ms(b.endpointing_ms));
+        for part in b.parts() {
+            let _ = write!(line, " {part:>11.2}");
+        }
+        println!("{line}  {:>8.1}", b.response_latency_ms());
     };
     for t in &report.turns {
         if let Some(b) = &t.breakdown {
@@ -426,7 +416,7 @@ fn print_breakdown(report: &Report, governors: &Governors) {
     println!("  first piece: {}", governors.first_piece);
 }
 
-fn fmt_ms(v: Option<f64>) -> String {
+pub(crate) fn fmt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
 }
 
