@@ -31,18 +31,20 @@ pub(crate) fn pack(pcm: &[u8]) -> Vec<u8> {
     if !pcm.len().is_multiple_of(2) || pcm.is_empty() {
         return raw();
     }
+    // The header goes first into the writer's own buffer: one allocation per frame.
+    let mut bits = BitWriter::with_capacity(pcm.len());
+    bits.out.push(BLOCKS);
+    bits.out
+        .extend_from_slice(&((pcm.len() / 2) as u32).to_le_bytes());
     let mut previous = 0i32;
-    let differences: Vec<u32> = pcm
-        .chunks_exact(2)
-        .map(|b| {
-            let x = i32::from(i16::from_le_bytes([b[0], b[1]]));
-            let d = x - previous;
+    let mut block = [0u32; BLOCK];
+    for bytes in pcm.chunks(2 * BLOCK) {
+        let block = &mut block[..bytes.len() / 2];
+        for (value, sample) in block.iter_mut().zip(bytes.chunks_exact(2)) {
+            let x = i32::from(i16::from_le_bytes([sample[0], sample[1]]));
+            *value = zigzag(x - previous);
             previous = x;
-            zigzag(d)
-        })
-        .collect();
-    let mut bits = BitWriter::with_capacity(pcm.len() / 2);
-    for block in differences.chunks(BLOCK) {
+        }
         let width = 32 - block.iter().fold(0, |all, &v| all | v).leading_zeros();
         bits.write(u64::from(width), 5);
         // Two values a write while they fit in 32 bits (widths up to 16; 17 is the most).
@@ -58,21 +60,19 @@ pub(crate) fn pack(pcm: &[u8]) -> Vec<u8> {
                 bits.write(u64::from(v), width);
             }
         } else {
-            for &v in block {
+            for &v in block.iter() {
                 bits.write(u64::from(v), width);
             }
         }
+        if bits.out.len() > pcm.len() {
+            return raw();
+        }
     }
-    let stream = bits.finish();
-    let coded_len = 1 + 4 + stream.len();
-    if coded_len > pcm.len() {
+    let packed = bits.finish();
+    if packed.len() > pcm.len() {
         return raw();
     }
-    let mut out = Vec::with_capacity(coded_len);
-    out.push(BLOCKS);
-    out.extend_from_slice(&(differences.len() as u32).to_le_bytes());
-    out.extend_from_slice(&stream);
-    out
+    packed
 }
 
 /// The PCM bytes of a frame made by [`pack`].
