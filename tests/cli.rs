@@ -236,6 +236,11 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
     assert_eq!(rows[5]["session"], 2);
     assert_eq!(rows[0]["turn"]["speculation"], "hit");
     assert_eq!(rows[0]["turn"]["response_latency_ms"], 40.0);
+    // On the virtual clock the first audio is exactly at the limit the scripted providers
+    // allow: 350 ms + one token of 20 ms + 150 ms of voice - the 480 ms lead.
+    assert_eq!(rows[0]["first_audio_limit_ms"], 40.0);
+    assert_eq!(rows[0]["above_limit_ms"], 0.0);
+    assert_eq!(results[0]["above_limit_ms"]["max"], 0.0);
     assert!(
         std::fs::read_to_string(&svg)
             .unwrap()
