@@ -99,6 +99,7 @@ pub mod emulator;
 pub mod engine;
 pub mod error;
 pub mod flux;
+pub mod lab;
 pub mod llm;
 pub mod net;
 pub mod report;

@@ -64,6 +64,9 @@ pub struct SimulationConfig {
     pub record_audio: bool,
     /// Wraps the connector to the emulator (fault injection, proxies).
     pub wrap_connector: Option<WrapConnector>,
+    /// Records the conversation for `turnflow replay`: Flux messages, model and voice streams,
+    /// the user's audio. Write it with [`crate::lab::Recorder::write`] afterwards.
+    pub recorder: Option<crate::lab::Recorder>,
 }
 
 impl SimulationConfig {
@@ -83,6 +86,7 @@ impl SimulationConfig {
             observer: None,
             record_audio: true,
             wrap_connector: None,
+            recorder: None,
         }
     }
 }
@@ -231,6 +235,10 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         Some(wrap) => wrap(connector),
         None => connector,
     };
+    let connector = match &config.recorder {
+        Some(recorder) => recorder.connector(connector),
+        None => connector,
+    };
     let mut flux_config = FluxConfig::new(options).with_base_url(base_url);
     flux_config.api_key = None;
     let (flux, flux_events) = connect(flux_config, connector).await?;
@@ -243,6 +251,14 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         tts: Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
         tools: None,
     });
+    let backends = match &config.recorder {
+        Some(recorder) => Backends {
+            llm: recorder.llm(backends.llm),
+            tts: recorder.tts(backends.tts),
+            tools: backends.tools,
+        },
+        None => backends,
+    };
     let (session, mut engine_events) = start_session(
         config.session.clone(),
         flux_events,
@@ -415,6 +431,9 @@ async fn speak_as_user(
             agent_started_at = None;
         }
         let bytes = crate::audio::encode(Encoding::Linear16, &samples);
+        if let Some(recorder) = &config.recorder {
+            recorder.user_audio(&samples);
+        }
         if config.record_audio {
             sent.extend_from_slice(&samples);
         }

@@ -170,39 +170,16 @@ enum Turns {
 }
 
 pub(crate) fn parse_barge_in(value: &str) -> Result<BargeInPolicy, String> {
-    if value == "immediate" {
-        return Ok(BargeInPolicy::Immediate);
-    }
     value
-        .strip_prefix("min-words=")
-        .and_then(|n| n.parse::<usize>().ok())
-        .filter(|n| *n >= 1)
-        .map(BargeInPolicy::MinWords)
-        .ok_or_else(|| format!("{value:?}: expected `immediate` or `min-words=N` with N >= 1"))
+        .parse()
+        .map_err(|e: turnflow::engine::ParseSettingError| e.to_string())
 }
-
-/// The spellings of [`Presynthesis`] on the command line and in `turnflow.toml`.
-const PRESYNTHESIS: [(&str, Presynthesis); 3] = [
-    ("first-chunk", Presynthesis::FirstChunk),
-    ("first-sentence", Presynthesis::FirstSentence),
-    ("off", Presynthesis::Off),
-];
 
 /// `first-chunk`, `first-sentence` or `off`.
 pub(crate) fn parse_presynthesis(value: &str) -> Result<Presynthesis, String> {
-    PRESYNTHESIS
-        .iter()
-        .find(|(name, _)| *name == value)
-        .map(|(_, p)| *p)
-        .ok_or_else(|| format!("{value:?}: expected `first-chunk`, `first-sentence` or `off`"))
-}
-
-/// The spelling of `p` (see [`PRESYNTHESIS`]).
-fn presynthesis_name(p: Presynthesis) -> &'static str {
-    PRESYNTHESIS
-        .iter()
-        .find(|(_, q)| *q == p)
-        .map_or("unknown", |(name, _)| name)
+    value
+        .parse()
+        .map_err(|e: turnflow::engine::ParseSettingError| e.to_string())
 }
 
 /// `500ms`, `10s`, `2m` or `0`.
@@ -315,7 +292,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
             (true, None) => "no eager_eot_threshold: Flux sends no eager ends".into(),
             (false, _) => "speculation off".into(),
         },
-        first_piece: format!("presynthesis {}", presynthesis_name(args.presynthesis)),
+        first_piece: format!("presynthesis {}", args.presynthesis),
     };
     let runtime = args.clock.runtime()?;
     println!(

@@ -1,0 +1,72 @@
+//! The latency lab: record real conversations, replay them offline with other thresholds and
+//! policies, and sweep settings over many recordings.
+//!
+//! - [`recording`]: the recording format (`docs/recordings.md`) and the [`Recorder`] that wraps
+//!   a session's Flux connector, model and voice to write it.
+//! - [`derive`] (pure): Flux's turn events re-derived from the recorded confidence curve under
+//!   other thresholds.
+//! - [`replay`]: a recorded session run again on tokio's paused clock, with the derived events,
+//!   the recorded model and voice (their timing and content), and the recorded user audio.
+//! - [`sweep`]: one setting over a range, over many recordings, as a table and an SVG chart.
+//! - [`import`]: LiveKit's eot-bench rows (audio, silence spans, words) as recordings.
+
+use std::path::{Path, PathBuf};
+
+pub mod derive;
+pub mod recording;
+pub mod replay;
+
+pub use recording::{RecordedSettings, Recorder, Recording};
+pub use replay::{ReplayOutcome, ReplaySettings, replay};
+
+/// Why a recording could not be written, read or replayed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LabError {
+    /// A file or directory could not be read or written.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// Which.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not what the format says.
+    #[error("{}{}: {message}", .path.display(), .line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Malformed {
+        /// Which file.
+        path: PathBuf,
+        /// Which line (1-based), for line-per-record files.
+        line: Option<usize>,
+        /// What is wrong, and what is allowed.
+        message: String,
+    },
+    /// A recording of a version this build does not read.
+    #[error("{}: recording version {found}; this build reads version {}", .path.display(), recording::VERSION)]
+    Version {
+        /// `recording.json`.
+        path: PathBuf,
+        /// The version it has.
+        found: u32,
+    },
+    /// The replayed session failed.
+    #[error("replay of {}: {message}", .path.display())]
+    Replay {
+        /// The recording.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A sweep or setting was spelled wrong.
+    #[error("{0}")]
+    Setting(String),
+}
+
+impl LabError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        LabError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

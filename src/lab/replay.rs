@@ -1,0 +1,691 @@
+//! A recorded session run again on tokio's paused clock (`turnflow replay`).
+//!
+//! The real Flux client and the real engine run; what they talk to comes from the recording:
+//! - Flux: the turn events re-derived ([`super::derive`]) under the what-if thresholds, each
+//!   delivered when the recorded message for the same audio arrived;
+//! - the model: each request is answered by the recorded stream for the same last user message
+//!   (in order, when one was asked several times), with its recorded timing and content. A
+//!   request the recording never made (the what-if asks for another reply) is answered by the
+//!   scripted model with the recording's median time to first token and token interval, and
+//!   the outcome lists it; a recorded stream that was cancelled before its end ends where the
+//!   recording did, and the outcome lists that too;
+//! - the voice: likewise by text, replaying the recorded audio and word timings, or the
+//!   synthetic voice with the recorded median time to first byte;
+//! - the user: the recorded audio, sent in 20 ms chunks at the recorded time.
+//!
+//! The user does not react to the what-if agent (a recording is fixed): a reply that now comes
+//! earlier or later does not move the user's next turn.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::LabError;
+use super::derive::{Derivation, Timeline, derive};
+use super::recording::{LlmEvent, RecordedSettings, Recording, TtsEvent, error_kind};
+use crate::emulator::sim::{RecordingSink, SimulationResult};
+use crate::engine::{
+    Backends, BargeInPolicy, EngineEvent, Presynthesis, SessionConfig, start_session,
+};
+use crate::error::BackendError;
+use crate::flux::transport::{ConnectError, ConnectRequest, Connection, WireFrame, channel_pair};
+use crate::flux::{Connector, Encoding, FluxConfig, ListenOptions, Thresholds, connect};
+use crate::llm::{
+    LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ScriptedLlm, ToolCall, Usage,
+};
+use crate::report::Report;
+use crate::scenario::{LlmTiming, TtsTiming};
+use crate::tts::{
+    SpeechChunk, SpeechStream, SpeechSynthesizer, SyntheticTts, TtsError, WordTiming,
+};
+
+/// The settings a replay runs with.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ReplaySettings {
+    /// Flux thresholds the events are re-derived with.
+    pub thresholds: Thresholds,
+    /// Start replies on `EagerEndOfTurn`.
+    pub speculation: bool,
+    /// Barge-in policy.
+    pub barge_in: BargeInPolicy,
+    /// What a speculative reply synthesizes before promotion.
+    pub presynthesis: Presynthesis,
+    /// The system prompt.
+    pub system_prompt: Option<String>,
+    /// How soon (seconds) after an `EndOfTurn` the user's next word makes the end premature.
+    pub premature_window: f64,
+}
+
+/// Default premature-end window: a user who speaks again within a second was not done.
+pub const PREMATURE_WINDOW_SECONDS: f64 = 1.0;
+
+impl ReplaySettings {
+    /// The settings a recording was made with.
+    ///
+    /// # Errors
+    /// [`LabError::Setting`] when its barge-in policy or presynthesis is spelled in a way this
+    /// build does not know.
+    pub fn recorded(settings: &RecordedSettings) -> Result<Self, LabError> {
+        Ok(Self {
+            thresholds: Thresholds {
+                eager_eot_threshold: settings.eager_eot_threshold,
+                eot_threshold: settings.eot_threshold,
+                eot_timeout_ms: settings.eot_timeout_ms,
+            },
+            speculation: settings.speculation,
+            barge_in: settings
+                .barge_in
+                .parse()
+                .map_err(|e| LabError::Setting(format!("settings.barge_in: {e}")))?,
+            presynthesis: settings
+                .presynthesis
+                .parse()
+                .map_err(|e| LabError::Setting(format!("settings.presynthesis: {e}")))?,
+            system_prompt: settings.system_prompt.clone(),
+            premature_window: PREMATURE_WINDOW_SECONDS,
+        })
+    }
+}
+
+/// What a replay produced.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReplayOutcome {
+    /// The same result a simulation gives: report, log, events, audio.
+    pub result: SimulationResult,
+    /// The re-derived Flux events and how the turns were taken.
+    pub derivation: Derivation,
+    /// Requests the recording never made, answered by the scripted model (their last user
+    /// message).
+    pub generated_replies: Vec<String>,
+    /// Sentences the recording never synthesized, spoken by the synthetic voice.
+    pub generated_speech: Vec<String>,
+    /// Recorded model streams that were cancelled in the recording before the replay was done
+    /// with them: the reply ends where the recording did.
+    pub cut_short_replies: Vec<String>,
+}
+
+/// What replay's stand-ins noticed.
+#[derive(Debug, Default)]
+struct Notes {
+    generated_replies: Vec<String>,
+    generated_speech: Vec<String>,
+    cut_short_replies: Vec<String>,
+}
+
+type SharedNotes = Arc<Mutex<Notes>>;
+
+fn note(notes: &SharedNotes, f: impl FnOnce(&mut Notes)) {
+    f(&mut notes.lock().expect("replay notes lock"));
+}
+
+/// Replays `recording` under `settings`. Run it on a current-thread runtime with tokio's clock
+/// paused: the conversation then takes milliseconds and is the same every time.
+///
+/// # Errors
+/// [`LabError::Replay`] when the replayed session cannot start or fails.
+pub async fn replay(
+    recording: &Recording,
+    settings: &ReplaySettings,
+) -> Result<ReplayOutcome, LabError> {
+    let failed = |message: String| LabError::Replay {
+        path: recording.dir.clone(),
+        message,
+    };
+    let timeline = Timeline::from_flux(&recording.flux);
+    let derivation = derive(&timeline, &settings.thresholds, settings.premature_window);
+    let origin = Instant::now();
+    let notes = SharedNotes::default();
+    let flux_server = Arc::new(ReplayFlux::new(&derivation, origin));
+    let user_rate = recording.meta.user_sample_rate;
+    let options = ListenOptions {
+        eager_eot_threshold: settings.thresholds.eager_eot_threshold,
+        eot_threshold: settings.thresholds.eot_threshold,
+        eot_timeout_ms: settings.thresholds.eot_timeout_ms,
+        ..ListenOptions::raw(Encoding::Linear16, user_rate)
+    };
+    let mut flux_config = FluxConfig::new(options).with_base_url("ws://replay");
+    flux_config.api_key = None;
+    let (flux, flux_events) = connect(flux_config, flux_server.clone())
+        .await
+        .map_err(|e| failed(format!("the flux client could not start: {e}")))?;
+    let voice_rate = recording.meta.voice_sample_rate;
+    let backends = Backends {
+        llm: Arc::new(ReplayLlm::new(recording, notes.clone())),
+        tts: Arc::new(ReplayTts::new(recording, notes.clone())),
+        tools: None,
+    };
+    let mut session = SessionConfig::default();
+    session.machine.speculation = settings.speculation;
+    session.machine.barge_in = settings.barge_in;
+    session.machine.system_prompt = settings.system_prompt.clone();
+    session.response.presynthesis = settings.presynthesis;
+    let sink = RecordingSink::new();
+    let (handle, mut engine_events) = start_session(
+        session,
+        flux_events,
+        backends,
+        Box::new(sink.clone()),
+        CancellationToken::new(),
+    );
+    let watcher = tokio::spawn(async move {
+        let mut seen: Vec<EngineEvent> = Vec::new();
+        while let Some(event) = engine_events.recv().await {
+            seen.push(event);
+        }
+        seen
+    });
+    tokio::time::sleep_until(origin + ms(recording.meta.audio_start_ms)).await;
+    let start = Instant::now();
+    let chunk = (user_rate / 50).max(1) as usize;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    for piece in recording.user_audio.chunks(chunk) {
+        ticker.tick().await;
+        if flux
+            .send_audio(crate::audio::encode(Encoding::Linear16, piece))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let closed = flux.close().await;
+    let log = handle.log();
+    let outcome = handle.finished().await;
+    let events = watcher.await.unwrap_or_default();
+    flux_server.shutdown().await;
+    if let Some(error) = outcome.error {
+        return Err(failed(format!("the session failed: {error}")));
+    }
+    closed.map_err(|e| failed(format!("the flux stream did not close cleanly: {e}")))?;
+    let entries = log.entries();
+    let notes = std::mem::take(&mut *notes.lock().expect("replay notes lock"));
+    Ok(ReplayOutcome {
+        result: SimulationResult {
+            report: Report::from_log(&entries),
+            history: outcome.history,
+            log: entries,
+            events,
+            start,
+            user_audio: resample(&recording.user_audio, user_rate, voice_rate),
+            agent_frames: sink.take(),
+            sample_rate: voice_rate,
+        },
+        derivation,
+        generated_replies: notes.generated_replies,
+        generated_speech: notes.generated_speech,
+        cut_short_replies: notes.cut_short_replies,
+    })
+}
+
+fn ms(value: f64) -> Duration {
+    Duration::from_secs_f64((value / 1000.0).max(0.0))
+}
+
+/// Linear interpolation from `from` to `to` Hz (only for the replay's conversation.wav and
+/// timeline, which put both voices on the voice's rate).
+fn resample(samples: &[i16], from: u32, to: u32) -> Vec<i16> {
+    if from == to || samples.is_empty() {
+        return samples.to_vec();
+    }
+    let len = (samples.len() as u64 * u64::from(to) / u64::from(from)) as usize;
+    let step = f64::from(from) / f64::from(to);
+    (0..len)
+        .map(|i| {
+            let x = i as f64 * step;
+            let j = x as usize;
+            let frac = x - j as f64;
+            let a = f64::from(samples[j.min(samples.len() - 1)]);
+            let b = f64::from(samples[(j + 1).min(samples.len() - 1)]);
+            (a + (b - a) * frac).round() as i16
+        })
+        .collect()
+}
+
+/// The replayed Flux server: one connection, the derived messages on schedule.
+struct ReplayFlux {
+    messages: Arc<Vec<(f64, String)>>,
+    request_id: String,
+    origin: Instant,
+    stop: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ReplayFlux {
+    fn new(derivation: &Derivation, origin: Instant) -> Self {
+        let request_id = derivation
+            .ticks
+            .first()
+            .map(|t| t.info.request_id.clone())
+            .unwrap_or_else(|| "replay".into());
+        let connected = serde_json::json!({
+            "type": "Connected", "request_id": request_id, "sequence_id": 0
+        });
+        let mut messages = vec![(0.0, connected.to_string())];
+        for tick in &derivation.ticks {
+            let mut value = serde_json::to_value(&tick.info).expect("turn info serializes");
+            value["type"] = "TurnInfo".into();
+            messages.push((tick.arrival_ms, value.to_string()));
+        }
+        Self {
+            messages: Arc::new(messages),
+            request_id,
+            origin,
+            stop: CancellationToken::new(),
+            task: Mutex::new(None),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().expect("replay flux lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for ReplayFlux {
+    async fn connect(&self, _request: &ConnectRequest) -> Result<Connection, ConnectError> {
+        let mut task = self.task.lock().expect("replay flux lock");
+        if task.is_some() {
+            return Err(ConnectError::Io(
+                "a replayed flux stream cannot be reconnected (the recording has one timeline)"
+                    .into(),
+            ));
+        }
+        let (client, mut server) = channel_pair(64, Some(self.request_id.clone()));
+        let messages = self.messages.clone();
+        let origin = self.origin;
+        let stop = self.stop.clone();
+        *task = Some(tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let due = messages.get(next).map(|(at, _)| origin + ms(*at));
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    frame = server.stream.next() => match frame {
+                        Some(Ok(WireFrame::Text(text))) if text.contains("CloseStream") => {
+                            let _ = server.sink.send(WireFrame::Close(None)).await;
+                            break;
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    },
+                    () = tokio::time::sleep_until(due.unwrap_or(origin)), if due.is_some() => {
+                        let text = messages[next].1.clone();
+                        next += 1;
+                        if server.sink.send(WireFrame::Text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+        Ok(client)
+    }
+}
+
+/// A recorded stream, steps relative to its request.
+#[derive(Debug, Clone)]
+struct Recorded<E> {
+    key: String,
+    opened_after: Option<f64>,
+    steps: Vec<(f64, E)>,
+    complete: bool,
+}
+
+/// Groups `(t_ms, stream, event)` lines into streams keyed by their request.
+fn group<E: Clone>(
+    lines: impl Iterator<Item = (f64, u64, E)>,
+    request_key: impl Fn(&E) -> Option<String>,
+    is_opened: impl Fn(&E) -> bool,
+    is_last: impl Fn(&E) -> bool,
+    is_drop: impl Fn(&E) -> bool,
+) -> Vec<Recorded<E>> {
+    let mut order: Vec<u64> = Vec::new();
+    let mut streams: HashMap<u64, (f64, Recorded<E>)> = HashMap::new();
+    for (t, id, event) in lines {
+        if let Some(key) = request_key(&event) {
+            order.push(id);
+            streams.insert(
+                id,
+                (
+                    t,
+                    Recorded {
+                        key,
+                        opened_after: None,
+                        steps: Vec::new(),
+                        complete: false,
+                    },
+                ),
+            );
+            continue;
+        }
+        let Some((requested, stream)) = streams.get_mut(&id) else {
+            continue;
+        };
+        if is_opened(&event) {
+            stream.opened_after = Some(t - *requested);
+        } else if is_drop(&event) {
+        } else {
+            stream.complete |= is_last(&event);
+            stream.steps.push((t - *requested, event));
+        }
+    }
+    order
+        .into_iter()
+        .filter_map(|id| streams.remove(&id).map(|(_, s)| s))
+        .collect()
+}
+
+/// Takes the first unused recorded stream with `key`.
+fn take<E: Clone>(pool: &Mutex<Vec<Option<Recorded<E>>>>, key: &str) -> Option<Recorded<E>> {
+    pool.lock()
+        .expect("replay pool lock")
+        .iter_mut()
+        .find(|s| s.as_ref().is_some_and(|s| s.key == key))
+        .and_then(Option::take)
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+struct ReplayLlm {
+    pool: Mutex<Vec<Option<Recorded<LlmEvent>>>>,
+    fallback: ScriptedLlm,
+    name: String,
+    notes: SharedNotes,
+}
+
+impl ReplayLlm {
+    fn new(recording: &Recording, notes: SharedNotes) -> Self {
+        let streams = group(
+            recording
+                .llm
+                .iter()
+                .map(|l| (l.t_ms, l.stream, l.event.clone())),
+            |e| match e {
+                LlmEvent::Request { last_user, .. } => Some(last_user.clone()),
+                _ => None,
+            },
+            |e| matches!(e, LlmEvent::Opened),
+            |e| matches!(e, LlmEvent::End { .. } | LlmEvent::Error { .. }),
+            |e| matches!(e, LlmEvent::Dropped),
+        );
+        let texts = |s: &Recorded<LlmEvent>| -> Vec<f64> {
+            s.steps
+                .iter()
+                .filter(|(_, e)| matches!(e, LlmEvent::Text { .. }))
+                .map(|(t, _)| *t)
+                .collect()
+        };
+        let ttft = median(
+            streams
+                .iter()
+                .filter_map(|s| texts(s).first().copied())
+                .collect(),
+        );
+        let interval = median(
+            streams
+                .iter()
+                .filter_map(|s| {
+                    let t = texts(s);
+                    (t.len() > 1).then(|| (t[t.len() - 1] - t[0]) / (t.len() - 1) as f64)
+                })
+                .collect(),
+        );
+        let defaults = LlmTiming::default();
+        let timing = LlmTiming {
+            ttft_ms: ttft.map_or(defaults.ttft_ms, |v| v.round() as u64),
+            token_interval_ms: interval.map_or(defaults.token_interval_ms, |v| v.round() as u64),
+        };
+        Self {
+            pool: Mutex::new(streams.into_iter().map(Some).collect()),
+            fallback: ScriptedLlm::new(std::iter::empty(), timing),
+            name: recording.meta.settings.llm.clone(),
+            notes,
+        }
+    }
+}
+
+#[async_trait]
+impl LanguageModel for ReplayLlm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
+        let requested = Instant::now();
+        let last_user = request
+            .messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                Message::User { content } => Some(content.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let Some(recorded) = take(&self.pool, &last_user) else {
+            note(&self.notes, |n| n.generated_replies.push(last_user));
+            return self.fallback.stream(request).await;
+        };
+        let name = self.name.clone();
+        let to_chunk = move |event: LlmEvent| -> Option<Result<LlmChunk, LlmError>> {
+            Some(match event {
+                LlmEvent::Text { text } => Ok(LlmChunk::Text(text)),
+                LlmEvent::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } => Ok(LlmChunk::ToolCall(ToolCall {
+                    id,
+                    name,
+                    arguments,
+                })),
+                LlmEvent::Usage {
+                    input_tokens,
+                    output_tokens,
+                } => Ok(LlmChunk::Usage(Usage {
+                    input_tokens,
+                    output_tokens,
+                })),
+                LlmEvent::End { finish_reason } => Ok(LlmChunk::End { finish_reason }),
+                LlmEvent::Error { kind, message } => {
+                    Err(BackendError::new(name.clone(), error_kind(&kind), message))
+                }
+                _ => return None,
+            })
+        };
+        match recorded.opened_after {
+            Some(after) => tokio::time::sleep_until(requested + ms(after)).await,
+            None => {
+                // Refused before any stream: the recorded error, at its recorded time.
+                let (after, event) = recorded.steps.into_iter().next().unwrap_or((
+                    0.0,
+                    LlmEvent::Error {
+                        kind: "stream_broken".into(),
+                        message: "the recorded request has no answer".into(),
+                    },
+                ));
+                tokio::time::sleep_until(requested + ms(after)).await;
+                return Err(match to_chunk(event) {
+                    Some(Err(e)) => e,
+                    _ => BackendError::new(
+                        self.name.clone(),
+                        error_kind("stream_broken"),
+                        "the recorded request has no answer",
+                    ),
+                });
+            }
+        }
+        let complete = recorded.complete;
+        let notes = self.notes.clone();
+        let key = recorded.key.clone();
+        let steps = recorded.steps.into_iter();
+        Ok(Box::pin(futures_util::stream::unfold(
+            (steps, Some((notes, key))),
+            move |(mut steps, mut cut)| {
+                let to_chunk = to_chunk.clone();
+                async move {
+                    loop {
+                        let Some((after, event)) = steps.next() else {
+                            if !complete && let Some((notes, key)) = cut.take() {
+                                note(&notes, |n| n.cut_short_replies.push(key));
+                                return Some((
+                                    Ok(LlmChunk::End {
+                                        finish_reason: Some("recording ended".into()),
+                                    }),
+                                    (steps, cut),
+                                ));
+                            }
+                            return None;
+                        };
+                        tokio::time::sleep_until(requested + ms(after)).await;
+                        if let Some(chunk) = to_chunk(event) {
+                            return Some((chunk, (steps, cut)));
+                        }
+                    }
+                }
+            },
+        )))
+    }
+}
+
+struct ReplayTts {
+    pool: Mutex<Vec<Option<Recorded<TtsEvent>>>>,
+    audio: Arc<Vec<i16>>,
+    fallback: SyntheticTts,
+    name: String,
+    sample_rate: u32,
+    notes: SharedNotes,
+}
+
+impl ReplayTts {
+    fn new(recording: &Recording, notes: SharedNotes) -> Self {
+        let streams = group(
+            recording
+                .tts
+                .iter()
+                .map(|l| (l.t_ms, l.stream, l.event.clone())),
+            |e| match e {
+                TtsEvent::Request { text } => Some(text.clone()),
+                _ => None,
+            },
+            |e| matches!(e, TtsEvent::Opened),
+            |e| matches!(e, TtsEvent::End | TtsEvent::Error { .. }),
+            |e| matches!(e, TtsEvent::Dropped),
+        );
+        let ttfb = median(
+            streams
+                .iter()
+                .filter_map(|s| {
+                    s.steps
+                        .iter()
+                        .find(|(_, e)| matches!(e, TtsEvent::Audio { .. }))
+                        .map(|(t, _)| *t)
+                })
+                .collect(),
+        );
+        let rate = recording.meta.voice_sample_rate;
+        let timing = TtsTiming {
+            ttfb_ms: ttfb.map_or(TtsTiming::default().ttfb_ms, |v| v.round() as u64),
+            ..TtsTiming::default()
+        };
+        Self {
+            pool: Mutex::new(streams.into_iter().map(Some).collect()),
+            audio: Arc::new(recording.tts_audio.clone()),
+            fallback: SyntheticTts::new(rate, timing),
+            name: recording.meta.settings.tts.clone(),
+            sample_rate: rate,
+            notes,
+        }
+    }
+}
+
+#[async_trait]
+impl SpeechSynthesizer for ReplayTts {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
+        let requested = Instant::now();
+        let Some(recorded) = take(&self.pool, text) else {
+            note(&self.notes, |n| n.generated_speech.push(text.to_owned()));
+            return self.fallback.synthesize(text).await;
+        };
+        let name = self.name.clone();
+        let audio = self.audio.clone();
+        let to_chunk = move |event: TtsEvent| -> Option<Result<SpeechChunk, TtsError>> {
+            Some(match event {
+                TtsEvent::Audio {
+                    offset,
+                    samples,
+                    words,
+                } => Ok(SpeechChunk {
+                    samples: audio[offset as usize..(offset + samples) as usize].to_vec(),
+                    words: words
+                        .into_iter()
+                        .map(|(word, start, end)| WordTiming { word, start, end })
+                        .collect(),
+                }),
+                TtsEvent::Error { kind, message } => {
+                    Err(BackendError::new(name.clone(), error_kind(&kind), message))
+                }
+                _ => return None,
+            })
+        };
+        let Some(after) = recorded.opened_after else {
+            let (after, event) = recorded.steps.into_iter().next().unwrap_or((
+                0.0,
+                TtsEvent::Error {
+                    kind: "stream_broken".into(),
+                    message: "the recorded request has no answer".into(),
+                },
+            ));
+            tokio::time::sleep_until(requested + ms(after)).await;
+            return Err(match to_chunk(event) {
+                Some(Err(e)) => e,
+                _ => BackendError::new(
+                    self.name.clone(),
+                    error_kind("stream_broken"),
+                    "the recorded request has no answer",
+                ),
+            });
+        };
+        tokio::time::sleep_until(requested + ms(after)).await;
+        let steps = recorded.steps.into_iter();
+        Ok(Box::pin(futures_util::stream::unfold(
+            steps,
+            move |mut steps| {
+                let to_chunk = to_chunk.clone();
+                async move {
+                    loop {
+                        let (after, event) = steps.next()?;
+                        tokio::time::sleep_until(requested + ms(after)).await;
+                        if let Some(chunk) = to_chunk(event) {
+                            return Some((chunk, steps));
+                        }
+                    }
+                }
+            },
+        )))
+    }
+}
