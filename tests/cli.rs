@@ -254,7 +254,7 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
 fn run_on_a_wav_file_with_the_local_emulator_answers_and_records() {
     let dir = temp_dir("run");
     std::fs::create_dir_all(&dir).unwrap();
-    let (wav, record) = (dir.join("agent.wav"), dir.join("events.jsonl"));
+    let (wav, record) = (dir.join("agent.wav"), dir.join("recording"));
     let out = turnflow(&[
         "run",
         "--input",
@@ -290,7 +290,7 @@ fn run_on_a_wav_file_with_the_local_emulator_answers_and_records() {
             .chunks_exact(2)
             .any(|c| i16::from_le_bytes([c[0], c[1]]).unsigned_abs() > 3000)
     );
-    let lines = json_lines(&record);
+    let lines = json_lines(&record.join("events.jsonl"));
     assert!(
         lines
             .iter()
@@ -301,6 +301,56 @@ fn run_on_a_wav_file_with_the_local_emulator_answers_and_records() {
         lines
             .windows(2)
             .all(|w| w[0]["t_ms"].as_f64() <= w[1]["t_ms"].as_f64())
+    );
+
+    // The recording replays with its own settings: every Flux event re-derived from the
+    // recorded confidence curve, every request and sentence answered from the recording, and
+    // the same report each time.
+    let mut reports = Vec::new();
+    for name in ["replay-a", "replay-b"] {
+        let out_dir = dir.join(name);
+        let out = turnflow(&[
+            "replay",
+            record.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("the recorded thresholds re-derive every recorded event"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains("never asked") && !stdout.contains("never synthesized"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("Of course. What time would you like the table for two?"),
+            "{stdout}"
+        );
+        reports.push(std::fs::read_to_string(out_dir.join("report.json")).unwrap());
+    }
+    assert_eq!(reports[0], reports[1]);
+    let report: serde_json::Value = serde_json::from_str(&reports[0]).unwrap();
+    assert_eq!(report["turns"].as_array().unwrap().len(), 1);
+    assert_eq!(report["turns"][0]["speculation"], "hit");
+
+    // What if speculation had been off: the hit is gone, side by side with the recording.
+    let out = turnflow(&["replay", record.to_str().unwrap(), "--speculation", "off"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let hits = stdout
+        .lines()
+        .find(|l| l.starts_with("speculation hits"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        hits.split_whitespace().collect::<Vec<_>>(),
+        ["speculation", "hits", "1", "0", "-1"]
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -546,7 +596,7 @@ fn run_checks_output_and_record_paths_before_the_session() {
         ),
         (
             "--record",
-            "--record /nonexistent-turnflow-dir/agent.wav: cannot create the file",
+            "--record /dev/null/turnflow-record: cannot create the directory",
         ),
     ] {
         let mut args = vec![
@@ -559,7 +609,7 @@ fn run_checks_output_and_record_paths_before_the_session() {
         if flag == "--output" {
             args[4] = "/nonexistent-turnflow-dir/agent.wav";
         } else {
-            args.extend(["--record", "/nonexistent-turnflow-dir/agent.wav"]);
+            args.extend(["--record", "/dev/null/turnflow-record"]);
         }
         let out = turnflow(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -578,7 +628,7 @@ fn sigterm_stops_a_run_and_leaves_complete_files() {
     use std::io::{BufRead, BufReader};
     let dir = temp_dir("run-term");
     std::fs::create_dir_all(&dir).unwrap();
-    let (wav, record) = (dir.join("agent.wav"), dir.join("events.jsonl"));
+    let (wav, record) = (dir.join("agent.wav"), dir.join("recording"));
     // A long input: the fixture three times over.
     let bytes = std::fs::read("tests/fixtures/book_table_16k.wav").unwrap();
     let (_, offset) = turnflow::audio::parse_wav_header(&bytes).unwrap().unwrap();
@@ -624,8 +674,12 @@ fn sigterm_stops_a_run_and_leaves_complete_files() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("terminated: stopping"), "{stderr}");
-    let lines = json_lines(&record);
+    let lines = json_lines(&record.join("events.jsonl"));
     assert!(lines.iter().any(|l| l["event"] == "EndOfTurn"), "{lines:?}");
+    assert!(
+        record.join("recording.json").exists(),
+        "the recording was completed"
+    );
     assert!(
         rest.contains(&format!("wrote {} (", record.display())),
         "{rest}"
@@ -762,4 +816,87 @@ fn load_calls_like_a_phone_carrier() {
     );
     assert_eq!(summary["turns"], 1, "{summary}");
     assert_eq!(summary["voice_to_voice_ms"]["count"], 1, "{summary}");
+}
+
+#[test]
+fn replay_sweeps_the_shipped_recordings_into_a_table_and_a_chart() {
+    let dir = temp_dir("sweep");
+    let mut args = vec!["replay"];
+    let shipped: Vec<String> = std::fs::read_dir("recordings")
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    assert!(shipped.len() >= 4, "{shipped:?}");
+    args.extend(shipped.iter().map(String::as_str));
+    args.extend([
+        "--sweep",
+        "eot=0.5..0.9:0.1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let out = turnflow(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for value in ["0.5", "0.6", "0.7", "0.8", "0.9"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{value} "))),
+            "{value}: {stdout}"
+        );
+    }
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    assert_eq!(rows.len(), 5);
+    // A lower threshold cuts the eager-miss user off at their pause; a higher one waits for
+    // the timeout more often.
+    assert!(
+        rows[0]["turn_taking"]["premature_ends"].as_u64()
+            > rows[4]["turn_taking"]["premature_ends"].as_u64()
+    );
+    assert!(
+        rows[4]["turn_taking"]["timeouts"].as_u64() > rows[0]["turn_taking"]["timeouts"].as_u64()
+    );
+    let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains(">0.9</text>"));
+
+    for (args, expected) in [
+        (
+            vec![
+                "replay",
+                "recordings/eager_miss",
+                "--sweep",
+                "eager=0.3..0.9:0.1",
+            ],
+            "--sweep eager=0.8 with recordings/eager_miss: invalid eager_eot_threshold",
+        ),
+        (
+            vec!["replay", "recordings/eager_miss", "--sweep", "colour=1,2"],
+            "unknown setting \"colour\"",
+        ),
+        (
+            vec!["replay", "/nonexistent-turnflow-recording"],
+            "/nonexistent-turnflow-recording",
+        ),
+        (
+            vec![
+                "replay",
+                "recordings/eager_miss",
+                "recordings/barge_in",
+                "--out",
+                "/tmp/x",
+            ],
+            "--out writes one replay's files",
+        ),
+    ] {
+        let out = turnflow(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -38,7 +38,7 @@ async fn record(scenario: &str, dir: &Path) -> SimulationResult {
         tts: "synthetic".into(),
     };
     recorder
-        .write(dir, "simulate", settings, 16000, 16000, &result.log)
+        .write(dir, "simulate", settings, 16000, 16000, Some(&result.log))
         .expect("recording written");
     result
 }
@@ -128,6 +128,103 @@ async fn other_thresholds_change_the_turns_and_say_what_was_generated() {
     assert_ne!(
         serde_json::to_value(&cut.result.report).unwrap(),
         serde_json::to_value(&original.report).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn eot_bench_rows_import_and_a_sweep_trades_cut_offs_for_dead_air() {
+    use turnflow::lab::import::import_eot_bench;
+    use turnflow::lab::sweep::{self, Sweep};
+    let rows = import_eot_bench("tests/fixtures/eot_bench/rows.jsonl".as_ref()).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].meta.source, "import:eot-bench");
+    // The 8 kHz WAV is resampled to 16 kHz and padded after the last word.
+    assert!(rows[0].user_audio.len() >= (3.7 + 6.0) as usize * 16000);
+    let bases: Vec<_> = rows
+        .into_iter()
+        .map(|r| {
+            let s = ReplaySettings::recorded(&r.meta.settings).unwrap();
+            (r, s)
+        })
+        .collect();
+    for (recording, settings) in &bases {
+        let outcome = replay(recording, settings).await.unwrap();
+        let timeline = Timeline::from_flux(&recording.flux);
+        assert_eq!(outcome.derivation.differences(&timeline), vec![]);
+        // No model or voice was recorded: every reply is the scripted model's, and says so.
+        assert!(!outcome.generated_replies.is_empty());
+    }
+    let sweep: Sweep = "eot=0.5,0.7".parse().unwrap();
+    let rows = sweep::run(&bases, &sweep).await.unwrap();
+    // The first row holds 1.2 s mid-sentence: 0.5 ends the turn there, 0.7 waits it out and
+    // answers the final pause later.
+    assert_eq!(rows[0].turn_taking.premature_ends, 1);
+    assert_eq!(rows[1].turn_taking.premature_ends, 0);
+    assert!(rows[1].voice_to_voice_p50_ms > rows[0].voice_to_voice_p50_ms);
+}
+
+#[test]
+fn bad_recordings_and_rows_are_refused_with_the_file_line_and_reason() {
+    let dir = scratch("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = Recording::load(&dir).unwrap_err().to_string();
+    assert!(missing.contains("recording.json"), "{missing}");
+
+    let meta = |version: u32| {
+        format!(
+            r#"{{"format":"turnflow-recording","version":{version},"source":"run","user_sample_rate":16000,
+            "voice_sample_rate":16000,"audio_start_ms":0,"settings":{{"eager_eot_threshold":null,
+            "eot_threshold":0.7,"eot_timeout_ms":5000,"speculation":true,"barge_in":"sometimes",
+            "presynthesis":"off","system_prompt":null,"llm":"x","tts":"y"}}}}"#
+        )
+    };
+    std::fs::write(dir.join("recording.json"), meta(2)).unwrap();
+    let error = Recording::load(&dir).unwrap_err().to_string();
+    assert!(
+        error.contains("recording version 2; this build reads version 1"),
+        "{error}"
+    );
+    std::fs::write(dir.join("recording.json"), meta(1)).unwrap();
+    let error = Recording::load(&dir).unwrap_err().to_string();
+    assert!(error.contains("user.wav"), "{error}");
+    turnflow::audio::write_wav(&dir.join("user.wav"), 16000, 1, &[0; 320]).unwrap();
+    std::fs::write(dir.join("flux.jsonl"), "{\"t_ms\": 1}\n").unwrap();
+    let error = Recording::load(&dir).unwrap_err().to_string();
+    assert!(
+        error.contains("flux.jsonl line 1") && error.contains("missing field"),
+        "{error}"
+    );
+    std::fs::write(dir.join("flux.jsonl"), "").unwrap();
+    let recording = Recording::load(&dir).unwrap();
+    let error = ReplaySettings::recorded(&recording.meta.settings)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("settings.barge_in: \"sometimes\": expected `immediate`"),
+        "{error}"
+    );
+
+    let rows = dir.join("rows.jsonl");
+    std::fs::write(
+        &rows,
+        "{\"id\":\"a\",\"language\":\"en\",\"audio\":{\"array\":[0.0],\"sampling_rate\":8000},\"silence_spans\":[[0.0,0.1]]}\n{\"id\":\"b\",\"language\":\"en\"}\n",
+    )
+    .unwrap();
+    let error = turnflow::lab::import::import_eot_bench(&rows)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("line 1") && error.contains("nothing to replay"),
+        "{error}"
+    );
+    std::fs::write(&rows, "{\"id\":\"b\",\"language\":\"en\"}\n").unwrap();
+    let error = turnflow::lab::import::import_eot_bench(&rows)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("line 1") && error.contains("audio"),
+        "{error}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

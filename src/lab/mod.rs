@@ -13,8 +13,10 @@
 use std::path::{Path, PathBuf};
 
 pub mod derive;
+pub mod import;
 pub mod recording;
 pub mod replay;
+pub mod sweep;
 
 pub use recording::{RecordedSettings, Recorder, Recording};
 pub use replay::{ReplayOutcome, ReplaySettings, replay};

@@ -59,6 +59,29 @@ pub struct RecordedSettings {
     pub tts: String,
 }
 
+impl RecordedSettings {
+    /// The settings of a session with `config`, listening with `options`, answering with the
+    /// model and voice named.
+    pub fn of(
+        config: &crate::engine::SessionConfig,
+        options: &crate::flux::ListenOptions,
+        llm: &str,
+        tts: &str,
+    ) -> Self {
+        Self {
+            eager_eot_threshold: options.eager_eot_threshold,
+            eot_threshold: options.eot_threshold,
+            eot_timeout_ms: options.eot_timeout_ms,
+            speculation: config.machine.speculation,
+            barge_in: config.machine.barge_in.to_string(),
+            presynthesis: config.response.presynthesis.to_string(),
+            system_prompt: config.machine.system_prompt.clone(),
+            llm: llm.into(),
+            tts: tts.into(),
+        }
+    }
+}
+
 /// `recording.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -469,8 +492,9 @@ impl Recorder {
         });
     }
 
-    /// Writes the recording directory (created if needed): the tape, `meta`'s settings and
-    /// `events`, the session's event log.
+    /// Writes the recording directory (created if needed): the tape, the settings and
+    /// `events`, the session's event log (none: the caller writes `events.jsonl` itself, as
+    /// `turnflow run` does while the session goes on).
     ///
     /// # Errors
     /// [`LabError::Io`] naming the file that could not be written.
@@ -481,7 +505,7 @@ impl Recorder {
         settings: RecordedSettings,
         user_sample_rate: u32,
         voice_sample_rate: u32,
-        events: &[LogEntry],
+        events: Option<&[LogEntry]>,
     ) -> Result<(), LabError> {
         std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
         let tape = self.tape();
@@ -515,23 +539,33 @@ impl Recorder {
         write_jsonl(&dir.join("flux.jsonl"), &tape.flux)?;
         write_jsonl(&dir.join("llm.jsonl"), &tape.llm)?;
         write_jsonl(&dir.join("tts.jsonl"), &tape.tts)?;
+        let Some(events) = events else {
+            return Ok(());
+        };
         let lines: Vec<EventLine<'_>> = events
             .iter()
-            .map(|e| EventLine {
-                t_ms: e.at.saturating_duration_since(self.origin).as_secs_f64() * 1000.0,
-                kind: &e.kind,
-            })
+            .map(|e| EventLine::new(e, self.origin))
             .collect();
         write_jsonl(&dir.join("events.jsonl"), &lines)
     }
 }
 
-/// One line of `events.jsonl` (and of `run --record`'s event log).
-#[derive(Serialize)]
-pub(crate) struct EventLine<'a> {
-    pub(crate) t_ms: f64,
+/// One line of `events.jsonl`: an event-log entry with its time in ms since `origin`.
+#[derive(Debug, Serialize)]
+pub struct EventLine<'a> {
+    t_ms: f64,
     #[serde(flatten)]
-    pub(crate) kind: &'a LogKind,
+    kind: &'a LogKind,
+}
+
+impl<'a> EventLine<'a> {
+    /// `entry` timed from `origin`.
+    pub fn new(entry: &'a LogEntry, origin: Instant) -> Self {
+        Self {
+            t_ms: entry.at.saturating_duration_since(origin).as_secs_f64() * 1000.0,
+            kind: &entry.kind,
+        }
+    }
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LabError> {

@@ -34,6 +34,7 @@ use crate::engine::{
     Backends, BargeInPolicy, EngineEvent, Presynthesis, SessionConfig, start_session,
 };
 use crate::error::BackendError;
+use crate::flux::messages::{TurnEvent, TurnInfo, TurnTrigger};
 use crate::flux::transport::{ConnectError, ConnectRequest, Connection, WireFrame, channel_pair};
 use crate::flux::{Connector, Encoding, FluxConfig, ListenOptions, Thresholds, connect};
 use crate::llm::{
@@ -61,6 +62,20 @@ pub struct ReplaySettings {
     pub system_prompt: Option<String>,
     /// How soon (seconds) after an `EndOfTurn` the user's next word makes the end premature.
     pub premature_window: f64,
+}
+
+impl Default for ReplaySettings {
+    /// Flux's default thresholds, speculation on, immediate barge-in, the default presynthesis.
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds::default(),
+            speculation: true,
+            barge_in: BargeInPolicy::Immediate,
+            presynthesis: Presynthesis::default(),
+            system_prompt: None,
+            premature_window: PREMATURE_WINDOW_SECONDS,
+        }
+    }
 }
 
 /// Default premature-end window: a user who speaks again within a second was not done.
@@ -229,9 +244,9 @@ fn ms(value: f64) -> Duration {
     Duration::from_secs_f64((value / 1000.0).max(0.0))
 }
 
-/// Linear interpolation from `from` to `to` Hz (only for the replay's conversation.wav and
-/// timeline, which put both voices on the voice's rate).
-fn resample(samples: &[i16], from: u32, to: u32) -> Vec<i16> {
+/// Linear interpolation from `from` to `to` Hz: for the replay's conversation.wav and timeline
+/// (both voices on the voice's rate) and imported audio, never for what Flux hears.
+pub(crate) fn resample(samples: &[i16], from: u32, to: u32) -> Vec<i16> {
     if from == to || samples.is_empty() {
         return samples.to_vec();
     }
@@ -249,13 +264,43 @@ fn resample(samples: &[i16], from: u32, to: u32) -> Vec<i16> {
         .collect()
 }
 
-/// The replayed Flux server: one connection, the derived messages on schedule.
+/// The replayed Flux server: one connection, the derived messages on schedule. It answers
+/// `ForceEndTurn` as Flux does: an `EndOfTurn` (trigger `manual`) for the turn in progress, or a
+/// warning when none is.
 struct ReplayFlux {
     messages: Arc<Vec<(f64, String)>>,
+    ticks: Arc<Vec<TurnInfo>>,
     request_id: String,
     origin: Instant,
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn turn_info_json(info: &TurnInfo) -> String {
+    let mut value = serde_json::to_value(info).expect("turn info serializes");
+    value["type"] = "TurnInfo".into();
+    value.to_string()
+}
+
+/// The answer to `ForceEndTurn` after `last`, the latest message delivered.
+fn force_end_answer(last: Option<&TurnInfo>) -> String {
+    match last {
+        Some(info)
+            if info.event != TurnEvent::EndOfTurn
+                && !(info.event == TurnEvent::Update && info.transcript.is_empty()) =>
+        {
+            let mut end = info.clone();
+            end.event = TurnEvent::EndOfTurn;
+            end.trigger = Some(TurnTrigger::Manual);
+            turn_info_json(&end)
+        }
+        _ => serde_json::json!({
+            "type": "Warning",
+            "code": "FORCE_END_TURN_NO_ACTIVE_TURN",
+            "description": "ForceEndTurn received while no turn was in progress.",
+        })
+        .to_string(),
+    }
 }
 
 impl ReplayFlux {
@@ -269,13 +314,15 @@ impl ReplayFlux {
             "type": "Connected", "request_id": request_id, "sequence_id": 0
         });
         let mut messages = vec![(0.0, connected.to_string())];
-        for tick in &derivation.ticks {
-            let mut value = serde_json::to_value(&tick.info).expect("turn info serializes");
-            value["type"] = "TurnInfo".into();
-            messages.push((tick.arrival_ms, value.to_string()));
-        }
+        messages.extend(
+            derivation
+                .ticks
+                .iter()
+                .map(|t| (t.arrival_ms, turn_info_json(&t.info))),
+        );
         Self {
             messages: Arc::new(messages),
+            ticks: Arc::new(derivation.ticks.iter().map(|t| t.info.clone()).collect()),
             request_id,
             origin,
             stop: CancellationToken::new(),
@@ -304,13 +351,15 @@ impl Connector for ReplayFlux {
         }
         let (client, mut server) = channel_pair(64, Some(self.request_id.clone()));
         let messages = self.messages.clone();
+        let ticks = self.ticks.clone();
         let origin = self.origin;
         let stop = self.stop.clone();
         *task = Some(tokio::spawn(async move {
+            // messages[0] is `Connected`; messages[n] for n >= 1 is ticks[n - 1].
             let mut next = 0;
             loop {
                 let due = messages.get(next).map(|(at, _)| origin + ms(*at));
-                tokio::select! {
+                let reply = tokio::select! {
                     biased;
                     () = stop.cancelled() => break,
                     frame = server.stream.next() => match frame {
@@ -318,16 +367,19 @@ impl Connector for ReplayFlux {
                             let _ = server.sink.send(WireFrame::Close(None)).await;
                             break;
                         }
-                        Some(Ok(_)) => {}
+                        Some(Ok(WireFrame::Text(text))) if text.contains("ForceEndTurn") => {
+                            force_end_answer(next.checked_sub(2).and_then(|i| ticks.get(i)))
+                        }
+                        Some(Ok(_)) => continue,
                         Some(Err(_)) | None => break,
                     },
                     () = tokio::time::sleep_until(due.unwrap_or(origin)), if due.is_some() => {
-                        let text = messages[next].1.clone();
                         next += 1;
-                        if server.sink.send(WireFrame::Text(text)).await.is_err() {
-                            break;
-                        }
+                        messages[next - 1].1.clone()
                     }
+                };
+                if server.sink.send(WireFrame::Text(reply)).await.is_err() {
+                    break;
                 }
             }
         }));

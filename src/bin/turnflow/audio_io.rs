@@ -111,7 +111,11 @@ impl Microphone {
 }
 
 /// Forwards the microphone to Flux until Ctrl-C.
-pub(crate) async fn stream_microphone(mut mic: Microphone, flux: FluxSender) {
+pub(crate) async fn stream_microphone(
+    mut mic: Microphone,
+    flux: FluxSender,
+    recorder: Option<turnflow::lab::Recorder>,
+) {
     println!("listening; Ctrl-C to stop");
     loop {
         let block = tokio::select! {
@@ -124,6 +128,9 @@ pub(crate) async fn stream_microphone(mut mic: Microphone, flux: FluxSender) {
             .iter()
             .map(|s| (s.clamp(-1.0, 1.0) * 32767.0) as i16)
             .collect();
+        if let Some(recorder) = &recorder {
+            recorder.user_audio(&pcm);
+        }
         if flux
             .send_audio(turnflow::audio::encode(Encoding::Linear16, &pcm))
             .await

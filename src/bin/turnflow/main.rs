@@ -32,6 +32,7 @@ mod agent;
 mod audio_io;
 mod bench;
 mod load;
+mod replay;
 mod run;
 mod serve;
 
@@ -61,6 +62,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Load a running `turnflow serve` with many real-time callers and measure them.
     Load(Box<load::LoadArgs>),
+    /// Replay recorded sessions offline with other thresholds and policies, or sweep one
+    /// setting over many recordings.
+    Replay(Box<replay::ReplayArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -115,6 +119,9 @@ struct SimulateArgs {
     /// its first punctuation), `first-sentence` or `off`.
     #[arg(long, default_value = "first-chunk", value_parser = parse_presynthesis)]
     presynthesis: Presynthesis,
+    /// Record the conversation into this directory for `turnflow replay`.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
 }
 
 /// Flux thresholds from the command line; each overrides the scenario or settings file.
@@ -249,6 +256,7 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Run(args) => run::run(*args),
         Command::Serve(args) => serve::serve(*args),
         Command::Load(args) => load::load(*args),
+        Command::Replay(args) => replay::replay_command(*args),
     }
 }
 
@@ -272,6 +280,16 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     config.thresholds = args.thresholds.over(config.thresholds);
     let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
     config.observer = Some(observer);
+    let recorder = args.record.as_ref().map(|_| turnflow::lab::Recorder::new());
+    config.recorder.clone_from(&recorder);
+    let recorded_settings = {
+        let mut options = turnflow::flux::ListenOptions::default();
+        options.eager_eot_threshold = config.thresholds.eager_eot_threshold;
+        options.eot_threshold = config.thresholds.eot_threshold;
+        options.eot_timeout_ms = config.thresholds.eot_timeout_ms;
+        turnflow::lab::RecordedSettings::of(&config.session, &options, "scripted", "synthetic")
+    };
+    let sample_rate = config.sample_rate;
     let governors = Governors {
         endpointing: format!(
             "eot_threshold {}, eot_timeout_ms {}",
@@ -319,6 +337,19 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     if let Some(dir) = &args.out {
         write_outputs(dir, &result)?;
         println!("wrote {}", dir.display());
+    }
+    if let (Some(dir), Some(recorder)) = (&args.record, recorder) {
+        recorder
+            .write(
+                dir,
+                "simulate",
+                recorded_settings,
+                sample_rate,
+                sample_rate,
+                Some(&result.log),
+            )
+            .with_context(|| format!("--record {}", dir.display()))?;
+        println!("recorded {}", dir.display());
     }
     Ok(())
 }

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use turnflow::emulator::EmulatorServer;
 use turnflow::emulator::sim::{RecordingSink, place_frames};
 use turnflow::engine::{AudioSink, Backends, CancellationToken, EngineEvent, start_session};
-use turnflow::flux::{Encoding, FluxConfig, FluxSender, WebSocketConnector, connect};
+use turnflow::flux::{Connector, Encoding, FluxConfig, FluxSender, WebSocketConnector, connect};
+use turnflow::lab::recording::EventLine;
+use turnflow::lab::{RecordedSettings, Recorder};
 
 use crate::agent::{Agent, AgentArgs, SAMPLE_RATE, Stt};
 
@@ -28,8 +30,9 @@ pub(crate) struct RunArgs {
     output: String,
     #[command(flatten)]
     agent: AgentArgs,
-    /// Write the session's event log as JSON lines.
-    #[arg(long)]
+    /// Record the session into this directory for `turnflow replay` (docs/recordings.md):
+    /// the event log as it goes, the rest when the session ends.
+    #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
 }
 
@@ -99,10 +102,13 @@ fn open_output(spec: &str, sample_rate: u32) -> Result<Output> {
     Ok(Output::File(path, file, RecordingSink::new()))
 }
 
-/// Creates the `--record` file now (a wrong path fails before the conversation) and returns a
-/// writer for its lines.
-fn open_record(path: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
-    let file = std::fs::File::create(path)
+/// Creates the `--record` directory and its event log now (a wrong path fails before the
+/// conversation) and returns a writer for the log's lines.
+fn open_record(dir: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--record {}: cannot create the directory", dir.display()))?;
+    let path = dir.join("events.jsonl");
+    let file = std::fs::File::create(&path)
         .with_context(|| format!("--record {}: cannot create the file", path.display()))?;
     Ok(std::io::BufWriter::new(file))
 }
@@ -113,6 +119,13 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let input = open_input(&args.input)?;
     let output = open_output(&args.output, voice.sample_rate())?;
     let record = args.record.as_deref().map(open_record).transpose()?;
+    let recorder = record.as_ref().map(|_| Recorder::new());
+    let settings = RecordedSettings::of(
+        &agent.session,
+        &agent.options,
+        agent.llm.name(),
+        voice.name(),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -125,10 +138,21 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             }
             Stt::Flux(flux) => (None, *flux),
         };
-        let (flux, events) = connect(flux_config, Arc::new(WebSocketConnector)).await?;
+        let connector: Arc<dyn Connector> = Arc::new(WebSocketConnector);
+        let (connector, llm, tts) = match &recorder {
+            Some(r) => (r.connector(connector), r.llm(agent.llm), r.tts(voice)),
+            None => (connector, agent.llm, voice),
+        };
+        let settings = RecordedSettings {
+            eager_eot_threshold: flux_config.options.eager_eot_threshold,
+            eot_threshold: flux_config.options.eot_threshold,
+            eot_timeout_ms: flux_config.options.eot_timeout_ms,
+            ..settings
+        };
+        let (flux, events) = connect(flux_config, connector).await?;
         let backends = Backends {
-            llm: agent.llm,
-            tts: voice,
+            llm,
+            tts,
             tools: None,
         };
         let sink: Box<dyn AudioSink> = match &output {
@@ -138,10 +162,10 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         };
         let output_rate = backends.tts.sample_rate();
         let (handle, mut engine_events) = start_session(agent.session, events, backends, sink, CancellationToken::new());
-        let start = Instant::now();
+        let start = recorder.as_ref().map_or_else(Instant::now, Recorder::origin);
         // The event log is written as the session goes: an interrupted run leaves every line
         // up to the interruption.
-        let recorder = record.map(|file| {
+        let log_writer = record.map(|file| {
             let entries = handle.log().subscribe(4096);
             tokio::task::spawn_blocking(move || write_record(file, entries, start))
         });
@@ -161,7 +185,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             }
         });
         tokio::select! {
-            _ = stream_input(input, flux.sender(), speaking) => {}
+            _ = stream_input(input, flux.sender(), speaking, recorder.clone()) => {}
             signal = crate::shutdown_signal() => eprintln!("{signal}: stopping; the files are being completed"),
         }
         flux.close().await?;
@@ -170,10 +194,13 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         if let Some(server) = emulator {
             server.shutdown().await;
         }
-        if let Some(writer) = recorder {
+        if let Some(writer) = log_writer {
             let lines = writer.await.context("the event log writer stopped")??;
-            if let Some(path) = &args.record {
-                println!("wrote {} ({lines} events)", path.display());
+            if let (Some(dir), Some(recorder)) = (&args.record, &recorder) {
+                recorder
+                    .write(dir, "run", settings, SAMPLE_RATE, output_rate, None)
+                    .with_context(|| format!("--record {}", dir.display()))?;
+                println!("wrote {} ({lines} events)", dir.display());
             }
         }
         match output {
@@ -236,6 +263,7 @@ async fn stream_input(
     input: Input,
     flux: FluxSender,
     mut speaking: tokio::sync::watch::Receiver<bool>,
+    recorder: Option<Recorder>,
 ) {
     match input {
         Input::File(samples) => {
@@ -258,6 +286,9 @@ async fn stream_input(
                     }
                     vec![0; chunk]
                 };
+                if let Some(recorder) = &recorder {
+                    recorder.user_audio(&piece);
+                }
                 if flux
                     .send_audio(turnflow::audio::encode(Encoding::Linear16, &piece))
                     .await
@@ -268,15 +299,8 @@ async fn stream_input(
             }
         }
         #[cfg(feature = "audio-io")]
-        Input::Mic(mic) => crate::audio_io::stream_microphone(mic, flux).await,
+        Input::Mic(mic) => crate::audio_io::stream_microphone(mic, flux, recorder).await,
     }
-}
-
-#[derive(serde::Serialize)]
-struct RecordLine<'a> {
-    t_ms: f64,
-    #[serde(flatten)]
-    kind: &'a turnflow::engine::log::LogKind,
 }
 
 /// Writes each entry as one JSON line as it arrives, flushing after each, until the log
@@ -289,11 +313,7 @@ fn write_record(
     use std::io::Write;
     let mut lines = 0;
     while let Some(e) = entries.blocking_recv() {
-        let line = RecordLine {
-            t_ms: e.at.saturating_duration_since(start).as_secs_f64() * 1000.0,
-            kind: &e.kind,
-        };
-        serde_json::to_writer(&mut file, &line)?;
+        serde_json::to_writer(&mut file, &EventLine::new(&e, start))?;
         file.write_all(b"\n")?;
         file.flush()?;
         lines += 1;

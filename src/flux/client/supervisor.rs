@@ -476,6 +476,14 @@ impl Supervisor {
             {
                 self.after_end_of_turn_while_closing();
             }
+            // The turn ended on its own while our closing ForceEndTurn was on its way: the
+            // answer to it is expected, not news.
+            ServerMessage::Warning(w)
+                if w.code == "FORCE_END_TURN_NO_ACTIVE_TURN"
+                    && matches!(self.phase, Phase::ClosingAwaitServer { .. }) =>
+            {
+                debug!(code = %w.code, "flux answered the closing ForceEndTurn after the turn ended");
+            }
             ServerMessage::Warning(w) => {
                 warn!(code = %w.code, description = %w.description, "flux warning");
                 self.emit(received_at, FluxEventKind::Warning(w)).await;

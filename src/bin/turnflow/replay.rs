@@ -1,0 +1,323 @@
+//! `turnflow replay`: recorded sessions run again offline, on the virtual clock, with other
+//! thresholds and policies; one what-if side by side with the recorded settings, or a sweep of
+//! one setting over many recordings.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use turnflow::engine::{BargeInPolicy, Presynthesis};
+use turnflow::lab::derive::{Derivation, Timeline, TurnTaking};
+use turnflow::lab::import::import_eot_bench;
+use turnflow::lab::sweep::{self, Sweep};
+use turnflow::lab::{Recording, ReplayOutcome, ReplaySettings, replay};
+use turnflow::report::Report;
+
+use crate::{Clock, OnOff, ThresholdArgs, parse_barge_in, parse_presynthesis};
+
+#[derive(Parser)]
+pub(crate) struct ReplayArgs {
+    /// Recording directories (`run --record`, `simulate --record`), or eot-bench JSON-lines
+    /// files (see docs/recordings.md, "Importing eot-bench").
+    #[arg(required = true, value_name = "RECORDING")]
+    recordings: Vec<PathBuf>,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
+    /// Start replies on EagerEndOfTurn (default: as recorded).
+    #[arg(long, value_enum)]
+    speculation: Option<OnOff>,
+    /// Barge-in policy: `immediate` or `min-words=N` (default: as recorded).
+    #[arg(long, value_parser = parse_barge_in)]
+    barge_in: Option<BargeInPolicy>,
+    /// `first-chunk`, `first-sentence` or `off` (default: as recorded).
+    #[arg(long, value_parser = parse_presynthesis)]
+    presynthesis: Option<Presynthesis>,
+    /// Vary one setting: `eager=0.3..0.8:0.1`, `eot=0.5..0.9:0.1`, `timeout=1000..5000:1000`,
+    /// `barge-in=immediate,min-words=2`, `presynthesis=off,first-chunk`, `speculation=on,off`.
+    #[arg(long, value_parser = parse_sweep)]
+    sweep: Option<Sweep>,
+    /// An EndOfTurn followed by the user's next word within this many ms is premature.
+    #[arg(long, default_value_t = 1000)]
+    premature_window_ms: u64,
+    /// Write here: for one recording, report.json, timeline.svg, conversation.wav and
+    /// comparison.json of the what-if; for a sweep, sweep.json and sweep.svg.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn parse_sweep(value: &str) -> Result<Sweep, String> {
+    value
+        .parse()
+        .map_err(|e: turnflow::lab::LabError| e.to_string())
+}
+
+/// The recordings named: directories are read, eot-bench files imported.
+fn load(paths: &[PathBuf]) -> Result<Vec<Recording>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            out.push(Recording::load(path)?);
+        } else {
+            let imported = import_eot_bench(path)?;
+            if imported.is_empty() {
+                bail!("{}: no rows", path.display());
+            }
+            out.extend(imported);
+        }
+    }
+    Ok(out)
+}
+
+impl ReplayArgs {
+    /// A recording's own settings with the flags over them.
+    fn what_if(&self, recorded: &ReplaySettings) -> ReplaySettings {
+        let mut s = recorded.clone();
+        s.thresholds = self.thresholds.over(s.thresholds);
+        if let Some(on) = self.speculation {
+            s.speculation = on == OnOff::On;
+        }
+        if let Some(p) = self.barge_in {
+            s.barge_in = p;
+        }
+        if let Some(p) = self.presynthesis {
+            s.presynthesis = p;
+        }
+        s.premature_window = self.premature_window_ms as f64 / 1000.0;
+        s
+    }
+}
+
+pub(crate) fn replay_command(args: ReplayArgs) -> Result<()> {
+    let recordings = load(&args.recordings)?;
+    let mut pairs = Vec::with_capacity(recordings.len());
+    for recording in recordings {
+        let recorded = ReplaySettings::recorded(&recording.meta.settings)
+            .with_context(|| format!("{}", recording.dir.display()))?;
+        pairs.push((recording, recorded));
+    }
+    let runtime = Clock::Virtual.runtime()?;
+    if let Some(sweep) = &args.sweep {
+        let bases: Vec<_> = pairs
+            .into_iter()
+            .map(|(r, recorded)| {
+                let s = args.what_if(&recorded);
+                (r, s)
+            })
+            .collect();
+        let rows = runtime.block_on(sweep::run(&bases, sweep))?;
+        println!(
+            "sweep over {} recording(s), every other setting as recorded or given",
+            bases.len()
+        );
+        print!("{}", sweep::table(sweep.knob, &rows));
+        println!(
+            "premature: an EndOfTurn followed by the user's next word within {} ms",
+            args.premature_window_ms
+        );
+        if let Some(dir) = &args.out {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::write(
+                dir.join("sweep.json"),
+                serde_json::to_string_pretty(&rows)? + "\n",
+            )
+            .with_context(|| format!("cannot write {}", dir.join("sweep.json").display()))?;
+            std::fs::write(dir.join("sweep.svg"), sweep::chart(sweep.knob, &rows))
+                .with_context(|| format!("cannot write {}", dir.join("sweep.svg").display()))?;
+            println!("wrote {}", dir.display());
+        }
+        return Ok(());
+    }
+    if args.out.is_some() && pairs.len() != 1 {
+        bail!(
+            "--out writes one replay's files; give one recording (or --sweep for many), not {}",
+            pairs.len()
+        );
+    }
+    let mut originals = Vec::new();
+    let mut what_ifs = Vec::new();
+    let mut last = None;
+    for (recording, recorded) in &pairs {
+        let mut baseline_settings = recorded.clone();
+        baseline_settings.premature_window = args.premature_window_ms as f64 / 1000.0;
+        let what_if_settings = args.what_if(recorded);
+        let (baseline, what_if) = runtime.block_on(async {
+            let baseline = replay(recording, &baseline_settings).await?;
+            let what_if = replay(recording, &what_if_settings).await?;
+            anyhow::Ok((baseline, what_if))
+        })?;
+        report_fidelity(recording, &baseline.derivation);
+        report_stand_ins(recording, &what_if);
+        originals.push((
+            baseline.result.report.clone(),
+            baseline.derivation.turn_taking,
+        ));
+        what_ifs.push((
+            what_if.result.report.clone(),
+            what_if.derivation.turn_taking,
+        ));
+        last = Some((baseline, what_if));
+    }
+    let (original, original_turns) = pool(originals);
+    let (changed, changed_turns) = pool(what_ifs);
+    crate::print_report(&changed);
+    println!();
+    let table = side_by_side(&original, &original_turns, &changed, &changed_turns);
+    print!("{table}");
+    if let (Some(dir), Some((baseline, what_if))) = (&args.out, last) {
+        crate::write_outputs(dir, &what_if.result)?;
+        let comparison = serde_json::json!({
+            "original": {"summary": baseline.result.report.summary, "turn_taking": baseline.derivation.turn_taking},
+            "what_if": {"summary": what_if.result.report.summary, "turn_taking": what_if.derivation.turn_taking},
+            "generated_replies": what_if.generated_replies,
+            "generated_speech": what_if.generated_speech,
+            "cut_short_replies": what_if.cut_short_replies,
+        });
+        std::fs::write(
+            dir.join("comparison.json"),
+            serde_json::to_string_pretty(&comparison)? + "\n",
+        )
+        .with_context(|| format!("cannot write {}", dir.join("comparison.json").display()))?;
+        println!("wrote {}", dir.display());
+    }
+    Ok(())
+}
+
+fn pool(items: Vec<(Report, TurnTaking)>) -> (Report, TurnTaking) {
+    let mut total = TurnTaking::default();
+    for (_, t) in &items {
+        total.ends += t.ends;
+        total.timeouts += t.timeouts;
+        total.premature_ends += t.premature_ends;
+        total.eager_ends += t.eager_ends;
+        total.resumed += t.resumed;
+    }
+    (Report::pool(items.into_iter().map(|(r, _)| r)), total)
+}
+
+/// Whether the recorded thresholds re-derive the recorded events (the check that the curve
+/// model fits this recording).
+fn report_fidelity(recording: &Recording, baseline: &Derivation) {
+    let timeline = Timeline::from_flux(&recording.flux);
+    let differences = baseline.differences(&timeline);
+    if differences.is_empty() {
+        println!(
+            "{}: {} Flux ticks; the recorded thresholds re-derive every recorded event",
+            recording.dir.display(),
+            timeline.ticks.len()
+        );
+    } else {
+        println!(
+            "{}: {} of {} ticks re-derive differently from the recording (Flux decided otherwise than its confidence and the thresholds say):",
+            recording.dir.display(),
+            differences.len(),
+            timeline.ticks.len()
+        );
+        for (at, recorded, derived) in differences.iter().take(5) {
+            println!(
+                "  at {at:.2} s: recorded {}, derived {}",
+                recorded.as_str(),
+                derived.as_str()
+            );
+        }
+    }
+}
+
+fn report_stand_ins(recording: &Recording, what_if: &ReplayOutcome) {
+    let name = recording.dir.display();
+    for user in &what_if.generated_replies {
+        println!("{name}: never asked in the recording, answered by the scripted model: {user:?}");
+    }
+    for text in &what_if.generated_speech {
+        println!(
+            "{name}: never synthesized in the recording, spoken by the synthetic voice: {text:?}"
+        );
+    }
+    for user in &what_if.cut_short_replies {
+        println!(
+            "{name}: the recorded reply to {user:?} was cancelled early; it ends where the recording did"
+        );
+    }
+}
+
+fn side_by_side(
+    original: &Report,
+    original_turns: &TurnTaking,
+    changed: &Report,
+    changed_turns: &TurnTaking,
+) -> String {
+    use std::fmt::Write as _;
+    let (a, b) = (&original.summary, &changed.summary);
+    let mut out = format!(
+        "{:<28} {:>12} {:>12} {:>10}\n",
+        "", "recorded", "what-if", "change"
+    );
+    let mut row = |name: &str, x: f64, y: f64, digits: usize| {
+        let _ = writeln!(
+            out,
+            "{name:<28} {x:>12.digits$} {y:>12.digits$} {:>+10.digits$}",
+            y - x
+        );
+    };
+    row(
+        "answered turns",
+        a.response_latency_ms.count as f64,
+        b.response_latency_ms.count as f64,
+        0,
+    );
+    row(
+        "response p50 (ms)",
+        a.response_latency_ms.p50,
+        b.response_latency_ms.p50,
+        1,
+    );
+    row(
+        "response p90 (ms)",
+        a.response_latency_ms.p90,
+        b.response_latency_ms.p90,
+        1,
+    );
+    row(
+        "voice-to-voice p50 (ms)",
+        a.voice_to_voice_ms.p50,
+        b.voice_to_voice_ms.p50,
+        1,
+    );
+    row(
+        "speculation hits",
+        a.speculation.hits as f64,
+        b.speculation.hits as f64,
+        0,
+    );
+    row(
+        "speculation misses",
+        a.speculation.misses as f64,
+        b.speculation.misses as f64,
+        0,
+    );
+    row(
+        "wasted LLM tokens",
+        a.speculation.wasted_llm_tokens as f64,
+        b.speculation.wasted_llm_tokens as f64,
+        0,
+    );
+    row(
+        "end of turns",
+        original_turns.ends as f64,
+        changed_turns.ends as f64,
+        0,
+    );
+    row(
+        "ended by timeout",
+        original_turns.timeouts as f64,
+        changed_turns.timeouts as f64,
+        0,
+    );
+    row(
+        "premature ends",
+        original_turns.premature_ends as f64,
+        changed_turns.premature_ends as f64,
+        0,
+    );
+    out
+}
