@@ -365,6 +365,52 @@ async fn a_session_is_answered_reports_its_turn_and_ends_when_asked() {
     assert_eq!((report.running, report.stopped), (0, 0));
 }
 
+/// With `record_dir` every session leaves a recording that replays offline to the same
+/// conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_session_replays_to_the_same_conversation() {
+    let dir = std::env::temp_dir().join(format!("turnflow-serve-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut s = setup("plain.json");
+    s.config.record_dir = Some(dir.clone());
+    let server = start(s.config).await;
+    let mut client = Client::start(server.addr).await;
+    let session = client.until("ready").await.pop().unwrap()["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.until("turn").await;
+    client.send(json!({"type": "stop"}));
+    client.until("end").await;
+    server.drain().await;
+
+    let recording = turnflow::lab::Recording::load(&dir.join(&session)).unwrap();
+    assert_eq!(recording.meta.source, "serve");
+    assert!(recording.user_audio.len() > 16000, "the caller's audio");
+    let replayed = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let settings = turnflow::lab::ReplaySettings::recorded(&recording.meta.settings).unwrap();
+        runtime
+            .block_on(turnflow::lab::replay(&recording, &settings))
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(replayed.generated_replies.is_empty() && replayed.generated_speech.is_empty());
+    assert_eq!(
+        replayed.result.history,
+        [
+            turnflow::llm::Message::user("What time do you open tomorrow?"),
+            turnflow::llm::Message::assistant("We open at nine in the morning."),
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// What the user heard of the interrupted first reply of `barge_in.json`, with the client
 /// saying it plays `lag` samples behind what it received.
 async fn heard_of_the_cut_reply(addr: std::net::SocketAddr, lag: u64) -> (String, usize) {

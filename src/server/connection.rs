@@ -231,7 +231,12 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     let mut flux_config = config.flux.clone();
     flux_config.options.encoding = Some(Encoding::Linear16);
     flux_config.options.sample_rate = Some(start.sample_rate);
-    let (flux, flux_events) = match connect(flux_config, config.connector.clone()).await {
+    let recording = super::SessionRecording::start(config, &id.to_string(), &flux_config.options);
+    let connector = match &recording {
+        Some(r) => r.connector(config.connector.clone()),
+        None => config.connector.clone(),
+    };
+    let (flux, flux_events) = match connect(flux_config, connector).await {
         Ok(pair) => pair,
         Err(e) => {
             warn!(error = %e, "speech to text unavailable");
@@ -263,7 +268,12 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         playback: playback.clone(),
         metrics: state.metrics.clone(),
     };
-    let (stop, handle, mut events) = super::start_engine(state, flux_events, Box::new(sink));
+    let backends = match &recording {
+        Some(r) => r.backends(&config.backends),
+        None => config.backends.clone(),
+    };
+    let (stop, handle, mut events) =
+        super::start_engine(state, flux_events, backends, Box::new(sink));
     let log = handle.log();
     let mut finished = std::pin::pin!(handle.finished());
     let ready = ServerMessage::Ready {
@@ -388,6 +398,9 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
                 };
                 match verdict {
                     Ok(Some(audio)) => {
+                        if let Some(r) = &recording {
+                            r.user_audio(Encoding::Linear16, &audio);
+                        }
                         // The Flux client sends whole frames; handing it whole frames wakes
                         // its task once per frame instead of once per 20 ms message, and
                         // delays nothing.
@@ -414,6 +427,9 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         && tokio::time::timeout(END_LIMIT, &mut task).await.is_err()
     {
         task.abort();
+    }
+    if let Some(r) = recording {
+        r.finish(&log, output_rate).await;
     }
     let dropped = dropped.load(Ordering::Relaxed);
     if dropped > 0 {

@@ -115,6 +115,10 @@ pub struct ServerConfig {
     pub reprompt_line: String,
     /// The last words before hanging up on a silent caller.
     pub goodbye_line: String,
+    /// When set, every session is recorded into `DIR/<session id>/` for `turnflow replay`
+    /// (`docs/recordings.md`): the caller's audio, Flux's messages, the model's and the voice's
+    /// streams, the event log. Recordings hold what was said: keep them like call recordings.
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -158,6 +162,7 @@ impl ServerConfig {
             public_url: None,
             twilio_auth_token: None,
             observer: None,
+            record_dir: None,
             greeting: None,
             reprompt_after: None,
             reprompt_line: "Are you still there?".into(),
@@ -381,11 +386,83 @@ fn clear_written(state: &State, log: &crate::engine::log::EventLog) {
     }
 }
 
+/// A session's recording, when the server records ([`ServerConfig::record_dir`]).
+pub(crate) struct SessionRecording {
+    recorder: crate::lab::Recorder,
+    dir: std::path::PathBuf,
+    settings: crate::lab::RecordedSettings,
+    user_rate: u32,
+}
+
+impl SessionRecording {
+    /// A recording for session `id` listening with `options`, when the server records.
+    fn start(
+        config: &ServerConfig,
+        id: &str,
+        options: &crate::flux::ListenOptions,
+    ) -> Option<Self> {
+        let dir = config.record_dir.as_ref()?.join(id);
+        Some(Self {
+            recorder: crate::lab::Recorder::new(),
+            dir,
+            settings: crate::lab::RecordedSettings::of(
+                &config.session,
+                options,
+                config.backends.llm.name(),
+                config.backends.tts.name(),
+            ),
+            user_rate: options.sample_rate.unwrap_or(16000),
+        })
+    }
+
+    fn connector(&self, inner: Arc<dyn Connector>) -> Arc<dyn Connector> {
+        self.recorder.connector(inner)
+    }
+
+    fn backends(&self, inner: &Backends) -> Backends {
+        Backends {
+            llm: self.recorder.llm(inner.llm.clone()),
+            tts: self.recorder.tts(inner.tts.clone()),
+            tools: inner.tools.clone(),
+        }
+    }
+
+    /// Keeps the caller's audio, in the session's `encoding`.
+    fn user_audio(&self, encoding: crate::flux::Encoding, bytes: &[u8]) {
+        let mut samples = Vec::with_capacity(bytes.len());
+        crate::audio::decode_into(encoding, bytes, &mut samples);
+        self.recorder.user_audio(&samples);
+    }
+
+    /// Writes the recording (off the runtime's threads); a failure is logged, never fatal.
+    async fn finish(self, log: &crate::engine::log::EventLog, voice_rate: u32) {
+        let entries = log.entries();
+        let dir = self.dir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            self.recorder.write(
+                &self.dir,
+                "serve",
+                self.settings,
+                self.user_rate,
+                voice_rate,
+                Some(&entries),
+            )
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => info!(dir = %dir.display(), "session recorded"),
+            Ok(Err(e)) => warn!(error = %e, "the session's recording could not be written"),
+            Err(e) => warn!(error = %e, "the session's recording writer stopped"),
+        }
+    }
+}
+
 /// Starts the engine session of a connection: stopped by the server's shutdown or by the
 /// returned token.
 fn start_engine(
     state: &State,
     flux: crate::flux::FluxEvents,
+    backends: Backends,
     sink: Box<dyn crate::engine::AudioSink>,
 ) -> (
     CancellationToken,
@@ -396,7 +473,7 @@ fn start_engine(
     let (handle, events) = crate::engine::start_session(
         state.config.session.clone(),
         flux,
-        state.config.backends.clone(),
+        backends,
         sink,
         stop.clone(),
     );

@@ -52,6 +52,9 @@ pub(crate) struct ServeArgs {
     /// goodbye and hang up (e.g. 8s).
     #[arg(long, value_parser = crate::parse_duration)]
     reprompt_after: Option<Duration>,
+    /// Record every session into DIR/<session id>/ for `turnflow replay`.
+    #[arg(long, value_name = "DIR")]
+    record: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
@@ -65,6 +68,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     }
     if args.max_sessions == 0 {
         anyhow::bail!("--max-sessions 0 would refuse everyone; give at least 1");
+    }
+    if let Some(dir) = &args.record {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--record {}: cannot create the directory", dir.display()))?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,6 +105,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         config.public_url = args.public_url;
         config.greeting = args.greeting.filter(|g| !g.trim().is_empty());
         config.reprompt_after = args.reprompt_after.filter(|d| !d.is_zero());
+        config.record_dir = args.record;
         config.twilio_auth_token = args
             .twilio_auth_token
             .filter(|t| !t.is_empty())

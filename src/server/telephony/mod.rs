@@ -338,7 +338,12 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
     let mut flux_config = config.flux.clone();
     flux_config.options.encoding = Some(Encoding::Mulaw);
     flux_config.options.sample_rate = Some(PHONE_RATE);
-    let (flux, flux_events) = match connect(flux_config, config.connector.clone()).await {
+    let recording = super::SessionRecording::start(config, id, &flux_config.options);
+    let connector = match &recording {
+        Some(r) => r.connector(config.connector.clone()),
+        None => config.connector.clone(),
+    };
+    let (flux, flux_events) = match connect(flux_config, connector).await {
         Ok(pair) => pair,
         Err(e) => {
             return Ending::new(
@@ -356,7 +361,12 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
         clock: clock.clone(),
         metrics: state.metrics.clone(),
     };
-    let (stop, handle, mut events) = super::start_engine(state, flux_events, Box::new(sink));
+    let backends = match &recording {
+        Some(r) => r.backends(&config.backends),
+        None => config.backends.clone(),
+    };
+    let (stop, handle, mut events) =
+        super::start_engine(state, flux_events, backends, Box::new(sink));
     let log = handle.log();
     let prompter = handle.prompter();
     if let Some(greeting) = &config.greeting {
@@ -487,6 +497,9 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                 match Inbound::parse(&text) {
                     Ok(Inbound::Media { chunk, audio, .. }) => {
                         for frame in reorder.push(chunk, audio) {
+                            if let Some(r) = &recording {
+                                r.user_audio(Encoding::Mulaw, &frame);
+                            }
                             inbound.extend_from_slice(&frame);
                         }
                         if inbound.len() >= flux_frame_bytes
@@ -525,6 +538,9 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
         }
     };
     drop(flux.take());
+    if let Some(r) = recording {
+        r.finish(&log, config.backends.tts.sample_rate()).await;
+    }
     if reorder.late + reorder.lost > 0 {
         info!(
             late = reorder.late,
