@@ -900,3 +900,71 @@ fn replay_sweeps_the_shipped_recordings_into_a_table_and_a_chart() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_run_recorded_on_the_virtual_clock_replays_to_the_identical_report() {
+    let dir = temp_dir("run-virtual");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (record, report, replayed) = (dir.join("rec"), dir.join("run.json"), dir.join("replay"));
+    let out = turnflow(&[
+        "run",
+        "--clock",
+        "virtual",
+        "--input",
+        "tests/fixtures/book_table_16k.wav",
+        "--output",
+        dir.join("agent.wav").to_str().unwrap(),
+        "--scenario",
+        "scenarios/eager_hit.json",
+        "--config",
+        "turnflow.example.toml",
+        "--record",
+        record.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("response_latency_ms  p50   280.0"),
+        "{stdout}"
+    );
+    let out = turnflow(&[
+        "replay",
+        record.to_str().unwrap(),
+        "--out",
+        replayed.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let original = std::fs::read_to_string(&report).unwrap();
+    assert!(original.contains("\"speculation\": \"hit\""), "{original}");
+    assert_eq!(
+        std::fs::read_to_string(replayed.join("report.json")).unwrap(),
+        original
+    );
+
+    for (input, output) in [
+        ("mic", "/tmp/turnflow-unused.wav"),
+        ("tests/fixtures/book_table_16k.wav", "speaker"),
+    ] {
+        let expected = "--clock virtual needs --input FILE and --output FILE";
+        let all = [
+            "run", "--clock", "virtual", "--input", input, "--output", output,
+        ];
+        let out = turnflow(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -3,7 +3,7 @@
 //!
 //! Flux sends one `TurnInfo` per 240 ms of audio, each with the transcript and words so far and
 //! its end-of-turn confidence. [`Timeline::from_flux`] reads those ticks off a recording (mapping
-//! a reconnected connection's audio times onto the session's); [`derive`] walks them again with
+//! a reconnected connection's audio times onto the session's); [`derive()`] walks them again with
 //! the thresholds given, the way the emulator and Flux decide:
 //! - `StartOfTurn` with the first word not yet in a turn;
 //! - `EagerEndOfTurn` (eager mode) when the confidence reaches `eager_eot_threshold` in silence;

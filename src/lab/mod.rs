@@ -3,9 +3,9 @@
 //!
 //! - [`recording`]: the recording format (`docs/recordings.md`) and the [`Recorder`] that wraps
 //!   a session's Flux connector, model and voice to write it.
-//! - [`derive`] (pure): Flux's turn events re-derived from the recorded confidence curve under
+//! - [`derive`](mod@derive) (pure): Flux's turn events re-derived from the recorded confidence curve under
 //!   other thresholds.
-//! - [`replay`]: a recorded session run again on tokio's paused clock, with the derived events,
+//! - [`replay`](mod@replay): a recorded session run again on tokio's paused clock, with the derived events,
 //!   the recorded model and voice (their timing and content), and the recorded user audio.
 //! - [`sweep`]: one setting over a range, over many recordings, as a table and an SVG chart.
 //! - [`import`]: LiveKit's eot-bench rows (audio, silence spans, words) as recordings.
@@ -26,12 +26,12 @@ pub use replay::{ReplayOutcome, ReplaySettings, replay};
 #[non_exhaustive]
 pub enum LabError {
     /// A file or directory could not be read or written.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {error}", .path.display())]
     Io {
         /// Which.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file is not what the format says.
     #[error("{}{}: {message}", .path.display(), .line.map(|l| format!(" line {l}")).unwrap_or_default())]
@@ -65,10 +65,10 @@ pub enum LabError {
 }
 
 impl LabError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
         LabError::Io {
             path: path.to_owned(),
-            source,
+            error,
         }
     }
 }

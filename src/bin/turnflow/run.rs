@@ -11,13 +11,16 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::time::Instant;
-use turnflow::emulator::EmulatorServer;
 use turnflow::emulator::sim::{RecordingSink, place_frames};
+use turnflow::emulator::{EmulatorServer, MemoryEmulator};
 use turnflow::engine::{AudioSink, Backends, CancellationToken, EngineEvent, start_session};
 use turnflow::flux::{Connector, Encoding, FluxConfig, FluxSender, WebSocketConnector, connect};
 use turnflow::lab::recording::EventLine;
 use turnflow::lab::{RecordedSettings, Recorder};
 
+use turnflow::report::Report;
+
+use crate::Clock;
 use crate::agent::{Agent, AgentArgs, SAMPLE_RATE, Stt};
 
 #[derive(Parser)]
@@ -34,6 +37,14 @@ pub(crate) struct RunArgs {
     /// the event log as it goes, the rest when the session ends.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
+    /// Write the session's report (per-turn metrics, as `simulate --out` does) to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// `virtual` runs a WAV file through the local emulator on tokio's paused clock: the same
+    /// session in milliseconds, the same every time (needs `--input FILE`, `--output FILE`,
+    /// `--stt emulator` and a voice that is not a separate process).
+    #[arg(long, value_enum, default_value = "real")]
+    clock: Clock,
 }
 
 /// The microphone or a WAV file, as 16 kHz PCM in 20 ms chunks.
@@ -77,6 +88,12 @@ pub(crate) fn read_speech(path: &str, flag: &str) -> Result<Vec<i16>> {
     Ok(samples)
 }
 
+/// The local emulator, over a loopback WebSocket (real time) or in memory (virtual time).
+enum Emulator {
+    Socket(EmulatorServer),
+    Memory(MemoryEmulator),
+}
+
 enum Output {
     File(PathBuf, std::fs::File, RecordingSink),
     #[cfg(feature = "audio-io")]
@@ -116,8 +133,31 @@ fn open_record(dir: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
 pub(crate) fn run(args: RunArgs) -> Result<()> {
     let agent = Agent::resolve(&args.agent)?;
     let voice = agent.tts.clone();
+    if matches!(args.clock, Clock::Virtual) {
+        if args.input == "mic" || args.output == "speaker" {
+            bail!(
+                "--clock virtual needs --input FILE and --output FILE: a microphone and a speaker run in real time"
+            );
+        }
+        if !matches!(agent.stt, Stt::Emulator(_)) {
+            bail!("--clock virtual needs --stt emulator: Deepgram runs in real time");
+        }
+        if voice.name() == "espeak-ng" {
+            bail!(
+                "--clock virtual needs a voice inside the process (--tts synthetic): espeak-ng is a separate program running in real time"
+            );
+        }
+    }
     let input = open_input(&args.input)?;
     let output = open_output(&args.output, voice.sample_rate())?;
+    let report_file = args
+        .report
+        .as_deref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .with_context(|| format!("--report {}: cannot create the file", path.display()))
+        })
+        .transpose()?;
     let record = args.record.as_deref().map(open_record).transpose()?;
     let recorder = record.as_ref().map(|_| Recorder::new());
     let settings = RecordedSettings::of(
@@ -126,19 +166,21 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         agent.llm.name(),
         voice.name(),
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = args.clock.runtime()?;
     runtime.block_on(async move {
-        let (emulator, flux_config) = match agent.stt {
+        let (emulator, flux_config, connector): (_, _, Arc<dyn Connector>) = match agent.stt {
+            Stt::Emulator(config) if matches!(args.clock, Clock::Virtual) => {
+                let memory = MemoryEmulator::new(config);
+                let flux = FluxConfig::new(agent.options.clone()).with_base_url("ws://emulator");
+                (Some(Emulator::Memory(memory.clone())), flux, Arc::new(memory))
+            }
             Stt::Emulator(config) => {
                 let server = EmulatorServer::bind("127.0.0.1:0".parse()?, config).await?;
                 let flux = FluxConfig::new(agent.options.clone()).with_base_url(server.base_url());
-                (Some(server), flux)
+                (Some(Emulator::Socket(server)), flux, Arc::new(WebSocketConnector))
             }
-            Stt::Flux(flux) => (None, *flux),
+            Stt::Flux(flux) => (None, *flux, Arc::new(WebSocketConnector)),
         };
-        let connector: Arc<dyn Connector> = Arc::new(WebSocketConnector);
         let (connector, llm, tts) = match &recorder {
             Some(r) => (r.connector(connector), r.llm(agent.llm), r.tts(voice)),
             None => (connector, agent.llm, voice),
@@ -162,12 +204,29 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         };
         let output_rate = backends.tts.sample_rate();
         let (handle, mut engine_events) = start_session(agent.session, events, backends, sink, CancellationToken::new());
+        let log = handle.log();
         let start = recorder.as_ref().map_or_else(Instant::now, Recorder::origin);
         // The event log is written as the session goes: an interrupted run leaves every line
         // up to the interruption.
         let log_writer = record.map(|file| {
             let entries = handle.log().subscribe(4096);
-            tokio::task::spawn_blocking(move || write_record(file, entries, start))
+            match args.clock {
+                Clock::Real => tokio::task::spawn_blocking(move || {
+                    write_record(file, entries, start, |entries| entries.blocking_recv())
+                }),
+                // The paused clock cannot advance while a blocking task runs; on it the
+                // session takes milliseconds and these small writes block no one.
+                Clock::Virtual => tokio::spawn(async move {
+                    let mut lines = 0;
+                    let mut file = file;
+                    let mut entries = entries;
+                    while let Some(entry) = entries.recv().await {
+                        write_line(&mut file, &entry, start)?;
+                        lines += 1;
+                    }
+                    Ok(lines)
+                }),
+            }
         });
         let (speaking_tx, speaking) = tokio::sync::watch::channel(false);
         let printer = tokio::spawn(async move {
@@ -191,8 +250,22 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         flux.close().await?;
         let outcome = handle.finished().await;
         let _ = printer.await;
-        if let Some(server) = emulator {
-            server.shutdown().await;
+        match emulator {
+            Some(Emulator::Socket(server)) => server.shutdown().await,
+            Some(Emulator::Memory(memory)) => memory.shutdown().await,
+            None => {}
+        }
+        let report = Report::from_log(&log.entries());
+        // The last handle on the log: its subscribers see it close, and the writer finishes.
+        drop(log);
+        crate::print_report(&report);
+        if let (Some(file), Some(path)) = (report_file, &args.report) {
+            let mut file = file;
+            serde_json::to_writer_pretty(&mut file, &report)
+                .map_err(std::io::Error::from)
+                .and_then(|()| std::io::Write::write_all(&mut file, b"\n"))
+                .with_context(|| format!("--report {}: cannot write", path.display()))?;
+            println!("wrote {}", path.display());
         }
         if let Some(writer) = log_writer {
             let lines = writer.await.context("the event log writer stopped")??;
@@ -303,20 +376,33 @@ async fn stream_input(
     }
 }
 
-/// Writes each entry as one JSON line as it arrives, flushing after each, until the log
-/// closes. Returns the number of lines.
+type LogReceiver = tokio::sync::mpsc::Receiver<turnflow::engine::log::LogEntry>;
+
+/// Writes each entry `next` gives as one JSON line, until the log closes. Returns the number
+/// of lines.
 fn write_record(
     mut file: std::io::BufWriter<std::fs::File>,
-    mut entries: tokio::sync::mpsc::Receiver<turnflow::engine::log::LogEntry>,
+    mut entries: LogReceiver,
     start: Instant,
+    next: impl Fn(&mut LogReceiver) -> Option<turnflow::engine::log::LogEntry>,
 ) -> Result<u64> {
-    use std::io::Write;
     let mut lines = 0;
-    while let Some(e) = entries.blocking_recv() {
-        serde_json::to_writer(&mut file, &EventLine::new(&e, start))?;
-        file.write_all(b"\n")?;
-        file.flush()?;
+    while let Some(entry) = next(&mut entries) {
+        write_line(&mut file, &entry, start)?;
         lines += 1;
     }
     Ok(lines)
+}
+
+/// One event-log line, flushed: an interrupted run keeps every line up to the interruption.
+fn write_line(
+    file: &mut std::io::BufWriter<std::fs::File>,
+    entry: &turnflow::engine::log::LogEntry,
+    start: Instant,
+) -> Result<()> {
+    use std::io::Write;
+    serde_json::to_writer(&mut *file, &EventLine::new(entry, start))?;
+    file.write_all(b"\n")?;
+    file.flush()?;
+    Ok(())
 }
