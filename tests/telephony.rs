@@ -459,6 +459,59 @@ async fn a_telnyx_call_with_frames_out_of_order_is_answered() {
     assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
 }
 
+/// A recorded phone call: the caller's µ-law audio decoded to 8 kHz PCM, replayable offline,
+/// and nothing of the carrier's custom parameters (the caller's number) in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_call_replays_and_keeps_no_caller_details() {
+    let dir = std::env::temp_dir().join(format!("turnflow-call-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let record_dir = dir.clone();
+    let server = start("plain.json", move |c| c.record_dir = Some(record_dir)).await;
+    let heard = phone_call(server.addr, Plan::new(Kind::Twilio, "recorded")).await;
+    settled(&server.metrics).await;
+    assert!(heard.agent_ms > 1000, "{heard:?}");
+    let session = server.seen.session_tagged("recorded");
+    let recording = turnflow::lab::Recording::load(&dir.join(&session)).unwrap();
+    assert_eq!(recording.meta.user_sample_rate, 8000);
+    assert!(recording.user_audio.len() > 8000 * 5, "the caller's audio");
+    for entry in std::fs::read_dir(dir.join(&session)).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(
+            !bytes.windows(9).any(|w| w == b"+15550100"),
+            "the caller's number was recorded"
+        );
+    }
+    let replayed = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let settings = turnflow::lab::ReplaySettings::recorded(&recording.meta.settings).unwrap();
+        runtime
+            .block_on(turnflow::lab::replay(&recording, &settings))
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(
+        replayed.generated_replies.is_empty(),
+        "{:?}",
+        replayed.generated_replies
+    );
+    assert!(
+        replayed
+            .result
+            .history
+            .contains(&turnflow::llm::Message::assistant(
+                "We open at nine in the morning."
+            )),
+        "{:?}",
+        replayed.result.history
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
     let server = start("plain.json", |c| {
