@@ -264,16 +264,24 @@ impl EmulatorSession {
             self.next_tick = tick_samples;
         }
         let decoded = std::mem::take(&mut self.decoded);
-        for &sample in &decoded {
+        // Runs of samples up to the next tick: per-sample work only where a sample matters.
+        let mut rest: &[i16] = &decoded;
+        while !rest.is_empty() {
+            let until_tick = usize::try_from(self.next_tick - self.samples).unwrap_or(usize::MAX);
+            let (run, tail) = rest.split_at(until_tick.min(rest.len()));
+            rest = tail;
             if self.vad.is_some() {
-                self.vad_sample(sample, rate);
-            } else if self.onset.is_none() && sample.unsigned_abs() >= ONSET_LEVEL.unsigned_abs() {
-                let t = self.samples as f64 / f64::from(rate);
-                if t >= self.window_start {
-                    self.onset = Some(t);
-                }
+                self.vad_samples(run, self.samples, rate);
+            } else if self.onset.is_none() {
+                let (first, window_start) = (self.samples, self.window_start);
+                self.onset = run
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.unsigned_abs() >= ONSET_LEVEL.unsigned_abs())
+                    .map(|(k, _)| (first + k as u64) as f64 / f64::from(rate))
+                    .find(|t| *t >= window_start);
             }
-            self.samples += 1;
+            self.samples += run.len() as u64;
             if self.samples == self.next_tick {
                 let t = self.next_tick as f64 / f64::from(rate);
                 self.next_tick += tick_samples;

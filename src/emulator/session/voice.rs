@@ -121,29 +121,46 @@ impl Detector {
 }
 
 impl EmulatorSession {
-    /// Feeds one sample at `rate` to the voice activity detector, which listens at 16 kHz
-    /// (nearest-sample resampling: a phone's 8 kHz sample counts twice, a 48 kHz stream's
-    /// every third), and turns speech into words.
-    pub(super) fn vad_sample(&mut self, sample: i16, rate: u32) {
-        let Some(vad) = &mut self.vad else { return };
-        vad.phase += VAD_RATE;
-        let mut copies = 0;
-        while vad.phase >= rate {
-            vad.phase -= rate;
-            copies += 1;
+    /// Feeds `samples` at `rate`, the first being sample number `first` of the stream, to the
+    /// voice activity detector, which listens at 16 kHz (nearest-sample resampling: a phone's
+    /// 8 kHz sample counts twice, a 48 kHz stream's every third), and turns speech into words.
+    pub(super) fn vad_samples(&mut self, samples: &[i16], first: u64, rate: u32) {
+        if rate == VAD_RATE {
+            // Whole runs of samples into the frame: no per-sample work at the detector's rate.
+            let mut done = 0;
+            while done < samples.len() {
+                let Some(vad) = &mut self.vad else { return };
+                let take = (VAD_FRAME - vad.frame.len()).min(samples.len() - done);
+                vad.frame.extend_from_slice(&samples[done..done + take]);
+                done += take;
+                if vad.frame.len() == VAD_FRAME {
+                    self.vad_frame(first + done as u64 - 1, rate);
+                }
+            }
+            return;
         }
-        for _ in 0..copies {
-            self.vad_push(sample, rate);
+        for (k, &sample) in samples.iter().enumerate() {
+            let Some(vad) = &mut self.vad else { return };
+            vad.phase += VAD_RATE;
+            let mut copies = 0;
+            while vad.phase >= rate {
+                vad.phase -= rate;
+                copies += 1;
+            }
+            for _ in 0..copies {
+                let Some(vad) = &mut self.vad else { return };
+                vad.frame.push(sample);
+                if vad.frame.len() == VAD_FRAME {
+                    self.vad_frame(first + k as u64, rate);
+                }
+            }
         }
     }
 
-    fn vad_push(&mut self, sample: i16, rate: u32) {
+    /// One full detector frame, completed by sample number `last` of the stream.
+    fn vad_frame(&mut self, last: u64, rate: u32) {
         let Some(vad) = &mut self.vad else { return };
-        vad.frame.push(sample);
-        if vad.frame.len() < VAD_FRAME {
-            return;
-        }
-        let end = (self.samples + 1) as f64 / f64::from(rate);
+        let end = (last + 1) as f64 / f64::from(rate);
         let start = end - VAD_FRAME as f64 / f64::from(VAD_RATE);
         let voiced = vad.detector.voiced(&vad.frame);
         vad.frame.clear();
@@ -187,7 +204,8 @@ impl EmulatorSession {
         if vad.speaking {
             // One word per word-length of speech; the last scripted word waits for the pause,
             // so the transcript is complete exactly when the user stops.
-            vad.words_spoken += VAD_FRAME as f64 / f64::from(rate) * f64::from(u8::from(voiced));
+            vad.words_spoken +=
+                VAD_FRAME as f64 / f64::from(VAD_RATE) * f64::from(u8::from(voiced));
             while vad.words_spoken >= word_len {
                 vad.words_spoken -= word_len;
                 let word = if vad.pending.len() > 1 {
