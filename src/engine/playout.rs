@@ -434,9 +434,11 @@ fn play_next(
         return 0;
     }
     let n = frame.len().min(track.queue.len());
-    for (slot, sample) in frame.iter_mut().zip(track.queue.drain(..n)) {
-        *slot = sample;
-    }
+    let (front, back) = track.queue.as_slices();
+    let from_front = n.min(front.len());
+    frame[..from_front].copy_from_slice(&front[..from_front]);
+    frame[from_front..n].copy_from_slice(&back[..n - from_front]);
+    track.queue.drain(..n);
     frame[n..].fill(0);
     sink.write(frame);
     let now = Instant::now();
