@@ -228,3 +228,67 @@ fn bad_recordings_and_rows_are_refused_with_the_file_line_and_reason() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn recorded_provider_failures_replay_as_they_happened() {
+    use turnflow::engine::Backends;
+    use turnflow::llm::ScriptedLlm;
+    use turnflow::llm::scripted::Fault;
+    use turnflow::tts::SyntheticTts;
+    let dir = scratch("failures");
+    let scenario = Arc::new(Scenario::load("scenarios/demo.json".as_ref()).unwrap());
+    let mut config = SimulationConfig::new(scenario.clone());
+    config.transport = Transport::Memory;
+    // The first request is refused (a server error), the second breaks after two tokens, and
+    // the voice fails its third sentence.
+    config.backends = Some(Backends {
+        llm: Arc::new(
+            ScriptedLlm::from_scenario(&scenario)
+                .fail_call(0, Fault::Reject(503))
+                .fail_call(1, Fault::FailAfterTokens(2)),
+        ),
+        tts: Arc::new(
+            SyntheticTts::new(16000, scenario.tts.clone())
+                .fail_call(2, turnflow::tts::synthetic::TtsFault::Fail),
+        ),
+        tools: None,
+    });
+    let recorder = Recorder::new();
+    config.recorder = Some(recorder.clone());
+    let thresholds = config.thresholds;
+    let original = turnflow::emulator::sim::run(config).await.unwrap();
+    let mut options = turnflow::flux::ListenOptions::default();
+    options.eager_eot_threshold = thresholds.eager_eot_threshold;
+    options.eot_threshold = thresholds.eot_threshold;
+    options.eot_timeout_ms = thresholds.eot_timeout_ms;
+    let mut session = turnflow::engine::SessionConfig::default();
+    session.machine.system_prompt = scenario.system_prompt.clone();
+    let settings = RecordedSettings::of(&session, &options, "scripted", "synthetic");
+    recorder
+        .write(
+            &dir,
+            "simulate",
+            settings,
+            16000,
+            16000,
+            Some(&original.log),
+        )
+        .unwrap();
+    let recording = Recording::load(&dir).unwrap();
+    let llm = std::fs::read_to_string(dir.join("llm.jsonl")).unwrap();
+    assert!(llm.contains("\"event\":\"error\""), "{llm}");
+    let tts = std::fs::read_to_string(dir.join("tts.jsonl")).unwrap();
+    assert!(tts.contains("\"event\":\"error\""), "{tts}");
+    let replayed = replay(
+        &recording,
+        &ReplaySettings::recorded(&recording.meta.settings).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::to_value(&replayed.result.report).unwrap(),
+        serde_json::to_value(&original.report).unwrap()
+    );
+    assert_eq!(replayed.result.history, original.history);
+    let _ = std::fs::remove_dir_all(&dir);
+}

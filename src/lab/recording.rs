@@ -635,7 +635,8 @@ pub(crate) fn error_kind(name: &str) -> ErrorKind {
     }
 }
 
-fn last_user(messages: &[Message]) -> String {
+/// The last user message of a conversation: what replay matches a request by.
+pub(crate) fn last_user(messages: &[Message]) -> String {
     messages
         .iter()
         .rev()

@@ -28,17 +28,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::LabError;
 use super::derive::{Derivation, Timeline, derive};
-use super::recording::{LlmEvent, RecordedSettings, Recording, TtsEvent, error_kind};
+use super::recording::{LlmEvent, RecordedSettings, Recording, TtsEvent, error_kind, last_user};
 use crate::emulator::sim::{RecordingSink, SimulationResult};
 use crate::engine::{
     Backends, BargeInPolicy, EngineEvent, Presynthesis, SessionConfig, start_session,
 };
-use crate::error::BackendError;
+use crate::error::{BackendError, ErrorKind};
 use crate::flux::messages::{TurnEvent, TurnInfo, TurnTrigger};
 use crate::flux::transport::{ConnectError, ConnectRequest, Connection, WireFrame, channel_pair};
 use crate::flux::{Connector, Encoding, FluxConfig, ListenOptions, Thresholds, connect};
 use crate::llm::{
-    LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ScriptedLlm, ToolCall, Usage,
+    LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, ScriptedLlm, ToolCall, Usage,
 };
 use crate::report::Report;
 use crate::scenario::{LlmTiming, TtsTiming};
@@ -440,6 +440,28 @@ fn group<E: Clone>(
         .collect()
 }
 
+/// A request the recording shows refused before any stream: its recorded error (`error` reads
+/// it from the first step), at its recorded time.
+async fn refusal<E>(
+    provider: &str,
+    requested: Instant,
+    steps: Vec<(f64, E)>,
+    error: impl Fn(E) -> Option<BackendError>,
+) -> BackendError {
+    let no_answer = || {
+        BackendError::new(
+            provider,
+            ErrorKind::StreamBroken,
+            "the recorded request has no answer",
+        )
+    };
+    let Some((after, event)) = steps.into_iter().next() else {
+        return no_answer();
+    };
+    tokio::time::sleep_until(requested + ms(after)).await;
+    error(event).unwrap_or_else(no_answer)
+}
+
 /// Takes the first unused recorded stream with `key`.
 fn take<E: Clone>(pool: &Mutex<Vec<Option<Recorded<E>>>>, key: &str) -> Option<Recorded<E>> {
     pool.lock()
@@ -521,15 +543,7 @@ impl LanguageModel for ReplayLlm {
 
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
         let requested = Instant::now();
-        let last_user = request
-            .messages
-            .iter()
-            .rev()
-            .find_map(|m| match m {
-                Message::User { content } => Some(content.clone()),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let last_user = last_user(&request.messages);
         let Some(recorded) = take(&self.pool, &last_user) else {
             note(&self.notes, |n| n.generated_replies.push(last_user));
             return self.fallback.stream(request).await;
@@ -561,28 +575,13 @@ impl LanguageModel for ReplayLlm {
                 _ => return None,
             })
         };
-        match recorded.opened_after {
-            Some(after) => tokio::time::sleep_until(requested + ms(after)).await,
-            None => {
-                // Refused before any stream: the recorded error, at its recorded time.
-                let (after, event) = recorded.steps.into_iter().next().unwrap_or((
-                    0.0,
-                    LlmEvent::Error {
-                        kind: "stream_broken".into(),
-                        message: "the recorded request has no answer".into(),
-                    },
-                ));
-                tokio::time::sleep_until(requested + ms(after)).await;
-                return Err(match to_chunk(event) {
-                    Some(Err(e)) => e,
-                    _ => BackendError::new(
-                        self.name.clone(),
-                        error_kind("stream_broken"),
-                        "the recorded request has no answer",
-                    ),
-                });
-            }
-        }
+        let Some(after) = recorded.opened_after else {
+            return Err(refusal(&self.name, requested, recorded.steps, |event| {
+                to_chunk(event).and_then(Result::err)
+            })
+            .await);
+        };
+        tokio::time::sleep_until(requested + ms(after)).await;
         let complete = recorded.complete;
         let notes = self.notes.clone();
         let key = recorded.key.clone();
@@ -705,22 +704,10 @@ impl SpeechSynthesizer for ReplayTts {
             })
         };
         let Some(after) = recorded.opened_after else {
-            let (after, event) = recorded.steps.into_iter().next().unwrap_or((
-                0.0,
-                TtsEvent::Error {
-                    kind: "stream_broken".into(),
-                    message: "the recorded request has no answer".into(),
-                },
-            ));
-            tokio::time::sleep_until(requested + ms(after)).await;
-            return Err(match to_chunk(event) {
-                Some(Err(e)) => e,
-                _ => BackendError::new(
-                    self.name.clone(),
-                    error_kind("stream_broken"),
-                    "the recorded request has no answer",
-                ),
-            });
+            return Err(refusal(&self.name, requested, recorded.steps, |event| {
+                to_chunk(event).and_then(Result::err)
+            })
+            .await);
         };
         tokio::time::sleep_until(requested + ms(after)).await;
         let steps = recorded.steps.into_iter();
