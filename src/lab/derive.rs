@@ -70,6 +70,8 @@ pub struct Timeline {
     pub turns: Vec<RecordedTurn>,
     /// Ticks dropped because a reconnect sent their audio again.
     pub repeated_ticks: usize,
+    /// `TurnInfo` messages that could not be read (skipped; replay says how many).
+    pub unreadable_ticks: usize,
 }
 
 impl Timeline {
@@ -88,6 +90,7 @@ impl Timeline {
                 continue;
             }
             let Ok(info) = serde_json::from_value::<TurnInfo>(line.message.clone()) else {
+                timeline.unreadable_ticks += 1;
                 continue;
             };
             if line.connection != connection {
@@ -536,6 +539,60 @@ mod tests {
             .unwrap();
         assert_eq!(end.info.transcript, "w0 w1 w2");
         assert_eq!(merged.turn_taking.ends, 1);
+    }
+
+    fn line(connection: u32, t: f64, event: &str, words: &[&str]) -> FluxLine {
+        let words: Vec<Word> = words
+            .iter()
+            .map(|w| Word {
+                word: (*w).into(),
+                confidence: 0.9,
+                start: None,
+                end: None,
+            })
+            .collect();
+        let transcript: Vec<&str> = words.iter().map(|w| w.word.as_str()).collect();
+        FluxLine {
+            t_ms: t * 1000.0,
+            connection,
+            message: serde_json::json!({
+                "type": "TurnInfo", "request_id": "r", "sequence_id": 1, "event": event,
+                "turn_index": 0, "audio_window_start": 0.0, "audio_window_end": t,
+                "transcript": transcript.join(" "), "words": words,
+                "end_of_turn_confidence": 0.1,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_reconnect_maps_times_back_and_drops_what_it_sent_again() {
+        let mut lines = vec![
+            line(0, 0.24, "StartOfTurn", &["w0"]),
+            line(0, 0.48, "Update", &["w0"]),
+            line(0, 0.72, "Update", &["w0"]),
+        ];
+        // The new connection hears the open turn's audio again from its start.
+        lines.extend([0.24, 0.48, 0.72].map(|t| line(1, t, "Update", &["w0"])));
+        lines.push(line(1, 0.96, "Update", &["w0", "w1"]));
+        lines.push(line(1, 1.20, "EndOfTurn", &["w0", "w1"]));
+        lines.push(FluxLine {
+            t_ms: 1300.0,
+            connection: 1,
+            message: serde_json::json!({"type": "TurnInfo", "event": "Update"}),
+        });
+        // After an end of turn a reconnect's clock starts at that end.
+        lines.push(line(2, 0.24, "StartOfTurn", &["w2"]));
+        let timeline = Timeline::from_flux(&lines);
+        assert_eq!(timeline.repeated_ticks, 3);
+        assert_eq!(timeline.unreadable_ticks, 1);
+        let ends: Vec<f64> = timeline.ticks.iter().map(|t| t.audio_end).collect();
+        assert_eq!(ends, [0.24, 0.48, 0.72, 0.96, 1.20, 1.44]);
+        let words: Vec<Vec<&str>> = timeline
+            .turns
+            .iter()
+            .map(|t| t.words.iter().map(|w| w.word.as_str()).collect())
+            .collect();
+        assert_eq!(words, [vec!["w0", "w1"], vec!["w2"]]);
     }
 
     proptest! {

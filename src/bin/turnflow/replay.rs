@@ -199,6 +199,20 @@ fn pool(items: Vec<(Report, TurnTaking)>) -> (Report, TurnTaking) {
 /// model fits this recording).
 fn report_fidelity(recording: &Recording, baseline: &Derivation) {
     let timeline = Timeline::from_flux(&recording.flux);
+    if timeline.unreadable_ticks > 0 {
+        println!(
+            "{}: {} TurnInfo message(s) in flux.jsonl could not be read and were skipped",
+            recording.dir.display(),
+            timeline.unreadable_ticks
+        );
+    }
+    if timeline.repeated_ticks > 0 {
+        println!(
+            "{}: {} tick(s) repeated after a reconnect were dropped",
+            recording.dir.display(),
+            timeline.repeated_ticks
+        );
+    }
     let differences = baseline.differences(&timeline);
     if differences.is_empty() {
         println!(
