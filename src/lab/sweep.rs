@@ -194,6 +194,10 @@ pub struct SweepRow {
     pub speculation_hits: u64,
     /// LLM tokens of withdrawn speculation.
     pub wasted_llm_tokens: u64,
+    /// Replies the user cut off (barge-ins that stopped the agent).
+    pub cut_replies: usize,
+    /// Barge-in stop time p50 (ms): from the user's `StartOfTurn` to the agent's last frame.
+    pub barge_in_stop_p50_ms: f64,
     /// How the user's turns were taken (ends, timeouts, premature ends).
     pub turn_taking: TurnTaking,
     /// Requests the recordings never made, answered by the scripted model.
@@ -268,6 +272,8 @@ pub async fn run(
         row.speculation_attempts = s.speculation.attempts;
         row.speculation_hits = s.speculation.hits;
         row.wasted_llm_tokens = s.speculation.wasted_llm_tokens;
+        row.cut_replies = pooled.turns.iter().filter(|t| t.interrupted).count();
+        row.barge_in_stop_p50_ms = s.barge_in_stop_ms.p50;
         rows.push(row);
     }
     Ok(rows)
@@ -276,7 +282,7 @@ pub async fn run(
 /// The rows as a fixed-width table.
 pub fn table(knob: Knob, rows: &[SweepRow]) -> String {
     let mut out = format!(
-        "{:>14} {:>6} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>10} {:>9}\n",
+        "{:>14} {:>6} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>10} {:>5} {:>9}\n",
         knob.name(),
         "turns",
         "resp p50",
@@ -287,12 +293,13 @@ pub fn table(knob: Knob, rows: &[SweepRow]) -> String {
         "wasted",
         "timeouts",
         "premature",
+        "cut",
         "generated"
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{:>14} {:>6} {:>9.0} {:>9.0} {:>8.0} {:>8.0} {:>5}/{:<3} {:>7} {:>9} {:>10} {:>9}",
+            "{:>14} {:>6} {:>9.0} {:>9.0} {:>8.0} {:>8.0} {:>5}/{:<3} {:>7} {:>9} {:>10} {:>5} {:>9}",
             r.value,
             r.turns,
             r.response_p50_ms,
@@ -304,6 +311,7 @@ pub fn table(knob: Knob, rows: &[SweepRow]) -> String {
             r.wasted_llm_tokens,
             r.turn_taking.timeouts,
             r.turn_taking.premature_ends,
+            r.cut_replies,
             r.generated_replies
         );
     }
