@@ -864,6 +864,14 @@ fn replay_sweeps_the_shipped_recordings_into_a_table_and_a_chart() {
     let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains(">0.9</text>"));
 
+    // A directory of recordings (what `serve --record` writes) gives all of them.
+    let out = turnflow(&["replay", "recordings", "--sweep", "eot=0.6,0.8"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("sweep over {} recording(s)", shipped.len())),
+        "{stdout}"
+    );
+
     for (args, expected) in [
         (
             vec![

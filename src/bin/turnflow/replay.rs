@@ -17,8 +17,8 @@ use crate::{Clock, OnOff, ThresholdArgs, parse_barge_in, parse_presynthesis};
 
 #[derive(Parser)]
 pub(crate) struct ReplayArgs {
-    /// Recording directories (`run --record`, `simulate --record`), or eot-bench JSON-lines
-    /// files (see docs/recordings.md, "Importing eot-bench").
+    /// Recording directories (`run --record`, `simulate --record`), directories of them
+    /// (`serve --record`), or eot-bench JSON-lines files (docs/recordings.md).
     #[arg(required = true, value_name = "RECORDING")]
     recordings: Vec<PathBuf>,
     #[command(flatten)]
@@ -51,11 +51,28 @@ fn parse_sweep(value: &str) -> Result<Sweep, String> {
         .map_err(|e: turnflow::lab::LabError| e.to_string())
 }
 
-/// The recordings named: directories are read, eot-bench files imported.
+/// The recordings named: directories are read (a directory of recordings, as `serve --record`
+/// writes, gives all of them), eot-bench files imported.
 fn load(paths: &[PathBuf]) -> Result<Vec<Recording>> {
     let mut out = Vec::new();
     for path in paths {
-        if path.is_dir() {
+        if path.is_dir() && !path.join("recording.json").exists() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("{}: cannot read the directory", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.join("recording.json").exists())
+                .collect();
+            if inner.is_empty() {
+                bail!(
+                    "{}: no recording.json in it or in the directories in it",
+                    path.display()
+                );
+            }
+            inner.sort();
+            for dir in inner {
+                out.push(Recording::load(&dir)?);
+            }
+        } else if path.is_dir() {
             out.push(Recording::load(path)?);
         } else {
             let imported = import_eot_bench(path)?;
