@@ -396,41 +396,77 @@ struct Recorded<E> {
     complete: bool,
 }
 
-/// Groups `(t_ms, stream, event)` lines into streams keyed by their request.
-fn group<E: Clone>(
-    lines: impl Iterator<Item = (f64, u64, E)>,
-    request_key: impl Fn(&E) -> Option<String>,
-    is_opened: impl Fn(&E) -> bool,
-    is_last: impl Fn(&E) -> bool,
-    is_drop: impl Fn(&E) -> bool,
-) -> Vec<Recorded<E>> {
+/// A step of a recorded model or voice stream, as grouping needs to read it.
+trait Step: Clone {
+    /// The request's key (last user message, or text) when this step is the request.
+    fn request_key(&self) -> Option<String>;
+    /// The stream opened (headers).
+    fn is_opened(&self) -> bool;
+    /// The stream's last word: its end or an error.
+    fn is_last(&self) -> bool;
+    /// The engine dropped the stream.
+    fn is_drop(&self) -> bool;
+}
+
+impl Step for LlmEvent {
+    fn request_key(&self) -> Option<String> {
+        match self {
+            LlmEvent::Request { last_user, .. } => Some(last_user.clone()),
+            _ => None,
+        }
+    }
+    fn is_opened(&self) -> bool {
+        matches!(self, LlmEvent::Opened)
+    }
+    fn is_last(&self) -> bool {
+        matches!(self, LlmEvent::End { .. } | LlmEvent::Error { .. })
+    }
+    fn is_drop(&self) -> bool {
+        matches!(self, LlmEvent::Dropped)
+    }
+}
+
+impl Step for TtsEvent {
+    fn request_key(&self) -> Option<String> {
+        match self {
+            TtsEvent::Request { text } => Some(text.clone()),
+            _ => None,
+        }
+    }
+    fn is_opened(&self) -> bool {
+        matches!(self, TtsEvent::Opened)
+    }
+    fn is_last(&self) -> bool {
+        matches!(self, TtsEvent::End | TtsEvent::Error { .. })
+    }
+    fn is_drop(&self) -> bool {
+        matches!(self, TtsEvent::Dropped)
+    }
+}
+
+/// Groups `(t_ms, stream, event)` lines into streams keyed by their request, in request order.
+fn group<E: Step>(lines: impl Iterator<Item = (f64, u64, E)>) -> Vec<Recorded<E>> {
     let mut order: Vec<u64> = Vec::new();
     let mut streams: HashMap<u64, (f64, Recorded<E>)> = HashMap::new();
     for (t, id, event) in lines {
-        if let Some(key) = request_key(&event) {
+        if let Some(key) = event.request_key() {
             order.push(id);
-            streams.insert(
-                id,
-                (
-                    t,
-                    Recorded {
-                        key,
-                        opened_after: None,
-                        steps: Vec::new(),
-                        complete: false,
-                    },
-                ),
-            );
+            let stream = Recorded {
+                key,
+                opened_after: None,
+                steps: Vec::new(),
+                complete: false,
+            };
+            streams.insert(id, (t, stream));
             continue;
         }
         let Some((requested, stream)) = streams.get_mut(&id) else {
             continue;
         };
-        if is_opened(&event) {
+        if event.is_opened() {
             stream.opened_after = Some(t - *requested);
-        } else if is_drop(&event) {
-        } else {
-            stream.complete |= is_last(&event);
+        } else if !event.is_drop() {
+            stream.complete |= event.is_last();
             stream.steps.push((t - *requested, event));
         }
     }
@@ -491,13 +527,6 @@ impl ReplayLlm {
                 .llm
                 .iter()
                 .map(|l| (l.t_ms, l.stream, l.event.clone())),
-            |e| match e {
-                LlmEvent::Request { last_user, .. } => Some(last_user.clone()),
-                _ => None,
-            },
-            |e| matches!(e, LlmEvent::Opened),
-            |e| matches!(e, LlmEvent::End { .. } | LlmEvent::Error { .. }),
-            |e| matches!(e, LlmEvent::Dropped),
         );
         let texts = |s: &Recorded<LlmEvent>| -> Vec<f64> {
             s.steps
@@ -631,13 +660,6 @@ impl ReplayTts {
                 .tts
                 .iter()
                 .map(|l| (l.t_ms, l.stream, l.event.clone())),
-            |e| match e {
-                TtsEvent::Request { text } => Some(text.clone()),
-                _ => None,
-            },
-            |e| matches!(e, TtsEvent::Opened),
-            |e| matches!(e, TtsEvent::End | TtsEvent::Error { .. }),
-            |e| matches!(e, TtsEvent::Dropped),
         );
         let ttfb = median(
             streams

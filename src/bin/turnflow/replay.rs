@@ -283,72 +283,75 @@ fn side_by_side(
         "{:<28} {:>12} {:>12} {:>10}\n",
         "", "recorded", "what-if", "change"
     );
-    let mut row = |name: &str, x: f64, y: f64, digits: usize| {
+    let count = |n: u64| n as f64;
+    let rows: [(&str, f64, f64, usize); 10] = [
+        (
+            "answered turns",
+            count(a.response_latency_ms.count as u64),
+            count(b.response_latency_ms.count as u64),
+            0,
+        ),
+        (
+            "response p50 (ms)",
+            a.response_latency_ms.p50,
+            b.response_latency_ms.p50,
+            1,
+        ),
+        (
+            "response p90 (ms)",
+            a.response_latency_ms.p90,
+            b.response_latency_ms.p90,
+            1,
+        ),
+        (
+            "voice-to-voice p50 (ms)",
+            a.voice_to_voice_ms.p50,
+            b.voice_to_voice_ms.p50,
+            1,
+        ),
+        (
+            "speculation hits",
+            count(a.speculation.hits),
+            count(b.speculation.hits),
+            0,
+        ),
+        (
+            "speculation misses",
+            count(a.speculation.misses),
+            count(b.speculation.misses),
+            0,
+        ),
+        (
+            "wasted LLM tokens",
+            count(a.speculation.wasted_llm_tokens),
+            count(b.speculation.wasted_llm_tokens),
+            0,
+        ),
+        (
+            "end of turns",
+            count(original_turns.ends as u64),
+            count(changed_turns.ends as u64),
+            0,
+        ),
+        (
+            "ended by timeout",
+            count(original_turns.timeouts as u64),
+            count(changed_turns.timeouts as u64),
+            0,
+        ),
+        (
+            "premature ends",
+            count(original_turns.premature_ends as u64),
+            count(changed_turns.premature_ends as u64),
+            0,
+        ),
+    ];
+    for (name, x, y, digits) in rows {
         let _ = writeln!(
             out,
             "{name:<28} {x:>12.digits$} {y:>12.digits$} {:>+10.digits$}",
             y - x
         );
-    };
-    row(
-        "answered turns",
-        a.response_latency_ms.count as f64,
-        b.response_latency_ms.count as f64,
-        0,
-    );
-    row(
-        "response p50 (ms)",
-        a.response_latency_ms.p50,
-        b.response_latency_ms.p50,
-        1,
-    );
-    row(
-        "response p90 (ms)",
-        a.response_latency_ms.p90,
-        b.response_latency_ms.p90,
-        1,
-    );
-    row(
-        "voice-to-voice p50 (ms)",
-        a.voice_to_voice_ms.p50,
-        b.voice_to_voice_ms.p50,
-        1,
-    );
-    row(
-        "speculation hits",
-        a.speculation.hits as f64,
-        b.speculation.hits as f64,
-        0,
-    );
-    row(
-        "speculation misses",
-        a.speculation.misses as f64,
-        b.speculation.misses as f64,
-        0,
-    );
-    row(
-        "wasted LLM tokens",
-        a.speculation.wasted_llm_tokens as f64,
-        b.speculation.wasted_llm_tokens as f64,
-        0,
-    );
-    row(
-        "end of turns",
-        original_turns.ends as f64,
-        changed_turns.ends as f64,
-        0,
-    );
-    row(
-        "ended by timeout",
-        original_turns.timeouts as f64,
-        changed_turns.timeouts as f64,
-        0,
-    );
-    row(
-        "premature ends",
-        original_turns.premature_ends as f64,
-        changed_turns.premature_ends as f64,
-        0,
-    );
+    }
     out
 }
