@@ -396,6 +396,14 @@ struct Recorded<E> {
     complete: bool,
 }
 
+impl<E> Recorded<E> {
+    /// Whether the recording has its answer: headers or a refusal. A request the engine
+    /// abandoned before either has none.
+    fn answered(&self) -> bool {
+        self.opened_after.is_some() || !self.steps.is_empty()
+    }
+}
+
 /// A step of a recorded model or voice stream, as grouping needs to read it.
 trait Step: Clone {
     /// The request's key (last user message, or text) when this step is the request.
@@ -573,7 +581,8 @@ impl LanguageModel for ReplayLlm {
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
         let requested = Instant::now();
         let last_user = last_user(&request.messages);
-        let Some(recorded) = take(&self.pool, &last_user) else {
+        // A request abandoned before its headers in the recording has no answer to replay.
+        let Some(recorded) = take(&self.pool, &last_user).filter(Recorded::answered) else {
             note(&self.notes, |n| n.generated_replies.push(last_user));
             return self.fallback.stream(request).await;
         };
@@ -700,7 +709,7 @@ impl SpeechSynthesizer for ReplayTts {
 
     async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
         let requested = Instant::now();
-        let Some(recorded) = take(&self.pool, text) else {
+        let Some(recorded) = take(&self.pool, text).filter(Recorded::answered) else {
             note(&self.notes, |n| n.generated_speech.push(text.to_owned()));
             return self.fallback.synthesize(text).await;
         };
@@ -748,5 +757,58 @@ impl SpeechSynthesizer for ReplayTts {
                 }
             },
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_group_by_request_and_an_abandoned_request_has_no_answer() {
+        let request = |text: &str| TtsEvent::Request { text: text.into() };
+        let lines = vec![
+            (0.0, 0, request("Hello.")),
+            (5.0, 1, request("Bye.")),
+            (40.0, 1, TtsEvent::Opened),
+            (
+                90.0,
+                1,
+                TtsEvent::Audio {
+                    offset: 0,
+                    samples: 320,
+                    words: Vec::new(),
+                },
+            ),
+            (95.0, 1, TtsEvent::Dropped),
+            (100.0, 2, request("Again.")),
+            (
+                130.0,
+                2,
+                TtsEvent::Error {
+                    kind: "rate_limited".into(),
+                    message: "slow down".into(),
+                },
+            ),
+        ];
+        let streams = group(lines.into_iter());
+        let keys: Vec<_> = streams.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["Hello.", "Bye.", "Again."]);
+        assert!(!streams[0].answered(), "abandoned before its headers");
+        assert!(streams[1].answered() && !streams[1].complete);
+        assert_eq!(streams[1].opened_after, Some(35.0));
+        assert_eq!(streams[1].steps.len(), 1, "the drop is not a step");
+        assert!(streams[2].answered() && streams[2].complete);
+        assert_eq!(streams[2].steps[0].0, 30.0);
+    }
+
+    #[test]
+    fn resampling_keeps_the_duration_and_interpolates() {
+        assert_eq!(
+            resample(&[0, 100, 200, 300], 8000, 16000),
+            [0, 50, 100, 150, 200, 250, 300, 300]
+        );
+        assert_eq!(resample(&[7; 320], 16000, 16000).len(), 320);
+        assert_eq!(resample(&[0; 480], 48000, 16000).len(), 160);
     }
 }
