@@ -65,6 +65,23 @@ impl ErrorKind {
         }
     }
 
+    /// The kind named `name` (see [`ErrorKind::as_str`]); a rate limit comes back without its
+    /// `retry_after`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "auth" => ErrorKind::Auth,
+            "rate_limited" => ErrorKind::RateLimited { retry_after: None },
+            "bad_request" => ErrorKind::BadRequest,
+            "server" => ErrorKind::Server,
+            "network" => ErrorKind::Network,
+            "stream_broken" => ErrorKind::StreamBroken,
+            "timeout" => ErrorKind::Timeout,
+            "empty_reply" => ErrorKind::EmptyReply,
+            "panicked" => ErrorKind::Panicked,
+            _ => return None,
+        })
+    }
+
     /// A short lowercase name (`auth`, `rate_limited`, ...).
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -174,6 +191,24 @@ impl BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_name() {
+        for kind in [
+            ErrorKind::Auth,
+            ErrorKind::RateLimited { retry_after: None },
+            ErrorKind::BadRequest,
+            ErrorKind::Server,
+            ErrorKind::Network,
+            ErrorKind::StreamBroken,
+            ErrorKind::Timeout,
+            ErrorKind::EmptyReply,
+            ErrorKind::Panicked,
+        ] {
+            assert_eq!(ErrorKind::from_name(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_name("sunspots"), None);
+    }
 
     #[test]
     fn statuses_map_to_kinds_and_retry_rules() {

@@ -622,17 +622,7 @@ fn error_event(e: &BackendError) -> (String, String) {
 
 /// The kind recorded as `name`; a name this build does not know reads as a broken stream.
 pub(crate) fn error_kind(name: &str) -> ErrorKind {
-    match name {
-        "auth" => ErrorKind::Auth,
-        "rate_limited" => ErrorKind::RateLimited { retry_after: None },
-        "bad_request" => ErrorKind::BadRequest,
-        "server" => ErrorKind::Server,
-        "network" => ErrorKind::Network,
-        "timeout" => ErrorKind::Timeout,
-        "empty_reply" => ErrorKind::EmptyReply,
-        "panicked" => ErrorKind::Panicked,
-        _ => ErrorKind::StreamBroken,
-    }
+    ErrorKind::from_name(name).unwrap_or(ErrorKind::StreamBroken)
 }
 
 /// The last user message of a conversation: what replay matches a request by.
