@@ -176,10 +176,33 @@ impl Progress {
     }
 }
 
+/// The caller's speech as a browser sends it, encoded once for every session: each 20 ms
+/// frame is a slice of it, not a copy.
+struct BrowserSpeech {
+    pcm: bytes::Bytes,
+    silence: bytes::Bytes,
+    /// Where its speech ends, in samples.
+    end_of_speech: usize,
+}
+
+impl BrowserSpeech {
+    fn new(speech: &[i16]) -> Self {
+        Self {
+            pcm: turnflow::audio::encode(Encoding::Linear16, speech).into(),
+            silence: vec![0u8; FRAME * 2].into(),
+            end_of_speech: speech_end(speech),
+        }
+    }
+
+    fn samples(&self) -> usize {
+        self.pcm.len() / 2
+    }
+}
+
 async fn one_session(
     url: String,
     token: Option<String>,
-    speech: Arc<Vec<i16>>,
+    speech: Arc<BrowserSpeech>,
     turns: u32,
     progress: Arc<Progress>,
 ) -> SessionResult {
@@ -199,8 +222,7 @@ async fn one_session(
         progress.ended(&result);
         return result;
     }
-    let end_of_speech = speech_end(&speech);
-    let silence = vec![0u8; FRAME * 2];
+    let end_of_speech = speech.end_of_speech;
     let mut playback = Playback {
         rate: 16000.0,
         received: 0,
@@ -227,21 +249,21 @@ async fn one_session(
         tokio::select! {
             _ = tick.tick(), if ready && !stopping => {
                 let now = Instant::now();
-                let frame: Vec<u8> = match position {
+                let frame = match position {
                     Some(at) => {
-                        let end = (at + FRAME).min(speech.len());
+                        let end = (at + FRAME).min(speech.samples());
                         if at < end_of_speech && end >= end_of_speech {
                             speech_end_sent = Some(now);
                         }
-                        position = (end < speech.len()).then_some(end);
+                        position = (end < speech.samples()).then_some(end);
                         if position.is_none() {
                             waiting_since = Some(now);
                         }
-                        turnflow::audio::encode(Encoding::Linear16, &speech[at..end])
+                        speech.pcm.slice(at * 2..end * 2)
                     }
-                    None => silence.clone(),
+                    None => speech.silence.clone(),
                 };
-                if write.send(Message::Binary(frame.into())).await.is_err() {
+                if write.send(Message::Binary(frame)).await.is_err() {
                     result.failure = Some("the server closed the connection mid-session".into());
                     break;
                 }
@@ -573,14 +595,15 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         Some(_) => endpoint_url(&args.url, "/telephony")?,
         None => session_url(&args.url)?,
     };
-    let speech = Arc::new(crate::run::read_speech(
+    let speech = crate::run::read_speech(
         args.wav.to_str().context("--wav: the path is not UTF-8")?,
         "--wav",
-    )?);
+    )?;
     let phone = match args.carrier {
         Some(_) => Some(Arc::new(PhoneSpeech::new(&speech)?)),
         None => None,
     };
+    let speech = Arc::new(BrowserSpeech::new(&speech));
     if args.sessions == 0 || args.turns == 0 {
         bail!("--sessions and --turns must be at least 1");
     }
