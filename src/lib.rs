@@ -58,7 +58,7 @@
 //! | [`llm`] | the `LanguageModel` trait, conversation types, tools; OpenAI-compatible, Anthropic, failover, scripted |
 //! | [`tts`] | the `SpeechSynthesizer` trait; Aura, OpenAI-compatible speech, espeak-ng, synthetic |
 //! | `server` (feature `server`) | `turnflow serve` as a library: one conversation per WebSocket (the protocol in `docs/protocol.md`), limits, Prometheus metrics, health and readiness, drain, the browser page |
-//! | [`lab`] | the latency lab: recordings ([`lab::Recorder`] wraps a session's Flux connector, model and voice; format in `docs/recordings.md`), Flux events re-derived from a recorded confidence curve under other thresholds ([`lab::derive`](mod@lab::derive), pure), replay on the paused clock, sweeps, the eot-bench importer |
+//! | [`lab`] | the latency lab: recordings ([`lab::Recorder`] wraps a session's Flux connector, model and voice; format in `docs/recordings.md`), Flux events re-derived from a recorded confidence curve under other thresholds ([`lab::derive`](mod@lab::derive), pure), replay on the paused clock, turns paired side by side, sweeps, the eot-bench importer |
 //! | [`report`] | per-turn metrics and the run summary, computed from the session's event log ([`engine::log`]); each turn's latency in parts that add up ([`report::Breakdown`]); the SVG timeline ([`report::timeline`]) |
 //! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
 //! | [`error`] | the typed error of a language model or voice: kind, HTTP status, whether to retry |

@@ -864,6 +864,26 @@ fn replay_sweeps_the_shipped_recordings_into_a_table_and_a_chart() {
     let svg = std::fs::read_to_string(dir.join("sweep.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains(">0.9</text>"));
 
+    // One what-if, turn by turn: a lower end-of-turn threshold splits the eager-miss turn at
+    // its pause; the two halves have no recorded partner, the recorded whole none in the what-if.
+    let out = turnflow(&["replay", "recordings/eager_miss", "--eot-threshold", "0.55"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row = |user: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(user))
+            .unwrap_or_else(|| panic!("{user}: {stdout}"))
+            .split_whitespace()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("to Friday morning."), ["980", "260", "hit", "-", "-"]);
+    assert_eq!(
+        row("I'd like to change my flight to Friday m"),
+        ["-", "-", "980", "260", "hit"]
+    );
+
     // A directory of recordings (what `serve --record` writes) gives all of them.
     let out = turnflow(&["replay", "recordings", "--sweep", "eot=0.6,0.8"]);
     let stdout = String::from_utf8_lossy(&out.stdout);

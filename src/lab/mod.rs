@@ -7,11 +7,13 @@
 //!   other thresholds.
 //! - [`replay`](mod@replay): a recorded session run again on tokio's paused clock, with the derived events,
 //!   the recorded model and voice (their timing and content), and the recorded user audio.
+//! - [`compare`] (pure): a recorded session's turns next to a what-if's, paired by transcript.
 //! - [`sweep`]: one setting over a range, over many recordings, as a table and an SVG chart.
 //! - [`import`]: LiveKit's eot-bench rows (audio, silence spans, words) as recordings.
 
 use std::path::{Path, PathBuf};
 
+pub mod compare;
 pub mod derive;
 pub mod import;
 pub mod recording;

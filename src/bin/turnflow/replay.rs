@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use turnflow::engine::{BargeInPolicy, Presynthesis};
+use turnflow::lab::compare::pair_turns;
 use turnflow::lab::derive::{Derivation, Timeline, TurnTaking};
 use turnflow::lab::import::import_eot_bench;
 use turnflow::lab::sweep::{self, Sweep};
@@ -181,11 +182,37 @@ pub(crate) fn replay_command(args: ReplayArgs) -> Result<()> {
     println!();
     let table = side_by_side(&original, &original_turns, &changed, &changed_turns);
     print!("{table}");
+    if pairs.len() == 1 {
+        println!();
+        print!("{}", per_turn(&original, &changed));
+    }
     if let (Some(dir), Some((baseline, what_if))) = (&args.out, last) {
         crate::write_outputs(dir, &what_if.result)?;
+        let turns: Vec<_> = pair_turns(&baseline.result.report.turns, &what_if.result.report.turns)
+            .into_iter()
+            .map(|(recorded, changed)| {
+                let side = |t: Option<&turnflow::report::TurnReport>| {
+                    t.map(|t| {
+                        serde_json::json!({
+                            "index": t.index,
+                            "speculation": t.speculation,
+                            "response_latency_ms": t.response_latency_ms,
+                            "voice_to_voice_ms": t.voice_to_voice_ms,
+                            "interrupted": t.interrupted,
+                        })
+                    })
+                };
+                serde_json::json!({
+                    "user": recorded.or(changed).map(|t| t.user_transcript.clone()),
+                    "recorded": side(recorded),
+                    "what_if": side(changed),
+                })
+            })
+            .collect();
         let comparison = serde_json::json!({
             "original": {"summary": baseline.result.report.summary, "turn_taking": baseline.derivation.turn_taking},
             "what_if": {"summary": what_if.result.report.summary, "turn_taking": what_if.derivation.turn_taking},
+            "turns": turns,
             "generated_replies": what_if.generated_replies,
             "generated_speech": what_if.generated_speech,
             "cut_short_replies": what_if.cut_short_replies,
@@ -269,6 +296,35 @@ fn report_stand_ins(recording: &Recording, what_if: &ReplayOutcome) {
             "{name}: the recorded reply to {user:?} was cancelled early; it ends where the recording did"
         );
     }
+}
+
+/// Each turn next to its partner, paired by what the user said: a turn the what-if split or
+/// merged stands alone on its side.
+fn per_turn(original: &Report, changed: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("{:<40} {:>23}   {:>23}\n", "", "recorded", "what-if");
+    let _ = writeln!(
+        out,
+        "{:<40} {:>5} {:>8} {:>8}   {:>5} {:>8} {:>8}",
+        "user", "spec", "resp", "v2v", "spec", "resp", "v2v"
+    );
+    let side = |t: Option<&turnflow::report::TurnReport>| match t {
+        Some(t) => format!(
+            "{:>5} {:>8} {:>8}",
+            t.speculation,
+            crate::fmt_ms(t.response_latency_ms),
+            crate::fmt_ms(t.voice_to_voice_ms)
+        ),
+        None => format!("{:>5} {:>8} {:>8}", "", "-", "-"),
+    };
+    for (recorded, changed) in pair_turns(&original.turns, &changed.turns) {
+        let user: String = recorded
+            .or(changed)
+            .map(|t| t.user_transcript.chars().take(40).collect())
+            .unwrap_or_default();
+        let _ = writeln!(out, "{user:<40} {}   {}", side(recorded), side(changed));
+    }
+    out
 }
 
 fn side_by_side(
