@@ -250,24 +250,30 @@ fn bench_on_the_virtual_clock_reports_and_writes_json_and_svg() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `turnflow run` on the fixture WAV with the local emulator, the eager-hit scenario and the
+/// example settings, writing the agent's audio to `output`, with `extra` flags.
+fn run_book_table(output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--input",
+        "tests/fixtures/book_table_16k.wav",
+        "--output",
+        output.to_str().unwrap(),
+        "--scenario",
+        "scenarios/eager_hit.json",
+        "--config",
+        "turnflow.example.toml",
+    ];
+    args.extend_from_slice(extra);
+    turnflow(&args)
+}
+
 #[test]
 fn run_on_a_wav_file_with_the_local_emulator_answers_and_records() {
     let dir = temp_dir("run");
     std::fs::create_dir_all(&dir).unwrap();
     let (wav, record) = (dir.join("agent.wav"), dir.join("recording"));
-    let out = turnflow(&[
-        "run",
-        "--input",
-        "tests/fixtures/book_table_16k.wav",
-        "--output",
-        wav.to_str().unwrap(),
-        "--scenario",
-        "scenarios/eager_hit.json",
-        "--config",
-        "turnflow.example.toml",
-        "--record",
-        record.to_str().unwrap(),
-    ]);
+    let out = run_book_table(&wav, &["--record", record.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -934,23 +940,17 @@ fn a_run_recorded_on_the_virtual_clock_replays_to_the_identical_report() {
     let dir = temp_dir("run-virtual");
     std::fs::create_dir_all(&dir).unwrap();
     let (record, report, replayed) = (dir.join("rec"), dir.join("run.json"), dir.join("replay"));
-    let out = turnflow(&[
-        "run",
-        "--clock",
-        "virtual",
-        "--input",
-        "tests/fixtures/book_table_16k.wav",
-        "--output",
-        dir.join("agent.wav").to_str().unwrap(),
-        "--scenario",
-        "scenarios/eager_hit.json",
-        "--config",
-        "turnflow.example.toml",
-        "--record",
-        record.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]);
+    let out = run_book_table(
+        &dir.join("agent.wav"),
+        &[
+            "--clock",
+            "virtual",
+            "--record",
+            record.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -139,8 +139,8 @@ async fn eot_bench_rows_import_and_a_sweep_trades_cut_offs_for_dead_air() {
     let rows = import_eot_bench("tests/fixtures/eot_bench/rows.jsonl".as_ref()).unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].meta.source, "import:eot-bench");
-    // The 8 kHz WAV is resampled to 16 kHz and padded after the last word.
-    assert!(rows[0].user_audio.len() >= (3.7 + 6.0) as usize * 16000);
+    // The 8 kHz WAV is resampled to 16 kHz and padded to 6.24 s after the last word (3.7 s).
+    assert_eq!(rows[0].user_audio.len(), 159_040);
     let bases: Vec<_> = rows
         .into_iter()
         .map(|r| {
@@ -257,10 +257,7 @@ async fn recorded_provider_failures_replay_as_they_happened() {
     config.recorder = Some(recorder.clone());
     let thresholds = config.thresholds;
     let original = turnflow::emulator::sim::run(config).await.unwrap();
-    let mut options = turnflow::flux::ListenOptions::default();
-    options.eager_eot_threshold = thresholds.eager_eot_threshold;
-    options.eot_threshold = thresholds.eot_threshold;
-    options.eot_timeout_ms = thresholds.eot_timeout_ms;
+    let options = turnflow::flux::ListenOptions::default().with_thresholds(thresholds);
     let mut session = turnflow::engine::SessionConfig::default();
     session.machine.system_prompt = scenario.system_prompt.clone();
     let settings = RecordedSettings::of(&session, &options, "scripted", "synthetic");

@@ -156,7 +156,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn split_tokens(tokens: &[&str]) -> Vec<String> {
-        let mut s = SentenceSplitter::default();
+        split_with(SentenceSplitter::default(), tokens)
+    }
+
+    fn split_with(mut s: SentenceSplitter, tokens: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
         for t in tokens {
             out.extend(s.push(t));
@@ -234,15 +237,7 @@ mod tests {
 
     #[test]
     fn a_quick_first_chunk_ends_at_the_first_punctuation() {
-        let split = |tokens: &[&str]| {
-            let mut s = SentenceSplitter::quick_first_chunk();
-            let mut out = Vec::new();
-            for t in tokens {
-                out.extend(s.push(t));
-            }
-            out.extend(s.finish());
-            out
-        };
+        let split = |tokens: &[&str]| split_with(SentenceSplitter::quick_first_chunk(), tokens);
         let mut s = SentenceSplitter::quick_first_chunk();
         assert_eq!(s.push("Yes,"), vec!["Yes,"], "released on its own token");
         assert_eq!(

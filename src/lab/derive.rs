@@ -89,7 +89,7 @@ impl Timeline {
             if line.message.get("type").and_then(|t| t.as_str()) != Some("TurnInfo") {
                 continue;
             }
-            let Ok(info) = serde_json::from_value::<TurnInfo>(line.message.clone()) else {
+            let Ok(info) = <TurnInfo as serde::Deserialize>::deserialize(&line.message) else {
                 timeline.unreadable_ticks += 1;
                 continue;
             };
@@ -169,6 +169,16 @@ pub struct TurnTaking {
     pub eager_ends: usize,
     /// `TurnResumed`s.
     pub resumed: usize,
+}
+
+impl std::ops::AddAssign for TurnTaking {
+    fn add_assign(&mut self, other: Self) {
+        self.ends += other.ends;
+        self.timeouts += other.timeouts;
+        self.premature_ends += other.premature_ends;
+        self.eager_ends += other.eager_ends;
+        self.resumed += other.resumed;
+    }
 }
 
 /// The derived messages and what they add up to.
@@ -251,12 +261,7 @@ impl<'a> Words<'a> {
 /// Re-derives every tick's event under `thresholds`. `premature_window` (seconds) is how soon
 /// after an `EndOfTurn` the user's next word makes that end premature.
 pub fn derive(timeline: &Timeline, thresholds: &Thresholds, premature_window: f64) -> Derivation {
-    let options = ListenOptions {
-        eager_eot_threshold: thresholds.eager_eot_threshold,
-        eot_threshold: thresholds.eot_threshold,
-        eot_timeout_ms: thresholds.eot_timeout_ms,
-        ..ListenOptions::default()
-    };
+    let options = ListenOptions::default().with_thresholds(*thresholds);
     let eager = options.eager_eot_threshold;
     let eot = options.effective_eot_threshold();
     let timeout = options.effective_eot_timeout_ms() as f64 / 1000.0;

@@ -167,7 +167,7 @@ fn row_recording(file: &Path, base: &Path, row: &Row) -> Result<Recording, Strin
     };
     let total = last_end + PADDING_SECONDS;
     let mut user_audio = audio;
-    user_audio.resize((total * f64::from(RATE)).ceil() as usize, 0);
+    user_audio.resize((total * f64::from(RATE)).round() as usize, 0);
     let lines = flux_lines(&words, &spans, total);
     let thresholds = Thresholds {
         eager_eot_threshold: None,

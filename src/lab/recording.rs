@@ -444,10 +444,21 @@ impl Recorder {
 
     /// Keeps user audio as it is sent to Flux; the first call marks when the audio started.
     pub fn user_audio(&self, samples: &[i16]) {
+        self.started_audio().user_audio.extend_from_slice(samples);
+    }
+
+    /// Keeps user audio sent as `bytes` of `encoding`, decoded straight onto the tape (the
+    /// server's path, once per received frame).
+    pub fn user_audio_encoded(&self, encoding: crate::flux::Encoding, bytes: &[u8]) {
+        crate::audio::decode_into(encoding, bytes, &mut self.started_audio().user_audio);
+    }
+
+    /// The tape, with the start of the user's audio marked the first time.
+    fn started_audio(&self) -> std::sync::MutexGuard<'_, Tape> {
         let now = self.ms();
         let mut tape = self.tape();
         tape.audio_start_ms.get_or_insert(now);
-        tape.user_audio.extend_from_slice(samples);
+        tape
     }
 
     /// Wraps a Flux connector: every text message received on every connection is recorded.
@@ -620,9 +631,11 @@ fn error_event(e: &BackendError) -> (String, String) {
     (e.kind.as_str().to_owned(), e.message.clone())
 }
 
-/// The kind recorded as `name`; a name this build does not know reads as a broken stream.
-pub(crate) fn error_kind(name: &str) -> ErrorKind {
-    ErrorKind::from_name(name).unwrap_or(ErrorKind::StreamBroken)
+/// A recorded error of `provider` read back; a kind this build does not know reads as a
+/// broken stream.
+pub(crate) fn recorded_error(provider: &str, kind: &str, message: String) -> BackendError {
+    let kind = ErrorKind::from_name(kind).unwrap_or(ErrorKind::StreamBroken);
+    BackendError::new(provider, kind, message)
 }
 
 /// The last user message of a conversation: what replay matches a request by.

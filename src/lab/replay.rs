@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::LabError;
 use super::derive::{Derivation, Timeline, derive};
-use super::recording::{LlmEvent, RecordedSettings, Recording, TtsEvent, error_kind, last_user};
+use super::recording::{
+    LlmEvent, RecordedSettings, Recording, TtsEvent, last_user, recorded_error,
+};
 use crate::emulator::sim::{RecordingSink, SimulationResult};
 use crate::engine::{
     Backends, BargeInPolicy, EngineEvent, Presynthesis, SessionConfig, start_session,
@@ -115,6 +117,8 @@ impl ReplaySettings {
 pub struct ReplayOutcome {
     /// The same result a simulation gives: report, log, events, audio.
     pub result: SimulationResult,
+    /// The recording's Flux ticks, as read.
+    pub timeline: Timeline,
     /// The re-derived Flux events and how the turns were taken.
     pub derivation: Derivation,
     /// Requests the recording never made, answered by the scripted model (their last user
@@ -160,12 +164,8 @@ pub async fn replay(
     let notes = SharedNotes::default();
     let flux_server = Arc::new(ReplayFlux::new(&derivation, origin));
     let user_rate = recording.meta.user_sample_rate;
-    let options = ListenOptions {
-        eager_eot_threshold: settings.thresholds.eager_eot_threshold,
-        eot_threshold: settings.thresholds.eot_threshold,
-        eot_timeout_ms: settings.thresholds.eot_timeout_ms,
-        ..ListenOptions::raw(Encoding::Linear16, user_rate)
-    };
+    let options =
+        ListenOptions::raw(Encoding::Linear16, user_rate).with_thresholds(settings.thresholds);
     let mut flux_config = FluxConfig::new(options).with_base_url("ws://replay");
     flux_config.api_key = None;
     let (flux, flux_events) = connect(flux_config, flux_server.clone())
@@ -233,6 +233,7 @@ pub async fn replay(
             agent_frames: sink.take(),
             sample_rate: voice_rate,
         },
+        timeline,
         derivation,
         generated_replies: notes.generated_replies,
         generated_speech: notes.generated_speech,
@@ -607,9 +608,7 @@ impl LanguageModel for ReplayLlm {
                     output_tokens,
                 })),
                 LlmEvent::End { finish_reason } => Ok(LlmChunk::End { finish_reason }),
-                LlmEvent::Error { kind, message } => {
-                    Err(BackendError::new(name.clone(), error_kind(&kind), message))
-                }
+                LlmEvent::Error { kind, message } => Err(recorded_error(&name, &kind, message)),
                 _ => return None,
             })
         };
@@ -728,9 +727,7 @@ impl SpeechSynthesizer for ReplayTts {
                         .map(|(word, start, end)| WordTiming { word, start, end })
                         .collect(),
                 }),
-                TtsEvent::Error { kind, message } => {
-                    Err(BackendError::new(name.clone(), error_kind(&kind), message))
-                }
+                TtsEvent::Error { kind, message } => Err(recorded_error(&name, &kind, message)),
                 _ => return None,
             })
         };

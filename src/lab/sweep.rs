@@ -227,19 +227,16 @@ pub async fn run(
         for (recording, base) in recordings {
             let mut settings = base.clone();
             sweep.apply(value, &mut settings)?;
-            let options = crate::flux::ListenOptions {
-                eager_eot_threshold: settings.thresholds.eager_eot_threshold,
-                eot_threshold: settings.thresholds.eot_threshold,
-                eot_timeout_ms: settings.thresholds.eot_timeout_ms,
-                ..crate::flux::ListenOptions::default()
-            };
-            options.validate().map_err(|e| {
-                setting_error(format!(
-                    "--sweep {}={value} with {}: {e}",
-                    sweep.knob.name(),
-                    recording.dir.display()
-                ))
-            })?;
+            crate::flux::ListenOptions::default()
+                .with_thresholds(settings.thresholds)
+                .validate()
+                .map_err(|e| {
+                    setting_error(format!(
+                        "--sweep {}={value} with {}: {e}",
+                        sweep.knob.name(),
+                        recording.dir.display()
+                    ))
+                })?;
         }
     }
     let mut rows = Vec::with_capacity(sweep.values.len());
@@ -253,12 +250,7 @@ pub async fn run(
             let mut settings = base.clone();
             sweep.apply(value, &mut settings)?;
             let outcome = replay(recording, &settings).await?;
-            let t = outcome.derivation.turn_taking;
-            row.turn_taking.ends += t.ends;
-            row.turn_taking.timeouts += t.timeouts;
-            row.turn_taking.premature_ends += t.premature_ends;
-            row.turn_taking.eager_ends += t.eager_ends;
-            row.turn_taking.resumed += t.resumed;
+            row.turn_taking += outcome.derivation.turn_taking;
             row.generated_replies += outcome.generated_replies.len();
             reports.push(outcome.result.report);
         }

@@ -429,9 +429,7 @@ impl SessionRecording {
 
     /// Keeps the caller's audio, in the session's `encoding`.
     fn user_audio(&self, encoding: crate::flux::Encoding, bytes: &[u8]) {
-        let mut samples = Vec::with_capacity(bytes.len());
-        crate::audio::decode_into(encoding, bytes, &mut samples);
-        self.recorder.user_audio(&samples);
+        self.recorder.user_audio_encoded(encoding, bytes);
     }
 
     /// Writes the recording (off the runtime's threads); a failure is logged, never fatal.

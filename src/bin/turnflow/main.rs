@@ -290,13 +290,12 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     config.observer = Some(observer);
     let recorder = args.record.as_ref().map(|_| turnflow::lab::Recorder::new());
     config.recorder.clone_from(&recorder);
-    let recorded_settings = {
-        let mut options = turnflow::flux::ListenOptions::default();
-        options.eager_eot_threshold = config.thresholds.eager_eot_threshold;
-        options.eot_threshold = config.thresholds.eot_threshold;
-        options.eot_timeout_ms = config.thresholds.eot_timeout_ms;
-        turnflow::lab::RecordedSettings::of(&config.session, &options, "scripted", "synthetic")
-    };
+    let recorded_settings = turnflow::lab::RecordedSettings::of(
+        &config.session,
+        &turnflow::flux::ListenOptions::default().with_thresholds(config.thresholds),
+        "scripted",
+        "synthetic",
+    );
     let sample_rate = config.sample_rate;
     let governors = Governors {
         endpointing: format!(

@@ -164,7 +164,7 @@ pub(crate) fn replay_command(args: ReplayArgs) -> Result<()> {
             let what_if = replay(recording, &what_if_settings).await?;
             anyhow::Ok((baseline, what_if))
         })?;
-        report_fidelity(recording, &baseline.derivation);
+        report_fidelity(recording, &baseline.timeline, &baseline.derivation);
         report_stand_ins(recording, &what_if);
         originals.push((
             baseline.result.report.clone(),
@@ -230,19 +230,14 @@ pub(crate) fn replay_command(args: ReplayArgs) -> Result<()> {
 fn pool(items: Vec<(Report, TurnTaking)>) -> (Report, TurnTaking) {
     let mut total = TurnTaking::default();
     for (_, t) in &items {
-        total.ends += t.ends;
-        total.timeouts += t.timeouts;
-        total.premature_ends += t.premature_ends;
-        total.eager_ends += t.eager_ends;
-        total.resumed += t.resumed;
+        total += *t;
     }
     (Report::pool(items.into_iter().map(|(r, _)| r)), total)
 }
 
 /// Whether the recorded thresholds re-derive the recorded events (the check that the curve
 /// model fits this recording).
-fn report_fidelity(recording: &Recording, baseline: &Derivation) {
-    let timeline = Timeline::from_flux(&recording.flux);
+fn report_fidelity(recording: &Recording, timeline: &Timeline, baseline: &Derivation) {
     if timeline.unreadable_ticks > 0 {
         println!(
             "{}: {} TurnInfo message(s) in flux.jsonl could not be read and were skipped",
@@ -257,7 +252,7 @@ fn report_fidelity(recording: &Recording, baseline: &Derivation) {
             timeline.repeated_ticks
         );
     }
-    let differences = baseline.differences(&timeline);
+    let differences = baseline.differences(timeline);
     if differences.is_empty() {
         println!(
             "{}: {} Flux ticks; the recorded thresholds re-derive every recorded event",

@@ -160,12 +160,6 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         .transpose()?;
     let record = args.record.as_deref().map(open_record).transpose()?;
     let recorder = record.as_ref().map(|_| Recorder::new());
-    let settings = RecordedSettings::of(
-        &agent.session,
-        &agent.options,
-        agent.llm.name(),
-        voice.name(),
-    );
     let runtime = args.clock.runtime()?;
     runtime.block_on(async move {
         let (emulator, flux_config, connector): (_, _, Arc<dyn Connector>) = match agent.stt {
@@ -181,15 +175,15 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             }
             Stt::Flux(flux) => (None, *flux, Arc::new(WebSocketConnector)),
         };
+        let settings = RecordedSettings::of(
+            &agent.session,
+            &flux_config.options,
+            agent.llm.name(),
+            voice.name(),
+        );
         let (connector, llm, tts) = match &recorder {
             Some(r) => (r.connector(connector), r.llm(agent.llm), r.tts(voice)),
             None => (connector, agent.llm, voice),
-        };
-        let settings = RecordedSettings {
-            eager_eot_threshold: flux_config.options.eager_eot_threshold,
-            eot_threshold: flux_config.options.eot_threshold,
-            eot_timeout_ms: flux_config.options.eot_timeout_ms,
-            ..settings
         };
         let (flux, events) = connect(flux_config, connector).await?;
         let backends = Backends {
