@@ -207,7 +207,7 @@ async fn one_session(
     progress: Arc<Progress>,
 ) -> SessionResult {
     let mut result = SessionResult::default();
-    let socket = match dial(&url, token.as_deref()).await {
+    let mut socket = match dial(&url, token.as_deref()).await {
         Ok(socket) => socket,
         Err(failure) => {
             result.failure = Some(failure);
@@ -215,9 +215,8 @@ async fn one_session(
         }
     };
     progress.open.fetch_add(1, Ordering::Relaxed);
-    let (mut write, mut read) = socket.split();
     let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
-    if write.send(Message::Text(start.into())).await.is_err() {
+    if socket.send(Message::Text(start.into())).await.is_err() {
         result.failure = Some("the connection closed before start".into());
         progress.ended(&result);
         return result;
@@ -263,7 +262,7 @@ async fn one_session(
                     }
                     None => speech.silence.clone(),
                 };
-                if write.send(Message::Binary(frame)).await.is_err() {
+                if socket.send(Message::Binary(frame)).await.is_err() {
                     result.failure = Some("the server closed the connection mid-session".into());
                     break;
                 }
@@ -271,7 +270,7 @@ async fn one_session(
                 if ticks.is_multiple_of(5) && playback.received > 0 {
                     let played = playback.report(now);
                     if played != last_report {
-                        let _ = write.send(Message::Text(played.to_string().into())).await;
+                        let _ = socket.send(Message::Text(played.to_string().into())).await;
                         last_report = played;
                     }
                 }
@@ -291,13 +290,13 @@ async fn one_session(
                     if turn == turns {
                         stopping = true;
                         let stop = json!({"type": "stop"}).to_string();
-                        let _ = write.send(Message::Text(stop.into())).await;
+                        let _ = socket.send(Message::Text(stop.into())).await;
                     } else {
                         position = Some(0);
                     }
                 }
             }
-            message = read.next() => {
+            message = socket.next() => {
                 let now = Instant::now();
                 let Some(Ok(message)) = message else {
                     if !stopping {
@@ -327,7 +326,7 @@ async fn one_session(
                             "clear" => {
                                 playback.clear(now);
                                 let played = playback.report(now).to_string();
-                                let _ = write.send(Message::Text(played.into())).await;
+                                let _ = socket.send(Message::Text(played.into())).await;
                             }
                             "response_ended" if finished_at.is_some() => reply_ended = true,
                             "turn" => {
@@ -359,7 +358,7 @@ async fn one_session(
             }
         }
     }
-    let _ = write.close().await;
+    let _ = socket.close(None).await;
     progress.ended(&result);
     result
 }
@@ -423,7 +422,7 @@ async fn one_call(
 ) -> SessionResult {
     use base64::Engine as _;
     let mut result = SessionResult::default();
-    let socket = match dial(&url, None).await {
+    let mut socket = match dial(&url, None).await {
         Ok(socket) => socket,
         Err(failure) => {
             result.failure = Some(failure);
@@ -431,7 +430,6 @@ async fn one_call(
         }
     };
     progress.open.fetch_add(1, Ordering::Relaxed);
-    let (mut write, mut read) = socket.split();
     let twilio = kind == CarrierKind::Twilio;
     let start = if twilio {
         json!({"event": "start", "sequenceNumber": "1", "start": {"accountSid": "AC0",
@@ -446,7 +444,7 @@ async fn one_call(
     let stream_key = if twilio { "streamSid" } else { "stream_id" };
     let stream_id = if twilio { "MZload" } else { "load" };
     for message in [json!({"event": "connected", "version": "1.0.0"}), start] {
-        if write
+        if socket
             .send(Message::Text(message.to_string().into()))
             .await
             .is_err()
@@ -477,7 +475,7 @@ async fn one_call(
                 while marks.front().is_some_and(|(at, _)| *at <= now) {
                     let (_, name) = marks.pop_front().expect("checked");
                     let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
-                    let _ = write.send(Message::Text(echo.to_string().into())).await;
+                    let _ = socket.send(Message::Text(echo.to_string().into())).await;
                 }
                 let audio = match position {
                     Some(at) => {
@@ -500,7 +498,7 @@ async fn one_call(
                     "sequence_number": sequence.to_string(), stream_key: stream_id,
                     "media": {"track": "inbound", "chunk": chunk.to_string(),
                     "timestamp": (chunk * 20).to_string(), "payload": payload}});
-                if write.send(Message::Text(media.to_string().into())).await.is_err() {
+                if socket.send(Message::Text(media.to_string().into())).await.is_err() {
                     result.failure = Some("the server closed the call".into());
                     break;
                 }
@@ -514,7 +512,7 @@ async fn one_call(
                     (last_agent, waiting_since, speech_end_sent) = (None, None, None);
                     if turn == turns {
                         let stop = json!({"event": "stop", stream_key: stream_id, "stop": {}});
-                        let _ = write.send(Message::Text(stop.to_string().into())).await;
+                        let _ = socket.send(Message::Text(stop.to_string().into())).await;
                         hung_up = true;
                     } else {
                         position = Some(0);
@@ -524,7 +522,7 @@ async fn one_call(
                     break;
                 }
             }
-            message = read.next() => {
+            message = socket.next() => {
                 let now = Instant::now();
                 let Some(Ok(Message::Text(text))) = message else {
                     if !hung_up {
@@ -556,7 +554,7 @@ async fn one_call(
                     "clear" => {
                         while let Some((_, name)) = marks.pop_front() {
                             let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
-                            let _ = write.send(Message::Text(echo.to_string().into())).await;
+                            let _ = socket.send(Message::Text(echo.to_string().into())).await;
                         }
                         playing_until = now;
                     }
@@ -565,7 +563,7 @@ async fn one_call(
             }
         }
     }
-    let _ = write.close().await;
+    let _ = socket.close(None).await;
     progress.ended(&result);
     result
 }
