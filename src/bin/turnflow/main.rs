@@ -11,6 +11,11 @@
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
+/// Small allocations from two worker threads at a thousand sessions: mimalloc's per-thread
+/// heaps halve the engine overhead's median there (BENCHMARKS.md, Serving).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
