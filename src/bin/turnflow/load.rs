@@ -382,6 +382,26 @@ impl PhoneSpeech {
     }
 }
 
+/// What the load generator reads of a carrier-bound message, in place.
+#[derive(serde::Deserialize)]
+struct CarrierMessage<'a> {
+    event: &'a str,
+    #[serde(borrow)]
+    media: Option<CarrierPayload<'a>>,
+    #[serde(borrow)]
+    mark: Option<CarrierMark<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct CarrierPayload<'a> {
+    payload: &'a str,
+}
+
+#[derive(serde::Deserialize)]
+struct CarrierMark<'a> {
+    name: &'a str,
+}
+
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -493,12 +513,14 @@ async fn one_call(
                 };
                 sequence += 1;
                 chunk += 1;
-                let payload = base64::engine::general_purpose::STANDARD.encode(audio);
-                let media = json!({"event": "media", "sequenceNumber": sequence.to_string(),
-                    "sequence_number": sequence.to_string(), stream_key: stream_id,
-                    "media": {"track": "inbound", "chunk": chunk.to_string(),
-                    "timestamp": (chunk * 20).to_string(), "payload": payload}});
-                if socket.send(Message::Text(media.to_string().into())).await.is_err() {
+                // Written straight into one string, as a carrier's media messages are many.
+                let mut media = format!(
+                    r#"{{"event":"media","sequenceNumber":"{sequence}","sequence_number":"{sequence}","{stream_key}":"{stream_id}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":""#,
+                    chunk * 20
+                );
+                base64::engine::general_purpose::STANDARD.encode_string(audio, &mut media);
+                media.push_str("\"}}");
+                if socket.send(Message::Text(media.into())).await.is_err() {
                     result.failure = Some("the server closed the call".into());
                     break;
                 }
@@ -530,10 +552,10 @@ async fn one_call(
                     }
                     break;
                 };
-                let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
-                match m["event"].as_str().unwrap_or_default() {
+                let Ok(m) = serde_json::from_str::<CarrierMessage>(&text) else { continue };
+                match m.event {
                     "media" => {
-                        let bytes = m["media"]["payload"].as_str().map_or(0, |p| p.len() * 3 / 4);
+                        let bytes = m.media.map_or(0, |media| media.payload.len() * 3 / 4);
                         let length = Duration::from_millis(bytes as u64 / 8);
                         playing_until = playing_until.max(now) + length;
                         if speech_end_sent.is_some() {
@@ -548,7 +570,7 @@ async fn one_call(
                         }
                     }
                     "mark" => {
-                        let name = m["mark"]["name"].as_str().unwrap_or_default().to_owned();
+                        let name = m.mark.map(|mark| mark.name).unwrap_or_default().to_owned();
                         marks.push_back((playing_until, name));
                     }
                     "clear" => {

@@ -135,12 +135,81 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
+/// A `media` message read in place: fifty a second per call, so its strings are borrowed
+/// rather than built into a [`Value`]. Any other message, or a media message this shape does
+/// not fit (an escaped string, a number of another type), takes the general path.
+#[derive(serde::Deserialize)]
+struct BorrowedMedia<'a> {
+    event: &'a str,
+    #[serde(
+        rename = "sequenceNumber",
+        default,
+        deserialize_with = "carrier_number"
+    )]
+    sequence_number_twilio: Option<u64>,
+    #[serde(
+        rename = "sequence_number",
+        default,
+        deserialize_with = "carrier_number"
+    )]
+    sequence_number_telnyx: Option<u64>,
+    #[serde(borrow)]
+    media: Option<BorrowedMediaBody<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct BorrowedMediaBody<'a> {
+    payload: &'a str,
+    #[serde(default, deserialize_with = "carrier_number")]
+    chunk: Option<u64>,
+    #[serde(default, deserialize_with = "carrier_number")]
+    timestamp: Option<u64>,
+}
+
+/// [`number`] for the borrowed shape: a string of digits or a whole number; anything else is
+/// refused here so the general path decides.
+fn carrier_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    struct Digits;
+    impl serde::de::Visitor<'_> for Digits {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number, or one as a string")
+        }
+        fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(s.parse().ok())
+        }
+    }
+    deserializer.deserialize_any(Digits)
+}
+
 impl Inbound {
     /// Parses one text message of either carrier.
     ///
     /// # Errors
     /// [`CarrierError`] naming what was wrong.
     pub fn parse(message: &str) -> Result<Self, CarrierError> {
+        if let Ok(BorrowedMedia {
+            event: "media",
+            sequence_number_twilio,
+            sequence_number_telnyx,
+            media: Some(media),
+        }) = serde_json::from_str(message)
+        {
+            let audio = base64::engine::general_purpose::STANDARD
+                .decode(media.payload)
+                .map_err(|e| CarrierError::Base64(e.to_string()))?;
+            return Ok(Inbound::Media {
+                sequence: sequence_number_twilio.or(sequence_number_telnyx),
+                chunk: media.chunk,
+                timestamp_ms: media.timestamp,
+                audio,
+            });
+        }
         let value: Value =
             serde_json::from_str(message).map_err(|e| CarrierError::Malformed(e.to_string()))?;
         let event = value["event"]
@@ -250,14 +319,24 @@ fn start(value: &Value) -> Result<StreamStart, CarrierError> {
 pub struct Outbound {
     carrier: Carrier,
     stream_id: String,
+    /// What ends a media message: the stream's id for Twilio (as a JSON string), then `}`.
+    media_tail: String,
 }
 
 impl Outbound {
     /// Messages for the stream `start` opened.
     pub fn new(start: &StreamStart) -> Self {
+        let media_tail = match start.carrier {
+            Carrier::Twilio => format!(
+                ",\"streamSid\":{}}}",
+                Value::String(start.stream_id.clone())
+            ),
+            Carrier::Telnyx => "}".to_owned(),
+        };
         Self {
             carrier: start.carrier,
             stream_id: start.stream_id.clone(),
+            media_tail,
         }
     }
 
@@ -268,10 +347,18 @@ impl Outbound {
         message.to_string()
     }
 
-    /// Audio to play (mu-law bytes).
+    /// Audio to play (mu-law bytes). Written straight into one string: base64 needs no JSON
+    /// escaping, and this is the message a call sends most.
     pub fn media(&self, mulaw: &[u8]) -> String {
-        let payload = base64::engine::general_purpose::STANDARD.encode(mulaw);
-        self.with_stream(json!({"event": "media", "media": {"payload": payload}}))
+        const HEAD: &str = r#"{"event":"media","media":{"payload":""#;
+        let mut message = String::with_capacity(
+            HEAD.len() + mulaw.len().div_ceil(3) * 4 + 2 + self.media_tail.len(),
+        );
+        message.push_str(HEAD);
+        base64::engine::general_purpose::STANDARD.encode_string(mulaw, &mut message);
+        message.push_str("\"}");
+        message.push_str(&self.media_tail);
+        message
     }
 
     /// A mark the carrier echoes once the audio sent before it has played.
@@ -337,6 +424,18 @@ mod tests {
             panic!()
         };
         assert_eq!((sequence, audio), (Some(4), vec![0x7f]));
+        // Shapes the borrowed reading does not take (an escaped slash, numbers as numbers or
+        // of another type) read the same through the general path.
+        let escaped = r#"{"event":"media","sequenceNumber":3,"media":{"chunk":2.5,"timestamp":40,"payload":"\/\/8A"}}"#;
+        assert_eq!(
+            Inbound::parse(escaped).unwrap(),
+            Inbound::Media {
+                sequence: Some(3),
+                chunk: None,
+                timestamp_ms: Some(40),
+                audio: vec![0xff, 0xff, 0x00]
+            }
+        );
         assert_eq!(
             Inbound::parse(r#"{"event":"mark","sequenceNumber":"5","streamSid":"MZ1","mark":{"name":"tf-800"}}"#).unwrap(),
             Inbound::Mark { name: "tf-800".into() }
@@ -391,12 +490,24 @@ mod tests {
         );
         let clear: Value = serde_json::from_str(&out.clear()).unwrap();
         assert_eq!(clear, json!({"event":"clear","streamSid":"MZ1"}));
+        let odd = Outbound::new(&StreamStart {
+            stream_id: "MZ\"1\\".into(),
+            ..twilio.clone()
+        });
+        let media: Value = serde_json::from_str(&odd.media(&[1, 2, 3, 4])).unwrap();
+        assert_eq!(
+            media,
+            json!({"event":"media","streamSid":"MZ\"1\\","media":{"payload":"AQIDBA=="}}),
+            "a stream id is escaped"
+        );
         let Inbound::Start(telnyx) = Inbound::parse(TELNYX_START).unwrap() else {
             panic!()
         };
         let out = Outbound::new(&telnyx);
         let mark: Value = serde_json::from_str(&out.mark("tf-1")).unwrap();
         assert_eq!(mark, json!({"event":"mark","mark":{"name":"tf-1"}}));
+        let media: Value = serde_json::from_str(&out.media(&[0xff])).unwrap();
+        assert_eq!(media, json!({"event":"media","media":{"payload":"/w=="}}));
         assert_eq!(
             serde_json::from_str::<Value>(&out.clear()).unwrap(),
             json!({"event":"clear"})
