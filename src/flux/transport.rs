@@ -192,10 +192,13 @@ impl Connector for WebSocketConnector {
             http.headers_mut().insert("authorization", value);
         }
         let tls = tokio_tungstenite::Connector::Rustls(crate::net::websocket_tls());
+        // Nagle's algorithm off: an 80 ms chunk ends in a short segment, which would wait
+        // while the previous chunk's short tail is unacknowledged (a round trip over 80 ms,
+        // or the peer's delayed ACK); so would a CloseStream right behind audio.
         match tokio_tungstenite::connect_async_tls_with_config(
             http.clone(),
             Some(crate::net::websocket_config()),
-            false,
+            true,
             Some(tls),
         )
         .await

@@ -32,10 +32,11 @@ use axum::extract::{Query, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::engine::{Backends, SessionConfig};
 use crate::flux::{ApiKey, Connector, FluxConfig};
@@ -256,7 +257,15 @@ impl Server {
             .route("/twilio/voice", axum::routing::post(twilio_voice))
             .with_state(state.clone());
         let stop_http = CancellationToken::new();
-        let http = axum::serve(self.listener, app)
+        // Agent audio, `clear` and events go out as written: Nagle's algorithm would hold a
+        // small message while the previous one is unacknowledged (a clear behind a frame,
+        // until the client's ACK).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
+        let http = axum::serve(listener, app)
             .with_graceful_shutdown(stop_http.clone().cancelled_owned())
             .into_future();
         let mut http = std::pin::pin!(http);

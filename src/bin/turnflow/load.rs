@@ -419,7 +419,8 @@ async fn dial(url: &str, token: Option<&str>) -> Result<Socket, String> {
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0);
-    match tokio_tungstenite::connect_async_with_config(request, Some(config), false).await {
+    // No Nagle, as browsers do: a frame must not wait for the previous one's ACK.
+    match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
         Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             Err(format!("refused: HTTP {}", response.status().as_u16()))
