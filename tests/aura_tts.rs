@@ -70,8 +70,10 @@ async fn aura_server(mode: Mode) -> (String, Arc<Mutex<Log>>) {
                     .await;
                 let mut sequence = 0;
                 let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
-                // Held while checking and sending, so nothing of a cleared sentence follows Cleared.
-                let cleared = Arc::new(Mutex::new(false));
+                // Sentences numbered below this were cleared. Held while checking and sending, so
+                // nothing of a cleared sentence follows Cleared; a number rather than a flag, so
+                // the next sentence's Flush cannot revive a writer of the cleared one still asleep.
+                let cleared_below = Arc::new(Mutex::new(0));
                 loop {
                     tokio::select! {
                         out = frames_rx.recv() => {
@@ -93,16 +95,15 @@ async fn aura_server(mode: Mode) -> (String, Arc<Mutex<Log>>) {
                                     let frames_tx = frames_tx.clone();
                                     let seq = sequence;
                                     sequence += 1;
-                                    *cleared.lock().unwrap() = false;
-                                    let cleared = cleared.clone();
+                                    let cleared_below = cleared_below.clone();
                                     tokio::spawn(async move {
                                         let _ = frames_tx.send(Message::text(r#"{"type":"Warning","warn_code":"W1","warn_msg":"old spelling"}"#));
                                         for _ in 0..count {
                                             tokio::time::sleep(Duration::from_millis(pause)).await;
                                             // Sample value = sentence number, so frames can be traced to their sentence.
                                             let pcm: Vec<u8> = std::iter::repeat_n(((seq + 1) as i16 * 1000).to_le_bytes(), 320).flatten().collect();
-                                            let stop = cleared.lock().unwrap();
-                                            if *stop { return; }
+                                            let cleared_below = cleared_below.lock().unwrap();
+                                            if seq < *cleared_below { return; }
                                             let _ = frames_tx.send(Message::Binary(pcm.into()));
                                         }
                                         let _ = frames_tx.send(Message::text(format!(r#"{{"type":"Flushed","sequence_id":{seq}}}"#)));
@@ -113,8 +114,8 @@ async fn aura_server(mode: Mode) -> (String, Arc<Mutex<Log>>) {
                                 }
                                 "Clear" if mode == Mode::NeverClears => {}
                                 "Clear" => {
-                                    let mut stop = cleared.lock().unwrap();
-                                    *stop = true;
+                                    let mut cleared_below = cleared_below.lock().unwrap();
+                                    *cleared_below = sequence;
                                     let _ = frames_tx.send(Message::text(format!(r#"{{"type":"Cleared","sequence_id":{sequence}}}"#)));
                                 }
                                 _ => {}
