@@ -15,6 +15,18 @@ fn turnflow(args: &[&str]) -> Output {
         .expect("the turnflow binary runs")
 }
 
+/// The standard output of a command that must have succeeded (its output and errors in the
+/// failure message otherwise).
+fn succeeded(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A JSON-lines file, every line parsed (a torn last line fails the test).
 fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -40,12 +52,7 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
         "--out",
         dir.to_str().unwrap(),
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("turn 0  user: Hi, are you open tonight?"),
         "{stdout}"
@@ -274,12 +281,7 @@ fn run_on_a_wav_file_with_the_local_emulator_answers_and_records() {
     std::fs::create_dir_all(&dir).unwrap();
     let (wav, record) = (dir.join("agent.wav"), dir.join("recording"));
     let out = run_book_table(&wav, &["--record", record.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("user: Can you book me a table for two tonight?"),
         "{stdout}"
@@ -321,12 +323,7 @@ fn run_on_a_wav_file_with_the_local_emulator_answers_and_records() {
             "--out",
             out_dir.to_str().unwrap(),
         ]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = succeeded(&out);
         assert!(
             stdout.contains("the recorded thresholds re-derive every recorded event"),
             "{stdout}"
@@ -748,12 +745,7 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
         "tests/fixtures/book_table_16k.wav",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["turns"], 2, "{summary}");
     assert_eq!(summary["failed_sessions"], 0, "{summary}");
@@ -809,12 +801,7 @@ fn load_calls_like_a_phone_carrier() {
     ]);
     let _ = server.kill();
     let _ = server.wait();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(
         summary["url"].as_str().unwrap().ends_with("/telephony"),
@@ -841,12 +828,7 @@ fn replay_sweeps_the_shipped_recordings_into_a_table_and_a_chart() {
         dir.to_str().unwrap(),
     ]);
     let out = turnflow(&args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     for value in ["0.5", "0.6", "0.7", "0.8", "0.9"] {
         assert!(
             stdout
@@ -951,12 +933,7 @@ fn a_run_recorded_on_the_virtual_clock_replays_to_the_identical_report() {
             report.to_str().unwrap(),
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("response_latency_ms  p50   280.0"),
         "{stdout}"
