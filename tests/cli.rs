@@ -754,6 +754,9 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
         summary["engine_overhead_ms"]["p50"].as_f64().unwrap() > 0.0,
         "{summary}"
     );
+    // `load` exits once its side of each socket is closed; the server counts a session as ended
+    // after it has closed that session's Flux, LLM and TTS connections, a moment later.
+    wait_until_no_session_is_active(&url);
     let killed = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
@@ -768,6 +771,30 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
         stderr.contains("drained: 0 session(s) were running"),
         "{stderr}"
     );
+}
+
+/// Polls the server's `/metrics` until its active-session gauge reads 0; panics with the last
+/// reading after ten seconds.
+fn wait_until_no_session_is_active(url: &str) {
+    use std::io::{Read, Write};
+    let address = url.trim_start_matches("http://");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let gauge = response
+            .lines()
+            .find(|line| line.starts_with("turnflow_sessions_active "))
+            .unwrap_or_else(|| panic!("no active-session gauge in {response}"))
+            .to_owned();
+        if gauge == "turnflow_sessions_active 0" {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {gauge}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
