@@ -90,7 +90,8 @@ pub type FrameSink = Pin<Box<dyn Sink<WireFrame, Error = TransportError> + Send>
 /// The receiving half of a connection; ends when the peer is gone.
 pub type FrameStream = Pin<Box<dyn Stream<Item = Result<WireFrame, TransportError>> + Send>>;
 
-/// An open connection, split into halves so reader and writer can be separate tasks.
+/// An open connection, split into halves so reading and writing never wait for each other (the
+/// Flux client writes from a task of its own and reads in its supervisor).
 pub struct Connection {
     /// Frames to the server.
     pub sink: FrameSink,

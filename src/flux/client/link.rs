@@ -1,4 +1,10 @@
-//! One connection: opening it (upgrade, `Connected`), and its reader and writer tasks.
+//! One connection: opening it (upgrade, `Connected`), reading its messages, and its writer task.
+//!
+//! The supervisor reads the connection itself ([`next_inbound`]) rather than through a reader
+//! task: a Flux event on the way to the engine then waits for one task to be scheduled, not
+//! two. Under load the supervisor is often already queued (audio every 80 ms), and a second hop
+//! behind it was most of the engine overhead's tail (BENCHMARKS.md, Serving). Writes keep a
+//! task of their own, so a server that stops reading can never block the supervisor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,35 +18,35 @@ use tracing::{Instrument, debug, warn};
 
 use crate::flux::messages::{Parsed, ServerMessage};
 use crate::flux::options::ListenOptions;
-use crate::flux::transport::{ConnectError, ConnectRequest, Connection, Connector, WireFrame};
+use crate::flux::transport::{
+    ConnectError, ConnectRequest, Connection, Connector, FrameStream, WireFrame,
+};
 
 use super::{FluxConfig, FluxError};
 
 pub(super) enum Inbound {
     /// A message, when it arrived, and whether parsing had to repair it.
     Message(Box<ServerMessage>, Instant, bool),
-    /// A text frame that could not be parsed (already logged by the reader).
+    /// A text frame that could not be parsed (already logged).
     Malformed(Instant),
     Closed(String),
 }
 
 pub(super) struct Link {
     pub(super) to_writer: mpsc::Sender<WireFrame>,
-    pub(super) inbound: mpsc::Receiver<Inbound>,
-    pub(super) token: CancellationToken,
-    pub(super) reader: JoinHandle<()>,
-    pub(super) writer: JoinHandle<()>,
+    stream: FrameStream,
+    token: CancellationToken,
+    writer: JoinHandle<()>,
 }
 
 impl Link {
     pub(super) async fn shutdown(self) {
         self.token.cancel();
-        let _ = self.reader.await;
         let _ = self.writer.await;
     }
 }
 
-/// Opens one connection and starts its reader and writer under a child of `parent`. Takes
+/// Opens one connection and starts its writer under a child of `parent`. Takes
 /// its inputs by value so a reconnect can run as a task of its own.
 pub(super) async fn open_link(
     config: FluxConfig,
@@ -60,16 +66,13 @@ pub(super) async fn open_link(
     let request_id = wait_connected(&mut connection, config.connected_timeout).await?;
     let token = parent.child_token();
     let (to_writer, writer_rx) = mpsc::channel(32);
-    let (inbound_tx, inbound) = mpsc::channel(256);
     let Connection { sink, stream, .. } = connection;
-    let reader = tokio::spawn(read_loop(stream, inbound_tx, token.clone()).in_current_span());
     let writer = tokio::spawn(write_loop(sink, writer_rx, token.clone()).in_current_span());
     Ok((
         Link {
             to_writer,
-            inbound,
+            stream,
             token,
-            reader,
             writer,
         },
         request_id,
@@ -103,65 +106,6 @@ async fn wait_connected(connection: &mut Connection, limit: Duration) -> Result<
     tokio::time::timeout(limit, wait)
         .await
         .map_err(|_| FluxError::ConnectedTimeout(limit))?
-}
-
-async fn read_loop(
-    mut stream: crate::flux::transport::FrameStream,
-    inbound: mpsc::Sender<Inbound>,
-    token: CancellationToken,
-) {
-    let mut cancelled = std::pin::pin!(token.cancelled());
-    let closed = loop {
-        let frame = tokio::select! {
-            biased;
-            () = &mut cancelled => return,
-            frame = stream.next() => frame,
-        };
-        let received_at = Instant::now();
-        match frame {
-            Some(Ok(WireFrame::Text(text))) => match ServerMessage::parse_repairing(&text) {
-                Ok(Parsed { message, repairs }) => {
-                    if !repairs.is_empty() {
-                        warn!(
-                            message_type = message.type_name(),
-                            repairs = %repairs.join("; "),
-                            "server message repaired"
-                        );
-                    }
-                    if inbound
-                        .send(Inbound::Message(
-                            Box::new(message),
-                            received_at,
-                            !repairs.is_empty(),
-                        ))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    warn!(%error, "skipping malformed server message");
-                    if inbound.send(Inbound::Malformed(received_at)).await.is_err() {
-                        return;
-                    }
-                }
-            },
-            Some(Ok(WireFrame::Binary(b))) => {
-                warn!(bytes = b.len(), "unexpected binary frame from server");
-            }
-            Some(Ok(WireFrame::Ping(_) | WireFrame::Pong(_))) => {}
-            Some(Ok(WireFrame::Close(reason))) => {
-                break match reason {
-                    Some((code, text)) => format!("server closed the connection ({code} {text})"),
-                    None => "server closed the connection".to_owned(),
-                };
-            }
-            Some(Err(e)) => break format!("connection failed: {}", e.0),
-            None => break "connection lost".to_owned(),
-        }
-    };
-    let _ = inbound.send(Inbound::Closed(closed)).await;
 }
 
 async fn write_loop(
@@ -221,9 +165,47 @@ pub(super) async fn writer_room(
     }
 }
 
-pub(super) async fn next_inbound(link: &mut Option<Link>) -> Option<Inbound> {
-    match link {
-        Some(l) => l.inbound.recv().await,
-        None => std::future::pending().await,
+/// The next message of the connection, stamped when it was read; never resolves without one.
+///
+/// # Cancellation safety
+///
+/// Cancel-safe: a frame is taken from the stream only in the poll that returns it, and frames
+/// skipped on the way (binary, ping, pong) carry nothing for the session.
+pub(super) async fn next_inbound(link: &mut Option<Link>) -> Inbound {
+    let Some(link) = link else {
+        return std::future::pending().await;
+    };
+    loop {
+        let frame = link.stream.next().await;
+        let received_at = Instant::now();
+        return match frame {
+            Some(Ok(WireFrame::Text(text))) => match ServerMessage::parse_repairing(&text) {
+                Ok(Parsed { message, repairs }) => {
+                    if !repairs.is_empty() {
+                        warn!(
+                            message_type = message.type_name(),
+                            repairs = %repairs.join("; "),
+                            "server message repaired"
+                        );
+                    }
+                    Inbound::Message(Box::new(message), received_at, !repairs.is_empty())
+                }
+                Err(error) => {
+                    warn!(%error, "skipping malformed server message");
+                    Inbound::Malformed(received_at)
+                }
+            },
+            Some(Ok(WireFrame::Binary(b))) => {
+                warn!(bytes = b.len(), "unexpected binary frame from server");
+                continue;
+            }
+            Some(Ok(WireFrame::Ping(_) | WireFrame::Pong(_))) => continue,
+            Some(Ok(WireFrame::Close(reason))) => Inbound::Closed(match reason {
+                Some((code, text)) => format!("server closed the connection ({code} {text})"),
+                None => "server closed the connection".to_owned(),
+            }),
+            Some(Err(e)) => Inbound::Closed(format!("connection failed: {}", e.0)),
+            None => Inbound::Closed("connection lost".to_owned()),
+        };
     }
 }

@@ -1,9 +1,9 @@
-//! The Flux `/v2/listen` client: one handle, one supervisor task, a reader and a writer per
-//! connection.
+//! The Flux `/v2/listen` client: one handle, one supervisor task that also reads the
+//! connection, and a writer task per connection.
 //!
 //! ```text
 //! FluxHandle / FluxSender --commands--> supervisor --frames--> writer task --> Connection.sink
-//!                FluxEvents <--events-- supervisor <--parsed-- reader task <-- Connection.stream
+//!                FluxEvents <--events-- supervisor <--------------------------- Connection.stream
 //! ```
 //!
 //! The supervisor owns everything that must survive a reconnect: the audio timeline, the audio of
@@ -20,8 +20,8 @@
 //! reconnects start a fresh timeline without replay.
 //!
 //! Files: `config` (what to connect to and how to stay connected), `handle` (the handle, the
-//! sender and the event stream the application holds), `link` (one connection: its reader and
-//! writer tasks), `supervisor` (the task that owns the session across connections).
+//! sender and the event stream the application holds), `link` (one connection: reading it, and its
+//! writer task), `supervisor` (the task that owns the session across connections).
 
 use std::time::Duration;
 

@@ -203,10 +203,7 @@ impl Supervisor {
             let flow = tokio::select! {
                 biased;
                 () = &mut cancelled => Flow::Stop,
-                inbound = next_inbound(&mut self.link) => match inbound {
-                    Some(inbound) => self.on_inbound(inbound).await,
-                    None => self.on_inbound(Inbound::Closed("connection tasks ended".into())).await,
-                },
+                inbound = next_inbound(&mut self.link) => self.on_inbound(inbound).await,
                 reply = self.close.recv() => match reply {
                     Some(reply) => self.begin_close(reply),
                     None => Flow::Stop,
@@ -251,7 +248,9 @@ impl Supervisor {
         }
     }
 
-    async fn emit(&self, received_at: Instant, kind: FluxEventKind) {
+    /// `&mut`: the supervisor holds the connection's stream, which is `Send` but not `Sync`, so a
+    /// shared borrow held across the send would make the task itself not `Send`.
+    async fn emit(&mut self, received_at: Instant, kind: FluxEventKind) {
         let _ = self.events.send(Ok(FluxEvent { received_at, kind })).await;
     }
 
@@ -282,7 +281,7 @@ impl Supervisor {
                     self.outbox_blocked_since.get_or_insert_with(Instant::now);
                     return;
                 }
-                // The writer ended; the reader reports why.
+                // The writer ended; reading the connection tells why.
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     self.outbox.clear();
                     return;
@@ -516,7 +515,7 @@ impl Supervisor {
         // The replay buffer re-sends the audio that matters on the next connection.
         self.outbox.clear();
         self.outbox_blocked_since = None;
-        let policy = &self.config.reconnect;
+        let policy = self.config.reconnect.clone();
         if Instant::now().duration_since(self.connected_at) >= policy.stable_after {
             self.failed_in_a_row = 0;
         } else if self.failed_in_a_row > 0 {
