@@ -776,6 +776,49 @@ mod tests {
         );
     }
 
+    /// Phone audio reaches the detector two copies a sample, in runs that end wherever the
+    /// carrier's chunks and the emulator's ticks do: the turn must not depend on where.
+    #[cfg(feature = "vad")]
+    #[test]
+    fn phone_audio_gives_the_same_turn_however_it_is_chunked() {
+        let wav = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/book_table_16k.wav"
+        ))
+        .unwrap();
+        let (_, offset) = crate::audio::parse_wav_header(&wav).unwrap().unwrap();
+        let phone: Vec<u8> = wav[offset..]
+            .chunks_exact(4)
+            .map(|b| crate::audio::mulaw_encode(i16::from_le_bytes([b[0], b[1]])))
+            .collect();
+        let turn = |chunk: usize| {
+            let mut s = EmulatorSession::new(
+                ListenOptions::raw(Encoding::Mulaw, 8000),
+                scenario(r#"{"name":"v","turns":[{"say":"Book me a table."}]}"#),
+                "rid".into(),
+            )
+            .with_turn_detection(TurnDetection::Vad);
+            let mut infos = Vec::new();
+            for piece in phone.chunks(chunk) {
+                for m in s.on_audio(piece).messages {
+                    if let ServerMessage::TurnInfo(t) = m {
+                        infos.push(t);
+                    }
+                }
+            }
+            infos
+        };
+        let whole = turn(phone.len());
+        assert!(
+            events(&whole).iter().any(|e| e.starts_with("EndOfTurn")),
+            "{:?}",
+            events(&whole)
+        );
+        for chunk in [160, 127, 1] {
+            assert_eq!(events(&turn(chunk)), events(&whole), "chunks of {chunk}");
+        }
+    }
+
     #[test]
     fn multi_model_carries_languages() {
         let o = ListenOptions {

@@ -125,13 +125,22 @@ impl EmulatorSession {
     /// voice activity detector, which listens at 16 kHz (nearest-sample resampling: a phone's
     /// 8 kHz sample counts twice, a 48 kHz stream's every third), and turns speech into words.
     pub(super) fn vad_samples(&mut self, samples: &[i16], first: u64, rate: u32) {
-        if rate == VAD_RATE {
-            // Whole runs of samples into the frame: no per-sample work at the detector's rate.
+        let copies = VAD_RATE.checked_div(rate).unwrap_or(0) as usize;
+        if copies > 0 && VAD_RATE.is_multiple_of(rate) && VAD_FRAME.is_multiple_of(copies) {
+            // Whole runs of samples into the frame, each sample `copies` times (once at
+            // 16 kHz, twice from a phone): no per-sample bookkeeping, and a frame always fills
+            // on a sample's last copy.
             let mut done = 0;
             while done < samples.len() {
                 let Some(vad) = &mut self.vad else { return };
-                let take = (VAD_FRAME - vad.frame.len()).min(samples.len() - done);
-                vad.frame.extend_from_slice(&samples[done..done + take]);
+                let take = ((VAD_FRAME - vad.frame.len()) / copies).min(samples.len() - done);
+                let run = &samples[done..done + take];
+                if copies == 1 {
+                    vad.frame.extend_from_slice(run);
+                } else {
+                    vad.frame
+                        .extend(run.iter().flat_map(|&s| std::iter::repeat_n(s, copies)));
+                }
                 done += take;
                 if vad.frame.len() == VAD_FRAME {
                     self.vad_frame(first + done as u64 - 1, rate);
