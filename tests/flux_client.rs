@@ -434,6 +434,42 @@ async fn unknown_and_malformed_messages_are_tolerated_and_error_is_fatal() {
     ));
 }
 
+/// The supervisor reads the connection itself: frames that carry no message are passed over
+/// without holding up the ones that do, and the server's close frame is the reason given.
+#[tokio::test(start_paused = true)]
+async fn frames_without_a_message_are_skipped_and_a_close_says_why() {
+    let (_handle, mut events, _, mut server, mut ends) =
+        connected(config("ws://x", ListenOptions::default())).await;
+    for frame in [
+        WireFrame::Binary(Bytes::from_static(b"??")),
+        WireFrame::Ping(Bytes::from_static(b"p")),
+        WireFrame::Pong(Bytes::new()),
+    ] {
+        server.sink.send(frame).await.unwrap();
+    }
+    send_json(
+        &mut server,
+        r#"{"type":"Warning","request_id":"r","sequence_id":1,"code":"W1","description":"careful"}"#
+            .into(),
+    )
+    .await;
+    server
+        .sink
+        .send(WireFrame::Close(Some((1011, "overloaded".into()))))
+        .await
+        .unwrap();
+    let warning = events.recv().await.unwrap().unwrap();
+    assert!(matches!(warning.kind, FluxEventKind::Warning(ref w) if w.code == "W1"));
+    let lost = events.recv().await.unwrap().unwrap();
+    assert!(
+        matches!(lost.kind, FluxEventKind::Reconnecting { ref reason }
+            if reason == "server closed the connection (1011 overloaded)"),
+        "{:?}",
+        lost.kind
+    );
+    assert!(ends.recv().await.is_some(), "a new connection is opened");
+}
+
 #[tokio::test(start_paused = true)]
 async fn audio_is_cut_into_80_ms_frames_and_idle_sockets_are_pinged() {
     let (handle, _events, url, mut server, _ends) =
