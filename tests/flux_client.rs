@@ -710,6 +710,54 @@ async fn a_silent_server_is_treated_as_dropped() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_server_that_stops_reading_is_replaced_and_never_blocks_the_caller_for_long() {
+    let mut c = config("ws://x", ListenOptions::default());
+    // Only the stalled writer may end this connection.
+    c.silent_server_timeout = Duration::from_secs(600);
+    let (handle, mut events, _, first, mut ends) = connected(c).await;
+    let started = tokio::time::Instant::now();
+    // A caller streaming in real time, noting its longest wait to hand over 100 ms of audio.
+    let feeder = tokio::spawn(async move {
+        let mut longest_wait = Duration::ZERO;
+        for _ in 0..400 {
+            let before = tokio::time::Instant::now();
+            if handle.send_audio(pcm(0.1, 0)).await.is_err() {
+                break;
+            }
+            longest_wait = longest_wait.max(before.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        longest_wait
+    });
+    // The server never reads `first`: its 256-frame queue fills after about 20 s of audio.
+    let (at, reason) = loop {
+        let event = events.recv().await.unwrap().unwrap();
+        if let FluxEventKind::Reconnecting { reason } = event.kind {
+            break (event.received_at, reason);
+        }
+    };
+    assert!(reason.contains("the server stopped reading"), "{reason}");
+    let after = at - started;
+    assert!(
+        after >= Duration::from_secs(25) && after <= Duration::from_secs(31),
+        "20.5 s to fill the server's queue, then the 5 s stall limit; noticed after {after:?}"
+    );
+    let (_, mut second) = ends.recv().await.expect("a new connection is attempted");
+    send_json(
+        &mut second,
+        r#"{"type":"Connected","request_id":"r2","sequence_id":0}"#.into(),
+    )
+    .await;
+    let drain = tokio::spawn(async move { while second.stream.next().await.is_some() {} });
+    let longest_wait = feeder.await.unwrap();
+    assert!(
+        longest_wait <= Duration::from_secs(6),
+        "the caller waited {longest_wait:?} to hand over audio"
+    );
+    drop(first);
+    drain.abort();
+}
+#[tokio::test(start_paused = true)]
 async fn reconnects_give_up_after_the_policy_and_say_why() {
     struct Refusing;
     #[async_trait]

@@ -121,7 +121,14 @@ async fn write_loop(
             frame = frames.recv() => frame,
         };
         let Some(frame) = frame else { break };
-        if let Err(e) = sink.send(frame).await {
+        // A server that stops reading leaves the send pending forever; the supervisor then
+        // cancels this connection and must not wait on it.
+        let sent = tokio::select! {
+            biased;
+            () = &mut cancelled => break,
+            sent = sink.send(frame) => sent,
+        };
+        if let Err(e) = sent {
             debug!(error = %e, "writer stopped");
             return;
         }
