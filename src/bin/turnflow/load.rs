@@ -62,6 +62,11 @@ pub(crate) enum CarrierKind {
 
 /// Longest a caller waits for the agent's reply after it stopped speaking.
 const REPLY_PATIENCE: Duration = Duration::from_secs(20);
+/// Longest a caller waits for the WebSocket upgrade, and a browser caller for `ready`.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+/// Longest a caller waits to hand the server one message: a server that stops reading fails
+/// its session instead of stalling the whole run.
+const SEND_PATIENCE: Duration = Duration::from_secs(5);
 /// Quiet between the end of the agent's reply and the caller's next turn.
 const PAUSE_AFTER_REPLY: Duration = Duration::from_secs(1);
 const FRAME: usize = 320;
@@ -216,11 +221,13 @@ async fn one_session(
     };
     progress.open.fetch_add(1, Ordering::Relaxed);
     let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
-    if socket.send(Message::Text(start.into())).await.is_err() {
-        result.failure = Some("the connection closed before start".into());
+    if let Err(e) = send(&mut socket, Message::Text(start.into())).await {
+        result.failure = Some(e.or("the connection closed before start"));
         progress.ended(&result);
         return result;
     }
+    let ready_wait = tokio::time::sleep(CONNECT_PATIENCE);
+    tokio::pin!(ready_wait);
     let end_of_speech = speech.end_of_speech;
     let mut playback = Playback {
         rate: 16000.0,
@@ -244,8 +251,12 @@ async fn one_session(
     // when there is news: a caller listening to silence says nothing.
     let mut ticks = 0u64;
     let mut last_report = Value::Null;
-    loop {
+    'session: loop {
         tokio::select! {
+            () = &mut ready_wait, if !ready => {
+                result.failure = Some(format!("no ready within {CONNECT_PATIENCE:?} of start"));
+                break;
+            }
             _ = tick.tick(), if ready && !stopping => {
                 let now = Instant::now();
                 let frame = match position {
@@ -262,15 +273,18 @@ async fn one_session(
                     }
                     None => speech.silence.clone(),
                 };
-                if socket.send(Message::Binary(frame)).await.is_err() {
-                    result.failure = Some("the server closed the connection mid-session".into());
+                if let Err(e) = send(&mut socket, Message::Binary(frame)).await {
+                    result.failure = Some(e.or("the server closed the connection mid-session"));
                     break;
                 }
                 ticks += 1;
                 if ticks.is_multiple_of(5) && playback.received > 0 {
                     let played = playback.report(now);
                     if played != last_report {
-                        let _ = socket.send(Message::Text(played.to_string().into())).await;
+                        if let Some(stalled) = send_or_stall(&mut socket, Message::Text(played.to_string().into())).await {
+                            result.failure = Some(stalled);
+                            break;
+                        }
                         last_report = played;
                     }
                 }
@@ -290,7 +304,10 @@ async fn one_session(
                     if turn == turns {
                         stopping = true;
                         let stop = json!({"type": "stop"}).to_string();
-                        let _ = socket.send(Message::Text(stop.into())).await;
+                        if let Some(stalled) = send_or_stall(&mut socket, Message::Text(stop.into())).await {
+                            result.failure = Some(stalled);
+                            break;
+                        }
                     } else {
                         position = Some(0);
                     }
@@ -326,7 +343,10 @@ async fn one_session(
                             "clear" => {
                                 playback.clear(now);
                                 let played = playback.report(now).to_string();
-                                let _ = socket.send(Message::Text(played.into())).await;
+                                if let Some(stalled) = send_or_stall(&mut socket, Message::Text(played.into())).await {
+                                    result.failure = Some(stalled);
+                                    break 'session;
+                                }
                             }
                             "response_ended" if finished_at.is_some() => reply_ended = true,
                             "turn" => {
@@ -358,7 +378,7 @@ async fn one_session(
             }
         }
     }
-    let _ = socket.close(None).await;
+    let _ = tokio::time::timeout(SEND_PATIENCE, socket.close(None)).await;
     progress.ended(&result);
     result
 }
@@ -420,12 +440,54 @@ async fn dial(url: &str, token: Option<&str>) -> Result<Socket, String> {
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0);
     // No Nagle, as browsers do: a frame must not wait for the previous one's ACK.
-    match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+    let upgrade = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    match tokio::time::timeout(CONNECT_PATIENCE, upgrade)
+        .await
+        .map_err(|_| format!("no WebSocket upgrade within {CONNECT_PATIENCE:?}"))?
+    {
         Ok((socket, _)) => Ok(socket),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             Err(format!("refused: HTTP {}", response.status().as_u16()))
         }
         Err(e) => Err(format!("cannot connect: {e}")),
+    }
+}
+
+/// Why a message did not reach the server.
+#[derive(Debug, PartialEq)]
+enum SendFailure {
+    /// The connection is closed; what the caller was doing says what that means.
+    Closed,
+    /// The server took nothing for [`SEND_PATIENCE`].
+    Stalled,
+}
+
+impl SendFailure {
+    /// The failure line: `closed` for a closed connection, the stall otherwise.
+    fn or(self, closed: &str) -> String {
+        match self {
+            SendFailure::Closed => closed.to_owned(),
+            SendFailure::Stalled => {
+                format!("the server stopped reading: a message waited {SEND_PATIENCE:?}")
+            }
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, message: Message) -> Result<(), SendFailure> {
+    match tokio::time::timeout(SEND_PATIENCE, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SendFailure::Closed),
+        Err(_) => Err(SendFailure::Stalled),
+    }
+}
+
+/// Sends a message whose loss alone ends nothing (a closed connection shows on the read side);
+/// the failure line when the server stopped reading.
+async fn send_or_stall(socket: &mut Socket, message: Message) -> Option<String> {
+    match send(socket, message).await {
+        Err(SendFailure::Stalled) => Some(SendFailure::Stalled.or("")),
+        Ok(()) | Err(SendFailure::Closed) => None,
     }
 }
 
@@ -465,12 +527,8 @@ async fn one_call(
     let stream_key = if twilio { "streamSid" } else { "stream_id" };
     let stream_id = if twilio { "MZload" } else { "load" };
     for message in [json!({"event": "connected", "version": "1.0.0"}), start] {
-        if socket
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .is_err()
-        {
-            result.failure = Some("the connection closed before start".into());
+        if let Err(e) = send(&mut socket, Message::Text(message.to_string().into())).await {
+            result.failure = Some(e.or("the connection closed before start"));
             progress.ended(&result);
             return result;
         }
@@ -489,14 +547,17 @@ async fn one_call(
     let mut hung_up = false;
     // Agent audio of this turn's reply received so far.
     let mut reply_received = Duration::ZERO;
-    loop {
+    'call: loop {
         tokio::select! {
             _ = tick.tick(), if !hung_up => {
                 let now = Instant::now();
                 while marks.front().is_some_and(|(at, _)| *at <= now) {
                     let (_, name) = marks.pop_front().expect("checked");
                     let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
-                    let _ = socket.send(Message::Text(echo.to_string().into())).await;
+                    if let Some(stalled) = send_or_stall(&mut socket, Message::Text(echo.to_string().into())).await {
+                        result.failure = Some(stalled);
+                        break 'call;
+                    }
                 }
                 let audio = match position {
                     Some(at) => {
@@ -521,8 +582,8 @@ async fn one_call(
                 );
                 base64::engine::general_purpose::STANDARD.encode_string(audio, &mut media);
                 media.push_str("\"}}");
-                if socket.send(Message::Text(media.into())).await.is_err() {
-                    result.failure = Some("the server closed the call".into());
+                if let Err(e) = send(&mut socket, Message::Text(media.into())).await {
+                    result.failure = Some(e.or("the server closed the call"));
                     break;
                 }
                 let replied = last_agent.is_some_and(|t| now - t > Duration::from_secs(1));
@@ -535,7 +596,10 @@ async fn one_call(
                     (last_agent, waiting_since, speech_end_sent) = (None, None, None);
                     if turn == turns {
                         let stop = json!({"event": "stop", stream_key: stream_id, "stop": {}});
-                        let _ = socket.send(Message::Text(stop.to_string().into())).await;
+                        if let Some(stalled) = send_or_stall(&mut socket, Message::Text(stop.to_string().into())).await {
+                            result.failure = Some(stalled);
+                            break;
+                        }
                         hung_up = true;
                     } else {
                         position = Some(0);
@@ -577,7 +641,10 @@ async fn one_call(
                     "clear" => {
                         while let Some((_, name)) = marks.pop_front() {
                             let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
-                            let _ = socket.send(Message::Text(echo.to_string().into())).await;
+                            if let Some(stalled) = send_or_stall(&mut socket, Message::Text(echo.to_string().into())).await {
+                                result.failure = Some(stalled);
+                                break 'call;
+                            }
                         }
                         playing_until = now;
                     }
@@ -586,7 +653,7 @@ async fn one_call(
             }
         }
     }
-    let _ = socket.close(None).await;
+    let _ = tokio::time::timeout(SEND_PATIENCE, socket.close(None)).await;
     progress.ended(&result);
     result
 }
@@ -796,6 +863,84 @@ mod tests {
         assert_eq!(p.report(at)["buffered"], 12000);
         p.clear(at);
         assert_eq!(p.report(at + Duration::from_secs(1))["samples"], 4000);
+    }
+
+    fn progress() -> Arc<Progress> {
+        Arc::new(Progress {
+            open: AtomicUsize::new(0),
+            turns: AtomicU64::new(0),
+            failed: AtomicUsize::new(0),
+        })
+    }
+
+    fn speech() -> Arc<BrowserSpeech> {
+        Arc::new(BrowserSpeech::new(&[4000i16; 16000]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_never_upgrades_fails_the_session_and_says_so() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/session", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (_socket, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let result = one_session(url, None, speech(), 1, progress()).await;
+        assert_eq!(
+            result.failure.as_deref(),
+            Some("no WebSocket upgrade within 10s")
+        );
+        server.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_never_says_ready_fails_the_session_and_says_so() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/session", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+            while ws.next().await.is_some() {}
+        });
+        let progress = progress();
+        let result = one_session(url, None, speech(), 1, progress.clone()).await;
+        assert_eq!(
+            result.failure.as_deref(),
+            Some("no ready within 10s of start")
+        );
+        assert_eq!(progress.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(progress.open.load(Ordering::Relaxed), 0);
+        server.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_stops_reading_fails_the_message_that_waited() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let url = format!("ws://{}/session", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let _ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let mut client = dial(&url, None).await.unwrap();
+        let message = bytes::Bytes::from(vec![0u8; 64 * 1024]);
+        let mut sent = 0;
+        let failure = loop {
+            match send(&mut client, Message::Binary(message.clone())).await {
+                Ok(()) => sent += 1,
+                Err(failure) => break failure,
+            }
+            assert!(sent < 2000, "128 MiB went into a socket nobody reads");
+        };
+        assert_eq!(failure, SendFailure::Stalled);
+        assert_eq!(
+            failure.or("closed"),
+            "the server stopped reading: a message waited 5s"
+        );
+        server.abort();
     }
 
     #[test]
