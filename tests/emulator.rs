@@ -282,6 +282,65 @@ async fn many_connections_at_once_keep_their_own_state() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_and_never_holds_up_shutdown() {
+    let emulator = MemoryEmulator::new(EmulatorConfig::new(Arc::new(Scenario::demo())));
+    let request = ConnectRequest {
+        url: "ws://e/v2/listen?model=flux-general-en&encoding=linear16&sample_rate=16000".into(),
+        api_key: None,
+    };
+    // Audio in real time and nothing read: the demo's answers fill the connection's queue of 64
+    // messages, and the emulator drops a client that takes nothing for ten seconds.
+    let started = tokio::time::Instant::now();
+    let mut stuck = emulator.connect(&request).await.unwrap();
+    let mut first_refused = None;
+    loop {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(1),
+            stuck.sink.send(WireFrame::Binary(silence(0.08).into())),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                first_refused.get_or_insert_with(tokio::time::Instant::now);
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    // The emulator stopped taking audio once it was stuck on a send, and dropped the client
+    // within the ten seconds that send may wait.
+    let refused = first_refused.expect("the emulator stopped taking audio first");
+    let waited = refused.elapsed();
+    assert!(
+        waited <= Duration::from_secs(10),
+        "dropped {waited:?} later"
+    );
+    // A client that stops reading is also dropped at shutdown, at once.
+    let mut second = emulator.connect(&request).await.unwrap();
+    for _ in 0..2000 {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(1),
+            second.sink.send(WireFrame::Binary(silence(0.08).into())),
+        )
+        .await;
+        if sent.is_err() {
+            break;
+        }
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), emulator.shutdown())
+            .await
+            .is_ok(),
+        "shutdown waited on a client that does not read"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_connections_close_after_sixty_seconds() {
     let emulator = MemoryEmulator::new(EmulatorConfig::new(Arc::new(Scenario::demo())));
     let request = ConnectRequest {

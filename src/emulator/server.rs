@@ -23,8 +23,8 @@ use super::faults::{ConnectionFaults, Ending, FaultSpec, refusal};
 use super::session::{EmulatorSession, TurnDetection};
 use crate::flux::options::ListenOptions;
 use crate::flux::transport::{
-    ApiKey, ConnectError, ConnectRequest, Connection, Connector, WireFrame, channel_pair,
-    websocket_connection,
+    ApiKey, ConnectError, ConnectRequest, Connection, Connector, FrameSink, WireFrame,
+    channel_pair, websocket_connection,
 };
 use crate::scenario::Scenario;
 
@@ -160,8 +160,33 @@ fn refuse_by_fault(
     }
 }
 
-/// Drives one session over `connection` until either side closes, `cancel` fires, or the
-/// connection is idle for `config.idle_timeout`.
+/// Longest the emulator waits for a client to take one message before it drops the
+/// connection, as a server protects itself from a client that stopped reading.
+const SEND_LIMIT: Duration = Duration::from_secs(10);
+
+/// Sends `frame` unless `cancel` fires first or the client takes nothing for [`SEND_LIMIT`];
+/// whether the connection can go on.
+async fn send(sink: &mut FrameSink, frame: WireFrame, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => false,
+        sent = tokio::time::timeout(SEND_LIMIT, sink.send(frame)) => match sent {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                warn!(limit = ?SEND_LIMIT, "the client stopped reading; dropping the connection");
+                false
+            }
+        },
+    }
+}
+
+/// Sends a last frame before closing, waiting at most a second: the connection ends either way.
+async fn send_last(sink: &mut FrameSink, frame: WireFrame) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
+}
+
+/// Drives one session over `connection` until either side closes, `cancel` fires, the
+/// connection is idle for `config.idle_timeout`, or the client stops reading.
 pub(crate) async fn run_connection(
     mut connection: Connection,
     mut session: EmulatorSession,
@@ -170,12 +195,7 @@ pub(crate) async fn run_connection(
     cancel: CancellationToken,
 ) {
     let connected = session.connected().to_json();
-    if connection
-        .sink
-        .send(WireFrame::Text(connected))
-        .await
-        .is_err()
-    {
+    if !send(&mut connection.sink, WireFrame::Text(connected), &cancel).await {
         return;
     }
     let mut deadline = tokio::time::Instant::now() + idle_timeout;
@@ -183,12 +203,12 @@ pub(crate) async fn run_connection(
         let frame = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
-                let _ = connection.sink.send(WireFrame::Close(Some((1001, "emulator shutting down".into())))).await;
+                send_last(&mut connection.sink, WireFrame::Close(Some((1001, "emulator shutting down".into())))).await;
                 return;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 info!("idle timeout, closing");
-                let _ = connection.sink.send(WireFrame::Close(Some((1011, "NET-0001".into())))).await;
+                send_last(&mut connection.sink, WireFrame::Close(Some((1011, "NET-0001".into())))).await;
                 return;
             }
             frame = connection.stream.next() => frame,
@@ -215,11 +235,12 @@ pub(crate) async fn run_connection(
         let close = output.close;
         let (messages, ending) = faults.apply(session.audio_time(), output);
         for message in messages {
-            if connection
-                .sink
-                .send(WireFrame::Text(message.to_json()))
-                .await
-                .is_err()
+            if !send(
+                &mut connection.sink,
+                WireFrame::Text(message.to_json()),
+                &cancel,
+            )
+            .await
             {
                 return;
             }
@@ -231,16 +252,13 @@ pub(crate) async fn run_connection(
             }
             Some(Ending::Close(code, reason)) => {
                 info!(code, %reason, "emulated fault: closing the connection");
-                let _ = connection
-                    .sink
-                    .send(WireFrame::Close(Some((code, reason))))
-                    .await;
+                send_last(&mut connection.sink, WireFrame::Close(Some((code, reason)))).await;
                 return;
             }
             None => {}
         }
         if close {
-            let _ = connection.sink.send(WireFrame::Close(None)).await;
+            send_last(&mut connection.sink, WireFrame::Close(None)).await;
             return;
         }
     }
