@@ -307,6 +307,29 @@ async fn openai_broken_streams_end_with_a_typed_error() {
 }
 
 #[tokio::test]
+async fn a_stream_that_never_ends_its_event_is_cut_off_at_a_mebibyte() {
+    // Text first, then a data line that goes on for two mebibytes, in 64 KiB chunks, and then
+    // the connection stays open: the client must not hold all of it, nor wait.
+    let mut endless = sse(&TEXT[..2]);
+    endless
+        .chunks
+        .push(format!("data: {}", "x".repeat(64 * 1024 - 6)));
+    endless
+        .chunks
+        .extend(std::iter::repeat_n("x".repeat(64 * 1024), 31));
+    endless.hold = true;
+    let (base, _) = serve(vec![endless]).await;
+    let chunks = collect(&openai(&base), request("hi")).await;
+    assert_eq!(chunks[0], Ok(LlmChunk::Text("We open".into())));
+    let last = chunks.last().unwrap();
+    assert!(
+        matches!(last, Err(e) if e.kind == ErrorKind::StreamBroken
+            && e.message.contains("an event grew past 1048576 bytes without ending")),
+        "{chunks:?}"
+    );
+}
+
+#[tokio::test]
 async fn dropping_the_stream_closes_the_connection() {
     let mut held = sse(&TEXT[..2]);
     held.hold = true;

@@ -423,7 +423,15 @@ where
                 };
                 match s.body.next().await {
                     Some(Ok(bytes)) => {
-                        for event in s.parser.push(bytes.as_ref()) {
+                        let events = match s.parser.push(bytes.as_ref()) {
+                            Ok(events) => events,
+                            Err(e) => {
+                                s.queue.push_back(Err(stream_error(e.to_string())));
+                                s.done = true;
+                                continue;
+                            }
+                        };
+                        for event in events {
                             match decode(&mut s.decoder, &event) {
                                 Ok(chunks) => s.queue.extend(chunks.into_iter().map(Ok)),
                                 Err(fault) => {
