@@ -116,6 +116,24 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .map(Duration::from_secs_f64)
 }
 
+/// The most of an error response's body kept for its message (the message shows 300
+/// characters of it).
+const ERROR_BODY_LIMIT: usize = 4096;
+
+/// The start of an error response's body, as text: at most [`ERROR_BODY_LIMIT`] bytes are
+/// read, however much the server sends, and a body that breaks off gives what came.
+pub(crate) async fn error_body(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body.truncate(ERROR_BODY_LIMIT);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// Whether `url` names this machine (`localhost`, `127.0.0.0/8`, `::1`).
 pub(crate) fn is_loopback(url: &str) -> bool {
     host_of(url).is_some_and(|host| {

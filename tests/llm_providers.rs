@@ -330,6 +330,41 @@ async fn a_stream_that_never_ends_its_event_is_cut_off_at_a_mebibyte() {
 }
 
 #[tokio::test]
+async fn an_error_with_an_endless_body_is_read_only_as_far_as_its_message_needs() {
+    let mut endless = sse(&[]);
+    endless.status = 500;
+    endless.headers = vec![("content-type", "text/plain")];
+    endless.chunks = std::iter::once("overloaded, try later ".to_owned())
+        .chain(std::iter::repeat_n("z".repeat(64 * 1024), 64))
+        .collect();
+    endless.hold = true;
+    let (base, seen) = serve(vec![endless]).await;
+    let error = match openai(&base).stream(request("hi")).await {
+        Err(e) => e,
+        Ok(_) => panic!("a 500 is an error"),
+    };
+    assert_eq!(error.kind, ErrorKind::Server);
+    assert!(
+        error
+            .message
+            .starts_with("http 500: overloaded, try later zzz"),
+        "{}",
+        error.message
+    );
+    // The server waits up to 5 s for the client to hang up.
+    for _ in 0..600 {
+        if seen.lock().unwrap().client_left {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        seen.lock().unwrap().client_left,
+        "the client hung up instead of reading four mebibytes of error"
+    );
+}
+
+#[tokio::test]
 async fn dropping_the_stream_closes_the_connection() {
     let mut held = sse(&TEXT[..2]);
     held.hold = true;

@@ -180,7 +180,7 @@ pub(crate) async fn check_status(
         return Ok(response);
     }
     let retry_after = crate::net::retry_after(response.headers());
-    let body = response.text().await.unwrap_or_default();
+    let body = crate::net::error_body(response).await;
     Err(status_error(provider, status, key_env, retry_after, &body))
 }
 

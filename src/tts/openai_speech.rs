@@ -93,10 +93,8 @@ impl SpeechSynthesizer for OpenAiSpeech {
         let status = response.status().as_u16();
         if status != 200 {
             let retry_after = retry_after(response.headers());
-            let detail: String = response
-                .text()
+            let detail: String = crate::net::error_body(response)
                 .await
-                .unwrap_or_default()
                 .chars()
                 .take(300)
                 .collect();
