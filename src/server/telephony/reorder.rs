@@ -10,7 +10,8 @@ pub const REORDER_WINDOW: usize = 5;
 /// Reorders frames by chunk number.
 #[derive(Debug, Default)]
 pub struct Reorder {
-    next: Option<u64>,
+    /// The chunk number due next; wider than a chunk number, so the largest one has a successor.
+    next: Option<u128>,
     pending: BTreeMap<u64, Vec<u8>>,
     /// Frames dropped as too late or duplicated.
     pub late: u64,
@@ -24,8 +25,8 @@ impl Reorder {
         let Some(chunk) = chunk else {
             return vec![audio];
         };
-        let next = *self.next.get_or_insert(chunk);
-        if chunk < next || self.pending.contains_key(&chunk) {
+        let next = *self.next.get_or_insert(u128::from(chunk));
+        if u128::from(chunk) < next || self.pending.contains_key(&chunk) {
             self.late += 1;
             return Vec::new();
         }
@@ -33,8 +34,9 @@ impl Reorder {
         let mut out = Vec::new();
         self.drain(&mut out);
         if self.pending.len() > REORDER_WINDOW {
-            let first = *self.pending.keys().next().expect("not empty");
-            self.lost += first - self.next.expect("set above");
+            let first = u128::from(*self.pending.keys().next().expect("not empty"));
+            let skipped = first - self.next.expect("set above");
+            self.lost += u64::try_from(skipped).unwrap_or(u64::MAX);
             self.next = Some(first);
             self.drain(&mut out);
         }
@@ -43,7 +45,10 @@ impl Reorder {
 
     fn drain(&mut self, out: &mut Vec<Vec<u8>>) {
         let mut next = self.next.expect("set before draining");
-        while let Some(audio) = self.pending.remove(&next) {
+        while let Some(audio) = u64::try_from(next)
+            .ok()
+            .and_then(|n| self.pending.remove(&n))
+        {
             out.push(audio);
             next += 1;
         }
@@ -69,6 +74,16 @@ mod tests {
         assert_eq!(numbers(r.push(Some(2), vec![2])), [2, 3]);
         assert!(r.push(Some(2), vec![2]).is_empty(), "a duplicate");
         assert_eq!(r.late, 1);
+    }
+
+    #[test]
+    fn the_largest_chunk_number_neither_overflows_nor_repeats() {
+        let mut r = Reorder::default();
+        assert_eq!(numbers(r.push(Some(u64::MAX - 1), vec![1])), [1]);
+        assert_eq!(numbers(r.push(Some(u64::MAX), vec![2])), [2]);
+        assert!(r.push(Some(u64::MAX), vec![3]).is_empty(), "a duplicate");
+        assert!(r.push(Some(0), vec![4]).is_empty(), "late");
+        assert_eq!(r.late, 2);
     }
 
     #[test]
