@@ -63,7 +63,10 @@ impl PlaybackReport {
     pub fn estimate(&self, now: Instant, sample_rate: u32, written: u64) -> u64 {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         let since = (elapsed * f64::from(sample_rate)) as u64;
-        (self.played + since.min(self.buffered)).min(written)
+        // The numbers are the client's: the largest ones must not wrap around.
+        self.played
+            .saturating_add(since.min(self.buffered))
+            .min(written)
     }
 }
 
@@ -123,6 +126,16 @@ mod tests {
         assert_eq!(
             report.estimate(t0 + Duration::from_millis(50), 16000, 16200),
             16200
+        );
+        // A client that claims the largest numbers there are has heard what was written.
+        let absurd = PlaybackReport {
+            played: u64::MAX,
+            buffered: u64::MAX,
+            at: t0,
+        };
+        assert_eq!(
+            absurd.estimate(t0 + Duration::from_secs(1), 16000, 40000),
+            40000
         );
     }
 }
