@@ -97,6 +97,12 @@ impl MarkClock {
         self.confirmed = written;
         self.settled = written;
     }
+
+    /// What the caller heard of `written` samples: an echo naming audio never written (a
+    /// carrier's mistake, or a forged message) counts for no more than was written.
+    fn heard(&self, written: u64) -> u64 {
+        self.confirmed.min(written)
+    }
 }
 
 enum Out {
@@ -129,7 +135,7 @@ impl AudioSink for CarrierSink {
     }
 
     fn played(&self) -> Option<u64> {
-        Some(self.clock.lock().expect("mark clock").confirmed)
+        Some(self.clock.lock().expect("mark clock").heard(self.written))
     }
 }
 
@@ -637,6 +643,8 @@ mod tests {
         assert_eq!(clock.confirmed, 3840);
         clock.echoed("somebody-else");
         assert_eq!(clock.confirmed, 3840);
+        clock.echoed("tf-18446744073709551615");
+        assert_eq!(clock.heard(4480), 4480, "never more than was written");
     }
 
     #[test]
