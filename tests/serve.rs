@@ -545,6 +545,22 @@ async fn hostile_clients_are_closed_with_a_reason_and_disturb_no_one() {
             "invalid",
             1008,
         ),
+        (
+            "a flood of playback reports",
+            std::iter::once(Message::Text(start.clone().into()))
+                .chain((0..1000).map(|_| Message::Text(r#"{"type":"played","samples":0}"#.into())))
+                .collect(),
+            "flood",
+            1008,
+        ),
+        (
+            "a flood of pings",
+            std::iter::once(Message::Text(start.clone().into()))
+                .chain((0..1000).map(|_| Message::Ping(vec![1].into())))
+                .collect(),
+            "flood",
+            1008,
+        ),
         ("silent after connecting", vec![], "idle", 1008),
         (
             "silent after start",

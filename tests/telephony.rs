@@ -515,7 +515,9 @@ async fn a_recorded_call_replays_and_keeps_no_caller_details() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
     let server = start("plain.json", |c| {
-        c.start_timeout = Duration::from_millis(500)
+        c.start_timeout = Duration::from_millis(500);
+        // Longer than the wait for each close below: no call here ends for being idle.
+        c.idle_timeout = Duration::from_secs(120);
     })
     .await;
     // Unknown events, bad base64 and broken JSON are skipped: the call goes on and is answered.
@@ -537,19 +539,36 @@ async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
     assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
     assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
 
-    // Media before start, a format this endpoint does not take, a huge message and silence
-    // end the call.
+    // Media before start, a format this endpoint does not take, a huge message, silence, a
+    // recording sent at full speed instead of a live call, and a flood of messages end the call.
     let wrong_format = start_message(Kind::Twilio, "x").replace("audio/x-mulaw", "audio/x-l16");
     let media = media_message(Kind::Twilio, 2, 1, &[0xff; 160]);
     let huge = media_message(Kind::Twilio, 2, 1, &vec![0xff; 1_000_000]);
-    for first in [Some(media), Some(wrong_format), Some(huge), None] {
+    let full_speed: Vec<String> = std::iter::once(start_message(Kind::Twilio, "fast"))
+        .chain((1..=250).map(|n| media_message(Kind::Twilio, n + 1, n, &[0xff; 160])))
+        .collect();
+    let flood: Vec<String> = std::iter::once(start_message(Kind::Twilio, "flood"))
+        .chain((0..1000).map(|n| mark_echo(Kind::Twilio, &format!("m{n}"))))
+        .collect();
+    let cases = [
+        vec![media],
+        vec![wrong_format],
+        vec![huge],
+        vec![],
+        full_speed,
+        flood,
+    ];
+    let count = cases.len() as u64;
+    for messages in cases {
         let (mut socket, _) =
             tokio_tungstenite::connect_async(format!("ws://{}/telephony", server.addr))
                 .await
                 .unwrap();
-        if let Some(first) = first {
-            // The server may drop the connection while a huge message is still being written.
-            let _ = socket.send(Message::Text(first.into())).await;
+        for message in messages {
+            // The server may drop the connection while a message is still being written.
+            if socket.send(Message::Text(message.into())).await.is_err() {
+                break;
+            }
         }
         let closed = tokio::time::timeout(PATIENCE, async {
             while let Some(Ok(m)) = socket.next().await {
@@ -564,7 +583,10 @@ async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
         assert!(closed);
     }
     settled(&server.metrics).await;
-    assert_eq!(server.metrics.sessions(SessionOutcome::ProtocolError), 4);
+    assert_eq!(
+        server.metrics.sessions(SessionOutcome::ProtocolError),
+        count
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

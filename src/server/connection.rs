@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::State;
-use super::limits::{PlaybackReport, RealtimeGuard};
+use super::limits::{MessageRate, PlaybackReport, RealtimeGuard};
 use super::metrics::SessionOutcome;
 use super::protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage, Start, close_code};
 use crate::engine::{AudioSink, EngineEvent};
@@ -293,6 +293,11 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         turns: super::Turns::default(),
     };
     let mut guard = RealtimeGuard::new(Instant::now(), start.sample_rate, config.realtime_margin);
+    let mut rate = MessageRate::new(
+        super::MESSAGES_PER_SECOND,
+        super::MESSAGE_BURST,
+        Instant::now(),
+    );
     let idle = config.idle_timeout;
     let mut last_heard = Instant::now();
     let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_heard + idle));
@@ -352,7 +357,17 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
             }
             message = socket.recv(), if ending.is_none() => {
                 last_heard = Instant::now();
+                let flooding = message.as_ref().is_some_and(|m| m.is_ok()) && !rate.admit(last_heard);
                 let verdict = match message {
+                    _ if flooding => Err(Ending::refused(
+                        "flood",
+                        format!(
+                            "more than {} messages a second; a client sends 50 audio frames and \
+                             at most 10 playback reports",
+                            rate.per_second()
+                        ),
+                        close_code::POLICY,
+                    )),
                     Some(Err(e)) if super::too_big(&e) => Err(oversized()),
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                         Err(Ending::normal(SessionOutcome::ClientClosed, "client_closed"))

@@ -1,5 +1,6 @@
 //! Per-connection limits and clocks, pure so they are tested on numbers: how far a client's
-//! audio may run ahead of real time, and how much agent audio a browser has played.
+//! audio may run ahead of real time, how many messages it may send a second, and how much
+//! agent audio a browser has played.
 
 use std::time::Duration;
 
@@ -40,6 +41,48 @@ impl RealtimeGuard {
             Err(ahead)
         } else {
             Ok(())
+        }
+    }
+}
+
+/// Bounds how many messages a client may send a second, averaged, with room for a burst: a
+/// client that floods small messages (a loop gone wrong, or an attack) would otherwise take a
+/// core from every other session. Legitimate clients stay far below it (a browser reports its
+/// playback at most ten times a second; a carrier sends 50 media messages and its mark echoes).
+#[derive(Debug, Clone)]
+pub struct MessageRate {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl MessageRate {
+    /// A bucket refilled at `per_second`, holding at most `burst`; full at `now`.
+    pub fn new(per_second: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            at: now,
+        }
+    }
+
+    /// The sustained rate allowed, in messages a second.
+    pub fn per_second(&self) -> u32 {
+        self.per_second as u32
+    }
+
+    /// Counts one message at `now`; false when the client is over the rate.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -102,6 +145,34 @@ mod tests {
         // 2.1 s of audio in 100 ms: 105 frames of 20 ms, refused at the 106th.
         assert_eq!(frames, 106);
         assert!(ahead > Duration::from_secs(2), "{ahead:?}");
+    }
+
+    #[test]
+    fn a_flood_is_refused_after_the_burst_and_a_steady_client_never() {
+        let t0 = Instant::now();
+        let mut rate = MessageRate::new(50, 100, t0);
+        let flooded = (0..1000).take_while(|_| rate.admit(t0)).count();
+        assert_eq!(flooded, 100, "the burst, then nothing at the same instant");
+        let later = t0 + Duration::from_millis(100);
+        assert!(rate.admit(later), "five messages' worth refilled");
+        let mut steady = MessageRate::new(50, 100, t0);
+        for i in 1..=10_000u64 {
+            // 40 a second for over four minutes, against an allowance of 50.
+            assert!(
+                steady.admit(t0 + Duration::from_millis(25 * i)),
+                "message {i}"
+            );
+        }
+        let mut bursty = MessageRate::new(50, 100, t0);
+        for second in 0..60u64 {
+            // 90 at once every two seconds: within the burst, and 45 a second on average.
+            let at = t0 + Duration::from_secs(2 * second);
+            assert_eq!(
+                (0..90).filter(|_| bursty.admit(at)).count(),
+                90,
+                "second {second}"
+            );
+        }
     }
 
     #[test]

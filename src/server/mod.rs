@@ -42,6 +42,13 @@ use crate::engine::{Backends, SessionConfig};
 use crate::flux::{ApiKey, Connector, FluxConfig};
 pub use metrics::Metrics;
 
+/// Messages a client may send a second, averaged ([`limits::MessageRate`]): four times what a
+/// browser (50 audio frames, up to 10 playback reports) or a carrier (50 media messages, its mark
+/// echoes) sends.
+pub const MESSAGES_PER_SECOND: u32 = 200;
+/// Messages a client may send at once beyond that rate (a burst after a network stall).
+pub const MESSAGE_BURST: u32 = 400;
+
 /// What an application learns of the server's sessions, as they happen: every engine event,
 /// and for phone calls who is calling and the keys pressed. Called on the session's task, so
 /// an implementation must return quickly (hand the work to a channel).

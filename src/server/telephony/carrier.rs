@@ -168,6 +168,8 @@ struct BorrowedMark<'a> {
 #[derive(serde::Deserialize)]
 struct BorrowedMediaBody<'a> {
     payload: &'a str,
+    #[serde(default)]
+    track: Option<&'a str>,
     #[serde(default, deserialize_with = "carrier_number")]
     chunk: Option<u64>,
     #[serde(default, deserialize_with = "carrier_number")]
@@ -195,6 +197,16 @@ fn carrier_number<'de, D: serde::Deserializer<'de>>(
     deserializer.deserialize_any(Digits)
 }
 
+/// What a media message of the agent's own track is reported as.
+const OUTBOUND_MEDIA: &str = "media of the outbound track";
+
+/// Whether a media message carries the call's outbound audio (the agent, as the carrier plays
+/// it), sent when a stream was opened for both tracks: it must never reach speech to text as the
+/// caller's voice.
+fn is_outbound(track: Option<&str>) -> bool {
+    matches!(track, Some("outbound" | "outbound_track"))
+}
+
 impl Inbound {
     /// Parses one text message of either carrier.
     ///
@@ -209,6 +221,9 @@ impl Inbound {
                 media: Some(media),
                 ..
             }) => {
+                if is_outbound(media.track) {
+                    return Ok(Inbound::Other(OUTBOUND_MEDIA.into()));
+                }
                 let audio = base64::engine::general_purpose::STANDARD
                     .decode(media.payload)
                     .map_err(|e| CarrierError::Base64(e.to_string()))?;
@@ -238,6 +253,9 @@ impl Inbound {
         Ok(match event {
             "connected" => Inbound::Connected,
             "start" => Inbound::Start(start(&value)?),
+            "media" if is_outbound(value["media"]["track"].as_str()) => {
+                Inbound::Other(OUTBOUND_MEDIA.into())
+            }
             "media" => {
                 let media = &value["media"];
                 let payload = media["payload"].as_str().ok_or(CarrierError::Missing {
@@ -479,6 +497,29 @@ mod tests {
             Inbound::parse(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#).unwrap(),
             Inbound::Connected
         );
+    }
+
+    #[test]
+    fn media_of_the_outbound_track_is_never_the_callers_audio() {
+        for message in [
+            r#"{"event":"media","sequenceNumber":"3","media":{"track":"outbound","chunk":"2","timestamp":"40","payload":"//8A"},"streamSid":"MZ1"}"#,
+            r#"{"event":"media","sequence_number":"4","media":{"track":"outbound_track","chunk":"3","timestamp":"60","payload":"fw=="},"stream_id":"s-9"}"#,
+            r#"{"event":"media","sequenceNumber":3,"media":{"track":"outbound","chunk":2.5,"payload":"\/\/8A"}}"#,
+        ] {
+            assert_eq!(
+                Inbound::parse(message).unwrap(),
+                Inbound::Other("media of the outbound track".into()),
+                "{message}"
+            );
+        }
+        for track in ["inbound", "inbound_track"] {
+            let message =
+                format!(r#"{{"event":"media","media":{{"track":"{track}","payload":"fw=="}}}}"#);
+            assert!(matches!(
+                Inbound::parse(&message).unwrap(),
+                Inbound::Media { .. }
+            ));
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::State;
+use super::limits::{MessageRate, RealtimeGuard};
 use super::metrics::SessionOutcome;
 use crate::engine::{AudioSink, EngineEvent, Prompt, ResponseId};
 use crate::flux::{Encoding, connect};
@@ -393,6 +394,8 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
     let mut flushing = false;
     let mut last_heard = Instant::now();
     let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_heard + config.idle_timeout));
+    let mut realtime = RealtimeGuard::new(last_heard, PHONE_RATE, config.realtime_margin);
+    let mut rate = MessageRate::new(super::MESSAGES_PER_SECOND, super::MESSAGE_BURST, last_heard);
     let (mut bad_payloads, mut dtmf) = (0u64, 0u64);
     let mut ending = None;
     let mut flux = Some(flux);
@@ -477,6 +480,15 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
             }
             message = socket.recv(), if ending.is_none() => {
                 last_heard = Instant::now();
+                if matches!(message, Some(Ok(_))) && !rate.admit(last_heard) {
+                    warn!(limit = rate.per_second(), "the carrier flooded the call with messages; ending it");
+                    ending = Some(Ending::new(
+                        SessionOutcome::ProtocolError,
+                        format!("more than {} messages a second", rate.per_second()),
+                    ));
+                    stop.cancel();
+                    continue;
+                }
                 let text = match message {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -502,6 +514,19 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                 };
                 match Inbound::parse(&text) {
                     Ok(Inbound::Media { chunk, audio, .. }) => {
+                        // Mu-law: a byte a sample.
+                        if let Err(ahead) = realtime.admit(audio.len() as u64, last_heard) {
+                            warn!(ahead_s = ahead.as_secs_f64(), "the carrier's audio runs ahead of real time; ending the call");
+                            ending = Some(Ending::new(
+                                SessionOutcome::ProtocolError,
+                                format!(
+                                    "audio {:.1} s ahead of real time (the media is not a live call)",
+                                    ahead.as_secs_f64()
+                                ),
+                            ));
+                            stop.cancel();
+                            continue;
+                        }
                         for frame in reorder.push(chunk, audio) {
                             if let Some(r) = &recording {
                                 r.user_audio(Encoding::Mulaw, &frame);
