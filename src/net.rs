@@ -173,13 +173,21 @@ pub(crate) fn websocket_tls() -> Arc<rustls::ClientConfig> {
     CONFIG.get_or_init(|| Arc::new(tls_config(&[]))).clone()
 }
 
+/// The largest message or frame a provider connection takes. Provider messages are a few
+/// kilobytes (a turn's transcript, a chunk of speech); tungstenite's default (64 MiB) would let
+/// a broken or hostile server make every session allocate that much.
+pub(crate) const WEBSOCKET_MESSAGE_LIMIT: usize = 4 << 20;
+
 /// WebSocket settings for provider connections: tungstenite's default read buffer (128 KiB,
 /// zero-filled on every read) costs memory and time per connection; provider messages are
-/// a few kilobytes, and the buffer still grows for a larger one.
+/// a few kilobytes, and the buffer still grows for a larger one, up to
+/// [`WEBSOCKET_MESSAGE_LIMIT`].
 pub(crate) fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
+        .max_message_size(Some(WEBSOCKET_MESSAGE_LIMIT))
+        .max_frame_size(Some(WEBSOCKET_MESSAGE_LIMIT))
 }
 
 /// The HTTP client every HTTP backend uses.

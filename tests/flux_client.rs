@@ -470,6 +470,57 @@ async fn frames_without_a_message_are_skipped_and_a_close_says_why() {
     assert!(ends.recv().await.is_some(), "a new connection is opened");
 }
 
+#[tokio::test]
+async fn a_message_over_four_mebibytes_ends_the_connection_not_the_process() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("ws://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(socket).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"type":"Connected","request_id":"r1","sequence_id":0}"#,
+        ))
+        .await
+        .unwrap();
+        let huge = format!(
+            r#"{{"type":"Warning","request_id":"r","sequence_id":1,"code":"W","description":"{}"}}"#,
+            "x".repeat(5 << 20)
+        );
+        let _ = ws
+            .send(tokio_tungstenite::tungstenite::Message::text(huge))
+            .await;
+        while ws.next().await.is_some() {}
+    });
+    let mut c = config(&base, ListenOptions::default());
+    c.reconnect.max_attempts = 0;
+    let (_handle, mut events) = connect(c, Arc::new(WebSocketConnector)).await.unwrap();
+    let mut seen = Vec::new();
+    let failure = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events
+                .recv()
+                .await
+                .expect("the client reports why it stopped")
+            {
+                Ok(event) => seen.push(event.kind),
+                Err(e) => break e,
+            }
+        }
+    })
+    .await
+    .expect("the connection ended on the oversized message");
+    let message = failure.to_string();
+    assert!(
+        message.contains("Message too long") || message.contains("Space limit exceeded"),
+        "{message}"
+    );
+    assert!(
+        !seen.iter().any(|k| matches!(k, FluxEventKind::Warning(_))),
+        "the oversized message was not delivered"
+    );
+    server.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn audio_is_cut_into_80_ms_frames_and_idle_sockets_are_pinged() {
     let (handle, _events, url, mut server, _ends) =

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::openai::{Finished, StreamFault, check_status, decode_sse, tool_arguments};
+use super::openai::{Finished, StreamFault, ToolBudget, check_status, decode_sse, tool_arguments};
 use super::sse::SseEvent;
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, Message, ToolCall, Usage};
 use crate::error::ErrorKind;
@@ -151,6 +151,7 @@ struct ToolBlock {
 #[derive(Default)]
 pub(crate) struct EventDecoder {
     tools: BTreeMap<u64, ToolBlock>,
+    budget: ToolBudget,
     input_tokens: u64,
     finished: bool,
 }
@@ -185,11 +186,15 @@ impl EventDecoder {
             "content_block_start" => {
                 let block = &data["content_block"];
                 if block["type"] == "tool_use" {
+                    let id = block["id"].as_str().unwrap_or_default();
+                    let name = block["name"].as_str().unwrap_or_default();
+                    let open = self.tools.len() + usize::from(!self.tools.contains_key(&index));
+                    self.budget.take(open, id.len() + name.len())?;
                     self.tools.insert(
                         index,
                         ToolBlock {
-                            id: block["id"].as_str().unwrap_or_default().to_owned(),
-                            name: block["name"].as_str().unwrap_or_default().to_owned(),
+                            id: id.to_owned(),
+                            name: name.to_owned(),
                             json: String::new(),
                         },
                     );
@@ -208,12 +213,13 @@ impl EventDecoder {
                         )]
                     }
                     Some("input_json_delta") => {
+                        let open = self.tools.len();
                         let block = self.tools.get_mut(&index).ok_or_else(|| {
                             format!("input_json_delta for block {index}, which is not a tool_use")
                         })?;
-                        block
-                            .json
-                            .push_str(delta["partial_json"].as_str().unwrap_or_default());
+                        let piece = delta["partial_json"].as_str().unwrap_or_default();
+                        self.budget.take(open, piece.len())?;
+                        block.json.push_str(piece);
                         Vec::new()
                     }
                     _ => Vec::new(),
@@ -288,6 +294,34 @@ mod tests {
             event: Some(name.into()),
             data: data.into(),
         }
+    }
+
+    #[test]
+    fn tool_input_past_the_limit_ends_the_stream() {
+        let mut d = EventDecoder::default();
+        d.decode(&event(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#,
+        ))
+        .unwrap();
+        let piece = format!(
+            r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"input_json_delta","partial_json":"{}"}}}}"#,
+            "x".repeat(1000)
+        );
+        let mut taken = 0;
+        let error = loop {
+            match d.decode(&event("content_block_delta", &piece)) {
+                Ok(out) => assert!(out.is_empty()),
+                Err(e) => break e,
+            }
+            taken += 1;
+            assert!(taken < 300, "{taken} pieces taken");
+        };
+        assert_eq!(
+            error.message,
+            "tool calls grew past 262144 bytes in one reply"
+        );
+        assert!(taken >= 250, "refused after {taken} pieces");
     }
 
     #[test]

@@ -263,6 +263,38 @@ impl From<&str> for StreamFault {
     }
 }
 
+/// The most one reply's tool calls may hold, names and arguments of every call together: a
+/// model's calls are small, and one that streams arguments without end must not take the
+/// process's memory with it.
+pub(crate) const TOOL_CALL_BYTES: usize = 256 * 1024;
+/// The most tool calls one reply may make.
+pub(crate) const TOOL_CALLS: usize = 64;
+
+/// What one reply's tool calls have taken of [`TOOL_CALL_BYTES`].
+#[derive(Default)]
+pub(crate) struct ToolBudget {
+    bytes: usize,
+}
+
+impl ToolBudget {
+    /// Counts `bytes` more of tool calls, `calls` of them open.
+    ///
+    /// # Errors
+    /// Which limit the reply went past.
+    pub(crate) fn take(&mut self, calls: usize, bytes: usize) -> Result<(), String> {
+        if calls > TOOL_CALLS {
+            return Err(format!("more than {TOOL_CALLS} tool calls in one reply"));
+        }
+        self.bytes += bytes;
+        if self.bytes > TOOL_CALL_BYTES {
+            return Err(format!(
+                "tool calls grew past {TOOL_CALL_BYTES} bytes in one reply"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Parses the streamed JSON arguments of a tool call (empty means `{}`).
 pub(crate) fn tool_arguments(name: &str, text: &str) -> Result<serde_json::Value, String> {
     if text.trim().is_empty() {
@@ -283,6 +315,7 @@ struct PartialCall {
 #[derive(Default)]
 pub(crate) struct ChunkDecoder {
     calls: BTreeMap<u64, PartialCall>,
+    budget: ToolBudget,
     finished: bool,
 }
 
@@ -315,14 +348,20 @@ impl ChunkDecoder {
                 let index = fragment["index"]
                     .as_u64()
                     .ok_or("tool call fragment without index")?;
+                let id = fragment["id"].as_str();
+                let name = fragment["function"]["name"].as_str();
+                let args = fragment["function"]["arguments"].as_str();
+                let open = self.calls.len() + usize::from(!self.calls.contains_key(&index));
+                let bytes = [id, name, args].iter().flatten().map(|s| s.len()).sum();
+                self.budget.take(open, bytes)?;
                 let call = self.calls.entry(index).or_default();
-                if let Some(id) = fragment["id"].as_str() {
+                if let Some(id) = id {
                     call.id = id.to_owned();
                 }
-                if let Some(name) = fragment["function"]["name"].as_str() {
+                if let Some(name) = name {
                     call.name.push_str(name);
                 }
-                if let Some(args) = fragment["function"]["arguments"].as_str() {
+                if let Some(args) = args {
                     call.arguments.push_str(args);
                 }
             }
@@ -533,6 +572,38 @@ mod tests {
                 arguments: json!({"people": 4})
             })]
         );
+    }
+
+    #[test]
+    fn tool_calls_past_the_limits_end_the_stream() {
+        let fragment = |index: usize, args: &str| {
+            format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":{index},"function":{{"name":"f","arguments":"{args}"}}}}]}},"finish_reason":null}}]}}"#
+            )
+        };
+        let mut d = ChunkDecoder::default();
+        let piece = "x".repeat(1000);
+        let mut taken = 0;
+        let error = loop {
+            match d.decode(&fragment(0, &piece)) {
+                Ok(out) => assert!(out.is_empty()),
+                Err(e) => break e,
+            }
+            taken += 1;
+            assert!(taken < 300, "{taken} fragments taken");
+        };
+        assert_eq!(error.kind, ErrorKind::StreamBroken);
+        assert_eq!(
+            error.message,
+            "tool calls grew past 262144 bytes in one reply"
+        );
+        assert!(taken >= 250, "refused after {taken} fragments");
+        let mut d = ChunkDecoder::default();
+        for index in 0..TOOL_CALLS {
+            assert!(d.decode(&fragment(index, "{}")).unwrap().is_empty());
+        }
+        let error = d.decode(&fragment(TOOL_CALLS, "{}")).unwrap_err();
+        assert_eq!(error.message, "more than 64 tool calls in one reply");
     }
 
     #[test]
