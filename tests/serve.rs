@@ -365,6 +365,46 @@ async fn a_session_is_answered_reports_its_turn_and_ends_when_asked() {
     assert_eq!((report.running, report.stopped), (0, 0));
 }
 
+/// An application observer that panics on the first event it sees, and counts its calls.
+struct PanickingObserver {
+    calls: AtomicUsize,
+}
+
+impl turnflow::server::SessionObserver for PanickingObserver {
+    fn event(&self, _session: &str, _event: &turnflow::engine::EngineEvent) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        panic!("the application's bug");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_that_panics_stops_observing_and_the_conversation_goes_on() {
+    let mut s = setup("plain.json");
+    let observer = Arc::new(PanickingObserver {
+        calls: AtomicUsize::new(0),
+    });
+    s.config.observer = Some(observer.clone());
+    let server = start(s.config).await;
+    let mut client = Client::start(server.addr).await;
+    let conversation = client.until("turn").await;
+    let ended = conversation
+        .iter()
+        .find(|m| m["type"] == "response_ended")
+        .expect("the reply ended");
+    assert_eq!(ended["heard"], "We open at nine in the morning.");
+    client.send(json!({"type": "stop"}));
+    let end = client.until("end").await.pop().unwrap();
+    assert_eq!(end["reason"], "stopped");
+    assert_eq!(
+        observer.calls.load(Ordering::SeqCst),
+        1,
+        "called once, then left out"
+    );
+    settled(&server.metrics).await;
+    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+    server.drain().await;
+}
+
 /// With `record_dir` every session leaves a recording that replays offline to the same
 /// conversation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -291,6 +291,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     let mut session = Session {
         id: id.to_string(),
         turns: super::Turns::default(),
+        observer: super::Observing::new(config.observer.clone()),
     };
     let mut guard = RealtimeGuard::new(Instant::now(), start.sample_rate, config.realtime_margin);
     let mut rate = MessageRate::new(
@@ -528,6 +529,7 @@ fn audio_frame(
 struct Session {
     id: String,
     turns: super::Turns,
+    observer: super::Observing,
 }
 
 impl Session {
@@ -538,9 +540,7 @@ impl Session {
         log: &crate::engine::log::EventLog,
         event: &EngineEvent,
     ) -> Result<(), ()> {
-        if let Some(observer) = &state.config.observer {
-            observer.event(&self.id, event);
-        }
+        self.observer.notify(|o| o.event(&self.id, event));
         send(socket, text(&ServerMessage::Event(event))).await?;
         for turn in self.turns.on_event(event, log, &state.metrics) {
             send(socket, text(&ServerMessage::Turn(&turn))).await?;

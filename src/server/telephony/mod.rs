@@ -318,10 +318,8 @@ async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<StreamS
 
 async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStart) -> Ending {
     let config = &state.config;
-    let observer = config.observer.clone();
-    if let Some(observer) = &observer {
-        observer.call_started(id, &start);
-    }
+    let mut observer = super::Observing::new(config.observer.clone());
+    observer.notify(|o| o.call_started(id, &start));
     // Who is calling is the application's business; the log gets the call's ids only.
     info!(
         carrier = start.carrier.as_str(),
@@ -444,9 +442,7 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                 }
             }
             Some(event) = events.recv() => {
-                if let Some(observer) = &observer {
-                    observer.event(id, &event);
-                }
+                observer.notify(|o| o.event(id, &event));
                 turns.on_event(&event, &log, &state.metrics);
                 if silence.on_event(&event, Instant::now()) && ending.is_none() {
                     ending = Some(Ending::new(SessionOutcome::Completed, "the caller stayed silent; said goodbye"));
@@ -545,9 +541,7 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                         // The digit may be a PIN: it goes to the application, not the log.
                         dtmf += 1;
                         debug!(dtmf, "a key was pressed");
-                        if let Some(observer) = &observer {
-                            observer.dtmf(id, &digit);
-                        }
+                        observer.notify(|o| o.dtmf(id, &digit));
                     }
                     Ok(Inbound::Stop) => {
                         ending = Some(Ending::new(SessionOutcome::Completed, "the caller hung up"));
