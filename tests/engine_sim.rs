@@ -544,6 +544,69 @@ async fn tools_under_speculation_pure_runs_side_effects_wait_and_are_dropped_on_
     )));
 }
 
+/// Tools whose calls never answer.
+struct HangingTools;
+
+#[async_trait]
+impl ToolExecutor for HangingTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        vec![ToolSpec {
+            name: "check_availability".into(),
+            description: "check".into(),
+            parameters: serde_json::json!({"type": "object"}),
+            effect: ToolEffect::Pure,
+        }]
+    }
+
+    async fn call(&self, _call: &ToolCall) -> Result<String, String> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tool_that_never_answers_is_given_up_on_and_the_reply_is_spoken() {
+    let scenario = inline(
+        r#"{"name":"hang","listen":{"eot_threshold":0.7},
+        "turns":[{"start":{"at_ms":500},"say":"Is there a table for two?"},
+                 {"start":{"at_ms":20000},"say":"Thanks."}]}"#,
+    );
+    let llm: Arc<dyn LanguageModel> = Arc::new(ScriptedLlm::new(
+        [(
+            "Is there a table for two?".to_owned(),
+            ScriptedReply {
+                text: "Let me see.".into(),
+                tool_call: Some(("check_availability".into(), serde_json::json!({}))),
+            },
+        )],
+        scenario.llm.clone(),
+    ));
+    let tts = Arc::new(SyntheticTts::new(16000, scenario.tts.clone()));
+    let r = simulate(scenario, |c| {
+        c.backends = Some(Backends {
+            llm,
+            tts,
+            tools: Some(Arc::new(HangingTools)),
+        });
+    })
+    .await;
+    assert_eq!(r.report.turns[0].assistant_heard, "Let me see.");
+    let requests: Vec<Instant> = r
+        .log
+        .iter()
+        .filter(|e| matches!(e.kind, LogKind::LlmRequestSent { .. }))
+        .map(|e| e.at)
+        .collect();
+    assert!(
+        requests.len() >= 2,
+        "the model was asked again after the tool"
+    );
+    let waited = requests[1] - requests[0];
+    assert!(
+        waited >= std::time::Duration::from_secs(10) && waited < std::time::Duration::from_secs(11),
+        "the second round began {waited:?} after the first"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_demo_report_is_exact_on_the_virtual_clock() {
     let r = simulate(Arc::new(Scenario::demo()), |_| {}).await;

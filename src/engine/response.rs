@@ -72,6 +72,9 @@ pub struct ResponseOptions {
     pub tts_stall_timeout: Duration,
     /// Most LLM rounds with tool calls in one response.
     pub max_tool_rounds: usize,
+    /// Give up on a tool call that has not answered this long after it started: the model
+    /// gets an error result to speak about instead of the caller hearing silence forever.
+    pub tool_timeout: Duration,
 }
 
 impl Default for ResponseOptions {
@@ -84,6 +87,7 @@ impl Default for ResponseOptions {
             tts_ttfb_timeout: Duration::from_secs(3),
             tts_stall_timeout: Duration::from_secs(3),
             max_tool_rounds: 3,
+            tool_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -428,10 +432,16 @@ async fn generate(
                     return;
                 }
             }
+            let limit = ctx.options.tool_timeout;
             let result = tokio::select! {
                 biased;
                 _ = token.cancelled() => return,
-                result = executor.call(&call) => result,
+                result = tokio::time::timeout(limit, executor.call(&call)) => {
+                    result.unwrap_or_else(|_| {
+                        warn!(%id, tool = %call.name, ?limit, "tool call timed out");
+                        Err(format!("{} did not answer within {limit:?}", call.name))
+                    })
+                }
             };
             messages.push(Message::Tool {
                 call_id: call.id.clone(),
