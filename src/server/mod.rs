@@ -85,11 +85,7 @@ impl Observing {
         let Some(observer) = &self.0 else { return };
         let call = std::panic::AssertUnwindSafe(|| notify(observer.as_ref()));
         if let Err(panic) = std::panic::catch_unwind(call) {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
+            let message = crate::engine::response::panic_message(&*panic);
             warn!(panic = %message, "the session observer panicked; it is not called again for this session");
             self.0 = None;
         }
