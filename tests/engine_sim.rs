@@ -544,6 +544,44 @@ async fn tools_under_speculation_pure_runs_side_effects_wait_and_are_dropped_on_
     )));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_reply_past_its_length_limit_ends_on_its_last_whole_sentence() {
+    let scenario = inline(
+        r#"{"name":"long","listen":{"eot_threshold":0.7},
+        "turns":[{"start":{"at_ms":500},"say":"Tell me everything."}]}"#,
+    );
+    let llm: Arc<dyn LanguageModel> = Arc::new(ScriptedLlm::new(
+        [(
+            "Tell me everything.".to_owned(),
+            ScriptedReply::text("The model goes on and on. ".repeat(50)),
+        )],
+        scenario.llm.clone(),
+    ));
+    let tts = Arc::new(SyntheticTts::new(16000, scenario.tts.clone()));
+    let r = simulate(scenario, |c| {
+        c.session.response.max_reply_chars = 100;
+        c.backends = Some(Backends {
+            llm,
+            tts,
+            tools: None,
+        });
+    })
+    .await;
+    let sentences: Vec<&str> = r
+        .log
+        .iter()
+        .filter_map(|e| match &e.kind {
+            LogKind::SentenceReady { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sentences, vec!["The model goes on and on."; 3]);
+    assert_eq!(
+        r.report.turns[0].assistant_heard,
+        "The model goes on and on. The model goes on and on. The model goes on and on."
+    );
+}
+
 /// Tools whose calls never answer.
 struct HangingTools;
 

@@ -75,6 +75,9 @@ pub struct ResponseOptions {
     /// Give up on a tool call that has not answered this long after it started: the model
     /// gets an error result to speak about instead of the caller hearing silence forever.
     pub tool_timeout: Duration,
+    /// Most characters of one reply that are spoken: a model caught in a loop (a local model
+    /// repeating itself) is cut at the last whole sentence before this, and its stream closed.
+    pub max_reply_chars: usize,
 }
 
 impl Default for ResponseOptions {
@@ -88,6 +91,7 @@ impl Default for ResponseOptions {
             tts_stall_timeout: Duration::from_secs(3),
             max_tool_rounds: 3,
             tool_timeout: Duration::from_secs(10),
+            max_reply_chars: 4000,
         }
     }
 }
@@ -327,6 +331,10 @@ async fn generate(
     let mut sentence_index = 0;
     let tools = ctx.tools.as_ref().map(|t| t.specs()).unwrap_or_default();
     let mut unexecuted: Vec<String> = Vec::new();
+    let mut reply_chars = 0;
+    // The unfinished sentence of a reply cut at its length limit is dropped, as on a failure:
+    // the reply ends on a whole sentence.
+    let mut cut_at_length = false;
     let send = |text: String, index: &mut usize, tokens: u64| {
         ctx.log.record(LogKind::SentenceReady {
             id,
@@ -367,6 +375,7 @@ async fn generate(
         let mut calls = Vec::new();
         let mut round_text = String::new();
         let mut first = true;
+        let mut over_length = false;
         let mut cancelled = std::pin::pin!(token.cancelled());
         loop {
             let chunk = tokio::select! {
@@ -396,6 +405,12 @@ async fn generate(
             match chunk {
                 LlmChunk::Text(text) => {
                     tally.tokens += 1;
+                    reply_chars += text.chars().count();
+                    if reply_chars > ctx.options.max_reply_chars {
+                        warn!(%id, limit = ctx.options.max_reply_chars, "the reply passed its length limit; the rest is not spoken");
+                        over_length = true;
+                        break;
+                    }
                     round_text.push_str(&text);
                     for s in splitter.push(&text) {
                         if send(s, &mut sentence_index, tally.tokens).await.is_err() {
@@ -407,6 +422,10 @@ async fn generate(
                 LlmChunk::Usage(_) => {}
                 LlmChunk::End { .. } => break,
             }
+        }
+        if over_length {
+            cut_at_length = true;
+            break;
         }
         if calls.is_empty() {
             break;
@@ -449,7 +468,7 @@ async fn generate(
             });
         }
     }
-    if let Some(rest) = splitter.finish() {
+    if !cut_at_length && let Some(rest) = splitter.finish() {
         let _ = send(rest, &mut sentence_index, tally.tokens).await;
     }
     if sentence_index == 0 {
