@@ -582,6 +582,70 @@ async fn a_reply_past_its_length_limit_ends_on_its_last_whole_sentence() {
     );
 }
 
+/// A voice whose stream never ends: 20 ms of audio every 20 ms, forever.
+struct EndlessVoice;
+
+#[async_trait]
+impl turnflow::tts::SpeechSynthesizer for EndlessVoice {
+    fn name(&self) -> &str {
+        "endless"
+    }
+
+    fn sample_rate(&self) -> u32 {
+        16000
+    }
+
+    async fn synthesize(
+        &self,
+        _text: &str,
+    ) -> Result<turnflow::tts::SpeechStream, turnflow::tts::TtsError> {
+        Ok(Box::pin(futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let chunk = turnflow::tts::SpeechChunk {
+                samples: vec![1000; 320],
+                words: Vec::new(),
+            };
+            Some((Ok(chunk), ()))
+        })))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_voice_that_never_ends_its_sentence_is_cut_at_the_sentences_longest() {
+    let scenario = inline(
+        r#"{"name":"endless","listen":{"eot_threshold":0.7},
+        "turns":[{"start":{"at_ms":500},"say":"Hello?"}]}"#,
+    );
+    let llm: Arc<dyn LanguageModel> = Arc::new(ScriptedLlm::new(
+        [("Hello?".to_owned(), ScriptedReply::text("Hi there."))],
+        scenario.llm.clone(),
+    ));
+    let r = simulate(scenario, |c| {
+        c.backends = Some(Backends {
+            llm,
+            tts: Arc::new(EndlessVoice),
+            tools: None,
+        });
+    })
+    .await;
+    let at = |want: fn(&LogKind) -> bool| {
+        r.log
+            .iter()
+            .find_map(|e| want(&e.kind).then_some(e.at))
+            .expect("logged")
+    };
+    let first = at(|k| matches!(k, LogKind::FirstFrameWritten { .. }));
+    let last = at(|k| matches!(k, LogKind::LastFrameWritten { .. }));
+    // "Hi there." is 9 characters: 10 s + 1.8 s of audio at the most.
+    let played = last - first;
+    assert!(
+        played >= std::time::Duration::from_millis(11_700)
+            && played <= std::time::Duration::from_millis(11_800),
+        "played {played:?}"
+    );
+    assert_eq!(r.report.turns[0].assistant_heard, "Hi there.");
+}
+
 /// Tools whose calls never answer.
 struct HangingTools;
 

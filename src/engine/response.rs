@@ -622,6 +622,14 @@ enum Synthesis {
     Failed(BackendError),
 }
 
+/// The most audio a sentence may take, in samples: 10 s plus 0.2 s a character, several times
+/// what the slowest voice needs. A voice that streams more (a provider's loop, or one that
+/// never ends its stream) is cut there instead of playing until the caller interrupts.
+fn longest_speech(text: &str, sample_rate: u32) -> u64 {
+    let seconds = 10.0 + 0.2 * text.chars().count() as f64;
+    (seconds * f64::from(sample_rate)) as u64
+}
+
 async fn synthesize(
     id: ResponseId,
     index: usize,
@@ -656,6 +664,8 @@ async fn synthesize(
     };
     let mut pending_sentence = Some(sentence);
     let mut first = true;
+    let longest = longest_speech(text, ctx.tts.sample_rate());
+    let mut samples = 0u64;
     // One wait for the whole stream: a fresh one per chunk locks the token each time.
     let mut cancelled = std::pin::pin!(token.cancelled());
     loop {
@@ -673,6 +683,11 @@ async fn synthesize(
         if first {
             first = false;
             ctx.log.record(LogKind::TtsFirstAudio { id, index });
+        }
+        samples += chunk.samples.len() as u64;
+        if samples > longest {
+            warn!(%id, index, voice = ctx.tts.name(), seconds = longest / u64::from(ctx.tts.sample_rate().max(1)), "the voice sent more audio than its sentence can take; the rest is not played");
+            return Synthesis::Done;
         }
         let open = *gate.borrow();
         let delivered = tokio::select! {
