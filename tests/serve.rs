@@ -365,6 +365,40 @@ async fn a_session_is_answered_reports_its_turn_and_ends_when_asked() {
     assert_eq!((report.running, report.stopped), (0, 0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_finishes_its_request_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = setup("plain.json");
+    s.config.header_timeout = Duration::from_millis(500);
+    let server = start(s.config).await;
+    // Half a request, then nothing: a slowloris connection.
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, slow.read_to_end(&mut answer))
+        .await
+        .expect("the server closed the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // Whole requests and sessions are served as before.
+    assert_eq!(server.get("/healthz").await.0, 200);
+    let mut client = Client::start(server.addr).await;
+    let turn = client.until("turn").await.pop().unwrap();
+    assert_eq!(turn["index"], 0);
+    client.send(json!({"type": "stop"}));
+    assert_eq!(
+        client.until("end").await.pop().unwrap()["reason"],
+        "stopped"
+    );
+    server.drain().await;
+}
+
 /// An application observer that panics on the first event it sees, and counts its calls.
 struct PanickingObserver {
     calls: AtomicUsize,

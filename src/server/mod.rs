@@ -32,7 +32,6 @@ use axum::extract::{Query, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -120,6 +119,9 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// A connection that sends no `start` within this is closed.
     pub start_timeout: Duration,
+    /// An HTTP connection whose request headers have not all arrived this long after it
+    /// opened (or after its previous request) is closed.
+    pub header_timeout: Duration,
     /// Largest audio frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// How far a client's audio may run ahead of real time.
@@ -186,6 +188,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(15),
             start_timeout: Duration::from_secs(15),
+            header_timeout: Duration::from_secs(10),
             max_frame_bytes: 16 * 1024,
             realtime_margin: Duration::from_secs(2),
             retry_after: Duration::from_secs(5),
@@ -286,17 +289,12 @@ impl Server {
             .route("/twilio/voice", axum::routing::post(twilio_voice))
             .with_state(state.clone());
         let stop_http = CancellationToken::new();
-        // Agent audio, `clear` and events go out as written: Nagle's algorithm would hold a
-        // small message while the previous one is unacknowledged (a clear behind a frame,
-        // until the client's ACK).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        let http = axum::serve(listener, app)
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-            .into_future();
+        let http = serve_http(
+            self.listener,
+            app,
+            state.config.header_timeout,
+            stop_http.clone(),
+        );
         let mut http = std::pin::pin!(http);
         tokio::select! {
             result = &mut http => {
@@ -340,6 +338,76 @@ impl Server {
         http.await?;
         Ok(DrainReport { running, stopped })
     }
+}
+
+/// Accepts HTTP/1 connections until `stop`, then lets each finish the request it is on and
+/// waits for them. Upgraded connections (sessions) are not waited for: they belong to the
+/// session tasks. Each connection must send its request headers within `header_timeout`,
+/// so a client that opens connections and never finishes a request (slowloris) cannot hold
+/// them; `axum::serve` sets no such timer.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            // One connection failed on its way in: the listener is fine.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                continue;
+            }
+            // Out of file descriptors, most likely: wait rather than spin.
+            Err(e) => {
+                warn!(error = %e, "accepting a connection failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Agent audio, `clear` and events go out as written: Nagle's algorithm would hold a
+        // small message while the previous one is unacknowledged (a clear behind a frame,
+        // until the client's ACK).
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(error = %e, "http connection ended");
+                    }
+                    return;
+                }
+                () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
+        });
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 /// Follows a session's turns to report each one's figures (and record them in the metrics)
