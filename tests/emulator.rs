@@ -341,6 +341,43 @@ async fn a_client_that_stops_reading_is_dropped_and_never_holds_up_shutdown() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_connection_that_never_sends_its_handshake_is_closed_and_never_holds_up_shutdown() {
+    use tokio::io::AsyncReadExt;
+    let emulator = server(Scenario::demo(), None).await;
+    // Connects and says nothing: closed after the 10 s handshake limit.
+    let mut silent = tokio::net::TcpStream::connect(emulator.local_addr())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), silent.read_to_end(&mut rest))
+        .await
+        .expect("the emulator closed the silent connection")
+        .unwrap();
+    assert!(rest.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+        "closed after {waited:?}"
+    );
+    // Half a handshake, then shutdown: it does not wait for the rest.
+    let mut half = tokio::net::TcpStream::connect(emulator.local_addr())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut half, b"GET /v2/listen HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    let before = tokio::time::Instant::now();
+    emulator.shutdown().await;
+    assert!(
+        before.elapsed() < Duration::from_secs(1),
+        "shutdown waited {:?} for a handshake",
+        before.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_connections_close_after_sixty_seconds() {
     let emulator = MemoryEmulator::new(EmulatorConfig::new(Arc::new(Scenario::demo())));
     let request = ConnectRequest {

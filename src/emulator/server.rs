@@ -341,6 +341,10 @@ async fn accept_loop(
     }
 }
 
+/// Longest a connection may take to send its WebSocket handshake: one that never does (or
+/// sends half of it) must not hold a task, nor [`EmulatorServer::shutdown`], forever.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
 #[allow(clippy::result_large_err)] // the callback's signature is tungstenite's
 async fn serve_socket(
     stream: tokio::net::TcpStream,
@@ -397,18 +401,25 @@ async fn serve_socket(
             }
         }
     };
-    let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         callback,
         Some(crate::net::websocket_config()),
-    )
-    .await
-    {
-        Ok(ws) => ws,
-        Err(e) => {
-            debug!(%peer, error = %e, "handshake refused or failed");
-            return;
-        }
+    );
+    let ws = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return,
+        handshake = tokio::time::timeout(HANDSHAKE_LIMIT, handshake) => match handshake {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "handshake refused or failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, limit = ?HANDSHAKE_LIMIT, "no handshake in time; connection closed");
+                return;
+            }
+        },
     };
     let Some(options) = admitted else { return };
     let span = info_span!("emulator", request_id = %request_id, %peer);
