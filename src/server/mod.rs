@@ -374,8 +374,10 @@ async fn serve_http(
             // Out of file descriptors, most likely: wait rather than spin.
             Err(e) => {
                 warn!(error = %e, "accepting a connection failed; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
             }
         };
         // Agent audio, `clear` and events go out as written: Nagle's algorithm would hold a

@@ -467,11 +467,14 @@ impl SendFailure {
     fn or(self, closed: &str) -> String {
         match self {
             SendFailure::Closed => closed.to_owned(),
-            SendFailure::Stalled => {
-                format!("the server stopped reading: a message waited {SEND_PATIENCE:?}")
-            }
+            SendFailure::Stalled => stalled(),
         }
     }
+}
+
+/// The failure line of a server that stopped reading.
+fn stalled() -> String {
+    format!("the server stopped reading: a message waited {SEND_PATIENCE:?}")
 }
 
 async fn send(socket: &mut Socket, message: Message) -> Result<(), SendFailure> {
@@ -486,7 +489,7 @@ async fn send(socket: &mut Socket, message: Message) -> Result<(), SendFailure> 
 /// the failure line when the server stopped reading.
 async fn send_or_stall(socket: &mut Socket, message: Message) -> Option<String> {
     match send(socket, message).await {
-        Err(SendFailure::Stalled) => Some(SendFailure::Stalled.or("")),
+        Err(SendFailure::Stalled) => Some(stalled()),
         Ok(()) | Err(SendFailure::Closed) => None,
     }
 }
