@@ -11,7 +11,7 @@ use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport, run
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
 use turnflow::engine::log::LogKind;
 use turnflow::engine::{
-    AudioSink, Backends, CancellationToken, EngineEvent, SessionConfig, SessionError,
+    AudioSink, Backends, CancellationToken, EngineEvent, Interrupter, SessionConfig, SessionError,
     SessionOutcome, start_session,
 };
 use turnflow::error::{BackendError, ErrorKind};
@@ -319,7 +319,22 @@ async fn live_session_stopped_by(
     turnflow::engine::SessionHandle,
     tokio::sync::mpsc::Receiver<EngineEvent>,
 ) {
-    let scenario = Scenario::parse(LONG_REPLY, "long").unwrap();
+    live_session_on(LONG_REPLY, Box::new(sink), seconds, stop).await
+}
+
+/// A session on the in-memory emulator playing `scenario` into `sink`, with `seconds` of user
+/// audio sent, stopped by `stop`.
+async fn live_session_on(
+    scenario: &str,
+    sink: Box<dyn AudioSink>,
+    seconds: u64,
+    stop: CancellationToken,
+) -> (
+    FluxHandle,
+    turnflow::engine::SessionHandle,
+    tokio::sync::mpsc::Receiver<EngineEvent>,
+) {
+    let scenario = Scenario::parse(scenario, "live").unwrap();
     let flux_server = MemoryEmulator::new(EmulatorConfig::new(Arc::new(scenario.clone())));
     let (flux, events) = connect(
         FluxConfig::new(ListenOptions::default()),
@@ -332,13 +347,8 @@ async fn live_session_stopped_by(
         tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
         tools: None,
     };
-    let (session, app_events) = start_session(
-        SessionConfig::default(),
-        events,
-        backends,
-        Box::new(sink),
-        stop,
-    );
+    let (session, app_events) =
+        start_session(SessionConfig::default(), events, backends, sink, stop);
     flux.send_audio(vec![0u8; 16000 * 2 * seconds as usize])
         .await
         .unwrap();
@@ -352,6 +362,80 @@ async fn until_speaking(events: &mut tokio::sync::mpsc::Receiver<EngineEvent>) {
         }
     }
     panic!("the agent never spoke");
+}
+
+/// An output with its own interrupter that notes, in order, what was done to it.
+#[derive(Clone, Default)]
+struct NotingSink(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+impl NotingSink {
+    fn note(&self, what: &'static str) {
+        let mut steps = self.0.lock().unwrap();
+        // Frames in a row are one step.
+        if !(what == "write" && steps.last() == Some(&"write")) {
+            steps.push(what);
+        }
+    }
+}
+
+impl AudioSink for NotingSink {
+    fn write(&mut self, _frame: &[i16]) {
+        self.note("write");
+    }
+
+    fn clear(&mut self) {
+        self.note("clear");
+    }
+
+    fn interrupter(&self) -> Option<Arc<dyn Interrupter>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl Interrupter for NotingSink {
+    fn interrupt(&self) {
+        self.note("interrupt");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_barge_in_cuts_the_listener_off_before_playout_clears_and_other_cuts_do_not() {
+    const SCENARIO: &str = r#"{"name":"cut","listen":{"eot_threshold":0.7},"turns":[
+        {"start":{"at_ms":500},"say":"Tell me a story.",
+         "reply":"Once upon a time there was a small town by the sea. Every morning the fishermen went out before dawn."},
+        {"start":{"at_ms":6000},"say":"Wait, tell me another one.",
+         "reply":"A long time ago a lighthouse keeper lived alone on a rock far out at sea. He kept a diary."}]}"#;
+    let sink = NotingSink::default();
+    let steps = sink.0.clone();
+    let (flux, session, mut events) =
+        live_session_on(SCENARIO, Box::new(sink), 0, CancellationToken::new()).await;
+    // The user's audio in real time: the second turn starts while the first reply plays.
+    let user = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..1000 {
+            tick.tick().await;
+            if flux.send_audio(vec![0u8; 640]).await.is_err() {
+                break;
+            }
+        }
+    });
+    until_speaking(&mut events).await;
+    until_speaking(&mut events).await;
+    // Cut off by the close during the second reply.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcome = session.close().await;
+    user.abort();
+    assert_eq!(
+        outcome.history.len(),
+        4,
+        "both replies were cut: {:?}",
+        outcome.history
+    );
+    assert_eq!(
+        *steps.lock().unwrap(),
+        ["write", "interrupt", "clear", "write", "clear"],
+        "the barge-in interrupts, then playout clears; the close only clears"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,7 +6,8 @@
 //! - [`EngineEvent`]: what the application hears about (`event.rs`).
 //! - `response` (internal): one reply's pipeline, LLM -> sentences -> TTS -> gate -> playout.
 //! - `playout` (internal): real-time output with pause, resume, clear and heard-text tracking;
-//!   [`AudioSink`] is where its frames go.
+//!   [`AudioSink`] is where its frames go, and a sink's [`Interrupter`] cuts its listener off
+//!   at a barge-in without waiting for playout.
 //! - [`log`]: the timestamped event log the metrics are computed from.
 
 mod event;
@@ -18,7 +19,7 @@ pub mod session;
 pub mod turn;
 
 pub use event::EngineEvent;
-pub use playout::AudioSink;
+pub use playout::{AudioSink, Interrupter};
 pub use response::{Presynthesis, ResponseOptions};
 pub use session::{
     Backends, EVENT_QUEUE, Prompter, ReplyTally, SessionConfig, SessionError, SessionHandle,

@@ -6,6 +6,7 @@
 //! one frame: no frame of a cleared response is written after the clear is received.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,6 +39,28 @@ pub trait AudioSink: Send {
     fn played(&self) -> Option<u64> {
         None
     }
+
+    /// A handle that cuts the listener off from the session's own task, taken once when the
+    /// session starts. `None` (the default) leaves every cut to [`AudioSink::clear`].
+    fn interrupter(&self) -> Option<Arc<dyn Interrupter>> {
+        None
+    }
+}
+
+/// Cuts a listener off the moment the session decides a barge-in, without waiting for the
+/// playout task to run.
+///
+/// A sink whose output another task drains (a socket that a connection task writes) hands one
+/// out through [`AudioSink::interrupter`]: on a barge-in the session calls
+/// [`Interrupter::interrupt`] first, then has playout clear the response as usual. Playout
+/// then reads [`AudioSink::played`] and calls [`AudioSink::clear`] even when the response
+/// had not started, so every interrupt is followed by a clear.
+pub trait Interrupter: Send + Sync {
+    /// Stops the listener hearing the agent, now: drops what the listener buffered, and
+    /// everything written from now until the next [`AudioSink::clear`] (playout may write a
+    /// frame of the cut response before its clear). Called from the session's task; must not
+    /// block.
+    fn interrupt(&self);
 }
 
 /// Commands to the playout task.
@@ -74,6 +97,9 @@ pub(crate) enum PlayoutCommand {
     Clear {
         /// The response.
         id: ResponseId,
+        /// The sink's [`Interrupter`] cut the listener off already: the sink is cleared
+        /// whether or not the response started.
+        interrupted: bool,
         /// Receives the heard text.
         reply: oneshot::Sender<Heard>,
     },
@@ -316,7 +342,7 @@ pub(crate) async fn run_playout(
                             log.record(LogKind::Resumed { id });
                         }
                     }
-                    PlayoutCommand::Clear { id, reply } => {
+                    PlayoutCommand::Clear { id, interrupted, reply } => {
                         if cleared.len() == CLEARED_KEPT {
                             cleared.pop_front();
                         }
@@ -327,6 +353,8 @@ pub(crate) async fn run_playout(
                                 let mut unplayed = 0;
                                 if t.started {
                                     log.record_at(t.last_written_at(), LogKind::LastFrameWritten { id });
+                                }
+                                if t.started || interrupted {
                                     // What was played is read before the listener is told to
                                     // drop the rest (a carrier's clear settles its marks).
                                     unplayed = sink
@@ -336,11 +364,16 @@ pub(crate) async fn run_playout(
                                 }
                                 t.heard(unplayed)
                             }
-                            None => finished
-                                .iter()
-                                .find(|(f, _)| *f == id)
-                                .map(|(_, h)| h.clone())
-                                .unwrap_or_default(),
+                            None => {
+                                if interrupted {
+                                    sink.clear();
+                                }
+                                finished
+                                    .iter()
+                                    .find(|(f, _)| *f == id)
+                                    .map(|(_, h)| h.clone())
+                                    .unwrap_or_default()
+                            }
                         };
                         let _ = reply.send(heard);
                     }
@@ -502,9 +535,13 @@ mod tests {
         ));
         let (old, new) = (ResponseId(1), ResponseId(2));
         let (reply, heard) = oneshot::channel();
-        tx.send(PlayoutCommand::Clear { id: old, reply })
-            .await
-            .unwrap();
+        tx.send(PlayoutCommand::Clear {
+            id: old,
+            interrupted: false,
+            reply,
+        })
+        .await
+        .unwrap();
         assert_eq!(heard.await.unwrap(), Heard::default());
         // What the cancelled response's task managed to send after the clear.
         tx.send(PlayoutCommand::Sentence {
@@ -564,12 +601,100 @@ mod tests {
         );
         // A clear that races the end of a response that already played gets what was heard.
         let (reply, heard) = oneshot::channel();
-        tx.send(PlayoutCommand::Clear { id: new, reply })
-            .await
-            .unwrap();
+        tx.send(PlayoutCommand::Clear {
+            id: new,
+            interrupted: false,
+            reply,
+        })
+        .await
+        .unwrap();
         let heard = heard.await.unwrap();
         assert!(heard.complete);
         assert_eq!(heard.heard, "Hello.");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// Counts the clears it is given.
+    struct Clears(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl AudioSink for Clears {
+        fn write(&mut self, _frame: &[i16]) {}
+
+        fn clear(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupted_listener_is_always_cleared_and_another_only_once_it_heard_audio() {
+        let clears = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (tx, rx) = mpsc::channel(16);
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let (written, _) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_playout(
+            Box::new(Clears(clears.clone())),
+            16000,
+            rx,
+            events_tx,
+            written,
+            EventLog::default(),
+            cancel.clone(),
+        ));
+        let clear = |id, interrupted| {
+            let tx = tx.clone();
+            async move {
+                let (reply, heard) = oneshot::channel();
+                tx.send(PlayoutCommand::Clear {
+                    id,
+                    interrupted,
+                    reply,
+                })
+                .await
+                .unwrap();
+                heard.await.unwrap()
+            }
+        };
+        let count = || clears.load(std::sync::atomic::Ordering::SeqCst);
+        // Nothing of these was ever written.
+        clear(ResponseId(1), false).await;
+        assert_eq!(count(), 0);
+        tx.send(PlayoutCommand::Sentence {
+            id: ResponseId(2),
+            text: "Queued.".into(),
+        })
+        .await
+        .unwrap();
+        clear(ResponseId(2), false).await;
+        assert_eq!(count(), 0);
+        // The interrupter cut the listener off: its clear must follow, even for a response
+        // that finished playing just before.
+        tx.send(PlayoutCommand::Sentence {
+            id: ResponseId(3),
+            text: "Done.".into(),
+        })
+        .await
+        .unwrap();
+        tx.send(PlayoutCommand::Audio {
+            id: ResponseId(3),
+            samples: vec![1; 320],
+            words: vec![],
+        })
+        .await
+        .unwrap();
+        tx.send(PlayoutCommand::End {
+            id: ResponseId(3),
+            failure: None,
+        })
+        .await
+        .unwrap();
+        while !matches!(events.recv().await, Some(PlayoutEvent::Finished { .. })) {}
+        assert_eq!(count(), 0, "a response that ends is not cleared");
+        assert!(clear(ResponseId(3), true).await.complete);
+        assert_eq!(count(), 1);
+        clear(ResponseId(4), true).await;
+        assert_eq!(count(), 2);
         cancel.cancel();
         task.await.unwrap();
     }
@@ -689,7 +814,13 @@ mod tests {
         }
         tokio::time::sleep(play).await;
         let (reply, heard) = oneshot::channel();
-        tx.send(PlayoutCommand::Clear { id, reply }).await.unwrap();
+        tx.send(PlayoutCommand::Clear {
+            id,
+            interrupted: false,
+            reply,
+        })
+        .await
+        .unwrap();
         let heard = heard.await.unwrap();
         cancel.cancel();
         task.await.unwrap();

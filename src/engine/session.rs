@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::log::{EventLog, LogKind};
-use super::playout::{AudioSink, Heard, PlayoutCommand, PlayoutEvent, run_playout};
+use super::playout::{AudioSink, Heard, Interrupter, PlayoutCommand, PlayoutEvent, run_playout};
 use super::response::{
     ResponseContext, ResponseOptions, ResponseReport, panic_message, run_response,
 };
@@ -235,6 +235,7 @@ pub fn start_session(
     let (written_tx, written) = watch::channel(0);
     let session_id = uuid::Uuid::new_v4();
     let span = info_span!("session", id = %session_id);
+    let interrupter = sink.interrupter();
     let playout = tokio::spawn(
         run_playout(
             sink,
@@ -271,6 +272,7 @@ pub fn start_session(
         replies: ReplyTally::default(),
         history: history.clone(),
         last_logged_words: None,
+        interrupter,
     };
     let task = tokio::spawn(
         driver
@@ -316,6 +318,8 @@ struct Driver {
     history: Arc<Mutex<Vec<Message>>>,
     /// Turn and transcript of the last Flux event logged.
     last_logged_words: Option<(u64, String)>,
+    /// The sink's own way to cut the listener off at a barge-in, ahead of playout.
+    interrupter: Option<Arc<dyn Interrupter>>,
 }
 
 fn user_event(event: &TurnEvent) -> Option<UserEvent> {
@@ -464,7 +468,7 @@ impl Driver {
             ResponseReport::Panicked { id, error } => {
                 warn!(%id, %error, "response panicked");
                 self.reap(id, None);
-                let heard = self.clear_playout(id).await;
+                let heard = self.clear_playout(id, false).await;
                 self.log.record(LogKind::Ended {
                     id,
                     generated: heard.generated,
@@ -548,12 +552,17 @@ impl Driver {
     }
 
     /// Drops a response's queued audio in playout and returns what was heard. Playout is a
-    /// local task that answers at once; a dead playout answers nothing heard.
-    async fn clear_playout(&mut self, id: ResponseId) -> Heard {
+    /// local task that answers at once; a dead playout answers nothing heard. `interrupted`:
+    /// the sink's [`Interrupter`] has cut the listener off already.
+    async fn clear_playout(&mut self, id: ResponseId, interrupted: bool) -> Heard {
         let (reply, heard) = oneshot::channel();
         if self
             .playout
-            .send(PlayoutCommand::Clear { id, reply })
+            .send(PlayoutCommand::Clear {
+                id,
+                interrupted,
+                reply,
+            })
             .await
             .is_ok()
         {
@@ -664,7 +673,16 @@ impl Driver {
                 if let Some(t) = self.responses.get(&id) {
                     t.token.cancel();
                 }
-                let heard = self.clear_playout(id).await;
+                // A barge-in is the one cut a listener must not wait for: the sink's own
+                // interrupter stops it now, before playout and the sink's writer get to run.
+                let interrupter = self
+                    .interrupter
+                    .as_ref()
+                    .filter(|_| reason == CancelReason::BargeIn);
+                if let Some(interrupter) = interrupter {
+                    interrupter.interrupt();
+                }
+                let heard = self.clear_playout(id, interrupter.is_some()).await;
                 let clear = (reason == CancelReason::BargeIn).then(|| self.ctx.tts.clone());
                 self.reap(id, clear);
                 self.log.record(LogKind::Ended {

@@ -327,7 +327,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
                 let sent = ending.is_none() && send(socket, message).await.is_ok();
                 // A barge-in's clear, not the one of a server shutting down.
                 if sent && clear && !stop.is_cancelled() {
-                    super::clear_written(state, &log);
+                    super::clear_written(&state.metrics, &log);
                 }
                 if ending.is_none() && !sent {
                     warn!("the client stopped reading; ending the session");

@@ -478,7 +478,7 @@ fn too_big(error: &axum::Error) -> bool {
 }
 
 /// Records how long after the StartOfTurn that caused it a `clear` was written to a client.
-fn clear_written(state: &State, log: &crate::engine::log::EventLog) {
+fn clear_written(metrics: &Metrics, log: &crate::engine::log::EventLog) {
     let now = tokio::time::Instant::now();
     let started = log.entries().into_iter().rev().find_map(|e| match e.kind {
         crate::engine::log::LogKind::Flux {
@@ -488,9 +488,7 @@ fn clear_written(state: &State, log: &crate::engine::log::EventLog) {
         _ => None,
     });
     if let Some(at) = started {
-        state
-            .metrics
-            .clear_sent(now.saturating_duration_since(at).as_secs_f64());
+        metrics.clear_sent(now.saturating_duration_since(at).as_secs_f64());
     }
 }
 

@@ -10,13 +10,16 @@
 //! last echoed mark, and `clear` drops the rest at the carrier.
 
 pub mod carrier;
+mod line;
 pub mod reorder;
 pub mod resample;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt as _, StreamExt as _};
 use hmac::Mac as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -25,9 +28,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::State;
 use super::limits::{MessageRate, RealtimeGuard};
 use super::metrics::SessionOutcome;
-use crate::engine::{AudioSink, EngineEvent, Prompt, ResponseId};
+use crate::engine::{EngineEvent, Prompt, ResponseId};
 use crate::flux::{Encoding, connect};
 use carrier::{Inbound, Outbound, StreamStart};
+use line::{CarrierSink, Cut, Line, Out, Writer};
 use reorder::Reorder;
 use resample::{PHONE_RATE, ToPhone};
 
@@ -74,70 +78,6 @@ pub(super) fn twiml(stream_url: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Connect><Stream url=\"{escaped}\"/></Connect></Response>\n"
     )
-}
-
-/// The carrier's playback clock, read from the marks it echoes.
-#[derive(Debug, Default)]
-struct MarkClock {
-    /// Agent samples (at the voice's rate) the carrier confirmed played or dropped.
-    confirmed: u64,
-    /// Marks up to here were settled by a clear; their late echoes mean nothing.
-    settled: u64,
-}
-
-impl MarkClock {
-    fn echoed(&mut self, name: &str) {
-        if let Some(at) = name.strip_prefix("tf-").and_then(|n| n.parse::<u64>().ok())
-            && at > self.settled
-        {
-            self.confirmed = self.confirmed.max(at);
-        }
-    }
-
-    fn cleared(&mut self, written: u64) {
-        self.confirmed = written;
-        self.settled = written;
-    }
-
-    /// What the caller heard of `written` samples: an echo naming audio never written (a
-    /// carrier's mistake, or a forged message) counts for no more than was written.
-    fn heard(&self, written: u64) -> u64 {
-        self.confirmed.min(written)
-    }
-}
-
-enum Out {
-    /// Mu-law audio and the running sample count (voice rate) after it.
-    Audio(Vec<u8>, u64),
-    Clear,
-}
-
-/// The engine's output on a phone line.
-struct CarrierSink {
-    queue: mpsc::UnboundedSender<Out>,
-    resampler: ToPhone,
-    written: u64,
-    clock: Arc<Mutex<MarkClock>>,
-    metrics: Arc<super::Metrics>,
-}
-
-impl AudioSink for CarrierSink {
-    fn write(&mut self, frame: &[i16]) {
-        self.written += frame.len() as u64;
-        let phone = self.resampler.process(frame);
-        let mulaw = crate::audio::encode(Encoding::Mulaw, &phone);
-        let _ = self.queue.send(Out::Audio(mulaw, self.written));
-    }
-
-    fn clear(&mut self) {
-        self.clock.lock().expect("mark clock").cleared(self.written);
-        self.metrics.cuts_decided_by("carrier_marks", 1);
-        let _ = self.queue.send(Out::Clear);
-    }
-
-    fn played(&self) -> Option<u64> {
-        Some(self.clock.lock().expect("mark clock").heard(self.written))
-    }
 }
 
 /// What to do about a silent caller.
@@ -238,13 +178,16 @@ impl Ending {
     }
 }
 
-async fn send(socket: &mut WebSocket, text: String) -> Result<(), ()> {
-    match tokio::time::timeout(
-        SEND_LIMIT,
-        socket.send(Message::Text(Utf8Bytes::from(text))),
-    )
-    .await
-    {
+/// Sends `text`, or flushes what the writer holds when there is none.
+async fn send(writer: &Writer, text: Option<String>) -> Result<(), ()> {
+    let sent = tokio::time::timeout(SEND_LIMIT, async {
+        let mut writer = writer.lock().await;
+        match text {
+            Some(text) => writer.send(Message::Text(Utf8Bytes::from(text))).await,
+            None => writer.flush().await,
+        }
+    });
+    match sent.await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -257,11 +200,23 @@ pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
     async move {
         state.metrics.session_started();
         let ending = match wait_for_start(&mut socket, &state).await {
-            Ok(start) => call(&mut socket, &state, &id, start).await,
-            Err(ending) => ending,
+            Ok(start) => {
+                let (writer, reader) = socket.split();
+                let writer = Arc::new(tokio::sync::Mutex::new(writer));
+                let ending = call(reader, &writer, &state, &id, start).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    writer.lock().await.send(Message::Close(None)).await
+                })
+                .await;
+                ending
+            }
+            Err(ending) => {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(None)))
+                        .await;
+                ending
+            }
         };
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(None))).await;
         state.metrics.session_ended(ending.outcome);
         info!(outcome = ending.outcome.as_str(), reason = %ending.reason, "call ended");
     }
@@ -316,7 +271,13 @@ async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<StreamS
     }
 }
 
-async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStart) -> Ending {
+async fn call(
+    mut reader: SplitStream<WebSocket>,
+    writer: &Writer,
+    state: &State,
+    id: &str,
+    start: StreamStart,
+) -> Ending {
     let config = &state.config;
     let mut observer = super::Observing::new(config.observer.clone());
     observer.notify(|o| o.call_started(id, &start));
@@ -358,14 +319,9 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
         }
     };
     let (queue, mut outbound) = mpsc::unbounded_channel();
-    let clock = Arc::new(Mutex::new(MarkClock::default()));
-    let sink = CarrierSink {
-        queue,
-        resampler,
-        written: 0,
-        clock: clock.clone(),
-        metrics: state.metrics.clone(),
-    };
+    let line = Arc::new(Line::new(state.metrics.clone()));
+    let out = Outbound::new(&start);
+    let sink = CarrierSink::new(queue, resampler, line.clone(), writer.clone(), out.clear());
     let backends = match &recording {
         Some(r) => r.backends(&config.backends),
         None => config.backends.clone(),
@@ -373,6 +329,7 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
     let (stop, handle, mut events) =
         super::start_engine(state, flux_events, backends, Box::new(sink));
     let log = handle.log();
+    let _ = line.log.set(log.clone());
     let prompter = handle.prompter();
     if let Some(greeting) = &config.greeting {
         prompter.prompt(Prompt::Line(greeting.clone()));
@@ -381,13 +338,12 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
     let mut silence_check = tokio::time::interval(Duration::from_millis(250));
     let mut turns = super::Turns::default();
     let mut finished = std::pin::pin!(handle.finished());
-    let out = Outbound::new(&start);
     let mut reorder = Reorder::default();
     let flux_frame_bytes =
         (u128::from(PHONE_RATE) * config.flux.frame.as_millis() / 1000).max(1) as usize;
     let mut inbound = Vec::with_capacity(flux_frame_bytes);
     let mut batch: Vec<u8> = Vec::with_capacity(MESSAGE_BYTES);
-    let mut batch_mark = 0;
+    let (mut batch_mark, mut batch_epoch) = (0, 0);
     let mut flush = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
     let mut flushing = false;
     let mut last_heard = Instant::now();
@@ -403,12 +359,18 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
             outcome = &mut finished => break outcome,
             Some(item) = outbound.recv() => {
                 let sent = match item {
-                    Out::Audio(mulaw, mark) => {
+                    // Written before a clear: never played, and never to be.
+                    Out::Audio { epoch, .. } if epoch != line.cut.epoch() => Ok(()),
+                    Out::Audio { mulaw, mark, epoch } => {
+                        if epoch != batch_epoch {
+                            batch.clear();
+                            batch_epoch = epoch;
+                        }
                         batch.extend_from_slice(&mulaw);
                         batch_mark = mark;
                         if batch.len() >= MESSAGE_BYTES {
                             flushing = false;
-                            flush_batch(socket, &out, &mut batch, batch_mark).await
+                            flush_batch(writer, &out, &mut batch, batch_mark, batch_epoch, &line.cut).await
                         } else {
                             if !flushing {
                                 flush.as_mut().reset(Instant::now() + FLUSH_AFTER);
@@ -417,14 +379,12 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                             Ok(())
                         }
                     }
-                    Out::Clear => {
-                        // Not yet sent, so never played: the clear settles it too.
-                        batch.clear();
-                        flushing = false;
-                        let sent = send(socket, out.clear()).await;
+                    Out::Clear | Out::FlushClear => {
+                        let text = matches!(item, Out::Clear).then(|| out.clear());
+                        let sent = send(writer, text).await;
                         // A barge-in's clear, not the one that ends the call.
                         if sent.is_ok() && ending.is_none() && !stop.is_cancelled() {
-                            super::clear_written(state, &log);
+                            super::clear_written(&state.metrics, &log);
                         }
                         sent
                     }
@@ -436,7 +396,7 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
             }
             () = &mut flush, if flushing => {
                 flushing = false;
-                if flush_batch(socket, &out, &mut batch, batch_mark).await.is_err() && ending.is_none() {
+                if flush_batch(writer, &out, &mut batch, batch_mark, batch_epoch, &line.cut).await.is_err() && ending.is_none() {
                     ending = Some(Ending::new(SessionOutcome::ClientClosed, "the carrier stopped reading"));
                     stop.cancel();
                 }
@@ -474,7 +434,7 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                     stop.cancel();
                 }
             }
-            message = socket.recv(), if ending.is_none() => {
+            message = reader.next(), if ending.is_none() => {
                 last_heard = Instant::now();
                 if matches!(message, Some(Ok(_))) && !rate.admit(last_heard) {
                     warn!(limit = rate.per_second(), "the carrier flooded the call with messages; ending it");
@@ -536,7 +496,7 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
                             debug!("flux no longer takes audio");
                         }
                     }
-                    Ok(Inbound::Mark { name }) => clock.lock().expect("mark clock").echoed(&name),
+                    Ok(Inbound::Mark { name }) => line.clock.lock().expect("mark clock").echoed(&name),
                     Ok(Inbound::Dtmf { digit }) => {
                         // The digit may be a PIN: it goes to the application, not the log.
                         dtmf += 1;
@@ -585,18 +545,35 @@ async fn call(socket: &mut WebSocket, state: &State, id: &str, start: StreamStar
     })
 }
 
+/// Sends the batched audio and its mark in one write, unless a clear has gone out since it
+/// was written (checked while holding the socket, which the interrupter also writes to).
 async fn flush_batch(
-    socket: &mut WebSocket,
+    writer: &Writer,
     out: &Outbound,
     batch: &mut Vec<u8>,
     mark: u64,
+    epoch: u64,
+    cut: &Cut,
 ) -> Result<(), ()> {
     if batch.is_empty() {
         return Ok(());
     }
-    send(socket, out.media(batch)).await?;
+    let media = Message::Text(Utf8Bytes::from(out.media(batch)));
+    let mark = Message::Text(Utf8Bytes::from(out.mark(&format!("tf-{mark}"))));
     batch.clear();
-    send(socket, out.mark(&format!("tf-{mark}"))).await
+    let sent = tokio::time::timeout(SEND_LIMIT, async {
+        let mut writer = writer.lock().await;
+        if cut.epoch() != epoch {
+            return Ok(());
+        }
+        writer.feed(media).await?;
+        writer.feed(mark).await?;
+        writer.flush().await
+    });
+    match sent.await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 #[cfg(test)]
@@ -642,28 +619,6 @@ mod tests {
             &[],
             None
         ));
-    }
-
-    #[test]
-    fn marks_advance_the_clock_and_a_clear_settles_the_rest() {
-        let mut clock = MarkClock::default();
-        clock.echoed("tf-640");
-        clock.echoed("tf-1280");
-        clock.echoed("tf-960");
-        assert_eq!(clock.confirmed, 1280, "an echo never moves the clock back");
-        clock.cleared(3200);
-        clock.echoed("tf-1920");
-        clock.echoed("tf-2560");
-        assert_eq!(
-            clock.confirmed, 3200,
-            "echoes of cleared marks mean nothing"
-        );
-        clock.echoed("tf-3840");
-        assert_eq!(clock.confirmed, 3840);
-        clock.echoed("somebody-else");
-        assert_eq!(clock.confirmed, 3840);
-        clock.echoed("tf-18446744073709551615");
-        assert_eq!(clock.heard(4480), 4480, "never more than was written");
     }
 
     #[test]
