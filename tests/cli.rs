@@ -773,17 +773,23 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
     );
 }
 
+/// The server's `/metrics` response.
+fn metrics(url: &str) -> String {
+    use std::io::{Read, Write};
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// Polls the server's `/metrics` until its active-session gauge reads 0; panics with the last
 /// reading after ten seconds.
 fn wait_until_no_session_is_active(url: &str) {
-    use std::io::{Read, Write};
-    let address = url.trim_start_matches("http://");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
+        let response = metrics(url);
         let gauge = response
             .lines()
             .find(|line| line.starts_with("turnflow_sessions_active "))
@@ -826,8 +832,6 @@ fn load_calls_like_a_phone_carrier() {
         "tests/fixtures/book_table_16k.wav",
         "--json",
     ]);
-    let _ = server.kill();
-    let _ = server.wait();
     let stdout = succeeded(&out);
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(
@@ -836,6 +840,36 @@ fn load_calls_like_a_phone_carrier() {
     );
     assert_eq!(summary["turns"], 1, "{summary}");
     assert_eq!(summary["voice_to_voice_ms"]["count"], 1, "{summary}");
+    // A caller who speaks over the first reply: the server clears it, and decides what was
+    // heard from the marks the load generator echoed.
+    let out = turnflow(&[
+        "load",
+        &url,
+        "--carrier",
+        "twilio",
+        "--turns",
+        "2",
+        "--barge-in-after",
+        "1s",
+        "--wav",
+        "tests/fixtures/book_table_16k.wav",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
+    assert_eq!(summary["turns"], 2, "{summary}");
+    assert_eq!(summary["failed_sessions"], 0, "{summary}");
+    wait_until_no_session_is_active(&url);
+    let text = metrics(&url);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        text.contains("turnflow_clear_sent_seconds_count 1\n"),
+        "one barge-in, one clear: {text}"
+    );
+    assert!(
+        text.contains("turnflow_heard_clock_total{clock=\"carrier_marks\"} 2\n"),
+        "the barge-in and the second reply, cut by the hang-up: {text}"
+    );
 }
 
 #[test]

@@ -435,10 +435,11 @@ async fn dial(url: &str, token: Option<&str>) -> Result<Socket, String> {
     {
         request.headers_mut().insert("authorization", value);
     }
-    // A small read buffer: a thousand callers in one process (see `turnflow::net`).
+    // Small buffers: a thousand callers in one process (see `turnflow::net`). Every send is
+    // flushed; the buffer lets messages due together go out in one write.
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
-        .write_buffer_size(0);
+        .write_buffer_size(8 * 1024);
     // No Nagle, as browsers do: a frame must not wait for the previous one's ACK.
     let upgrade = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(CONNECT_PATIENCE, upgrade)
@@ -478,7 +479,22 @@ fn stalled() -> String {
 }
 
 async fn send(socket: &mut Socket, message: Message) -> Result<(), SendFailure> {
-    match tokio::time::timeout(SEND_PATIENCE, socket.send(message)).await {
+    send_all(socket, [message]).await
+}
+
+/// Sends `messages` in one write, bounded by [`SEND_PATIENCE`] altogether: what a caller has
+/// due at the same moment (mark echoes and its next frame) costs one system call, not several.
+async fn send_all(
+    socket: &mut Socket,
+    messages: impl IntoIterator<Item = Message>,
+) -> Result<(), SendFailure> {
+    let sent = tokio::time::timeout(SEND_PATIENCE, async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    });
+    match sent.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(SendFailure::Closed),
         Err(_) => Err(SendFailure::Stalled),
@@ -550,17 +566,15 @@ async fn one_call(
     let mut hung_up = false;
     // Agent audio of this turn's reply received so far.
     let mut reply_received = Duration::ZERO;
-    'call: loop {
+    loop {
         tokio::select! {
             _ = tick.tick(), if !hung_up => {
                 let now = Instant::now();
+                let mut due = Vec::new();
                 while marks.front().is_some_and(|(at, _)| *at <= now) {
                     let (_, name) = marks.pop_front().expect("checked");
                     let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
-                    if let Some(stalled) = send_or_stall(&mut socket, Message::Text(echo.to_string().into())).await {
-                        result.failure = Some(stalled);
-                        break 'call;
-                    }
+                    due.push(Message::Text(echo.to_string().into()));
                 }
                 let audio = match position {
                     Some(at) => {
@@ -585,7 +599,8 @@ async fn one_call(
                 );
                 base64::engine::general_purpose::STANDARD.encode_string(audio, &mut media);
                 media.push_str("\"}}");
-                if let Err(e) = send(&mut socket, Message::Text(media.into())).await {
+                due.push(Message::Text(media.into()));
+                if let Err(e) = send_all(&mut socket, due).await {
                     result.failure = Some(e.or("the server closed the call"));
                     break;
                 }
@@ -642,12 +657,13 @@ async fn one_call(
                         marks.push_back((playing_until, name));
                     }
                     "clear" => {
-                        while let Some((_, name)) = marks.pop_front() {
+                        let echoes = marks.drain(..).map(|(_, name)| {
                             let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
-                            if let Some(stalled) = send_or_stall(&mut socket, Message::Text(echo.to_string().into())).await {
-                                result.failure = Some(stalled);
-                                break 'call;
-                            }
+                            Message::Text(echo.to_string().into())
+                        });
+                        if let Err(SendFailure::Stalled) = send_all(&mut socket, echoes.collect::<Vec<_>>()).await {
+                            result.failure = Some(stalled());
+                            break;
                         }
                         playing_until = now;
                     }
