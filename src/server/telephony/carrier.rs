@@ -399,9 +399,14 @@ impl Outbound {
         message
     }
 
-    /// A mark the carrier echoes once the audio sent before it has played.
+    /// A mark the carrier echoes once the audio sent before it has played. Written straight
+    /// into one string like [`Outbound::media`]: one follows every media message.
     pub fn mark(&self, name: &str) -> String {
-        self.with_stream(json!({"event": "mark", "mark": {"name": name}}))
+        let name = Value::String(name.to_owned());
+        format!(
+            r#"{{"event":"mark","mark":{{"name":{name}}}{}"#,
+            self.media_tail
+        )
     }
 
     /// Drop every audio queued and not yet played.
@@ -575,6 +580,12 @@ mod tests {
         let out = Outbound::new(&telnyx);
         let mark: Value = serde_json::from_str(&out.mark("tf-1")).unwrap();
         assert_eq!(mark, json!({"event":"mark","mark":{"name":"tf-1"}}));
+        let mark: Value = serde_json::from_str(&odd.mark("a \"b\"")).unwrap();
+        assert_eq!(
+            mark,
+            json!({"event":"mark","streamSid":"MZ\"1\\","mark":{"name":"a \"b\""}}),
+            "a mark's name is escaped"
+        );
         let media: Value = serde_json::from_str(&out.media(&[0xff])).unwrap();
         assert_eq!(media, json!({"event":"media","media":{"payload":"/w=="}}));
         assert_eq!(
