@@ -225,6 +225,18 @@ impl EventLog {
             .collect()
     }
 
+    /// When the newest entry kept that `matches` was recorded, found without copying the
+    /// log.
+    pub fn last_at(&self, matches: impl Fn(&LogKind) -> bool) -> Option<Instant> {
+        let inner = self.0.lock().expect("event log lock");
+        inner
+            .entries
+            .iter()
+            .rev()
+            .find(|e| matches(&e.kind))
+            .map(|e| e.at)
+    }
+
     /// Entries kept in memory now.
     pub fn len(&self) -> usize {
         self.0.lock().expect("event log lock").entries.len()
@@ -252,5 +264,34 @@ impl EventLog {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         self.0.lock().expect("event log lock").subscribers.push(tx);
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_newest_matching_entry_is_found_among_those_kept() {
+        let log = EventLog::with_limit(2);
+        let is_promotion = |kind: &LogKind| matches!(kind, LogKind::Promoted { .. });
+        assert_eq!(log.last_at(is_promotion), None);
+        let first = Instant::now();
+        log.record(LogKind::Promoted { id: ResponseId(1) });
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let second = Instant::now();
+        log.record(LogKind::Promoted { id: ResponseId(2) });
+        assert_eq!(log.last_at(is_promotion), Some(second));
+        assert_ne!(first, second);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        log.record(LogKind::Paused { id: ResponseId(2) });
+        log.record(LogKind::Paused { id: ResponseId(2) });
+        assert_eq!(
+            log.last_at(is_promotion),
+            None,
+            "entries past the limit are gone"
+        );
     }
 }

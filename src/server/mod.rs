@@ -480,12 +480,14 @@ fn too_big(error: &axum::Error) -> bool {
 /// Records how long after the StartOfTurn that caused it a `clear` was written to a client.
 fn clear_written(metrics: &Metrics, log: &crate::engine::log::EventLog) {
     let now = tokio::time::Instant::now();
-    let started = log.entries().into_iter().rev().find_map(|e| match e.kind {
-        crate::engine::log::LogKind::Flux {
-            event: crate::flux::TurnEvent::StartOfTurn,
-            ..
-        } => Some(e.at),
-        _ => None,
+    let started = log.last_at(|kind| {
+        matches!(
+            kind,
+            crate::engine::log::LogKind::Flux {
+                event: crate::flux::TurnEvent::StartOfTurn,
+                ..
+            }
+        )
     });
     if let Some(at) = started {
         metrics.clear_sent(now.saturating_duration_since(at).as_secs_f64());
