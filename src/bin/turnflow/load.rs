@@ -273,20 +273,18 @@ async fn one_session(
                     }
                     None => speech.silence.clone(),
                 };
-                if let Err(e) = send(&mut socket, Message::Binary(frame)).await {
-                    result.failure = Some(e.or("the server closed the connection mid-session"));
-                    break;
-                }
+                let mut due = vec![Message::Binary(frame)];
                 ticks += 1;
                 if ticks.is_multiple_of(5) && playback.received > 0 {
                     let played = playback.report(now);
                     if played != last_report {
-                        if let Some(stalled) = send_or_stall(&mut socket, Message::Text(played.to_string().into())).await {
-                            result.failure = Some(stalled);
-                            break;
-                        }
+                        due.push(Message::Text(played.to_string().into()));
                         last_report = played;
                     }
+                }
+                if let Err(e) = send_all(&mut socket, due).await {
+                    result.failure = Some(e.or("the server closed the connection mid-session"));
+                    break;
                 }
                 if waiting_since.is_some_and(|t| now - t > REPLY_PATIENCE) && !reply_ended {
                     result.failure = Some(format!("no reply within {REPLY_PATIENCE:?} in turn {turn}"));
