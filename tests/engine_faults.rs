@@ -296,16 +296,16 @@ const LONG_REPLY: &str = r#"{"name":"long","listen":{"eot_threshold":0.7},"turns
     {"start":{"at_ms":500},"say":"Tell me a story.",
      "reply":"Once upon a time there was a small town by the sea. Every morning the fishermen went out before dawn. One day a storm came."}]}"#;
 
-/// A session on the in-memory emulator playing [`LONG_REPLY`], with `seconds` of user audio
-/// sent.
-async fn live_session(
-    sink: CountingSink,
-    seconds: u64,
-) -> (
+/// The user's audio side, the session and its application events.
+type LiveSession = (
     FluxHandle,
     turnflow::engine::SessionHandle,
     tokio::sync::mpsc::Receiver<EngineEvent>,
-) {
+);
+
+/// A session on the in-memory emulator playing [`LONG_REPLY`], with `seconds` of user audio
+/// sent.
+async fn live_session(sink: CountingSink, seconds: u64) -> LiveSession {
     live_session_stopped_by(sink, seconds, CancellationToken::new()).await
 }
 
@@ -314,11 +314,7 @@ async fn live_session_stopped_by(
     sink: CountingSink,
     seconds: u64,
     stop: CancellationToken,
-) -> (
-    FluxHandle,
-    turnflow::engine::SessionHandle,
-    tokio::sync::mpsc::Receiver<EngineEvent>,
-) {
+) -> LiveSession {
     live_session_on(LONG_REPLY, Box::new(sink), seconds, stop).await
 }
 
@@ -329,11 +325,7 @@ async fn live_session_on(
     sink: Box<dyn AudioSink>,
     seconds: u64,
     stop: CancellationToken,
-) -> (
-    FluxHandle,
-    turnflow::engine::SessionHandle,
-    tokio::sync::mpsc::Receiver<EngineEvent>,
-) {
+) -> LiveSession {
     let scenario = Scenario::parse(scenario, "live").unwrap();
     let flux_server = MemoryEmulator::new(EmulatorConfig::new(Arc::new(scenario.clone())));
     let (flux, events) = connect(

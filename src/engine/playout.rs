@@ -53,8 +53,8 @@ pub trait AudioSink: Send {
 /// A sink whose output another task drains (a socket that a connection task writes) hands one
 /// out through [`AudioSink::interrupter`]: on a barge-in the session calls
 /// [`Interrupter::interrupt`] first, then has playout clear the response as usual. Playout
-/// then reads [`AudioSink::played`] and calls [`AudioSink::clear`] even when the response
-/// had not started, so every interrupt is followed by a clear.
+/// calls [`AudioSink::clear`] even when the response had not started or had just finished,
+/// so every interrupt is followed by a clear.
 pub trait Interrupter: Send + Sync {
     /// Stops the listener hearing the agent, now: drops what the listener buffered, and
     /// everything written from now until the next [`AudioSink::clear`] (playout may write a
@@ -509,6 +509,31 @@ fn play_next(
 mod tests {
     use super::*;
 
+    /// Playout running on `sink` at 16 kHz: its commands, its events, its stop and its task.
+    fn spawn_playout(
+        sink: impl AudioSink + 'static,
+    ) -> (
+        mpsc::Sender<PlayoutCommand>,
+        mpsc::UnboundedReceiver<PlayoutEvent>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::channel(16);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (written, _) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_playout(
+            Box::new(sink),
+            16000,
+            rx,
+            events_tx,
+            written,
+            EventLog::default(),
+            cancel.clone(),
+        ));
+        (tx, events, cancel, task)
+    }
+
     struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
     impl AudioSink for Count {
@@ -520,19 +545,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn late_commands_of_a_cleared_response_do_not_block_the_next_one() {
         let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (tx, rx) = mpsc::channel(16);
-        let (events_tx, mut events) = mpsc::unbounded_channel();
-        let (written, _) = watch::channel(0);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_playout(
-            Box::new(Count(frames.clone())),
-            16000,
-            rx,
-            events_tx,
-            written,
-            EventLog::default(),
-            cancel.clone(),
-        ));
+        let (tx, mut events, cancel, task) = spawn_playout(Count(frames.clone()));
         let (old, new) = (ResponseId(1), ResponseId(2));
         let (reply, heard) = oneshot::channel();
         tx.send(PlayoutCommand::Clear {
@@ -629,19 +642,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_interrupted_listener_is_always_cleared_and_another_only_once_it_heard_audio() {
         let clears = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (tx, rx) = mpsc::channel(16);
-        let (events_tx, mut events) = mpsc::unbounded_channel();
-        let (written, _) = watch::channel(0);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_playout(
-            Box::new(Clears(clears.clone())),
-            16000,
-            rx,
-            events_tx,
-            written,
-            EventLog::default(),
-            cancel.clone(),
-        ));
+        let (tx, mut events, cancel, task) = spawn_playout(Clears(clears.clone()));
         let clear = |id, interrupted| {
             let tx = tx.clone();
             async move {
@@ -710,19 +711,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn audio_that_ran_dry_resumes_on_the_frame_cadence_or_at_once_if_late() {
         let stamps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel(16);
-        let (events_tx, _events) = mpsc::unbounded_channel();
-        let (written, _) = watch::channel(0);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_playout(
-            Box::new(Stamps(stamps.clone())),
-            16000,
-            rx,
-            events_tx,
-            written,
-            EventLog::default(),
-            cancel.clone(),
-        ));
+        let (tx, _events, cancel, task) = spawn_playout(Stamps(stamps.clone()));
         let t0 = Instant::now();
         let id = ResponseId(1);
         let audio = |samples| PlayoutCommand::Audio {
@@ -783,19 +772,7 @@ mod tests {
             lag,
             cleared: cleared.clone(),
         };
-        let (tx, rx) = mpsc::channel(16);
-        let (events_tx, _events) = mpsc::unbounded_channel();
-        let (written, _) = watch::channel(0);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_playout(
-            Box::new(sink),
-            16000,
-            rx,
-            events_tx,
-            written,
-            EventLog::default(),
-            cancel.clone(),
-        ));
+        let (tx, _events, cancel, task) = spawn_playout(sink);
         let id = ResponseId(1);
         for text in ["one two three four", "five six seven eight"] {
             tx.send(PlayoutCommand::Sentence {
