@@ -87,7 +87,10 @@ struct Setup {
 }
 
 fn setup(file: &str) -> Setup {
-    let scenario = scenario(file);
+    setup_on(scenario(file))
+}
+
+fn setup_on(scenario: Arc<Scenario>) -> Setup {
     let open = Arc::new(AtomicUsize::new(0));
     let connector = Counted {
         inner: MemoryEmulator::new(EmulatorConfig::new(scenario.clone())),
@@ -847,4 +850,65 @@ async fn a_caller_who_vanishes_mid_reply_releases_every_provider_connection() {
     }
     assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
     server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_ended_before_the_kernel_buffers_a_whole_reply() {
+    // Twenty seconds of reply, 640 KB of 16 kHz audio: a send buffer the kernel grew to
+    // megabytes would take all of it, and the stall would never show.
+    let reply = "The town library is open from nine in the morning until six in the evening on \
+        weekdays and from ten until four on Saturdays. It is closed on Sundays and on public \
+        holidays. You can borrow up to twelve books at a time for three weeks, renew them twice \
+        online or at the desk, and reserve new titles for free. The reading room on the first \
+        floor has quiet desks, power outlets and free wireless access for every member.";
+    let scenario = format!(
+        r#"{{"name":"long","listen":{{"eot_threshold":0.7}},
+            "turns":[{{"start":{{"at_ms":500}},"say":"When are you open?","reply":"{reply}"}}]}}"#
+    );
+    let setup = setup_on(Arc::new(Scenario::parse(&scenario, "long").unwrap()));
+    let server = start(setup.config).await;
+    // A client whose own receive buffer is small, as a phone on a bad network's would be full.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/session", server.addr);
+    let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let start = json!({"type": "start", "version": 1, "sample_rate": 16000});
+    socket
+        .send(Message::Text(start.to_string().into()))
+        .await
+        .unwrap();
+    tokio::time::timeout(PATIENCE, async {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.to_text().is_ok_and(|t| t.contains(r#""ready""#)) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("ready");
+    // From here on the client only talks: its audio keeps the session from going idle, and
+    // nothing it is sent is read.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let silence = vec![0u8; 640];
+    let ended = tokio::time::timeout(4 * PATIENCE, async {
+        while server.metrics.sessions(SessionOutcome::ClientClosed) == 0 {
+            tick.tick().await;
+            if socket
+                .send(Message::Binary(silence.clone().into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the server still buffers for a client that stopped reading"
+    );
+    settled(&server.metrics).await;
+    assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
+    assert_eq!(setup.flux_open.load(Ordering::SeqCst), 0);
 }

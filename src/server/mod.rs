@@ -41,6 +41,12 @@ use crate::engine::{Backends, SessionConfig};
 use crate::flux::{ApiKey, Connector, FluxConfig};
 pub use metrics::Metrics;
 
+/// The kernel's send buffer for a client's socket (Linux doubles it for its bookkeeping): about
+/// 4 s of a browser's 16 kHz audio, 10 s of a phone line's. Left to itself the kernel grows it
+/// to megabytes for a client that stops reading, so the stall would hide for minutes (holding
+/// that much memory for one session) before a send waits long enough to end the session.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Messages a client may send a second, averaged ([`limits::MessageRate`]): four times what a
 /// browser (50 audio frames, up to 10 playback reports) or a carrier (50 media messages, its mark
 /// echoes) sends.
@@ -385,6 +391,9 @@ async fn serve_http(
         // until the client's ACK).
         if let Err(e) = tcp.set_nodelay(true) {
             debug!(error = %e, "TCP_NODELAY not set");
+        }
+        if let Err(e) = socket2::SockRef::from(&tcp).set_send_buffer_size(SEND_BUFFER_BYTES) {
+            debug!(error = %e, "SO_SNDBUF not set");
         }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let stop = stop.clone();
