@@ -319,7 +319,7 @@ async fn live_session_stopped_by(
 }
 
 /// A session on the in-memory emulator playing `scenario` into `sink`, with `seconds` of user
-/// audio sent, stopped by `stop`.
+/// audio sent at once (none for a test that streams its own), stopped by `stop`.
 async fn live_session_on(
     scenario: &str,
     sink: Box<dyn AudioSink>,
@@ -341,9 +341,11 @@ async fn live_session_on(
     };
     let (session, app_events) =
         start_session(SessionConfig::default(), events, backends, sink, stop);
-    flux.send_audio(vec![0u8; 16000 * 2 * seconds as usize])
-        .await
-        .unwrap();
+    if seconds > 0 {
+        flux.send_audio(vec![0u8; 16000 * 2 * seconds as usize])
+            .await
+            .unwrap();
+    }
     (flux, session, app_events)
 }
 
