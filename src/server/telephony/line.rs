@@ -82,7 +82,7 @@ impl Cut {
 
 /// What the sink, the interrupter and the connection task of one call share.
 pub(super) struct Line {
-    pub(super) clock: Mutex<MarkClock>,
+    clock: Mutex<MarkClock>,
     pub(super) cut: Cut,
     /// The session's log, set once the session starts: a clear is timed from the
     /// StartOfTurn in it.
@@ -100,7 +100,7 @@ impl Line {
         }
     }
 
-    fn clock(&self) -> MutexGuard<'_, MarkClock> {
+    pub(super) fn clock(&self) -> MutexGuard<'_, MarkClock> {
         self.clock.lock().expect("mark clock")
     }
 }

@@ -496,7 +496,7 @@ async fn call(
                             debug!("flux no longer takes audio");
                         }
                     }
-                    Ok(Inbound::Mark { name }) => line.clock.lock().expect("mark clock").echoed(&name),
+                    Ok(Inbound::Mark { name }) => line.clock().echoed(&name),
                     Ok(Inbound::Dtmf { digit }) => {
                         // The digit may be a PIN: it goes to the application, not the log.
                         dtmf += 1;
