@@ -18,6 +18,9 @@ fn check() {
     assert_eq!(info.event, TurnEvent::Update);
     assert_eq!(info.words.len(), 6);
     assert_eq!(info.words[5].word, "flight");
+    let repaired = ServerMessage::parse_repairing(TURN_INFO).unwrap();
+    assert!(repaired.repairs.is_empty());
+    assert_eq!(repaired.message, ServerMessage::TurnInfo(info.clone()));
     let back = ServerMessage::parse(&ServerMessage::TurnInfo(info.clone()).to_json()).unwrap();
     assert_eq!(back, ServerMessage::TurnInfo(info));
 }
@@ -26,6 +29,9 @@ fn bench(c: &mut Criterion) {
     check();
     c.bench_function("flux/parse_turn_info_6_words", |b| {
         b.iter(|| ServerMessage::parse(black_box(TURN_INFO)).unwrap())
+    });
+    c.bench_function("flux/parse_repairing_turn_info_6_words", |b| {
+        b.iter(|| ServerMessage::parse_repairing(black_box(TURN_INFO)).unwrap())
     });
     let message = ServerMessage::parse(TURN_INFO).unwrap();
     c.bench_function("flux/serialize_turn_info_6_words", |b| {

@@ -372,6 +372,27 @@ pub enum ServerMessage {
     Unknown(Value),
 }
 
+/// The `type` of a server message, read without building the message's JSON tree.
+#[derive(Deserialize)]
+struct MessageType<'a> {
+    #[serde(rename = "type", borrow)]
+    message_type: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl TurnInfo {
+    /// Reads `text` straight into a `TurnInfo` when it is one and every field is sound: the
+    /// common case, about three in four of a session's messages, without the JSON tree the
+    /// general path builds. `None` sends the text down that path, which reads every other
+    /// message and repairs or rejects a `TurnInfo` this one refused.
+    fn parse_sound(text: &str) -> Option<TurnInfo> {
+        let tag: MessageType<'_> = serde_json::from_str(text).ok()?;
+        if tag.message_type.as_deref() != Some("TurnInfo") {
+            return None;
+        }
+        serde_json::from_str(text).ok()
+    }
+}
+
 #[derive(Deserialize)]
 struct ConnectedWire {
     request_id: String,
@@ -393,6 +414,9 @@ impl ServerMessage {
     /// [`MessageError`] when the frame is not JSON, has no `type`, or a known type lacks a
     /// required field. Unknown types are not errors: they come back as [`ServerMessage::Unknown`].
     pub fn parse(text: &str) -> Result<Self, MessageError> {
+        if let Some(info) = TurnInfo::parse_sound(text) {
+            return Ok(ServerMessage::TurnInfo(info));
+        }
         let value: Value = serde_json::from_str(text).map_err(MessageError::NotJson)?;
         Self::from_value(value)
     }
@@ -410,6 +434,12 @@ impl ServerMessage {
     /// a known message lacks what it cannot do without (a `TurnInfo` without a string `event`
     /// and `transcript`, or with a word that has no text).
     pub fn parse_repairing(text: &str) -> Result<Parsed, MessageError> {
+        if let Some(info) = TurnInfo::parse_sound(text) {
+            return Ok(Parsed {
+                message: ServerMessage::TurnInfo(info),
+                repairs: Vec::new(),
+            });
+        }
         let mut repairs = Vec::new();
         let value: Value = match serde_json::from_str(text) {
             Ok(value) => value,
@@ -424,15 +454,16 @@ impl ServerMessage {
                 value
             }
         };
-        if value.get("type").and_then(Value::as_str) == Some("TurnInfo")
-            && let Err(strict) = TurnInfo::deserialize(&value)
-        {
-            let info = salvage_turn_info(&value, &mut repairs).map_err(|reason| {
-                MessageError::Malformed {
-                    message_type: "TurnInfo".into(),
-                    source: de::Error::custom(format!("{reason} (strictly: {strict})")),
-                }
-            })?;
+        if value.get("type").and_then(Value::as_str) == Some("TurnInfo") {
+            let info = match TurnInfo::deserialize(&value) {
+                Ok(info) => info,
+                Err(strict) => salvage_turn_info(&value, &mut repairs).map_err(|reason| {
+                    MessageError::Malformed {
+                        message_type: "TurnInfo".into(),
+                        source: de::Error::custom(format!("{reason} (strictly: {strict})")),
+                    }
+                })?,
+            };
             return Ok(Parsed {
                 message: ServerMessage::TurnInfo(info),
                 repairs,
@@ -692,21 +723,23 @@ fn salvage_turn_info(value: &Value, repairs: &mut Vec<String>) -> Result<TurnInf
 }
 
 /// Writes `{"type": <type>, ...fields of inner}` keeping the struct's field order.
+/// Writes `inner`'s fields after a `type` field, straight to the output.
 fn serialize_tagged<S: Serializer, T: Serialize>(
     s: S,
     message_type: &str,
     inner: &T,
 ) -> Result<S::Ok, S::Error> {
-    let Value::Object(fields) = serde_json::to_value(inner).map_err(serde::ser::Error::custom)?
-    else {
-        return Err(serde::ser::Error::custom("message body must be an object"));
-    };
-    let mut map = s.serialize_map(Some(fields.len() + 1))?;
-    map.serialize_entry("type", message_type)?;
-    for (k, v) in &fields {
-        map.serialize_entry(k, v)?;
+    #[derive(Serialize)]
+    struct Tagged<'a, T> {
+        r#type: &'a str,
+        #[serde(flatten)]
+        body: &'a T,
     }
-    map.end()
+    Tagged {
+        r#type: message_type,
+        body: inner,
+    }
+    .serialize(s)
 }
 
 impl Serialize for ServerMessage {
@@ -999,6 +1032,58 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, MessageError::Malformed { .. }), "{err}");
         assert!(err.to_string().contains("TurnInfo"));
+    }
+
+    #[test]
+    fn a_turn_info_read_directly_is_the_one_the_json_tree_gives() {
+        let texts = [
+            format!(
+                r#"{{"type":"TurnInfo","request_id":"{RID}","sequence_id":3,"event":"Update","turn_index":0,"audio_window_start":0.0,"audio_window_end":0.48,"transcript":"book","words":[{{"word":"book","confidence":0.9,"start":0.1,"end":0.4}}],"end_of_turn_confidence":0.1}}"#
+            ),
+            // The type last, numbers as strings, unknown fields, words null: still direct.
+            format!(
+                r#"{{"request_id":"{RID}","sequence_id":"9","event":"EndOfTurn","turn_index":"2","audio_window_start":"0.5","audio_window_end":1,"transcript":"","words":null,"end_of_turn_confidence":"0.9","trigger":"model","new":{{"x":[1]}},"type":"TurnInfo"}}"#
+            ),
+            // A repeated key: the tree keeps the last one, so the direct read steps aside.
+            format!(
+                r#"{{"type":"TurnInfo","request_id":"{RID}","sequence_id":4,"event":"Update","turn_index":0,"audio_window_start":0,"audio_window_end":0.24,"transcript":"first","transcript":"second","words":[],"end_of_turn_confidence":0}}"#
+            ),
+            // Another message type goes the general way.
+            format!(r#"{{"type":"Connected","request_id":"{RID}","sequence_id":0}}"#),
+        ];
+        for text in &texts {
+            let tree: Value = serde_json::from_str(text).unwrap();
+            let general = ServerMessage::from_value(tree).unwrap();
+            assert_eq!(ServerMessage::parse(text).unwrap(), general, "{text}");
+            let repaired = ServerMessage::parse_repairing(text).unwrap();
+            assert_eq!(repaired.message, general, "{text}");
+            assert!(
+                repaired.repairs.is_empty(),
+                "{text}: {:?}",
+                repaired.repairs
+            );
+        }
+        let ServerMessage::TurnInfo(kept) = ServerMessage::parse(&texts[2]).unwrap() else {
+            panic!("not a TurnInfo")
+        };
+        assert_eq!(kept.transcript, "second");
+    }
+
+    #[test]
+    fn a_server_message_written_and_read_back_is_the_same_message() {
+        let ServerMessage::TurnInfo(info) = ServerMessage::parse(&format!(
+            r#"{{"type":"TurnInfo","request_id":"{RID}","sequence_id":3,"event":"EndOfTurn","turn_index":1,"audio_window_start":0.0,"audio_window_end":0.48,"transcript":"book","words":[{{"word":"book","confidence":0.9,"start":0.1,"end":0.4}}],"end_of_turn_confidence":0.9,"trigger":"model"}}"#
+        ))
+        .unwrap() else {
+            panic!("not a TurnInfo")
+        };
+        let message = ServerMessage::TurnInfo(info);
+        let json = message.to_json();
+        assert!(json.starts_with(r#"{"type":"TurnInfo","#), "{json}");
+        assert_eq!(ServerMessage::parse(&json).unwrap(), message);
+        let tree: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(tree["trigger"], "model");
+        assert_eq!(tree["words"][0]["word"], "book");
     }
 
     #[test]
