@@ -754,9 +754,34 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
         summary["engine_overhead_ms"]["p50"].as_f64().unwrap() > 0.0,
         "{summary}"
     );
+    // A browser caller who speaks over the first reply: the server clears it, and decides what
+    // was heard from the caller's playback reports.
+    let out = turnflow(&[
+        "load",
+        &url,
+        "--turns",
+        "2",
+        "--barge-in-after",
+        "1s",
+        "--wav",
+        "tests/fixtures/book_table_16k.wav",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
+    assert_eq!(summary["turns"], 2, "{summary}");
+    assert_eq!(summary["failed_sessions"], 0, "{summary}");
     // `load` exits once its side of each socket is closed; the server counts a session as ended
     // after it has closed that session's Flux, LLM and TTS connections, a moment later.
     wait_until_no_session_is_active(&url);
+    let text = metrics(&url);
+    assert!(
+        text.contains("turnflow_clear_sent_seconds_count 1\n"),
+        "one barge-in, one clear: {text}"
+    );
+    assert!(
+        text.contains("turnflow_heard_clock_total{clock=\"client_reports\"} 1\n"),
+        "the barge-in's cut, decided by the caller's reports: {text}"
+    );
     let killed = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()

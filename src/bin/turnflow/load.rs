@@ -46,10 +46,10 @@ pub(crate) struct LoadArgs {
     /// messages on the server's /telephony (8 kHz mu-law, marks echoed as the audio plays).
     #[arg(long, value_enum)]
     carrier: Option<CarrierKind>,
-    /// With --carrier: the caller speaks again (its next turn) once this much of each reply
-    /// has arrived, interrupting the agent; the server's turnflow_clear_sent_seconds then
-    /// measures how fast the clear went out.
-    #[arg(long, value_parser = crate::parse_duration, requires = "carrier")]
+    /// The caller speaks again (its next turn) once this much of each reply has arrived,
+    /// interrupting the agent; the server's turnflow_clear_sent_seconds then measures how fast
+    /// the clear went out.
+    #[arg(long, value_parser = crate::parse_duration)]
     barge_in_after: Option<Duration>,
 }
 
@@ -209,6 +209,7 @@ async fn one_session(
     token: Option<String>,
     speech: Arc<BrowserSpeech>,
     turns: u32,
+    barge_in_after: Option<Duration>,
     progress: Arc<Progress>,
 ) -> SessionResult {
     let mut result = SessionResult::default();
@@ -251,6 +252,8 @@ async fn one_session(
     // when there is news: a caller listening to silence says nothing.
     let mut ticks = 0u64;
     let mut last_report = Value::Null;
+    // Agent audio of this turn's reply received so far.
+    let mut reply_received = Duration::ZERO;
     'session: loop {
         tokio::select! {
             () = &mut ready_wait, if !ready => {
@@ -293,7 +296,10 @@ async fn one_session(
                 if reply_ended && pause_until.is_none() {
                     pause_until = Some(now + PAUSE_AFTER_REPLY);
                 }
-                if pause_until.is_some_and(|t| now >= t) {
+                let interrupting = !reply_ended
+                    && barge_in_after.is_some_and(|after| reply_received >= after);
+                if pause_until.is_some_and(|t| now >= t) || interrupting {
+                    reply_received = Duration::ZERO;
                     result.turns.push(std::mem::take(&mut sample));
                     progress.turns.fetch_add(1, Ordering::Relaxed);
                     turn += 1;
@@ -322,6 +328,9 @@ async fn one_session(
                 match message {
                     Message::Binary(audio) => {
                         playback.receive(audio.len() as u64 / 2, now);
+                        if speech_end_sent.is_some() {
+                            reply_received += Duration::from_secs_f64(audio.len() as f64 / 2.0 / playback.rate);
+                        }
                         if let Some(at) = finished_at
                             && sample.response_latency_ms.is_none()
                         {
@@ -763,7 +772,7 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
                     Some((kind, phone)) => {
                         one_call(url, kind, phone, turns, barge_in_after, progress).await
                     }
-                    None => one_session(url, token, speech, turns, progress).await,
+                    None => one_session(url, token, speech, turns, barge_in_after, progress).await,
                 }
             });
         }
@@ -902,7 +911,7 @@ mod tests {
             let (_socket, _) = listener.accept().await.unwrap();
             std::future::pending::<()>().await;
         });
-        let result = one_session(url, None, speech(), 1, progress()).await;
+        let result = one_session(url, None, speech(), 1, None, progress()).await;
         assert_eq!(
             result.failure.as_deref(),
             Some("no WebSocket upgrade within 10s")
@@ -920,7 +929,7 @@ mod tests {
             while ws.next().await.is_some() {}
         });
         let progress = progress();
-        let result = one_session(url, None, speech(), 1, progress.clone()).await;
+        let result = one_session(url, None, speech(), 1, None, progress.clone()).await;
         assert_eq!(
             result.failure.as_deref(),
             Some("no ready within 10s of start")
