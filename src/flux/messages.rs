@@ -380,9 +380,8 @@ struct MessageType<'a> {
 }
 
 impl TurnInfo {
-    /// Reads `text` straight into a `TurnInfo` when it is one and every field is sound: the
-    /// common case, about three in four of a session's messages, without the JSON tree the
-    /// general path builds. `None` sends the text down that path, which reads every other
+    /// Reads `text` straight into a `TurnInfo` when it is one and every field is sound: nearly
+    /// every message of a session, read without the JSON tree the general path builds. `None` sends the text down that path, which reads every other
     /// message and repairs or rejects a `TurnInfo` this one refused.
     fn parse_sound(text: &str) -> Option<TurnInfo> {
         let tag: MessageType<'_> = serde_json::from_str(text).ok()?;
@@ -722,8 +721,8 @@ fn salvage_turn_info(value: &Value, repairs: &mut Vec<String>) -> Result<TurnInf
     })
 }
 
-/// Writes `{"type": <type>, ...fields of inner}` keeping the struct's field order.
-/// Writes `inner`'s fields after a `type` field, straight to the output.
+/// Writes `{"type": <type>, ...fields of inner}` in the struct's field order, straight to the
+/// output.
 fn serialize_tagged<S: Serializer, T: Serialize>(
     s: S,
     message_type: &str,
