@@ -756,28 +756,7 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
     );
     // A browser caller who speaks over the first reply: the server clears it, and decides what
     // was heard from the caller's playback reports.
-    let out = turnflow(&[
-        "load",
-        &url,
-        "--turns",
-        "2",
-        "--barge-in-after",
-        "1s",
-        "--wav",
-        "tests/fixtures/book_table_16k.wav",
-        "--json",
-    ]);
-    let summary: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
-    assert_eq!(summary["turns"], 2, "{summary}");
-    assert_eq!(summary["failed_sessions"], 0, "{summary}");
-    // `load` exits once its side of each socket is closed; the server counts a session as ended
-    // after it has closed that session's Flux, LLM and TTS connections, a moment later.
-    wait_until_no_session_is_active(&url);
-    let text = metrics(&url);
-    assert!(
-        text.contains("turnflow_clear_sent_seconds_count 1\n"),
-        "one barge-in, one clear: {text}"
-    );
+    let text = interrupt_once(&url, &[]);
     assert!(
         text.contains("turnflow_heard_clock_total{clock=\"client_reports\"} 1\n"),
         "the barge-in's cut, decided by the caller's reports: {text}"
@@ -796,6 +775,37 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
         stderr.contains("drained: 0 session(s) were running"),
         "{stderr}"
     );
+}
+
+/// Runs one caller (`extra` arguments to `load`) who speaks over the agent's first reply, and
+/// checks that both turns completed and that the server sent one `clear`; returns the server's
+/// metrics once the session has ended.
+fn interrupt_once(url: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "load",
+        url,
+        "--turns",
+        "2",
+        "--barge-in-after",
+        "1s",
+        "--wav",
+        "tests/fixtures/book_table_16k.wav",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = turnflow(&args);
+    let summary: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
+    assert_eq!(summary["turns"], 2, "{summary}");
+    assert_eq!(summary["failed_sessions"], 0, "{summary}");
+    // `load` exits once its side of each socket is closed; the server counts a session as ended
+    // after it has closed that session's Flux, LLM and TTS connections, a moment later.
+    wait_until_no_session_is_active(url);
+    let text = metrics(url);
+    assert!(
+        text.contains("turnflow_clear_sent_seconds_count 1\n"),
+        "one barge-in, one clear: {text}"
+    );
+    text
 }
 
 /// The server's `/metrics` response.
@@ -867,30 +877,9 @@ fn load_calls_like_a_phone_carrier() {
     assert_eq!(summary["voice_to_voice_ms"]["count"], 1, "{summary}");
     // A caller who speaks over the first reply: the server clears it, and decides what was
     // heard from the marks the load generator echoed.
-    let out = turnflow(&[
-        "load",
-        &url,
-        "--carrier",
-        "twilio",
-        "--turns",
-        "2",
-        "--barge-in-after",
-        "1s",
-        "--wav",
-        "tests/fixtures/book_table_16k.wav",
-        "--json",
-    ]);
-    let summary: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
-    assert_eq!(summary["turns"], 2, "{summary}");
-    assert_eq!(summary["failed_sessions"], 0, "{summary}");
-    wait_until_no_session_is_active(&url);
-    let text = metrics(&url);
+    let text = interrupt_once(&url, &["--carrier", "twilio"]);
     let _ = server.kill();
     let _ = server.wait();
-    assert!(
-        text.contains("turnflow_clear_sent_seconds_count 1\n"),
-        "one barge-in, one clear: {text}"
-    );
     assert!(
         text.contains("turnflow_heard_clock_total{clock=\"carrier_marks\"} 2\n"),
         "the barge-in and the second reply, cut by the hang-up: {text}"
