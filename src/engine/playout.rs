@@ -534,6 +534,20 @@ mod tests {
         (tx, events, cancel, task)
     }
 
+    /// Has playout clear response `id` (`interrupted`: the sink's interrupter cut the listener
+    /// off first) and returns what was heard of it.
+    async fn clear(tx: &mpsc::Sender<PlayoutCommand>, id: ResponseId, interrupted: bool) -> Heard {
+        let (reply, heard) = oneshot::channel();
+        tx.send(PlayoutCommand::Clear {
+            id,
+            interrupted,
+            reply,
+        })
+        .await
+        .unwrap();
+        heard.await.unwrap()
+    }
+
     struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
     impl AudioSink for Count {
@@ -547,15 +561,7 @@ mod tests {
         let frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (tx, mut events, cancel, task) = spawn_playout(Count(frames.clone()));
         let (old, new) = (ResponseId(1), ResponseId(2));
-        let (reply, heard) = oneshot::channel();
-        tx.send(PlayoutCommand::Clear {
-            id: old,
-            interrupted: false,
-            reply,
-        })
-        .await
-        .unwrap();
-        assert_eq!(heard.await.unwrap(), Heard::default());
+        assert_eq!(clear(&tx, old, false).await, Heard::default());
         // What the cancelled response's task managed to send after the clear.
         tx.send(PlayoutCommand::Sentence {
             id: old,
@@ -613,15 +619,7 @@ mod tests {
             "640 samples = two 20 ms frames"
         );
         // A clear that races the end of a response that already played gets what was heard.
-        let (reply, heard) = oneshot::channel();
-        tx.send(PlayoutCommand::Clear {
-            id: new,
-            interrupted: false,
-            reply,
-        })
-        .await
-        .unwrap();
-        let heard = heard.await.unwrap();
+        let heard = clear(&tx, new, false).await;
         assert!(heard.complete);
         assert_eq!(heard.heard, "Hello.");
         cancel.cancel();
@@ -643,23 +641,9 @@ mod tests {
     async fn an_interrupted_listener_is_always_cleared_and_another_only_once_it_heard_audio() {
         let clears = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (tx, mut events, cancel, task) = spawn_playout(Clears(clears.clone()));
-        let clear = |id, interrupted| {
-            let tx = tx.clone();
-            async move {
-                let (reply, heard) = oneshot::channel();
-                tx.send(PlayoutCommand::Clear {
-                    id,
-                    interrupted,
-                    reply,
-                })
-                .await
-                .unwrap();
-                heard.await.unwrap()
-            }
-        };
         let count = || clears.load(std::sync::atomic::Ordering::SeqCst);
         // Nothing of these was ever written.
-        clear(ResponseId(1), false).await;
+        clear(&tx, ResponseId(1), false).await;
         assert_eq!(count(), 0);
         tx.send(PlayoutCommand::Sentence {
             id: ResponseId(2),
@@ -667,7 +651,7 @@ mod tests {
         })
         .await
         .unwrap();
-        clear(ResponseId(2), false).await;
+        clear(&tx, ResponseId(2), false).await;
         assert_eq!(count(), 0);
         // The interrupter cut the listener off: its clear must follow, even for a response
         // that finished playing just before.
@@ -692,9 +676,9 @@ mod tests {
         .unwrap();
         while !matches!(events.recv().await, Some(PlayoutEvent::Finished { .. })) {}
         assert_eq!(count(), 0, "a response that ends is not cleared");
-        assert!(clear(ResponseId(3), true).await.complete);
+        assert!(clear(&tx, ResponseId(3), true).await.complete);
         assert_eq!(count(), 1);
-        clear(ResponseId(4), true).await;
+        clear(&tx, ResponseId(4), true).await;
         assert_eq!(count(), 2);
         cancel.cancel();
         task.await.unwrap();
@@ -790,15 +774,7 @@ mod tests {
             .unwrap();
         }
         tokio::time::sleep(play).await;
-        let (reply, heard) = oneshot::channel();
-        tx.send(PlayoutCommand::Clear {
-            id,
-            interrupted: false,
-            reply,
-        })
-        .await
-        .unwrap();
-        let heard = heard.await.unwrap();
+        let heard = clear(&tx, id, false).await;
         cancel.cancel();
         task.await.unwrap();
         (heard, cleared.load(std::sync::atomic::Ordering::SeqCst))

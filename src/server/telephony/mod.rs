@@ -180,14 +180,20 @@ impl Ending {
 
 /// Sends `text`, or flushes what the writer holds when there is none.
 async fn send(writer: &Writer, text: Option<String>) -> Result<(), ()> {
-    let sent = tokio::time::timeout(SEND_LIMIT, async {
+    within_send_limit(async {
         let mut writer = writer.lock().await;
         match text {
             Some(text) => writer.send(Message::Text(Utf8Bytes::from(text))).await,
             None => writer.flush().await,
         }
-    });
-    match sent.await {
+    })
+    .await
+}
+
+/// Runs a write to the carrier, bounded by [`SEND_LIMIT`]: a carrier that stops reading ends
+/// the call rather than holding it.
+async fn within_send_limit<E>(write: impl Future<Output = Result<(), E>>) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_LIMIT, write).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -561,7 +567,7 @@ async fn flush_batch(
     let media = Message::Text(Utf8Bytes::from(out.media(batch)));
     let mark = Message::Text(Utf8Bytes::from(out.mark(&format!("tf-{mark}"))));
     batch.clear();
-    let sent = tokio::time::timeout(SEND_LIMIT, async {
+    within_send_limit(async {
         let mut writer = writer.lock().await;
         if cut.epoch() != epoch {
             return Ok(());
@@ -569,11 +575,8 @@ async fn flush_batch(
         writer.feed(media).await?;
         writer.feed(mark).await?;
         writer.flush().await
-    });
-    match sent.await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+    })
+    .await
 }
 
 #[cfg(test)]
