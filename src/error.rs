@@ -114,9 +114,16 @@ pub struct BackendError {
     pub message: String,
 }
 
+/// The provider's own words (an error body may echo the request, even the key) are escaped and
+/// cut short, so a log line stays one short line.
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.provider, self.message)
+        write!(
+            f,
+            "{}: {}",
+            self.provider,
+            crate::text::Untrusted(&self.message)
+        )
     }
 }
 
@@ -145,6 +152,27 @@ impl BackendError {
                 ErrorKind::from_status(status, retry_after),
                 message,
             )
+        }
+    }
+
+    /// This error as a caller may see it: the provider, the kind and the status, with a fixed
+    /// message for the kind in place of the provider's words (an error body can carry the
+    /// request, an account's details or the key itself).
+    pub fn for_caller(&self) -> Self {
+        let message = match self.kind {
+            ErrorKind::Auth => "the provider refused the server's credentials",
+            ErrorKind::RateLimited { .. } => "the provider is limiting requests",
+            ErrorKind::BadRequest => "the provider refused the request",
+            ErrorKind::Server => "the provider failed",
+            ErrorKind::Network => "the provider could not be reached",
+            ErrorKind::StreamBroken => "the provider's reply broke off",
+            ErrorKind::Timeout => "the provider did not answer in time",
+            ErrorKind::EmptyReply => "the reply was empty",
+            ErrorKind::Panicked => "the backend failed",
+        };
+        Self {
+            message: message.to_owned(),
+            ..self.clone()
         }
     }
 
@@ -237,6 +265,17 @@ mod tests {
         assert_eq!(json["status"], 429);
         assert_eq!(json["retry_after_ms"], 7000);
         assert!(!BackendError::new("p", ErrorKind::EmptyReply, "m").is_retryable());
+        let echoed = BackendError::http("p", 401, None, "http 401: bad key sk-live-123\nINFO x");
+        assert_eq!(
+            echoed.to_string(),
+            "p: http 401: bad key sk-live-123\\nINFO x"
+        );
+        let told = echoed.for_caller();
+        assert_eq!(
+            (told.kind, told.status, told.provider.as_str()),
+            (ErrorKind::Auth, Some(401), "p")
+        );
+        assert!(!told.message.contains("sk-live"), "{told}");
         let (backoff, longest) = (Duration::from_millis(200), Duration::from_secs(2));
         assert_eq!(
             BackendError::http("p", 401, None, "m").retry_wait(backoff, longest),

@@ -446,7 +446,7 @@ async fn generate(
                 .find(|t| t.name == call.name)
                 .map_or(ToolEffect::SideEffecting, |t| t.effect);
             if effect == ToolEffect::SideEffecting && !*gate.borrow() {
-                debug!(%id, tool = %call.name, "side-effecting tool waits for promotion");
+                debug!(%id, tool = %crate::text::Untrusted(&call.name), "side-effecting tool waits for promotion");
                 if !wait_gate(&mut gate, &token).await {
                     return;
                 }
@@ -457,7 +457,7 @@ async fn generate(
                 _ = token.cancelled() => return,
                 result = tokio::time::timeout(limit, executor.call(&call)) => {
                     result.unwrap_or_else(|_| {
-                        warn!(%id, tool = %call.name, ?limit, "tool call timed out");
+                        warn!(%id, tool = %crate::text::Untrusted(&call.name), ?limit, "tool call timed out");
                         Err(format!("{} did not answer within {limit:?}", call.name))
                     })
                 }

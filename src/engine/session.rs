@@ -387,7 +387,7 @@ impl Driver {
                 event = flux.recv(), if flux_open => match event {
                     Some(Ok(event)) => self.on_flux(event).await,
                     Some(Err(e)) => {
-                        warn!(error = %e, "flux stream failed; the session ends");
+                        warn!(error = %crate::text::Untrusted(&e.to_string()), "flux stream failed; the session ends");
                         error = Some(SessionError::Flux(e));
                         flux_open = false;
                     }
@@ -441,14 +441,14 @@ impl Driver {
             );
         }
         if let Some(user) = user_event(&info.event) {
-            debug!(turn = info.turn_index, event = %info.event, transcript = %info.transcript, "flux");
+            debug!(turn = info.turn_index, event = %crate::text::Untrusted(&info.event.to_string()), transcript = %crate::text::Untrusted(&info.transcript), "flux");
             self.step(Input::User {
                 event: user,
                 transcript: info.transcript.clone(),
             })
             .await;
         } else {
-            warn!(event = %info.event, turn = info.turn_index, "unknown turn event ignored");
+            warn!(event = %crate::text::Untrusted(&info.event.to_string()), turn = info.turn_index, "unknown turn event ignored");
         }
     }
 

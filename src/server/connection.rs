@@ -6,6 +6,12 @@
 //! queues them for that task without waiting; a `clear` travels in the same queue, after the
 //! frames written before it. Every send to the client is bounded, so a client that stops
 //! reading ends its session instead of holding it.
+//!
+//! Each phase has its deadline: the `start` must come within the start timeout of the upgrade
+//! (nothing sent before it moves that), audio must keep coming within the idle timeout (control
+//! messages and pings do not count), and after the client's `stop` the reply in progress has
+//! the finish timeout; audio sent after `stop` is dropped and counted. The message rate is
+//! limited from the first message, and a drain ends a connection still waiting for `start`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,13 +103,36 @@ impl Ending {
         }
     }
 
+    /// A refusal: `message` may quote the client, so it is escaped and cut short before it is
+    /// logged or sent back.
     fn refused(code: &'static str, message: String, close: u16) -> Self {
         Ending {
             outcome: SessionOutcome::ProtocolError,
             reason: "protocol_error",
-            error: Some((code, message)),
+            error: Some((code, crate::text::Untrusted(&message).to_string())),
             close,
         }
+    }
+
+    fn shutdown() -> Self {
+        Ending {
+            outcome: SessionOutcome::Shutdown,
+            reason: "server_shutdown",
+            error: None,
+            close: close_code::GOING_AWAY,
+        }
+    }
+
+    fn flood(rate: &MessageRate) -> Self {
+        Ending::refused(
+            "flood",
+            format!(
+                "more than {} messages a second; a client sends 50 audio frames and at most 10 \
+                 playback reports",
+                rate.per_second()
+            ),
+            close_code::POLICY,
+        )
     }
 }
 
@@ -125,8 +154,13 @@ pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
     let span = info_span!("connection", session = %id);
     async move {
         state.metrics.session_started();
-        let (ending, turns) = match wait_for_start(&mut socket, &state).await {
-            Ok(start) => run(&mut socket, &state, id, start).await,
+        let mut rate = MessageRate::new(
+            super::MESSAGES_PER_SECOND,
+            super::MESSAGE_BURST,
+            Instant::now(),
+        );
+        let (ending, turns) = match wait_for_start(&mut socket, &state, &mut rate).await {
+            Ok(start) => run(&mut socket, &state, id, start, rate).await,
             Err(ending) => (ending, 0),
         };
         finish(&mut socket, &ending, turns).await;
@@ -176,26 +210,42 @@ async fn finish(socket: &mut WebSocket, ending: &Ending, turns: u64) {
     .await;
 }
 
-/// Waits for the `start` message; anything else first ends the connection.
-async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<Start, Ending> {
+/// Waits for the `start` message; anything else first ends the connection, and so do the
+/// start timeout (counted from the upgrade, whatever arrives meanwhile), a flood of pings and
+/// the beginning of a drain.
+async fn wait_for_start(
+    socket: &mut WebSocket,
+    state: &State,
+    rate: &mut MessageRate,
+) -> Result<Start, Ending> {
     let limit = state.config.start_timeout;
+    let mut deadline = std::pin::pin!(tokio::time::sleep(limit));
     loop {
-        let message = match tokio::time::timeout(limit, socket.recv()).await {
-            Err(_) => {
+        let message = tokio::select! {
+            biased;
+            () = state.draining.cancelled() => return Err(Ending::shutdown()),
+            () = &mut deadline => {
                 return Err(Ending::refused(
                     "idle",
-                    format!("no start message within {limit:?}"),
+                    format!("no start message within {limit:?} of connecting"),
                     close_code::POLICY,
                 ));
             }
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
+            message = socket.recv() => message,
+        };
+        let message = match message {
+            Some(Err(e)) if super::too_big(&e) => return Err(oversized()),
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                 return Err(Ending::normal(
                     SessionOutcome::ClientClosed,
                     "client_closed",
                 ));
             }
-            Ok(Some(Ok(message))) => message,
+            Some(Ok(message)) => message,
         };
+        if !rate.admit(Instant::now()) {
+            return Err(Ending::flood(rate));
+        }
         match message {
             Message::Text(text) => match ClientMessage::parse(&text) {
                 Ok(ClientMessage::Start(start)) => return Ok(start),
@@ -226,7 +276,13 @@ async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<Start, 
     }
 }
 
-async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start) -> (Ending, u64) {
+async fn run(
+    socket: &mut WebSocket,
+    state: &State,
+    id: uuid::Uuid,
+    start: Start,
+    mut rate: MessageRate,
+) -> (Ending, u64) {
     let config = &state.config;
     let mut flux_config = config.flux.clone();
     flux_config.options.encoding = Some(Encoding::Linear16);
@@ -239,14 +295,15 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     let (flux, flux_events) = match connect(flux_config, connector).await {
         Ok(pair) => pair,
         Err(e) => {
-            warn!(error = %e, "speech to text unavailable");
+            // The provider's words stay in the log: they can quote the request or the key.
+            warn!(error = %crate::text::Untrusted(&e.to_string()), "speech to text unavailable");
             return (
                 Ending {
                     outcome: SessionOutcome::SttFailed,
                     reason: "stt_failed",
                     error: Some((
                         "stt_unavailable",
-                        format!("speech to text is unavailable: {e}"),
+                        "speech to text is unavailable; try again later".into(),
                     )),
                     close: close_code::INTERNAL,
                 },
@@ -294,15 +351,13 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         observer: super::Observing::new(config.observer.clone()),
     };
     let mut guard = RealtimeGuard::new(Instant::now(), start.sample_rate, config.realtime_margin);
-    let mut rate = MessageRate::new(
-        super::MESSAGES_PER_SECOND,
-        super::MESSAGE_BURST,
-        Instant::now(),
-    );
     let idle = config.idle_timeout;
-    let mut last_heard = Instant::now();
-    let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_heard + idle));
+    // Audio only: a client that sends nothing but pings or playback reports is idle.
+    let mut last_audio = Instant::now();
+    let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_audio + idle));
+    let mut finish_by = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let mut stopping = false;
+    let mut after_stop = 0u64;
     let mut ending = None;
     if send(socket, text(&ready)).await.is_err() {
         ending = Some(Ending::normal(
@@ -344,37 +399,42 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
             () = &mut idle_check, if ending.is_none() && !stopping => {
                 // One timer, moved only when it fires: resetting it on each of the fifty
                 // messages a second would cost more than the check.
-                let due = last_heard + idle;
+                let due = last_audio + idle;
                 if due > Instant::now() {
                     idle_check.as_mut().reset(due);
                 } else {
                     ending = Some(Ending::refused(
                         "idle",
-                        format!("nothing received for {idle:?}"),
+                        format!("no audio received for {idle:?}"),
                         close_code::POLICY,
                     ));
                     stop.cancel();
                 }
             }
+            () = &mut finish_by, if stopping && ending.is_none() => {
+                warn!(
+                    limit = ?config.finish_timeout,
+                    "the reply in progress at stop ran past the finish timeout; ending the session"
+                );
+                ending = Some(Ending::normal(SessionOutcome::Completed, "stopped"));
+                stop.cancel();
+            }
             message = socket.recv(), if ending.is_none() => {
-                last_heard = Instant::now();
-                let flooding = message.as_ref().is_some_and(|m| m.is_ok()) && !rate.admit(last_heard);
+                let now = Instant::now();
+                let flooding = message.as_ref().is_some_and(|m| m.is_ok()) && !rate.admit(now);
                 let verdict = match message {
-                    _ if flooding => Err(Ending::refused(
-                        "flood",
-                        format!(
-                            "more than {} messages a second; a client sends 50 audio frames and \
-                             at most 10 playback reports",
-                            rate.per_second()
-                        ),
-                        close_code::POLICY,
-                    )),
+                    _ if flooding => Err(Ending::flood(&rate)),
                     Some(Err(e)) if super::too_big(&e) => Err(oversized()),
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                         Err(Ending::normal(SessionOutcome::ClientClosed, "client_closed"))
                     }
+                    // The user's audio ended with stop: nothing more reaches Flux or memory.
+                    Some(Ok(Message::Binary(_))) if stopping => {
+                        after_stop += 1;
+                        Ok(None)
+                    }
                     Some(Ok(Message::Binary(audio))) => {
-                        audio_frame(&audio, config.max_frame_bytes, &mut guard, stopping)
+                        audio_frame(&audio, config.max_frame_bytes, &mut guard)
                             .map(|()| Some(audio))
                     }
                     Some(Ok(Message::Text(text))) => match ClientMessage::parse(&text) {
@@ -386,8 +446,10 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
                             });
                             Ok(None)
                         }
+                        Ok(ClientMessage::Stop) if stopping => Ok(None),
                         Ok(ClientMessage::Stop) => {
                             stopping = true;
+                            finish_by.as_mut().reset(now + config.finish_timeout);
                             // Ends the user's audio; the session finishes the turn in progress.
                             if let Some(flux) = flux.take() {
                                 let rest = inbound.split().freeze();
@@ -414,6 +476,7 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
                 };
                 match verdict {
                     Ok(Some(audio)) => {
+                        last_audio = now;
                         if let Some(r) = &recording {
                             r.user_audio(Encoding::Linear16, &audio);
                         }
@@ -447,6 +510,10 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
     if let Some(r) = recording {
         r.finish(&log, output_rate).await;
     }
+    if after_stop > 0 {
+        state.metrics.audio_after_stop(after_stop);
+        info!(frames = after_stop, "audio sent after stop dropped");
+    }
     let dropped = dropped.load(Ordering::Relaxed);
     if dropped > 0 {
         warn!(
@@ -455,18 +522,16 @@ async fn run(socket: &mut WebSocket, state: &State, id: uuid::Uuid, start: Start
         );
     }
     let ending = ending.unwrap_or_else(|| match &outcome.error {
-        Some(e) if !state.shutdown.is_cancelled() => Ending {
-            outcome: SessionOutcome::SttFailed,
-            reason: "stt_failed",
-            error: Some(("stt_failed", format!("speech to text failed: {e}"))),
-            close: close_code::INTERNAL,
-        },
-        _ if state.shutdown.is_cancelled() => Ending {
-            outcome: SessionOutcome::Shutdown,
-            reason: "server_shutdown",
-            error: None,
-            close: close_code::GOING_AWAY,
-        },
+        Some(e) if !state.shutdown.is_cancelled() => {
+            warn!(error = %crate::text::Untrusted(&e.to_string()), "speech to text failed");
+            Ending {
+                outcome: SessionOutcome::SttFailed,
+                reason: "stt_failed",
+                error: Some(("stt_failed", "speech to text failed".into())),
+                close: close_code::INTERNAL,
+            }
+        }
+        _ if state.shutdown.is_cancelled() => Ending::shutdown(),
         _ => Ending::normal(SessionOutcome::Completed, "stopped"),
     });
     (ending, session.turns.started())
@@ -482,12 +547,7 @@ fn oversized() -> Ending {
 }
 
 /// Checks one binary audio frame against the limits.
-fn audio_frame(
-    audio: &[u8],
-    max_bytes: usize,
-    guard: &mut RealtimeGuard,
-    stopping: bool,
-) -> Result<(), Ending> {
+fn audio_frame(audio: &[u8], max_bytes: usize, guard: &mut RealtimeGuard) -> Result<(), Ending> {
     if audio.len() > max_bytes {
         return Err(Ending::refused(
             "too_big",
@@ -507,9 +567,6 @@ fn audio_frame(
             ),
             close_code::INVALID,
         ));
-    }
-    if stopping {
-        return Ok(());
     }
     guard
         .admit(audio.len() as u64 / 2, Instant::now())
@@ -541,6 +598,25 @@ impl Session {
         event: &EngineEvent,
     ) -> Result<(), ()> {
         self.observer.notify(|o| o.event(&self.id, event));
+        // The application's observer gets the provider's words; the client gets a fixed message.
+        let told;
+        let event = match event {
+            EngineEvent::ResponseEnded {
+                response,
+                heard,
+                interrupted,
+                error: Some(error),
+            } => {
+                told = EngineEvent::ResponseEnded {
+                    response: *response,
+                    heard: heard.clone(),
+                    interrupted: *interrupted,
+                    error: Some(error.for_caller()),
+                };
+                &told
+            }
+            _ => event,
+        };
         send(socket, text(&ServerMessage::Event(event))).await?;
         for turn in self.turns.on_event(event, log, &state.metrics) {
             send(socket, text(&ServerMessage::Turn(&turn))).await?;

@@ -125,6 +125,7 @@ pub struct Metrics {
     sessions: Mutex<BTreeMap<SessionOutcome, u64>>,
     refused: Mutex<BTreeMap<Refusal, u64>>,
     turns: AtomicU64,
+    audio_after_stop: AtomicU64,
     speculation: Mutex<BTreeMap<&'static str, u64>>,
     provider_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     heard_clock: Mutex<BTreeMap<&'static str, u64>>,
@@ -144,6 +145,7 @@ impl Default for Metrics {
             sessions: Mutex::default(),
             refused: Mutex::default(),
             turns: AtomicU64::new(0),
+            audio_after_stop: AtomicU64::new(0),
             speculation: Mutex::default(),
             provider_errors: Mutex::default(),
             heard_clock: Mutex::default(),
@@ -223,6 +225,16 @@ impl Metrics {
         }
     }
 
+    /// `frames` of a client's audio that came after its `stop` were dropped.
+    pub(crate) fn audio_after_stop(&self, frames: u64) {
+        self.audio_after_stop.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Audio frames clients sent after their `stop`, dropped, so far.
+    pub fn audio_dropped_after_stop(&self) -> u64 {
+        self.audio_after_stop.load(Ordering::Relaxed)
+    }
+
     /// A `clear` reached the client's socket `seconds` after the StartOfTurn that caused it.
     pub(crate) fn clear_sent(&self, seconds: f64) {
         self.clear_sent.observe(seconds);
@@ -285,6 +297,11 @@ impl Metrics {
                 why.as_str()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_audio_dropped_after_stop_total Audio frames a client sent after its stop, dropped.\n# TYPE turnflow_audio_dropped_after_stop_total counter\nturnflow_audio_dropped_after_stop_total {}",
+            self.audio_dropped_after_stop()
+        );
         let _ = writeln!(
             out,
             "# HELP turnflow_turns_total User turns answered or cut.\n# TYPE turnflow_turns_total counter\nturnflow_turns_total {}",

@@ -11,8 +11,12 @@
 //! [`ServerConfig::drain_timeout`] passes, then they are stopped (the reply in progress cut,
 //! the client told `server_shutdown`) and awaited before `serve` returns.
 //!
-//! Limits are checked before the upgrade (capacity, token, origin: plain HTTP refusals a load
-//! balancer and a browser understand) and per message after it ([`limits`]).
+//! Limits are checked before the upgrade (capacity, token, origin and host: plain HTTP refusals
+//! a load balancer and a browser understand) and per message after it ([`limits`]). Every phase
+//! of a connection has an absolute deadline that shutdown overrides: its request headers and
+//! body, the wait for `start` (which messages before it do not move), the idle time of a call
+//! (only audio counts), the finish after the client's `stop`, and the drain, which returns
+//! within [`ServerConfig::drain_timeout`] plus a few seconds whatever clients do.
 
 mod connection;
 pub mod limits;
@@ -23,7 +27,7 @@ pub mod telephony;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -46,6 +50,13 @@ pub use metrics::Metrics;
 /// to megabytes for a client that stops reading, so the stall would hide for minutes (holding
 /// that much memory for one session) before a send waits long enough to end the session.
 const SEND_BUFFER_BYTES: usize = 64 * 1024;
+
+/// After a session or an HTTP connection has been told to stop, how long it may take before it
+/// is left behind, so that a drain always ends.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Largest request body taken (Twilio's webhook is a form of a few hundred bytes).
+const BODY_LIMIT: usize = 64 * 1024;
 
 /// Messages a client may send a second, averaged ([`limits::MessageRate`]): four times what a
 /// browser (50 audio frames, up to 10 playback reports) or a carrier (50 media messages, its mark
@@ -121,13 +132,20 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// On shutdown, how long running sessions may go on before they are stopped.
     pub drain_timeout: Duration,
-    /// A session that receives nothing for this long is closed.
+    /// A session that receives no audio for this long is closed (control messages, pings and
+    /// carrier marks do not count).
     pub idle_timeout: Duration,
-    /// A connection that sends no `start` within this is closed.
+    /// A connection that has not sent its `start` this long after the upgrade is closed,
+    /// whatever else it sent meanwhile.
     pub start_timeout: Duration,
+    /// After the client's `stop`, how long the reply in progress may go on before the session
+    /// is ended.
+    pub finish_timeout: Duration,
     /// An HTTP connection whose request headers have not all arrived this long after it
     /// opened (or after its previous request) is closed.
     pub header_timeout: Duration,
+    /// A request body (Twilio's webhook) must arrive whole within this.
+    pub body_timeout: Duration,
     /// Largest audio frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// How far a client's audio may run ahead of real time.
@@ -141,6 +159,10 @@ pub struct ServerConfig {
     /// Twilio's auth token: when set, `/twilio/voice` and `/telephony` refuse requests
     /// without a valid `X-Twilio-Signature` (401).
     pub twilio_auth_token: Option<ApiKey>,
+    /// When set, `/metrics` must be asked with `Authorization: Bearer TOKEN` (a scraper's own
+    /// credential, apart from [`ServerConfig::token`]); unset, it is open, for a port that only
+    /// the cluster reaches.
+    pub metrics_token: Option<ApiKey>,
     /// The application's view of every session, if it wants one.
     pub observer: Option<Arc<dyn SessionObserver>>,
     /// Phone calls: what the agent says when a call connects (nothing: it waits for the caller).
@@ -166,6 +188,10 @@ impl std::fmt::Debug for ServerConfig {
             .field("backends", &self.backends)
             .field("max_sessions", &self.max_sessions)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<set>"),
+            )
             .field("allowed_origins", &self.allowed_origins)
             .field("drain_timeout", &self.drain_timeout)
             .field("idle_timeout", &self.idle_timeout)
@@ -175,7 +201,8 @@ impl std::fmt::Debug for ServerConfig {
 
 impl ServerConfig {
     /// A configuration with production defaults: 100 sessions, a 10 minute drain, 15 s idle
-    /// and start limits, 16 KiB frames, audio at most 2 s ahead of real time.
+    /// and start limits, a minute to finish after `stop`, 10 s for request headers and for a
+    /// request body, 16 KiB frames, audio at most 2 s ahead of real time.
     pub fn new(flux: FluxConfig, connector: Arc<dyn Connector>, backends: Backends) -> Self {
         // Reports are computed per turn from the log; a few minutes of entries is plenty and
         // keeps a thousand sessions in memory.
@@ -194,12 +221,15 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(15),
             start_timeout: Duration::from_secs(15),
+            finish_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
             max_frame_bytes: 16 * 1024,
             realtime_margin: Duration::from_secs(2),
             retry_after: Duration::from_secs(5),
             public_url: None,
             twilio_auth_token: None,
+            metrics_token: None,
             observer: None,
             record_dir: None,
             greeting: None,
@@ -216,7 +246,9 @@ struct State {
     metrics: Arc<Metrics>,
     /// Sessions admitted (reserved before the upgrade, released when the session ends).
     admitted: AtomicUsize,
-    draining: AtomicBool,
+    /// Cancelled when the drain begins (and by `shutdown`, its parent): a connection still
+    /// waiting for its `start` ends then.
+    draining: CancellationToken,
     /// Parent of every session's stop token.
     shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -245,14 +277,15 @@ impl Server {
     /// The address cannot be bound.
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
+        let shutdown = CancellationToken::new();
         Ok(Self {
             listener,
             state: Arc::new(State {
                 config,
                 metrics: Arc::new(Metrics::default()),
                 admitted: AtomicUsize::new(0),
-                draining: AtomicBool::new(false),
-                shutdown: CancellationToken::new(),
+                draining: shutdown.child_token(),
+                shutdown,
                 sessions: TaskTracker::new(),
             }),
         })
@@ -309,7 +342,7 @@ impl Server {
             }
             () = signal => {}
         }
-        state.draining.store(true, Ordering::SeqCst);
+        state.draining.cancel();
         state.sessions.close();
         let running = state.sessions.len();
         info!(running, timeout = ?state.config.drain_timeout, "draining: new sessions are refused, running ones go on");
@@ -335,7 +368,14 @@ impl Server {
                     stopped = state.sessions.len();
                     warn!(stopped, "drain timeout: stopping the sessions still running");
                     state.shutdown.cancel();
-                    state.sessions.wait().await;
+                    // Each session ends within a few seconds of being stopped (its sends and
+                    // its closing handshake are bounded); this bounds the drain even so.
+                    if tokio::time::timeout(STOP_GRACE, state.sessions.wait()).await.is_err() {
+                        warn!(
+                            left = state.sessions.len(),
+                            "sessions still ending after being stopped; leaving them"
+                        );
+                    }
                 }
             }
         }
@@ -347,8 +387,9 @@ impl Server {
 }
 
 /// Accepts HTTP/1 connections until `stop`, then lets each finish the request it is on and
-/// waits for them. Upgraded connections (sessions) are not waited for: they belong to the
-/// session tasks. Each connection must send its request headers within `header_timeout`,
+/// waits for them, [`STOP_GRACE`] at most: a client that never finishes its request or never
+/// reads its response does not hold the process. Upgraded connections (sessions) are not
+/// waited for: they belong to the session tasks. Each connection must send its request headers within `header_timeout`,
 /// so a client that opens connections and never finishes a request (slowloris) cannot hold
 /// them; `axum::serve` sets no such timer.
 async fn serve_http(
@@ -358,6 +399,7 @@ async fn serve_http(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
+    let abandon = CancellationToken::new();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -396,7 +438,7 @@ async fn serve_http(
             debug!(error = %e, "SO_SNDBUF not set");
         }
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let stop = stop.clone();
+        let (stop, abandon) = (stop.clone(), abandon.clone());
         connections.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -413,11 +455,24 @@ async fn serve_http(
                 }
                 () = stop.cancelled() => connection.as_mut().graceful_shutdown(),
             }
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                () = abandon.cancelled() => debug!("an http connection still open at shutdown closed"),
+            }
         });
     }
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(STOP_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            left = connections.len(),
+            "http connections still open after shutdown; closing them"
+        );
+        abandon.cancel();
+        connections.wait().await;
+    }
     Ok(())
 }
 
@@ -617,21 +672,91 @@ fn refusal(state: &State, status: StatusCode, why: metrics::Refusal, message: &s
     response
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// Whether `given` is the token, in time independent of where they differ.
 fn token_matches(expected: &str, given: &str) -> bool {
     let (a, b) = (expected.as_bytes(), given.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
+/// Whether a browser page at `origin` may open a WebSocket here. Clients that send no
+/// `Origin` (carriers, the load generator, SDKs) are not browsers and pass. With an allowed
+/// list, the origin must be on it (`*` allows any). Without one, only the server's own page
+/// may: the origin must name the `Host` the request was sent to, and that host must be a name
+/// no one else can point at this server ([`host_is_ours`]), so a page on an attacker's domain
+/// that resolves to this server (DNS rebinding) is refused.
+fn origin_allowed(
+    allowed: &[String],
+    public_url: Option<&str>,
+    origin: Option<&str>,
+    host: Option<&str>,
+) -> bool {
     let Some(origin) = origin else { return true };
-    if allowed.is_empty() {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        return host.is_some_and(|host| host.eq_ignore_ascii_case(origin_host));
+    if !allowed.is_empty() {
+        return allowed
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
     }
-    allowed
-        .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    host.is_some_and(|host| {
+        host.eq_ignore_ascii_case(origin_host) && host_is_ours(host, public_url)
+    })
+}
+
+/// Whether the authority `host` (`name[:port]`) names this server: an IP address, `localhost`,
+/// or the host of `public_url`.
+fn host_is_ours(host: &str, public_url: Option<&str>) -> bool {
+    let name = hostname(host);
+    if name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    public_url
+        .and_then(|url| url.split_once("://"))
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .is_some_and(|public| hostname(public).eq_ignore_ascii_case(name))
+}
+
+/// The name of an authority: `[::1]:8080` -> `::1`, `agent.example:443` -> `agent.example`.
+fn hostname(authority: &str) -> &str {
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        return bracketed.split(']').next().unwrap_or(bracketed);
+    }
+    match authority.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => authority,
+    }
+}
+
+/// The 403 for a browser page whose origin may not connect, when it may not.
+fn refuse_origin(state: &State, headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if origin_allowed(
+        &state.config.allowed_origins,
+        state.config.public_url.as_deref(),
+        origin,
+        host,
+    ) {
+        return None;
+    }
+    warn!(
+        origin = %crate::text::Untrusted(origin.unwrap_or_default()),
+        host = %crate::text::Untrusted(host.unwrap_or_default()),
+        "connection from an origin not allowed"
+    );
+    Some(refusal(
+        state,
+        StatusCode::FORBIDDEN,
+        metrics::Refusal::Origin,
+        "this origin may not connect (see --allowed-origin and --public-url)",
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -641,7 +766,7 @@ struct SessionQuery {
 
 /// Admission before an upgrade: draining, then capacity. Returns the reserved place.
 fn admit(state: &Arc<State>) -> Result<Admission, metrics::Refusal> {
-    if state.draining.load(Ordering::SeqCst) {
+    if state.draining.is_cancelled() {
         return Err(metrics::Refusal::Draining);
     }
     if state.admitted.fetch_add(1, Ordering::SeqCst) >= state.config.max_sessions {
@@ -697,15 +822,11 @@ async fn session(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
+    if state.draining.is_cancelled() {
         return unavailable(&state, metrics::Refusal::Draining);
     }
     if let Some(expected) = &state.config.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or(query.token.as_deref());
+        let given = bearer(&headers).or(query.token.as_deref());
         if !given.is_some_and(|g| token_matches(expected.expose(), g)) {
             return refusal(
                 &state,
@@ -715,16 +836,8 @@ async fn session(
             );
         }
     }
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !origin_allowed(&state.config.allowed_origins, origin, host) {
-        warn!(origin, "connection from an origin not allowed");
-        return refusal(
-            &state,
-            StatusCode::FORBIDDEN,
-            metrics::Refusal::Origin,
-            "this origin may not connect (see --allowed-origin)",
-        );
+    if let Some(refused) = refuse_origin(&state, &headers) {
+        return refused;
     }
     match admit(&state) {
         Ok(admission) => upgrade_into(upgrade, admission, connection::serve),
@@ -751,15 +864,20 @@ fn twilio_signature_header(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A carrier's media stream: Twilio's signature when an auth token is configured, else the
-/// bearer token (as `?token=`, which carriers can put in a stream URL) when one is.
+/// bearer token (as `?token=`, which carriers can put in a stream URL) when one is. Carriers
+/// send no `Origin`; a browser page must pass the same origin policy as on `/session`, or any
+/// site could run calls on the operator's provider keys.
 async fn telephony_stream(
     AxumState(state): AxumState<Arc<State>>,
     Query(query): Query<SessionQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
+    if state.draining.is_cancelled() {
         return unavailable(&state, metrics::Refusal::Draining);
+    }
+    if let Some(refused) = refuse_origin(&state, &headers) {
+        return refused;
     }
     if let Some(auth) = &state.config.twilio_auth_token {
         let url = public(&state, "/telephony", true).unwrap_or_default();
@@ -792,12 +910,51 @@ async fn telephony_stream(
     }
 }
 
+/// Reads a request's form body whole within [`ServerConfig::body_timeout`] and
+/// [`BODY_LIMIT`]: a body sent a byte at a time, or one without end, is answered 408 or 413
+/// instead of holding the connection.
+async fn form_within_limits(
+    state: &State,
+    request: axum::extract::Request,
+) -> Result<(HeaderMap, Vec<(String, String)>), Response> {
+    use axum::extract::FromRequest as _;
+    let (parts, body) = request.into_parts();
+    let limit = state.config.body_timeout;
+    let bytes = match tokio::time::timeout(limit, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {BODY_LIMIT} bytes, or broke off\n"),
+            )
+                .into_response());
+        }
+        Err(_) => {
+            warn!(limit = ?limit, "a request body that did not arrive in time refused");
+            return Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {limit:?}\n"),
+            )
+                .into_response());
+        }
+    };
+    let headers = parts.headers.clone();
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    match axum::Form::<Vec<(String, String)>>::from_request(request, &()).await {
+        Ok(axum::Form(params)) => Ok((headers, params)),
+        Err(rejection) => Err(rejection.into_response()),
+    }
+}
+
 /// Twilio's voice webhook: answers TwiML that connects the call's media to `/telephony`.
 async fn twilio_voice(
     AxumState(state): AxumState<Arc<State>>,
-    headers: HeaderMap,
-    axum::Form(params): axum::Form<Vec<(String, String)>>,
+    request: axum::extract::Request,
 ) -> Response {
+    let (headers, params) = match form_within_limits(&state, request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
     let (Some(webhook), Some(stream)) = (
         public(&state, "/twilio/voice", false),
         public(&state, "/telephony", true),
@@ -825,7 +982,7 @@ async fn twilio_voice(
             "a valid X-Twilio-Signature is required",
         );
     }
-    if state.draining.load(Ordering::SeqCst) {
+    if state.draining.is_cancelled() {
         return refusal(
             &state,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -841,7 +998,7 @@ async fn twilio_voice(
 }
 
 async fn readyz(AxumState(state): AxumState<Arc<State>>) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
+    if state.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else if state.admitted.load(Ordering::SeqCst) >= state.config.max_sessions {
         (StatusCode::SERVICE_UNAVAILABLE, "full\n").into_response()
@@ -850,8 +1007,17 @@ async fn readyz(AxumState(state): AxumState<Arc<State>>) -> Response {
     }
 }
 
-async fn metrics_text(AxumState(state): AxumState<Arc<State>>) -> Response {
-    let ready = !state.draining.load(Ordering::SeqCst)
+async fn metrics_text(AxumState(state): AxumState<Arc<State>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.config.metrics_token
+        && !bearer(&headers).is_some_and(|given| token_matches(expected.expose(), given))
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "the metrics token is required (Authorization: Bearer TOKEN)\n",
+        )
+            .into_response();
+    }
+    let ready = !state.draining.is_cancelled()
         && state.admitted.load(Ordering::SeqCst) < state.config.max_sessions;
     (
         [(
@@ -864,27 +1030,46 @@ async fn metrics_text(AxumState(state): AxumState<Arc<State>>) -> Response {
 }
 
 mod page {
-    //! The browser page, served from the binary.
+    //! The browser page, served from the binary, with headers that keep it to itself: its
+    //! own scripts only, its WebSocket to this server only, never inside another site's frame.
     use axum::http::header;
     use axum::response::IntoResponse;
 
+    /// Scripts, the audio worklet and the WebSocket from this origin only; the page's one
+    /// inline stylesheet; no plugins, no base rewriting, no forms, no framing.
+    pub(super) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+         style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+    type Headers = [(header::HeaderName, &'static str); 5];
+
+    fn headers(content_type: &'static str) -> Headers {
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ]
+    }
+
     pub(super) async fn index() -> impl IntoResponse {
         (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            headers("text/html; charset=utf-8"),
             include_str!("web/index.html"),
         )
     }
 
     pub(super) async fn script() -> impl IntoResponse {
         (
-            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            headers("text/javascript; charset=utf-8"),
             include_str!("web/app.js"),
         )
     }
 
     pub(super) async fn worklets() -> impl IntoResponse {
         (
-            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            headers("text/javascript; charset=utf-8"),
             include_str!("web/worklets.js"),
         )
     }
@@ -895,25 +1080,83 @@ mod tests {
     use super::*;
 
     #[test]
-    fn origins_default_to_the_server_itself() {
+    fn origins_default_to_the_server_itself_under_a_name_that_is_its_own() {
+        let own = |origin: &str, host: &str| origin_allowed(&[], None, Some(origin), Some(host));
         assert!(
-            origin_allowed(&[], None, Some("h:1")),
+            origin_allowed(&[], None, None, Some("evil.example")),
             "non-browser clients"
         );
-        assert!(origin_allowed(&[], Some("http://h:1"), Some("h:1")));
+        assert!(own("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(own("http://localhost:8080", "localhost:8080"));
+        assert!(own("http://[::1]:8080", "[::1]:8080"));
+        assert!(own("http://192.168.1.5:8080", "192.168.1.5:8080"));
+        assert!(
+            !own("https://evil.example", "127.0.0.1:8080"),
+            "another site"
+        );
+        assert!(
+            !own("http://evil.example:8080", "evil.example:8080"),
+            "DNS rebinding: the attacker's name in both"
+        );
+        assert!(!own(
+            "http://localhost.evil.example",
+            "localhost.evil.example"
+        ));
+        assert!(
+            !own("http://127.0.0.1:8080", "127.0.0.1:9090"),
+            "another port"
+        );
+        let public = Some("https://agent.example.com/");
+        assert!(origin_allowed(
+            &[],
+            public,
+            Some("https://agent.example.com"),
+            Some("agent.example.com")
+        ));
+        assert!(origin_allowed(
+            &[],
+            Some("https://Agent.Example.com:8443/voice"),
+            Some("https://agent.example.com:8443"),
+            Some("agent.example.com:8443")
+        ));
         assert!(!origin_allowed(
             &[],
+            public,
             Some("https://evil.example"),
-            Some("h:1")
+            Some("evil.example")
         ));
+        assert!(
+            !origin_allowed(&[], None, Some("http://h"), None),
+            "no Host"
+        );
         let list = vec!["https://app.example.com/".to_owned()];
         assert!(origin_allowed(
             &list,
+            None,
             Some("https://app.example.com"),
             Some("h:1")
         ));
-        assert!(!origin_allowed(&list, Some("http://h:1"), Some("h:1")));
-        assert!(origin_allowed(&["*".into()], Some("https://any"), None));
+        assert!(!origin_allowed(
+            &list,
+            None,
+            Some("http://h:1"),
+            Some("h:1")
+        ));
+        assert!(origin_allowed(
+            &["*".into()],
+            None,
+            Some("https://any"),
+            None
+        ));
+    }
+
+    #[test]
+    fn hostnames_drop_the_port_only() {
+        assert_eq!(hostname("a.example:443"), "a.example");
+        assert_eq!(hostname("a.example"), "a.example");
+        assert_eq!(hostname("[::1]:80"), "::1");
+        assert_eq!(hostname("[::1]"), "::1");
+        assert_eq!(hostname("a.example:x"), "a.example:x");
     }
 
     #[test]

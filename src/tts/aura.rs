@@ -298,7 +298,7 @@ impl SpeechSynthesizer for AuraTts {
                                 .or(v.get("warn_msg"))
                                 .cloned()
                                 .unwrap_or_default();
-                            warn!(%code, %description, "aura warning");
+                            warn!(code = %crate::text::Untrusted(&code.to_string()), description = %crate::text::Untrusted(&description.to_string()), "aura warning");
                         }
                         other => debug!(message_type = ?other, "aura message"),
                     },

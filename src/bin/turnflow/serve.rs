@@ -34,9 +34,20 @@ pub(crate) struct ServeArgs {
     /// On SIGTERM or Ctrl-C, how long running sessions may go on (e.g. 10m, 30s).
     #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
     drain_timeout: Duration,
-    /// Close a session that sends nothing for this long.
+    /// Close a session that sends no audio for this long (control messages, pings and carrier
+    /// marks do not count).
     #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
     idle_timeout: Duration,
+    /// Close a connection that has not sent its start this long after connecting.
+    #[arg(long, default_value = "15s", value_parser = crate::parse_duration)]
+    start_timeout: Duration,
+    /// After a client's stop, how long the reply in progress may go on.
+    #[arg(long, default_value = "60s", value_parser = crate::parse_duration)]
+    finish_timeout: Duration,
+    /// Require this bearer token of /metrics (Authorization: Bearer); without it /metrics is
+    /// open, for a port only the cluster reaches.
+    #[arg(long, env = "TURNFLOW_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Where carriers reach this server (https://agent.example.com): Twilio's webhook
     /// (/twilio/voice) answers TwiML pointing the call's media at its /telephony.
     #[arg(long)]
@@ -65,6 +76,15 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         anyhow::bail!(
             "--public-url {url}: expected https://HOST (where carriers reach this server)"
         );
+    }
+    for (flag, limit) in [
+        ("--idle-timeout", args.idle_timeout),
+        ("--start-timeout", args.start_timeout),
+        ("--finish-timeout", args.finish_timeout),
+    ] {
+        if limit.is_zero() {
+            anyhow::bail!("{flag} 0 would end every session at once; give a duration such as 15s");
+        }
     }
     if args.max_sessions == 0 {
         anyhow::bail!("--max-sessions 0 would refuse everyone; give at least 1");
@@ -102,6 +122,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         config.allowed_origins = args.allowed_origins;
         config.drain_timeout = args.drain_timeout;
         config.idle_timeout = args.idle_timeout;
+        config.start_timeout = args.start_timeout;
+        config.finish_timeout = args.finish_timeout;
+        config.metrics_token = args.metrics_token.filter(|t| !t.is_empty()).map(ApiKey::new);
         config.public_url = args.public_url;
         config.greeting = args.greeting.filter(|g| !g.trim().is_empty());
         config.reprompt_after = args.reprompt_after.filter(|d| !d.is_zero());

@@ -89,7 +89,9 @@ async fn wait_connected(connection: &mut Connection, limit: Duration) -> Result<
                     Ok(other) => {
                         debug!(message_type = other.type_name(), "message before Connected")
                     }
-                    Err(e) => warn!(error = %e, "malformed message before Connected"),
+                    Err(e) => {
+                        warn!(error = %crate::text::Untrusted(&e.to_string()), "malformed message before Connected")
+                    }
                 },
                 Ok(WireFrame::Close(reason)) => {
                     return Err(ConnectError::Io(format!(
@@ -198,7 +200,7 @@ pub(super) async fn next_inbound(link: &mut Option<Link>) -> Inbound {
                     Inbound::Message(Box::new(message), received_at, !repairs.is_empty())
                 }
                 Err(error) => {
-                    warn!(%error, "skipping malformed server message");
+                    warn!(error = %crate::text::Untrusted(&error.to_string()), "skipping malformed server message");
                     Inbound::Malformed(received_at)
                 }
             },

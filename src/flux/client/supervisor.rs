@@ -484,7 +484,7 @@ impl Supervisor {
                 debug!(code = %w.code, "flux answered the closing ForceEndTurn after the turn ended");
             }
             ServerMessage::Warning(w) => {
-                warn!(code = %w.code, description = %w.description, "flux warning");
+                warn!(code = %crate::text::Untrusted(&w.code), description = %crate::text::Untrusted(&w.description), "flux warning");
                 self.emit(received_at, FluxEventKind::Warning(w)).await;
             }
             ServerMessage::Error(e)
@@ -494,7 +494,7 @@ impl Supervisor {
                 return Flow::Stop;
             }
             ServerMessage::Error(e) => {
-                warn!(code = %e.code, description = %e.description, "flux fatal error");
+                warn!(code = %crate::text::Untrusted(&e.code), description = %crate::text::Untrusted(&e.description), "flux fatal error");
                 let _ = self.events.send(Err(FluxError::Server(e))).await;
                 return Flow::Stop;
             }
@@ -508,7 +508,7 @@ impl Supervisor {
     }
 
     async fn connection_lost(&mut self, reason: String) -> Flow {
-        warn!(%reason, "flux connection lost");
+        warn!(reason = %crate::text::Untrusted(&reason.to_string()), "flux connection lost");
         if let Some(link) = self.link.take() {
             link.shutdown().await;
         }
@@ -558,7 +558,7 @@ impl Supervisor {
             attempts,
             last_error,
         };
-        warn!(%error, "flux session failed");
+        warn!(error = %crate::text::Untrusted(&error.to_string()), "flux session failed");
         let _ = self.events.send(Err(error)).await;
         Flow::Stop
     }
@@ -633,7 +633,7 @@ impl Supervisor {
                     FluxError::ConnectedTimeout(_) => true,
                     _ => false,
                 };
-                warn!(%error, attempt, "flux reconnect failed");
+                warn!(error = %crate::text::Untrusted(&error.to_string()), attempt, "flux reconnect failed");
                 self.failed_in_a_row = attempt;
                 if !retryable || attempt >= self.config.reconnect.max_attempts {
                     return self.give_up(reason, attempt, error.to_string()).await;

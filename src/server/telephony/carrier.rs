@@ -26,8 +26,9 @@ impl Carrier {
     }
 }
 
-/// The `start` of a stream.
-#[derive(Debug, Clone, PartialEq)]
+/// The `start` of a stream. Its `Debug` shows the parameters' names, not their values (the
+/// caller's number is among them).
+#[derive(Clone, PartialEq)]
 pub struct StreamStart {
     /// The carrier, told from the fields present.
     pub carrier: Carrier,
@@ -44,6 +45,20 @@ pub struct StreamStart {
     /// Parameters the call was started with (Twilio `customParameters`, Telnyx
     /// `client_state`), for the application; never logged.
     pub parameters: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for StreamStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamStart")
+            .field("carrier", &self.carrier)
+            .field("stream_id", &self.stream_id)
+            .field("call_id", &self.call_id)
+            .field("encoding", &self.encoding)
+            .field("sample_rate", &self.sample_rate)
+            .field("channels", &self.channels)
+            .field("parameters", &self.parameters.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl StreamStart {
@@ -445,6 +460,12 @@ mod tests {
         );
         assert!(telnyx.is_mulaw_8k());
         assert_eq!(telnyx.parameters["client_state"], "aGk=");
+        let shown = format!("{twilio:?}");
+        assert!(
+            shown.contains("\"caller\"") && shown.contains("CA2"),
+            "{shown}"
+        );
+        assert!(!shown.contains("+15550100"), "the caller's number: {shown}");
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! echoes a mark once the audio before it has played, so what the caller heard is known from
 //! the carrier's own playback clock: on barge-in the history keeps exactly the audio up to the
 //! last echoed mark, and `clear` drops the rest at the carrier.
+//!
+//! A stream has the browser session's deadlines: its `start` within the start timeout of the
+//! upgrade (a `connected` event or a ping does not move it), media within the idle timeout
+//! (marks, DTMF and pings do not count), the message rate from the first message, and the end
+//! of the wait for `start` when a drain begins. What the carrier sends is escaped and cut short
+//! before it is logged; digits and custom parameters are never logged.
 
 pub mod carrier;
 mod line;
@@ -170,11 +176,23 @@ struct Ending {
 }
 
 impl Ending {
+    /// An ending; `reason` may quote the carrier or a provider, so it is escaped and cut short.
     fn new(outcome: SessionOutcome, reason: impl Into<String>) -> Self {
         Self {
             outcome,
-            reason: reason.into(),
+            reason: crate::text::Untrusted(&reason.into()).to_string(),
         }
+    }
+
+    fn flood(rate: &MessageRate) -> Self {
+        warn!(
+            limit = rate.per_second(),
+            "the carrier flooded the call with messages; ending it"
+        );
+        Ending::new(
+            SessionOutcome::ProtocolError,
+            format!("more than {} messages a second", rate.per_second()),
+        )
     }
 }
 
@@ -205,11 +223,16 @@ pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
     let span = info_span!("call", session = %id);
     async move {
         state.metrics.session_started();
-        let ending = match wait_for_start(&mut socket, &state).await {
+        let mut rate = MessageRate::new(
+            super::MESSAGES_PER_SECOND,
+            super::MESSAGE_BURST,
+            Instant::now(),
+        );
+        let ending = match wait_for_start(&mut socket, &state, &mut rate).await {
             Ok(start) => {
                 let (writer, reader) = socket.split();
                 let writer = Arc::new(tokio::sync::Mutex::new(writer));
-                let ending = call(reader, &writer, &state, &id, start).await;
+                let ending = call(reader, &writer, &state, &id, start, rate).await;
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     writer.lock().await.send(Message::Close(None)).await
                 })
@@ -230,32 +253,57 @@ pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
     .await
 }
 
-async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<StreamStart, Ending> {
+/// Waits for the stream's `start`: `connected` and events this endpoint does not use are
+/// skipped, anything else ends the stream, and so do the start timeout (counted from the
+/// upgrade), a flood and the beginning of a drain.
+async fn wait_for_start(
+    socket: &mut WebSocket,
+    state: &State,
+    rate: &mut MessageRate,
+) -> Result<StreamStart, Ending> {
     let limit = state.config.start_timeout;
+    let mut deadline = std::pin::pin!(tokio::time::sleep(limit));
     loop {
-        let message = match tokio::time::timeout(limit, socket.recv()).await {
-            Err(_) => {
+        let message = tokio::select! {
+            biased;
+            () = state.draining.cancelled() => {
+                return Err(Ending::new(SessionOutcome::Shutdown, "server shutdown before start"));
+            }
+            () = &mut deadline => {
                 return Err(Ending::new(
                     SessionOutcome::ProtocolError,
-                    format!("no start within {limit:?}"),
+                    format!("no start within {limit:?} of connecting"),
                 ));
             }
-            Ok(Some(Err(e))) if super::too_big(&e) => {
+            message = socket.recv() => message,
+        };
+        let message = match message {
+            Some(Err(e)) if super::too_big(&e) => {
                 return Err(Ending::new(
                     SessionOutcome::ProtocolError,
                     "a message over the size limit",
                 ));
             }
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
                 return Err(Ending::new(
                     SessionOutcome::ClientClosed,
                     "closed before start",
                 ));
             }
-            Ok(Some(Ok(message))) => message,
+            Some(Ok(message)) => message,
         };
-        let Message::Text(text) = message else {
-            continue;
+        if !rate.admit(Instant::now()) {
+            return Err(Ending::flood(rate));
+        }
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                return Err(Ending::new(
+                    SessionOutcome::ProtocolError,
+                    "a binary message before start (carriers send JSON text)",
+                ));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
         };
         match Inbound::parse(&text) {
             Ok(Inbound::Start(start)) => return Ok(start),
@@ -266,7 +314,12 @@ async fn wait_for_start(socket: &mut WebSocket, state: &State) -> Result<StreamS
                     "media before start",
                 ));
             }
-            Ok(other) => debug!(?other, "before start; ignored"),
+            // What the message held (a digit may be a PIN) stays out of the log.
+            Ok(
+                Inbound::Mark { .. } | Inbound::Dtmf { .. } | Inbound::Error { .. } | Inbound::Stop,
+            ) => {
+                debug!("a carrier event before start ignored");
+            }
             Err(e) => {
                 return Err(Ending::new(
                     SessionOutcome::ProtocolError,
@@ -283,6 +336,7 @@ async fn call(
     state: &State,
     id: &str,
     start: StreamStart,
+    mut rate: MessageRate,
 ) -> Ending {
     let config = &state.config;
     let mut observer = super::Observing::new(config.observer.clone());
@@ -290,7 +344,7 @@ async fn call(
     // Who is calling is the application's business; the log gets the call's ids only.
     info!(
         carrier = start.carrier.as_str(),
-        call = %start.call_id,
+        call = %crate::text::Untrusted(&start.call_id),
         parameters = start.parameters.len(),
         "call started"
     );
@@ -352,10 +406,10 @@ async fn call(
     let (mut batch_mark, mut batch_epoch) = (0, 0);
     let mut flush = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
     let mut flushing = false;
-    let mut last_heard = Instant::now();
-    let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_heard + config.idle_timeout));
-    let mut realtime = RealtimeGuard::new(last_heard, PHONE_RATE, config.realtime_margin);
-    let mut rate = MessageRate::new(super::MESSAGES_PER_SECOND, super::MESSAGE_BURST, last_heard);
+    // Media only: a stream of marks or DTMF alone is idle.
+    let mut last_media = Instant::now();
+    let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_media + config.idle_timeout));
+    let mut realtime = RealtimeGuard::new(last_media, PHONE_RATE, config.realtime_margin);
     let (mut bad_payloads, mut dtmf) = (0u64, 0u64);
     let mut ending = None;
     let mut flux = Some(flux);
@@ -429,7 +483,7 @@ async fn call(
                 }
             }
             () = &mut idle_check, if ending.is_none() => {
-                let due = last_heard + config.idle_timeout;
+                let due = last_media + config.idle_timeout;
                 if due > Instant::now() {
                     idle_check.as_mut().reset(due);
                 } else {
@@ -441,13 +495,9 @@ async fn call(
                 }
             }
             message = reader.next(), if ending.is_none() => {
-                last_heard = Instant::now();
-                if matches!(message, Some(Ok(_))) && !rate.admit(last_heard) {
-                    warn!(limit = rate.per_second(), "the carrier flooded the call with messages; ending it");
-                    ending = Some(Ending::new(
-                        SessionOutcome::ProtocolError,
-                        format!("more than {} messages a second", rate.per_second()),
-                    ));
+                let now = Instant::now();
+                if matches!(message, Some(Ok(_))) && !rate.admit(now) {
+                    ending = Some(Ending::flood(&rate));
                     stop.cancel();
                     continue;
                 }
@@ -476,8 +526,9 @@ async fn call(
                 };
                 match Inbound::parse(&text) {
                     Ok(Inbound::Media { chunk, audio, .. }) => {
+                        last_media = now;
                         // Mu-law: a byte a sample.
-                        if let Err(ahead) = realtime.admit(audio.len() as u64, last_heard) {
+                        if let Err(ahead) = realtime.admit(audio.len() as u64, now) {
                             warn!(ahead_s = ahead.as_secs_f64(), "the carrier's audio runs ahead of real time; ending the call");
                             ending = Some(Ending::new(
                                 SessionOutcome::ProtocolError,
@@ -513,17 +564,24 @@ async fn call(
                         ending = Some(Ending::new(SessionOutcome::Completed, "the caller hung up"));
                         stop.cancel();
                     }
-                    Ok(Inbound::Error { detail }) => warn!(%detail, "the carrier reported an error"),
+                    Ok(Inbound::Error { detail }) => {
+                        warn!(detail = %crate::text::Untrusted(&detail), "the carrier reported an error");
+                    }
                     Ok(Inbound::Start(_)) => warn!("a second start ignored"),
                     Ok(Inbound::Connected) => {}
-                    Ok(Inbound::Other(event)) => debug!(%event, "carrier event not used"),
+                    Ok(Inbound::Other(event)) => {
+                        debug!(event = %crate::text::Untrusted(&event), "carrier event not used");
+                    }
                     Err(carrier::CarrierError::Base64(e)) => {
                         bad_payloads += 1;
                         if bad_payloads.is_power_of_two() {
-                            warn!(bad_payloads, error = %e, "media with a payload that is not base64 skipped");
+                            warn!(bad_payloads, error = %crate::text::Untrusted(&e.to_string()), "media with a payload that is not base64 skipped");
                         }
                     }
-                    Err(e) => warn!(error = %e, "carrier message not understood; the call goes on"),
+                    Err(e) => warn!(
+                        error = %crate::text::Untrusted(&e.to_string()),
+                        "carrier message not understood; the call goes on"
+                    ),
                 }
             }
         }
