@@ -28,6 +28,8 @@ use turnflow::server::metrics::SessionOutcome;
 use turnflow::server::{DrainReport, Metrics, Server, ServerConfig};
 use turnflow::tts::SyntheticTts;
 
+mod support;
+
 /// Bound for anything a test waits for.
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The deadlines of the servers here.
@@ -828,4 +830,71 @@ async fn random_hostile_sequences_end_by_their_deadlines_and_disturb_no_one() {
     server.settled().await;
     let report = server.drain().await;
     assert_eq!(report.stopped, 0, "{report:?}");
+}
+
+/// The binary itself: SIGTERM with a socket pinging without `start`, one carrier stream sending
+/// `connected` and a request body trickling in exits, well before its long deadlines would
+/// have ended them; before, it logged `drained` and never exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_hostile_clients_connected_exits() {
+    let (mut child, url) = support::spawn_server(&[
+        "--drain-timeout",
+        "1s",
+        "--start-timeout",
+        "10m",
+        "--public-url",
+        "https://agent.example",
+    ]);
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let browser = open(addr, "/session", &[]).await.unwrap();
+    let carrier = open(addr, "/telephony", &[]).await.unwrap();
+    let waiting = tokio::spawn(held_open_with(browser, Message::Ping(vec![1].into())));
+    let connected = tokio::spawn(held_open_with(
+        carrier,
+        Message::Text(TWILIO_CONNECTED.into()),
+    ));
+    let mut trickle = TcpStream::connect(addr).await.unwrap();
+    trickle
+        .write_all(
+            b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\nC",
+        )
+        .await
+        .unwrap();
+    let trickling = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if trickle.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
+                return (status, stderr);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("turnflow serve did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let (status, stderr) = exited.await.unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("drained"), "{stderr}");
+    assert_eq!(waiting.await.unwrap().code, Some(1001));
+    connected.await.unwrap();
+    trickling.abort();
 }
