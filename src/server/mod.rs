@@ -254,10 +254,153 @@ struct State {
     sessions: TaskTracker,
 }
 
-/// A bound server, not yet serving.
+/// turnflow's routes and the sessions they run, for an application's own axum server: nest
+/// [`Service::router`] under any path, behind the application's own middleware, and drain
+/// through [`Service::drain`] from the application's own signal handling. [`Server`] is this
+/// on a listener of its own, as `turnflow serve` runs it.
+///
+/// Mounted in another server, two protections of [`Server`] are the application's to keep:
+/// a deadline for request headers ([`ServerConfig::header_timeout`]; `axum::serve` has none,
+/// so a client that never finishes a request holds its connection) and a capped send buffer
+/// for each client socket.
+#[derive(Clone)]
+pub struct Service {
+    state: Arc<State>,
+}
+
+impl Service {
+    /// The routes and sessions of `config`; nothing runs until the router serves a request.
+    pub fn new(config: ServerConfig) -> Self {
+        let shutdown = CancellationToken::new();
+        Self {
+            state: Arc::new(State {
+                config,
+                metrics: Arc::new(Metrics::default()),
+                admitted: AtomicUsize::new(0),
+                draining: shutdown.child_token(),
+                shutdown,
+                sessions: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Every route: the page (`/`, `/app.js`, `/worklets.js`), `/session`, `/telephony`,
+    /// `/twilio/voice`, `/healthz`, `/readyz` and `/metrics`, relative to wherever the router is
+    /// nested. Nested at `/voice`, the page is at `/voice` (axum's nesting matches no trailing
+    /// slash) and finds its scripts and its WebSocket under `/voice/`; carriers need
+    /// [`ServerConfig::public_url`] to end with `/voice`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(page::index))
+            .route("/app.js", get(page::script))
+            .route("/worklets.js", get(page::worklets))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .route("/session", get(session))
+            .route("/telephony", get(telephony_stream))
+            .route("/twilio/voice", axum::routing::post(twilio_voice))
+            .with_state(self.state.clone())
+    }
+
+    /// The metrics of every session (also at `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// The handle that drains this service's sessions.
+    pub fn drain(&self) -> Drain {
+        Drain {
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// Drains a [`Service`]: what a rolling update needs, started from the application's own
+/// signal handling. Cloning gives another handle to the same drain.
+#[derive(Clone)]
+pub struct Drain {
+    state: Arc<State>,
+}
+
+impl Drain {
+    /// Starts draining (again is a no-op): readiness answers 503, new sessions are refused with
+    /// 503 and `Retry-After`, connections still waiting for their `start` end at once; running
+    /// sessions go on.
+    pub fn start(&self) {
+        if !self.state.draining.is_cancelled() {
+            self.state.draining.cancel();
+            self.state.sessions.close();
+            info!(
+                running = self.state.sessions.len(),
+                "draining: new sessions are refused, running ones go on"
+            );
+        }
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.state.draining.is_cancelled()
+    }
+
+    /// Sessions running now (connections waiting for `start` included).
+    pub fn running(&self) -> usize {
+        self.state.sessions.len()
+    }
+
+    /// Starts the drain if it has not started, waits until every session has ended or
+    /// `timeout` has passed, then stops those still running (the reply in progress cut, the
+    /// client told `server_shutdown`) and waits for them, a few seconds at most.
+    ///
+    /// # Cancellation safety
+    /// Dropping the future leaves the sessions running; the drain, once started, stays on.
+    pub async fn wait(&self, timeout: Duration) -> DrainReport {
+        let state = &self.state;
+        self.start();
+        let running = state.sessions.len();
+        let drained = async {
+            let deadline = tokio::time::sleep(timeout);
+            let mut deadline = std::pin::pin!(deadline);
+            let mut progress = tokio::time::interval(Duration::from_secs(10));
+            progress.tick().await;
+            loop {
+                tokio::select! {
+                    () = state.sessions.wait() => return true,
+                    () = &mut deadline => return false,
+                    _ = progress.tick() => info!(running = state.sessions.len(), "draining"),
+                }
+            }
+        };
+        let mut stopped = 0;
+        if !drained.await {
+            stopped = state.sessions.len();
+            warn!(
+                stopped,
+                "drain timeout: stopping the sessions still running"
+            );
+            state.shutdown.cancel();
+            // Each session ends within a few seconds of being stopped (its sends and its
+            // closing handshake are bounded); this bounds the drain even so.
+            if tokio::time::timeout(STOP_GRACE, state.sessions.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    left = state.sessions.len(),
+                    "sessions still ending after being stopped; leaving them"
+                );
+            }
+        }
+        info!(running, stopped, "drained");
+        DrainReport { running, stopped }
+    }
+}
+
+/// A [`Service`] on a listener of its own, not yet serving: its own accept loop, with the
+/// header deadline and the capped send buffers.
 pub struct Server {
     listener: TcpListener,
-    state: Arc<State>,
+    service: Service,
 }
 
 /// How a drain went.
@@ -277,18 +420,16 @@ impl Server {
     /// The address cannot be bound.
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        let shutdown = CancellationToken::new();
-        Ok(Self {
+        Ok(Self::on(listener, config))
+    }
+
+    /// Serves on a listener the caller made (a socket handed over by systemd, a port chosen
+    /// elsewhere).
+    pub fn on(listener: TcpListener, config: ServerConfig) -> Self {
+        Self {
             listener,
-            state: Arc::new(State {
-                config,
-                metrics: Arc::new(Metrics::default()),
-                admitted: AtomicUsize::new(0),
-                draining: shutdown.child_token(),
-                shutdown,
-                sessions: TaskTracker::new(),
-            }),
-        })
+            service: Service::new(config),
+        }
     }
 
     /// The bound address.
@@ -300,10 +441,16 @@ impl Server {
 
     /// The server's metrics (also at `/metrics`).
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.state.metrics.clone()
+        self.service.metrics()
     }
 
-    /// Serves until `signal` completes, then drains (see the module docs) and returns.
+    /// The handle that drains this server's sessions; [`Server::serve`] drains by it too.
+    pub fn drain(&self) -> Drain {
+        self.service.drain()
+    }
+
+    /// Serves until `signal` completes or [`Drain::start`] is called, then drains (see the
+    /// module docs) and returns.
     ///
     /// # Errors
     /// The HTTP server failed.
@@ -314,23 +461,13 @@ impl Server {
         self,
         signal: impl Future<Output = ()> + Send,
     ) -> std::io::Result<DrainReport> {
-        let state = self.state;
+        let drain = self.service.drain();
+        let state = self.service.state.clone();
         let _stop_sessions_on_drop = state.shutdown.clone().drop_guard();
-        let app = Router::new()
-            .route("/", get(page::index))
-            .route("/app.js", get(page::script))
-            .route("/worklets.js", get(page::worklets))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_text))
-            .route("/session", get(session))
-            .route("/telephony", get(telephony_stream))
-            .route("/twilio/voice", axum::routing::post(twilio_voice))
-            .with_state(state.clone());
         let stop_http = CancellationToken::new();
         let http = serve_http(
             self.listener,
-            app,
+            self.service.router(),
             state.config.header_timeout,
             stop_http.clone(),
         );
@@ -341,48 +478,19 @@ impl Server {
                 return Ok(DrainReport { running: 0, stopped: 0 });
             }
             () = signal => {}
+            () = state.draining.cancelled() => {}
         }
-        state.draining.cancel();
-        state.sessions.close();
-        let running = state.sessions.len();
-        info!(running, timeout = ?state.config.drain_timeout, "draining: new sessions are refused, running ones go on");
-        let drained = async {
-            let deadline = tokio::time::sleep(state.config.drain_timeout);
-            let mut deadline = std::pin::pin!(deadline);
-            let mut progress = tokio::time::interval(Duration::from_secs(10));
-            progress.tick().await;
-            loop {
-                tokio::select! {
-                    () = state.sessions.wait() => return true,
-                    () = &mut deadline => return false,
-                    _ = progress.tick() => info!(running = state.sessions.len(), "draining"),
-                }
-            }
-        };
         // The HTTP side keeps answering probes (readiness 503) while sessions drain.
-        let mut stopped = 0;
-        tokio::select! {
-            result = &mut http => result?,
-            finished = drained => {
-                if !finished {
-                    stopped = state.sessions.len();
-                    warn!(stopped, "drain timeout: stopping the sessions still running");
-                    state.shutdown.cancel();
-                    // Each session ends within a few seconds of being stopped (its sends and
-                    // its closing handshake are bounded); this bounds the drain even so.
-                    if tokio::time::timeout(STOP_GRACE, state.sessions.wait()).await.is_err() {
-                        warn!(
-                            left = state.sessions.len(),
-                            "sessions still ending after being stopped; leaving them"
-                        );
-                    }
-                }
+        let report = tokio::select! {
+            result = &mut http => {
+                result?;
+                return Ok(DrainReport { running: 0, stopped: 0 });
             }
-        }
-        info!(running, stopped, "drained");
+            report = drain.wait(state.config.drain_timeout) => report,
+        };
         stop_http.cancel();
         http.await?;
-        Ok(DrainReport { running, stopped })
+        Ok(report)
     }
 }
 
@@ -1032,14 +1140,15 @@ async fn metrics_text(AxumState(state): AxumState<Arc<State>>, headers: HeaderMa
 mod page {
     //! The browser page, served from the binary, with headers that keep it to itself: its
     //! own scripts only, its WebSocket to this server only, never inside another site's frame.
+    use axum::extract::NestedPath;
     use axum::http::header;
     use axum::response::IntoResponse;
 
     /// Scripts, the audio worklet and the WebSocket from this origin only; the page's one
-    /// inline stylesheet; no plugins, no base rewriting, no forms, no framing.
+    /// inline stylesheet; no plugins, no base elsewhere than this origin, no forms, no framing.
     pub(super) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
          style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self'; \
-         base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+         base-uri 'self'; form-action 'none'; frame-ancestors 'none'";
 
     type Headers = [(header::HeaderName, &'static str); 5];
 
@@ -1053,10 +1162,24 @@ mod page {
         ]
     }
 
-    pub(super) async fn index() -> impl IntoResponse {
+    /// The page, with a `<base>` naming where the router is nested, so its scripts and its
+    /// WebSocket resolve under the same path.
+    pub(super) async fn index(
+        nested: Result<NestedPath, axum::extract::rejection::NestedPathRejection>,
+    ) -> impl IntoResponse {
+        let nested = nested
+            .as_ref()
+            .map_or("", |n| n.as_str().trim_end_matches('/'));
+        let base = format!(
+            "<meta charset=\"utf-8\">\n<base href=\"{}/\">",
+            nested
+                .replace('&', "&amp;")
+                .replace('"', "&quot;")
+                .replace('<', "&lt;")
+        );
         (
             headers("text/html; charset=utf-8"),
-            include_str!("web/index.html"),
+            include_str!("web/index.html").replacen("<meta charset=\"utf-8\">", &base, 1),
         )
     }
 

@@ -144,7 +144,7 @@ async function start() {
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
     state.context = new AudioContext();
-    await state.context.audioWorklet.addModule('/worklets.js');
+    await state.context.audioWorklet.addModule(new URL('worklets.js', document.baseURI).href);
     await state.context.resume();
     const mic = state.context.createMediaStreamSource(state.stream);
     const capture = new AudioWorkletNode(state.context, 'capture');
@@ -153,7 +153,11 @@ async function start() {
     mic.connect(capture);
 
     const token = new URLSearchParams(location.search).get('token');
-    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/session${token ? `?token=${encodeURIComponent(token)}` : ''}`;
+    // Wherever the page is served (at the root, or under an application's path), the session
+    // is beside it.
+    const url = new URL('session', document.baseURI);
+    url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    if (token) url.searchParams.set('token', token);
     const socket = new WebSocket(url);
     socket.binaryType = 'arraybuffer';
     state.socket = socket;
