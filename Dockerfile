@@ -13,7 +13,9 @@ COPY benches benches
 COPY examples examples
 COPY tests tests
 COPY scenarios scenarios
-RUN cargo build --release --locked --bin turnflow \
+# Without the default `virtual-clock` feature: a production server carries no test machinery
+# (tokio's paused clock); simulate, replay and bench run on the real clock here.
+RUN cargo build --release --locked --bin turnflow --no-default-features --features cli \
     && strip target/release/turnflow
 
 FROM debian:bookworm-slim

@@ -83,15 +83,26 @@ pub(crate) enum Clock {
 impl Clock {
     /// A runtime on this clock: multi-threaded in real time, single-threaded and paused for
     /// virtual time (the paused clock needs a current-thread runtime).
+    ///
+    /// # Errors
+    /// The runtime cannot be built, or this build has no virtual clock (built without the
+    /// `virtual-clock` feature, as the container image is).
     pub(crate) fn runtime(self) -> std::io::Result<tokio::runtime::Runtime> {
         match self {
             Clock::Real => tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build(),
+            #[cfg(feature = "virtual-clock")]
             Clock::Virtual => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .start_paused(true)
                 .build(),
+            #[cfg(not(feature = "virtual-clock"))]
+            Clock::Virtual => Err(std::io::Error::other(
+                "this turnflow was built without the virtual clock (cargo feature \
+                 `virtual-clock`, on by default; the container image leaves it out): \
+                 use --clock real, or a default build",
+            )),
         }
     }
 }
