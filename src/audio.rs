@@ -6,7 +6,59 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::flux::Encoding;
+/// Raw audio encodings: what a caller sends, what Flux takes (its spelling is `as_str`, parsed
+/// with Flux's validation in `flux::options`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// 16-bit signed little-endian PCM.
+    Linear16,
+    /// 32-bit float little-endian PCM.
+    Linear32,
+    /// G.711 mu-law, 8 bits per sample.
+    Mulaw,
+    /// G.711 A-law, 8 bits per sample.
+    Alaw,
+    /// Raw Opus packets.
+    Opus,
+    /// Opus in Ogg pages.
+    OggOpus,
+}
+
+impl Encoding {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Linear16 => "linear16",
+            Encoding::Linear32 => "linear32",
+            Encoding::Mulaw => "mulaw",
+            Encoding::Alaw => "alaw",
+            Encoding::Opus => "opus",
+            Encoding::OggOpus => "ogg-opus",
+        }
+    }
+
+    /// Bytes per sample for sample-based encodings; `None` for compressed ones, whose frames
+    /// cannot be cut at arbitrary byte boundaries.
+    pub fn bytes_per_sample(self) -> Option<usize> {
+        match self {
+            Encoding::Linear16 => Some(2),
+            Encoding::Linear32 => Some(4),
+            Encoding::Mulaw | Encoding::Alaw => Some(1),
+            Encoding::Opus | Encoding::OggOpus => None,
+        }
+    }
+
+    /// One sample of digital silence in this encoding, for sample-based encodings.
+    pub fn silence_sample(self) -> Option<&'static [u8]> {
+        match self {
+            Encoding::Linear16 => Some(&[0, 0]),
+            Encoding::Linear32 => Some(&[0, 0, 0, 0]),
+            Encoding::Mulaw => Some(&[0xFF]),
+            Encoding::Alaw => Some(&[0xD5]),
+            Encoding::Opus | Encoding::OggOpus => None,
+        }
+    }
+}
 
 /// Linear 16-bit sample to G.711 mu-law.
 pub fn mulaw_encode(sample: i16) -> u8 {

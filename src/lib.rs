@@ -109,3 +109,4 @@ pub mod scenario;
 pub mod server;
 pub(crate) mod text;
 pub mod tts;
+pub mod ws;

@@ -12,7 +12,7 @@ use turnflow::audio::encode;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, EmulatorSession, MemoryEmulator};
 use turnflow::flux::client::FluxEventKind;
 use turnflow::flux::messages::ServerMessage;
-use turnflow::flux::transport::{ConnectRequest, WireFrame};
+use turnflow::ws::{ConnectRequest, WireFrame};
 use turnflow::flux::{
     ApiKey, Connector, Encoding, FluxConfig, ListenOptions, Thresholds, TurnEvent, TurnInfo,
     TurnTrigger, WebSocketConnector, connect,

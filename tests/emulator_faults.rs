@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, FaultSpec, MemoryEmulator};
 use turnflow::flux::client::{ClientStats, FluxEventKind};
-use turnflow::flux::transport::ConnectError;
+use turnflow::ws::ConnectError;
 use turnflow::flux::{
     Connector, FluxConfig, FluxError, ListenOptions, TurnEvent, WebSocketConnector, connect,
 };

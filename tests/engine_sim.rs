@@ -757,8 +757,8 @@ static CONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 impl turnflow::flux::Connector for DropFirstConnection {
     async fn connect(
         &self,
-        request: &turnflow::flux::transport::ConnectRequest,
-    ) -> Result<turnflow::flux::transport::Connection, turnflow::flux::transport::ConnectError>
+        request: &turnflow::ws::ConnectRequest,
+    ) -> Result<turnflow::ws::Connection, turnflow::ws::ConnectError>
     {
         use futures_util::StreamExt;
         let mut connection = self.inner.connect(request).await?;

@@ -16,7 +16,7 @@ use turnflow::audio::encode;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, MemoryEmulator};
 use turnflow::flux::client::FluxEventKind;
 use turnflow::flux::messages::Thresholds;
-use turnflow::flux::transport::{
+use turnflow::ws::{
     ConnectError, ConnectRequest, Connection, WireFrame, channel_pair,
 };
 use turnflow::flux::{

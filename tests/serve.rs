@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
 use turnflow::engine::Backends;
-use turnflow::flux::transport::{ConnectError, ConnectRequest, Connection};
+use turnflow::ws::{ConnectError, ConnectRequest, Connection};
 use turnflow::flux::{Connector, Encoding, FluxConfig, ListenOptions};
 use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
 use turnflow::scenario::Scenario;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use turnflow::flux::transport::{ConnectError, ConnectRequest};
+use turnflow::ws::{ConnectError, ConnectRequest};
 use turnflow::flux::{Connector, WebSocketConnector};
 use turnflow::llm::{LanguageModel, LlmRequest, Message, OpenAiCompatible};
 

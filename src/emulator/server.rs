@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::faults::{ConnectionFaults, Ending, FaultSpec, refusal};
 use super::session::{EmulatorSession, TurnDetection};
 use crate::flux::options::ListenOptions;
-use crate::flux::transport::{
+use crate::ws::{
     ApiKey, ConnectError, ConnectRequest, Connection, Connector, FrameSink, WireFrame,
     channel_pair, websocket_connection,
 };

@@ -2,8 +2,34 @@
 //! agent's sentences, speculation, interruptions and how each reply ended. Arrives on the
 //! receiver [`super::start_session`] returns.
 
-use super::turn::{CancelReason, ResponseId};
 use crate::error::BackendError;
+
+/// Identifies one response (speculative or committed) within a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ResponseId(pub u64);
+
+impl std::fmt::Display for ResponseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// Why a response was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// The user kept talking after `EagerEndOfTurn`.
+    TurnResumed,
+    /// `EndOfTurn` came with different words than the speculation.
+    TranscriptChanged,
+    /// The user interrupted the agent.
+    BargeIn,
+    /// A newer speculation replaced it.
+    Superseded,
+    /// The session closed.
+    Shutdown,
+}
 
 /// Application-facing events.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -24,20 +24,10 @@
 
 use std::time::Duration;
 
-pub use super::event::EngineEvent;
+pub use super::event::{CancelReason, EngineEvent, ResponseId};
 use crate::error::BackendError;
 use crate::llm::Message;
 use crate::text::{normalize, word_count};
-
-/// Identifies one response (speculative or committed) within a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct ResponseId(pub u64);
-
-impl std::fmt::Display for ResponseId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "r{}", self.0)
-    }
-}
 
 /// When a user's speech interrupts the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,23 +144,6 @@ pub enum Prompt {
     Line(String),
     /// A reply the language model writes from the conversation so far.
     Reply,
-}
-
-/// Why a response was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum CancelReason {
-    /// The user kept talking after `EagerEndOfTurn`.
-    TurnResumed,
-    /// `EndOfTurn` came with different words than the speculation.
-    TranscriptChanged,
-    /// The user interrupted the agent.
-    BargeIn,
-    /// A newer speculation replaced it.
-    Superseded,
-    /// The session closed.
-    Shutdown,
 }
 
 /// What the driver must do, in order. After executing a [`Action::Cancel`], the driver

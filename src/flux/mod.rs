@@ -1,8 +1,8 @@
-//! Deepgram Flux (`/v2/listen`): wire types, listen options, transport and client.
+//! Deepgram Flux (`/v2/listen`): wire types, listen options and client.
 //!
 //! - [`messages`]: every JSON message in both directions (lenient in, strict out).
 //! - [`options`]: the query parameters with Flux's validation rules, shared with the emulator.
-//! - [`transport`]: WebSocket or in-memory connections behind one [`transport::Connector`] trait.
+//! - connections come from a [`Connector`] ([`crate::ws`]): a WebSocket, or an in-memory emulator.
 //! - `continuity` (internal): pure framing, audio-time and turn bookkeeping, and the repairs of
 //!   broken turn events.
 //! - [`client`]: [`client::connect`], the handle and the event stream.
@@ -12,7 +12,6 @@ pub(crate) mod continuity;
 pub(crate) mod lossless;
 pub mod messages;
 pub mod options;
-pub mod transport;
 
 pub use client::{
     FluxConfig, FluxError, FluxEvent, FluxEventKind, FluxEvents, FluxHandle, FluxSender,
@@ -23,4 +22,4 @@ pub use messages::{
     Word,
 };
 pub use options::{Encoding, FluxModel, ListenOptions, OptionsError};
-pub use transport::{ApiKey, Connector, WebSocketConnector};
+pub use crate::ws::{ApiKey, Connector, WebSocketConnector};

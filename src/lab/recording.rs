@@ -26,7 +26,7 @@ use super::LabError;
 use crate::engine::log::{LogEntry, LogKind};
 use crate::error::{BackendError, ErrorKind};
 use crate::flux::Connector;
-use crate::flux::transport::{ConnectError, ConnectRequest, Connection, WireFrame};
+use crate::ws::{ConnectError, ConnectRequest, Connection, WireFrame};
 use crate::llm::{LanguageModel, LlmChunk, LlmRequest, LlmStream, Message};
 use crate::tts::{SpeechStream, SpeechSynthesizer, TtsError, WordTiming};
 

@@ -37,7 +37,7 @@ use crate::engine::{
 };
 use crate::error::{BackendError, ErrorKind};
 use crate::flux::messages::{TurnEvent, TurnInfo, TurnTrigger};
-use crate::flux::transport::{ConnectError, ConnectRequest, Connection, WireFrame, channel_pair};
+use crate::ws::{ConnectError, ConnectRequest, Connection, WireFrame, channel_pair};
 use crate::flux::{Connector, Encoding, FluxConfig, ListenOptions, Thresholds, connect};
 use crate::llm::{
     LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, ScriptedLlm, ToolCall, Usage,

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
 use crate::error::ErrorKind;
-use crate::flux::transport::{
+use crate::ws::{
     ConnectError, ConnectRequest, Connection, Connector, WebSocketConnector, WireFrame,
 };
 use crate::net::{ApiKey, insecure_remote};

@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, warn};
 
 use crate::flux::messages::{Parsed, ServerMessage};
 use crate::flux::options::ListenOptions;
-use crate::flux::transport::{
+use crate::ws::{
     ConnectError, ConnectRequest, Connection, Connector, FrameStream, WireFrame,
 };
 
@@ -111,7 +111,7 @@ async fn wait_connected(connection: &mut Connection, limit: Duration) -> Result<
 }
 
 async fn write_loop(
-    mut sink: crate::flux::transport::FrameSink,
+    mut sink: crate::ws::FrameSink,
     mut frames: mpsc::Receiver<WireFrame>,
     token: CancellationToken,
 ) {

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use super::messages::FatalError;
 use super::options::OptionsError;
-use super::transport::ConnectError;
+use crate::ws::ConnectError;
 
 mod config;
 mod handle;

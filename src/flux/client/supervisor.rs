@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::flux::continuity::{AudioLedger, Chunker, ReplayBuffer, TurnTracker};
 use crate::flux::messages::{ClientMessage, Configure, ServerMessage, TurnEvent};
 use crate::flux::options::{Encoding, ListenOptions};
-use crate::flux::transport::{Connector, WireFrame};
+use crate::ws::{Connector, WireFrame};
 
 use super::handle::Command;
 use super::link::{

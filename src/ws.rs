@@ -1,6 +1,7 @@
-//! The replaceable transport under the Flux client: a WebSocket, or an in-memory channel.
+//! WebSocket connections as frames, for every WebSocket turnflow opens (Flux's `/v2/listen`,
+//! Aura's `/v1/speak`): a real WebSocket, or an in-memory channel.
 //!
-//! The client speaks [`WireFrame`]s through a [`Connection`] obtained from a [`Connector`].
+//! A client speaks [`WireFrame`]s through a [`Connection`] obtained from a [`Connector`].
 //! [`WebSocketConnector`] does the real thing (TLS, `Authorization: Token`, handshake errors
 //! with Deepgram's `dg-error` and `dg-request-id` headers); [`channel_pair`] builds the two ends
 //! of an in-memory connection so the same client logic runs against an in-process emulator on
