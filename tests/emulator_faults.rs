@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use turnflow::emulator::{EmulatorConfig, EmulatorServer, FaultSpec, MemoryEmulator};
+use turnflow::emulator::{EmulatorConfig, EmulatorServer, MemoryEmulator};
+use turnflow::scenario::FaultSpec;
 use turnflow::flux::client::{ClientStats, FluxEventKind};
 use turnflow::ws::ConnectError;
 use turnflow::flux::{

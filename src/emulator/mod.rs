@@ -16,6 +16,5 @@ pub mod server;
 pub mod session;
 pub mod sim;
 
-pub use faults::{FaultKind, FaultSpec};
 pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};
 pub use session::{EmulatorSession, TurnDetection};

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::faults::{ConnectionFaults, Ending, FaultSpec, refusal};
+use super::faults::{ConnectionFaults, Ending, refusal};
+use crate::scenario::FaultSpec;
 use super::session::{EmulatorSession, TurnDetection};
 use crate::flux::options::ListenOptions;
 use crate::ws::{

@@ -10,6 +10,10 @@
 //! `eot_confidence` over `ramp_ms`, and the next phrase starts after `pause_ms`. The
 //! connection's thresholds decide which events that shape produces, as on the real service.
 
+mod faults;
+
+pub use faults::{Connections, FaultKind, FaultSpec};
+
 use std::path::Path;
 
 use serde::Deserialize;
@@ -154,9 +158,9 @@ pub struct Scenario {
     pub listen: Option<Thresholds>,
     /// The user turns, in order.
     pub turns: Vec<UserTurn>,
-    /// Faults the emulator injects (see [`crate::emulator::faults`]).
+    /// Faults the emulator commits ([`FaultSpec`]).
     #[serde(default)]
-    pub faults: Vec<crate::emulator::FaultSpec>,
+    pub faults: Vec<FaultSpec>,
 }
 
 /// A word of a user turn with its timing relative to the turn's start, in seconds.
@@ -344,7 +348,7 @@ impl Scenario {
     /// The built-in demo: a plain turn, an eager hit, an eager miss and a barge-in.
     pub fn demo() -> Self {
         Self::parse(
-            include_str!("../scenarios/demo.json"),
+            include_str!("../../scenarios/demo.json"),
             "scenarios/demo.json",
         )
         .expect("the built-in demo scenario is valid")
