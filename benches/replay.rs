@@ -6,7 +6,8 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use turnflow::flux::Thresholds;
 use turnflow::lab::derive::{Timeline, derive};
-use turnflow::lab::{Recording, ReplaySettings, replay};
+use turnflow::lab::{ReplaySettings, replay};
+use turnflow::recording::Recording;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

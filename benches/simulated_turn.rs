@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, SimulationResult, Transport, run};
 
 fn simulate(scenario: &Arc<Scenario>) -> SimulationResult {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use turnflow::emulator::sim::{SimulationConfig, Transport, run};
 use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, Transport, run};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = match std::env::args().nth(1) {

@@ -49,20 +49,21 @@
 //! ```
 //!
 //! ## Crate guide
-//! | module | role |
-//! |---|---|
-//! | [`flux`] | Flux `/v2/listen`: wire types, listen options, transports and the client (which keeps the open turn's audio packed losslessly for a reconnect) |
-//! | [`emulator`] | a local Flux server (WebSocket or in-memory) driven by a scenario, its faults on demand, and the simulated conversation behind `turnflow simulate` ([`emulator::sim`]: emulator + client + engine + a simulated user) |
-//! | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies |
-//! | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
-//! | [`llm`] | the `LanguageModel` trait, conversation types, tools; OpenAI-compatible, Anthropic, failover, scripted |
-//! | [`tts`] | the `SpeechSynthesizer` trait; Aura, OpenAI-compatible speech, espeak-ng, synthetic |
-//! | `server` (feature `server`) | `turnflow serve` as a library: one conversation per WebSocket (the protocol in `docs/protocol.md`), limits, Prometheus metrics, health and readiness, drain, the browser page |
-//! | [`lab`] | the latency lab: recordings ([`lab::Recorder`] wraps a session's Flux connector, model and voice; format in `docs/recordings.md`), Flux events re-derived from a recorded confidence curve under other thresholds ([`lab::derive`](mod@lab::derive), pure), replay on the paused clock, turns paired side by side, sweeps, the eot-bench importer |
-//! | [`report`] | per-turn metrics and the run summary, computed from the session's event log ([`engine::log`]); each turn's latency in parts that add up ([`report::Breakdown`]); the SVG timeline ([`report::timeline`]) |
-//! | [`audio`] | PCM helpers: G.711, sample decoding, WAV |
-//! | [`error`] | the typed error of a language model or voice: kind, HTTP status, whether to retry |
-//! | [`net`] | API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client |
+//! Modules in layers, bottom first; a module uses its own layer or lower ones, never a higher
+//! one, and no two import each other (`.ci/layers.py` checks this on every CI run).
+//!
+//! | layer | module | role |
+//! |---|---|---|
+//! | 0 | `text` (internal), [`error`], [`net`], [`audio`] | text helpers (outside text escaped and cut short for logs); the typed error of a model or voice (kind, HTTP status, whether to retry); API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client; PCM, encodings, G.711, WAV |
+//! | 1 | [`ws`] | WebSocket connections as frames (real, or in-memory channels) behind one [`ws::Connector`] trait: Flux's and Aura's sockets |
+//! | 2 | [`flux`] | Flux `/v2/listen`: wire types, listen options and the client (which keeps the open turn's audio packed losslessly for a reconnect) |
+//! | 3 | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies, faults ([`scenario::FaultSpec`]) |
+//! | 4 | [`llm`], [`tts`] | the `LanguageModel` trait, conversation types, tools (OpenAI-compatible, Anthropic, failover, scripted); the `SpeechSynthesizer` trait (Aura, OpenAI-compatible speech, espeak-ng, synthetic) |
+//! | 5 | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
+//! | 6 | [`report`], [`recording`] | per-turn metrics and the run summary from the event log ([`report::Breakdown`], the SVG timeline [`report::timeline`]); the recording format and the [`recording::Recorder`] that wraps a session's Flux connector, model and voice (`docs/recordings.md`) |
+//! | 7 | [`emulator`], `server` (feature `server`) | a local Flux server (WebSocket or in-memory) driven by a scenario, with its faults on demand; `turnflow serve` as a library: a `Service` to mount in an axum app or a server on its own listener, one conversation per WebSocket (`docs/protocol.md`) or phone call, deadlines and limits, Prometheus metrics, health and readiness, drain, the browser page |
+//! | 8 | [`sim`] | the simulated conversation behind `turnflow simulate` and `bench`: emulator + client + engine + a simulated user |
+//! | 9 | [`lab`] | the latency lab: Flux events re-derived from a recorded confidence curve under other thresholds ([`lab::derive`](mod@lab::derive), pure), replay on the paused clock, turns paired side by side, sweeps, the eot-bench importer |
 //!
 //! Data flows one way: audio in -> [`flux`] client -> [`engine`] turn machine -> response (LLM ->
 //! sentences -> TTS -> gate -> playout) -> audio out, every step stamped into one event log that
@@ -70,8 +71,10 @@
 //!
 //! ## Crate features
 //! - `cli` (default): the `turnflow` binary and what only it needs (clap, anyhow, toml,
-//!   tracing-subscriber, a multi-threaded runtime, signals, tokio's paused clock). Depend on
-//!   turnflow with `default-features = false` for the library alone.
+//!   tracing-subscriber, a multi-threaded runtime, signals). Depend on turnflow with
+//!   `default-features = false` for the library alone.
+//! - `virtual-clock` (default): tokio's paused clock for the binary's `--clock virtual`,
+//!   `replay` and `bench`; test machinery, so the container image is built without it.
 //! - `vad`: the emulator's voice-activity turn detection (earshot); without it
 //!   [`emulator::TurnDetection::Vad`] is refused at the handshake.
 //! - `server`: the session server behind `turnflow serve` (axum); part of `cli`.
@@ -103,10 +106,12 @@ pub mod flux;
 pub mod lab;
 pub mod llm;
 pub mod net;
+pub mod recording;
 pub mod report;
 pub mod scenario;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod sim;
 pub(crate) mod text;
 pub mod tts;
 pub mod ws;

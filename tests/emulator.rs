@@ -12,12 +12,12 @@ use turnflow::audio::encode;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, EmulatorSession, MemoryEmulator};
 use turnflow::flux::client::FluxEventKind;
 use turnflow::flux::messages::ServerMessage;
-use turnflow::ws::{ConnectRequest, WireFrame};
 use turnflow::flux::{
     ApiKey, Connector, Encoding, FluxConfig, ListenOptions, Thresholds, TurnEvent, TurnInfo,
     TurnTrigger, WebSocketConnector, connect,
 };
 use turnflow::scenario::Scenario;
+use turnflow::ws::{ConnectRequest, WireFrame};
 
 fn silence(seconds: f64) -> Vec<u8> {
     encode(Encoding::Linear16, &vec![0; (seconds * 16000.0) as usize])

@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, MemoryEmulator};
-use turnflow::scenario::FaultSpec;
 use turnflow::flux::client::{ClientStats, FluxEventKind};
-use turnflow::ws::ConnectError;
 use turnflow::flux::{
     Connector, FluxConfig, FluxError, ListenOptions, TurnEvent, WebSocketConnector, connect,
 };
+use turnflow::scenario::FaultSpec;
 use turnflow::scenario::Scenario;
+use turnflow::ws::ConnectError;
 
 const PLAIN: &str = r#"{"name":"plain","listen":{"eot_threshold":0.7},"turns":[
     {"start":{"at_ms":500},"say":"What time do you open tomorrow?"}]}"#;

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
 use turnflow::engine::log::LogKind;
 use turnflow::engine::{
@@ -21,6 +20,7 @@ use turnflow::llm::{
     LanguageModel, LlmError, LlmRequest, LlmStream, Message, ScriptedLlm, ScriptedReply,
 };
 use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::tts::SyntheticTts;
 use turnflow::tts::synthetic::TtsFault;
 

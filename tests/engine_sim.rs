@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::time::Instant;
-use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::engine::log::{LogEntry, LogKind};
 use turnflow::engine::turn::CancelReason;
 use turnflow::engine::{Backends, BargeInPolicy, EngineEvent, Presynthesis, ResponseId};
@@ -18,6 +17,7 @@ use turnflow::llm::{
     ToolSpec,
 };
 use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, SimulationResult, Transport, run};
 use turnflow::tts::SyntheticTts;
 use turnflow::tts::synthetic::TtsFault;
 
@@ -758,8 +758,7 @@ impl turnflow::flux::Connector for DropFirstConnection {
     async fn connect(
         &self,
         request: &turnflow::ws::ConnectRequest,
-    ) -> Result<turnflow::ws::Connection, turnflow::ws::ConnectError>
-    {
+    ) -> Result<turnflow::ws::Connection, turnflow::ws::ConnectError> {
         use futures_util::StreamExt;
         let mut connection = self.inner.connect(request).await?;
         if CONNECTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {

@@ -16,14 +16,12 @@ use turnflow::audio::encode;
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, MemoryEmulator};
 use turnflow::flux::client::FluxEventKind;
 use turnflow::flux::messages::Thresholds;
-use turnflow::ws::{
-    ConnectError, ConnectRequest, Connection, WireFrame, channel_pair,
-};
 use turnflow::flux::{
     ApiKey, Configure, Connector, Encoding, FluxConfig, FluxError, FluxEvents, ListenOptions,
     TurnEvent, TurnTrigger, WebSocketConnector, connect,
 };
 use turnflow::scenario::Scenario;
+use turnflow::ws::{ConnectError, ConnectRequest, Connection, WireFrame, channel_pair};
 
 const SPEECH: i16 = 6000;
 

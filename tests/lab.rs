@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport};
 use turnflow::lab::derive::Timeline;
-use turnflow::lab::{RecordedSettings, Recorder, Recording, ReplaySettings, replay};
+use turnflow::lab::{ReplaySettings, replay};
+use turnflow::recording::{RecordedSettings, Recorder, Recording};
 use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("turnflow-lab-{}-{name}", std::process::id()));
@@ -23,9 +24,7 @@ async fn record(scenario: &str, dir: &Path) -> SimulationResult {
     let recorder = Recorder::new();
     config.recorder = Some(recorder.clone());
     let thresholds = config.thresholds;
-    let result = turnflow::emulator::sim::run(config)
-        .await
-        .expect("simulation runs");
+    let result = turnflow::sim::run(config).await.expect("simulation runs");
     let settings = RecordedSettings {
         eager_eot_threshold: thresholds.eager_eot_threshold,
         eot_threshold: thresholds.eot_threshold,
@@ -256,7 +255,7 @@ async fn recorded_provider_failures_replay_as_they_happened() {
     let recorder = Recorder::new();
     config.recorder = Some(recorder.clone());
     let thresholds = config.thresholds;
-    let original = turnflow::emulator::sim::run(config).await.unwrap();
+    let original = turnflow::sim::run(config).await.unwrap();
     let options = turnflow::flux::ListenOptions::default().with_thresholds(thresholds);
     let mut session = turnflow::engine::SessionConfig::default();
     session.machine.system_prompt = scenario.system_prompt.clone();

@@ -461,8 +461,8 @@ async fn a_session_speaks_what_an_openai_compatible_server_streams() {
     let (base, seen) = serve(vec![reply; 4]).await;
     let scenario =
         Arc::new(turnflow::scenario::Scenario::load("scenarios/eager_hit.json".as_ref()).unwrap());
-    let mut config = turnflow::emulator::sim::SimulationConfig::new(scenario.clone());
-    config.transport = turnflow::emulator::sim::Transport::Memory;
+    let mut config = turnflow::sim::SimulationConfig::new(scenario.clone());
+    config.transport = turnflow::sim::Transport::Memory;
     config.record_audio = false;
     config.backends = Some(turnflow::engine::Backends {
         llm: Arc::new(openai(&base)),
@@ -472,7 +472,7 @@ async fn a_session_speaks_what_an_openai_compatible_server_streams() {
         )),
         tools: None,
     });
-    let result = turnflow::emulator::sim::run(config).await.unwrap();
+    let result = turnflow::sim::run(config).await.unwrap();
     assert_eq!(result.report.turns[0].assistant_heard, "We open at nine.");
     assert_eq!(result.report.turns[0].speculation, "hit");
     let requests = &seen.lock().unwrap().requests;

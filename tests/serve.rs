@@ -16,13 +16,13 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
 use turnflow::engine::Backends;
-use turnflow::ws::{ConnectError, ConnectRequest, Connection};
 use turnflow::flux::{Connector, Encoding, FluxConfig, ListenOptions};
 use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
 use turnflow::scenario::Scenario;
 use turnflow::server::metrics::SessionOutcome;
 use turnflow::server::{DrainReport, Server, ServerConfig};
 use turnflow::tts::SyntheticTts;
+use turnflow::ws::{ConnectError, ConnectRequest, Connection};
 
 /// Bound for anything a test waits for.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -461,7 +461,7 @@ async fn a_recorded_session_replays_to_the_same_conversation() {
     client.until("end").await;
     server.drain().await;
 
-    let recording = turnflow::lab::Recording::load(&dir.join(&session)).unwrap();
+    let recording = turnflow::recording::Recording::load(&dir.join(&session)).unwrap();
     assert_eq!(recording.meta.source, "serve");
     assert!(recording.user_audio.len() > 16000, "the caller's audio");
     let replayed = std::thread::spawn(move || {

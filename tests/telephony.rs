@@ -471,7 +471,7 @@ async fn a_recorded_call_replays_and_keeps_no_caller_details() {
     settled(&server.metrics).await;
     assert!(heard.agent_ms > 1000, "{heard:?}");
     let session = server.seen.session_tagged("recorded");
-    let recording = turnflow::lab::Recording::load(&dir.join(&session)).unwrap();
+    let recording = turnflow::recording::Recording::load(&dir.join(&session)).unwrap();
     assert_eq!(recording.meta.user_sample_rate, 8000);
     assert!(recording.user_audio.len() > 8000 * 5, "the caller's audio");
     for entry in std::fs::read_dir(dir.join(&session)).unwrap() {

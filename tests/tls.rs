@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use turnflow::ws::{ConnectError, ConnectRequest};
 use turnflow::flux::{Connector, WebSocketConnector};
 use turnflow::llm::{LanguageModel, LlmRequest, Message, OpenAiCompatible};
+use turnflow::ws::{ConnectError, ConnectRequest};
 
 #[tokio::test]
 async fn tls_needs_no_global_provider_and_installs_none() {

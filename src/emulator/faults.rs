@@ -15,8 +15,8 @@
 //! list or from `turnflow emulate --fault SPEC` ([`FaultSpec::parse`]).
 
 use super::session::Output;
-use crate::scenario::{FaultKind, FaultSpec};
 use crate::flux::{ServerMessage, TurnEvent};
+use crate::scenario::{FaultKind, FaultSpec};
 
 /// The HTTP status the `connection`-th handshake is refused with, if a fault says so.
 pub(crate) fn refusal(faults: &[FaultSpec], connection: u32) -> Option<u16> {

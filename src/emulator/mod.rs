@@ -7,14 +7,15 @@
 //!   protocol clock, scripted turns (`session/script.rs`) and voice-activity turns
 //!   (`session/voice.rs`, feature `vad`).
 //! - [`server`]: handshake rules, the WebSocket server and the in-memory connector.
-//! - [`sim`]: a whole simulated conversation: this emulator, the real Flux client, the engine
-//!   and a simulated user who speaks the scenario and reacts to the agent.
-//! - [`faults`]: stalls, drops, closes, refusals, clock jumps and duplicates on demand.
+//! - [`faults`]: stalls, drops, closes, refusals, clock jumps and duplicates on demand, as a
+//!   scenario's [`FaultSpec`](crate::scenario::FaultSpec)s describe them.
+//!
+//! The simulated conversation that drives it (`turnflow simulate`) is a harness above it:
+//! [`crate::sim`].
 
 pub mod faults;
 pub mod server;
 pub mod session;
-pub mod sim;
 
 pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};
 pub use session::{EmulatorSession, TurnDetection};

@@ -20,14 +20,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::faults::{ConnectionFaults, Ending, refusal};
-use crate::scenario::FaultSpec;
 use super::session::{EmulatorSession, TurnDetection};
 use crate::flux::options::ListenOptions;
+use crate::scenario::FaultSpec;
+use crate::scenario::Scenario;
 use crate::ws::{
     ApiKey, ConnectError, ConnectRequest, Connection, Connector, FrameSink, WireFrame,
     channel_pair, websocket_connection,
 };
-use crate::scenario::Scenario;
 
 /// How the emulator behaves.
 #[derive(Debug, Clone)]

@@ -13,6 +13,7 @@ pub(crate) mod lossless;
 pub mod messages;
 pub mod options;
 
+pub use crate::ws::{ApiKey, Connector, WebSocketConnector};
 pub use client::{
     FluxConfig, FluxError, FluxEvent, FluxEventKind, FluxEvents, FluxHandle, FluxSender,
     TurnUpdate, connect,
@@ -22,4 +23,3 @@ pub use messages::{
     Word,
 };
 pub use options::{Encoding, FluxModel, ListenOptions, OptionsError};
-pub use crate::ws::{ApiKey, Connector, WebSocketConnector};

@@ -22,7 +22,7 @@
 use crate::flux::messages::{TurnEvent, TurnInfo, TurnTrigger, Word};
 use crate::flux::{ListenOptions, Thresholds};
 
-use super::recording::FluxLine;
+use crate::recording::FluxLine;
 
 /// One recorded `TurnInfo` tick, on the session's audio clock.
 #[derive(Debug, Clone, PartialEq)]

@@ -23,11 +23,11 @@ use serde::Deserialize;
 
 use super::LabError;
 use super::derive::{Timeline, derive};
-use super::recording::{
-    FORMAT, FluxLine, RecordedSettings, Recording, RecordingMeta, VERSION, read_wav,
-};
 use crate::flux::Thresholds;
 use crate::flux::messages::{TurnEvent, Word};
+use crate::recording::{
+    FORMAT, FluxLine, RecordedSettings, Recording, RecordingMeta, VERSION, read_wav,
+};
 
 /// Sample rate of an imported recording's user audio.
 const RATE: u32 = 16000;

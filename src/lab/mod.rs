@@ -1,8 +1,8 @@
 //! The latency lab: record real conversations, replay them offline with other thresholds and
 //! policies, and sweep settings over many recordings.
 //!
-//! - [`recording`]: the recording format (`docs/recordings.md`) and the [`Recorder`] that wraps
-//!   a session's Flux connector, model and voice to write it.
+//! Recordings themselves (the format and the [`Recorder`](crate::recording::Recorder)) are
+//! [`crate::recording`], below the server that makes them.
 //! - [`derive`](mod@derive) (pure): Flux's turn events re-derived from the recorded confidence curve under
 //!   other thresholds.
 //! - [`replay`](mod@replay): a recorded session run again on tokio's paused clock, with the derived events,
@@ -16,11 +16,9 @@ use std::path::{Path, PathBuf};
 pub mod compare;
 pub mod derive;
 pub mod import;
-pub mod recording;
 pub mod replay;
 pub mod sweep;
 
-pub use recording::{RecordedSettings, Recorder, Recording};
 pub use replay::{ReplayOutcome, ReplaySettings, replay};
 
 /// Why a recording could not be written, read or replayed.
@@ -46,7 +44,7 @@ pub enum LabError {
         message: String,
     },
     /// A recording of a version this build does not read.
-    #[error("{}: recording version {found}; this build reads version {}", .path.display(), recording::VERSION)]
+    #[error("{}: recording version {found}; this build reads version {}", .path.display(), crate::recording::VERSION)]
     Version {
         /// `recording.json`.
         path: PathBuf,
@@ -64,6 +62,25 @@ pub enum LabError {
     /// A sweep or setting was spelled wrong.
     #[error("{0}")]
     Setting(String),
+}
+
+impl From<crate::recording::RecordingError> for LabError {
+    fn from(error: crate::recording::RecordingError) -> Self {
+        use crate::recording::RecordingError;
+        match error {
+            RecordingError::Io { path, error } => LabError::Io { path, error },
+            RecordingError::Malformed {
+                path,
+                line,
+                message,
+            } => LabError::Malformed {
+                path,
+                line,
+                message,
+            },
+            RecordingError::Version { path, found } => LabError::Version { path, found },
+        }
+    }
 }
 
 impl LabError {

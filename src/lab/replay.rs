@@ -28,25 +28,25 @@ use tokio_util::sync::CancellationToken;
 
 use super::LabError;
 use super::derive::{Derivation, Timeline, derive};
-use super::recording::{
-    LlmEvent, RecordedSettings, Recording, TtsEvent, last_user, recorded_error,
-};
-use crate::emulator::sim::{RecordingSink, SimulationResult};
 use crate::engine::{
     Backends, BargeInPolicy, EngineEvent, Presynthesis, SessionConfig, start_session,
 };
 use crate::error::{BackendError, ErrorKind};
 use crate::flux::messages::{TurnEvent, TurnInfo, TurnTrigger};
-use crate::ws::{ConnectError, ConnectRequest, Connection, WireFrame, channel_pair};
 use crate::flux::{Connector, Encoding, FluxConfig, ListenOptions, Thresholds, connect};
 use crate::llm::{
     LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, ScriptedLlm, ToolCall, Usage,
 };
+use crate::recording::{
+    LlmEvent, RecordedSettings, Recording, TtsEvent, last_user, recorded_error,
+};
 use crate::report::Report;
 use crate::scenario::{LlmTiming, TtsTiming};
+use crate::sim::{RecordingSink, SimulationResult};
 use crate::tts::{
     SpeechChunk, SpeechStream, SpeechSynthesizer, SyntheticTts, TtsError, WordTiming,
 };
+use crate::ws::{ConnectError, ConnectRequest, Connection, WireFrame, channel_pair};
 
 /// The settings a replay runs with.
 #[derive(Debug, Clone, PartialEq)]

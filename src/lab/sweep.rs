@@ -7,9 +7,10 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use super::LabError;
 use super::derive::TurnTaking;
 use super::replay::{ReplaySettings, replay};
-use super::{LabError, Recording};
+use crate::recording::Recording;
 use crate::report::Report;
 
 /// A setting a sweep can vary.

@@ -1,4 +1,5 @@
-//! The conversation as a picture: an SVG timeline of one simulated session.
+//! The conversation as a picture: an SVG timeline of one session, drawn from its event log and
+//! the user's audio.
 //!
 //! Rows, top to bottom: user speech (from the audio sent), Flux turn events, LLM spans, TTS
 //! spans, agent playback, and each turn's latency breakdown as stacked bars. Speculative work
@@ -10,17 +11,16 @@ use std::fmt::Write;
 
 use tokio::time::Instant;
 
-use crate::emulator::sim::SimulationResult;
-use crate::engine::log::LogKind;
+use crate::engine::log::{LogEntry, LogKind};
 use crate::engine::turn::ResponseId;
 use crate::flux::TurnEvent;
-use crate::report::Breakdown;
+use crate::report::{Breakdown, Report};
 
 const PX_PER_SECOND: f64 = 100.0;
 const LEFT: f64 = 110.0;
 const ROW: f64 = 34.0;
 
-fn x(result: &SimulationResult, at: Instant) -> f64 {
+fn x(result: &Conversation<'_>, at: Instant) -> f64 {
     LEFT + at.saturating_duration_since(result.start).as_secs_f64() * PX_PER_SECOND
 }
 
@@ -41,8 +41,23 @@ struct Spans {
     promoted: bool,
 }
 
+/// One session as the timeline draws it.
+#[derive(Debug, Clone, Copy)]
+pub struct Conversation<'a> {
+    /// The timeline's zero: when the user's first audio was sent.
+    pub start: Instant,
+    /// The session's event log.
+    pub log: &'a [LogEntry],
+    /// The turns' figures (from the same log).
+    pub report: &'a Report,
+    /// Every user sample sent, from `start`.
+    pub user_audio: &'a [i16],
+    /// Sample rate of the user's audio.
+    pub sample_rate: u32,
+}
+
 /// Renders the timeline of `result` as an SVG document.
-pub fn render(result: &SimulationResult) -> String {
+pub fn render(result: &Conversation<'_>) -> String {
     let rate = f64::from(result.sample_rate);
     let end_seconds =
         (result.user_audio.len() as f64 / rate).max(result.log.last().map_or(0.0, |e| {
@@ -103,7 +118,7 @@ pub fn render(result: &SimulationResult) -> String {
     }
     let mut spans: BTreeMap<ResponseId, Spans> = BTreeMap::new();
     let mut flux_y = 0;
-    for entry in &result.log {
+    for entry in result.log {
         let at = entry.at;
         match &entry.kind {
             LogKind::Flux { event, .. } if *event != TurnEvent::Update => {
@@ -220,7 +235,7 @@ pub fn render(result: &SimulationResult) -> String {
     }
     // Response latency brackets: EndOfTurn -> first agent frame.
     let mut ends: Vec<Instant> = Vec::new();
-    for entry in &result.log {
+    for entry in result.log {
         if let LogKind::Flux {
             event: TurnEvent::EndOfTurn,
             ..

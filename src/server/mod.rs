@@ -668,9 +668,9 @@ fn clear_written(metrics: &Metrics, log: &crate::engine::log::EventLog) {
 
 /// A session's recording, when the server records ([`ServerConfig::record_dir`]).
 pub(crate) struct SessionRecording {
-    recorder: crate::lab::Recorder,
+    recorder: crate::recording::Recorder,
     dir: std::path::PathBuf,
-    settings: crate::lab::RecordedSettings,
+    settings: crate::recording::RecordedSettings,
     user_rate: u32,
 }
 
@@ -683,9 +683,9 @@ impl SessionRecording {
     ) -> Option<Self> {
         let dir = config.record_dir.as_ref()?.join(id);
         Some(Self {
-            recorder: crate::lab::Recorder::new(),
+            recorder: crate::recording::Recorder::new(),
             dir,
-            settings: crate::lab::RecordedSettings::of(
+            settings: crate::recording::RecordedSettings::of(
                 &config.session,
                 options,
                 config.backends.llm.name(),

@@ -19,10 +19,10 @@ use tracing::{debug, warn};
 
 use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
 use crate::error::ErrorKind;
+use crate::net::{ApiKey, insecure_remote};
 use crate::ws::{
     ConnectError, ConnectRequest, Connection, Connector, WebSocketConnector, WireFrame,
 };
-use crate::net::{ApiKey, insecure_remote};
 
 /// Where Deepgram serves Aura.
 pub const AURA_BASE_URL: &str = "wss://api.deepgram.com";

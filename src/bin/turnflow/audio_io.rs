@@ -114,7 +114,7 @@ impl Microphone {
 pub(crate) async fn stream_microphone(
     mut mic: Microphone,
     flux: FluxSender,
-    recorder: Option<turnflow::lab::Recorder>,
+    recorder: Option<turnflow::recording::Recorder>,
 ) {
     println!("listening; Ctrl-C to stop");
     loop {

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant as WallInstant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
-use turnflow::emulator::sim::{SimulationConfig, Transport};
 use turnflow::engine::Presynthesis;
 use turnflow::report::{Breakdown, Report, Stats, Summary, TurnReport};
 use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, Transport};
 
 use crate::{Clock, parse_barge_in};
 
@@ -260,7 +260,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                         let offset = *offset;
                         tasks.push(tokio::spawn(async move {
                             tokio::time::sleep(offset).await;
-                            turnflow::emulator::sim::run(config).await
+                            turnflow::sim::run(config).await
                         }));
                     }
                     let mut out = Vec::new();

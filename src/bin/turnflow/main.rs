@@ -25,13 +25,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use turnflow::emulator::sim::{SimulationConfig, SimulationResult, Transport};
 use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
-use turnflow::scenario::FaultSpec;
 use turnflow::engine::{BargeInPolicy, EngineEvent, Presynthesis};
 use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::report::{Breakdown, Report, Stats};
+use turnflow::scenario::FaultSpec;
 use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
 
 mod agent;
 #[cfg(feature = "audio-io")]
@@ -305,9 +305,12 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     config.thresholds = args.thresholds.over(config.thresholds);
     let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
     config.observer = Some(observer);
-    let recorder = args.record.as_ref().map(|_| turnflow::lab::Recorder::new());
+    let recorder = args
+        .record
+        .as_ref()
+        .map(|_| turnflow::recording::Recorder::new());
     config.recorder.clone_from(&recorder);
-    let recorded_settings = turnflow::lab::RecordedSettings::of(
+    let recorded_settings = turnflow::recording::RecordedSettings::of(
         &config.session,
         &turnflow::flux::ListenOptions::default().with_thresholds(config.thresholds),
         "scripted",
@@ -352,7 +355,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
                 print_event(&event);
             }
         });
-        let result = turnflow::emulator::sim::run(config).await;
+        let result = turnflow::sim::run(config).await;
         let _ = printer.await;
         result
     })?;
@@ -511,7 +514,7 @@ fn write_outputs(dir: &PathBuf, result: &SimulationResult) -> Result<()> {
         .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
     std::fs::write(
         dir.join("timeline.svg"),
-        turnflow::report::timeline::render(result),
+        turnflow::report::timeline::render(&result.conversation()),
     )
     .with_context(|| format!("cannot write {}", dir.join("timeline.svg").display()))?;
     turnflow::audio::write_wav(

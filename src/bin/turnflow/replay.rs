@@ -11,7 +11,8 @@ use turnflow::lab::compare::pair_turns;
 use turnflow::lab::derive::{Derivation, Timeline, TurnTaking};
 use turnflow::lab::import::import_eot_bench;
 use turnflow::lab::sweep::{self, Sweep};
-use turnflow::lab::{Recording, ReplayOutcome, ReplaySettings, replay};
+use turnflow::lab::{ReplayOutcome, ReplaySettings, replay};
+use turnflow::recording::Recording;
 use turnflow::report::Report;
 
 use crate::{Clock, OnOff, ThresholdArgs, parse_barge_in, parse_presynthesis};

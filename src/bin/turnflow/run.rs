@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::time::Instant;
-use turnflow::emulator::sim::{RecordingSink, place_frames};
 use turnflow::emulator::{EmulatorServer, MemoryEmulator};
 use turnflow::engine::{AudioSink, Backends, CancellationToken, EngineEvent, start_session};
 use turnflow::flux::{Connector, Encoding, FluxConfig, FluxSender, WebSocketConnector, connect};
-use turnflow::lab::recording::EventLine;
-use turnflow::lab::{RecordedSettings, Recorder};
+use turnflow::recording::EventLine;
+use turnflow::recording::{RecordedSettings, Recorder};
+use turnflow::sim::{RecordingSink, place_frames};
 
 use turnflow::report::Report;
 

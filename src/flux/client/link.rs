@@ -18,9 +18,7 @@ use tracing::{Instrument, debug, warn};
 
 use crate::flux::messages::{Parsed, ServerMessage};
 use crate::flux::options::ListenOptions;
-use crate::ws::{
-    ConnectError, ConnectRequest, Connection, Connector, FrameStream, WireFrame,
-};
+use crate::ws::{ConnectError, ConnectRequest, Connection, Connector, FrameStream, WireFrame};
 
 use super::{FluxConfig, FluxError};
 

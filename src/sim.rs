@@ -65,8 +65,8 @@ pub struct SimulationConfig {
     /// Wraps the connector to the emulator (fault injection, proxies).
     pub wrap_connector: Option<WrapConnector>,
     /// Records the conversation for `turnflow replay`: Flux messages, model and voice streams,
-    /// the user's audio. Write it with [`crate::lab::Recorder::write`] afterwards.
-    pub recorder: Option<crate::lab::Recorder>,
+    /// the user's audio. Write it with [`crate::recording::Recorder::write`] afterwards.
+    pub recorder: Option<crate::recording::Recorder>,
 }
 
 impl SimulationConfig {
@@ -127,6 +127,17 @@ pub struct SimulationResult {
 }
 
 impl SimulationResult {
+    /// The conversation as [`crate::report::timeline::render`] draws it.
+    pub fn conversation(&self) -> crate::report::timeline::Conversation<'_> {
+        crate::report::timeline::Conversation {
+            start: self.start,
+            log: &self.log,
+            report: &self.report,
+            user_audio: &self.user_audio,
+            sample_rate: self.sample_rate,
+        }
+    }
+
     /// Stereo PCM, user left and agent right, aligned on the session clock.
     pub fn stereo(&self) -> Vec<i16> {
         let agent = place_frames(&self.agent_frames, self.start, self.sample_rate);

@@ -22,13 +22,53 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::LabError;
 use crate::engine::log::{LogEntry, LogKind};
 use crate::error::{BackendError, ErrorKind};
 use crate::flux::Connector;
-use crate::ws::{ConnectError, ConnectRequest, Connection, WireFrame};
 use crate::llm::{LanguageModel, LlmChunk, LlmRequest, LlmStream, Message};
 use crate::tts::{SpeechStream, SpeechSynthesizer, TtsError, WordTiming};
+use crate::ws::{ConnectError, ConnectRequest, Connection, WireFrame};
+
+/// Why a recording could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordingError {
+    /// A file or directory could not be read or written.
+    #[error("{}: {error}", .path.display())]
+    Io {
+        /// Which.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// A file is not what the format says.
+    #[error("{}{}: {message}", .path.display(), .line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Malformed {
+        /// Which file.
+        path: PathBuf,
+        /// Which line (1-based), for line-per-record files.
+        line: Option<usize>,
+        /// What is wrong, and what is allowed.
+        message: String,
+    },
+    /// A recording of a version this build does not read.
+    #[error("{}: recording version {found}; this build reads version {VERSION}", .path.display())]
+    Version {
+        /// `recording.json`.
+        path: PathBuf,
+        /// The version it has.
+        found: u32,
+    },
+}
+
+impl RecordingError {
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
+        RecordingError::Io {
+            path: path.to_owned(),
+            error,
+        }
+    }
+}
 
 /// The `format` field of every `recording.json`.
 pub const FORMAT: &str = "turnflow-recording";
@@ -253,28 +293,28 @@ impl Recording {
     /// Reads a recording directory.
     ///
     /// # Errors
-    /// [`LabError`] naming the file (and line) that is missing, unreadable, of another format
+    /// [`RecordingError`] naming the file (and line) that is missing, unreadable, of another format
     /// or version, or malformed.
-    pub fn load(dir: &Path) -> Result<Self, LabError> {
+    pub fn load(dir: &Path) -> Result<Self, RecordingError> {
         let meta_path = dir.join("recording.json");
         let text = read_text(&meta_path)?;
         let meta: RecordingMeta = {
             let de = &mut serde_json::Deserializer::from_str(&text);
-            serde_path_to_error::deserialize(de).map_err(|e| LabError::Malformed {
+            serde_path_to_error::deserialize(de).map_err(|e| RecordingError::Malformed {
                 path: meta_path.clone(),
                 line: None,
                 message: e.to_string(),
             })?
         };
         if meta.format != FORMAT {
-            return Err(LabError::Malformed {
+            return Err(RecordingError::Malformed {
                 path: meta_path,
                 line: None,
                 message: format!("format {:?} is not {FORMAT:?}", meta.format),
             });
         }
         if meta.version != VERSION {
-            return Err(LabError::Version {
+            return Err(RecordingError::Version {
                 path: meta_path,
                 found: meta.version,
             });
@@ -282,7 +322,7 @@ impl Recording {
         let user_audio = read_wav(&dir.join("user.wav"), meta.user_sample_rate)?;
         let pcm_path = dir.join("tts.pcm");
         let tts_audio = if pcm_path.exists() {
-            let bytes = std::fs::read(&pcm_path).map_err(|e| LabError::io(&pcm_path, e))?;
+            let bytes = std::fs::read(&pcm_path).map_err(|e| RecordingError::io(&pcm_path, e))?;
             let mut samples = Vec::with_capacity(bytes.len() / 2);
             crate::audio::decode_into(crate::flux::Encoding::Linear16, &bytes, &mut samples);
             samples
@@ -302,14 +342,14 @@ impl Recording {
         Ok(recording)
     }
 
-    fn check_audio_offsets(&self) -> Result<(), LabError> {
+    fn check_audio_offsets(&self) -> Result<(), RecordingError> {
         for (n, line) in self.tts.iter().enumerate() {
             if let TtsEvent::Audio {
                 offset, samples, ..
             } = &line.event
                 && offset + samples > self.tts_audio.len() as u64
             {
-                return Err(LabError::Malformed {
+                return Err(RecordingError::Malformed {
                     path: self.dir.join("tts.jsonl"),
                     line: Some(n + 1),
                     message: format!(
@@ -324,11 +364,11 @@ impl Recording {
     }
 }
 
-fn read_text(path: &Path) -> Result<String, LabError> {
-    std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))
+fn read_text(path: &Path) -> Result<String, RecordingError> {
+    std::fs::read_to_string(path).map_err(|e| RecordingError::io(path, e))
 }
 
-fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, LabError> {
+fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, RecordingError> {
     let text = read_text(path)?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -337,7 +377,7 @@ fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, Lab
         }
         let de = &mut serde_json::Deserializer::from_str(line);
         out.push(
-            serde_path_to_error::deserialize(de).map_err(|e| LabError::Malformed {
+            serde_path_to_error::deserialize(de).map_err(|e| RecordingError::Malformed {
                 path: path.to_owned(),
                 line: Some(n + 1),
                 message: e.to_string(),
@@ -347,7 +387,9 @@ fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, Lab
     Ok(out)
 }
 
-fn read_lines_if_present<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, LabError> {
+fn read_lines_if_present<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Vec<T>, RecordingError> {
     if path.exists() {
         read_lines(path)
     } else {
@@ -356,9 +398,9 @@ fn read_lines_if_present<T: serde::de::DeserializeOwned>(path: &Path) -> Result<
 }
 
 /// Reads a mono 16-bit WAV at `rate`.
-pub(crate) fn read_wav(path: &Path, rate: u32) -> Result<Vec<i16>, LabError> {
-    let bytes = std::fs::read(path).map_err(|e| LabError::io(path, e))?;
-    let malformed = |message: String| LabError::Malformed {
+pub(crate) fn read_wav(path: &Path, rate: u32) -> Result<Vec<i16>, RecordingError> {
+    let bytes = std::fs::read(path).map_err(|e| RecordingError::io(path, e))?;
+    let malformed = |message: String| RecordingError::Malformed {
         path: path.to_owned(),
         line: None,
         message,
@@ -508,7 +550,7 @@ impl Recorder {
     /// `turnflow run` does while the session goes on).
     ///
     /// # Errors
-    /// [`LabError::Io`] naming the file that could not be written.
+    /// [`RecordingError::Io`] naming the file that could not be written.
     pub fn write(
         &self,
         dir: &Path,
@@ -517,8 +559,8 @@ impl Recorder {
         user_sample_rate: u32,
         voice_sample_rate: u32,
         events: Option<&[LogEntry]>,
-    ) -> Result<(), LabError> {
-        std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
+    ) -> Result<(), RecordingError> {
+        std::fs::create_dir_all(dir).map_err(|e| RecordingError::io(dir, e))?;
         let tape = self.tape();
         let mut notes = Vec::new();
         if tape.connections > 1 {
@@ -542,7 +584,7 @@ impl Recorder {
             (serde_json::to_string_pretty(&meta).expect("meta serializes") + "\n").as_bytes(),
         )?;
         crate::audio::write_wav(&dir.join("user.wav"), user_sample_rate, 1, &tape.user_audio)
-            .map_err(|e| LabError::io(&dir.join("user.wav"), e))?;
+            .map_err(|e| RecordingError::io(&dir.join("user.wav"), e))?;
         write_file(
             &dir.join("tts.pcm"),
             &crate::audio::encode(crate::flux::Encoding::Linear16, &tape.tts_audio),
@@ -579,11 +621,11 @@ impl<'a> EventLine<'a> {
     }
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LabError> {
-    std::fs::write(path, bytes).map_err(|e| LabError::io(path, e))
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RecordingError> {
+    std::fs::write(path, bytes).map_err(|e| RecordingError::io(path, e))
 }
 
-fn write_jsonl<T: Serialize>(path: &Path, lines: &[T]) -> Result<(), LabError> {
+fn write_jsonl<T: Serialize>(path: &Path, lines: &[T]) -> Result<(), RecordingError> {
     let mut out = Vec::new();
     for line in lines {
         serde_json::to_writer(&mut out, line).expect("recording lines serialize");
