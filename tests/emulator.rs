@@ -519,7 +519,7 @@ proptest! {
         let mut session = EmulatorSession::new(options, scenario, "r".into());
         let mut infos = Vec::new();
         let mut sequence = 0;
-        let mut take = |out: turnflow::emulator::session::Output| {
+        let mut take = |out: turnflow::emulator::Output| {
             for m in out.messages {
                 let seq = match &m {
                     ServerMessage::TurnInfo(t) => t.sequence_id,

@@ -3,19 +3,19 @@
 //! The embedded default behind `turnflow simulate`, the server of the integration tests, and a
 //! product of its own: any Flux client pointed at it works unchanged.
 //!
-//! - [`session`]: one connection's behaviour, pure (audio and messages in, messages out): the
+//! - `session`: one connection's behaviour, pure (audio and messages in, messages out): the
 //!   protocol clock, scripted turns (`session/script.rs`) and voice-activity turns
 //!   (`session/voice.rs`, feature `vad`).
-//! - [`server`]: handshake rules, the WebSocket server and the in-memory connector.
-//! - [`faults`]: stalls, drops, closes, refusals, clock jumps and duplicates on demand, as a
+//! - `server`: handshake rules, the WebSocket server and the in-memory connector.
+//! - `faults`: stalls, drops, closes, refusals, clock jumps and duplicates on demand, as a
 //!   scenario's [`FaultSpec`](crate::scenario::FaultSpec)s describe them.
 //!
 //! The simulated conversation that drives it (`turnflow simulate`) is a harness above it:
 //! [`crate::sim`].
 
-pub mod faults;
-pub mod server;
-pub mod session;
+mod faults;
+mod server;
+mod session;
 
 pub use server::{EmulatorConfig, EmulatorServer, MemoryEmulator};
-pub use session::{EmulatorSession, TurnDetection};
+pub use session::{EmulatorSession, Output, TurnDetection};

@@ -23,7 +23,7 @@ pub use playout::{AudioSink, Interrupter};
 pub use response::{Presynthesis, ResponseOptions};
 pub use session::{
     Backends, EVENT_QUEUE, Prompter, ReplyTally, SessionConfig, SessionError, SessionHandle,
-    SessionOutcome, start_session,
+    SessionOutcome, TurnEvents, start_session,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use turn::{BargeInPolicy, CancelReason, MachineConfig, Prompt, ResponseId};

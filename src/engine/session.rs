@@ -38,7 +38,7 @@ use super::turn::{
     TurnMachine, UserEvent,
 };
 use crate::error::{BackendError, ErrorKind};
-use crate::flux::{FluxError, FluxEventKind, FluxEvents, TurnEvent};
+use crate::flux::{FluxError, FluxEventKind, TurnEvent};
 use crate::llm::{LanguageModel, Message, ToolExecutor};
 use crate::tts::SpeechSynthesizer;
 
@@ -210,14 +210,30 @@ impl Drop for SessionHandle {
     }
 }
 
-/// Starts a session on a Flux event stream. Cancelling `stop` (or calling
+/// Where a session's turn events come from: the Flux client's [`FluxEvents`](crate::flux::FluxEvents), or any stream of
+/// the same events (a recording played back, an adapter for another speech-to-text service, a
+/// test's script). The stream ends when the listening does; an error item ends the session.
+pub trait TurnEvents:
+    futures_util::Stream<Item = Result<crate::flux::FluxEvent, FluxError>> + Send + Unpin + 'static
+{
+}
+
+impl<S> TurnEvents for S where
+    S: futures_util::Stream<Item = Result<crate::flux::FluxEvent, FluxError>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+/// Starts a session on a stream of turn events ([`TurnEvents`]). Cancelling `stop` (or calling
 /// [`SessionHandle::close`]) ends it gracefully: the reply in progress is cut, what the user
 /// heard of it stays in the history, then every task is awaited. One token can stop many
 /// sessions (a server draining). Events for the application arrive on the returned receiver
 /// (drop it if unused); it holds at most [`EVENT_QUEUE`] unread events.
 pub fn start_session(
     config: SessionConfig,
-    flux: FluxEvents,
+    flux: impl TurnEvents,
     backends: Backends,
     sink: Box<dyn AudioSink>,
     stop: CancellationToken,
@@ -336,7 +352,7 @@ fn user_event(event: &TurnEvent) -> Option<UserEvent> {
 impl Driver {
     async fn run(
         mut self,
-        mut flux: FluxEvents,
+        mut flux: impl TurnEvents,
         mut playout_events: mpsc::UnboundedReceiver<PlayoutEvent>,
         mut reports: mpsc::UnboundedReceiver<ResponseReport>,
         mut prompts: mpsc::UnboundedReceiver<Prompt>,
@@ -384,7 +400,7 @@ impl Driver {
                     self.timer = None;
                     self.step(Input::FalseInterruptionTimeout(generation)).await;
                 }
-                event = flux.recv(), if flux_open => match event {
+                event = futures_util::StreamExt::next(&mut flux), if flux_open => match event {
                     Some(Ok(event)) => self.on_flux(event).await,
                     Some(Err(e)) => {
                         warn!(error = %crate::text::Untrusted(&e.to_string()), "flux stream failed; the session ends");

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 /// file at full speed, or a hostile one flooding the speech-to-text connection). A burst after
 /// a network stall stays within the margin.
 #[derive(Debug, Clone)]
-pub struct RealtimeGuard {
+pub(crate) struct RealtimeGuard {
     started: Instant,
     sample_rate: u32,
     margin: Duration,
@@ -19,7 +19,7 @@ pub struct RealtimeGuard {
 
 impl RealtimeGuard {
     /// A guard for audio at `sample_rate` from `started`, allowing `margin` ahead.
-    pub fn new(started: Instant, sample_rate: u32, margin: Duration) -> Self {
+    pub(crate) fn new(started: Instant, sample_rate: u32, margin: Duration) -> Self {
         Self {
             started,
             sample_rate,
@@ -32,7 +32,7 @@ impl RealtimeGuard {
     ///
     /// # Errors
     /// How far ahead of real time the audio is, when that is beyond the margin.
-    pub fn admit(&mut self, samples: u64, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn admit(&mut self, samples: u64, now: Instant) -> Result<(), Duration> {
         self.received += samples;
         let elapsed = now.saturating_duration_since(self.started);
         let audio = Duration::from_secs_f64(self.received as f64 / f64::from(self.sample_rate));
@@ -50,7 +50,7 @@ impl RealtimeGuard {
 /// core from every other session. Legitimate clients stay far below it (a browser reports its
 /// playback at most ten times a second; a carrier sends 50 media messages and its mark echoes).
 #[derive(Debug, Clone)]
-pub struct MessageRate {
+pub(crate) struct MessageRate {
     per_second: f64,
     burst: f64,
     tokens: f64,
@@ -59,7 +59,7 @@ pub struct MessageRate {
 
 impl MessageRate {
     /// A bucket refilled at `per_second`, holding at most `burst`; full at `now`.
-    pub fn new(per_second: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(per_second: u32, burst: u32, now: Instant) -> Self {
         Self {
             per_second: f64::from(per_second),
             burst: f64::from(burst),
@@ -69,12 +69,12 @@ impl MessageRate {
     }
 
     /// The sustained rate allowed, in messages a second.
-    pub fn per_second(&self) -> u32 {
+    pub(crate) fn per_second(&self) -> u32 {
         self.per_second as u32
     }
 
     /// Counts one message at `now`; false when the client is over the rate.
-    pub fn admit(&mut self, now: Instant) -> bool {
+    pub(crate) fn admit(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
@@ -92,18 +92,18 @@ impl MessageRate {
 /// from the report by the time elapsed, but never past what was buffered then, nor past what
 /// the server wrote.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PlaybackReport {
+pub(crate) struct PlaybackReport {
     /// Samples played, as reported.
-    pub played: u64,
+    pub(crate) played: u64,
     /// Samples buffered then.
-    pub buffered: u64,
+    pub(crate) buffered: u64,
     /// When the report arrived.
-    pub at: Instant,
+    pub(crate) at: Instant,
 }
 
 impl PlaybackReport {
     /// Samples the client has played by `now`, of `written` written so far at `sample_rate`.
-    pub fn estimate(&self, now: Instant, sample_rate: u32, written: u64) -> u64 {
+    pub(crate) fn estimate(&self, now: Instant, sample_rate: u32, written: u64) -> u64 {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         let since = (elapsed * f64::from(sample_rate)) as u64;
         // The numbers are the client's: the largest ones must not wrap around.

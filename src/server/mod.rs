@@ -12,14 +12,14 @@
 //! the client told `server_shutdown`) and awaited before `serve` returns.
 //!
 //! Limits are checked before the upgrade (capacity, token, origin and host: plain HTTP refusals
-//! a load balancer and a browser understand) and per message after it ([`limits`]). Every phase
+//! a load balancer and a browser understand) and per message after it (`limits`). Every phase
 //! of a connection has an absolute deadline that shutdown overrides: its request headers and
 //! body, the wait for `start` (which messages before it do not move), the idle time of a call
 //! (only audio counts), the finish after the client's `stop`, and the drain, which returns
 //! within [`ServerConfig::drain_timeout`] plus a few seconds whatever clients do.
 
 mod connection;
-pub mod limits;
+mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod telephony;
@@ -58,7 +58,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Largest request body taken (Twilio's webhook is a form of a few hundred bytes).
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// Messages a client may send a second, averaged ([`limits::MessageRate`]): four times what a
+/// Messages a client may send a second, averaged (`limits::MessageRate`): four times what a
 /// browser (50 audio frames, up to 10 playback reports) or a carrier (50 media messages, its mark
 /// echoes) sends.
 pub const MESSAGES_PER_SECOND: u32 = 200;

@@ -399,11 +399,9 @@ struct PhoneSpeech {
 
 impl PhoneSpeech {
     fn new(speech: &[i16]) -> Result<Self> {
-        let mut to_phone = turnflow::server::telephony::resample::ToPhone::new(16000)
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let phone = to_phone.process(speech);
         Ok(Self {
-            mulaw: turnflow::audio::encode(Encoding::Mulaw, &phone),
+            mulaw: turnflow::server::telephony::to_phone_line(speech, 16000)
+                .map_err(|e| anyhow::anyhow!(e))?,
             end_of_speech: speech_end(speech) / 2,
         })
     }

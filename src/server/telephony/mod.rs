@@ -3,8 +3,8 @@
 //!
 //! One WebSocket is one call, as for browsers, and it shares the server's sessions, limits,
 //! metrics and drain. The caller's audio (G.711 mu-law, 8 kHz) goes to Flux as it comes, put
-//! back in order first ([`reorder`]); the agent's audio is low-passed and decimated to 8 kHz
-//! ([`resample`]), encoded, and sent in 40 ms messages, each followed by a `mark`. The carrier
+//! back in order first (`reorder`); the agent's audio is low-passed and decimated to 8 kHz
+//! (`resample`), encoded, and sent in 40 ms messages, each followed by a `mark`. The carrier
 //! echoes a mark once the audio before it has played, so what the caller heard is known from
 //! the carrier's own playback clock: on barge-in the history keeps exactly the audio up to the
 //! last echoed mark, and `clear` drops the rest at the carrier.
@@ -17,8 +17,8 @@
 
 pub mod carrier;
 mod line;
-pub mod reorder;
-pub mod resample;
+mod reorder;
+mod resample;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,16 @@ const MESSAGE_BYTES: usize = 320;
 const FLUSH_AFTER: Duration = Duration::from_millis(25);
 /// Longest one send to the carrier may take.
 const SEND_LIMIT: Duration = Duration::from_secs(5);
+
+/// A caller's speech at `rate` as a phone line carries it: low-passed, decimated to 8 kHz and
+/// mu-law encoded, as the agent's voice is sent to a carrier.
+///
+/// # Errors
+/// `rate` is not a multiple of 8 kHz this line can decimate from (8, 16, 24 or 48 kHz).
+pub fn to_phone_line(speech: &[i16], rate: u32) -> Result<Vec<u8>, String> {
+    let phone = ToPhone::new(rate)?.process(speech);
+    Ok(crate::audio::encode(Encoding::Mulaw, &phone))
+}
 
 /// Twilio's request signature: HMAC-SHA1 of the URL followed by the POST parameters sorted by
 /// name (each name then its value), keyed by the account's auth token, in base64.

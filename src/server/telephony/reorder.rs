@@ -5,23 +5,23 @@
 use std::collections::BTreeMap;
 
 /// Frames held at most while waiting for a missing one (each is 20 ms of audio).
-pub const REORDER_WINDOW: usize = 5;
+pub(crate) const REORDER_WINDOW: usize = 5;
 
 /// Reorders frames by chunk number.
 #[derive(Debug, Default)]
-pub struct Reorder {
+pub(crate) struct Reorder {
     /// The chunk number due next; wider than a chunk number, so the largest one has a successor.
     next: Option<u128>,
     pending: BTreeMap<u64, Vec<u8>>,
     /// Frames dropped as too late or duplicated.
-    pub late: u64,
+    pub(crate) late: u64,
     /// Frames never received before their gap was given up on.
-    pub lost: u64,
+    pub(crate) lost: u64,
 }
 
 impl Reorder {
     /// Takes one frame (numbered, or not) and returns the frames now in order.
-    pub fn push(&mut self, chunk: Option<u64>, audio: Vec<u8>) -> Vec<Vec<u8>> {
+    pub(crate) fn push(&mut self, chunk: Option<u64>, audio: Vec<u8>) -> Vec<Vec<u8>> {
         let Some(chunk) = chunk else {
             return vec![audio];
         };

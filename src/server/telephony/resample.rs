@@ -5,11 +5,11 @@
 use std::f64::consts::PI;
 
 /// The phone line's sample rate.
-pub const PHONE_RATE: u32 = 8000;
+pub(crate) const PHONE_RATE: u32 = 8000;
 
 /// Decimates 16, 24, 32 or 48 kHz audio to 8 kHz.
 #[derive(Debug, Clone)]
-pub struct ToPhone {
+pub(crate) struct ToPhone {
     ratio: usize,
     taps: Vec<f32>,
     /// The last `taps.len() - 1` input samples, then the current chunk.
@@ -23,7 +23,7 @@ impl ToPhone {
     ///
     /// # Errors
     /// A rate that is not a whole multiple of 8 kHz.
-    pub fn new(rate: u32) -> Result<Self, String> {
+    pub(crate) fn new(rate: u32) -> Result<Self, String> {
         if rate == 0 || !rate.is_multiple_of(PHONE_RATE) {
             return Err(format!(
                 "a voice at {rate} Hz cannot be sent to a phone line; use a voice at 8, 16, 24 or 48 kHz"
@@ -56,7 +56,7 @@ impl ToPhone {
     }
 
     /// The 8 kHz samples of the next chunk.
-    pub fn process(&mut self, input: &[i16]) -> Vec<i16> {
+    pub(crate) fn process(&mut self, input: &[i16]) -> Vec<i16> {
         let keep = self.taps.len() - 1;
         self.history.extend(input.iter().map(|s| f32::from(*s)));
         let mut out = Vec::with_capacity(input.len() / self.ratio + 1);
