@@ -238,6 +238,40 @@ fn twilio_dtmf(digit: &str) -> String {
         .to_string()
 }
 
+/// Streams 20 ms of silence every 20 ms, as a microphone does, until `wanted` picks something
+/// from what the server sends.
+async fn talk_until<T>(socket: &mut Socket, mut wanted: impl FnMut(&Message) -> Option<T>) -> T {
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    let talking = async {
+        loop {
+            tokio::select! {
+                _ = every.tick() => {
+                    let _ = socket.send(Message::Binary(vec![0; 640].into())).await;
+                }
+                message = socket.next() => match message {
+                    Some(Ok(message)) => {
+                        if let Some(found) = wanted(&message) {
+                            return found;
+                        }
+                    }
+                    _ => panic!("the session ended before what the test waits for"),
+                },
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, talking)
+        .await
+        .expect("the server sends what the test waits for")
+}
+
+/// A JSON text message from the server.
+fn event(message: &Message) -> Option<Value> {
+    match message {
+        Message::Text(text) => serde_json::from_str(text).ok(),
+        _ => None,
+    }
+}
+
 /// Failure 1: messages before `start` no longer restart its timer, on either route; the
 /// places they held are free again for real callers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,23 +479,10 @@ async fn audio_after_stop_is_dropped_and_counted() {
     let server = serve(|c| c.idle_timeout = PATIENCE).await;
     let mut socket = open(server.addr, "/session", &[]).await.unwrap();
     socket.send(Message::Text(START.into())).await.unwrap();
-    // Real-time silence until the agent's reply starts to arrive.
-    let mut every = tokio::time::interval(Duration::from_millis(20));
-    let replying = async {
-        loop {
-            tokio::select! {
-                _ = every.tick() => socket.send(Message::Binary(vec![0; 640].into())).await.unwrap(),
-                message = socket.next() => {
-                    if let Some(Ok(Message::Binary(_))) = message {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    tokio::time::timeout(PATIENCE, replying)
-        .await
-        .expect("the reply starts");
+    talk_until(&mut socket, |message| {
+        matches!(message, Message::Binary(_)).then_some(())
+    })
+    .await;
     socket
         .send(Message::Text(r#"{"type":"stop"}"#.into()))
         .await
@@ -578,25 +599,10 @@ async fn nothing_a_client_or_provider_sends_leaves_the_process_unescaped() {
     .await;
     let mut socket = open(server.addr, "/session", &[]).await.unwrap();
     socket.send(Message::Text(START.into())).await.unwrap();
-    let mut every = tokio::time::interval(Duration::from_millis(20));
-    let failed = async {
-        loop {
-            tokio::select! {
-                _ = every.tick() => socket.send(Message::Binary(vec![0; 640].into())).await.unwrap(),
-                message = socket.next() => {
-                    if let Some(Ok(Message::Text(text))) = message {
-                        let value: Value = serde_json::from_str(&text).unwrap();
-                        if value["type"] == "response_ended" && !value["error"].is_null() {
-                            return value;
-                        }
-                    }
-                }
-            }
-        }
-    };
-    let ended = tokio::time::timeout(PATIENCE, failed)
-        .await
-        .expect("the reply fails");
+    let ended = talk_until(&mut socket, |message| {
+        event(message).filter(|v| v["type"] == "response_ended" && !v["error"].is_null())
+    })
+    .await;
     let error = &ended["error"];
     assert_eq!(
         (&error["kind"], &error["status"], &error["provider"]),
@@ -747,30 +753,13 @@ async fn random_hostile_sequences_end_by_their_deadlines_and_disturb_no_one() {
     let good = tokio::spawn(async move {
         let mut socket = open(addr, "/session", &[]).await.unwrap();
         socket.send(Message::Text(START.into())).await.unwrap();
-        let mut every = tokio::time::interval(Duration::from_millis(20));
-        let mut turn = None;
-        let mut stopped = false;
-        loop {
-            tokio::select! {
-                _ = every.tick() => {
-                    let _ = socket.send(Message::Binary(vec![0; 640].into())).await;
-                }
-                message = socket.next() => match message {
-                    Some(Ok(Message::Text(text))) => {
-                        let value: Value = serde_json::from_str(&text).unwrap();
-                        if value["type"] == "turn" && !stopped {
-                            turn = Some(value);
-                            stopped = true;
-                            socket.send(Message::Text(r#"{"type":"stop"}"#.into())).await.unwrap();
-                        } else if value["type"] == "end" {
-                            return (turn, value);
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => panic!("the good session broke before its end"),
-                },
-            }
-        }
+        let turn = talk_until(&mut socket, |m| event(m).filter(|v| v["type"] == "turn")).await;
+        socket
+            .send(Message::Text(r#"{"type":"stop"}"#.into()))
+            .await
+            .unwrap();
+        let end = talk_until(&mut socket, |m| event(m).filter(|v| v["type"] == "end")).await;
+        (turn, end)
     });
     let mut runner = proptest::test_runner::TestRunner::default();
     let strategy = proptest::collection::vec(sends(), 0..40);
@@ -819,7 +808,6 @@ async fn random_hostile_sequences_end_by_their_deadlines_and_disturb_no_one() {
         .await
         .expect("the good session ends")
         .unwrap();
-    let turn = turn.expect("the good session's turn was answered");
     assert_eq!(turn["index"], 0, "{turn}");
     assert!(
         turn["assistant_heard"]

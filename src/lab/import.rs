@@ -88,14 +88,15 @@ struct RowWord {
 /// [`LabError`] naming the file and line of a row that is not in eot-bench's layout, whose
 /// audio cannot be read, or whose spans or words are out of order.
 pub fn import_eot_bench(path: &Path) -> Result<Vec<Recording>, LabError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| crate::recording::RecordingError::io(path, e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let malformed = |message: String| LabError::Malformed {
+        let malformed = |message: String| crate::recording::RecordingError::Malformed {
             path: path.to_owned(),
             line: Some(n + 1),
             message,
