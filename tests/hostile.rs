@@ -24,7 +24,7 @@ use turnflow::engine::Backends;
 use turnflow::flux::{ApiKey, Encoding, FluxConfig, ListenOptions};
 use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
 use turnflow::scenario::Scenario;
-use turnflow::server::metrics::SessionOutcome;
+use turnflow::server::metrics::SessionEnd;
 use turnflow::server::{DrainReport, Metrics, Server, ServerConfig};
 use turnflow::tts::SyntheticTts;
 
@@ -291,7 +291,7 @@ async fn pinging_or_connecting_without_start_is_ended_at_the_start_deadline() {
     // A carrier is closed without a code (it reads none): returning at all is the check.
     drop((pinger, connected));
     server.settled().await;
-    assert_eq!(server.metrics.sessions(SessionOutcome::ProtocolError), 3);
+    assert_eq!(server.metrics.sessions(SessionEnd::ProtocolError), 3);
     let ready = server.get("/readyz", &[]).await;
     assert_eq!(ready.status(), 200, "the places are free again");
     let report = server.drain().await;
@@ -320,7 +320,7 @@ async fn a_flood_before_start_or_binary_to_a_carrier_route_is_refused() {
     let binary = open(server.addr, "/telephony", &[]).await.unwrap();
     held_open_with(binary, Message::Binary(vec![0; 16 * 1024].into())).await;
     server.settled().await;
-    assert_eq!(server.metrics.sessions(SessionOutcome::ProtocolError), 3);
+    assert_eq!(server.metrics.sessions(SessionEnd::ProtocolError), 3);
     server.drain().await;
 }
 
@@ -337,7 +337,7 @@ async fn a_call_sending_only_marks_or_digits_ends_at_the_idle_timeout() {
         held_open_with(call, Message::Text(keep_alive.into())).await;
     }
     server.settled().await;
-    assert_eq!(server.metrics.sessions(SessionOutcome::ProtocolError), 2);
+    assert_eq!(server.metrics.sessions(SessionEnd::ProtocolError), 2);
     // A browser sending only playback reports after start is idle too.
     let mut browser = open(server.addr, "/session", &[]).await.unwrap();
     browser.send(Message::Text(START.into())).await.unwrap();
@@ -415,7 +415,7 @@ async fn a_drain_ends_whatever_hostile_clients_are_connected() {
     assert_eq!(talking.await.unwrap().code, Some(1001));
     connected.await.unwrap();
     trickling.abort();
-    assert_eq!(metrics.sessions(SessionOutcome::Shutdown), 3);
+    assert_eq!(metrics.sessions(SessionEnd::Shutdown), 3);
 }
 
 /// Failure 2: a request body sent a byte at a time is answered 408 at the body deadline, and

@@ -19,7 +19,7 @@ use turnflow::engine::Backends;
 use turnflow::flux::{Connector, Encoding, FluxConfig, ListenOptions};
 use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
 use turnflow::scenario::Scenario;
-use turnflow::server::metrics::SessionOutcome;
+use turnflow::server::metrics::SessionEnd;
 use turnflow::server::{DrainReport, Server, ServerConfig};
 use turnflow::tts::SyntheticTts;
 use turnflow::ws::{ConnectError, ConnectRequest, Connection};
@@ -438,7 +438,7 @@ async fn an_observer_that_panics_stops_observing_and_the_conversation_goes_on() 
         "called once, then left out"
     );
     settled(&server.metrics).await;
-    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
     server.drain().await;
 }
 
@@ -662,11 +662,8 @@ async fn hostile_clients_are_closed_with_a_reason_and_disturb_no_one() {
     assert_eq!(turn["index"], 0);
     assert_eq!(end["reason"], "stopped");
     settled(&server.metrics).await;
-    assert_eq!(
-        server.metrics.sessions(SessionOutcome::ProtocolError),
-        count
-    );
-    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::ProtocolError), count);
+    assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
     server.drain().await;
 }
 
@@ -804,7 +801,7 @@ async fn a_drain_refuses_new_sessions_and_lets_running_ones_finish() {
         .unwrap()
         .unwrap();
     assert_eq!((report.running, report.stopped), (1, 0));
-    assert_eq!(metrics.sessions(SessionOutcome::Completed), 1);
+    assert_eq!(metrics.sessions(SessionEnd::Completed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -820,7 +817,7 @@ async fn sessions_still_running_at_the_drain_timeout_are_told_and_closed() {
     let end = running.until("end").await.pop().unwrap();
     assert_eq!(end["reason"], "server_shutdown");
     assert_eq!(running.next().await, Err(Some(1001)));
-    assert_eq!(metrics.sessions(SessionOutcome::Shutdown), 1);
+    assert_eq!(metrics.sessions(SessionEnd::Shutdown), 1);
     assert_eq!(s.flux_open.load(Ordering::SeqCst), 0);
 }
 
@@ -848,7 +845,7 @@ async fn a_caller_who_vanishes_mid_reply_releases_every_provider_connection() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::ClientClosed), 1);
     server.drain().await;
 }
 
@@ -892,7 +889,7 @@ async fn a_client_that_stops_reading_is_ended_before_the_kernel_buffers_a_whole_
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let silence = vec![0u8; 640];
     let ended = tokio::time::timeout(4 * PATIENCE, async {
-        while server.metrics.sessions(SessionOutcome::ClientClosed) == 0 {
+        while server.metrics.sessions(SessionEnd::ClientClosed) == 0 {
             tick.tick().await;
             if socket
                 .send(Message::Binary(silence.clone().into()))
@@ -909,6 +906,6 @@ async fn a_client_that_stops_reading_is_ended_before_the_kernel_buffers_a_whole_
         "the server still buffers for a client that stopped reading"
     );
     settled(&server.metrics).await;
-    assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::ClientClosed), 1);
     assert_eq!(setup.flux_open.load(Ordering::SeqCst), 0);
 }

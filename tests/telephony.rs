@@ -18,7 +18,7 @@ use turnflow::engine::{Backends, EngineEvent};
 use turnflow::flux::{Encoding, FluxConfig, ListenOptions};
 use turnflow::llm::ScriptedLlm;
 use turnflow::scenario::Scenario;
-use turnflow::server::metrics::SessionOutcome;
+use turnflow::server::metrics::SessionEnd;
 use turnflow::server::telephony::carrier::StreamStart;
 use turnflow::server::{Metrics, Server, ServerConfig, SessionObserver};
 use turnflow::tts::SyntheticTts;
@@ -427,7 +427,7 @@ async fn a_twilio_call_is_answered_cleared_on_barge_in_and_keeps_what_the_carrie
         *seen.digits.lock().unwrap(),
         [(prompt.clone(), "7".to_owned())]
     );
-    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 2);
+    assert_eq!(server.metrics.sessions(SessionEnd::Completed), 2);
     let text = server.metrics.render(true);
     assert!(
         text.contains("turnflow_heard_clock_total{clock=\"carrier_marks\"} 2"),
@@ -456,7 +456,7 @@ async fn a_telnyx_call_with_frames_out_of_order_is_answered() {
     let events = server.seen.events_of(&session);
     assert!(events.iter().any(|e| matches!(e, EngineEvent::UserFinished { transcript, .. } if transcript == "What time do you open tomorrow?")), "{events:?}");
     assert!(events.iter().any(|e| matches!(e, EngineEvent::ResponseEnded { heard, .. } if heard == "We open at nine in the morning.")), "{events:?}");
-    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
 }
 
 /// A recorded phone call: the caller's µ-law audio decoded to 8 kHz PCM, replayable offline,
@@ -536,8 +536,8 @@ async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
     plan.stop = false;
     phone_call(server.addr, plan).await;
     settled(&server.metrics).await;
-    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
-    assert_eq!(server.metrics.sessions(SessionOutcome::ClientClosed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::ClientClosed), 1);
 
     // Media before start, a format this endpoint does not take, a huge message, silence, a
     // recording sent at full speed instead of a live call, and a flood of messages end the call.
@@ -583,10 +583,7 @@ async fn broken_carrier_messages_skip_or_end_the_call_with_a_reason() {
         assert!(closed);
     }
     settled(&server.metrics).await;
-    assert_eq!(
-        server.metrics.sessions(SessionOutcome::ProtocolError),
-        count
-    );
+    assert_eq!(server.metrics.sessions(SessionEnd::ProtocolError), count);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,7 +700,7 @@ async fn a_call_is_greeted_and_a_silent_caller_reprompted_then_let_go() {
             .iter()
             .any(|e| matches!(e, EngineEvent::UserStarted { .. }))
     );
-    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -746,5 +743,5 @@ async fn a_whole_telnyx_call_greeting_turn_barge_in_dtmf_and_stop() {
     );
     let calls = server.seen.calls.lock().unwrap();
     assert_eq!(calls[0].1.call_id, "v3:c1");
-    assert_eq!(server.metrics.sessions(SessionOutcome::Completed), 1);
+    assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
 }

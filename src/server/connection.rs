@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::State;
 use super::limits::{MessageRate, PlaybackReport, RealtimeGuard};
-use super::metrics::SessionOutcome;
+use super::metrics::SessionEnd;
 use super::protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage, Start, close_code};
 use crate::engine::{AudioSink, EngineEvent};
 use crate::flux::{Encoding, connect};
@@ -38,7 +38,7 @@ const SEND_LIMIT: Duration = Duration::from_secs(5);
 /// Longest the ending of a session may take: provider connections are closed by then.
 const END_LIMIT: Duration = Duration::from_secs(1);
 
-enum Outbound {
+enum ToClient {
     Audio(Bytes),
     Clear,
 }
@@ -46,7 +46,7 @@ enum Outbound {
 /// Where the engine's playout writes: frames go to the connection's task, and the client's
 /// playback reports decide what was heard.
 struct SocketSink {
-    queue: mpsc::UnboundedSender<Outbound>,
+    queue: mpsc::UnboundedSender<ToClient>,
     queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     written: u64,
@@ -65,7 +65,7 @@ impl AudioSink for SocketSink {
         }
         let bytes = crate::audio::encode(Encoding::Linear16, frame);
         self.queued.fetch_add(1, Ordering::Relaxed);
-        let _ = self.queue.send(Outbound::Audio(bytes.into()));
+        let _ = self.queue.send(ToClient::Audio(bytes.into()));
     }
 
     fn clear(&mut self) {
@@ -76,7 +76,7 @@ impl AudioSink for SocketSink {
             "server_clock"
         };
         self.metrics.cuts_decided_by(clock, 1);
-        let _ = self.queue.send(Outbound::Clear);
+        let _ = self.queue.send(ToClient::Clear);
     }
 
     fn played(&self) -> Option<u64> {
@@ -87,14 +87,14 @@ impl AudioSink for SocketSink {
 
 /// How a session ended, for the client's `end` message, the close code and the metrics.
 struct Ending {
-    outcome: SessionOutcome,
+    outcome: SessionEnd,
     reason: &'static str,
     error: Option<(&'static str, String)>,
     close: u16,
 }
 
 impl Ending {
-    fn normal(outcome: SessionOutcome, reason: &'static str) -> Self {
+    fn normal(outcome: SessionEnd, reason: &'static str) -> Self {
         Ending {
             outcome,
             reason,
@@ -107,7 +107,7 @@ impl Ending {
     /// logged or sent back.
     fn refused(code: &'static str, message: String, close: u16) -> Self {
         Ending {
-            outcome: SessionOutcome::ProtocolError,
+            outcome: SessionEnd::ProtocolError,
             reason: "protocol_error",
             error: Some((code, crate::text::Untrusted(&message).to_string())),
             close,
@@ -116,7 +116,7 @@ impl Ending {
 
     fn shutdown() -> Self {
         Ending {
-            outcome: SessionOutcome::Shutdown,
+            outcome: SessionEnd::Shutdown,
             reason: "server_shutdown",
             error: None,
             close: close_code::GOING_AWAY,
@@ -173,7 +173,7 @@ pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
 
 /// Tells the client how it ended and closes the socket, bounded.
 async fn finish(socket: &mut WebSocket, ending: &Ending, turns: u64) {
-    if ending.outcome == SessionOutcome::ClientClosed {
+    if ending.outcome == SessionEnd::ClientClosed {
         return;
     }
     let _ = tokio::time::timeout(END_LIMIT, async {
@@ -236,10 +236,7 @@ async fn wait_for_start(
         let message = match message {
             Some(Err(e)) if super::too_big(&e) => return Err(oversized()),
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
-                return Err(Ending::normal(
-                    SessionOutcome::ClientClosed,
-                    "client_closed",
-                ));
+                return Err(Ending::normal(SessionEnd::ClientClosed, "client_closed"));
             }
             Some(Ok(message)) => message,
         };
@@ -299,7 +296,7 @@ async fn run(
             warn!(error = %crate::text::Untrusted(&e.to_string()), "speech to text unavailable");
             return (
                 Ending {
-                    outcome: SessionOutcome::SttFailed,
+                    outcome: SessionEnd::SttFailed,
                     reason: "stt_failed",
                     error: Some((
                         "stt_unavailable",
@@ -347,7 +344,7 @@ async fn run(
     let mut inbound = bytes::BytesMut::with_capacity(flux_frame_bytes);
     let mut session = Session {
         id: id.to_string(),
-        turns: super::Turns::default(),
+        turns: super::TurnReports::default(),
         observer: super::Observing::new(config.observer.clone()),
     };
     let mut guard = RealtimeGuard::new(Instant::now(), start.sample_rate, config.realtime_margin);
@@ -360,10 +357,7 @@ async fn run(
     let mut after_stop = 0u64;
     let mut ending = None;
     if send(socket, text(&ready)).await.is_err() {
-        ending = Some(Ending::normal(
-            SessionOutcome::ClientClosed,
-            "client_closed",
-        ));
+        ending = Some(Ending::normal(SessionEnd::ClientClosed, "client_closed"));
         stop.cancel();
     }
     info!(sample_rate = start.sample_rate, "session started");
@@ -373,11 +367,11 @@ async fn run(
             outcome = &mut finished => break outcome,
             Some(out) = outbound.recv() => {
                 let (message, clear) = match out {
-                    Outbound::Audio(frame) => {
+                    ToClient::Audio(frame) => {
                         queued.fetch_sub(1, Ordering::Relaxed);
                         (Message::Binary(frame), false)
                     }
-                    Outbound::Clear => (text(&ServerMessage::Clear), true),
+                    ToClient::Clear => (text(&ServerMessage::Clear), true),
                 };
                 let sent = ending.is_none() && send(socket, message).await.is_ok();
                 // A barge-in's clear, not the one of a server shutting down.
@@ -386,13 +380,13 @@ async fn run(
                 }
                 if ending.is_none() && !sent {
                     warn!("the client stopped reading; ending the session");
-                    ending = Some(Ending::normal(SessionOutcome::ClientClosed, "client_closed"));
+                    ending = Some(Ending::normal(SessionEnd::ClientClosed, "client_closed"));
                     stop.cancel();
                 }
             }
             Some(event) = events.recv() => {
                 if ending.is_none() && session.forward(socket, state, &log, &event).await.is_err() {
-                    ending = Some(Ending::normal(SessionOutcome::ClientClosed, "client_closed"));
+                    ending = Some(Ending::normal(SessionEnd::ClientClosed, "client_closed"));
                     stop.cancel();
                 }
             }
@@ -416,7 +410,7 @@ async fn run(
                     limit = ?config.finish_timeout,
                     "the reply in progress at stop ran past the finish timeout; ending the session"
                 );
-                ending = Some(Ending::normal(SessionOutcome::Completed, "stopped"));
+                ending = Some(Ending::normal(SessionEnd::Completed, "stopped"));
                 stop.cancel();
             }
             message = socket.recv(), if ending.is_none() => {
@@ -426,7 +420,7 @@ async fn run(
                     _ if flooding => Err(Ending::flood(&rate)),
                     Some(Err(e)) if super::too_big(&e) => Err(oversized()),
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
-                        Err(Ending::normal(SessionOutcome::ClientClosed, "client_closed"))
+                        Err(Ending::normal(SessionEnd::ClientClosed, "client_closed"))
                     }
                     // The user's audio ended with stop: nothing more reaches Flux or memory.
                     Some(Ok(Message::Binary(_))) if stopping => {
@@ -525,14 +519,14 @@ async fn run(
         Some(e) if !state.shutdown.is_cancelled() => {
             warn!(error = %crate::text::Untrusted(&e.to_string()), "speech to text failed");
             Ending {
-                outcome: SessionOutcome::SttFailed,
+                outcome: SessionEnd::SttFailed,
                 reason: "stt_failed",
                 error: Some(("stt_failed", "speech to text failed".into())),
                 close: close_code::INTERNAL,
             }
         }
         _ if state.shutdown.is_cancelled() => Ending::shutdown(),
-        _ => Ending::normal(SessionOutcome::Completed, "stopped"),
+        _ => Ending::normal(SessionEnd::Completed, "stopped"),
     });
     (ending, session.turns.started())
 }
@@ -585,7 +579,7 @@ fn audio_frame(audio: &[u8], max_bytes: usize, guard: &mut RealtimeGuard) -> Res
 /// What the connection remembers of the conversation to report turns as they end.
 struct Session {
     id: String,
-    turns: super::Turns,
+    turns: super::TurnReports,
     observer: super::Observing,
 }
 

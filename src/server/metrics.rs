@@ -67,7 +67,7 @@ impl Histogram {
 
 /// How a session ended, for `turnflow_sessions_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SessionOutcome {
+pub enum SessionEnd {
     /// The client sent `stop` and the session finished.
     Completed,
     /// The client went away without `stop`.
@@ -80,15 +80,15 @@ pub enum SessionOutcome {
     Shutdown,
 }
 
-impl SessionOutcome {
+impl SessionEnd {
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            SessionOutcome::Completed => "completed",
-            SessionOutcome::ClientClosed => "client_closed",
-            SessionOutcome::ProtocolError => "protocol_error",
-            SessionOutcome::SttFailed => "stt_failed",
-            SessionOutcome::Shutdown => "shutdown",
+            SessionEnd::Completed => "completed",
+            SessionEnd::ClientClosed => "client_closed",
+            SessionEnd::ProtocolError => "protocol_error",
+            SessionEnd::SttFailed => "stt_failed",
+            SessionEnd::Shutdown => "shutdown",
         }
     }
 }
@@ -122,7 +122,7 @@ impl Refusal {
 #[derive(Debug)]
 pub struct Metrics {
     active: AtomicU64,
-    sessions: Mutex<BTreeMap<SessionOutcome, u64>>,
+    sessions: Mutex<BTreeMap<SessionEnd, u64>>,
     refused: Mutex<BTreeMap<Refusal, u64>>,
     turns: AtomicU64,
     audio_after_stop: AtomicU64,
@@ -174,13 +174,13 @@ impl Metrics {
         self.active.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn session_ended(&self, outcome: SessionOutcome) {
+    pub(crate) fn session_ended(&self, outcome: SessionEnd) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         bump(&self.sessions, outcome);
     }
 
     /// Sessions that ended with `outcome` so far.
-    pub fn sessions(&self, outcome: SessionOutcome) -> u64 {
+    pub fn sessions(&self, outcome: SessionEnd) -> u64 {
         self.sessions
             .lock()
             .expect("metrics lock")
@@ -266,11 +266,11 @@ impl Metrics {
         );
         let sessions = self.sessions.lock().expect("metrics lock").clone();
         for outcome in [
-            SessionOutcome::Completed,
-            SessionOutcome::ClientClosed,
-            SessionOutcome::ProtocolError,
-            SessionOutcome::SttFailed,
-            SessionOutcome::Shutdown,
+            SessionEnd::Completed,
+            SessionEnd::ClientClosed,
+            SessionEnd::ProtocolError,
+            SessionEnd::SttFailed,
+            SessionEnd::Shutdown,
         ] {
             let n = sessions.get(&outcome).copied().unwrap_or(0);
             let _ = writeln!(

@@ -46,7 +46,7 @@ use observer::Observing;
 pub use observer::SessionObserver;
 pub use service::{Drain, DrainReport, Server, Service};
 use session_recording::SessionRecording;
-use turns::Turns;
+use turns::TurnReports;
 
 /// Messages a client may send a second, averaged (`limits::MessageRate`): four times what a
 /// browser (50 audio frames, up to 10 playback reports) or a carrier (50 media messages, its mark

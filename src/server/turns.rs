@@ -5,13 +5,13 @@ use super::Metrics;
 /// Follows a session's turns to report each one's figures (and record them in the metrics)
 /// once its reply has ended.
 #[derive(Debug, Default)]
-pub(super) struct Turns {
+pub(super) struct TurnReports {
     turn_of: std::collections::HashMap<crate::engine::ResponseId, u64>,
     reported: Option<u64>,
     started: u64,
 }
 
-impl Turns {
+impl TurnReports {
     /// User turns started so far.
     pub(super) fn started(&self) -> u64 {
         self.started

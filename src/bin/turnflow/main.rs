@@ -317,7 +317,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         "synthetic",
     );
     let sample_rate = config.sample_rate;
-    let governors = Governors {
+    let settings = BreakdownSettings {
         endpointing: format!(
             "eot_threshold {}, eot_timeout_ms {}",
             config
@@ -360,7 +360,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         result
     })?;
     print_report(&result.report);
-    print_breakdown(&result.report, &governors);
+    print_breakdown(&result.report, &settings);
     if let Some(dir) = &args.out {
         write_outputs(dir, &result)?;
         println!("wrote {}", dir.display());
@@ -415,13 +415,13 @@ fn print_event(event: &EngineEvent) {
 }
 
 /// The settings that govern the parts of a latency breakdown, as the run used them.
-struct Governors {
+struct BreakdownSettings {
     endpointing: String,
     speculation: String,
     first_piece: String,
 }
 
-fn print_breakdown(report: &Report, governors: &Governors) {
+fn print_breakdown(report: &Report, settings: &BreakdownSettings) {
     let Some(mean) = report.summary.breakdown_mean_ms else {
         return;
     };
@@ -445,10 +445,10 @@ fn print_breakdown(report: &Report, governors: &Governors) {
         }
     }
     row("mean".into(), &mean);
-    println!("  endpointing: {}", governors.endpointing);
-    println!("  speculation: {}", governors.speculation);
+    println!("  endpointing: {}", settings.endpointing);
+    println!("  speculation: {}", settings.speculation);
     println!("  ttft, ttfb: the model and the voice; held: ready before EndOfTurn");
-    println!("  first piece: {}", governors.first_piece);
+    println!("  first piece: {}", settings.first_piece);
 }
 
 pub(crate) fn fmt_ms(v: Option<f64>) -> String {

@@ -22,7 +22,7 @@ use crate::ws::{ConnectError, ConnectRequest, Connection, Connector, FrameStream
 
 use super::{FluxConfig, FluxError};
 
-pub(super) enum Inbound {
+pub(super) enum FromFlux {
     /// A message, when it arrived, and whether parsing had to repair it.
     Message(Box<ServerMessage>, Instant, bool),
     /// A text frame that could not be parsed (already logged).
@@ -178,7 +178,7 @@ pub(super) async fn writer_room(
 ///
 /// Cancel-safe: a frame is taken from the stream only in the poll that returns it, and frames
 /// skipped on the way (binary, ping, pong) carry nothing for the session.
-pub(super) async fn next_inbound(link: &mut Option<Link>) -> Inbound {
+pub(super) async fn next_inbound(link: &mut Option<Link>) -> FromFlux {
     let Some(link) = link else {
         return std::future::pending().await;
     };
@@ -195,11 +195,11 @@ pub(super) async fn next_inbound(link: &mut Option<Link>) -> Inbound {
                             "server message repaired"
                         );
                     }
-                    Inbound::Message(Box::new(message), received_at, !repairs.is_empty())
+                    FromFlux::Message(Box::new(message), received_at, !repairs.is_empty())
                 }
                 Err(error) => {
                     warn!(error = %crate::text::Untrusted(&error.to_string()), "skipping malformed server message");
-                    Inbound::Malformed(received_at)
+                    FromFlux::Malformed(received_at)
                 }
             },
             Some(Ok(WireFrame::Binary(b))) => {
@@ -207,12 +207,12 @@ pub(super) async fn next_inbound(link: &mut Option<Link>) -> Inbound {
                 continue;
             }
             Some(Ok(WireFrame::Ping(_) | WireFrame::Pong(_))) => continue,
-            Some(Ok(WireFrame::Close(reason))) => Inbound::Closed(match reason {
+            Some(Ok(WireFrame::Close(reason))) => FromFlux::Closed(match reason {
                 Some((code, text)) => format!("server closed the connection ({code} {text})"),
                 None => "server closed the connection".to_owned(),
             }),
-            Some(Err(e)) => Inbound::Closed(format!("connection failed: {}", e.0)),
-            None => Inbound::Closed("connection lost".to_owned()),
+            Some(Err(e)) => FromFlux::Closed(format!("connection failed: {}", e.0)),
+            None => FromFlux::Closed("connection lost".to_owned()),
         };
     }
 }

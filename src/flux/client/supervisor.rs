@@ -19,7 +19,7 @@ use crate::ws::{Connector, WireFrame};
 
 use super::handle::Command;
 use super::link::{
-    Connecting, Inbound, Link, connect_result, next_inbound, open_link, writer_room,
+    Connecting, FromFlux, Link, connect_result, next_inbound, open_link, writer_room,
 };
 use super::{
     ClientStats, FluxConfig, FluxError, FluxEvent, FluxEventKind, FluxEvents, FluxHandle,
@@ -386,15 +386,15 @@ impl Supervisor {
         }
     }
 
-    async fn on_inbound(&mut self, inbound: Inbound) -> Flow {
+    async fn on_inbound(&mut self, inbound: FromFlux) -> Flow {
         let (message, received_at, repaired) = match inbound {
-            Inbound::Message(m, at, repaired) => {
+            FromFlux::Message(m, at, repaired) => {
                 if repaired && !matches!(*m, ServerMessage::TurnInfo(_)) {
                     self.stats.repaired_messages.fetch_add(1, Ordering::Relaxed);
                 }
                 (*m, at, repaired)
             }
-            Inbound::Malformed(at) => {
+            FromFlux::Malformed(at) => {
                 // The server is alive even if this message was garbage.
                 self.last_inbound = at;
                 self.stats
@@ -402,7 +402,7 @@ impl Supervisor {
                     .fetch_add(1, Ordering::Relaxed);
                 return Flow::Continue;
             }
-            Inbound::Closed(reason) => {
+            FromFlux::Closed(reason) => {
                 return match self.phase {
                     Phase::ClosingAwaitEnd { .. } | Phase::ClosingAwaitServer { .. } => Flow::Stop,
                     _ => self.connection_lost(reason).await,

@@ -1,5 +1,5 @@
 //! The carriers' media-stream messages, pure: what Twilio and Telnyx send (parsed into one
-//! [`Inbound`] shape) and what we send back to each. Field names follow their documentation
+//! [`FromCarrier`] shape) and what we send back to each. Field names follow their documentation
 //! (SERVING.md); the carrier is told apart from the `start` message.
 
 use std::collections::BTreeMap;
@@ -72,7 +72,7 @@ impl StreamStart {
 
 /// One message from a carrier.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Inbound {
+pub enum FromCarrier {
     /// The socket is open (sent before `start`).
     Connected,
     /// The stream starts.
@@ -222,7 +222,7 @@ fn is_outbound(track: Option<&str>) -> bool {
     matches!(track, Some("outbound" | "outbound_track"))
 }
 
-impl Inbound {
+impl FromCarrier {
     /// Parses one text message of either carrier.
     ///
     /// # Errors
@@ -237,12 +237,12 @@ impl Inbound {
                 ..
             }) => {
                 if is_outbound(media.track) {
-                    return Ok(Inbound::Other(OUTBOUND_MEDIA.into()));
+                    return Ok(FromCarrier::Other(OUTBOUND_MEDIA.into()));
                 }
                 let audio = base64::engine::general_purpose::STANDARD
                     .decode(media.payload)
                     .map_err(|e| CarrierError::Base64(e.to_string()))?;
-                return Ok(Inbound::Media {
+                return Ok(FromCarrier::Media {
                     sequence: sequence_number_twilio.or(sequence_number_telnyx),
                     chunk: media.chunk,
                     timestamp_ms: media.timestamp,
@@ -254,7 +254,7 @@ impl Inbound {
                 mark: Some(mark),
                 ..
             }) => {
-                return Ok(Inbound::Mark {
+                return Ok(FromCarrier::Mark {
                     name: mark.name.to_owned(),
                 });
             }
@@ -266,10 +266,10 @@ impl Inbound {
             .as_str()
             .ok_or_else(|| CarrierError::Malformed("no \"event\"".into()))?;
         Ok(match event {
-            "connected" => Inbound::Connected,
-            "start" => Inbound::Start(start(&value)?),
+            "connected" => FromCarrier::Connected,
+            "start" => FromCarrier::Start(start(&value)?),
             "media" if is_outbound(value["media"]["track"].as_str()) => {
-                Inbound::Other(OUTBOUND_MEDIA.into())
+                FromCarrier::Other(OUTBOUND_MEDIA.into())
             }
             "media" => {
                 let media = &value["media"];
@@ -280,7 +280,7 @@ impl Inbound {
                 let audio = base64::engine::general_purpose::STANDARD
                     .decode(payload)
                     .map_err(|e| CarrierError::Base64(e.to_string()))?;
-                Inbound::Media {
+                FromCarrier::Media {
                     sequence: number(&value["sequenceNumber"])
                         .or_else(|| number(&value["sequence_number"])),
                     chunk: number(&media["chunk"]),
@@ -288,7 +288,7 @@ impl Inbound {
                     audio,
                 }
             }
-            "mark" => Inbound::Mark {
+            "mark" => FromCarrier::Mark {
                 name: value["mark"]["name"]
                     .as_str()
                     .ok_or(CarrierError::Missing {
@@ -297,19 +297,19 @@ impl Inbound {
                     })?
                     .to_owned(),
             },
-            "dtmf" => Inbound::Dtmf {
+            "dtmf" => FromCarrier::Dtmf {
                 digit: text(&value["dtmf"]["digit"]).ok_or(CarrierError::Missing {
                     event: "dtmf",
                     field: "dtmf.digit",
                 })?,
             },
-            "error" => Inbound::Error {
+            "error" => FromCarrier::Error {
                 detail: value
                     .get("payload")
                     .map_or_else(|| value.to_string(), Value::to_string),
             },
-            "stop" => Inbound::Stop,
-            other => Inbound::Other(other.to_owned()),
+            "stop" => FromCarrier::Stop,
+            other => FromCarrier::Other(other.to_owned()),
         })
     }
 }
@@ -369,14 +369,14 @@ fn start(value: &Value) -> Result<StreamStart, CarrierError> {
 
 /// Messages to a carrier, in its own shape.
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub struct ToCarrier {
     carrier: Carrier,
     stream_id: String,
     /// What ends a media message: the stream's id for Twilio (as a JSON string), then `}`.
     media_tail: String,
 }
 
-impl Outbound {
+impl ToCarrier {
     /// Messages for the stream `start` opened.
     pub fn new(start: &StreamStart) -> Self {
         let media_tail = match start.carrier {
@@ -415,7 +415,7 @@ impl Outbound {
     }
 
     /// A mark the carrier echoes once the audio sent before it has played. Written straight
-    /// into one string like [`Outbound::media`]: one follows every media message.
+    /// into one string like [`ToCarrier::media`]: one follows every media message.
     pub fn mark(&self, name: &str) -> String {
         let name = Value::String(name.to_owned());
         format!(
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn starts_tell_the_carrier() {
-        let Inbound::Start(twilio) = Inbound::parse(TWILIO_START).unwrap() else {
+        let FromCarrier::Start(twilio) = FromCarrier::parse(TWILIO_START).unwrap() else {
             panic!()
         };
         assert_eq!(twilio.carrier, Carrier::Twilio);
@@ -450,7 +450,7 @@ mod tests {
         );
         assert!(twilio.is_mulaw_8k());
         assert_eq!(twilio.parameters["caller"], "+15550100");
-        let Inbound::Start(telnyx) = Inbound::parse(TELNYX_START).unwrap() else {
+        let FromCarrier::Start(telnyx) = FromCarrier::parse(TELNYX_START).unwrap() else {
             panic!()
         };
         assert_eq!(telnyx.carrier, Carrier::Telnyx);
@@ -472,8 +472,8 @@ mod tests {
     fn media_marks_dtmf_and_stop_parse_for_both() {
         let twilio = r#"{"event":"media","sequenceNumber":"3","media":{"track":"inbound","chunk":"2","timestamp":"40","payload":"//8A"},"streamSid":"MZ1"}"#;
         assert_eq!(
-            Inbound::parse(twilio).unwrap(),
-            Inbound::Media {
+            FromCarrier::parse(twilio).unwrap(),
+            FromCarrier::Media {
                 sequence: Some(3),
                 chunk: Some(2),
                 timestamp_ms: Some(40),
@@ -481,9 +481,9 @@ mod tests {
             }
         );
         let telnyx = r#"{"event":"media","sequence_number":"4","media":{"track":"inbound","chunk":"3","timestamp":"60","payload":"fw=="},"stream_id":"s-9"}"#;
-        let Inbound::Media {
+        let FromCarrier::Media {
             sequence, audio, ..
-        } = Inbound::parse(telnyx).unwrap()
+        } = FromCarrier::parse(telnyx).unwrap()
         else {
             panic!()
         };
@@ -492,8 +492,8 @@ mod tests {
         // of another type) read the same through the general path.
         let escaped = r#"{"event":"media","sequenceNumber":3,"media":{"chunk":2.5,"timestamp":40,"payload":"\/\/8A"}}"#;
         assert_eq!(
-            Inbound::parse(escaped).unwrap(),
-            Inbound::Media {
+            FromCarrier::parse(escaped).unwrap(),
+            FromCarrier::Media {
                 sequence: Some(3),
                 chunk: None,
                 timestamp_ms: Some(40),
@@ -501,27 +501,28 @@ mod tests {
             }
         );
         assert_eq!(
-            Inbound::parse(r#"{"event":"mark","sequenceNumber":"5","streamSid":"MZ1","mark":{"name":"tf-800"}}"#).unwrap(),
-            Inbound::Mark { name: "tf-800".into() }
+            FromCarrier::parse(r#"{"event":"mark","sequenceNumber":"5","streamSid":"MZ1","mark":{"name":"tf-800"}}"#).unwrap(),
+            FromCarrier::Mark { name: "tf-800".into() }
         );
         assert_eq!(
-            Inbound::parse(r#"{"event":"mark","mark":{"name":"tf-\u0038"}}"#).unwrap(),
-            Inbound::Mark {
+            FromCarrier::parse(r#"{"event":"mark","mark":{"name":"tf-\u0038"}}"#).unwrap(),
+            FromCarrier::Mark {
                 name: "tf-8".into()
             },
             "an escaped name reads the same through the general path"
         );
         assert_eq!(
-            Inbound::parse(r#"{"event":"dtmf","streamSid":"MZ1","sequenceNumber":"6","dtmf":{"track":"inbound_track","digit":"7"}}"#).unwrap(),
-            Inbound::Dtmf { digit: "7".into() }
+            FromCarrier::parse(r#"{"event":"dtmf","streamSid":"MZ1","sequenceNumber":"6","dtmf":{"track":"inbound_track","digit":"7"}}"#).unwrap(),
+            FromCarrier::Dtmf { digit: "7".into() }
         );
         assert_eq!(
-            Inbound::parse(r#"{"event":"stop","sequenceNumber":"7","streamSid":"MZ1","stop":{"accountSid":"AC0","callSid":"CA2"}}"#).unwrap(),
-            Inbound::Stop
+            FromCarrier::parse(r#"{"event":"stop","sequenceNumber":"7","streamSid":"MZ1","stop":{"accountSid":"AC0","callSid":"CA2"}}"#).unwrap(),
+            FromCarrier::Stop
         );
         assert_eq!(
-            Inbound::parse(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#).unwrap(),
-            Inbound::Connected
+            FromCarrier::parse(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#)
+                .unwrap(),
+            FromCarrier::Connected
         );
     }
 
@@ -533,8 +534,8 @@ mod tests {
             r#"{"event":"media","sequenceNumber":3,"media":{"track":"outbound","chunk":2.5,"payload":"\/\/8A"}}"#,
         ] {
             assert_eq!(
-                Inbound::parse(message).unwrap(),
-                Inbound::Other("media of the outbound track".into()),
+                FromCarrier::parse(message).unwrap(),
+                FromCarrier::Other("media of the outbound track".into()),
                 "{message}"
             );
         }
@@ -542,15 +543,15 @@ mod tests {
             let message =
                 format!(r#"{{"event":"media","media":{{"track":"{track}","payload":"fw=="}}}}"#);
             assert!(matches!(
-                Inbound::parse(&message).unwrap(),
-                Inbound::Media { .. }
+                FromCarrier::parse(&message).unwrap(),
+                FromCarrier::Media { .. }
             ));
         }
     }
 
     #[test]
     fn bad_messages_are_named() {
-        let e = |m: &str| Inbound::parse(m).unwrap_err().to_string();
+        let e = |m: &str| FromCarrier::parse(m).unwrap_err().to_string();
         assert!(e("nope").starts_with("not a media-stream message"));
         assert_eq!(
             e(r#"{"no":"event"}"#),
@@ -567,17 +568,17 @@ mod tests {
         assert_eq!(e(r#"{"event":"mark","mark":{}}"#), "mark without mark.name");
         assert!(e(r#"{"event":"start","start":{}}"#).contains("unknown carrier"));
         assert_eq!(
-            Inbound::parse(r#"{"event":"bogus"}"#).unwrap(),
-            Inbound::Other("bogus".into())
+            FromCarrier::parse(r#"{"event":"bogus"}"#).unwrap(),
+            FromCarrier::Other("bogus".into())
         );
     }
 
     #[test]
     fn outbound_messages_follow_each_carrier() {
-        let Inbound::Start(twilio) = Inbound::parse(TWILIO_START).unwrap() else {
+        let FromCarrier::Start(twilio) = FromCarrier::parse(TWILIO_START).unwrap() else {
             panic!()
         };
-        let out = Outbound::new(&twilio);
+        let out = ToCarrier::new(&twilio);
         let media: Value = serde_json::from_str(&out.media(&[0xff, 0xff, 0x00])).unwrap();
         assert_eq!(
             media,
@@ -585,7 +586,7 @@ mod tests {
         );
         let clear: Value = serde_json::from_str(&out.clear()).unwrap();
         assert_eq!(clear, json!({"event":"clear","streamSid":"MZ1"}));
-        let odd = Outbound::new(&StreamStart {
+        let odd = ToCarrier::new(&StreamStart {
             stream_id: "MZ\"1\\".into(),
             ..twilio.clone()
         });
@@ -595,10 +596,10 @@ mod tests {
             json!({"event":"media","streamSid":"MZ\"1\\","media":{"payload":"AQIDBA=="}}),
             "a stream id is escaped"
         );
-        let Inbound::Start(telnyx) = Inbound::parse(TELNYX_START).unwrap() else {
+        let FromCarrier::Start(telnyx) = FromCarrier::parse(TELNYX_START).unwrap() else {
             panic!()
         };
-        let out = Outbound::new(&telnyx);
+        let out = ToCarrier::new(&telnyx);
         let mark: Value = serde_json::from_str(&out.mark("tf-1")).unwrap();
         assert_eq!(mark, json!({"event":"mark","mark":{"name":"tf-1"}}));
         let mark: Value = serde_json::from_str(&odd.mark("a \"b\"")).unwrap();

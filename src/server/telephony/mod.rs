@@ -33,10 +33,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::State;
 use super::limits::{MessageRate, RealtimeGuard};
-use super::metrics::SessionOutcome;
+use super::metrics::SessionEnd;
 use crate::engine::{EngineEvent, Prompt, ResponseId};
 use crate::flux::{Encoding, connect};
-use carrier::{Inbound, Outbound, StreamStart};
+use carrier::{FromCarrier, StreamStart, ToCarrier};
 use line::{CarrierSink, Cut, Line, Out, Writer};
 use reorder::Reorder;
 use resample::{PHONE_RATE, ToPhone};
@@ -181,13 +181,13 @@ impl Silence {
 
 /// How a call ended, for the log and the metrics.
 struct Ending {
-    outcome: SessionOutcome,
+    outcome: SessionEnd,
     reason: String,
 }
 
 impl Ending {
     /// An ending; `reason` may quote the carrier or a provider, so it is escaped and cut short.
-    fn new(outcome: SessionOutcome, reason: impl Into<String>) -> Self {
+    fn new(outcome: SessionEnd, reason: impl Into<String>) -> Self {
         Self {
             outcome,
             reason: crate::text::Untrusted(&reason.into()).to_string(),
@@ -200,7 +200,7 @@ impl Ending {
             "the carrier flooded the call with messages; ending it"
         );
         Ending::new(
-            SessionOutcome::ProtocolError,
+            SessionEnd::ProtocolError,
             format!("more than {} messages a second", rate.per_second()),
         )
     }
@@ -277,11 +277,11 @@ async fn wait_for_start(
         let message = tokio::select! {
             biased;
             () = state.draining.cancelled() => {
-                return Err(Ending::new(SessionOutcome::Shutdown, "server shutdown before start"));
+                return Err(Ending::new(SessionEnd::Shutdown, "server shutdown before start"));
             }
             () = &mut deadline => {
                 return Err(Ending::new(
-                    SessionOutcome::ProtocolError,
+                    SessionEnd::ProtocolError,
                     format!("no start within {limit:?} of connecting"),
                 ));
             }
@@ -290,15 +290,12 @@ async fn wait_for_start(
         let message = match message {
             Some(Err(e)) if super::too_big(&e) => {
                 return Err(Ending::new(
-                    SessionOutcome::ProtocolError,
+                    SessionEnd::ProtocolError,
                     "a message over the size limit",
                 ));
             }
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
-                return Err(Ending::new(
-                    SessionOutcome::ClientClosed,
-                    "closed before start",
-                ));
+                return Err(Ending::new(SessionEnd::ClientClosed, "closed before start"));
             }
             Some(Ok(message)) => message,
         };
@@ -309,30 +306,30 @@ async fn wait_for_start(
             Message::Text(text) => text,
             Message::Binary(_) => {
                 return Err(Ending::new(
-                    SessionOutcome::ProtocolError,
+                    SessionEnd::ProtocolError,
                     "a binary message before start (carriers send JSON text)",
                 ));
             }
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
         };
-        match Inbound::parse(&text) {
-            Ok(Inbound::Start(start)) => return Ok(start),
-            Ok(Inbound::Connected | Inbound::Other(_)) => {}
-            Ok(Inbound::Media { .. }) => {
-                return Err(Ending::new(
-                    SessionOutcome::ProtocolError,
-                    "media before start",
-                ));
+        match FromCarrier::parse(&text) {
+            Ok(FromCarrier::Start(start)) => return Ok(start),
+            Ok(FromCarrier::Connected | FromCarrier::Other(_)) => {}
+            Ok(FromCarrier::Media { .. }) => {
+                return Err(Ending::new(SessionEnd::ProtocolError, "media before start"));
             }
             // What the message held (a digit may be a PIN) stays out of the log.
             Ok(
-                Inbound::Mark { .. } | Inbound::Dtmf { .. } | Inbound::Error { .. } | Inbound::Stop,
+                FromCarrier::Mark { .. }
+                | FromCarrier::Dtmf { .. }
+                | FromCarrier::Error { .. }
+                | FromCarrier::Stop,
             ) => {
                 debug!("a carrier event before start ignored");
             }
             Err(e) => {
                 return Err(Ending::new(
-                    SessionOutcome::ProtocolError,
+                    SessionEnd::ProtocolError,
                     format!("before start: {e}"),
                 ));
             }
@@ -360,7 +357,7 @@ async fn call(
     );
     if !start.is_mulaw_8k() {
         return Ending::new(
-            SessionOutcome::ProtocolError,
+            SessionEnd::ProtocolError,
             format!(
                 "unsupported media format {} {} Hz x{}; this endpoint takes audio/x-mulaw (PCMU) 8000 Hz mono",
                 start.encoding, start.sample_rate, start.channels
@@ -369,7 +366,7 @@ async fn call(
     }
     let resampler = match ToPhone::new(config.backends.tts.sample_rate()) {
         Ok(r) => r,
-        Err(e) => return Ending::new(SessionOutcome::ProtocolError, e),
+        Err(e) => return Ending::new(SessionEnd::ProtocolError, e),
     };
     let mut flux_config = config.flux.clone();
     flux_config.options.encoding = Some(Encoding::Mulaw);
@@ -383,14 +380,14 @@ async fn call(
         Ok(pair) => pair,
         Err(e) => {
             return Ending::new(
-                SessionOutcome::SttFailed,
+                SessionEnd::SttFailed,
                 format!("speech to text is unavailable: {e}"),
             );
         }
     };
     let (queue, mut outbound) = mpsc::unbounded_channel();
     let line = Arc::new(Line::new(state.metrics.clone()));
-    let out = Outbound::new(&start);
+    let out = ToCarrier::new(&start);
     let sink = CarrierSink::new(queue, resampler, line.clone(), writer.clone(), out.clear());
     let backends = match &recording {
         Some(r) => r.backends(&config.backends),
@@ -406,7 +403,7 @@ async fn call(
     }
     let mut silence = Silence::new(config.reprompt_after);
     let mut silence_check = tokio::time::interval(Duration::from_millis(250));
-    let mut turns = super::Turns::default();
+    let mut turns = super::TurnReports::default();
     let mut finished = std::pin::pin!(handle.finished());
     let mut reorder = Reorder::default();
     let flux_frame_bytes =
@@ -460,14 +457,14 @@ async fn call(
                     }
                 };
                 if sent.is_err() && ending.is_none() {
-                    ending = Some(Ending::new(SessionOutcome::ClientClosed, "the carrier stopped reading"));
+                    ending = Some(Ending::new(SessionEnd::ClientClosed, "the carrier stopped reading"));
                     stop.cancel();
                 }
             }
             () = &mut flush, if flushing => {
                 flushing = false;
                 if flush_batch(writer, &out, &mut batch, batch_mark, batch_epoch, &line.cut).await.is_err() && ending.is_none() {
-                    ending = Some(Ending::new(SessionOutcome::ClientClosed, "the carrier stopped reading"));
+                    ending = Some(Ending::new(SessionEnd::ClientClosed, "the carrier stopped reading"));
                     stop.cancel();
                 }
             }
@@ -475,7 +472,7 @@ async fn call(
                 observer.notify(|o| o.event(id, &event));
                 turns.on_event(&event, &log, &state.metrics);
                 if silence.on_event(&event, Instant::now()) && ending.is_none() {
-                    ending = Some(Ending::new(SessionOutcome::Completed, "the caller stayed silent; said goodbye"));
+                    ending = Some(Ending::new(SessionEnd::Completed, "the caller stayed silent; said goodbye"));
                     stop.cancel();
                 }
             }
@@ -498,7 +495,7 @@ async fn call(
                     idle_check.as_mut().reset(due);
                 } else {
                     ending = Some(Ending::new(
-                        SessionOutcome::ProtocolError,
+                        SessionEnd::ProtocolError,
                         format!("no audio from the carrier for {:?}", config.idle_timeout),
                     ));
                     stop.cancel();
@@ -520,28 +517,28 @@ async fn call(
                     }
                     Some(Err(e)) => {
                         let ended = if super::too_big(&e) {
-                            Ending::new(SessionOutcome::ProtocolError, "a message over the size limit")
+                            Ending::new(SessionEnd::ProtocolError, "a message over the size limit")
                         } else {
-                            Ending::new(SessionOutcome::ClientClosed, "the stream broke")
+                            Ending::new(SessionEnd::ClientClosed, "the stream broke")
                         };
                         ending = Some(ended);
                         stop.cancel();
                         continue;
                     }
                     None | Some(Ok(Message::Close(_))) => {
-                        ending = Some(Ending::new(SessionOutcome::ClientClosed, "the carrier closed the stream without stop"));
+                        ending = Some(Ending::new(SessionEnd::ClientClosed, "the carrier closed the stream without stop"));
                         stop.cancel();
                         continue;
                     }
                 };
-                match Inbound::parse(&text) {
-                    Ok(Inbound::Media { chunk, audio, .. }) => {
+                match FromCarrier::parse(&text) {
+                    Ok(FromCarrier::Media { chunk, audio, .. }) => {
                         last_media = now;
                         // Mu-law: a byte a sample.
                         if let Err(ahead) = realtime.admit(audio.len() as u64, now) {
                             warn!(ahead_s = ahead.as_secs_f64(), "the carrier's audio runs ahead of real time; ending the call");
                             ending = Some(Ending::new(
-                                SessionOutcome::ProtocolError,
+                                SessionEnd::ProtocolError,
                                 format!(
                                     "audio {:.1} s ahead of real time (the media is not a live call)",
                                     ahead.as_secs_f64()
@@ -563,23 +560,23 @@ async fn call(
                             debug!("flux no longer takes audio");
                         }
                     }
-                    Ok(Inbound::Mark { name }) => line.clock().echoed(&name),
-                    Ok(Inbound::Dtmf { digit }) => {
+                    Ok(FromCarrier::Mark { name }) => line.clock().echoed(&name),
+                    Ok(FromCarrier::Dtmf { digit }) => {
                         // The digit may be a PIN: it goes to the application, not the log.
                         dtmf += 1;
                         debug!(dtmf, "a key was pressed");
                         observer.notify(|o| o.dtmf(id, &digit));
                     }
-                    Ok(Inbound::Stop) => {
-                        ending = Some(Ending::new(SessionOutcome::Completed, "the caller hung up"));
+                    Ok(FromCarrier::Stop) => {
+                        ending = Some(Ending::new(SessionEnd::Completed, "the caller hung up"));
                         stop.cancel();
                     }
-                    Ok(Inbound::Error { detail }) => {
+                    Ok(FromCarrier::Error { detail }) => {
                         warn!(detail = %crate::text::Untrusted(&detail), "the carrier reported an error");
                     }
-                    Ok(Inbound::Start(_)) => warn!("a second start ignored"),
-                    Ok(Inbound::Connected) => {}
-                    Ok(Inbound::Other(event)) => {
+                    Ok(FromCarrier::Start(_)) => warn!("a second start ignored"),
+                    Ok(FromCarrier::Connected) => {}
+                    Ok(FromCarrier::Other(event)) => {
                         debug!(event = %crate::text::Untrusted(&event), "carrier event not used");
                     }
                     Err(carrier::CarrierError::Base64(e)) => {
@@ -608,14 +605,11 @@ async fn call(
         );
     }
     ending.unwrap_or_else(|| match outcome.error {
-        Some(e) if !state.shutdown.is_cancelled() => Ending::new(
-            SessionOutcome::SttFailed,
-            format!("speech to text failed: {e}"),
-        ),
-        _ if state.shutdown.is_cancelled() => {
-            Ending::new(SessionOutcome::Shutdown, "server shutdown")
+        Some(e) if !state.shutdown.is_cancelled() => {
+            Ending::new(SessionEnd::SttFailed, format!("speech to text failed: {e}"))
         }
-        _ => Ending::new(SessionOutcome::Completed, "the session ended"),
+        _ if state.shutdown.is_cancelled() => Ending::new(SessionEnd::Shutdown, "server shutdown"),
+        _ => Ending::new(SessionEnd::Completed, "the session ended"),
     })
 }
 
@@ -623,7 +617,7 @@ async fn call(
 /// was written (checked while holding the socket, which the interrupter also writes to).
 async fn flush_batch(
     writer: &Writer,
-    out: &Outbound,
+    out: &ToCarrier,
     batch: &mut Vec<u8>,
     mark: u64,
     epoch: u64,
