@@ -414,7 +414,8 @@ async fn idle_connections_close_after_sixty_seconds() {
     emulator.shutdown().await;
 }
 
-/// Checks FLUX.md 4.2 on one connection's TurnInfos.
+/// Checks the grammar of one connection's TurnInfos: per turn, StartOfTurn, then Updates, with
+/// EagerEndOfTurn and TurnResumed pairs when eager, then EndOfTurn.
 fn check_grammar(infos: &[TurnInfo], eager: bool) {
     #[derive(PartialEq, Clone, Copy, Debug)]
     enum S {

@@ -3,7 +3,8 @@
 //! Shared by the client ([`crate::flux::client`]) and the emulator ([`crate::emulator`]), so
 //! both sides agree on every field name by construction.
 //!
-//! Parsing is lenient where Flux is known to vary (see FLUX.md section 5): numbers are accepted
+//! Parsing is lenient where Flux is known to vary (the official SDKs and the service disagree on
+//! some shapes): numbers are accepted
 //! as JSON numbers or numeric strings, unknown fields are ignored, and unknown message `type`s,
 //! turn `event`s and `trigger`s are kept rather than rejected. Serialization is strict: numbers
 //! are always written as numbers and every required field is present, because the official

@@ -4,8 +4,8 @@
 //! query string, the emulator parses a query string back with [`ListenOptions::from_query`] and
 //! answers HTTP 400 with the same error text the client would have raised locally.
 //!
-//! Ranges follow FLUX.md 1.3 (newest documented ranges: `eot_threshold` up to 1.0,
-//! `eot_timeout_ms` up to 60000).
+//! Ranges follow Deepgram's `/v2/listen` reference (the newest documented ranges:
+//! `eot_threshold` up to 1.0, `eot_timeout_ms` up to 60000).
 
 use std::fmt;
 use std::str::FromStr;
@@ -208,7 +208,8 @@ impl ListenOptions {
         self.eot_timeout_ms.unwrap_or(5000)
     }
 
-    /// Checks every rule of FLUX.md 1.3.
+    /// Checks every rule of the `/v2/listen` reference on these parameters: sample rates and
+    /// encodings, the threshold ranges above, keyterms and tags.
     ///
     /// # Errors
     /// The first [`OptionsError`] found, naming parameter, value and what is allowed.

@@ -1,6 +1,7 @@
 //! Per-turn metrics and the run summary, computed from a session's event log.
 //!
-//! One vocabulary (DESIGN.md, "Metrics"), every figure derived from instants stamped once
+//! One vocabulary, the same in the report, the server's metrics and BENCHMARKS.md, every figure
+//! derived from instants stamped once
 //! where the event crossed our edge:
 //! - `response_latency_ms`: `EndOfTurn` received -> first agent frame written.
 //! - `voice_to_voice_ms`: the audio with the end of the user's last word sent -> first frame.

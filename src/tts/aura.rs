@@ -1,4 +1,4 @@
-//! Deepgram Aura streaming TTS over one WebSocket per conversation (`/v1/speak`, FLUX.md 6).
+//! Deepgram Aura streaming TTS over one WebSocket per conversation (`/v1/speak`).
 //!
 //! Each sentence is a `Speak` followed by a `Flush`; its audio is every binary frame until the
 //! server's `Flushed`. A synthesis dropped before `Flushed` (barge-in, cancelled speculation)

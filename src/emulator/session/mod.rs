@@ -23,7 +23,7 @@
 //! speech one word of the scenario's next user line appears per 0.375 s of voice, and the rest
 //! when the user stops, so a microphone or a recording produces real turn timing.
 //!
-//! # Choices on Flux's open questions (FLUX.md section 8)
+//! # Choices where Deepgram's documentation leaves Flux's behaviour open
 //! 1. `audio_window_start` is the stream time where the current turn's window began: 0 for the
 //!    first turn, the previous `EndOfTurn`'s `audio_window_end` afterwards.
 //! 2. Updates between turns always carry an empty transcript.

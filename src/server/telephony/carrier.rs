@@ -1,6 +1,7 @@
 //! The carriers' media-stream messages, pure: what Twilio and Telnyx send (parsed into one
-//! [`FromCarrier`] shape) and what we send back to each. Field names follow their documentation
-//! (SERVING.md); the carrier is told apart from the `start` message.
+//! [`FromCarrier`] shape) and what we send back to each. Field names follow the carriers' own
+//! media-stream documentation (docs/telephony.md); the carrier is told apart from the `start`
+//! message.
 
 use std::collections::BTreeMap;
 
