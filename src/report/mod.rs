@@ -1,8 +1,7 @@
 //! Per-turn metrics and the run summary, computed from a session's event log.
 //!
 //! One vocabulary, the same in the report, the server's metrics and BENCHMARKS.md, every figure
-//! derived from instants stamped once
-//! where the event crossed our edge:
+//! derived from instants stamped once where the event crossed our edge:
 //! - `response_latency_ms`: `EndOfTurn` received -> first agent frame written.
 //! - `voice_to_voice_ms`: the audio with the end of the user's last word sent -> first frame.
 //! - `engine_overhead_ms`: trigger received -> LLM request sent, plus first sentence ready ->
