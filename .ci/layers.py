@@ -10,7 +10,7 @@ import sys
 # Bottom to top. A module may use modules of its own layer or lower, never higher; within a
 # layer the imports must not form a cycle.
 LAYERS = [
-    ["text", "error", "net", "audio"],
+    ["text", "error", "failover", "net", "audio"],
     ["ws"],
     ["flux"],
     ["scenario"],

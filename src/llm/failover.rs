@@ -9,21 +9,20 @@
 //! `probe_after` has passed.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use tokio::time::Instant;
-use tracing::warn;
 
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream};
 use crate::error::ErrorKind;
+use crate::failover::{Health, Policy};
 
 /// A chain of models tried in order.
 pub struct FailoverLlm {
     providers: Vec<Arc<dyn LanguageModel>>,
-    unhealthy_until: Mutex<Vec<Option<Instant>>>,
+    health: Health,
     /// Give up on a provider when its first chunk takes longer than this.
     pub first_token_timeout: Duration,
     /// Wait before the single retry of the same provider.
@@ -44,7 +43,7 @@ impl FailoverLlm {
             .collect::<Vec<_>>()
             .join(",");
         Self {
-            unhealthy_until: Mutex::new(vec![None; providers.len()]),
+            health: Health::new(providers.len()),
             providers,
             first_token_timeout: Duration::from_secs(3),
             retry_backoff: Duration::from_millis(200),
@@ -56,7 +55,7 @@ impl FailoverLlm {
 
     /// Whether provider `index` is currently skipped.
     pub fn is_unhealthy(&self, index: usize) -> bool {
-        self.unhealthy_until.lock().expect("health lock")[index].is_some_and(|t| Instant::now() < t)
+        self.health.is_unhealthy(index)
     }
 
     async fn first_chunk(
@@ -89,48 +88,35 @@ impl LanguageModel for FailoverLlm {
     }
 
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
-        let mut last_error = None;
-        let healthy_first: Vec<usize> = {
-            let now = Instant::now();
-            let health = self.unhealthy_until.lock().expect("health lock");
-            let (ok, sick): (Vec<usize>, Vec<usize>) =
-                (0..self.providers.len()).partition(|i| health[*i].is_none_or(|t| now >= t));
-            ok.into_iter().chain(sick).collect()
+        let policy = Policy {
+            retry_backoff: self.retry_backoff,
+            longest_retry_wait: self.longest_retry_wait,
+            probe_after: self.probe_after,
         };
-        for index in healthy_first {
-            let provider = &*self.providers[index];
-            for attempt in 0..2 {
-                if attempt > 0 {
-                    let wait = last_error.as_ref().and_then(|e: &LlmError| {
-                        e.retry_wait(self.retry_backoff, self.longest_retry_wait)
-                    });
-                    let Some(wait) = wait else { break };
-                    tokio::time::sleep(wait).await;
-                }
-                match self.first_chunk(provider, &request).await {
-                    Ok((first, rest)) => {
-                        self.unhealthy_until.lock().expect("health lock")[index] = None;
-                        let stream: Pin<Box<_>> = Box::pin(
-                            futures_util::stream::once(async move { Ok(first) }).chain(rest),
-                        );
-                        return Ok(stream);
-                    }
-                    Err(e) => {
-                        warn!(provider = provider.name(), attempt, error = %e, "llm failed before its first token");
-                        last_error = Some(e);
-                    }
-                }
-            }
-            self.unhealthy_until.lock().expect("health lock")[index] =
-                Some(Instant::now() + self.probe_after);
-        }
-        Err(last_error.unwrap_or_else(|| {
-            LlmError::new(
-                self.name.clone(),
-                ErrorKind::BadRequest,
-                "no providers configured",
+        let request = &request;
+        let answered = self
+            .health
+            .first_success(
+                policy,
+                "llm",
+                |index| self.providers[index].name().to_owned(),
+                |index| self.first_chunk(&*self.providers[index], request),
             )
-        }))
+            .await;
+        match answered {
+            Ok((first, rest)) => {
+                let stream: Pin<Box<_>> =
+                    Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest));
+                Ok(stream)
+            }
+            Err(last) => Err(last.unwrap_or_else(|| {
+                LlmError::new(
+                    self.name.clone(),
+                    ErrorKind::BadRequest,
+                    "no providers configured",
+                )
+            })),
+        }
     }
 }
 
@@ -140,6 +126,7 @@ mod tests {
     use crate::llm::Message;
     use crate::llm::scripted::{Fault, ScriptedLlm};
     use crate::scenario::LlmTiming;
+    use tokio::time::Instant;
 
     fn request() -> LlmRequest {
         LlmRequest {

@@ -1,26 +1,26 @@
 //! Failover across voices: switch providers only before the first audio of a sentence.
 //!
-//! Mirrors [`crate::llm::FailoverLlm`]: the first healthy voice is asked; if it fails before its
+//! The same loop as [`crate::llm::FailoverLlm`] (`crate::failover`): the first healthy voice is
+//! asked; if it fails before its
 //! first chunk with a retryable error (rate limited, closed, silent past
 //! `first_audio_timeout`), it is retried once after `retry_backoff` (or the voice's own
 //! back-off); a wrong key or refused text is not retried. Then the next voice is asked and the
 //! failed one is skipped for `probe_after`. Audio already delivered is never re-synthesized.
 //! All voices of a chain must share one sample rate, since playout runs at one rate.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use tokio::time::Instant;
-use tracing::warn;
 
 use super::{SpeechStream, SpeechSynthesizer, TtsError};
+use crate::failover::{Health, Policy};
 
 /// A chain of voices tried in order.
 pub struct FailoverTts {
     voices: Vec<Arc<dyn SpeechSynthesizer>>,
-    unhealthy_until: Mutex<Vec<Option<Instant>>>,
+    health: Health,
     /// Give up on a voice when its first audio takes longer than this.
     pub first_audio_timeout: Duration,
     /// Wait before the single retry of the same voice.
@@ -62,7 +62,7 @@ impl FailoverTts {
             )));
         }
         Ok(Self {
-            unhealthy_until: Mutex::new(vec![None; voices.len()]),
+            health: Health::new(voices.len()),
             voices,
             first_audio_timeout: Duration::from_secs(2),
             retry_backoff: Duration::from_millis(200),
@@ -94,7 +94,7 @@ impl FailoverTts {
 
     /// Whether voice `index` is currently skipped.
     pub fn is_unhealthy(&self, index: usize) -> bool {
-        self.unhealthy_until.lock().expect("health lock")[index].is_some_and(|t| Instant::now() < t)
+        self.health.is_unhealthy(index)
     }
 }
 
@@ -109,39 +109,20 @@ impl SpeechSynthesizer for FailoverTts {
     }
 
     async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError> {
-        let order: Vec<usize> = {
-            let now = Instant::now();
-            let health = self.unhealthy_until.lock().expect("health lock");
-            let (ok, sick): (Vec<usize>, Vec<usize>) =
-                (0..self.voices.len()).partition(|i| health[*i].is_none_or(|t| now >= t));
-            ok.into_iter().chain(sick).collect()
+        let policy = Policy {
+            retry_backoff: self.retry_backoff,
+            longest_retry_wait: self.longest_retry_wait,
+            probe_after: self.probe_after,
         };
-        let mut last_error = None;
-        for index in order {
-            let voice = &self.voices[index];
-            for attempt in 0..2 {
-                if attempt > 0 {
-                    let wait = last_error.as_ref().and_then(|e: &TtsError| {
-                        e.retry_wait(self.retry_backoff, self.longest_retry_wait)
-                    });
-                    let Some(wait) = wait else { break };
-                    tokio::time::sleep(wait).await;
-                }
-                match self.first_audio(&**voice, text).await {
-                    Ok(stream) => {
-                        self.unhealthy_until.lock().expect("health lock")[index] = None;
-                        return Ok(stream);
-                    }
-                    Err(e) => {
-                        warn!(voice = voice.name(), attempt, error = %e, "voice failed before its first audio");
-                        last_error = Some(e);
-                    }
-                }
-            }
-            self.unhealthy_until.lock().expect("health lock")[index] =
-                Some(Instant::now() + self.probe_after);
-        }
-        Err(last_error.expect("a chain has at least one voice"))
+        self.health
+            .first_success(
+                policy,
+                "voice",
+                |index| self.voices[index].name().to_owned(),
+                |index| self.first_audio(&*self.voices[index], text),
+            )
+            .await
+            .map_err(|last| last.expect("a chain has at least one voice"))
     }
 
     async fn clear(&self) {
