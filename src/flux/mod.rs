@@ -12,6 +12,7 @@ pub(crate) mod continuity;
 pub(crate) mod lossless;
 pub mod messages;
 pub mod options;
+mod repair;
 
 pub use crate::ws::{ApiKey, Connector, WebSocketConnector};
 pub use client::{
@@ -19,7 +20,7 @@ pub use client::{
     TurnUpdate, connect,
 };
 pub use messages::{
-    ClientMessage, Configure, Parsed, ServerMessage, Thresholds, TurnEvent, TurnInfo, TurnTrigger,
-    Word,
+    ClientMessage, Configure, ServerMessage, Thresholds, TurnEvent, TurnInfo, TurnTrigger, Word,
 };
 pub use options::{Encoding, FluxModel, ListenOptions, OptionsError};
+pub use repair::Parsed;

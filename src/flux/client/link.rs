@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, warn};
 
-use crate::flux::messages::{Parsed, ServerMessage};
+use crate::flux::messages::ServerMessage;
 use crate::flux::options::ListenOptions;
+use crate::flux::repair::Parsed;
 use crate::ws::{ConnectError, ConnectRequest, Connection, Connector, FrameStream, WireFrame};
 
 use super::{FluxConfig, FluxError};
