@@ -7,9 +7,9 @@
 //! some shapes): numbers are accepted as JSON numbers or numeric strings, unknown fields are
 //! ignored, and unknown message `type`s, turn `event`s and `trigger`s are kept rather than
 //! rejected. The client reads through a repair layer on top (`repair`,
-//! [`ServerMessage::parse_repairing`]) that keeps a turn whose other fields are broken. Serialization is strict: numbers
-//! are always written as numbers and every required field is present, because the official
-//! Deepgram SDKs refuse messages with a missing field.
+//! [`ServerMessage::parse_repairing`]) that keeps a turn whose other fields are broken.
+//! Serialization is strict: numbers are always written as numbers and every required field is
+//! present, because the official Deepgram SDKs refuse messages with a missing field.
 //!
 //! Client messages parse strictly ([`ClientMessage::parse`]), as the real server does: a message
 //! that matches none of the known shapes is an `UNPARSABLE_CLIENT_MESSAGE`.
