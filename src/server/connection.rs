@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::State;
 use super::limits::{MessageRate, PlaybackReport, RealtimeGuard};
 use super::metrics::SessionEnd;
-use super::protocol::{ClientMessage, PROTOCOL_VERSION, ServerMessage, Start, close_code};
+use super::protocol::{FromClient, PROTOCOL_VERSION, Start, ToClient, close_code};
 use crate::engine::{AudioSink, EngineEvent};
 use crate::flux::{Encoding, connect};
 
@@ -38,7 +38,8 @@ const SEND_LIMIT: Duration = Duration::from_secs(5);
 /// Longest the ending of a session may take: provider connections are closed by then.
 const END_LIMIT: Duration = Duration::from_secs(1);
 
-enum ToClient {
+/// What playout queues for the connection task to write to the client, in order.
+enum Queued {
     Audio(Bytes),
     Clear,
 }
@@ -46,7 +47,7 @@ enum ToClient {
 /// Where the engine's playout writes: frames go to the connection's task, and the client's
 /// playback reports decide what was heard.
 struct SocketSink {
-    queue: mpsc::UnboundedSender<ToClient>,
+    queue: mpsc::UnboundedSender<Queued>,
     queued: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     written: u64,
@@ -65,7 +66,7 @@ impl AudioSink for SocketSink {
         }
         let bytes = crate::audio::encode(Encoding::Linear16, frame);
         self.queued.fetch_add(1, Ordering::Relaxed);
-        let _ = self.queue.send(ToClient::Audio(bytes.into()));
+        let _ = self.queue.send(Queued::Audio(bytes.into()));
     }
 
     fn clear(&mut self) {
@@ -76,7 +77,7 @@ impl AudioSink for SocketSink {
             "server_clock"
         };
         self.metrics.cuts_decided_by(clock, 1);
-        let _ = self.queue.send(ToClient::Clear);
+        let _ = self.queue.send(Queued::Clear);
     }
 
     fn played(&self) -> Option<u64> {
@@ -144,7 +145,7 @@ async fn send(socket: &mut WebSocket, message: Message) -> Result<(), ()> {
     }
 }
 
-fn text(message: &ServerMessage<'_>) -> Message {
+fn text(message: &ToClient<'_>) -> Message {
     Message::Text(Utf8Bytes::from(message.to_json()))
 }
 
@@ -180,7 +181,7 @@ async fn finish(socket: &mut WebSocket, ending: &Ending, turns: u64) {
         if let Some((code, message)) = &ending.error {
             warn!(code, %message, "closing the session");
             let _ = socket
-                .send(text(&ServerMessage::Error {
+                .send(text(&ToClient::Error {
                     code,
                     message,
                     fatal: true,
@@ -188,7 +189,7 @@ async fn finish(socket: &mut WebSocket, ending: &Ending, turns: u64) {
                 .await;
         }
         let _ = socket
-            .send(text(&ServerMessage::End {
+            .send(text(&ToClient::End {
                 reason: ending.reason,
                 turns,
             }))
@@ -244,8 +245,8 @@ async fn wait_for_start(
             return Err(Ending::flood(rate));
         }
         match message {
-            Message::Text(text) => match ClientMessage::parse(&text) {
-                Ok(ClientMessage::Start(start)) => return Ok(start),
+            Message::Text(text) => match FromClient::parse(&text) {
+                Ok(FromClient::Start(start)) => return Ok(start),
                 Ok(_) => {
                     return Err(Ending::refused(
                         "not_started",
@@ -330,7 +331,7 @@ async fn run(
         super::start_engine(state, flux_events, backends, Box::new(sink));
     let log = handle.log();
     let mut finished = std::pin::pin!(handle.finished());
-    let ready = ServerMessage::Ready {
+    let ready = ToClient::Ready {
         version: PROTOCOL_VERSION,
         session: id.to_string(),
         input_sample_rate: start.sample_rate,
@@ -367,11 +368,11 @@ async fn run(
             outcome = &mut finished => break outcome,
             Some(out) = outbound.recv() => {
                 let (message, clear) = match out {
-                    ToClient::Audio(frame) => {
+                    Queued::Audio(frame) => {
                         queued.fetch_sub(1, Ordering::Relaxed);
                         (Message::Binary(frame), false)
                     }
-                    ToClient::Clear => (text(&ServerMessage::Clear), true),
+                    Queued::Clear => (text(&ToClient::Clear), true),
                 };
                 let sent = ending.is_none() && send(socket, message).await.is_ok();
                 // A barge-in's clear, not the one of a server shutting down.
@@ -431,8 +432,8 @@ async fn run(
                         audio_frame(&audio, config.max_frame_bytes, &mut guard)
                             .map(|()| Some(audio))
                     }
-                    Some(Ok(Message::Text(text))) => match ClientMessage::parse(&text) {
-                        Ok(ClientMessage::Played(p)) => {
+                    Some(Ok(Message::Text(text))) => match FromClient::parse(&text) {
+                        Ok(FromClient::Played(p)) => {
                             *playback.lock().expect("playback lock") = Some(PlaybackReport {
                                 played: p.samples,
                                 buffered: p.buffered,
@@ -440,8 +441,8 @@ async fn run(
                             });
                             Ok(None)
                         }
-                        Ok(ClientMessage::Stop) if stopping => Ok(None),
-                        Ok(ClientMessage::Stop) => {
+                        Ok(FromClient::Stop) if stopping => Ok(None),
+                        Ok(FromClient::Stop) => {
                             stopping = true;
                             finish_by.as_mut().reset(now + config.finish_timeout);
                             // Ends the user's audio; the session finishes the turn in progress.
@@ -459,7 +460,7 @@ async fn run(
                             }
                             Ok(None)
                         }
-                        Ok(ClientMessage::Start(_)) => Err(Ending::refused(
+                        Ok(FromClient::Start(_)) => Err(Ending::refused(
                             "invalid",
                             "start was already received".into(),
                             close_code::POLICY,
@@ -611,9 +612,9 @@ impl Session {
             }
             _ => event,
         };
-        send(socket, text(&ServerMessage::Event(event))).await?;
+        send(socket, text(&ToClient::Event(event))).await?;
         for turn in self.turns.on_event(event, log, &state.metrics) {
-            send(socket, text(&ServerMessage::Turn(&turn))).await?;
+            send(socket, text(&ToClient::Turn(&turn))).await?;
         }
         Ok(())
     }

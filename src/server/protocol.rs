@@ -15,7 +15,7 @@ pub const INPUT_SAMPLE_RATES: [u32; 5] = [8000, 16000, 24000, 44100, 48000];
 
 /// A text message from the client.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClientMessage {
+pub enum FromClient {
     /// The first message: what the client will send.
     Start(Start),
     /// How much agent audio the client has played.
@@ -101,7 +101,7 @@ impl ProtocolError {
     }
 }
 
-impl ClientMessage {
+impl FromClient {
     /// Parses one text message.
     ///
     /// # Errors
@@ -109,7 +109,7 @@ impl ClientMessage {
     /// field missing, unknown or out of range.
     pub fn parse(text: &str) -> Result<Self, ProtocolError> {
         if let Some(played) = Played::parse_sound(text) {
-            return Ok(ClientMessage::Played(played));
+            return Ok(FromClient::Played(played));
         }
         let mut value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| ProtocolError::Malformed(format!("not JSON ({e})")))?;
@@ -145,9 +145,9 @@ impl ClientMessage {
                         start.sample_rate
                     )));
                 }
-                Ok(ClientMessage::Start(start))
+                Ok(FromClient::Start(start))
             }
-            "played" => Ok(ClientMessage::Played(fields("played", value)?)),
+            "played" => Ok(FromClient::Played(fields("played", value)?)),
             "stop" => {
                 if !object.is_empty() {
                     return Err(ProtocolError::Invalid {
@@ -158,7 +158,7 @@ impl ClientMessage {
                         ),
                     });
                 }
-                Ok(ClientMessage::Stop)
+                Ok(FromClient::Stop)
             }
             _ => Err(ProtocolError::UnknownType(kind)),
         }
@@ -168,7 +168,7 @@ impl ClientMessage {
 /// A text message from the server.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMessage<'a> {
+pub enum ToClient<'a> {
     /// The session is running; audio may flow.
     Ready {
         /// Protocol version.
@@ -207,7 +207,7 @@ pub enum ServerMessage<'a> {
     Event(&'a EngineEvent),
 }
 
-impl ServerMessage<'_> {
+impl ToClient<'_> {
     /// The JSON text of this message.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server messages always serialize")
@@ -241,8 +241,8 @@ mod tests {
     #[test]
     fn a_start_with_a_supported_rate_parses() {
         assert_eq!(
-            ClientMessage::parse(r#"{"type":"start","version":1,"sample_rate":16000}"#),
-            Ok(ClientMessage::Start(Start {
+            FromClient::parse(r#"{"type":"start","version":1,"sample_rate":16000}"#),
+            Ok(FromClient::Start(Start {
                 version: 1,
                 sample_rate: 16000
             }))
@@ -289,7 +289,7 @@ mod tests {
             ),
         ];
         for (input, expected) in cases {
-            let error = ClientMessage::parse(input).unwrap_err().to_string();
+            let error = FromClient::parse(input).unwrap_err().to_string();
             assert!(error.contains(expected), "{input}: {error}");
         }
     }
@@ -297,8 +297,8 @@ mod tests {
     #[test]
     fn played_defaults_buffered_to_zero() {
         assert_eq!(
-            ClientMessage::parse(r#"{"type":"played","samples":320}"#),
-            Ok(ClientMessage::Played(Played {
+            FromClient::parse(r#"{"type":"played","samples":320}"#),
+            Ok(FromClient::Played(Played {
                 samples: 320,
                 buffered: 0
             }))
@@ -307,14 +307,14 @@ mod tests {
 
     #[test]
     fn played_reads_the_same_whichever_way_it_is_read() {
-        let played = |samples, buffered| Ok(ClientMessage::Played(Played { samples, buffered }));
+        let played = |samples, buffered| Ok(FromClient::Played(Played { samples, buffered }));
         assert_eq!(
-            ClientMessage::parse(r#"{"buffered":80,"samples":320,"type":"played"}"#),
+            FromClient::parse(r#"{"buffered":80,"samples":320,"type":"played"}"#),
             played(320, 80)
         );
         // A repeated field is read as JSON objects are (the last one wins), not refused.
         assert_eq!(
-            ClientMessage::parse(r#"{"type":"played","samples":1,"samples":2}"#),
+            FromClient::parse(r#"{"type":"played","samples":1,"samples":2}"#),
             played(2, 0)
         );
         for (input, expected) in [
@@ -325,7 +325,7 @@ mod tests {
             (r#"{"type":"stop","samples":1}"#, "invalid stop message"),
             (r#"{"type":"Played","samples":1}"#, "unknown message type"),
         ] {
-            let error = ClientMessage::parse(input).unwrap_err().to_string();
+            let error = FromClient::parse(input).unwrap_err().to_string();
             assert!(error.contains(expected), "{input}: {error}");
         }
     }
@@ -337,9 +337,9 @@ mod tests {
             transcript: "book a table".into(),
         };
         assert_eq!(
-            ServerMessage::Event(&event).to_json(),
+            ToClient::Event(&event).to_json(),
             r#"{"type":"user_transcript","turn":2,"transcript":"book a table"}"#
         );
-        assert_eq!(ServerMessage::Clear.to_json(), r#"{"type":"clear"}"#);
+        assert_eq!(ToClient::Clear.to_json(), r#"{"type":"clear"}"#);
     }
 }
