@@ -13,8 +13,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Input sample rates a client may declare (PCM16 mono), the ones Flux accepts for linear16.
 pub const INPUT_SAMPLE_RATES: [u32; 5] = [8000, 16000, 24000, 44100, 48000];
 
-/// A text message from the client.
-#[derive(Debug, Clone, PartialEq)]
+/// A text message from the client: parsed by the server ([`FromClient::parse`]), written by a
+/// client ([`FromClient::to_json`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromClient {
     /// The first message: what the client will send.
     Start(Start),
@@ -25,7 +27,7 @@ pub enum FromClient {
 }
 
 /// `{"type": "start", ...}`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Start {
     /// The protocol version the client speaks (only 1 exists).
@@ -35,7 +37,7 @@ pub struct Start {
 }
 
 /// `{"type": "played", "samples": N, "buffered": M}`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Played {
     /// Agent audio samples (at the output rate) played since the session started.
@@ -102,6 +104,11 @@ impl ProtocolError {
 }
 
 impl FromClient {
+    /// The JSON text of this message, as a client sends it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("client messages always serialize")
+    }
+
     /// Parses one text message.
     ///
     /// # Errors
@@ -237,6 +244,26 @@ pub mod close_code {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_messages_written_are_read_back_the_same() {
+        let messages = [
+            FromClient::Start(Start {
+                version: PROTOCOL_VERSION,
+                sample_rate: 16000,
+            }),
+            FromClient::Played(Played {
+                samples: 16000,
+                buffered: 320,
+            }),
+            FromClient::Stop,
+        ];
+        for message in messages {
+            let text = message.to_json();
+            assert_eq!(FromClient::parse(&text), Ok(message), "{text}");
+        }
+        assert_eq!(FromClient::Stop.to_json(), r#"{"type":"stop"}"#);
+    }
 
     #[test]
     fn a_start_with_a_supported_rate_parses() {

@@ -6,10 +6,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use turnflow::flux::Encoding;
+use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Start};
 
 use super::{
     CONNECT_PATIENCE, FRAME, PAUSE_AFTER_REPLY, Playback, Progress, REPLY_PATIENCE, SEND_PATIENCE,
@@ -56,7 +57,11 @@ pub(super) async fn one_session(
         }
     };
     progress.open.fetch_add(1, Ordering::Relaxed);
-    let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
+    let start = FromClient::Start(Start {
+        version: PROTOCOL_VERSION,
+        sample_rate: 16000,
+    })
+    .to_json();
     if let Err(e) = send(&mut socket, Message::Text(start.into())).await {
         result.failure = Some(e.or("the connection closed before start"));
         progress.ended(&result);
@@ -86,7 +91,7 @@ pub(super) async fn one_session(
     // Playback is reported every fifth frame (100 ms) on the frame's own wakeup, and only
     // when there is news: a caller listening to silence says nothing.
     let mut ticks = 0u64;
-    let mut last_report = Value::Null;
+    let mut last_report = None;
     // Agent audio of this turn's reply received so far.
     let mut reply_received = Duration::ZERO;
     'session: loop {
@@ -115,9 +120,9 @@ pub(super) async fn one_session(
                 ticks += 1;
                 if ticks.is_multiple_of(5) && playback.received > 0 {
                     let played = playback.report(now);
-                    if played != last_report {
-                        due.push(Message::Text(played.to_string().into()));
-                        last_report = played;
+                    if Some(played) != last_report {
+                        due.push(Message::Text(FromClient::Played(played).to_json().into()));
+                        last_report = Some(played);
                     }
                 }
                 if let Err(e) = send_all(&mut socket, due).await {
@@ -142,7 +147,7 @@ pub(super) async fn one_session(
                         (false, None, None, None, None);
                     if turn == turns {
                         stopping = true;
-                        let stop = json!({"type": "stop"}).to_string();
+                        let stop = FromClient::Stop.to_json();
                         if let Some(stalled) = send_or_stall(&mut socket, Message::Text(stop.into())).await {
                             result.failure = Some(stalled);
                             break;
@@ -184,7 +189,7 @@ pub(super) async fn one_session(
                             "user_finished" => finished_at = Some(now),
                             "clear" => {
                                 playback.clear(now);
-                                let played = playback.report(now).to_string();
+                                let played = FromClient::Played(playback.report(now)).to_json();
                                 if let Some(stalled) = send_or_stall(&mut socket, Message::Text(played.into())).await {
                                     result.failure = Some(stalled);
                                     break 'session;

@@ -12,11 +12,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures_util::SinkExt;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use turnflow::report::Stats;
+use turnflow::server::protocol::Played;
 
 mod browser;
 mod phone;
@@ -126,13 +126,12 @@ impl Playback {
         self.buffered_until = now;
     }
 
-    fn report(&self, now: Instant) -> Value {
+    fn report(&self, now: Instant) -> Played {
         let buffered = self.buffered(now);
-        json!({
-            "type": "played",
-            "samples": self.received - self.dropped - buffered,
-            "buffered": buffered,
-        })
+        Played {
+            samples: self.received - self.dropped - buffered,
+            buffered,
+        }
     }
 }
 
@@ -434,10 +433,10 @@ mod tests {
         };
         p.receive(16000, t0);
         let at = t0 + Duration::from_millis(250);
-        assert_eq!(p.report(at)["samples"], 4000);
-        assert_eq!(p.report(at)["buffered"], 12000);
+        assert_eq!(p.report(at).samples, 4000);
+        assert_eq!(p.report(at).buffered, 12000);
         p.clear(at);
-        assert_eq!(p.report(at + Duration::from_secs(1))["samples"], 4000);
+        assert_eq!(p.report(at + Duration::from_secs(1)).samples, 4000);
     }
 
     fn progress() -> Arc<Progress> {
