@@ -238,6 +238,24 @@ fn twilio_dtmf(digit: &str) -> String {
         .to_string()
 }
 
+/// The head of a 100 KB Twilio webhook request; its body follows a byte at a time.
+const SLOW_POST: &[u8] = b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\n\
+    Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\nC";
+
+/// A request body sent a byte every 100 ms for as long as the server takes it.
+async fn trickle_body(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let mut trickle = TcpStream::connect(addr).await.unwrap();
+    trickle.write_all(SLOW_POST).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if trickle.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// Streams 20 ms of silence every 20 ms, as a microphone does, until `wanted` picks something
 /// from what the server sends.
 async fn talk_until<T>(socket: &mut Socket, mut wanted: impl FnMut(&Message) -> Option<T>) -> T {
@@ -379,22 +397,7 @@ async fn a_drain_ends_whatever_hostile_clients_are_connected() {
         talking,
         Message::Binary(vec![0; 3200].into()),
     ));
-    let mut trickle = TcpStream::connect(addr).await.unwrap();
-    trickle
-        .write_all(
-            b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\n\
-              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\nC",
-        )
-        .await
-        .unwrap();
-    let trickling = tokio::spawn(async move {
-        for _ in 0..300 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if trickle.write_all(b"a").await.is_err() {
-                return;
-            }
-        }
-    });
+    let trickling = trickle_body(addr).await;
     let mut half = TcpStream::connect(addr).await.unwrap();
     half.write_all(b"GET /healthz HTTP/1.1\r\nHost:")
         .await
@@ -428,12 +431,7 @@ async fn a_slow_or_huge_request_body_is_refused() {
     })
     .await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
-    slow.write_all(
-        b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\n\
-          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\nC",
-    )
-    .await
-    .unwrap();
+    slow.write_all(SLOW_POST).await.unwrap();
     let answered = async {
         let mut response = vec![0u8; 1024];
         loop {
@@ -841,22 +839,7 @@ async fn sigterm_with_hostile_clients_connected_exits() {
         carrier,
         Message::Text(TWILIO_CONNECTED.into()),
     ));
-    let mut trickle = TcpStream::connect(addr).await.unwrap();
-    trickle
-        .write_all(
-            b"POST /twilio/voice HTTP/1.1\r\nHost: x\r\n\
-              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\nC",
-        )
-        .await
-        .unwrap();
-    let trickling = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if trickle.write_all(b"a").await.is_err() {
-                return;
-            }
-        }
-    });
+    let trickling = trickle_body(addr).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
