@@ -30,9 +30,15 @@ impl fmt::Debug for ApiKey {
 }
 
 /// The host of `url` (`scheme://[user@]host[:port]/...`), brackets of IPv6 literals removed.
-fn host_of(url: &str) -> Option<&str> {
+pub(crate) fn host_of(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority_host(authority)
+}
+
+/// The host of an authority (`user@host:port`, `[::1]:8080`, a `Host` header), without
+/// user, port or IPv6 brackets.
+pub(crate) fn authority_host(authority: &str) -> Option<&str> {
     let authority = authority
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
@@ -202,6 +208,15 @@ pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_authority_gives_its_host_alone() {
+        assert_eq!(authority_host("agent.example:443"), Some("agent.example"));
+        assert_eq!(authority_host("agent.example"), Some("agent.example"));
+        assert_eq!(authority_host("[::1]:8080"), Some("::1"));
+        assert_eq!(authority_host("user:pw@h:1"), Some("h"));
+        assert_eq!(authority_host("[::1"), None);
+    }
 
     #[test]
     fn loopback_is_parsed_not_guessed() {

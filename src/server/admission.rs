@@ -81,25 +81,15 @@ fn origin_allowed(
 /// Whether the authority `host` (`name[:port]`) names this server: an IP address, `localhost`,
 /// or the host of `public_url`.
 fn host_is_ours(host: &str, public_url: Option<&str>) -> bool {
-    let name = hostname(host);
+    let Some(name) = crate::net::authority_host(host) else {
+        return false;
+    };
     if name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
     public_url
-        .and_then(|url| url.split_once("://"))
-        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
-        .is_some_and(|public| hostname(public).eq_ignore_ascii_case(name))
-}
-
-/// The name of an authority: `[::1]:8080` -> `::1`, `agent.example:443` -> `agent.example`.
-fn hostname(authority: &str) -> &str {
-    if let Some(bracketed) = authority.strip_prefix('[') {
-        return bracketed.split(']').next().unwrap_or(bracketed);
-    }
-    match authority.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => authority,
-    }
+        .and_then(crate::net::host_of)
+        .is_some_and(|public| public.eq_ignore_ascii_case(name))
 }
 
 /// The 403 for a browser page whose origin may not connect, when it may not.
@@ -261,15 +251,6 @@ mod tests {
             Some("https://any"),
             None
         ));
-    }
-
-    #[test]
-    fn hostnames_drop_the_port_only() {
-        assert_eq!(hostname("a.example:443"), "a.example");
-        assert_eq!(hostname("a.example"), "a.example");
-        assert_eq!(hostname("[::1]:80"), "::1");
-        assert_eq!(hostname("[::1]"), "::1");
-        assert_eq!(hostname("a.example:x"), "a.example:x");
     }
 
     #[test]
