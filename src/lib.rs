@@ -99,6 +99,7 @@ pub mod stream {
 }
 
 pub mod audio;
+pub mod call;
 pub mod emulator;
 pub mod engine;
 pub mod error;

@@ -138,3 +138,35 @@ impl ServerConfig {
         }
     }
 }
+
+impl ServerConfig {
+    /// What browser sessions and phone calls are run with: the same providers and limits;
+    /// calls greet and re-prompt.
+    pub(super) fn call_settings(&self) -> (crate::call::Settings, crate::call::Settings) {
+        let mut browser = crate::call::Settings::new(
+            self.flux.clone(),
+            self.connector.clone(),
+            self.backends.clone(),
+        );
+        browser.session = self.session.clone();
+        browser.record_dir = self.record_dir.clone();
+        browser.limits = crate::call::Limits {
+            start_timeout: self.start_timeout,
+            idle_timeout: self.idle_timeout,
+            finish_timeout: self.finish_timeout,
+            realtime_margin: self.realtime_margin,
+            max_audio_bytes: self.max_frame_bytes,
+            messages_per_second: super::MESSAGES_PER_SECOND,
+            message_burst: super::MESSAGE_BURST,
+        };
+        let mut phone = browser.clone();
+        phone.greeting = self.greeting.clone();
+        phone.silence = self.reprompt_after.map(|after| {
+            let mut policy = crate::call::SilencePolicy::new(after);
+            policy.reprompt = self.reprompt_line.clone();
+            policy.goodbye = self.goodbye_line.clone();
+            policy
+        });
+        (browser, phone)
+    }
+}

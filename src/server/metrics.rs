@@ -66,32 +66,7 @@ impl Histogram {
 }
 
 /// How a session ended, for `turnflow_sessions_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SessionEnd {
-    /// The client sent `stop` and the session finished.
-    Completed,
-    /// The client went away without `stop`.
-    ClientClosed,
-    /// The client broke the protocol or a limit (malformed, too fast, too big, idle).
-    ProtocolError,
-    /// Speech to text failed.
-    SttFailed,
-    /// Cut by the server's shutdown after the drain timeout.
-    Shutdown,
-}
-
-impl SessionEnd {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionEnd::Completed => "completed",
-            SessionEnd::ClientClosed => "client_closed",
-            SessionEnd::ProtocolError => "protocol_error",
-            SessionEnd::SttFailed => "stt_failed",
-            SessionEnd::Shutdown => "shutdown",
-        }
-    }
-}
+pub use crate::call::SessionEnd;
 
 /// Why a connection was refused before it became a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -19,18 +19,15 @@
 //! within [`ServerConfig::drain_timeout`] plus a few seconds whatever clients do.
 
 mod admission;
+mod browser;
 mod config;
-mod connection;
-mod limits;
 pub mod metrics;
 mod observer;
 mod page;
 pub mod protocol;
 mod routes;
 mod service;
-mod session_recording;
 pub mod telephony;
-mod turns;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -38,17 +35,14 @@ use std::sync::atomic::AtomicUsize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::Backends;
 use admission::token_matches;
 pub use config::ServerConfig;
 pub use metrics::Metrics;
-use observer::Observing;
+use observer::Reporting;
 pub use observer::SessionObserver;
 pub use service::{Drain, DrainReport, Server, Service};
-use session_recording::SessionRecording;
-use turns::TurnReports;
 
-/// Messages a client may send a second, averaged (`limits::MessageRate`): four times what a
+/// Messages a client may send a second, averaged: four times what a
 /// browser (50 audio frames, up to 10 playback reports) or a carrier (50 media messages, its mark
 /// echoes) sends.
 pub const MESSAGES_PER_SECOND: u32 = 200;
@@ -67,6 +61,35 @@ struct State {
     /// Parent of every session's stop token.
     shutdown: CancellationToken,
     sessions: TaskTracker,
+    /// What every browser session is run with.
+    browser: crate::call::Settings,
+    /// What every phone call is run with: the browser's, with the greeting and the re-prompt.
+    phone: crate::call::Settings,
+}
+
+impl State {
+    /// The conversation `id`, run with `settings` and reported through `reporting`: stopped
+    /// by the server's shutdown, its wait for `start` ended by the drain.
+    fn call(
+        &self,
+        id: &str,
+        settings: &crate::call::Settings,
+        reporting: Arc<Reporting>,
+    ) -> crate::call::Call {
+        let mut settings = settings.clone();
+        settings.observer = Some(reporting);
+        crate::call::Call::new(id, settings)
+            .stopped_by(self.shutdown.clone())
+            .draining_with(self.draining.clone())
+    }
+
+    /// A session's reporting to the metrics and the application's observer.
+    fn reporting(&self) -> Arc<Reporting> {
+        Arc::new(Reporting::new(
+            self.metrics.clone(),
+            self.config.observer.clone(),
+        ))
+    }
 }
 
 /// Whether a WebSocket read failed because the peer sent a message over the size limit (as
@@ -75,44 +98,4 @@ fn too_big(error: &axum::Error) -> bool {
     std::error::Error::source(error)
         .and_then(|e| e.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
         .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
-}
-
-/// Records how long after the StartOfTurn that caused it a `clear` was written to a client.
-fn clear_written(metrics: &Metrics, log: &crate::engine::log::EventLog) {
-    let now = tokio::time::Instant::now();
-    let started = log.last_at(|kind| {
-        matches!(
-            kind,
-            crate::engine::log::LogKind::Flux {
-                event: crate::flux::TurnEvent::StartOfTurn,
-                ..
-            }
-        )
-    });
-    if let Some(at) = started {
-        metrics.clear_sent(now.saturating_duration_since(at).as_secs_f64());
-    }
-}
-
-/// Starts the engine session of a connection: stopped by the server's shutdown or by the
-/// returned token.
-fn start_engine(
-    state: &State,
-    flux: crate::flux::FluxEvents,
-    backends: Backends,
-    sink: Box<dyn crate::engine::AudioSink>,
-) -> (
-    CancellationToken,
-    crate::engine::SessionHandle,
-    tokio::sync::mpsc::Receiver<crate::engine::EngineEvent>,
-) {
-    let stop = state.shutdown.child_token();
-    let (handle, events) = crate::engine::start_session(
-        state.config.session.clone(),
-        flux,
-        backends,
-        sink,
-        stop.clone(),
-    );
-    (stop, handle, events)
 }

@@ -13,7 +13,7 @@ use tracing::warn;
 use super::admission::{
     SessionQuery, admit, bearer, refusal, refuse_origin, token_matches, unavailable, upgrade_into,
 };
-use super::{State, connection, metrics, telephony};
+use super::{State, browser, metrics, telephony};
 
 /// Largest request body taken (Twilio's webhook is a form of a few hundred bytes).
 const BODY_LIMIT: usize = 64 * 1024;
@@ -42,7 +42,7 @@ pub(super) async fn session(
         return refused;
     }
     match admit(&state) {
-        Ok(admission) => upgrade_into(upgrade, admission, connection::serve),
+        Ok(admission) => upgrade_into(upgrade, admission, browser::serve),
         Err(why) => unavailable(&state, why),
     }
 }

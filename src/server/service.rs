@@ -46,8 +46,11 @@ impl Service {
     /// The routes and sessions of `config`; nothing runs until the router serves a request.
     pub fn new(config: ServerConfig) -> Self {
         let shutdown = CancellationToken::new();
+        let (browser, phone) = config.call_settings();
         Self {
             state: Arc::new(State {
+                browser,
+                phone,
                 config,
                 metrics: Arc::new(Metrics::default()),
                 admitted: AtomicUsize::new(0),

@@ -27,26 +27,21 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt as _, StreamExt as _};
 use hmac::Mac as _;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::State;
-use super::limits::{MessageRate, RealtimeGuard};
-use super::metrics::SessionEnd;
-use crate::engine::{EngineEvent, Prompt, ResponseId};
-use crate::flux::{Encoding, connect};
+use crate::call::{
+    AudioFormat, CutNow, EndError, Ending, FaultKind, Gone, Inbound, Outbound, PlaybackClock,
+    Start, Transport,
+};
+use crate::flux::Encoding;
 use carrier::{FromCarrier, StreamStart, ToCarrier};
-use line::{CarrierSink, Cut, Line, Out, Writer};
+use line::{LineCutter, Writer};
 use reorder::Reorder;
 use resample::{PHONE_RATE, ToPhone};
 
-/// Agent audio per media message: 40 ms at 8 kHz mu-law (carriers stutter on tiny chunks).
-const MESSAGE_BYTES: usize = 320;
-/// A partial message goes out when no more audio came for this long.
-const FLUSH_AFTER: Duration = Duration::from_millis(25);
-/// Longest one send to the carrier may take.
-const SEND_LIMIT: Duration = Duration::from_secs(5);
+/// Agent audio per media message: 40 ms (carriers stutter on tiny chunks).
+const MESSAGE_DURATION: Duration = Duration::from_millis(40);
 
 /// A caller's speech at `rate` as a phone line carries it: low-passed, decimated to 8 kHz and
 /// mu-law encoded, as the agent's voice is sent to a carrier.
@@ -96,549 +91,234 @@ pub(super) fn twiml(stream_url: &str) -> String {
     )
 }
 
-/// What to do about a silent caller.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Nudge {
-    Reprompt,
-    Goodbye,
-}
-
-/// The caller's silence after the agent spoke: one re-prompt, then a goodbye and a hang-up.
-#[derive(Debug)]
-struct Silence {
-    after: Option<Duration>,
-    /// Since when nobody has spoken (`None` while someone speaks or a reply is live).
-    quiet_since: Option<Instant>,
-    /// Re-prompts given since the caller last spoke.
-    nudged: u8,
-    /// The goodbye's response, once it started.
-    goodbye: Option<ResponseId>,
-    /// A re-prompt or goodbye was asked for and has not started yet.
-    pending: bool,
-}
-
-impl Silence {
-    fn new(after: Option<Duration>) -> Self {
-        Silence {
-            after,
-            quiet_since: Some(Instant::now()),
-            nudged: 0,
-            goodbye: None,
-            pending: false,
-        }
-    }
-
-    fn enabled(&self) -> bool {
-        self.after.is_some()
-    }
-
-    /// Notes an engine event; true when the goodbye has been said and the call should end.
-    fn on_event(&mut self, event: &EngineEvent, now: Instant) -> bool {
-        match event {
-            EngineEvent::UserStarted { .. } => {
-                self.quiet_since = None;
-                self.nudged = 0;
-                self.pending = false;
-            }
-            EngineEvent::Prompting { response } => {
-                self.quiet_since = None;
-                if self.pending && self.nudged == 2 {
-                    self.goodbye = Some(*response);
-                }
-                self.pending = false;
-            }
-            EngineEvent::Responding { .. } | EngineEvent::Speculating { .. } => {
-                self.quiet_since = None;
-            }
-            EngineEvent::ResponseEnded { response, .. } => {
-                if self.goodbye == Some(*response) {
-                    return true;
-                }
-                self.quiet_since = Some(now);
-            }
-            _ => {}
-        }
-        false
-    }
-
-    /// What to do now, if anything.
-    fn due(&mut self, now: Instant) -> Option<Nudge> {
-        let after = self.after?;
-        let since = self.quiet_since?;
-        if self.pending || now.saturating_duration_since(since) < after || self.nudged >= 2 {
-            return None;
-        }
-        self.nudged += 1;
-        self.pending = true;
-        self.quiet_since = None;
-        Some(if self.nudged == 1 {
-            Nudge::Reprompt
-        } else {
-            Nudge::Goodbye
-        })
-    }
-}
-
-/// How a call ended, for the log and the metrics.
-struct Ending {
-    outcome: SessionEnd,
-    reason: String,
-}
-
-impl Ending {
-    /// An ending; `reason` may quote the carrier or a provider, so it is escaped and cut short.
-    fn new(outcome: SessionEnd, reason: impl Into<String>) -> Self {
-        Self {
-            outcome,
-            reason: crate::text::Untrusted(&reason.into()).to_string(),
-        }
-    }
-
-    fn flood(rate: &MessageRate) -> Self {
-        warn!(
-            limit = rate.per_second(),
-            "the carrier flooded the call with messages; ending it"
-        );
-        Ending::new(
-            SessionEnd::ProtocolError,
-            format!("more than {} messages a second", rate.per_second()),
-        )
-    }
-}
-
-/// Sends `text`, or flushes what the writer holds when there is none.
-async fn send(writer: &Writer, text: Option<String>) -> Result<(), ()> {
-    within_send_limit(async {
-        let mut writer = writer.lock().await;
-        match text {
-            Some(text) => writer.send(Message::Text(Utf8Bytes::from(text))).await,
-            None => writer.flush().await,
-        }
-    })
-    .await
-}
-
-/// Runs a write to the carrier, bounded by [`SEND_LIMIT`]: a carrier that stops reading ends
-/// the call rather than holding it.
-async fn within_send_limit<E>(write: impl Future<Output = Result<(), E>>) -> Result<(), ()> {
-    match tokio::time::timeout(SEND_LIMIT, write).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
-}
-
 /// Serves one carrier stream until the call ends.
-pub(super) async fn serve(mut socket: WebSocket, state: Arc<State>) {
+pub(super) async fn serve(socket: WebSocket, state: Arc<State>) {
     let id = uuid::Uuid::new_v4().to_string();
     let span = info_span!("call", session = %id);
     async move {
         state.metrics.session_started();
-        let mut rate = MessageRate::new(
-            super::MESSAGES_PER_SECOND,
-            super::MESSAGE_BURST,
-            Instant::now(),
-        );
-        let ending = match wait_for_start(&mut socket, &state, &mut rate).await {
-            Ok(start) => {
-                let (writer, reader) = socket.split();
-                let writer = Arc::new(tokio::sync::Mutex::new(writer));
-                let ending = call(reader, &writer, &state, &id, start, rate).await;
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    writer.lock().await.send(Message::Close(None)).await
-                })
-                .await;
-                ending
-            }
-            Err(ending) => {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(None)))
-                        .await;
-                ending
-            }
+        let reporting = state.reporting();
+        let (writer, reader) = socket.split();
+        let mut line = PhoneLine {
+            reader,
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            call: None,
+            voice_rate: state.config.backends.tts.sample_rate(),
+            reorder: Reorder::default(),
+            bad_payloads: 0,
+            id: id.clone(),
+            reporting: reporting.clone(),
         };
+        let ending = state
+            .call(&id, &state.phone, reporting)
+            .run(&mut line)
+            .await;
+        if line.reorder.late + line.reorder.lost > 0 {
+            info!(
+                late = line.reorder.late,
+                lost = line.reorder.lost,
+                "caller audio frames out of order"
+            );
+        }
         state.metrics.session_ended(ending.outcome);
-        info!(outcome = ending.outcome.as_str(), reason = %ending.reason, "call ended");
+        info!(outcome = ending.outcome.as_str(), reason = %ending.detail, "call ended");
     }
     .instrument(span)
     .await
 }
 
-/// Waits for the stream's `start`: `connected` and events this endpoint does not use are
-/// skipped, anything else ends the stream, and so do the start timeout (counted from the
-/// upgrade), a flood and the beginning of a drain.
-async fn wait_for_start(
-    socket: &mut WebSocket,
-    state: &State,
-    rate: &mut MessageRate,
-) -> Result<StreamStart, Ending> {
-    let limit = state.config.start_timeout;
-    let mut deadline = std::pin::pin!(tokio::time::sleep(limit));
-    loop {
-        let message = tokio::select! {
-            biased;
-            () = state.draining.cancelled() => {
-                return Err(Ending::new(SessionEnd::Shutdown, "server shutdown before start"));
-            }
-            () = &mut deadline => {
-                return Err(Ending::new(
-                    SessionEnd::ProtocolError,
-                    format!("no start within {limit:?} of connecting"),
-                ));
-            }
-            message = socket.recv() => message,
-        };
-        let message = match message {
-            Some(Err(e)) if super::too_big(&e) => {
-                return Err(Ending::new(
-                    SessionEnd::ProtocolError,
-                    "a message over the size limit",
-                ));
-            }
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
-                return Err(Ending::new(SessionEnd::ClientClosed, "closed before start"));
-            }
-            Some(Ok(message)) => message,
-        };
-        if !rate.admit(Instant::now()) {
-            return Err(Ending::flood(rate));
+/// What a call's stream knows once it started.
+struct Started {
+    out: ToCarrier,
+    to_phone: ToPhone,
+}
+
+/// A carrier's media stream as a [`Transport`]: JSON text messages both ways, the caller's
+/// mu-law frames put back in order, the agent's audio low-passed to 8 kHz and followed by a
+/// mark whose echo says it played.
+struct PhoneLine {
+    reader: SplitStream<WebSocket>,
+    writer: Writer,
+    call: Option<Started>,
+    voice_rate: u32,
+    reorder: Reorder,
+    bad_payloads: u64,
+    id: String,
+    reporting: Arc<super::observer::Reporting>,
+}
+
+impl PhoneLine {
+    fn started(&mut self, start: &StreamStart) -> Result<Inbound, EndError> {
+        self.reporting.call_started(&self.id, start);
+        // Who is calling is the application's business; the log gets the call's ids only.
+        info!(
+            carrier = start.carrier.as_str(),
+            call = %crate::text::Untrusted(&start.call_id),
+            parameters = start.parameters.len(),
+            "call started"
+        );
+        if !start.is_mulaw_8k() {
+            return Err(EndError::new(
+                "unsupported_audio",
+                format!(
+                    "unsupported media format {} {} Hz x{}; this endpoint takes audio/x-mulaw (PCMU) 8000 Hz mono",
+                    start.encoding, start.sample_rate, start.channels
+                ),
+                FaultKind::Unsupported,
+            ));
         }
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Binary(_) => {
-                return Err(Ending::new(
-                    SessionEnd::ProtocolError,
-                    "a binary message before start (carriers send JSON text)",
-                ));
+        let to_phone = ToPhone::new(self.voice_rate)
+            .map_err(|e| EndError::new("unsupported_voice", e, FaultKind::Internal))?;
+        self.call = Some(Started {
+            out: ToCarrier::new(start),
+            to_phone,
+        });
+        Ok(Inbound::Start(Start::new(AudioFormat {
+            encoding: Encoding::Mulaw,
+            sample_rate: PHONE_RATE,
+        })))
+    }
+
+    fn decode(&mut self, text: &str) -> Result<Inbound, EndError> {
+        let started = self.call.is_some();
+        let message = match FromCarrier::parse(text) {
+            Ok(message) => message,
+            Err(carrier::CarrierError::Base64(e)) if started => {
+                self.bad_payloads += 1;
+                if self.bad_payloads.is_power_of_two() {
+                    warn!(bad_payloads = self.bad_payloads, error = %crate::text::Untrusted(&e.to_string()), "media with a payload that is not base64 skipped");
+                }
+                return Ok(Inbound::Other);
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
-        };
-        match FromCarrier::parse(&text) {
-            Ok(FromCarrier::Start(start)) => return Ok(start),
-            Ok(FromCarrier::Connected | FromCarrier::Other(_)) => {}
-            Ok(FromCarrier::Media { .. }) => {
-                return Err(Ending::new(SessionEnd::ProtocolError, "media before start"));
-            }
-            // What the message held (a digit may be a PIN) stays out of the log.
-            Ok(
-                FromCarrier::Mark { .. }
-                | FromCarrier::Dtmf { .. }
-                | FromCarrier::Error { .. }
-                | FromCarrier::Stop,
-            ) => {
-                debug!("a carrier event before start ignored");
+            Err(e) if started => {
+                warn!(
+                    error = %crate::text::Untrusted(&e.to_string()),
+                    "carrier message not understood; the call goes on"
+                );
+                return Ok(Inbound::Other);
             }
             Err(e) => {
-                return Err(Ending::new(
-                    SessionEnd::ProtocolError,
+                return Err(EndError::new(
+                    "invalid",
                     format!("before start: {e}"),
+                    FaultKind::Invalid,
                 ));
             }
-        }
+        };
+        Ok(match message {
+            FromCarrier::Start(start) if !started => return self.started(&start),
+            FromCarrier::Start(_) => {
+                warn!("a second start ignored");
+                Inbound::Other
+            }
+            FromCarrier::Media { chunk, audio, .. } => {
+                let frames = self.reorder.push(chunk, audio);
+                Inbound::Audio(frames.concat().into())
+            }
+            FromCarrier::Connected => Inbound::Other,
+            FromCarrier::Other(event) => {
+                debug!(event = %crate::text::Untrusted(&event), "carrier event not used");
+                Inbound::Other
+            }
+            // What the message held (a digit may be a PIN) stays out of the log.
+            FromCarrier::Mark { .. }
+            | FromCarrier::Dtmf { .. }
+            | FromCarrier::Stop
+            | FromCarrier::Error { .. }
+                if !started =>
+            {
+                debug!("a carrier event before start ignored");
+                Inbound::Other
+            }
+            FromCarrier::Mark { name } => {
+                match name.strip_prefix("tf-").and_then(|n| n.parse().ok()) {
+                    Some(end) => Inbound::PlayedTo(end),
+                    None => Inbound::Other,
+                }
+            }
+            FromCarrier::Dtmf { digit } => Inbound::Dtmf(digit),
+            FromCarrier::Stop => Inbound::HungUp,
+            FromCarrier::Error { detail } => {
+                warn!(detail = %crate::text::Untrusted(&detail), "the carrier reported an error");
+                Inbound::Other
+            }
+        })
     }
 }
 
-async fn call(
-    mut reader: SplitStream<WebSocket>,
-    writer: &Writer,
-    state: &State,
-    id: &str,
-    start: StreamStart,
-    mut rate: MessageRate,
-) -> Ending {
-    let config = &state.config;
-    let mut observer = super::Observing::new(config.observer.clone());
-    observer.notify(|o| o.call_started(id, &start));
-    // Who is calling is the application's business; the log gets the call's ids only.
-    info!(
-        carrier = start.carrier.as_str(),
-        call = %crate::text::Untrusted(&start.call_id),
-        parameters = start.parameters.len(),
-        "call started"
-    );
-    if !start.is_mulaw_8k() {
-        return Ending::new(
-            SessionEnd::ProtocolError,
-            format!(
-                "unsupported media format {} {} Hz x{}; this endpoint takes audio/x-mulaw (PCMU) 8000 Hz mono",
-                start.encoding, start.sample_rate, start.channels
-            ),
-        );
+impl Transport for PhoneLine {
+    fn chunk(&self) -> Duration {
+        MESSAGE_DURATION
     }
-    let resampler = match ToPhone::new(config.backends.tts.sample_rate()) {
-        Ok(r) => r,
-        Err(e) => return Ending::new(SessionEnd::ProtocolError, e),
-    };
-    let mut flux_config = config.flux.clone();
-    flux_config.options.encoding = Some(Encoding::Mulaw);
-    flux_config.options.sample_rate = Some(PHONE_RATE);
-    let recording = super::SessionRecording::start(config, id, &flux_config.options);
-    let connector = match &recording {
-        Some(r) => r.connector(config.connector.clone()),
-        None => config.connector.clone(),
-    };
-    let (flux, flux_events) = match connect(flux_config, connector).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            return Ending::new(
-                SessionEnd::SttFailed,
-                format!("speech to text is unavailable: {e}"),
-            );
-        }
-    };
-    let (queue, mut outbound) = mpsc::unbounded_channel();
-    let line = Arc::new(Line::new(state.metrics.clone()));
-    let out = ToCarrier::new(&start);
-    let sink = CarrierSink::new(queue, resampler, line.clone(), writer.clone(), out.clear());
-    let backends = match &recording {
-        Some(r) => r.backends(&config.backends),
-        None => config.backends.clone(),
-    };
-    let (stop, handle, mut events) =
-        super::start_engine(state, flux_events, backends, Box::new(sink));
-    let log = handle.log();
-    let _ = line.log.set(log.clone());
-    let prompter = handle.prompter();
-    if let Some(greeting) = &config.greeting {
-        prompter.prompt(Prompt::Line(greeting.clone()));
-    }
-    let mut silence = Silence::new(config.reprompt_after);
-    let mut silence_check = tokio::time::interval(Duration::from_millis(250));
-    let mut turns = super::TurnReports::default();
-    let mut finished = std::pin::pin!(handle.finished());
-    let mut reorder = Reorder::default();
-    let flux_frame_bytes =
-        (u128::from(PHONE_RATE) * config.flux.frame.as_millis() / 1000).max(1) as usize;
-    let mut inbound = Vec::with_capacity(flux_frame_bytes);
-    let mut batch: Vec<u8> = Vec::with_capacity(MESSAGE_BYTES);
-    let (mut batch_mark, mut batch_epoch) = (0, 0);
-    let mut flush = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
-    let mut flushing = false;
-    // Media only: a stream of marks or DTMF alone is idle.
-    let mut last_media = Instant::now();
-    let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_media + config.idle_timeout));
-    let mut realtime = RealtimeGuard::new(last_media, PHONE_RATE, config.realtime_margin);
-    let (mut bad_payloads, mut dtmf) = (0u64, 0u64);
-    let mut ending = None;
-    let mut flux = Some(flux);
-    let outcome = loop {
-        tokio::select! {
-            biased;
-            outcome = &mut finished => break outcome,
-            Some(item) = outbound.recv() => {
-                let sent = match item {
-                    // Written before a clear: never played, and never to be.
-                    Out::Audio { epoch, .. } if epoch != line.cut.epoch() => Ok(()),
-                    Out::Audio { mulaw, mark, epoch } => {
-                        if epoch != batch_epoch {
-                            batch.clear();
-                            batch_epoch = epoch;
-                        }
-                        batch.extend_from_slice(&mulaw);
-                        batch_mark = mark;
-                        if batch.len() >= MESSAGE_BYTES {
-                            flushing = false;
-                            flush_batch(writer, &out, &mut batch, batch_mark, batch_epoch, &line.cut).await
-                        } else {
-                            if !flushing {
-                                flush.as_mut().reset(Instant::now() + FLUSH_AFTER);
-                                flushing = true;
-                            }
-                            Ok(())
-                        }
-                    }
-                    Out::Clear | Out::FlushClear => {
-                        let text = matches!(item, Out::Clear).then(|| out.clear());
-                        let sent = send(writer, text).await;
-                        // A barge-in's clear, not the one that ends the call.
-                        if sent.is_ok() && ending.is_none() && !stop.is_cancelled() {
-                            super::clear_written(&state.metrics, &log);
-                        }
-                        sent
-                    }
-                };
-                if sent.is_err() && ending.is_none() {
-                    ending = Some(Ending::new(SessionEnd::ClientClosed, "the carrier stopped reading"));
-                    stop.cancel();
-                }
-            }
-            () = &mut flush, if flushing => {
-                flushing = false;
-                if flush_batch(writer, &out, &mut batch, batch_mark, batch_epoch, &line.cut).await.is_err() && ending.is_none() {
-                    ending = Some(Ending::new(SessionEnd::ClientClosed, "the carrier stopped reading"));
-                    stop.cancel();
-                }
-            }
-            Some(event) = events.recv() => {
-                observer.notify(|o| o.event(id, &event));
-                turns.on_event(&event, &log, &state.metrics);
-                if silence.on_event(&event, Instant::now()) && ending.is_none() {
-                    ending = Some(Ending::new(SessionEnd::Completed, "the caller stayed silent; said goodbye"));
-                    stop.cancel();
-                }
-            }
-            _ = silence_check.tick(), if silence.enabled() && ending.is_none() => {
-                match silence.due(Instant::now()) {
-                    Some(Nudge::Reprompt) => {
-                        info!("the caller is silent; re-prompting");
-                        prompter.prompt(Prompt::Line(config.reprompt_line.clone()));
-                    }
-                    Some(Nudge::Goodbye) => {
-                        info!("the caller is still silent; saying goodbye");
-                        prompter.prompt(Prompt::Line(config.goodbye_line.clone()));
-                    }
-                    None => {}
-                }
-            }
-            () = &mut idle_check, if ending.is_none() => {
-                let due = last_media + config.idle_timeout;
-                if due > Instant::now() {
-                    idle_check.as_mut().reset(due);
-                } else {
-                    ending = Some(Ending::new(
-                        SessionEnd::ProtocolError,
-                        format!("no audio from the carrier for {:?}", config.idle_timeout),
-                    ));
-                    stop.cancel();
-                }
-            }
-            message = reader.next(), if ending.is_none() => {
-                let now = Instant::now();
-                if matches!(message, Some(Ok(_))) && !rate.admit(now) {
-                    ending = Some(Ending::flood(&rate));
-                    stop.cancel();
-                    continue;
-                }
-                let text = match message {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Binary(_))) => {
-                        warn!("binary message from a carrier ignored");
-                        continue;
-                    }
-                    Some(Err(e)) => {
-                        let ended = if super::too_big(&e) {
-                            Ending::new(SessionEnd::ProtocolError, "a message over the size limit")
-                        } else {
-                            Ending::new(SessionEnd::ClientClosed, "the stream broke")
-                        };
-                        ending = Some(ended);
-                        stop.cancel();
-                        continue;
-                    }
-                    None | Some(Ok(Message::Close(_))) => {
-                        ending = Some(Ending::new(SessionEnd::ClientClosed, "the carrier closed the stream without stop"));
-                        stop.cancel();
-                        continue;
-                    }
-                };
-                match FromCarrier::parse(&text) {
-                    Ok(FromCarrier::Media { chunk, audio, .. }) => {
-                        last_media = now;
-                        // Mu-law: a byte a sample.
-                        if let Err(ahead) = realtime.admit(audio.len() as u64, now) {
-                            warn!(ahead_s = ahead.as_secs_f64(), "the carrier's audio runs ahead of real time; ending the call");
-                            ending = Some(Ending::new(
-                                SessionEnd::ProtocolError,
-                                format!(
-                                    "audio {:.1} s ahead of real time (the media is not a live call)",
-                                    ahead.as_secs_f64()
-                                ),
-                            ));
-                            stop.cancel();
-                            continue;
-                        }
-                        for frame in reorder.push(chunk, audio) {
-                            if let Some(r) = &recording {
-                                r.user_audio(Encoding::Mulaw, &frame);
-                            }
-                            inbound.extend_from_slice(&frame);
-                        }
-                        if inbound.len() >= flux_frame_bytes
-                            && let Some(flux) = &flux
-                            && flux.send_audio(std::mem::take(&mut inbound)).await.is_err()
-                        {
-                            debug!("flux no longer takes audio");
-                        }
-                    }
-                    Ok(FromCarrier::Mark { name }) => line.clock().echoed(&name),
-                    Ok(FromCarrier::Dtmf { digit }) => {
-                        // The digit may be a PIN: it goes to the application, not the log.
-                        dtmf += 1;
-                        debug!(dtmf, "a key was pressed");
-                        observer.notify(|o| o.dtmf(id, &digit));
-                    }
-                    Ok(FromCarrier::Stop) => {
-                        ending = Some(Ending::new(SessionEnd::Completed, "the caller hung up"));
-                        stop.cancel();
-                    }
-                    Ok(FromCarrier::Error { detail }) => {
-                        warn!(detail = %crate::text::Untrusted(&detail), "the carrier reported an error");
-                    }
-                    Ok(FromCarrier::Start(_)) => warn!("a second start ignored"),
-                    Ok(FromCarrier::Connected) => {}
-                    Ok(FromCarrier::Other(event)) => {
-                        debug!(event = %crate::text::Untrusted(&event), "carrier event not used");
-                    }
-                    Err(carrier::CarrierError::Base64(e)) => {
-                        bad_payloads += 1;
-                        if bad_payloads.is_power_of_two() {
-                            warn!(bad_payloads, error = %crate::text::Untrusted(&e.to_string()), "media with a payload that is not base64 skipped");
-                        }
-                    }
-                    Err(e) => warn!(
-                        error = %crate::text::Untrusted(&e.to_string()),
-                        "carrier message not understood; the call goes on"
-                    ),
-                }
-            }
-        }
-    };
-    drop(flux.take());
-    if let Some(r) = recording {
-        r.finish(&log, config.backends.tts.sample_rate()).await;
-    }
-    if reorder.late + reorder.lost > 0 {
-        info!(
-            late = reorder.late,
-            lost = reorder.lost,
-            "caller audio frames out of order"
-        );
-    }
-    ending.unwrap_or_else(|| match outcome.error {
-        Some(e) if !state.shutdown.is_cancelled() => {
-            Ending::new(SessionEnd::SttFailed, format!("speech to text failed: {e}"))
-        }
-        _ if state.shutdown.is_cancelled() => Ending::new(SessionEnd::Shutdown, "server shutdown"),
-        _ => Ending::new(SessionEnd::Completed, "the session ended"),
-    })
-}
 
-/// Sends the batched audio and its mark in one write, unless a clear has gone out since it
-/// was written (checked while holding the socket, which the interrupter also writes to).
-async fn flush_batch(
-    writer: &Writer,
-    out: &ToCarrier,
-    batch: &mut Vec<u8>,
-    mark: u64,
-    epoch: u64,
-    cut: &Cut,
-) -> Result<(), ()> {
-    if batch.is_empty() {
-        return Ok(());
+    fn playback_clock(&self) -> PlaybackClock {
+        PlaybackClock::Marks
     }
-    let media = Message::Text(Utf8Bytes::from(out.media(batch)));
-    let mark = Message::Text(Utf8Bytes::from(out.mark(&format!("tf-{mark}"))));
-    batch.clear();
-    within_send_limit(async {
-        let mut writer = writer.lock().await;
-        if cut.epoch() != epoch {
+
+    async fn recv(&mut self) -> Result<Option<Inbound>, EndError> {
+        match self.reader.next().await {
+            None | Some(Ok(Message::Close(_))) => Ok(None),
+            Some(Err(e)) if super::too_big(&e) => Err(EndError::new(
+                "too_big",
+                "a message over the size limit",
+                FaultKind::TooBig,
+            )),
+            Some(Err(_)) => Ok(None),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Some(Inbound::Other)),
+            Some(Ok(Message::Binary(_))) if self.call.is_none() => Err(EndError::new(
+                "not_started",
+                "a binary message before start (carriers send JSON text)",
+                FaultKind::Unsupported,
+            )),
+            Some(Ok(Message::Binary(_))) => {
+                warn!("binary message from a carrier ignored");
+                Ok(Some(Inbound::Other))
+            }
+            Some(Ok(Message::Text(text))) => self.decode(&text).map(Some),
+        }
+    }
+
+    async fn send(&mut self, item: Outbound<'_>) -> Result<(), Gone> {
+        let Some(call) = &mut self.call else {
             return Ok(());
+        };
+        match item {
+            Outbound::Audio(speech) => {
+                let phone = call.to_phone.process(speech.pcm);
+                let mulaw = crate::audio::encode(Encoding::Mulaw, &phone);
+                let media = Message::Text(Utf8Bytes::from(call.out.media(&mulaw)));
+                let mark = Message::Text(Utf8Bytes::from(
+                    call.out.mark(&format!("tf-{}", speech.end)),
+                ));
+                let mut writer = self.writer.lock().await;
+                // The cutter may have written a clear since this audio was queued.
+                if !speech.is_current() {
+                    return Ok(());
+                }
+                writer.feed(media).await.map_err(|_| Gone)?;
+                writer.feed(mark).await.map_err(|_| Gone)?;
+                writer.flush().await.map_err(|_| Gone)
+            }
+            Outbound::Clear => {
+                let clear = Message::Text(Utf8Bytes::from(call.out.clear()));
+                self.writer.lock().await.send(clear).await.map_err(|_| Gone)
+            }
+            Outbound::FlushClear => self.writer.lock().await.flush().await.map_err(|_| Gone),
+            Outbound::Ready { .. } | Outbound::Event(_) | Outbound::Turn(_) => Ok(()),
         }
-        writer.feed(media).await?;
-        writer.feed(mark).await?;
-        writer.flush().await
-    })
-    .await
+    }
+
+    async fn finish(&mut self, _ending: &Ending) {
+        let _ = self.writer.lock().await.send(Message::Close(None)).await;
+    }
+
+    fn cutter(&mut self) -> Option<Arc<dyn CutNow>> {
+        let call = self.call.as_ref()?;
+        Some(Arc::new(LineCutter {
+            writer: self.writer.clone(),
+            clear: Utf8Bytes::from(call.out.clear()),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -684,60 +364,6 @@ mod tests {
             &[],
             None
         ));
-    }
-
-    #[test]
-    fn a_silent_caller_is_reprompted_once_then_told_goodbye() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs(1);
-        let mut silence = Silence::new(Some(8 * s));
-        let ended = |id| EngineEvent::ResponseEnded {
-            response: ResponseId(id),
-            heard: "words".into(),
-            interrupted: false,
-            error: None,
-        };
-        let prompting = |id| EngineEvent::Prompting {
-            response: ResponseId(id),
-        };
-        // The greeting plays, then the caller says nothing.
-        assert!(!silence.on_event(&prompting(1), t0));
-        assert_eq!(
-            silence.due(t0 + 20 * s),
-            None,
-            "not while the greeting plays"
-        );
-        assert!(!silence.on_event(&ended(1), t0 + 2 * s));
-        assert_eq!(silence.due(t0 + 9 * s), None);
-        assert_eq!(silence.due(t0 + 10 * s), Some(Nudge::Reprompt));
-        assert_eq!(silence.due(t0 + 30 * s), None, "one nudge at a time");
-        assert!(!silence.on_event(&prompting(2), t0 + 10 * s));
-        assert!(!silence.on_event(&ended(2), t0 + 11 * s));
-        // The caller answers the re-prompt: the count starts over.
-        silence.on_event(
-            &EngineEvent::UserStarted {
-                turn: 0,
-                over_agent: false,
-            },
-            t0 + 12 * s,
-        );
-        assert_eq!(
-            silence.due(t0 + 40 * s),
-            None,
-            "not while the caller speaks"
-        );
-        silence.on_event(&ended(3), t0 + 15 * s);
-        assert_eq!(silence.due(t0 + 23 * s), Some(Nudge::Reprompt));
-        silence.on_event(&prompting(4), t0 + 23 * s);
-        silence.on_event(&ended(4), t0 + 24 * s);
-        assert_eq!(silence.due(t0 + 32 * s), Some(Nudge::Goodbye));
-        silence.on_event(&prompting(5), t0 + 32 * s);
-        assert!(
-            silence.on_event(&ended(5), t0 + 34 * s),
-            "after the goodbye, hang up"
-        );
-        let mut off = Silence::new(None);
-        assert_eq!(off.due(t0 + 1000 * s), None);
     }
 
     #[test]

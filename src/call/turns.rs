@@ -1,9 +1,6 @@
-//! Each turn's figures, reported to the client and the metrics once its reply has ended.
+//! Each turn's figures, reported to the far end and the observer once its reply has ended.
 
-use super::Metrics;
-
-/// Follows a session's turns to report each one's figures (and record them in the metrics)
-/// once its reply has ended.
+/// Follows a conversation's turns to report each one's figures once its reply has ended.
 #[derive(Debug, Default)]
 pub(super) struct TurnReports {
     turn_of: std::collections::HashMap<crate::engine::ResponseId, u64>,
@@ -22,7 +19,6 @@ impl TurnReports {
         &mut self,
         event: &crate::engine::EngineEvent,
         log: &crate::engine::log::EventLog,
-        metrics: &Metrics,
     ) -> Vec<crate::report::TurnReport> {
         use crate::engine::EngineEvent;
         match event {
@@ -31,12 +27,7 @@ impl TurnReports {
             | EngineEvent::Responding { turn, response } => {
                 self.turn_of.insert(*response, *turn);
             }
-            EngineEvent::ResponseEnded {
-                response, error, ..
-            } => {
-                if let Some(error) = error {
-                    metrics.provider_error(error);
-                }
+            EngineEvent::ResponseEnded { response, .. } => {
                 if let Some(turn) = self.turn_of.remove(response) {
                     let report = crate::report::Report::from_log(&log.entries());
                     let done: Vec<_> = report
@@ -44,9 +35,6 @@ impl TurnReports {
                         .into_iter()
                         .filter(|t| t.index <= turn && self.reported.is_none_or(|r| t.index > r))
                         .collect();
-                    for t in &done {
-                        metrics.turn(t);
-                    }
                     self.reported = Some(self.reported.map_or(turn, |r| r.max(turn)));
                     // Responses of turns already reported cannot report again.
                     self.turn_of.retain(|_, t| *t > turn);

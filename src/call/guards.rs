@@ -10,7 +10,7 @@ use tokio::time::Instant;
 /// file at full speed, or a hostile one flooding the speech-to-text connection). A burst after
 /// a network stall stays within the margin.
 #[derive(Debug, Clone)]
-pub(crate) struct RealtimeGuard {
+pub(super) struct RealtimeGuard {
     started: Instant,
     sample_rate: u32,
     margin: Duration,
@@ -19,7 +19,7 @@ pub(crate) struct RealtimeGuard {
 
 impl RealtimeGuard {
     /// A guard for audio at `sample_rate` from `started`, allowing `margin` ahead.
-    pub(crate) fn new(started: Instant, sample_rate: u32, margin: Duration) -> Self {
+    pub(super) fn new(started: Instant, sample_rate: u32, margin: Duration) -> Self {
         Self {
             started,
             sample_rate,
@@ -32,7 +32,7 @@ impl RealtimeGuard {
     ///
     /// # Errors
     /// How far ahead of real time the audio is, when that is beyond the margin.
-    pub(crate) fn admit(&mut self, samples: u64, now: Instant) -> Result<(), Duration> {
+    pub(super) fn admit(&mut self, samples: u64, now: Instant) -> Result<(), Duration> {
         self.received += samples;
         let elapsed = now.saturating_duration_since(self.started);
         let audio = Duration::from_secs_f64(self.received as f64 / f64::from(self.sample_rate));
@@ -50,7 +50,7 @@ impl RealtimeGuard {
 /// core from every other session. Legitimate clients stay far below it (a browser reports its
 /// playback at most ten times a second; a carrier sends 50 media messages and its mark echoes).
 #[derive(Debug, Clone)]
-pub(crate) struct MessageRate {
+pub(super) struct MessageRate {
     per_second: f64,
     burst: f64,
     tokens: f64,
@@ -59,7 +59,7 @@ pub(crate) struct MessageRate {
 
 impl MessageRate {
     /// A bucket refilled at `per_second`, holding at most `burst`; full at `now`.
-    pub(crate) fn new(per_second: u32, burst: u32, now: Instant) -> Self {
+    pub(super) fn new(per_second: u32, burst: u32, now: Instant) -> Self {
         Self {
             per_second: f64::from(per_second),
             burst: f64::from(burst),
@@ -69,12 +69,12 @@ impl MessageRate {
     }
 
     /// The sustained rate allowed, in messages a second.
-    pub(crate) fn per_second(&self) -> u32 {
+    pub(super) fn per_second(&self) -> u32 {
         self.per_second as u32
     }
 
     /// Counts one message at `now`; false when the client is over the rate.
-    pub(crate) fn admit(&mut self, now: Instant) -> bool {
+    pub(super) fn admit(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
@@ -92,18 +92,18 @@ impl MessageRate {
 /// from the report by the time elapsed, but never past what was buffered then, nor past what
 /// the server wrote.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct PlaybackReport {
+pub(super) struct PlaybackReport {
     /// Samples played, as reported.
-    pub(crate) played: u64,
+    pub(super) played: u64,
     /// Samples buffered then.
-    pub(crate) buffered: u64,
+    pub(super) buffered: u64,
     /// When the report arrived.
-    pub(crate) at: Instant,
+    pub(super) at: Instant,
 }
 
 impl PlaybackReport {
     /// Samples the client has played by `now`, of `written` written so far at `sample_rate`.
-    pub(crate) fn estimate(&self, now: Instant, sample_rate: u32, written: u64) -> u64 {
+    pub(super) fn estimate(&self, now: Instant, sample_rate: u32, written: u64) -> u64 {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         let since = (elapsed * f64::from(sample_rate)) as u64;
         // The numbers are the client's: the largest ones must not wrap around.

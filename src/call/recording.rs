@@ -1,25 +1,25 @@
-//! A session's recording when the server records ([`super::ServerConfig::record_dir`]).
+//! A conversation's recording, when its settings ask for one ([`super::Settings::record_dir`]).
 
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::ServerConfig;
+use super::Settings;
 use crate::engine::Backends;
 use crate::flux::Connector;
 
-/// A session's recording, when the server records ([`ServerConfig::record_dir`]).
-pub(super) struct SessionRecording {
+/// A conversation's recording.
+pub(super) struct CallRecording {
     recorder: crate::recording::Recorder,
     dir: std::path::PathBuf,
     settings: crate::recording::RecordedSettings,
     user_rate: u32,
 }
 
-impl SessionRecording {
-    /// A recording for session `id` listening with `options`, when the server records.
+impl CallRecording {
+    /// A recording for call `id` listening with `options`, when the settings ask for one.
     pub(super) fn start(
-        config: &ServerConfig,
+        config: &Settings,
         id: &str,
         options: &crate::flux::ListenOptions,
     ) -> Option<Self> {
