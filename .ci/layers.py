@@ -17,8 +17,8 @@ LAYERS = [
     ["llm", "tts"],
     ["engine"],
     ["report", "recording"],
-    ["emulator", "server"],
-    ["sim"],
+    ["emulator", "call"],
+    ["server", "sim"],
     ["lab"],
 ]
 LAYER_OF = {m: i for i, layer in enumerate(LAYERS) for m in layer}

@@ -168,3 +168,87 @@ async fn turnflow_mounted_in_an_axum_app_serves_under_its_path_and_drains_on_sig
         "{rest}"
     );
 }
+
+/// `examples/custom_transport.rs`: a transport written outside turnflow (raw PCM over TCP)
+/// carries a whole conversation: the user's audio in, the agent's reply out, and the end when
+/// the client half-closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_written_outside_the_crate_carries_a_whole_conversation() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let child = Command::new(example("custom_transport"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(Some(child));
+    let mut stdout = BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let (heard_tx, mut heard) = tokio::sync::watch::channel(0usize);
+    let listening = tokio::spawn(async move {
+        let mut agent = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return agent,
+                Ok(n) => {
+                    agent.extend_from_slice(&buffer[..n]);
+                    heard_tx.send_replace(agent.len());
+                }
+            }
+        }
+    });
+    // Silence in real time (the emulator plays the scenario's words) until the reply has
+    // come and stopped for half a second.
+    let speak = async {
+        let mut every = tokio::time::interval(Duration::from_millis(20));
+        let mut quiet_since = None;
+        loop {
+            every.tick().await;
+            writer.write_all(&[0u8; 640]).await.unwrap();
+            let received = *heard.borrow_and_update();
+            let now = tokio::time::Instant::now();
+            match quiet_since {
+                Some((count, since)) if count == received && received > 0 => {
+                    if now - since > Duration::from_millis(500) {
+                        return;
+                    }
+                }
+                _ => quiet_since = Some((received, now)),
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, speak)
+        .await
+        .expect("the agent answers");
+    writer.shutdown().await.unwrap();
+    let agent = tokio::time::timeout(PATIENCE, listening)
+        .await
+        .expect("the server closes after the reply")
+        .unwrap();
+    let samples: Vec<i16> = agent
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert!(
+        samples.len() > 16000,
+        "over a second of the agent's voice: {} samples",
+        samples.len()
+    );
+    assert!(
+        samples.iter().any(|s| s.unsigned_abs() > 1000),
+        "a voice, not silence"
+    );
+    let mut ended = String::new();
+    stdout.read_line(&mut ended).unwrap();
+    assert_eq!(ended.trim(), "call 1 ended: completed (stopped), 1 turn(s)");
+}

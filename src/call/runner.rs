@@ -749,3 +749,169 @@ impl Interrupter for CallInterrupter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU8;
+
+    use super::*;
+
+    /// A connection that answers each cut as it is told to.
+    struct Cutter(AtomicU8);
+
+    impl Cutter {
+        fn answer(&self, written: CutWritten) {
+            let n = match written {
+                CutWritten::Sent => 0,
+                CutWritten::Started => 1,
+                CutWritten::NotNow => 2,
+            };
+            self.0.store(n, Ordering::SeqCst);
+        }
+    }
+
+    impl CutNow for Cutter {
+        fn cut_now(&self) -> CutWritten {
+            match self.0.load(Ordering::SeqCst) {
+                0 => CutWritten::Sent,
+                1 => CutWritten::Started,
+                _ => CutWritten::NotNow,
+            }
+        }
+    }
+
+    /// What the call's task would send next, in order: current audio, and clears.
+    fn sendable(
+        queue: &mut mpsc::UnboundedReceiver<Queued>,
+        playback: &Mutex<Playback>,
+    ) -> Vec<String> {
+        std::iter::from_fn(|| queue.try_recv().ok())
+            .filter_map(|item| match item {
+                Queued::Audio { end, epoch, .. } => playback
+                    .lock()
+                    .unwrap()
+                    .is_current(epoch)
+                    .then(|| format!("audio to {end}")),
+                Queued::Clear => Some("clear".into()),
+                Queued::FlushClear => Some("flush".into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_barge_in_cuts_at_once_and_nothing_written_before_it_goes_out_after() {
+        let frame = [1000i16; 320];
+        let clock = Clock::Marks {
+            confirmed: 0,
+            settled: 0,
+        };
+        let playback = Arc::new(Mutex::new(Playback::new(clock, 16000)));
+        let (queue, mut outbound) = mpsc::unbounded_channel();
+        let cutter = Arc::new(Cutter(AtomicU8::new(0)));
+        let interrupter = Arc::new(CallInterrupter {
+            playback: playback.clone(),
+            cutter: Some(cutter.clone()),
+            queue: queue.clone(),
+            log: OnceLock::new(),
+            observer: None,
+        });
+        let mut sink = CallSink {
+            queue,
+            queued: Arc::default(),
+            dropped: Arc::default(),
+            playback: playback.clone(),
+            interrupter: interrupter.clone(),
+            observer: None,
+        };
+        let interrupter = sink.interrupter().expect("every call can be cut off");
+        for _ in 0..3 {
+            sink.write(&frame);
+        }
+        playback.lock().unwrap().played_to(320);
+        // Still queued when the barge-in comes: the connection wrote the clear at once.
+        let stale: Vec<_> = std::iter::from_fn(|| outbound.try_recv().ok()).collect();
+        interrupter.interrupt();
+        let current = |item: &Queued| match item {
+            Queued::Audio { epoch, .. } => playback.lock().unwrap().is_current(*epoch),
+            _ => true,
+        };
+        assert!(
+            stale.iter().all(|item| !current(item)),
+            "the audio queued before the cut is never sent"
+        );
+        sink.write(&frame);
+        assert_eq!(
+            sendable(&mut outbound, &playback),
+            Vec::<String>::new(),
+            "a frame playout writes before its clear is dropped, and no second clear is asked for"
+        );
+        // The carrier echoes the marks the clear dropped.
+        playback.lock().unwrap().played_to(640);
+        playback.lock().unwrap().played_to(960);
+        assert_eq!(
+            sink.played(),
+            Some(320),
+            "only what played before the clear"
+        );
+        sink.clear();
+        assert_eq!(sendable(&mut outbound, &playback), Vec::<String>::new());
+        sink.write(&frame);
+        assert_eq!(
+            sendable(&mut outbound, &playback),
+            ["audio to 1600"],
+            "the next reply is sent, its running count over everything written"
+        );
+
+        // The connection is busy: the clear goes first in the call's queue.
+        cutter.answer(CutWritten::NotNow);
+        sink.write(&frame);
+        interrupter.interrupt();
+        sink.clear();
+        assert_eq!(sendable(&mut outbound, &playback), ["clear"]);
+
+        // The connection took the clear but could not pass it on: the call's task flushes.
+        cutter.answer(CutWritten::Started);
+        interrupter.interrupt();
+        sink.clear();
+        assert_eq!(sendable(&mut outbound, &playback), ["flush"]);
+
+        // A cut that was no barge-in (a speculation cancelled, a call ending mid-reply):
+        // playout's clear asks for one.
+        sink.write(&frame);
+        sink.clear();
+        assert_eq!(sendable(&mut outbound, &playback), ["clear"]);
+    }
+
+    #[test]
+    fn a_far_end_that_stops_reading_loses_frames_beyond_a_second_not_the_engine() {
+        let playback = Arc::new(Mutex::new(Playback::new(Clock::Written, 16000)));
+        let (queue, mut outbound) = mpsc::unbounded_channel();
+        let interrupter = Arc::new(CallInterrupter {
+            playback: playback.clone(),
+            cutter: None,
+            queue: queue.clone(),
+            log: OnceLock::new(),
+            observer: None,
+        });
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut sink = CallSink {
+            queue,
+            queued: Arc::default(),
+            dropped: dropped.clone(),
+            playback: playback.clone(),
+            interrupter,
+            observer: None,
+        };
+        for _ in 0..AUDIO_QUEUE_FRAMES + 10 {
+            sink.write(&[0; 320]);
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 10);
+        assert_eq!(sendable(&mut outbound, &playback).len(), AUDIO_QUEUE_FRAMES);
+        sink.interrupter().unwrap().interrupt();
+        assert_eq!(
+            sendable(&mut outbound, &playback),
+            ["clear"],
+            "without a cutter the clear is queued"
+        );
+    }
+}
