@@ -1,6 +1,7 @@
 //! A whole simulated conversation: the emulator, the real Flux client, the engine with the
 //! scripted LLM and synthetic TTS, and a simulated user who speaks the scenario's turns in
-//! real time and reacts to the agent (waits for it to finish, or barges in).
+//! real time and reacts to the agent (waits for it to finish, or barges in). The conversation
+//! is a [`crate::call::Call`] like any other; the simulated user is its transport.
 //!
 //! Over [`Transport::Socket`] the client reaches the emulator through a WebSocket on
 //! 127.0.0.1; over [`Transport::Memory`] through channels, which together with tokio's paused
@@ -11,14 +12,16 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
+use crate::call::{
+    AudioFormat, Call, CallObserver, EndError, Ending, Gone, Inbound, Outbound, Settings, Start,
+};
 use crate::emulator::{EmulatorConfig, EmulatorServer, MemoryEmulator};
 use crate::engine::log::LogEntry;
-use crate::engine::{AudioSink, Backends, EngineEvent, SessionConfig, start_session};
+use crate::engine::{AudioSink, Backends, EngineEvent, SessionConfig};
 use crate::flux::{
-    Connector, Encoding, FluxConfig, FluxError, FluxSender, ListenOptions, Thresholds,
-    WebSocketConnector, connect,
+    Connector, Encoding, FluxConfig, FluxError, ListenOptions, Thresholds, WebSocketConnector,
 };
 use crate::llm::{Message, ScriptedLlm};
 use crate::report::Report;
@@ -103,6 +106,9 @@ pub enum SimulationError {
     /// The emulator could not bind its port.
     #[error("cannot start the emulator: {0}")]
     Emulator(#[from] std::io::Error),
+    /// The conversation ended before its session started.
+    #[error("the conversation ended before it started: {0}")]
+    Ended(String),
 }
 
 /// Everything a simulation produced.
@@ -210,6 +216,88 @@ struct AgentState {
     replies_ended: u64,
 }
 
+/// The simulation's view of the conversation: every event kept, the agent's state told to the
+/// simulated user, and the events passed on to the caller's observer.
+struct Watcher {
+    agent: watch::Sender<AgentState>,
+    speaking: Mutex<std::collections::HashSet<crate::engine::ResponseId>>,
+    seen: Mutex<Vec<EngineEvent>>,
+    observer: Option<tokio::sync::mpsc::UnboundedSender<EngineEvent>>,
+}
+
+impl CallObserver for Watcher {
+    fn event(&self, _call: &str, event: &EngineEvent) {
+        match event {
+            EngineEvent::AgentSpeaking { response } => {
+                self.speaking
+                    .lock()
+                    .expect("watcher lock")
+                    .insert(*response);
+                self.agent.send_modify(|a| {
+                    a.speaking = true;
+                    a.replies_started += 1;
+                });
+            }
+            EngineEvent::ResponseEnded { response, .. }
+                if self.speaking.lock().expect("watcher lock").remove(response) =>
+            {
+                self.agent.send_modify(|a| {
+                    a.speaking = false;
+                    a.replies_ended += 1;
+                });
+            }
+            _ => {}
+        }
+        if let Some(o) = &self.observer {
+            let _ = o.send(event.clone());
+        }
+        self.seen.lock().expect("watcher lock").push(event.clone());
+    }
+}
+
+/// The simulated user as the conversation's transport: its audio in 20 ms chunks from the
+/// user's task, the agent's frames kept with the instant they were sent.
+struct SimulatedUser {
+    started: bool,
+    stopped: bool,
+    sample_rate: u32,
+    chunks: tokio::sync::mpsc::Receiver<Vec<i16>>,
+    agent: RecordingSink,
+}
+
+impl crate::call::Transport for SimulatedUser {
+    async fn recv(&mut self) -> Result<Option<Inbound>, EndError> {
+        if !std::mem::replace(&mut self.started, true) {
+            let format = AudioFormat {
+                encoding: Encoding::Linear16,
+                sample_rate: self.sample_rate,
+            };
+            return Ok(Some(Inbound::Start(Start::new(format))));
+        }
+        if self.stopped {
+            return std::future::pending().await;
+        }
+        Ok(Some(match self.chunks.recv().await {
+            Some(samples) => {
+                Inbound::Audio(crate::audio::encode(Encoding::Linear16, &samples).into())
+            }
+            None => {
+                self.stopped = true;
+                Inbound::Stop
+            }
+        }))
+    }
+
+    async fn send(&mut self, item: Outbound<'_>) -> Result<(), Gone> {
+        if let Outbound::Audio(speech) = item {
+            self.agent.write(speech.pcm);
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, _ending: &Ending) {}
+}
+
 /// Runs the scenario to the end.
 ///
 /// # Errors
@@ -252,11 +340,6 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
     };
     let mut flux_config = FluxConfig::new(options).with_base_url(base_url);
     flux_config.api_key = None;
-    let (flux, flux_events) = connect(flux_config, connector).await?;
-    let sink = RecordingSink {
-        frames: Arc::default(),
-        keep: config.record_audio,
-    };
     let backends = config.backends.clone().unwrap_or_else(|| Backends {
         llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
         tts: Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
@@ -270,59 +353,54 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         },
         None => backends,
     };
-    let (session, mut engine_events) = start_session(
-        config.session.clone(),
-        flux_events,
-        backends,
-        Box::new(sink.clone()),
-        CancellationToken::new(),
-    );
     let (agent_tx, agent_rx) = watch::channel(AgentState::default());
-    let observer = config.observer.clone();
-    let watcher = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        let mut speaking = std::collections::HashSet::new();
-        while let Some(event) = engine_events.recv().await {
-            match &event {
-                EngineEvent::AgentSpeaking { response } => {
-                    speaking.insert(*response);
-                    agent_tx.send_modify(|a| {
-                        a.speaking = true;
-                        a.replies_started += 1;
-                    });
-                }
-                EngineEvent::ResponseEnded { response, .. } if speaking.remove(response) => {
-                    agent_tx.send_modify(|a| {
-                        a.speaking = false;
-                        a.replies_ended += 1;
-                    });
-                }
-                _ => {}
-            }
-            if let Some(o) = &observer {
-                let _ = o.send(event.clone());
-            }
-            seen.push(event);
-        }
-        seen
+    let watcher = Arc::new(Watcher {
+        agent: agent_tx,
+        speaking: Mutex::default(),
+        seen: Mutex::default(),
+        observer: config.observer.clone(),
     });
+    let mut settings = Settings::new(flux_config, connector, backends);
+    settings.session = config.session.clone();
+    settings.observer = Some(watcher.clone());
+    let (chunks_tx, chunks) = tokio::sync::mpsc::channel(4);
+    let agent = RecordingSink {
+        frames: Arc::default(),
+        keep: config.record_audio,
+    };
+    let mut user = SimulatedUser {
+        started: false,
+        stopped: false,
+        sample_rate: config.sample_rate,
+        chunks,
+        agent: agent.clone(),
+    };
     let start = Instant::now();
-    let user_audio = speak_as_user(&config, flux.sender(), agent_rx).await;
-    flux.close().await?;
-    let log = session.log();
-    let outcome = session.finished().await;
-    let events = watcher.await.unwrap_or_default();
+    let speaking = tokio::spawn({
+        let config = config.clone();
+        async move { speak_as_user(&config, chunks_tx, agent_rx).await }.in_current_span()
+    });
+    let ending = Call::new("simulation", settings).run(&mut user).await;
+    // The user stops when the call ends, whichever came first.
+    drop(user);
+    let user_audio = speaking.await.unwrap_or_default();
     if let Some(server) = server {
         server.shutdown().await;
     }
     if let Some(memory) = memory {
         memory.shutdown().await;
     }
+    if let Some(error) = ending.flux_error {
+        return Err(error.into());
+    }
+    let (Some(outcome), Some(log)) = (ending.session, ending.log) else {
+        return Err(SimulationError::Ended(ending.detail));
+    };
     if let Some(error) = outcome.error {
         return Err(error.into());
     }
     let entries = log.entries();
-    let agent_frames = sink.take();
+    let events = std::mem::take(&mut *watcher.seen.lock().expect("watcher lock"));
     Ok(SimulationResult {
         report: Report::from_log(&entries),
         history: outcome.history,
@@ -330,7 +408,7 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         events,
         start,
         user_audio,
-        agent_frames,
+        agent_frames: agent.take(),
         sample_rate: config.sample_rate,
     })
 }
@@ -372,7 +450,7 @@ fn voice_sample(n: u64, rate: u32) -> i16 {
 /// Streams the user's side in real time (20 ms chunks) until the last reply was heard.
 async fn speak_as_user(
     config: &SimulationConfig,
-    flux: FluxSender,
+    to_call: tokio::sync::mpsc::Sender<Vec<i16>>,
     mut agent: watch::Receiver<AgentState>,
 ) -> Vec<i16> {
     let rate = config.sample_rate;
@@ -441,14 +519,13 @@ async fn speak_as_user(
             prev_end = cursor;
             agent_started_at = None;
         }
-        let bytes = crate::audio::encode(Encoding::Linear16, &samples);
         if let Some(recorder) = &config.recorder {
             recorder.user_audio(&samples);
         }
         if config.record_audio {
             sent.extend_from_slice(&samples);
         }
-        if flux.send_audio(bytes).await.is_err() {
+        if to_call.send(samples).await.is_err() {
             break;
         }
     }

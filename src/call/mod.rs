@@ -162,6 +162,11 @@ impl SilencePolicy {
 /// Called on the call's task: an implementation returns quickly. Every method has an empty
 /// default.
 pub trait CallObserver: Send + Sync {
+    /// The engine session started; `log` is its event log (subscribe to write it as it grows).
+    fn session_started(&self, call: &str, log: &crate::engine::log::EventLog) {
+        let _ = (call, log);
+    }
+
     /// An engine event, as it happened (a provider's failure with its own words).
     fn event(&self, call: &str, event: &EngineEvent) {
         let _ = (call, event);
@@ -275,7 +280,8 @@ impl std::fmt::Display for EndError {
 impl std::error::Error for EndError {}
 
 /// How a conversation ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Ending {
     /// The outcome.
     pub outcome: SessionEnd,
@@ -285,6 +291,14 @@ pub struct Ending {
     pub error: Option<EndError>,
     /// User turns started.
     pub turns: u64,
+    /// Why Flux could not be reached, in the provider's words: for the operator, never for
+    /// the far end.
+    pub flux_error: Option<crate::flux::FluxError>,
+    /// What the engine session left (the history as heard, its error, how replies went);
+    /// `None` when it never started.
+    pub session: Option<crate::engine::SessionOutcome>,
+    /// The session's event log, for reports; `None` when it never started.
+    pub log: Option<crate::engine::log::EventLog>,
 }
 
 impl Ending {
@@ -294,15 +308,24 @@ impl Ending {
             detail: crate::text::Untrusted(detail.as_ref()).to_string(),
             error: None,
             turns: 0,
+            flux_error: None,
+            session: None,
+            log: None,
         }
     }
 
     fn fault(error: EndError) -> Self {
         Ending {
-            outcome: SessionEnd::ProtocolError,
-            detail: error.to_string(),
+            error: Some(error.clone()),
+            ..Ending::new(SessionEnd::ProtocolError, error.to_string())
+        }
+    }
+
+    /// An ending on an error of ours: `error` tells the far end, `detail` the log.
+    fn failed(outcome: SessionEnd, detail: &str, error: EndError) -> Self {
+        Ending {
             error: Some(error),
-            turns: 0,
+            ..Ending::new(outcome, detail)
         }
     }
 }

@@ -179,16 +179,17 @@ impl Call {
             Err(e) => {
                 // The provider's words stay in the log: they can quote the request or the key.
                 warn!(error = %crate::text::Untrusted(&e.to_string()), "speech to text unavailable");
-                return Ending {
-                    outcome: SessionEnd::SttFailed,
-                    detail: "speech to text unavailable".into(),
-                    error: Some(EndError::new(
+                let mut ending = Ending::failed(
+                    SessionEnd::SttFailed,
+                    "speech to text unavailable",
+                    EndError::new(
                         "stt_unavailable",
                         "speech to text is unavailable; try again later",
                         FaultKind::Internal,
-                    )),
-                    turns: 0,
-                };
+                    ),
+                );
+                ending.flux_error = Some(e);
+                return ending;
             }
         };
         let output_rate = settings.backends.tts.sample_rate();
@@ -233,6 +234,9 @@ impl Call {
         );
         let log = handle.log();
         let _ = interrupter.log.set(log.clone());
+        if let Some(o) = &observer {
+            o.session_started(&self.id, &log);
+        }
         let prompter = handle.prompter();
         if let Some(greeting) = &settings.greeting {
             prompter.prompt(Prompt::Line(greeting.clone()));
@@ -523,21 +527,18 @@ impl Call {
         let mut ending = ending.unwrap_or_else(|| match &outcome.error {
             Some(e) if !self.shutdown.is_cancelled() => {
                 warn!(error = %crate::text::Untrusted(&e.to_string()), "speech to text failed");
-                Ending {
-                    outcome: SessionEnd::SttFailed,
-                    detail: "speech to text failed".into(),
-                    error: Some(EndError::new(
-                        "stt_failed",
-                        "speech to text failed",
-                        FaultKind::Internal,
-                    )),
-                    turns: 0,
-                }
+                Ending::failed(
+                    SessionEnd::SttFailed,
+                    "speech to text failed",
+                    EndError::new("stt_failed", "speech to text failed", FaultKind::Internal),
+                )
             }
             _ if self.shutdown.is_cancelled() => Ending::new(SessionEnd::Shutdown, "shutdown"),
             _ => Ending::new(SessionEnd::Completed, "stopped"),
         });
         ending.turns = turns.started();
+        ending.session = Some(outcome);
+        ending.log = Some(log);
         ending
     }
 }

@@ -11,7 +11,6 @@ use anyhow::{Context, Result, bail};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use tokio::sync::mpsc;
 use turnflow::engine::AudioSink;
-use turnflow::flux::{Encoding, FluxSender};
 
 /// Streaming linear resampler.
 struct Resampler {
@@ -110,10 +109,10 @@ impl Microphone {
     }
 }
 
-/// Forwards the microphone to Flux until Ctrl-C.
+/// Forwards the microphone to the conversation until Ctrl-C.
 pub(crate) async fn stream_microphone(
     mut mic: Microphone,
-    flux: FluxSender,
+    to_call: mpsc::Sender<Vec<i16>>,
     recorder: Option<turnflow::recording::Recorder>,
 ) {
     println!("listening; Ctrl-C to stop");
@@ -131,11 +130,7 @@ pub(crate) async fn stream_microphone(
         if let Some(recorder) = &recorder {
             recorder.user_audio(&pcm);
         }
-        if flux
-            .send_audio(turnflow::audio::encode(Encoding::Linear16, &pcm))
-            .await
-            .is_err()
-        {
+        if to_call.send(pcm).await.is_err() {
             break;
         }
     }
@@ -212,6 +207,11 @@ impl AudioSink for SpeakerSink {
         let mut out = Vec::with_capacity(input.len() * 3);
         self.resampler.process(&input, &mut out);
         self.buffer.lock().expect("speaker buffer lock").extend(out);
+    }
+
+    /// A barge-in: what the speaker has not played yet is dropped.
+    fn clear(&mut self) {
+        self.buffer.lock().expect("speaker buffer lock").clear();
     }
 }
 

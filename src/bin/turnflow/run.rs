@@ -11,9 +11,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use tokio::time::Instant;
+use turnflow::call::{
+    AudioFormat, Call, CallObserver, EndError, Ending, Gone, Inbound, Outbound, Settings, Start,
+    Transport,
+};
 use turnflow::emulator::{EmulatorServer, MemoryEmulator};
-use turnflow::engine::{AudioSink, Backends, CancellationToken, EngineEvent, start_session};
-use turnflow::flux::{Connector, Encoding, FluxConfig, FluxSender, WebSocketConnector, connect};
+use turnflow::engine::log::EventLog;
+use turnflow::engine::{AudioSink, Backends, EngineEvent};
+use turnflow::flux::{Connector, Encoding, FluxConfig, WebSocketConnector};
 use turnflow::recording::EventLine;
 use turnflow::recording::{RecordedSettings, Recorder};
 use turnflow::sim::{RecordingSink, place_frames};
@@ -160,6 +165,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         .transpose()?;
     let record = args.record.as_deref().map(open_record).transpose()?;
     let recorder = record.as_ref().map(|_| Recorder::new());
+    let recorder_for_input = recorder.clone();
     let runtime = args.clock.runtime()?;
     runtime.block_on(async move {
         let (emulator, flux_config, connector): (_, _, Arc<dyn Connector>) = match agent.stt {
@@ -185,70 +191,82 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             Some(r) => (r.connector(connector), r.llm(agent.llm), r.tts(voice)),
             None => (connector, agent.llm, voice),
         };
-        let (flux, events) = connect(flux_config, connector).await?;
         let backends = Backends {
             llm,
             tts,
             tools: None,
         };
-        let sink: Box<dyn AudioSink> = match &output {
-            Output::File(_, _, recorder) => Box::new(recorder.clone()),
-            #[cfg(feature = "audio-io")]
-            Output::Speaker(speaker) => Box::new(speaker.sink()),
-        };
         let output_rate = backends.tts.sample_rate();
-        let (handle, mut engine_events) = start_session(agent.session, events, backends, sink, CancellationToken::new());
-        let log = handle.log();
         let start = recorder.as_ref().map_or_else(Instant::now, Recorder::origin);
+        let (speaking_tx, speaking) = tokio::sync::watch::channel(false);
+        let (log_tx, log_rx) = tokio::sync::oneshot::channel();
+        let console = Arc::new(Console {
+            speaking: speaking_tx,
+            log: std::sync::Mutex::new(Some(log_tx)),
+        });
+        let mut call_settings = Settings::new(flux_config, connector, backends);
+        call_settings.session = agent.session;
+        call_settings.observer = Some(console);
+        let (chunks_tx, chunks) = tokio::sync::mpsc::channel(8);
+        let mut transport = Local {
+            started: false,
+            stopped: false,
+            chunks,
+            output: match &output {
+                Output::File(_, _, frames) => LocalOutput::File(frames.clone()),
+                #[cfg(feature = "audio-io")]
+                Output::Speaker(speaker) => LocalOutput::Speaker(speaker.sink()),
+            },
+        };
         // The event log is written as the session goes: an interrupted run leaves every line
         // up to the interruption.
+        let clock = args.clock;
         let log_writer = record.map(|file| {
-            let entries = handle.log().subscribe(4096);
-            match args.clock {
-                Clock::Real => tokio::task::spawn_blocking(move || {
-                    write_record(file, entries, start, |entries| entries.blocking_recv())
-                }),
-                // The paused clock cannot advance while a blocking task runs; on it the
-                // session takes milliseconds and these small writes block no one.
-                Clock::Virtual => tokio::spawn(async move {
-                    let mut lines = 0;
-                    let mut file = file;
-                    let mut entries = entries;
-                    while let Some(entry) = entries.recv().await {
-                        write_line(&mut file, &entry, start)?;
-                        lines += 1;
+            tokio::spawn(async move {
+                let Ok(log) = log_rx.await else { return Ok(0) };
+                let entries = log.subscribe(4096);
+                drop(log);
+                match clock {
+                    Clock::Real => tokio::task::spawn_blocking(move || {
+                        write_record(file, entries, start, |entries| entries.blocking_recv())
+                    })
+                    .await
+                    .context("the event log writer stopped")?,
+                    // The paused clock cannot advance while a blocking task runs; on it the
+                    // session takes milliseconds and these small writes block no one.
+                    Clock::Virtual => {
+                        let mut lines = 0;
+                        let mut file = file;
+                        let mut entries = entries;
+                        while let Some(entry) = entries.recv().await {
+                            write_line(&mut file, &entry, start)?;
+                            lines += 1;
+                        }
+                        Ok(lines)
                     }
-                    Ok(lines)
-                }),
-            }
-        });
-        let (speaking_tx, speaking) = tokio::sync::watch::channel(false);
-        let printer = tokio::spawn(async move {
-            while let Some(event) = engine_events.recv().await {
-                match &event {
-                    EngineEvent::AgentSpeaking { .. } => {
-                        let _ = speaking_tx.send(true);
-                    }
-                    EngineEvent::ResponseEnded { .. } => {
-                        let _ = speaking_tx.send(false);
-                    }
-                    _ => {}
                 }
-                print_live(&event);
+            })
+        });
+        let speaking_user = tokio::spawn(async move {
+            tokio::select! {
+                () = stream_input(input, chunks_tx, speaking, recorder_for_input) => {}
+                signal = crate::shutdown_signal() => eprintln!("{signal}: stopping; the files are being completed"),
             }
         });
-        tokio::select! {
-            _ = stream_input(input, flux.sender(), speaking, recorder.clone()) => {}
-            signal = crate::shutdown_signal() => eprintln!("{signal}: stopping; the files are being completed"),
-        }
-        flux.close().await?;
-        let outcome = handle.finished().await;
-        let _ = printer.await;
+        let ending = Call::new("run", call_settings).run(&mut transport).await;
+        drop(transport);
+        let _ = speaking_user.await;
         match emulator {
             Some(Emulator::Socket(server)) => server.shutdown().await,
             Some(Emulator::Memory(memory)) => memory.shutdown().await,
             None => {}
         }
+        if let Some(error) = ending.flux_error {
+            return Err(anyhow::Error::new(error).context("cannot connect to speech to text"));
+        }
+        let (Some(outcome), Some(log)) = (ending.session, ending.log) else {
+            bail!("the conversation ended before it started: {}", ending.detail);
+        };
         let report = Report::from_log(&log.entries());
         // The last handle on the log: its subscribers see it close, and the writer finishes.
         drop(log);
@@ -303,6 +321,88 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     })
 }
 
+/// What the console shows of the conversation, and what the input needs to know of it.
+struct Console {
+    /// Whether the agent is speaking: a file's input goes on until it has answered.
+    speaking: tokio::sync::watch::Sender<bool>,
+    /// Where the session's log goes once it starts (to the `--record` writer).
+    log: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<EventLog>>>,
+}
+
+impl CallObserver for Console {
+    fn session_started(&self, _call: &str, log: &EventLog) {
+        if let Some(to_writer) = self.log.lock().expect("console lock").take() {
+            let _ = to_writer.send(log.clone());
+        }
+    }
+
+    fn event(&self, _call: &str, event: &EngineEvent) {
+        match event {
+            EngineEvent::AgentSpeaking { .. } => {
+                let _ = self.speaking.send(true);
+            }
+            EngineEvent::ResponseEnded { .. } => {
+                let _ = self.speaking.send(false);
+            }
+            _ => {}
+        }
+        print_live(event);
+    }
+}
+
+/// Where the agent's voice goes.
+enum LocalOutput {
+    /// Kept with the instant each frame was played, for the WAV file.
+    File(RecordingSink),
+    #[cfg(feature = "audio-io")]
+    Speaker(crate::audio_io::SpeakerSink),
+}
+
+/// The machine's own audio as the conversation's transport: the input's 20 ms chunks in, the
+/// agent's voice to the file or the speaker; what was written counts as heard.
+struct Local {
+    started: bool,
+    stopped: bool,
+    chunks: tokio::sync::mpsc::Receiver<Vec<i16>>,
+    output: LocalOutput,
+}
+
+impl Transport for Local {
+    async fn recv(&mut self) -> Result<Option<Inbound>, EndError> {
+        if !std::mem::replace(&mut self.started, true) {
+            let format = AudioFormat {
+                encoding: Encoding::Linear16,
+                sample_rate: SAMPLE_RATE,
+            };
+            return Ok(Some(Inbound::Start(Start::new(format))));
+        }
+        if self.stopped {
+            return std::future::pending().await;
+        }
+        Ok(Some(match self.chunks.recv().await {
+            Some(pcm) => Inbound::Audio(turnflow::audio::encode(Encoding::Linear16, &pcm).into()),
+            None => {
+                self.stopped = true;
+                Inbound::Stop
+            }
+        }))
+    }
+
+    async fn send(&mut self, item: Outbound<'_>) -> Result<(), Gone> {
+        match (item, &mut self.output) {
+            (Outbound::Audio(speech), LocalOutput::File(frames)) => frames.write(speech.pcm),
+            #[cfg(feature = "audio-io")]
+            (Outbound::Audio(speech), LocalOutput::Speaker(speaker)) => speaker.write(speech.pcm),
+            #[cfg(feature = "audio-io")]
+            (Outbound::Clear, LocalOutput::Speaker(speaker)) => speaker.clear(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self, _ending: &Ending) {}
+}
+
 fn print_live(event: &EngineEvent) {
     match event {
         EngineEvent::UserFinished { turn, transcript } => {
@@ -328,7 +428,7 @@ fn print_live(event: &EngineEvent) {
 /// (at most 15 s), as a microphone would go on listening.
 async fn stream_input(
     input: Input,
-    flux: FluxSender,
+    to_call: tokio::sync::mpsc::Sender<Vec<i16>>,
     mut speaking: tokio::sync::watch::Receiver<bool>,
     recorder: Option<Recorder>,
 ) {
@@ -356,17 +456,13 @@ async fn stream_input(
                 if let Some(recorder) = &recorder {
                     recorder.user_audio(&piece);
                 }
-                if flux
-                    .send_audio(turnflow::audio::encode(Encoding::Linear16, &piece))
-                    .await
-                    .is_err()
-                {
+                if to_call.send(piece).await.is_err() {
                     break;
                 }
             }
         }
         #[cfg(feature = "audio-io")]
-        Input::Mic(mic) => crate::audio_io::stream_microphone(mic, flux, recorder).await,
+        Input::Mic(mic) => crate::audio_io::stream_microphone(mic, to_call, recorder).await,
     }
 }
 
