@@ -9,7 +9,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+fn from_millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+}
 
 fn as_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
@@ -19,7 +23,7 @@ fn as_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, 
 }
 
 /// What kind of failure a [`BackendError`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -31,8 +35,10 @@ pub enum ErrorKind {
         /// The provider's `retry-after`, when it sent one.
         #[serde(
             rename = "retry_after_ms",
+            default,
             skip_serializing_if = "Option::is_none",
-            serialize_with = "as_millis"
+            serialize_with = "as_millis",
+            deserialize_with = "from_millis"
         )]
         retry_after: Option<Duration>,
     },
@@ -99,7 +105,7 @@ impl ErrorKind {
 }
 
 /// A language model's or a voice's failure.
-#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub struct BackendError {
     /// Which backend (`openai-compatible`, `anthropic`, `aura`, ...).
@@ -108,7 +114,7 @@ pub struct BackendError {
     #[serde(flatten)]
     pub kind: ErrorKind,
     /// The HTTP status, when the provider answered with one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// What happened, for a person; never holds a key.
     pub message: String,

@@ -714,7 +714,7 @@ async fn the_demo_report_is_exact_on_the_virtual_clock() {
     let r = simulate(Arc::new(Scenario::demo()), |_| {}).await;
     let t = &r.report.turns;
     assert_eq!(t.len(), 5);
-    let spec: Vec<&str> = t.iter().map(|t| t.speculation).collect();
+    let spec: Vec<&str> = t.iter().map(|t| t.speculation.as_str()).collect();
     assert_eq!(spec, vec!["hit", "hit", "hit", "hit", "none"]);
     let latency: Vec<f64> = t.iter().map(|t| t.response_latency_ms.unwrap()).collect();
     // LLM 350 ms to first token + 20 ms a token to the end of the first piece + TTS 150 ms,

@@ -9,6 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Start};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -94,7 +95,12 @@ async fn turnflow_mounted_in_an_axum_app_serves_under_its_path_and_drains_on_sig
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     socket
         .send(Message::Text(
-            r#"{"type":"start","version":1,"sample_rate":16000}"#.into(),
+            FromClient::Start(Start {
+                version: PROTOCOL_VERSION,
+                sample_rate: 16000,
+            })
+            .to_json()
+            .into(),
         ))
         .await
         .unwrap();
@@ -134,7 +140,7 @@ async fn turnflow_mounted_in_an_axum_app_serves_under_its_path_and_drains_on_sig
     let draining = get("/voice/readyz", true).await.unwrap();
     assert_eq!(draining.status(), 503);
     socket
-        .send(Message::Text(r#"{"type":"stop"}"#.into()))
+        .send(Message::Text(FromClient::Stop.to_json().into()))
         .await
         .unwrap();
     let ended = async {

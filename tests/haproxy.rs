@@ -9,8 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
+use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Start};
 
 mod support;
 
@@ -90,9 +91,12 @@ async fn call(url: String, ready: tokio::sync::oneshot::Sender<String>) -> Call 
         .await
         .expect("the balancer admits the session");
     let (mut write, mut read) = socket.split();
-    let start = json!({"type": "start", "version": 1, "sample_rate": 16000});
+    let start = FromClient::Start(Start {
+        version: PROTOCOL_VERSION,
+        sample_rate: 16000,
+    });
     write
-        .send(Message::Text(start.to_string().into()))
+        .send(Message::Text(start.to_json().into()))
         .await
         .unwrap();
     let audio = speech();
@@ -123,7 +127,7 @@ async fn call(url: String, ready: tokio::sync::oneshot::Sender<String>) -> Call 
                     "turn" => {
                         seen.turns += 1;
                         stopped = true;
-                        let stop = json!({"type": "stop"}).to_string();
+                        let stop = FromClient::Stop.to_json();
                         write.send(Message::Text(stop.into())).await.unwrap();
                     }
                     "error" => seen.errors.push(m),

@@ -25,6 +25,7 @@ use turnflow::flux::{ApiKey, Encoding, FluxConfig, ListenOptions};
 use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
 use turnflow::scenario::Scenario;
 use turnflow::server::metrics::SessionEnd;
+use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Start};
 use turnflow::server::{DrainReport, Metrics, Server, ServerConfig};
 use turnflow::tts::SyntheticTts;
 
@@ -209,7 +210,14 @@ async fn closed_while_sending(mut socket: Socket, keep_sending: Message) -> Opti
     Some(Closed { error, code })
 }
 
-const START: &str = r#"{"type":"start","version":1,"sample_rate":16000}"#;
+/// A browser's `start` at 16 kHz, as the protocol's own type writes it.
+fn start_text() -> String {
+    FromClient::Start(Start {
+        version: PROTOCOL_VERSION,
+        sample_rate: 16000,
+    })
+    .to_json()
+}
 const TWILIO_CONNECTED: &str = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
 
 fn twilio_start(call_sid: &str) -> String {
@@ -358,7 +366,10 @@ async fn a_call_sending_only_marks_or_digits_ends_at_the_idle_timeout() {
     assert_eq!(server.metrics.sessions(SessionEnd::ProtocolError), 2);
     // A browser sending only playback reports after start is idle too.
     let mut browser = open(server.addr, "/session", &[]).await.unwrap();
-    browser.send(Message::Text(START.into())).await.unwrap();
+    browser
+        .send(Message::Text(start_text().into()))
+        .await
+        .unwrap();
     let closed = held_open_with(
         browser,
         Message::Text(r#"{"type":"played","samples":0}"#.into()),
@@ -392,7 +403,10 @@ async fn a_drain_ends_whatever_hostile_clients_are_connected() {
         Message::Text(TWILIO_CONNECTED.into()),
     ));
     let mut talking = open(addr, "/session", &[]).await.unwrap();
-    talking.send(Message::Text(START.into())).await.unwrap();
+    talking
+        .send(Message::Text(start_text().into()))
+        .await
+        .unwrap();
     let talking = tokio::spawn(held_open_with(
         talking,
         Message::Binary(vec![0; 3200].into()),
@@ -476,13 +490,16 @@ async fn a_slow_or_huge_request_body_is_refused() {
 async fn audio_after_stop_is_dropped_and_counted() {
     let server = serve(|c| c.idle_timeout = PATIENCE).await;
     let mut socket = open(server.addr, "/session", &[]).await.unwrap();
-    socket.send(Message::Text(START.into())).await.unwrap();
+    socket
+        .send(Message::Text(start_text().into()))
+        .await
+        .unwrap();
     talk_until(&mut socket, |message| {
         matches!(message, Message::Binary(_)).then_some(())
     })
     .await;
     socket
-        .send(Message::Text(r#"{"type":"stop"}"#.into()))
+        .send(Message::Text(FromClient::Stop.to_json().into()))
         .await
         .unwrap();
     const AFTER_STOP: u64 = 300;
@@ -596,7 +613,10 @@ async fn nothing_a_client_or_provider_sends_leaves_the_process_unescaped() {
     })
     .await;
     let mut socket = open(server.addr, "/session", &[]).await.unwrap();
-    socket.send(Message::Text(START.into())).await.unwrap();
+    socket
+        .send(Message::Text(start_text().into()))
+        .await
+        .unwrap();
     let ended = talk_until(&mut socket, |message| {
         event(message).filter(|v| v["type"] == "response_ended" && !v["error"].is_null())
     })
@@ -699,7 +719,7 @@ enum Send {
 fn sends() -> impl proptest::strategy::Strategy<Value = Send> {
     use proptest::prelude::*;
     let texts = prop_oneof![
-        Just(START.to_owned()),
+        Just(start_text()),
         Just(r#"{"type":"start","version":2,"sample_rate":16000}"#.to_owned()),
         Just(r#"{"type":"played","samples":1600,"buffered":320}"#.to_owned()),
         Just(r#"{"type":"stop"}"#.to_owned()),
@@ -750,10 +770,13 @@ async fn random_hostile_sequences_end_by_their_deadlines_and_disturb_no_one() {
     let addr = server.addr;
     let good = tokio::spawn(async move {
         let mut socket = open(addr, "/session", &[]).await.unwrap();
-        socket.send(Message::Text(START.into())).await.unwrap();
+        socket
+            .send(Message::Text(start_text().into()))
+            .await
+            .unwrap();
         let turn = talk_until(&mut socket, |m| event(m).filter(|v| v["type"] == "turn")).await;
         socket
-            .send(Message::Text(r#"{"type":"stop"}"#.into()))
+            .send(Message::Text(FromClient::Stop.to_json().into()))
             .await
             .unwrap();
         let end = talk_until(&mut socket, |m| event(m).filter(|v| v["type"] == "end")).await;

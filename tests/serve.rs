@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
@@ -20,6 +20,7 @@ use turnflow::flux::{Connector, Encoding, FluxConfig, ListenOptions};
 use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
 use turnflow::scenario::Scenario;
 use turnflow::server::metrics::SessionEnd;
+use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Played, Start, ToClient};
 use turnflow::server::{DrainReport, Server, ServerConfig};
 use turnflow::tts::SyntheticTts;
 use turnflow::ws::{ConnectError, ConnectRequest, Connection};
@@ -192,15 +193,23 @@ async fn open(addr: std::net::SocketAddr, path: &str) -> Result<Socket, u16> {
     }
 }
 
+/// A browser's `start` at 16 kHz.
+fn start_message() -> FromClient {
+    FromClient::Start(Start {
+        version: PROTOCOL_VERSION,
+        sample_rate: 16000,
+    })
+}
+
+fn text(message: &FromClient) -> Message {
+    Message::Text(message.to_json().into())
+}
+
 impl Client {
     /// Connects, sends `start` and streams audio in real time from then on.
     async fn start(addr: std::net::SocketAddr) -> Client {
         let mut socket = open(addr, "/session").await.expect("admitted");
-        let start = json!({"type": "start", "version": 1, "sample_rate": 16000});
-        socket
-            .send(Message::Text(start.to_string().into()))
-            .await
-            .unwrap();
+        socket.send(text(&start_message())).await.unwrap();
         Client::over(socket, true)
     }
 
@@ -246,8 +255,8 @@ impl Client {
         }
     }
 
-    fn send(&self, value: Value) {
-        let _ = self.to_server.send(Message::Text(value.to_string().into()));
+    fn send(&self, message: FromClient) {
+        let _ = self.to_server.send(text(&message));
     }
 
     /// The next text message (agent audio is counted and acknowledged on the way), or the
@@ -259,6 +268,10 @@ impl Client {
                 .expect("the server says something");
             match message {
                 Some(Message::Text(text)) => {
+                    // Every message the server sends reads back through its own type.
+                    if let Err(e) = ToClient::parse(&text) {
+                        panic!("{text}: {e}");
+                    }
                     let value: Value = serde_json::from_str(&text).unwrap();
                     if value["type"] == "clear" {
                         self.clears += 1;
@@ -275,7 +288,10 @@ impl Client {
                         self.loud.store(true, Ordering::SeqCst);
                     }
                     let played = self.agent_samples.saturating_sub(self.ack_lag);
-                    self.send(json!({"type": "played", "samples": played}));
+                    self.send(FromClient::Played(Played {
+                        samples: played,
+                        buffered: 0,
+                    }));
                 }
                 Some(Message::Close(frame)) => return Err(frame.map(|f| u16::from(f.code))),
                 Some(_) => {}
@@ -345,7 +361,7 @@ async fn a_session_is_answered_reports_its_turn_and_ends_when_asked() {
     );
     assert_eq!(turn["speculation"], "none");
 
-    client.send(json!({"type": "stop"}));
+    client.send(FromClient::Stop);
     let end = client.until("end").await.pop().unwrap();
     assert_eq!(end["reason"], "stopped");
     assert_eq!(end["turns"], 1);
@@ -394,7 +410,7 @@ async fn a_connection_that_never_finishes_its_request_is_closed() {
     let mut client = Client::start(server.addr).await;
     let turn = client.until("turn").await.pop().unwrap();
     assert_eq!(turn["index"], 0);
-    client.send(json!({"type": "stop"}));
+    client.send(FromClient::Stop);
     assert_eq!(
         client.until("end").await.pop().unwrap()["reason"],
         "stopped"
@@ -429,7 +445,7 @@ async fn an_observer_that_panics_stops_observing_and_the_conversation_goes_on() 
         .find(|m| m["type"] == "response_ended")
         .expect("the reply ended");
     assert_eq!(ended["heard"], "We open at nine in the morning.");
-    client.send(json!({"type": "stop"}));
+    client.send(FromClient::Stop);
     let end = client.until("end").await.pop().unwrap();
     assert_eq!(end["reason"], "stopped");
     assert_eq!(
@@ -457,7 +473,7 @@ async fn a_recorded_session_replays_to_the_same_conversation() {
         .unwrap()
         .to_owned();
     client.until("turn").await;
-    client.send(json!({"type": "stop"}));
+    client.send(FromClient::Stop);
     client.until("end").await;
     server.drain().await;
 
@@ -498,7 +514,7 @@ async fn heard_of_the_cut_reply(addr: std::net::SocketAddr, lag: u64) -> (String
     assert!(seen.iter().any(|m| m["type"] == "agent_sentence"));
     let ended = client.until("response_ended").await.pop().unwrap();
     assert_eq!(ended["interrupted"], true, "{ended}");
-    client.send(json!({"type": "stop"}));
+    client.send(FromClient::Stop);
     client.until("end").await;
     (ended["heard"].as_str().unwrap().to_owned(), client.clears)
 }
@@ -546,11 +562,11 @@ async fn hostile_clients_are_closed_with_a_reason_and_disturb_no_one() {
     let good = tokio::spawn(async move {
         let mut client = Client::start(addr).await;
         let turn = client.until("turn").await.pop().unwrap();
-        client.send(json!({"type": "stop"}));
+        client.send(FromClient::Stop);
         let end = client.until("end").await.pop().unwrap();
         (turn, end)
     });
-    let start = json!({"type": "start", "version": 1, "sample_rate": 16000}).to_string();
+    let start = start_message().to_json();
     let cases: Vec<(&str, Vec<Message>, &str, u16)> = vec![
         (
             "malformed json",
@@ -682,7 +698,7 @@ async fn a_full_server_refuses_before_the_upgrade_and_says_when_to_retry() {
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "5");
     assert_eq!(server.get("/readyz").await, (503, "full\n".into()));
-    first.send(json!({"type": "stop"}));
+    first.send(FromClient::Stop);
     first.until("end").await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while server.get("/readyz").await.0 != 200 {
@@ -789,7 +805,7 @@ async fn a_drain_refuses_new_sessions_and_lets_running_ones_finish() {
     // The running conversation goes on to its answer and ends normally.
     let turn = running.until("turn").await.pop().unwrap();
     assert_eq!(turn["index"], 0);
-    running.send(json!({"type": "stop"}));
+    running.send(FromClient::Stop);
     assert_eq!(
         running.until("end").await.pop().unwrap()["reason"],
         "stopped"
@@ -870,11 +886,7 @@ async fn a_client_that_stops_reading_is_ended_before_the_kernel_buffers_a_whole_
     let stream = tcp.connect(server.addr).await.unwrap();
     let url = format!("ws://{}/session", server.addr);
     let (mut socket, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let start = json!({"type": "start", "version": 1, "sample_rate": 16000});
-    socket
-        .send(Message::Text(start.to_string().into()))
-        .await
-        .unwrap();
+    socket.send(text(&start_message())).await.unwrap();
     tokio::time::timeout(PATIENCE, async {
         while let Some(Ok(message)) = socket.next().await {
             if message.to_text().is_ok_and(|t| t.contains(r#""ready""#)) {

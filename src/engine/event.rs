@@ -5,7 +5,9 @@
 use crate::error::BackendError;
 
 /// Identifies one response (speculative or committed) within a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ResponseId(pub u64);
 
 impl std::fmt::Display for ResponseId {
@@ -15,7 +17,7 @@ impl std::fmt::Display for ResponseId {
 }
 
 /// Why a response was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CancelReason {
@@ -32,7 +34,7 @@ pub enum CancelReason {
 }
 
 /// Application-facing events.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EngineEvent {

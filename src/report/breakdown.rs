@@ -37,7 +37,7 @@ pub(crate) struct CriticalPath {
 }
 
 /// A turn's latency in consecutive parts; see the module docs. All in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Breakdown {
     /// End of the user's speech sent -> `EndOfTurn` received (governed by `eot_threshold` and
     /// `eot_timeout_ms`); `None` when the speech end is unknown.

@@ -30,8 +30,8 @@ pub mod timeline;
 pub use breakdown::Breakdown;
 use breakdown::CriticalPath;
 
-/// Metrics of one user turn.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Metrics of one user turn; what it serializes to reads back the same.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct TurnReport {
     /// User turn index.
     pub index: u64,
@@ -39,7 +39,7 @@ pub struct TurnReport {
     pub user_transcript: String,
     /// `none` (no speculation), `hit` (answered by a promoted speculation) or `miss`
     /// (speculated, answered by a fresh reply).
-    pub speculation: &'static str,
+    pub speculation: Speculation,
     /// Speculative replies started in this turn; each is either promoted or withdrawn.
     pub speculation_attempts: u64,
     /// Of those, the ones thrown away (the user resumed, the words changed, superseded).
@@ -70,6 +70,42 @@ pub struct TurnReport {
     pub assistant_text: String,
     /// What the user heard of it.
     pub assistant_heard: String,
+}
+
+/// How speculation went in a turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speculation {
+    /// No speculative reply was started.
+    #[default]
+    None,
+    /// A speculative reply was promoted: it answered the turn.
+    Hit,
+    /// Speculative replies were started and thrown away; a fresh reply answered.
+    Miss,
+}
+
+impl Speculation {
+    /// `none`, `hit` or `miss`, as reports and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Speculation::None => "none",
+            Speculation::Hit => "hit",
+            Speculation::Miss => "miss",
+        }
+    }
+}
+
+impl std::fmt::Display for Speculation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Speculation {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Distribution of one latency.
@@ -344,9 +380,9 @@ impl Report {
                 .map(|(_, r)| *r);
             let hit = answer.is_some_and(|r| r.speculative);
             let speculation = match (attempts, hit) {
-                (0, _) => "none",
-                (_, true) => "hit",
-                _ => "miss",
+                (0, _) => Speculation::None,
+                (_, true) => Speculation::Hit,
+                _ => Speculation::Miss,
             };
 
             let lead_ms = answer.filter(|_| hit).and_then(|r| {

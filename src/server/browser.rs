@@ -46,7 +46,7 @@ struct Browser {
     socket: WebSocket,
 }
 
-fn text(message: &ToClient<'_>) -> Message {
+fn text(message: &ToClient) -> Message {
     Message::Text(Utf8Bytes::from(message.to_json()))
 }
 
@@ -128,8 +128,8 @@ impl Transport for Browser {
                 Message::Binary(crate::audio::encode(Encoding::Linear16, speech.pcm).into())
             }
             Outbound::Clear => text(&ToClient::Clear),
-            Outbound::Event(event) => text(&ToClient::Event(event)),
-            Outbound::Turn(turn) => text(&ToClient::Turn(turn)),
+            Outbound::Event(event) => text(&ToClient::Event(event.clone())),
+            Outbound::Turn(turn) => text(&ToClient::Turn(Box::new(turn.clone()))),
             // Without a cutter no clear is left half-written.
             Outbound::FlushClear => return Ok(()),
         };
@@ -145,15 +145,15 @@ impl Transport for Browser {
             warn!(code = error.code, message = %error.message, "closing the session");
             let _ = socket
                 .send(text(&ToClient::Error {
-                    code: error.code,
-                    message: &error.message,
+                    code: error.code.to_owned(),
+                    message: error.message.clone(),
                     fatal: true,
                 }))
                 .await;
         }
         let _ = socket
             .send(text(&ToClient::End {
-                reason: reason(ending.outcome),
+                reason: reason(ending.outcome).to_owned(),
                 turns: ending.turns,
             }))
             .await;

@@ -170,7 +170,7 @@ impl Metrics {
 
     pub(crate) fn turn(&self, turn: &TurnReport) {
         self.turns.fetch_add(1, Ordering::Relaxed);
-        bump(&self.speculation, turn.speculation);
+        bump(&self.speculation, turn.speculation.as_str());
         let seconds = |ms: Option<f64>| ms.map(|ms| ms / 1000.0);
         let pairs = [
             (&self.response_latency, seconds(turn.response_latency_ms)),

@@ -172,10 +172,11 @@ impl FromClient {
     }
 }
 
-/// A text message from the server.
-#[derive(Debug, Clone, Serialize)]
+/// A text message from the server. What [`ToClient::to_json`] writes, [`ToClient::parse`]
+/// reads back the same.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ToClient<'a> {
+pub enum ToClient {
     /// The session is running; audio may flow.
     Ready {
         /// Protocol version.
@@ -192,33 +193,100 @@ pub enum ToClient<'a> {
     /// Drop every agent audio sample received and not yet played, now.
     Clear,
     /// A user turn's figures, once its reply ended.
-    Turn(&'a TurnReport),
+    Turn(Box<TurnReport>),
     /// Something went wrong; a close follows unless `fatal` is false.
     Error {
         /// Machine-readable code.
-        code: &'a str,
+        code: String,
         /// What was wrong and what is allowed.
-        message: &'a str,
+        message: String,
         /// Whether the session ends.
         fatal: bool,
     },
     /// The session is over; the socket closes next.
     End {
         /// Why (`stopped`, `client_closed`, `stt_failed`, `server_shutdown`, ...).
-        reason: &'a str,
+        reason: String,
         /// User turns in the session.
         turns: u64,
     },
     /// A conversation event (its own `type`: `user_transcript`, `agent_sentence`, ...).
     #[serde(untagged)]
-    Event(&'a EngineEvent),
+    Event(EngineEvent),
 }
 
-impl ToClient<'_> {
+impl ToClient {
     /// The JSON text of this message.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server messages always serialize")
     }
+
+    /// Reads a message the server sent.
+    ///
+    /// # Errors
+    /// The text is not one of the server's messages (the error names what does not fit).
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Kind<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        let Kind { kind } = serde_json::from_str(text)?;
+        Ok(match kind.as_ref() {
+            "turn" => ToClient::Turn(serde_json::from_str(text)?),
+            "ready" | "clear" | "error" | "end" => match serde_json::from_str(text)? {
+                Control::Ready {
+                    version,
+                    session,
+                    input_sample_rate,
+                    output_sample_rate,
+                    frame_ms,
+                } => ToClient::Ready {
+                    version,
+                    session,
+                    input_sample_rate,
+                    output_sample_rate,
+                    frame_ms,
+                },
+                Control::Clear => ToClient::Clear,
+                Control::Error {
+                    code,
+                    message,
+                    fatal,
+                } => ToClient::Error {
+                    code,
+                    message,
+                    fatal,
+                },
+                Control::End { reason, turns } => ToClient::End { reason, turns },
+            },
+            _ => ToClient::Event(serde_json::from_str(text)?),
+        })
+    }
+}
+
+/// The server's own messages as they are read: [`ToClient`] without its events and turns,
+/// so that a bad one is named by its own fields rather than by every shape it might have.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Control {
+    Ready {
+        version: u32,
+        session: String,
+        input_sample_rate: u32,
+        output_sample_rate: u32,
+        frame_ms: u32,
+    },
+    Clear,
+    Error {
+        code: String,
+        message: String,
+        fatal: bool,
+    },
+    End {
+        reason: String,
+        turns: u64,
+    },
 }
 
 /// WebSocket close codes the server uses (RFC 6455 section 7.4.1).
@@ -358,13 +426,93 @@ mod tests {
     }
 
     #[test]
+    fn server_messages_written_are_read_back_the_same() {
+        use crate::error::{BackendError, ErrorKind};
+        use crate::report::TurnReport;
+        let turn = TurnReport {
+            index: 3,
+            user_transcript: "a table for two".into(),
+            speculation: crate::report::Speculation::Hit,
+            lead_ms: Some(212.5),
+            voice_to_voice_ms: Some(930.0),
+            interrupted: true,
+            breakdown: Some(crate::report::Breakdown::default()),
+            assistant_heard: "For two, at".into(),
+            ..TurnReport::default()
+        };
+        let mut failure = BackendError::new(
+            "aura",
+            ErrorKind::RateLimited {
+                retry_after: Some(std::time::Duration::from_millis(1500)),
+            },
+            "slow down",
+        );
+        failure.status = Some(429);
+        let messages = [
+            ToClient::Ready {
+                version: PROTOCOL_VERSION,
+                session: "s-1".into(),
+                input_sample_rate: 16000,
+                output_sample_rate: 24000,
+                frame_ms: 20,
+            },
+            ToClient::Clear,
+            ToClient::Turn(Box::new(turn)),
+            ToClient::Error {
+                code: "idle".into(),
+                message: "no audio received for 15s".into(),
+                fatal: true,
+            },
+            ToClient::End {
+                reason: "stopped".into(),
+                turns: 4,
+            },
+            ToClient::Event(EngineEvent::UserStarted {
+                turn: 0,
+                over_agent: true,
+            }),
+            ToClient::Event(EngineEvent::SpeculationCancelled {
+                turn: 1,
+                response: crate::engine::ResponseId(7),
+                reason: crate::engine::CancelReason::TurnResumed,
+            }),
+            ToClient::Event(EngineEvent::ResponseEnded {
+                response: crate::engine::ResponseId(8),
+                heard: "We open".into(),
+                interrupted: true,
+                error: Some(failure),
+            }),
+        ];
+        for message in messages {
+            let text = message.to_json();
+            assert_eq!(ToClient::parse(&text).unwrap(), message, "{text}");
+        }
+        for (odd, expected) in [
+            (
+                r#"{"type":"turn","index":0,"speculation":"maybe"}"#,
+                "unknown variant `maybe`",
+            ),
+            (r#"{"type":"end","turns":2}"#, "missing field `reason`"),
+            (
+                r#"{"type":"agent_sentence","text":"Hi."}"#,
+                "missing field `response`",
+            ),
+            (r#"{"type":"hello"}"#, "unknown variant `hello`"),
+            (r#"{"turns":2}"#, "missing field `type`"),
+        ] {
+            let error = ToClient::parse(odd).unwrap_err().to_string();
+            assert!(error.contains(expected), "{odd}: {error}");
+        }
+    }
+
+    #[test]
     fn engine_events_keep_their_own_type() {
         let event = EngineEvent::UserTranscript {
             turn: 2,
             transcript: "book a table".into(),
         };
         assert_eq!(
-            ToClient::Event(&event).to_json(),
+            ToClient::Event(event).to_json(),
             r#"{"type":"user_transcript","turn":2,"transcript":"book a table"}"#
         );
         assert_eq!(ToClient::Clear.to_json(), r#"{"type":"clear"}"#);

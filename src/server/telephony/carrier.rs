@@ -315,6 +315,87 @@ impl FromCarrier {
     }
 }
 
+impl FromCarrier {
+    /// The message as `carrier` sends it on stream `stream_id` (what a test or load caller
+    /// plays): [`FromCarrier::parse`] reads it back the same.
+    pub fn to_json(&self, carrier: Carrier, stream_id: &str) -> String {
+        let twilio = carrier == Carrier::Twilio;
+        let (stream_key, sequence_key) = if twilio {
+            ("streamSid", "sequenceNumber")
+        } else {
+            ("stream_id", "sequence_number")
+        };
+        let mut message = match self {
+            FromCarrier::Connected => json!({"event": "connected", "version": "1.0.0"}),
+            FromCarrier::Start(start) if twilio => json!({
+                "event": "start",
+                "start": {
+                    "streamSid": start.stream_id,
+                    "callSid": start.call_id,
+                    "tracks": ["inbound"],
+                    "customParameters": start.parameters,
+                    "mediaFormat": {
+                        "encoding": start.encoding,
+                        "sampleRate": start.sample_rate,
+                        "channels": start.channels,
+                    },
+                },
+            }),
+            FromCarrier::Start(start) => {
+                let mut body = json!({
+                    "call_control_id": start.call_id,
+                    "media_format": {
+                        "encoding": start.encoding,
+                        "sample_rate": start.sample_rate,
+                        "channels": start.channels,
+                    },
+                });
+                if let Some(state) = start.parameters.get("client_state") {
+                    body["client_state"] = json!(state);
+                }
+                json!({"event": "start", "start": body})
+            }
+            FromCarrier::Media {
+                sequence,
+                chunk,
+                timestamp_ms,
+                audio,
+            } => {
+                // Written straight into one string, as a carrier's media messages are many.
+                let mut message = String::from(r#"{"event":"media""#);
+                if let Some(n) = sequence {
+                    message.push_str(&format!(r#","{sequence_key}":"{n}""#));
+                }
+                message.push_str(&format!(
+                    r#","{stream_key}":{},"media":{{"track":"inbound""#,
+                    Value::String(stream_id.to_owned())
+                ));
+                if let Some(n) = chunk {
+                    message.push_str(&format!(r#","chunk":"{n}""#));
+                }
+                if let Some(n) = timestamp_ms {
+                    message.push_str(&format!(r#","timestamp":"{n}""#));
+                }
+                message.push_str(r#","payload":""#);
+                base64::engine::general_purpose::STANDARD.encode_string(audio, &mut message);
+                message.push_str("\"}}");
+                return message;
+            }
+            FromCarrier::Mark { name } => json!({"event": "mark", "mark": {"name": name}}),
+            FromCarrier::Dtmf { digit } => json!({"event": "dtmf", "dtmf": {"digit": digit}}),
+            FromCarrier::Error { detail } => json!({
+                "event": "error",
+                "payload": serde_json::from_str::<Value>(detail)
+                    .unwrap_or_else(|_| Value::String(detail.clone())),
+            }),
+            FromCarrier::Stop => json!({"event": "stop", "stop": {}}),
+            FromCarrier::Other(event) => json!({"event": event}),
+        };
+        message[stream_key] = json!(stream_id);
+        message.to_string()
+    }
+}
+
 fn start(value: &Value) -> Result<StreamStart, CarrierError> {
     let start = &value["start"];
     let string_map = |v: &Value| -> BTreeMap<String, String> {
@@ -431,6 +512,55 @@ impl ToCarrier {
     }
 }
 
+/// A message to a carrier, as the carrier reads it ([`ToCarrier::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CarrierCommand {
+    /// Audio to play (mu-law bytes).
+    Media(Vec<u8>),
+    /// Echo this name once the audio before it has played.
+    Mark(String),
+    /// Drop the audio queued and not yet played.
+    Clear,
+}
+
+impl ToCarrier {
+    /// Reads a message [`ToCarrier`] wrote, as the carrier would (a test or load caller).
+    ///
+    /// # Errors
+    /// [`CarrierError`] naming what was wrong: not one of ours, a field missing, a payload
+    /// that is not base64.
+    pub fn parse(message: &str) -> Result<CarrierCommand, CarrierError> {
+        let value: Value =
+            serde_json::from_str(message).map_err(|e| CarrierError::Malformed(e.to_string()))?;
+        match value["event"].as_str() {
+            Some("media") => {
+                let payload = value["media"]["payload"]
+                    .as_str()
+                    .ok_or(CarrierError::Missing {
+                        event: "media",
+                        field: "media.payload",
+                    })?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(payload)
+                    .map(CarrierCommand::Media)
+                    .map_err(|e| CarrierError::Base64(e.to_string()))
+            }
+            Some("mark") => value["mark"]["name"]
+                .as_str()
+                .map(|name| CarrierCommand::Mark(name.to_owned()))
+                .ok_or(CarrierError::Missing {
+                    event: "mark",
+                    field: "mark.name",
+                }),
+            Some("clear") => Ok(CarrierCommand::Clear),
+            Some(other) => Err(CarrierError::Malformed(format!(
+                "event {other:?}; a carrier is sent media, mark and clear"
+            ))),
+            None => Err(CarrierError::Malformed("no \"event\"".into())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +568,79 @@ mod tests {
     // Shapes from the carriers' documentation (values invented).
     const TWILIO_START: &str = r#"{"event":"start","sequenceNumber":"1","start":{"accountSid":"AC0","streamSid":"MZ1","callSid":"CA2","tracks":["inbound"],"customParameters":{"caller":"+15550100"},"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}},"streamSid":"MZ1"}"#;
     const TELNYX_START: &str = r#"{"event":"start","sequence_number":"1","start":{"user_id":"u","call_control_id":"v3:abc","client_state":"aGk=","media_format":{"encoding":"PCMU","sample_rate":8000,"channels":1}},"stream_id":"s-9"}"#;
+
+    #[test]
+    fn what_a_carrier_sends_is_written_and_read_back_the_same() {
+        for carrier in [Carrier::Twilio, Carrier::Telnyx] {
+            let parameters = match carrier {
+                Carrier::Twilio => [("caller".to_owned(), "+15550100".to_owned())].into(),
+                Carrier::Telnyx => [("client_state".to_owned(), "aGk=".to_owned())].into(),
+            };
+            let messages = [
+                FromCarrier::Connected,
+                FromCarrier::Start(StreamStart {
+                    carrier,
+                    stream_id: "s-1".into(),
+                    call_id: "c-2".into(),
+                    encoding: "audio/x-mulaw".into(),
+                    sample_rate: 8000,
+                    channels: 1,
+                    parameters,
+                }),
+                FromCarrier::Media {
+                    sequence: Some(7),
+                    chunk: Some(5),
+                    timestamp_ms: Some(100),
+                    audio: vec![0xff, 0x7f, 0x00, 0x80],
+                },
+                FromCarrier::Media {
+                    sequence: None,
+                    chunk: None,
+                    timestamp_ms: None,
+                    audio: vec![1, 2, 3],
+                },
+                FromCarrier::Mark {
+                    name: "tf-\"640\"".into(),
+                },
+                FromCarrier::Dtmf { digit: "#".into() },
+                FromCarrier::Error {
+                    detail: r#"{"code":100003,"title":"malformed frame"}"#.into(),
+                },
+                FromCarrier::Stop,
+                FromCarrier::Other("custom".into()),
+            ];
+            for message in messages {
+                let text = message.to_json(carrier, "s-1");
+                assert_eq!(FromCarrier::parse(&text), Ok(message), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_sent_to_a_carrier_reads_back_as_the_carrier_takes_it() {
+        for start in [TWILIO_START, TELNYX_START] {
+            let FromCarrier::Start(start) = FromCarrier::parse(start).unwrap() else {
+                panic!()
+            };
+            let out = ToCarrier::new(&start);
+            let audio = vec![0xffu8, 0x00, 0x7e];
+            assert_eq!(
+                ToCarrier::parse(&out.media(&audio)),
+                Ok(CarrierCommand::Media(audio))
+            );
+            assert_eq!(
+                ToCarrier::parse(&out.mark("tf-1280")),
+                Ok(CarrierCommand::Mark("tf-1280".into()))
+            );
+            assert_eq!(ToCarrier::parse(&out.clear()), Ok(CarrierCommand::Clear));
+        }
+        assert_eq!(
+            ToCarrier::parse(r#"{"event":"start"}"#),
+            Err(CarrierError::Malformed(
+                "event \"start\"; a carrier is sent media, mark and clear".into()
+            ))
+        );
+    }
 
     #[test]
     fn starts_tell_the_carrier() {

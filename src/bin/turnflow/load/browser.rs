@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde_json::Value;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use turnflow::engine::EngineEvent;
 use turnflow::flux::Encoding;
-use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Start};
+use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Start, ToClient};
 
 use super::{
     CONNECT_PATIENCE, FRAME, PAUSE_AFTER_REPLY, Playback, Progress, REPLY_PATIENCE, SEND_PATIENCE,
@@ -179,15 +179,15 @@ pub(super) async fn one_session(
                         }
                     }
                     Message::Text(text) => {
-                        let Ok(m) = serde_json::from_str::<Value>(&text) else { continue };
-                        match m["type"].as_str().unwrap_or_default() {
-                            "ready" => {
+                        let Ok(m) = ToClient::parse(&text) else { continue };
+                        match m {
+                            ToClient::Ready { output_sample_rate, .. } => {
                                 ready = true;
-                                playback.rate = m["output_sample_rate"].as_f64().unwrap_or(16000.0);
+                                playback.rate = f64::from(output_sample_rate);
                                 position = Some(0);
                             }
-                            "user_finished" => finished_at = Some(now),
-                            "clear" => {
+                            ToClient::Event(EngineEvent::UserFinished { .. }) => finished_at = Some(now),
+                            ToClient::Clear => {
                                 playback.clear(now);
                                 let played = FromClient::Played(playback.report(now)).to_json();
                                 if let Some(stalled) = send_or_stall(&mut socket, Message::Text(played.into())).await {
@@ -195,21 +195,17 @@ pub(super) async fn one_session(
                                     break 'session;
                                 }
                             }
-                            "response_ended" if finished_at.is_some() => reply_ended = true,
-                            "turn" => {
-                                sample.server_response_latency_ms = m["response_latency_ms"].as_f64();
-                                sample.engine_overhead_ms = m["engine_overhead_ms"].as_f64();
-                                sample.barge_in_stop_ms = m["barge_in_stop_ms"].as_f64();
+                            ToClient::Event(EngineEvent::ResponseEnded { .. }) if finished_at.is_some() => reply_ended = true,
+                            ToClient::Turn(turn) => {
+                                sample.server_response_latency_ms = turn.response_latency_ms;
+                                sample.engine_overhead_ms = turn.engine_overhead_ms;
+                                sample.barge_in_stop_ms = turn.barge_in_stop_ms;
                             }
-                            "error" => {
-                                result.failure = Some(format!(
-                                    "server error {}: {}",
-                                    m["code"].as_str().unwrap_or("?"),
-                                    m["message"].as_str().unwrap_or("?")
-                                ));
+                            ToClient::Error { code, message, .. } => {
+                                result.failure = Some(format!("server error {code}: {message}"));
                             }
-                            "end" if m["reason"] != "stopped" && result.failure.is_none() => {
-                                result.failure = Some(format!("ended: {}", m["reason"]));
+                            ToClient::End { reason, .. } if reason != "stopped" && result.failure.is_none() => {
+                                result.failure = Some(format!("ended: {reason:?}"));
                             }
                             _ => {}
                         }

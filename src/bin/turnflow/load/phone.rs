@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::StreamExt;
-use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use turnflow::server::telephony::carrier::{
+    Carrier, CarrierCommand, FromCarrier, StreamStart, ToCarrier,
+};
 
 use super::{
     CarrierKind, FRAME, Progress, REPLY_PATIENCE, SEND_PATIENCE, SendFailure, SessionResult,
@@ -33,26 +35,6 @@ impl PhoneSpeech {
     }
 }
 
-/// What the load generator reads of a carrier-bound message, in place.
-#[derive(serde::Deserialize)]
-struct CarrierMessage<'a> {
-    event: &'a str,
-    #[serde(borrow)]
-    media: Option<CarrierPayload<'a>>,
-    #[serde(borrow)]
-    mark: Option<CarrierMark<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct CarrierPayload<'a> {
-    payload: &'a str,
-}
-
-#[derive(serde::Deserialize)]
-struct CarrierMark<'a> {
-    name: &'a str,
-}
-
 /// One phone call as a carrier places it: `connected` and `start`, the caller's speech as
 /// 20 ms `media` messages in real time, the agent's audio played on a real-time clock with its
 /// marks echoed once played (at once on `clear`), `stop` at the end. A turn's reply has ended
@@ -65,7 +47,6 @@ pub(super) async fn one_call(
     barge_in_after: Option<Duration>,
     progress: Arc<Progress>,
 ) -> SessionResult {
-    use base64::Engine as _;
     let mut result = SessionResult::default();
     let mut socket = match dial(&url, None).await {
         Ok(socket) => socket,
@@ -75,21 +56,23 @@ pub(super) async fn one_call(
         }
     };
     progress.open.fetch_add(1, Ordering::Relaxed);
-    let twilio = kind == CarrierKind::Twilio;
-    let start = if twilio {
-        json!({"event": "start", "sequenceNumber": "1", "start": {"accountSid": "AC0",
-            "streamSid": "MZload", "callSid": "CAload", "tracks": ["inbound"], "customParameters": {},
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
-            "streamSid": "MZload"})
-    } else {
-        json!({"event": "start", "sequence_number": "1", "start": {"call_control_id": "v3:load",
-            "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}},
-            "stream_id": "load"})
+    let (carrier, stream_id, call_id, encoding) = match kind {
+        CarrierKind::Twilio => (Carrier::Twilio, "MZload", "CAload", "audio/x-mulaw"),
+        CarrierKind::Telnyx => (Carrier::Telnyx, "load", "v3:load", "PCMU"),
     };
-    let stream_key = if twilio { "streamSid" } else { "stream_id" };
-    let stream_id = if twilio { "MZload" } else { "load" };
-    for message in [json!({"event": "connected", "version": "1.0.0"}), start] {
-        if let Err(e) = send(&mut socket, Message::Text(message.to_string().into())).await {
+    let start = FromCarrier::Start(StreamStart {
+        carrier,
+        stream_id: stream_id.into(),
+        call_id: call_id.into(),
+        encoding: encoding.into(),
+        sample_rate: 8000,
+        channels: 1,
+        parameters: Default::default(),
+    });
+    let write = |message: FromCarrier| Message::Text(message.to_json(carrier, stream_id).into());
+    let echo = |name: String| write(FromCarrier::Mark { name });
+    for message in [FromCarrier::Connected, start] {
+        if let Err(e) = send(&mut socket, write(message)).await {
             result.failure = Some(e.or("the connection closed before start"));
             progress.ended(&result);
             return result;
@@ -116,8 +99,7 @@ pub(super) async fn one_call(
                 let mut due = Vec::new();
                 while marks.front().is_some_and(|(at, _)| *at <= now) {
                     let (_, name) = marks.pop_front().expect("checked");
-                    let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
-                    due.push(Message::Text(echo.to_string().into()));
+                    due.push(echo(name));
                 }
                 let audio = match position {
                     Some(at) => {
@@ -135,14 +117,12 @@ pub(super) async fn one_call(
                 };
                 sequence += 1;
                 chunk += 1;
-                // Written straight into one string, as a carrier's media messages are many.
-                let mut media = format!(
-                    r#"{{"event":"media","sequenceNumber":"{sequence}","sequence_number":"{sequence}","{stream_key}":"{stream_id}","media":{{"track":"inbound","chunk":"{chunk}","timestamp":"{}","payload":""#,
-                    chunk * 20
-                );
-                base64::engine::general_purpose::STANDARD.encode_string(audio, &mut media);
-                media.push_str("\"}}");
-                due.push(Message::Text(media.into()));
+                due.push(write(FromCarrier::Media {
+                    sequence: Some(sequence),
+                    chunk: Some(chunk),
+                    timestamp_ms: Some(chunk * 20),
+                    audio: audio.to_vec(),
+                }));
                 if let Err(e) = send_all(&mut socket, due).await {
                     result.failure = Some(e.or("the server closed the call"));
                     break;
@@ -156,8 +136,7 @@ pub(super) async fn one_call(
                     turn += 1;
                     (last_agent, waiting_since, speech_end_sent) = (None, None, None);
                     if turn == turns {
-                        let stop = json!({"event": "stop", stream_key: stream_id, "stop": {}});
-                        if let Some(stalled) = send_or_stall(&mut socket, Message::Text(stop.to_string().into())).await {
+                        if let Some(stalled) = send_or_stall(&mut socket, write(FromCarrier::Stop)).await {
                             result.failure = Some(stalled);
                             break;
                         }
@@ -178,11 +157,10 @@ pub(super) async fn one_call(
                     }
                     break;
                 };
-                let Ok(m) = serde_json::from_str::<CarrierMessage>(&text) else { continue };
-                match m.event {
-                    "media" => {
-                        let bytes = m.media.map_or(0, |media| media.payload.len() * 3 / 4);
-                        let length = Duration::from_millis(bytes as u64 / 8);
+                let Ok(command) = ToCarrier::parse(&text) else { continue };
+                match command {
+                    CarrierCommand::Media(mulaw) => {
+                        let length = Duration::from_millis(mulaw.len() as u64 / 8);
                         playing_until = playing_until.max(now) + length;
                         if speech_end_sent.is_some() {
                             reply_received += length;
@@ -195,22 +173,15 @@ pub(super) async fn one_call(
                             last_agent = Some(now);
                         }
                     }
-                    "mark" => {
-                        let name = m.mark.map(|mark| mark.name).unwrap_or_default().to_owned();
-                        marks.push_back((playing_until, name));
-                    }
-                    "clear" => {
-                        let echoes = marks.drain(..).map(|(_, name)| {
-                            let echo = json!({"event": "mark", stream_key: stream_id, "mark": {"name": name}});
-                            Message::Text(echo.to_string().into())
-                        });
+                    CarrierCommand::Mark(name) => marks.push_back((playing_until, name)),
+                    CarrierCommand::Clear => {
+                        let echoes = marks.drain(..).map(|(_, name)| echo(name));
                         if let Err(SendFailure::Stalled) = send_all(&mut socket, echoes.collect::<Vec<_>>()).await {
                             result.failure = Some(stalled());
                             break;
                         }
                         playing_until = now;
                     }
-                    _ => {}
                 }
             }
         }
