@@ -15,6 +15,9 @@
 //! - the end: the user's stop and the finish deadline, the far end going away, a provider's
 //!   failure, a shutdown; told to the transport ([`Transport::finish`]) as one [`Ending`].
 //!
+//! `examples/custom_transport.rs` is a complete transport (raw PCM over TCP); the server's
+//! browser session and phone line are two more.
+//!
 //! Ownership: the call's task owns the transport, the Flux sender and the engine session;
 //! the engine's stop token is a child of the caller's shutdown token. Playout writes into a
 //! queue the call's task drains, so a far end that stops reading cannot stall the engine.

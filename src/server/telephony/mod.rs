@@ -9,11 +9,14 @@
 //! the carrier's own playback clock: on barge-in the history keeps exactly the audio up to the
 //! last echoed mark, and `clear` drops the rest at the carrier.
 //!
-//! A stream has the browser session's deadlines: its `start` within the start timeout of the
-//! upgrade (a `connected` event or a ping does not move it), media within the idle timeout
-//! (marks, DTMF and pings do not count), the message rate from the first message, and the end
-//! of the wait for `start` when a drain begins. What the carrier sends is escaped and cut short
-//! before it is logged; digits and custom parameters are never logged.
+//! A stream is a transport of the conversation runner ([`crate::call`]), as a browser session
+//! is, with the same deadlines: its `start` within the start timeout of the upgrade (a
+//! `connected` event or a ping does not move it), media within the idle timeout (marks, DTMF
+//! and pings do not count), the message rate from the first message, and the end of the wait
+//! for `start` when a drain begins. This module is the codec: carrier JSON both ways, the
+//! caller's frames put back in order, the agent's voice in 40 ms messages with their marks.
+//! What the carrier sends is escaped and cut short before it is logged; digits and custom
+//! parameters are never logged.
 
 pub mod carrier;
 mod line;
