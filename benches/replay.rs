@@ -5,8 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use turnflow::flux::Thresholds;
-use turnflow::lab::derive::{Timeline, derive};
-use turnflow::lab::{ReplaySettings, replay};
+use turnflow::lab::{ReplaySettings, Timeline, derive, replay};
 use turnflow::recording::Recording;
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -362,7 +362,6 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
     });
     let mut settings = Settings::new(flux_config, connector, backends);
     settings.session = config.session.clone();
-    settings.observer = Some(watcher.clone());
     let (chunks_tx, chunks) = tokio::sync::mpsc::channel(4);
     let agent = RecordingSink {
         frames: Arc::default(),
@@ -380,7 +379,10 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         let config = config.clone();
         async move { speak_as_user(&config, chunks_tx, agent_rx).await }.in_current_span()
     });
-    let ending = Call::new("simulation", settings).run(&mut user).await;
+    let ending = Call::new("simulation", settings)
+        .observed_by(watcher.clone())
+        .run(&mut user)
+        .await;
     // The user stops when the call ends, whichever came first.
     drop(user);
     let user_audio = speaking.await.unwrap_or_default();

@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use turnflow::lab::derive::Timeline;
-use turnflow::lab::{ReplaySettings, replay};
+use turnflow::lab::{ReplaySettings, Timeline, replay};
 use turnflow::recording::{RecordedSettings, Recorder, Recording};
 use turnflow::scenario::Scenario;
 use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
@@ -133,8 +132,7 @@ async fn other_thresholds_change_the_turns_and_say_what_was_generated() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn eot_bench_rows_import_and_a_sweep_trades_cut_offs_for_dead_air() {
-    use turnflow::lab::import::import_eot_bench;
-    use turnflow::lab::sweep::{self, Sweep};
+    use turnflow::lab::{Sweep, import_eot_bench, run_sweep};
     let rows = import_eot_bench("tests/fixtures/eot_bench/rows.jsonl".as_ref()).unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].meta.source, "import:eot-bench");
@@ -155,7 +153,7 @@ async fn eot_bench_rows_import_and_a_sweep_trades_cut_offs_for_dead_air() {
         assert!(!outcome.generated_replies.is_empty());
     }
     let sweep: Sweep = "eot=0.5,0.7".parse().unwrap();
-    let rows = sweep::run(&bases, &sweep).await.unwrap();
+    let rows = run_sweep(&bases, &sweep).await.unwrap();
     // The first row holds 1.2 s mid-sentence: 0.5 ends the turn there, 0.7 waits it out and
     // answers the final pause later.
     assert_eq!(rows[0].turn_taking.premature_ends, 1);
@@ -210,7 +208,7 @@ fn bad_recordings_and_rows_are_refused_with_the_file_line_and_reason() {
         "{\"id\":\"a\",\"language\":\"en\",\"audio\":{\"array\":[0.0],\"sampling_rate\":8000},\"silence_spans\":[[0.0,0.1]]}\n{\"id\":\"b\",\"language\":\"en\"}\n",
     )
     .unwrap();
-    let error = turnflow::lab::import::import_eot_bench(&rows)
+    let error = turnflow::lab::import_eot_bench(&rows)
         .unwrap_err()
         .to_string();
     assert!(
@@ -218,7 +216,7 @@ fn bad_recordings_and_rows_are_refused_with_the_file_line_and_reason() {
         "{error}"
     );
     std::fs::write(&rows, "{\"id\":\"b\",\"language\":\"en\"}\n").unwrap();
-    let error = turnflow::lab::import::import_eot_bench(&rows)
+    let error = turnflow::lab::import_eot_bench(&rows)
         .unwrap_err()
         .to_string();
     assert!(

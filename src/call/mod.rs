@@ -45,7 +45,7 @@ use crate::flux::{Connector, FluxConfig};
 use crate::report::TurnReport;
 
 /// What every conversation of a kind shares: the providers, the engine settings and the
-/// limits. Cheap to clone (the providers are shared).
+/// limits. Made once and shared by every [`Call`] (as an `Arc`).
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Settings {
@@ -67,8 +67,6 @@ pub struct Settings {
     /// Each conversation is recorded under this directory, in a folder named by its id
     /// (`docs/recordings.md`).
     pub record_dir: Option<std::path::PathBuf>,
-    /// Told about the conversation as it happens.
-    pub observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl Settings {
@@ -83,7 +81,6 @@ impl Settings {
             greeting: None,
             silence: None,
             record_dir: None,
-            observer: None,
         }
     }
 }

@@ -36,23 +36,41 @@ const FLUSH_AFTER: Duration = Duration::from_millis(25);
 const SILENCE_CHECK: Duration = Duration::from_millis(250);
 
 /// One conversation: run it over a transport with [`Call::run`].
-#[derive(Debug)]
 pub struct Call {
     id: String,
-    settings: Settings,
+    settings: Arc<Settings>,
+    observer: Option<Arc<dyn CallObserver>>,
     shutdown: CancellationToken,
     draining: Option<CancellationToken>,
 }
 
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("id", &self.id)
+            .field("settings", &self.settings)
+            .field("observed", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Call {
-    /// A conversation named `id` (in logs, recordings and what the observer is told).
-    pub fn new(id: impl Into<String>, settings: Settings) -> Self {
+    /// A conversation named `id` (in logs, recordings and what the observer is told), with
+    /// `settings` (shared: a server makes them once for all its calls).
+    pub fn new(id: impl Into<String>, settings: impl Into<Arc<Settings>>) -> Self {
         Call {
             id: id.into(),
-            settings,
+            settings: settings.into(),
+            observer: None,
             shutdown: CancellationToken::new(),
             draining: None,
         }
+    }
+
+    /// Tells `observer` about the conversation as it happens.
+    pub fn observed_by(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Ends the conversation when `shutdown` is cancelled: the reply in progress is cut and
@@ -81,9 +99,13 @@ impl Call {
             self.settings.limits.message_burst,
             Instant::now(),
         );
-        let ending = match self.wait_for_start(transport, &mut rate).await {
-            Ok(start) => self.converse(transport, start, rate).await,
-            Err(ending) => ending,
+        let ending = 'ended: {
+            // Matched in its own statement: the start's result is gone before the conversation.
+            let start = match self.wait_for_start(transport, &mut rate).await {
+                Ok(start) => start,
+                Err(ending) => break 'ended ending,
+            };
+            self.converse(transport, start, rate).await
         };
         let _ = tokio::time::timeout(END_LIMIT, transport.finish(&ending)).await;
         ending
@@ -154,7 +176,7 @@ impl Call {
     ) -> Ending {
         let settings = &self.settings;
         let limits = settings.limits;
-        let observer = settings.observer.clone();
+        let observer = self.observer.clone();
         let input = start.input;
         let Some(bytes_per_sample) = input.encoding.bytes_per_sample() else {
             return Ending::fault(EndError::new(
@@ -166,15 +188,22 @@ impl Call {
                 FaultKind::Unsupported,
             ));
         };
-        let mut flux_config = settings.flux.clone();
-        flux_config.options.encoding = Some(input.encoding);
-        flux_config.options.sample_rate = Some(input.sample_rate);
-        let recording = CallRecording::start(settings, &self.id, &flux_config.options);
-        let connector = match &recording {
-            Some(r) => r.connector(settings.connector.clone()),
-            None => settings.connector.clone(),
+        let mut options = settings.flux.options.clone();
+        options.encoding = Some(input.encoding);
+        options.sample_rate = Some(input.sample_rate);
+        let recording = CallRecording::start(settings, &self.id, &options);
+        let connecting = {
+            let mut flux_config = settings.flux.clone();
+            flux_config.options = options;
+            let connector = match &recording {
+                Some(r) => r.connector(settings.connector.clone()),
+                None => settings.connector.clone(),
+            };
+            // On the heap while it runs: the handshake's state would otherwise be part of
+            // every call's task for its whole life.
+            Box::pin(connect(flux_config, connector))
         };
-        let (flux, flux_events) = match connect(flux_config, connector).await {
+        let (flux, flux_events) = match connecting.await {
             Ok(pair) => pair,
             Err(e) => {
                 // The provider's words stay in the log: they can quote the request or the key.
@@ -268,7 +297,7 @@ impl Call {
         let mut to_flux = bytes::BytesMut::with_capacity(flux_frame_bytes);
         let chunk_samples =
             ((u128::from(output_rate) * transport.chunk().as_millis() / 1000) as usize).max(1);
-        let mut chunk: Vec<i16> = Vec::with_capacity(chunk_samples);
+        let mut chunk: Vec<i16> = Vec::new();
         let (mut chunk_end, mut chunk_epoch) = (0, 0);
         let mut flush = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut flushing = false;
@@ -300,9 +329,18 @@ impl Call {
                                 chunk.clear();
                                 chunk_epoch = epoch;
                             }
-                            chunk.extend_from_slice(&pcm);
-                            chunk_end = end;
-                            if chunk.len() >= chunk_samples {
+                            // A whole chunk as playout wrote it (a browser's 20 ms) goes out
+                            // without a copy.
+                            let whole = chunk.is_empty() && pcm.len() >= chunk_samples;
+                            if !whole {
+                                chunk.extend_from_slice(&pcm);
+                                chunk_end = end;
+                            }
+                            if whole {
+                                flushing = false;
+                                let speech = Speech::new(&pcm, end, epoch, &playback);
+                                send(transport, Outbound::Audio(speech)).await
+                            } else if chunk.len() >= chunk_samples {
                                 flushing = false;
                                 let speech = Speech::new(&chunk, chunk_end, chunk_epoch, &playback);
                                 let sent = send(transport, Outbound::Audio(speech)).await;

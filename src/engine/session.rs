@@ -129,7 +129,7 @@ pub struct SessionOutcome {
 
 /// Application events queued at most; beyond this the oldest unread are kept and new ones are
 /// dropped (and counted in the log) rather than growing without bound.
-pub const EVENT_QUEUE: usize = 1024;
+pub(crate) const EVENT_QUEUE: usize = 1024;
 
 /// Longest the session waits, in the background, for a cancelled reply's task to stop and for
 /// the voice to confirm a clear.
@@ -230,7 +230,7 @@ impl<S> TurnEvents for S where
 /// [`SessionHandle::close`]) ends it gracefully: the reply in progress is cut, what the user
 /// heard of it stays in the history, then every task is awaited. One token can stop many
 /// sessions (a server draining). Events for the application arrive on the returned receiver
-/// (drop it if unused); it holds at most [`EVENT_QUEUE`] unread events.
+/// (drop it if unused); it holds at most 1024 unread events.
 pub fn start_session(
     config: SessionConfig,
     flux: impl TurnEvents,

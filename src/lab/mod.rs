@@ -3,23 +3,28 @@
 //!
 //! Recordings themselves (the format and the [`Recorder`](crate::recording::Recorder)) are
 //! [`crate::recording`], below the server that makes them.
-//! - [`derive`](mod@derive) (pure): Flux's turn events re-derived from the recorded confidence curve under
-//!   other thresholds.
-//! - [`replay`](mod@replay): a recorded session run again on tokio's paused clock, with the derived events,
+//! - [`derive()`] (pure): Flux's turn events re-derived from the recorded confidence curve under
+//!   other thresholds ([`Timeline`] in, [`Derivation`] out).
+//! - [`replay()`]: a recorded session run again on tokio's paused clock, with the derived events,
 //!   the recorded model and voice (their timing and content), and the recorded user audio.
-//! - [`compare`] (pure): a recorded session's turns next to a what-if's, paired by transcript.
-//! - [`sweep`]: one setting over a range, over many recordings, as a table and an SVG chart.
-//! - [`import`]: LiveKit's eot-bench rows (audio, silence spans, words) as recordings.
+//! - [`pair_turns`] (pure): a recorded session's turns next to a what-if's, paired by transcript.
+//! - [`run_sweep`]: one setting over a range, over many recordings, as a table
+//!   ([`sweep_table`]) and an SVG chart ([`sweep_chart`]).
+//! - [`import_eot_bench`]: LiveKit's eot-bench rows (audio, silence spans, words) as recordings.
 
 use std::path::PathBuf;
 
-pub mod compare;
-pub mod derive;
-pub mod import;
-pub mod replay;
-pub mod sweep;
+mod compare;
+mod derive;
+mod import;
+mod replay;
+mod sweep;
 
-pub use replay::{ReplayOutcome, ReplaySettings, replay};
+pub use compare::{TurnPair, pair_turns};
+pub use derive::{Derivation, DerivedTick, RecordedTurn, Tick, Timeline, TurnTaking, derive};
+pub use import::{baseline_confidence, import_eot_bench};
+pub use replay::{PREMATURE_WINDOW_SECONDS, ReplayOutcome, ReplaySettings, replay};
+pub use sweep::{Knob, Sweep, SweepRow, run_sweep, sweep_chart, sweep_table};
 
 /// Why a recording could not be read or replayed, or a sweep could not run.
 #[derive(Debug, thiserror::Error)]

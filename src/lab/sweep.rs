@@ -220,7 +220,7 @@ impl SweepRow {
 ///
 /// # Errors
 /// The first [`LabError`] of a setting or a replay.
-pub async fn run(
+pub async fn run_sweep(
     recordings: &[(Recording, ReplaySettings)],
     sweep: &Sweep,
 ) -> Result<Vec<SweepRow>, LabError> {
@@ -273,7 +273,7 @@ pub async fn run(
 }
 
 /// The rows as a fixed-width table.
-pub fn table(knob: Knob, rows: &[SweepRow]) -> String {
+pub fn sweep_table(knob: Knob, rows: &[SweepRow]) -> String {
     let mut out = format!(
         "{:>14} {:>6} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9} {:>10} {:>5} {:>9}\n",
         knob.name(),
@@ -314,7 +314,7 @@ pub fn table(knob: Knob, rows: &[SweepRow]) -> String {
 /// An SVG chart: response and voice-to-voice latency p50 as lines (left axis), premature ends
 /// and timeouts as bars and the speculation hit rate as a dashed line (right axis, 0-100 % of
 /// ends or attempts), one column per value.
-pub fn chart(knob: Knob, rows: &[SweepRow]) -> String {
+pub fn sweep_chart(knob: Knob, rows: &[SweepRow]) -> String {
     let (width, height) = (720.0, 360.0);
     let (left, right, top, bottom) = (60.0, 60.0, 40.0, 70.0);
     let plot_w = width - left - right;
@@ -468,7 +468,7 @@ mod tests {
                 ..SweepRow::default()
             })
             .collect();
-        let svg = chart(Knob::Eager, &rows);
+        let svg = sweep_chart(Knob::Eager, &rows);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains(">0.4</text>") && svg.contains(">0.5</text>"));
         assert!(svg.contains("premature ends"));

@@ -62,9 +62,9 @@ struct State {
     shutdown: CancellationToken,
     sessions: TaskTracker,
     /// What every browser session is run with.
-    browser: crate::call::Settings,
+    browser: Arc<crate::call::Settings>,
     /// What every phone call is run with: the browser's, with the greeting and the re-prompt.
-    phone: crate::call::Settings,
+    phone: Arc<crate::call::Settings>,
 }
 
 impl State {
@@ -73,12 +73,11 @@ impl State {
     fn call(
         &self,
         id: &str,
-        settings: &crate::call::Settings,
+        settings: &Arc<crate::call::Settings>,
         reporting: Arc<Reporting>,
     ) -> crate::call::Call {
-        let mut settings = settings.clone();
-        settings.observer = Some(reporting);
-        crate::call::Call::new(id, settings)
+        crate::call::Call::new(id, settings.clone())
+            .observed_by(reporting)
             .stopped_by(self.shutdown.clone())
             .draining_with(self.draining.clone())
     }

@@ -49,8 +49,8 @@ impl Service {
         let (browser, phone) = config.call_settings();
         Self {
             state: Arc::new(State {
-                browser,
-                phone,
+                browser: Arc::new(browser),
+                phone: Arc::new(phone),
                 config,
                 metrics: Arc::new(Metrics::default()),
                 admitted: AtomicUsize::new(0),

@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use turnflow::engine::{BargeInPolicy, Presynthesis};
-use turnflow::lab::compare::pair_turns;
-use turnflow::lab::derive::{Derivation, Timeline, TurnTaking};
-use turnflow::lab::import::import_eot_bench;
-use turnflow::lab::sweep::{self, Sweep};
-use turnflow::lab::{ReplayOutcome, ReplaySettings, replay};
+use turnflow::lab::{
+    Derivation, ReplayOutcome, ReplaySettings, Sweep, Timeline, TurnTaking, import_eot_bench,
+    pair_turns, replay, run_sweep, sweep_chart, sweep_table,
+};
 use turnflow::recording::Recording;
 use turnflow::report::Report;
 
@@ -123,12 +122,12 @@ pub(crate) fn replay_command(args: ReplayArgs) -> Result<()> {
                 (r, s)
             })
             .collect();
-        let rows = runtime.block_on(sweep::run(&bases, sweep))?;
+        let rows = runtime.block_on(run_sweep(&bases, sweep))?;
         println!(
             "sweep over {} recording(s), every other setting as recorded or given",
             bases.len()
         );
-        print!("{}", sweep::table(sweep.knob, &rows));
+        print!("{}", sweep_table(sweep.knob, &rows));
         println!(
             "premature: an EndOfTurn followed by the user's next word within {} ms",
             args.premature_window_ms
@@ -141,7 +140,7 @@ pub(crate) fn replay_command(args: ReplayArgs) -> Result<()> {
                 serde_json::to_string_pretty(&rows)? + "\n",
             )
             .with_context(|| format!("cannot write {}", dir.join("sweep.json").display()))?;
-            std::fs::write(dir.join("sweep.svg"), sweep::chart(sweep.knob, &rows))
+            std::fs::write(dir.join("sweep.svg"), sweep_chart(sweep.knob, &rows))
                 .with_context(|| format!("cannot write {}", dir.join("sweep.svg").display()))?;
             println!("wrote {}", dir.display());
         }

@@ -206,7 +206,6 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         });
         let mut call_settings = Settings::new(flux_config, connector, backends);
         call_settings.session = agent.session;
-        call_settings.observer = Some(console);
         let (chunks_tx, chunks) = tokio::sync::mpsc::channel(8);
         let mut transport = Local {
             started: false,
@@ -253,7 +252,10 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
                 signal = crate::shutdown_signal() => eprintln!("{signal}: stopping; the files are being completed"),
             }
         });
-        let ending = Call::new("run", call_settings).run(&mut transport).await;
+        let ending = Call::new("run", call_settings)
+            .observed_by(console)
+            .run(&mut transport)
+            .await;
         drop(transport);
         let _ = speaking_user.await;
         match emulator {
