@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 use crate::call::{
     AudioFormat, Call, CallObserver, EndError, Ending, Gone, Inbound, Outbound, Settings, Start,
@@ -255,13 +254,15 @@ impl CallObserver for Watcher {
     }
 }
 
-/// The simulated user as the conversation's transport: its audio in 20 ms chunks from the
-/// user's task, the agent's frames kept with the instant they were sent.
+/// The simulated user as the conversation's transport: its voice in 20 ms chunks, on the
+/// transport's own clock, and the agent's frames kept with the instant they were sent.
 struct SimulatedUser {
     started: bool,
     stopped: bool,
     sample_rate: u32,
-    chunks: tokio::sync::mpsc::Receiver<Vec<i16>>,
+    voice: UserVoice,
+    /// The user's clock, from its first audio (once the call is ready for it).
+    ticker: Option<(Instant, tokio::time::Interval)>,
     agent: RecordingSink,
 }
 
@@ -277,7 +278,16 @@ impl crate::call::Transport for SimulatedUser {
         if self.stopped {
             return std::future::pending().await;
         }
-        Ok(Some(match self.chunks.recv().await {
+        let (_, ticker) = self.ticker.get_or_insert_with(|| {
+            (
+                Instant::now(),
+                tokio::time::interval(Duration::from_millis(20)),
+            )
+        });
+        // Cancel-safe: a tick is not lost when the call drops this future, and the chunk is
+        // made after it, with nothing awaited.
+        ticker.tick().await;
+        Ok(Some(match self.voice.next_chunk() {
             Some(samples) => {
                 Inbound::Audio(crate::audio::encode(Encoding::Linear16, &samples).into())
             }
@@ -362,7 +372,6 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
     });
     let mut settings = Settings::new(flux_config, connector, backends);
     settings.session = config.session.clone();
-    let (chunks_tx, chunks) = tokio::sync::mpsc::channel(4);
     let agent = RecordingSink {
         frames: Arc::default(),
         keep: config.record_audio,
@@ -371,21 +380,16 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         started: false,
         stopped: false,
         sample_rate: config.sample_rate,
-        chunks,
+        voice: UserVoice::new(&config, agent_rx),
+        ticker: None,
         agent: agent.clone(),
     };
-    let start = Instant::now();
-    let speaking = tokio::spawn({
-        let config = config.clone();
-        async move { speak_as_user(&config, chunks_tx, agent_rx).await }.in_current_span()
-    });
     let ending = Call::new("simulation", settings)
         .observed_by(watcher.clone())
         .run(&mut user)
         .await;
-    // The user stops when the call ends, whichever came first.
-    drop(user);
-    let user_audio = speaking.await.unwrap_or_default();
+    let user_audio = std::mem::take(&mut user.voice.sent);
+    let start = user.ticker.map_or_else(Instant::now, |(first, _)| first);
     if let Some(server) = server {
         server.shutdown().await;
     }
@@ -449,36 +453,68 @@ fn voice_sample(n: u64, rate: u32) -> i16 {
     (triangle * 6000.0) as i16
 }
 
-/// Streams the user's side in real time (20 ms chunks) until the last reply was heard.
-async fn speak_as_user(
-    config: &SimulationConfig,
-    to_call: tokio::sync::mpsc::Sender<Vec<i16>>,
-    mut agent: watch::Receiver<AgentState>,
-) -> Vec<i16> {
-    let rate = config.sample_rate;
-    let chunk = u64::from(rate / 50);
-    let patience = (config.patience.as_secs_f64() * f64::from(rate)) as u64;
-    let tail = (config.tail.as_secs_f64() * f64::from(rate)) as u64;
-    let turns = &config.scenario.turns;
-    let mut sent: Vec<i16> = Vec::new();
-    let mut cursor: u64 = 0;
-    let mut next_turn = 0;
-    let mut current: Option<Utterance> = None;
-    let mut after_turn = AgentState::default();
-    let mut prev_end: u64 = 0;
-    let mut agent_started_at: Option<u64> = None;
-    let mut done_at: Option<u64> = None;
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        ticker.tick().await;
-        let state = *agent.borrow_and_update();
-        if current.is_none() && next_turn < turns.len() {
-            let turn = &turns[next_turn];
-            let waited_too_long = cursor >= prev_end + patience;
-            if agent_started_at.is_none() && state.replies_started > after_turn.replies_started {
-                agent_started_at = Some(cursor);
+/// The user's side, 20 ms at a time, until the last reply was heard: each turn starts when
+/// the scenario says (at a time, after the agent finished, or into the agent's reply), with
+/// patience for an agent that does not answer.
+struct UserVoice {
+    rate: u32,
+    chunk: u64,
+    patience: u64,
+    tail: u64,
+    scenario: Arc<Scenario>,
+    agent: watch::Receiver<AgentState>,
+    record_audio: bool,
+    recorder: Option<crate::recording::Recorder>,
+    /// Every sample sent, when the simulation keeps audio.
+    sent: Vec<i16>,
+    cursor: u64,
+    next_turn: usize,
+    current: Option<Utterance>,
+    after_turn: AgentState,
+    prev_end: u64,
+    agent_started_at: Option<u64>,
+    done_at: Option<u64>,
+}
+
+impl UserVoice {
+    fn new(config: &SimulationConfig, agent: watch::Receiver<AgentState>) -> Self {
+        let rate = config.sample_rate;
+        UserVoice {
+            rate,
+            chunk: u64::from(rate / 50),
+            patience: (config.patience.as_secs_f64() * f64::from(rate)) as u64,
+            tail: (config.tail.as_secs_f64() * f64::from(rate)) as u64,
+            scenario: config.scenario.clone(),
+            agent,
+            record_audio: config.record_audio,
+            recorder: config.recorder.clone(),
+            sent: Vec::new(),
+            cursor: 0,
+            next_turn: 0,
+            current: None,
+            after_turn: AgentState::default(),
+            prev_end: 0,
+            agent_started_at: None,
+            done_at: None,
+        }
+    }
+
+    /// The next 20 ms, or `None` once the user is done.
+    fn next_chunk(&mut self) -> Option<Vec<i16>> {
+        let rate = self.rate;
+        let chunk = self.chunk;
+        let turns = &self.scenario.turns;
+        let state = *self.agent.borrow_and_update();
+        let cursor = self.cursor;
+        if self.current.is_none() && self.next_turn < turns.len() {
+            let turn = &turns[self.next_turn];
+            let waited_too_long = cursor >= self.prev_end + self.patience;
+            if self.agent_started_at.is_none()
+                && state.replies_started > self.after_turn.replies_started
+            {
+                self.agent_started_at = Some(cursor);
             }
-            let begin = match turn.start.unwrap_or(if next_turn == 0 {
+            let begin = match turn.start.unwrap_or(if self.next_turn == 0 {
                 TurnStart::AtMs(500)
             } else {
                 TurnStart::AfterAgentMs(600)
@@ -486,50 +522,47 @@ async fn speak_as_user(
                 TurnStart::AtMs(ms) => Some((ms * u64::from(rate) / 1000).max(cursor)),
                 TurnStart::AfterAgentMs(ms) => {
                     let finished =
-                        state.replies_ended > after_turn.replies_ended && !state.speaking;
+                        state.replies_ended > self.after_turn.replies_ended && !state.speaking;
                     (finished || waited_too_long).then(|| cursor + ms * u64::from(rate) / 1000)
                 }
-                TurnStart::BargeInMs(ms) => match agent_started_at {
+                TurnStart::BargeInMs(ms) => match self.agent_started_at {
                     Some(at) => Some(at + ms * u64::from(rate) / 1000),
                     None => waited_too_long.then_some(cursor),
                 },
             };
             if let Some(begin) = begin {
-                current = Some(utterance(turn, begin, rate));
-                next_turn += 1;
+                self.current = Some(utterance(turn, begin, rate));
+                self.next_turn += 1;
             }
         }
-        if current.is_none() && next_turn == turns.len() && done_at.is_none() {
-            let answered = state.replies_ended > after_turn.replies_ended && !state.speaking;
-            if answered || cursor >= prev_end + patience {
-                done_at = Some(cursor + tail);
+        if self.current.is_none() && self.next_turn == turns.len() && self.done_at.is_none() {
+            let answered = state.replies_ended > self.after_turn.replies_ended && !state.speaking;
+            if answered || cursor >= self.prev_end + self.patience {
+                self.done_at = Some(cursor + self.tail);
             }
         }
-        if done_at.is_some_and(|d| cursor >= d) {
-            break;
+        if self.done_at.is_some_and(|d| cursor >= d) {
+            return None;
         }
         let mut samples: Vec<i16> = (cursor..cursor + chunk).map(noise_floor).collect();
-        for &(start, end) in current.iter().flat_map(|u| &u.words) {
+        for &(start, end) in self.current.iter().flat_map(|u| &u.words) {
             for n in start.max(cursor)..end.min(cursor + chunk) {
                 samples[(n - cursor) as usize] = voice_sample(n, rate);
             }
         }
-        cursor += chunk;
-        if current.as_ref().is_some_and(|u| cursor >= u.end) {
-            current = None;
-            after_turn = state;
-            prev_end = cursor;
-            agent_started_at = None;
+        self.cursor += chunk;
+        if self.current.as_ref().is_some_and(|u| self.cursor >= u.end) {
+            self.current = None;
+            self.after_turn = state;
+            self.prev_end = self.cursor;
+            self.agent_started_at = None;
         }
-        if let Some(recorder) = &config.recorder {
+        if let Some(recorder) = &self.recorder {
             recorder.user_audio(&samples);
         }
-        if config.record_audio {
-            sent.extend_from_slice(&samples);
+        if self.record_audio {
+            self.sent.extend_from_slice(&samples);
         }
-        if to_call.send(samples).await.is_err() {
-            break;
-        }
+        Some(samples)
     }
-    sent
 }
