@@ -38,12 +38,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// `examples/embed_axum.rs`: the application's own route answers, turnflow's routes answer
-/// under `/voice` only through the application's authentication, the page finds its scripts
-/// and WebSocket under `/voice/`, a conversation runs there, and SIGTERM drains and exits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn turnflow_mounted_in_an_axum_app_serves_under_its_path_and_drains_on_sigterm() {
-    let child = Command::new(example("embed_axum"))
+/// Starts an example on a loopback port: the child (killed if the test fails), its stdout, and
+/// the address it printed (`listening on ADDR`).
+fn launch(name: &str) -> (KillOnDrop, BufReader<std::process::ChildStdout>, String) {
+    let child = Command::new(example(name))
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -53,11 +51,20 @@ async fn turnflow_mounted_in_an_axum_app_serves_under_its_path_and_drains_on_sig
     let mut stdout = BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let base = line
+    let addr = line
         .trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("{line:?}"))
         .to_owned();
+    (child, stdout, addr)
+}
+
+/// `examples/embed_axum.rs`: the application's own route answers, turnflow's routes answer
+/// under `/voice` only through the application's authentication, the page finds its scripts
+/// and WebSocket under `/voice/`, a conversation runs there, and SIGTERM drains and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turnflow_mounted_in_an_axum_app_serves_under_its_path_and_drains_on_sigterm() {
+    let (mut child, mut stdout, base) = launch("embed_axum");
     let http = reqwest::Client::new();
     let get = |path: &str, auth: bool| {
         let mut request = http.get(format!("{base}{path}"));
@@ -182,21 +189,7 @@ async fn turnflow_mounted_in_an_axum_app_serves_under_its_path_and_drains_on_sig
 async fn a_transport_written_outside_the_crate_carries_a_whole_conversation() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let child = Command::new(example("custom_transport"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(Some(child));
-    let mut stdout = BufReader::new(child.0.as_mut().unwrap().stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
+    let (_child, mut stdout, addr) = launch("custom_transport");
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     let (heard_tx, mut heard) = tokio::sync::watch::channel(0usize);

@@ -11,7 +11,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::State;
-use super::protocol::{FromClient, PROTOCOL_VERSION, ToClient, close_code};
+use super::protocol::{End, Failure, FromClient, PROTOCOL_VERSION, Ready, ToClient, close_code};
 use crate::call::{
     AudioFormat, EndError, Ending, FaultKind, Gone, Inbound, Outbound, PlaybackClock, SessionEnd,
     Start, Transport,
@@ -117,13 +117,13 @@ impl Transport for Browser {
                 call,
                 input,
                 output_rate,
-            } => text(&ToClient::Ready {
+            } => text(&ToClient::Ready(Ready {
                 version: PROTOCOL_VERSION,
                 session: call.to_owned(),
                 input_sample_rate: input.sample_rate,
                 output_sample_rate: output_rate,
                 frame_ms: 20,
-            }),
+            })),
             Outbound::Audio(speech) => {
                 Message::Binary(crate::audio::encode(Encoding::Linear16, speech.pcm).into())
             }
@@ -144,18 +144,18 @@ impl Transport for Browser {
         if let Some(error) = &ending.error {
             warn!(code = error.code, message = %error.message, "closing the session");
             let _ = socket
-                .send(text(&ToClient::Error {
+                .send(text(&ToClient::Error(Failure {
                     code: error.code.to_owned(),
                     message: error.message.clone(),
                     fatal: true,
-                }))
+                })))
                 .await;
         }
         let _ = socket
-            .send(text(&ToClient::End {
+            .send(text(&ToClient::End(End {
                 reason: reason(ending.outcome).to_owned(),
                 turns: ending.turns,
-            }))
+            })))
             .await;
         let _ = socket
             .send(Message::Close(Some(CloseFrame {

@@ -172,44 +172,56 @@ impl FromClient {
     }
 }
 
+/// `{"type": "ready", ...}`: the session is running; audio may flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    /// Protocol version.
+    pub version: u32,
+    /// The session's id (also in the server's logs).
+    pub session: String,
+    /// Sample rate of the client's audio, as accepted.
+    pub input_sample_rate: u32,
+    /// Sample rate of the agent audio the server sends.
+    pub output_sample_rate: u32,
+    /// Length of each agent audio frame.
+    pub frame_ms: u32,
+}
+
+/// `{"type": "error", ...}`: something went wrong; a close follows unless `fatal` is false.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Machine-readable code.
+    pub code: String,
+    /// What was wrong and what is allowed.
+    pub message: String,
+    /// Whether the session ends.
+    pub fatal: bool,
+}
+
+/// `{"type": "end", ...}`: the session is over; the socket closes next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct End {
+    /// Why (`stopped`, `client_closed`, `stt_failed`, `server_shutdown`, ...).
+    pub reason: String,
+    /// User turns in the session.
+    pub turns: u64,
+}
+
 /// A text message from the server. What [`ToClient::to_json`] writes, [`ToClient::parse`]
 /// reads back the same.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToClient {
     /// The session is running; audio may flow.
-    Ready {
-        /// Protocol version.
-        version: u32,
-        /// The session's id (also in the server's logs).
-        session: String,
-        /// Sample rate of the client's audio, as accepted.
-        input_sample_rate: u32,
-        /// Sample rate of the agent audio the server sends.
-        output_sample_rate: u32,
-        /// Length of each agent audio frame.
-        frame_ms: u32,
-    },
+    Ready(Ready),
     /// Drop every agent audio sample received and not yet played, now.
     Clear,
     /// A user turn's figures, once its reply ended.
     Turn(Box<TurnReport>),
     /// Something went wrong; a close follows unless `fatal` is false.
-    Error {
-        /// Machine-readable code.
-        code: String,
-        /// What was wrong and what is allowed.
-        message: String,
-        /// Whether the session ends.
-        fatal: bool,
-    },
+    Error(Failure),
     /// The session is over; the socket closes next.
-    End {
-        /// Why (`stopped`, `client_closed`, `stt_failed`, `server_shutdown`, ...).
-        reason: String,
-        /// User turns in the session.
-        turns: u64,
-    },
+    End(End),
     /// A conversation event (its own `type`: `user_transcript`, `agent_sentence`, ...).
     #[serde(untagged)]
     Event(EngineEvent),
@@ -221,7 +233,7 @@ impl ToClient {
         serde_json::to_string(self).expect("server messages always serialize")
     }
 
-    /// Reads a message the server sent.
+    /// Reads a message the server sent; a bad one is named by its own fields.
     ///
     /// # Errors
     /// The text is not one of the server's messages (the error names what does not fit).
@@ -233,60 +245,14 @@ impl ToClient {
         }
         let Kind { kind } = serde_json::from_str(text)?;
         Ok(match kind.as_ref() {
+            "ready" => ToClient::Ready(serde_json::from_str(text)?),
+            "clear" => ToClient::Clear,
             "turn" => ToClient::Turn(serde_json::from_str(text)?),
-            "ready" | "clear" | "error" | "end" => match serde_json::from_str(text)? {
-                Control::Ready {
-                    version,
-                    session,
-                    input_sample_rate,
-                    output_sample_rate,
-                    frame_ms,
-                } => ToClient::Ready {
-                    version,
-                    session,
-                    input_sample_rate,
-                    output_sample_rate,
-                    frame_ms,
-                },
-                Control::Clear => ToClient::Clear,
-                Control::Error {
-                    code,
-                    message,
-                    fatal,
-                } => ToClient::Error {
-                    code,
-                    message,
-                    fatal,
-                },
-                Control::End { reason, turns } => ToClient::End { reason, turns },
-            },
+            "error" => ToClient::Error(serde_json::from_str(text)?),
+            "end" => ToClient::End(serde_json::from_str(text)?),
             _ => ToClient::Event(serde_json::from_str(text)?),
         })
     }
-}
-
-/// The server's own messages as they are read: [`ToClient`] without its events and turns,
-/// so that a bad one is named by its own fields rather than by every shape it might have.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum Control {
-    Ready {
-        version: u32,
-        session: String,
-        input_sample_rate: u32,
-        output_sample_rate: u32,
-        frame_ms: u32,
-    },
-    Clear,
-    Error {
-        code: String,
-        message: String,
-        fatal: bool,
-    },
-    End {
-        reason: String,
-        turns: u64,
-    },
 }
 
 /// WebSocket close codes the server uses (RFC 6455 section 7.4.1).
@@ -449,24 +415,24 @@ mod tests {
         );
         failure.status = Some(429);
         let messages = [
-            ToClient::Ready {
+            ToClient::Ready(Ready {
                 version: PROTOCOL_VERSION,
                 session: "s-1".into(),
                 input_sample_rate: 16000,
                 output_sample_rate: 24000,
                 frame_ms: 20,
-            },
+            }),
             ToClient::Clear,
             ToClient::Turn(Box::new(turn)),
-            ToClient::Error {
+            ToClient::Error(Failure {
                 code: "idle".into(),
                 message: "no audio received for 15s".into(),
                 fatal: true,
-            },
-            ToClient::End {
+            }),
+            ToClient::End(End {
                 reason: "stopped".into(),
                 turns: 4,
-            },
+            }),
             ToClient::Event(EngineEvent::UserStarted {
                 turn: 0,
                 over_agent: true,

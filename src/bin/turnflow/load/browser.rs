@@ -181,9 +181,9 @@ pub(super) async fn one_session(
                     Message::Text(text) => {
                         let Ok(m) = ToClient::parse(&text) else { continue };
                         match m {
-                            ToClient::Ready { output_sample_rate, .. } => {
+                            ToClient::Ready(accepted) => {
                                 ready = true;
-                                playback.rate = f64::from(output_sample_rate);
+                                playback.rate = f64::from(accepted.output_sample_rate);
                                 position = Some(0);
                             }
                             ToClient::Event(EngineEvent::UserFinished { .. }) => finished_at = Some(now),
@@ -201,11 +201,11 @@ pub(super) async fn one_session(
                                 sample.engine_overhead_ms = turn.engine_overhead_ms;
                                 sample.barge_in_stop_ms = turn.barge_in_stop_ms;
                             }
-                            ToClient::Error { code, message, .. } => {
-                                result.failure = Some(format!("server error {code}: {message}"));
+                            ToClient::Error(error) => {
+                                result.failure = Some(format!("server error {}: {}", error.code, error.message));
                             }
-                            ToClient::End { reason, .. } if reason != "stopped" && result.failure.is_none() => {
-                                result.failure = Some(format!("ended: {reason:?}"));
+                            ToClient::End(end) if end.reason != "stopped" && result.failure.is_none() => {
+                                result.failure = Some(format!("ended: {:?}", end.reason));
                             }
                             _ => {}
                         }
