@@ -159,7 +159,9 @@ impl SilencePolicy {
 }
 
 /// What an application (or the server's metrics) learns of a conversation as it happens.
-/// Called on the call's task: an implementation returns quickly. Every method has an empty
+/// Called on the conversation's own tasks (the call's; the engine's for `clear_sent`,
+/// playout's for `cut_decided_by`): an implementation returns quickly, never blocks and never
+/// panics (the server guards an application's observer for it). Every method has an empty
 /// default.
 pub trait CallObserver: Send + Sync {
     /// The engine session started; `log` is its event log (subscribe to write it as it grows).
