@@ -6,6 +6,7 @@
 //! - `continuity` (internal): pure framing, audio-time and turn bookkeeping, and the repairs of
 //!   broken turn events.
 //! - [`client`]: [`client::connect`], the handle and the event stream.
+//! - [`speak`]: Flux TTS (`/v2/speak`), the speaking half: its messages in both directions.
 
 pub mod client;
 pub(crate) mod continuity;
@@ -13,6 +14,7 @@ pub(crate) mod lossless;
 pub mod messages;
 pub mod options;
 mod repair;
+pub mod speak;
 
 pub use crate::ws::{ApiKey, Connector, WebSocketConnector};
 pub use client::{
