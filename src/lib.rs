@@ -56,7 +56,7 @@
 //! |---|---|---|
 //! | 0 | `text` (internal), [`error`], `failover` (internal), [`net`], [`audio`] | text helpers (outside text escaped and cut short for logs); the typed error of a model or voice (kind, HTTP status, whether to retry) and the failover loop the model and voice chains share; API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client; PCM, encodings, G.711, WAV |
 //! | 1 | [`ws`] | WebSocket connections as frames (real, or in-memory channels) behind one [`ws::Connector`] trait: Flux's and Aura's sockets |
-//! | 2 | [`flux`] | Flux `/v2/listen`: wire types, listen options and the client (which keeps the open turn's audio packed losslessly for a reconnect) |
+//! | 2 | [`flux`] | Flux `/v2/listen`: wire types, listen options and the client; the `/v2/speak` messages ([`flux::speak`]) (which keeps the open turn's audio packed losslessly for a reconnect) |
 //! | 3 | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies, faults ([`scenario::FaultSpec`]) |
 //! | 4 | [`llm`], [`tts`] | the `LanguageModel` trait, conversation types, tools (OpenAI-compatible, Anthropic, failover, scripted); the `SpeechSynthesizer` trait (Aura, OpenAI-compatible speech, espeak-ng, synthetic) |
 //! | 5 | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
