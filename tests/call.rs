@@ -269,6 +269,24 @@ async fn audio_after_stop_is_dropped_and_counted_and_the_reply_finishes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn limits_too_long_to_add_mean_never() {
+    let h = start_call(usize::MAX, |_| {
+        let mut settings = settings();
+        settings.limits.idle_timeout = Duration::MAX;
+        settings.limits.finish_timeout = Duration::MAX;
+        settings.limits.start_timeout = Duration::MAX;
+        Call::new("c-2", settings)
+    });
+    h.far_end.send(start()).unwrap();
+    speak(&h.far_end, 1).await;
+    // An hour without audio: no idle deadline.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    h.far_end.send(Inbound::HungUp).unwrap();
+    let ending = h.call.await.unwrap();
+    assert_eq!(ending.detail, "the user hung up");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hang_up_ends_the_call_at_once() {
     let h = start_call(usize::MAX, |call| call);
     h.far_end.send(start()).unwrap();

@@ -309,7 +309,7 @@ impl Call {
         let idle = limits.idle_timeout;
         // Audio only: a far end that sends nothing but pings or playback reports is idle.
         let mut last_audio = Instant::now();
-        let mut idle_check = std::pin::pin!(tokio::time::sleep_until(last_audio + idle));
+        let mut idle_check = std::pin::pin!(tokio::time::sleep_until(later(last_audio, idle)));
         let mut finish_by = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         let mut stopping = false;
         let (mut after_stop, mut dtmf) = (0u64, 0u64);
@@ -429,7 +429,7 @@ impl Call {
                 () = &mut idle_check, if ending.is_none() && !stopping => {
                     // One timer, moved only when it fires: resetting it on each of the fifty
                     // messages a second would cost more than the check.
-                    let due = last_audio + idle;
+                    let due = later(last_audio, idle);
                     if due > Instant::now() {
                         idle_check.as_mut().reset(due);
                     } else {
@@ -507,7 +507,7 @@ impl Call {
                         Inbound::Stop if stopping => {}
                         Inbound::Stop => {
                             stopping = true;
-                            finish_by.as_mut().reset(now + limits.finish_timeout);
+                            finish_by.as_mut().reset(later(now, limits.finish_timeout));
                             // Ends the user's audio; the call finishes the turn in progress.
                             if let Some(flux) = flux.take() {
                                 let rest = to_flux.split().freeze();
@@ -579,6 +579,12 @@ impl Call {
         ending.log = Some(log);
         ending
     }
+}
+
+/// `after` past `from`; a limit too long to add (a way to say "never") is a century away.
+fn later(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Writes one item to the far end, bounded by [`SEND_LIMIT`].
