@@ -338,3 +338,30 @@ async fn a_far_end_that_goes_away_ends_the_call_as_closed_by_it() {
     assert_eq!(ending.outcome, SessionEnd::ClientClosed);
     assert_eq!(ending.detail, "the far end went away without stop");
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_the_session_says_as_it_finishes_is_not_lost() {
+    let h = start_call(usize::MAX, |call| call);
+    h.far_end.send(start()).unwrap();
+    // Speak until the agent answers, then hang up in the middle of its reply.
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    while !h
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.starts_with("audio to "))
+    {
+        every.tick().await;
+        h.far_end.send(audio()).unwrap();
+    }
+    h.far_end.send(Inbound::HungUp).unwrap();
+    let ending = h.call.await.unwrap();
+    assert_eq!(ending.detail, "the user hung up");
+    let told = h.told.0.lock().unwrap().clone();
+    assert_eq!(
+        told.iter().filter(|s| *s == "response_ended").count(),
+        1,
+        "the cut reply's end reaches the observer: {told:?}"
+    );
+}

@@ -391,18 +391,7 @@ impl Call {
                     chunk.clear();
                 }
                 Some(event) = events.recv() => {
-                    if let Some(o) = &observer {
-                        o.event(&self.id, &event);
-                        if let EngineEvent::ResponseEnded { error: Some(error), .. } = &event {
-                            o.provider_error(error);
-                        }
-                    }
-                    let done = turns.on_event(&event, &log);
-                    if let Some(o) = &observer {
-                        for turn in &done {
-                            o.turn(&self.id, turn);
-                        }
-                    }
+                    let done = note(observer.as_deref(), &self.id, &event, &mut turns, &log);
                     if silence.on_event(&event, Instant::now()) && ending.is_none() {
                         ending = Some(Ending::new(SessionEnd::Completed, "the user stayed silent; said goodbye"));
                         stop.cancel();
@@ -539,6 +528,16 @@ impl Call {
                 }
             }
         };
+        // What the session said as it finished: the select saw the finish first.
+        while let Ok(event) = events.try_recv() {
+            let done = note(observer.as_deref(), &self.id, &event, &mut turns, &log);
+            if ending.is_none() && forward(transport, &event, &done).await.is_err() {
+                ending = Some(Ending::new(
+                    SessionEnd::ClientClosed,
+                    "the far end stopped reading",
+                ));
+            }
+        }
         // The call is over: its Flux connection closes now, releasing the provider's slot.
         drop(flux);
         if let Some(mut task) = closing
@@ -593,6 +592,32 @@ async fn send<T: Transport>(transport: &mut T, item: Outbound<'_>) -> Result<(),
         Ok(result) => result,
         Err(_) => Err(Gone),
     }
+}
+
+/// Tells the observer of `event` and of the turns it completed; returns those turns.
+fn note(
+    observer: Option<&dyn CallObserver>,
+    call: &str,
+    event: &EngineEvent,
+    turns: &mut TurnReports,
+    log: &EventLog,
+) -> Vec<crate::report::TurnReport> {
+    if let Some(o) = observer {
+        o.event(call, event);
+        if let EngineEvent::ResponseEnded {
+            error: Some(error), ..
+        } = event
+        {
+            o.provider_error(error);
+        }
+    }
+    let done = turns.on_event(event, log);
+    if let Some(o) = observer {
+        for turn in &done {
+            o.turn(call, turn);
+        }
+    }
+    done
 }
 
 /// Forwards an engine event and the turns it completed; a provider's failure goes out with a
