@@ -355,16 +355,13 @@ impl Call {
                             }
                         }
                         Queued::Clear | Queued::FlushClear if ending.is_some() => continue,
-                        Queued::Clear => {
-                            let sent = send(transport, Outbound::Clear).await;
+                        clear @ (Queued::Clear | Queued::FlushClear) => {
+                            let item = match clear {
+                                Queued::Clear => Outbound::Clear,
+                                _ => Outbound::FlushClear,
+                            };
+                            let sent = send(transport, item).await;
                             // A barge-in's clear, not the one of a call being stopped.
-                            if sent.is_ok() && !stop.is_cancelled() {
-                                clear_sent(observer.as_deref(), &log);
-                            }
-                            sent
-                        }
-                        Queued::FlushClear => {
-                            let sent = send(transport, Outbound::FlushClear).await;
                             if sent.is_ok() && !stop.is_cancelled() {
                                 clear_sent(observer.as_deref(), &log);
                             }
