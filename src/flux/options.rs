@@ -26,7 +26,11 @@ pub struct OptionsError {
 }
 
 impl OptionsError {
-    fn new(parameter: &'static str, value: impl fmt::Display, allowed: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        parameter: &'static str,
+        value: impl fmt::Display,
+        allowed: impl Into<String>,
+    ) -> Self {
         Self {
             parameter,
             value: value.to_string(),
@@ -523,10 +527,10 @@ fn parse_bool(parameter: &'static str, value: &str) -> Result<bool, OptionsError
 }
 
 #[derive(Default)]
-struct Query(String);
+pub(crate) struct Query(pub(crate) String);
 
 impl Query {
-    fn push(&mut self, key: &str, value: &str) {
+    pub(crate) fn push(&mut self, key: &str, value: &str) {
         if !self.0.is_empty() {
             self.0.push('&');
         }
@@ -547,7 +551,7 @@ fn percent_encode_into(value: &str, out: &mut String) {
     }
 }
 
-fn percent_decode(value: &str) -> String {
+pub(crate) fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -15,6 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::options::{Encoding, OptionsError, Query, percent_decode};
+
 /// A message to the service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -347,6 +349,272 @@ pub fn check_speed(speed: f64) -> Result<(), SpeedError> {
     Ok(())
 }
 
+/// The query parameters of `/v2/speak`, checked before any I/O: the client renders them, the
+/// emulator reads them back with [`SpeakOptions::from_query`] and refuses what the service
+/// refuses (unknown and batch-only parameters included).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeakOptions {
+    /// `flux-<voice>-<language>`, e.g. `flux-haley-en`; required.
+    pub model: String,
+    /// `linear16`, `mulaw` or `alaw`.
+    pub encoding: Encoding,
+    /// Samples per second; the service picks its native rate when absent.
+    pub sample_rate: Option<u32>,
+    /// 0.5 to 1.5 in steps of 0.05 (1.0 when absent); `Configure` changes it later.
+    pub speed: Option<f64>,
+    /// -2 to 2, fixed for the socket.
+    pub expressivity: Option<i8>,
+    /// Opt out of Deepgram's model improvement program.
+    pub mip_opt_out: Option<bool>,
+    /// Labels for usage reports, each its own `tag=` pair.
+    pub tags: Vec<String>,
+}
+
+/// A `/v2/speak` option the service would refuse: the parameter, its value, what is allowed,
+/// and the service's code for it (`EXPRESSIVITY_OUT_OF_RANGE`, ...).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct SpeakOptionsError {
+    /// The service's error code.
+    pub code: &'static str,
+    /// The parameter, its value and what is allowed.
+    pub detail: OptionsError,
+}
+
+fn refused(
+    code: &'static str,
+    parameter: &'static str,
+    value: &str,
+    allowed: impl Into<String>,
+) -> SpeakOptionsError {
+    SpeakOptionsError {
+        code,
+        detail: OptionsError::new(parameter, value, allowed),
+    }
+}
+
+/// Rates each encoding may take on the socket.
+fn rates_for(encoding: Encoding) -> &'static [u32] {
+    match encoding {
+        Encoding::Mulaw | Encoding::Alaw => &[8000, 16000],
+        _ => &[8000, 16000, 24000, 32000, 44100, 48000],
+    }
+}
+
+impl SpeakOptions {
+    /// `model` as linear16 at `sample_rate`, everything else the service's default.
+    pub fn new(model: impl Into<String>, sample_rate: u32) -> Self {
+        Self {
+            model: model.into(),
+            encoding: Encoding::Linear16,
+            sample_rate: Some(sample_rate),
+            speed: None,
+            expressivity: None,
+            mip_opt_out: None,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Checks every option as the service would.
+    ///
+    /// # Errors
+    /// [`SpeakOptionsError`] naming the first option refused.
+    pub fn validate(&self) -> Result<(), SpeakOptionsError> {
+        let voice = self
+            .model
+            .strip_prefix("flux-")
+            .and_then(|rest| rest.split_once('-'));
+        let well_formed = voice.is_some_and(|(voice, language)| {
+            !voice.is_empty()
+                && !language.is_empty()
+                && voice.chars().all(|c| c.is_ascii_lowercase())
+                && language.chars().all(|c| c.is_ascii_lowercase())
+        });
+        if !well_formed {
+            return Err(refused(
+                "Bad Request",
+                "model",
+                &self.model,
+                "flux-<voice>-<language>, e.g. flux-haley-en (aura-* voices are served by /v1/speak)",
+            ));
+        }
+        if !matches!(
+            self.encoding,
+            Encoding::Linear16 | Encoding::Mulaw | Encoding::Alaw
+        ) {
+            return Err(refused(
+                "Bad Request",
+                "encoding",
+                self.encoding.as_str(),
+                "linear16, mulaw or alaw on the socket (containers are batch-only)",
+            ));
+        }
+        if let Some(rate) = self.sample_rate
+            && !rates_for(self.encoding).contains(&rate)
+        {
+            let allowed = rates_for(self.encoding)
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(refused(
+                "Bad Request",
+                "sample_rate",
+                &rate.to_string(),
+                format!("one of {allowed} for {}", self.encoding.as_str()),
+            ));
+        }
+        if let Some(speed) = self.speed
+            && let Err(e) = check_speed(speed)
+        {
+            return Err(refused(
+                e.code(),
+                "speed",
+                &speed.to_string(),
+                e.to_string(),
+            ));
+        }
+        if let Some(e) = self.expressivity
+            && !(-2..=2).contains(&e)
+        {
+            return Err(refused(
+                "EXPRESSIVITY_OUT_OF_RANGE",
+                "expressivity",
+                &e.to_string(),
+                "an integer from -2 to 2",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The query string, in the order Deepgram's own SDK writes it.
+    pub fn to_query(&self) -> String {
+        let mut q = Query::default();
+        q.push("model", &self.model);
+        q.push("encoding", self.encoding.as_str());
+        if let Some(rate) = self.sample_rate {
+            q.push("sample_rate", &rate.to_string());
+        }
+        if let Some(speed) = self.speed {
+            q.push("speed", &speed.to_string());
+        }
+        if let Some(e) = self.expressivity {
+            q.push("expressivity", &e.to_string());
+        }
+        if let Some(opt_out) = self.mip_opt_out {
+            q.push("mip_opt_out", if opt_out { "true" } else { "false" });
+        }
+        for tag in &self.tags {
+            q.push("tag", tag);
+        }
+        q.0
+    }
+
+    /// Reads a query string as the service does (the emulator's side).
+    ///
+    /// # Errors
+    /// [`SpeakOptionsError`] for a missing model, an unknown or batch-only parameter, or a
+    /// value out of its range.
+    pub fn from_query(query: &str) -> Result<Self, SpeakOptionsError> {
+        let mut options = SpeakOptions::new(String::new(), 0);
+        options.sample_rate = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(raw_key);
+            let value = percent_decode(raw_value);
+            match key.as_str() {
+                "model" => options.model = value,
+                "encoding" => {
+                    options.encoding = value.parse().map_err(|detail| SpeakOptionsError {
+                        code: "Bad Request",
+                        detail,
+                    })?
+                }
+                "sample_rate" => {
+                    options.sample_rate = Some(value.parse().map_err(|_| {
+                        refused(
+                            "Bad Request",
+                            "sample_rate",
+                            &value,
+                            "an integer number of hertz",
+                        )
+                    })?)
+                }
+                "speed" => {
+                    options.speed = Some(value.parse().map_err(|_| {
+                        refused(
+                            "SPEED_OUT_OF_RANGE",
+                            "speed",
+                            &value,
+                            "a number from 0.5 to 1.5",
+                        )
+                    })?)
+                }
+                "expressivity" => {
+                    let number: f64 = value.parse().map_err(|_| {
+                        refused(
+                            "EXPRESSIVITY_OUT_OF_RANGE",
+                            "expressivity",
+                            &value,
+                            "an integer from -2 to 2",
+                        )
+                    })?;
+                    if number.fract() != 0.0 {
+                        return Err(refused(
+                            "EXPRESSIVITY_INCREMENT_INVALID",
+                            "expressivity",
+                            &value,
+                            "a whole number from -2 to 2",
+                        ));
+                    }
+                    options.expressivity = Some(number.clamp(-128.0, 127.0) as i8);
+                }
+                "mip_opt_out" => {
+                    options.mip_opt_out = Some(match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(refused(
+                                "Bad Request",
+                                "mip_opt_out",
+                                &value,
+                                "true or false",
+                            ));
+                        }
+                    })
+                }
+                "tag" => options.tags.push(value),
+                "container" | "bit_rate" | "callback" | "callback_method" | "priority" => {
+                    return Err(refused(
+                        "Bad Request",
+                        "query",
+                        &key,
+                        "not on the socket: container, bit_rate, callback, callback_method and priority are batch-only",
+                    ));
+                }
+                _ => {
+                    return Err(refused(
+                        "Bad Request",
+                        "query",
+                        &key,
+                        "model, encoding, sample_rate, speed, expressivity, mip_opt_out or tag",
+                    ));
+                }
+            }
+        }
+        if options.model.is_empty() {
+            return Err(refused(
+                "Bad Request",
+                "model",
+                "",
+                "required: flux-<voice>-<language>, e.g. flux-haley-en",
+            ));
+        }
+        options.validate()?;
+        Ok(options)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,5 +812,73 @@ mod tests {
             SpeedError::OutOfRange.to_string(),
             "'speed' must be between 0.5 and 1.5"
         );
+    }
+
+    #[test]
+    fn options_round_trip_and_refusals_name_the_service_s_code() {
+        let mut options = SpeakOptions::new("flux-haley-en", 24000);
+        options.speed = Some(1.05);
+        options.expressivity = Some(-1);
+        options.mip_opt_out = Some(true);
+        options.tags = vec!["a b".into(), "c".into()];
+        let query = options.to_query();
+        assert_eq!(
+            query,
+            "model=flux-haley-en&encoding=linear16&sample_rate=24000&speed=1.05&expressivity=-1&mip_opt_out=true&tag=a%20b&tag=c"
+        );
+        assert_eq!(SpeakOptions::from_query(&query), Ok(options));
+        for (query, code, names) in [
+            ("encoding=linear16", "Bad Request", "model"),
+            ("model=aura-2-thalia-en", "Bad Request", "aura-*"),
+            (
+                "model=flux-haley-en&expressivity=3",
+                "EXPRESSIVITY_OUT_OF_RANGE",
+                "-2 to 2",
+            ),
+            (
+                "model=flux-haley-en&expressivity=1.5",
+                "EXPRESSIVITY_INCREMENT_INVALID",
+                "whole",
+            ),
+            (
+                "model=flux-haley-en&speed=1.55",
+                "SPEED_OUT_OF_RANGE",
+                "0.5 and 1.5",
+            ),
+            (
+                "model=flux-haley-en&speed=1.07",
+                "SPEED_INCREMENT_INVALID",
+                "0.05",
+            ),
+            (
+                "model=flux-haley-en&encoding=mp3",
+                "Bad Request",
+                "encoding",
+            ),
+            (
+                "model=flux-haley-en&encoding=opus",
+                "Bad Request",
+                "batch-only",
+            ),
+            (
+                "model=flux-haley-en&encoding=mulaw&sample_rate=24000",
+                "Bad Request",
+                "8000, 16000 for mulaw",
+            ),
+            (
+                "model=flux-haley-en&container=wav",
+                "Bad Request",
+                "batch-only",
+            ),
+            (
+                "model=flux-haley-en&colour=red",
+                "Bad Request",
+                "\"colour\"",
+            ),
+        ] {
+            let e = SpeakOptions::from_query(query).unwrap_err();
+            assert_eq!(e.code, code, "{query}");
+            assert!(e.to_string().contains(names), "{query}: {e}");
+        }
     }
 }
