@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use turnflow::flux::ApiKey;
-use turnflow::tts::{AuraTts, SpeechSynthesizer};
+use turnflow::tts::{AuraTts, SpeechCut, SpeechSynthesizer};
 
 #[derive(Default)]
 struct Log {
@@ -174,7 +174,7 @@ async fn a_sentence_left_midway_is_cleared_and_its_frames_never_leak() {
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.samples.iter().all(|s| *s == 1000));
     drop(stream);
-    tts.clear().await;
+    tts.clear(&SpeechCut::default()).await;
     let next = speak(&tts, "Next one.").await.unwrap();
     assert!(!next.is_empty());
     assert!(
@@ -226,7 +226,7 @@ async fn a_server_that_never_confirms_a_clear_is_replaced_not_waited_for() {
     stream.next().await.unwrap().unwrap();
     drop(stream);
     let started = tokio::time::Instant::now();
-    tts.clear().await;
+    tts.clear(&SpeechCut::default()).await;
     assert!(started.elapsed() <= turnflow::tts::aura::CLEAR_TIMEOUT + Duration::from_millis(50));
     let next = speak(&tts, "Next one.").await.unwrap();
     assert!(!next.is_empty());

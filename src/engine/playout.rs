@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::log::{EventLog, LogKind};
 use super::turn::ResponseId;
 use crate::error::BackendError;
-use crate::tts::WordTiming;
+use crate::tts::{SpeechCut, WordTiming};
 
 /// Where agent audio goes: a speaker, a file, a browser or a phone line.
 ///
@@ -114,6 +114,8 @@ pub(crate) struct Heard {
     pub generated: String,
     /// The response had already played to its end (a clear that raced its finish).
     pub complete: bool,
+    /// What was heard of its last sentence, for the voice.
+    pub cut: SpeechCut,
 }
 
 /// Reports from playout to the session.
@@ -176,8 +178,9 @@ impl Track {
     }
 
     /// What was heard, the last `unplayed` samples written excepted (still buffered by the
-    /// listener when the response was cut).
-    fn heard(&self, unplayed: u64) -> Heard {
+    /// listener when the response was cut). A sentence still arriving is read at the voice's
+    /// measured `rate`: its audio so far is not the whole sentence.
+    fn heard(&self, unplayed: u64, rate: SpeakingRate) -> Heard {
         let mut heard = Vec::new();
         let mut unheard = unplayed;
         let played: Vec<u64> = self
@@ -193,15 +196,27 @@ impl Track {
             .into_iter()
             .rev()
             .collect();
-        for (s, &played) in self.sentences.iter().zip(&played) {
-            if s.received > 0 && played >= s.received {
-                heard.push(s.text.clone());
-            } else if played > 0 {
-                heard.push(partial(s, played));
-                break;
+        let last = self.sentences.len().saturating_sub(1);
+        let mut cut = SpeechCut::default();
+        let mut cut_short = false;
+        for (index, (s, &played)) in self.sentences.iter().zip(&played).enumerate() {
+            let arriving = index == last && self.ended.is_none();
+            let text = if cut_short || played == 0 {
+                String::new()
+            } else if s.received > 0 && played >= s.received && !arriving {
+                s.text.clone()
             } else {
-                break;
+                partial(s, played, arriving.then_some(rate))
+            };
+            cut_short = cut_short || text.len() != s.text.len();
+            if index == last {
+                cut = SpeechCut {
+                    sentence: Some(s.text.clone()),
+                    played,
+                    heard: text.clone(),
+                };
             }
+            heard.push(text);
         }
         Heard {
             heard: heard
@@ -216,13 +231,32 @@ impl Track {
                 .collect::<Vec<_>>()
                 .join(" "),
             complete: false,
+            cut,
+        }
+    }
+}
+
+/// A voice's speaking rate, in characters per sample, measured on the sentences it finished
+/// without word timings: how far into a sentence still arriving the listener got.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SpeakingRate {
+    chars: u64,
+    samples: u64,
+}
+
+impl SpeakingRate {
+    fn learn(&mut self, sentence: &Sentence) {
+        if sentence.words.is_empty() && sentence.received > 0 {
+            self.chars += sentence.text.chars().count() as u64;
+            self.samples += sentence.received;
         }
     }
 }
 
 /// The words of a partly played sentence that were heard: by word timings when the TTS gave
-/// them (a word counts once its audio ended), else in proportion to the characters.
-fn partial(s: &Sentence, played: u64) -> String {
+/// them (a word counts once its audio ended), else by characters: at the voice's measured
+/// `rate` while the sentence is still arriving, in proportion to its audio once it is whole.
+fn partial(s: &Sentence, played: u64, rate: Option<SpeakingRate>) -> String {
     if !s.words.is_empty() {
         return s
             .words
@@ -232,7 +266,12 @@ fn partial(s: &Sentence, played: u64) -> String {
             .collect::<Vec<_>>()
             .join(" ");
     }
-    let chars = s.text.chars().count() as u64 * played / s.received.max(1);
+    let length = s.text.chars().count() as u64;
+    let chars = match rate.filter(|r| r.samples > 0) {
+        Some(rate) => (u128::from(played) * u128::from(rate.chars) / u128::from(rate.samples))
+            .min(u128::from(length)) as u64,
+        None => length * played / s.received.max(1),
+    };
     let prefix: String = s.text.chars().take(chars as usize).collect();
     let complete_words = if s
         .text
@@ -276,6 +315,7 @@ pub(crate) async fn run_playout(
     let mut cleared: VecDeque<ResponseId> = VecDeque::with_capacity(CLEARED_KEPT);
     // A clear can race a response's natural end; the last few finished responses answer it.
     let mut finished: VecDeque<(ResponseId, Heard)> = VecDeque::new();
+    let mut rate = SpeakingRate::default();
     let mut order: VecDeque<ResponseId> = VecDeque::new();
     let mut tick = tokio::time::interval(FRAME);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -309,6 +349,9 @@ pub(crate) async fn run_playout(
                             order.push_back(id);
                         }
                         let index = track.sentences.len();
+                        if let Some(finished) = track.sentences.last() {
+                            rate.learn(finished);
+                        }
                         track.pending_sentence_starts.push_back((track.received, index));
                         track.sentences.push(Sentence { text, ..Sentence::default() });
                     }
@@ -325,7 +368,11 @@ pub(crate) async fn run_playout(
                         track.queue.extend(samples);
                     }
                     PlayoutCommand::End { id, failure } => {
-                        tracks.entry(id).or_default().ended = Some(failure);
+                        let track = tracks.entry(id).or_default();
+                        if let Some(finished) = track.sentences.last().filter(|_| failure.is_none()) {
+                            rate.learn(finished);
+                        }
+                        track.ended = Some(failure);
                         if !order.contains(&id) {
                             order.push_back(id);
                         }
@@ -362,7 +409,7 @@ pub(crate) async fn run_playout(
                                         .map_or(0, |played| sink_samples.saturating_sub(played));
                                     sink.clear();
                                 }
-                                t.heard(unplayed)
+                                t.heard(unplayed, rate)
                             }
                             None => {
                                 if interrupted {
@@ -456,7 +503,7 @@ fn play_next(
             if track.started {
                 log.record_at(track.last_written_at(), LogKind::LastFrameWritten { id });
             }
-            let mut heard = track.heard(0);
+            let mut heard = track.heard(0, SpeakingRate::default());
             heard.complete = true;
             finished.push_back((id, heard.clone()));
             if finished.len() > 8 {
@@ -818,7 +865,7 @@ mod tests {
             300,
             190,
         );
-        assert_eq!(partial(&s, 190), "one two");
+        assert_eq!(partial(&s, 190, None), "one two");
         let s = sentence(
             "one two three",
             &[("one", 0, 80), ("two", 100, 180), ("three", 200, 280)],
@@ -826,7 +873,7 @@ mod tests {
             179,
         );
         assert_eq!(
-            partial(&s, 179),
+            partial(&s, 179, None),
             "one",
             "a word counts once its audio ended"
         );
@@ -836,12 +883,59 @@ mod tests {
     fn heard_words_without_timings_are_proportional_to_characters() {
         let s = sentence("Thanks for calling us", &[], 210, 100);
         // 21 chars * 100/210 = 10 chars: "Thanks for" is complete at a space.
-        assert_eq!(partial(&s, 100), "Thanks for");
+        assert_eq!(partial(&s, 100, None), "Thanks for");
         let s = sentence("Thanks for calling us", &[], 210, 80);
         assert_eq!(
-            partial(&s, 80),
+            partial(&s, 80, None),
             "Thanks",
             "a word cut in the middle is not heard"
         );
+    }
+
+    #[test]
+    fn a_sentence_still_arriving_is_read_at_the_voice_s_measured_rate() {
+        // 100 samples of 21 characters have arrived, all played: in proportion that would be
+        // the whole sentence, but at 10 samples a character only 10 characters were spoken.
+        let s = sentence("Thanks for calling us", &[], 100, 100);
+        let rate = SpeakingRate {
+            chars: 30,
+            samples: 300,
+        };
+        assert_eq!(partial(&s, 100, Some(rate)), "Thanks for");
+        assert_eq!(partial(&s, 100, None), "Thanks for calling us");
+        assert_eq!(
+            partial(&s, 100, Some(SpeakingRate::default())),
+            "Thanks for calling us",
+            "no measured rate: in proportion"
+        );
+    }
+
+    #[test]
+    fn the_cut_names_the_last_sentence_and_what_of_it_was_heard() {
+        let track = Track {
+            sentences: vec![
+                sentence("Hello there.", &[], 120, 120),
+                sentence("Thanks for calling us", &[], 100, 100),
+            ],
+            ..Track::default()
+        };
+        let rate = SpeakingRate {
+            chars: 12,
+            samples: 120,
+        };
+        let heard = track.heard(0, rate);
+        assert_eq!(heard.heard, "Hello there. Thanks for");
+        assert_eq!(
+            heard.cut,
+            SpeechCut {
+                sentence: Some("Thanks for calling us".into()),
+                played: 100,
+                heard: "Thanks for".into(),
+            }
+        );
+        // Forty samples still in the listener's buffer were not heard.
+        let heard = track.heard(40, rate);
+        assert_eq!(heard.cut.played, 60);
+        assert_eq!(heard.cut.heard, "Thanks");
     }
 }

@@ -40,7 +40,7 @@ use super::turn::{
 use crate::error::{BackendError, ErrorKind};
 use crate::flux::{FluxError, FluxEventKind, TurnEvent};
 use crate::llm::{LanguageModel, Message, ToolExecutor};
-use crate::tts::SpeechSynthesizer;
+use crate::tts::{SpeechCut, SpeechSynthesizer};
 
 /// How a session behaves.
 #[derive(Debug, Clone)]
@@ -252,10 +252,11 @@ pub fn start_session(
     let session_id = uuid::Uuid::new_v4();
     let span = info_span!("session", id = %session_id);
     let interrupter = sink.interrupter();
+    let tts = backends.tts.for_conversation().unwrap_or(backends.tts);
     let playout = tokio::spawn(
         run_playout(
             sink,
-            backends.tts.sample_rate(),
+            tts.sample_rate(),
             playout_rx,
             playout_events_tx,
             written_tx,
@@ -269,7 +270,7 @@ pub fn start_session(
         responses: HashMap::new(),
         ctx: Arc::new(ResponseContext {
             llm: backends.llm,
-            tts: backends.tts,
+            tts,
             tools: backends.tools,
             playout: playout_tx.clone(),
             reports: reports_tx,
@@ -535,7 +536,7 @@ impl Driver {
 
     /// Stops a response's task (and clears the voice when given) off the session loop, so a
     /// backend that never confirms cannot freeze the session. Bounded by [`REAP_LIMIT`].
-    fn reap(&mut self, id: ResponseId, clear: Option<Arc<dyn SpeechSynthesizer>>) {
+    fn reap(&mut self, id: ResponseId, clear: Option<(Arc<dyn SpeechSynthesizer>, SpeechCut)>) {
         let task = self.responses.remove(&id);
         if let Some(t) = &task {
             t.token.cancel();
@@ -545,8 +546,8 @@ impl Driver {
         }
         self.reaper.spawn(
             async move {
-                if let Some(tts) = clear
-                    && tokio::time::timeout(REAP_LIMIT, tts.clear()).await.is_err()
+                if let Some((tts, cut)) = clear
+                    && tokio::time::timeout(REAP_LIMIT, tts.clear(&cut)).await.is_err()
                 {
                     warn!(%id, voice = tts.name(), "the voice did not confirm the clear within {REAP_LIMIT:?}; going on");
                 }
@@ -699,8 +700,9 @@ impl Driver {
                     interrupter.interrupt();
                 }
                 let heard = self.clear_playout(id, interrupter.is_some()).await;
-                let clear = (reason == CancelReason::BargeIn).then(|| self.ctx.tts.clone());
-                self.reap(id, clear);
+                // Every cut reaches the voice, not only a barge-in: a withdrawn guess's audio is
+                // billed until the provider is told.
+                self.reap(id, Some((self.ctx.tts.clone(), heard.cut.clone())));
                 self.log.record(LogKind::Ended {
                     id,
                     generated: heard.generated,

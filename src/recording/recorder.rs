@@ -18,7 +18,7 @@ use crate::engine::log::LogEntry;
 use crate::error::{BackendError, ErrorKind};
 use crate::flux::Connector;
 use crate::llm::{LanguageModel, LlmChunk, LlmRequest, LlmStream, Message};
-use crate::tts::{SpeechStream, SpeechSynthesizer, TtsError, WordTiming};
+use crate::tts::{SpeechCut, SpeechStream, SpeechSynthesizer, TtsError, WordTiming};
 use crate::ws::{ConnectError, ConnectRequest, Connection, WireFrame};
 
 #[derive(Default)]
@@ -424,8 +424,16 @@ impl SpeechSynthesizer for RecordingTts {
         }
     }
 
-    async fn clear(&self) {
-        self.inner.clear().await;
+    async fn clear(&self, cut: &SpeechCut) {
+        self.inner.clear(cut).await;
+    }
+
+    fn for_conversation(&self) -> Option<Arc<dyn SpeechSynthesizer>> {
+        let inner = self.inner.for_conversation()?;
+        Some(Arc::new(RecordingTts {
+            inner,
+            recorder: self.recorder.clone(),
+        }))
     }
 }
 

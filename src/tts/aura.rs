@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{debug, warn};
 
-use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError};
+use super::{SpeechChunk, SpeechCut, SpeechStream, SpeechSynthesizer, TtsError};
 use crate::error::ErrorKind;
 use crate::net::{ApiKey, insecure_remote};
 use crate::ws::{
@@ -328,7 +328,7 @@ impl SpeechSynthesizer for AuraTts {
         Ok(Box::pin(stream))
     }
 
-    async fn clear(&self) {
+    async fn clear(&self, _: &SpeechCut) {
         let mut link = self.link.lock().await;
         if link.dirty {
             Self::clear_link(&mut link).await;

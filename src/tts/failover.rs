@@ -14,13 +14,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
-use super::{SpeechStream, SpeechSynthesizer, TtsError};
+use super::{SpeechCut, SpeechStream, SpeechSynthesizer, TtsError};
 use crate::failover::{Health, Policy};
 
 /// A chain of voices tried in order.
 pub struct FailoverTts {
     voices: Vec<Arc<dyn SpeechSynthesizer>>,
-    health: Health,
+    /// Shared by the chains [`SpeechSynthesizer::for_conversation`] makes: a voice that failed
+    /// one conversation is skipped by the others too.
+    health: Arc<Health>,
     /// Give up on a voice when its first audio takes longer than this.
     pub first_audio_timeout: Duration,
     /// Wait before the single retry of the same voice.
@@ -62,7 +64,7 @@ impl FailoverTts {
             )));
         }
         Ok(Self {
-            health: Health::new(voices.len()),
+            health: Arc::new(Health::new(voices.len())),
             voices,
             first_audio_timeout: Duration::from_secs(2),
             retry_backoff: Duration::from_millis(200),
@@ -125,10 +127,31 @@ impl SpeechSynthesizer for FailoverTts {
             .map_err(|last| last.expect("a chain has at least one voice"))
     }
 
-    async fn clear(&self) {
+    async fn clear(&self, cut: &SpeechCut) {
         for voice in &self.voices {
-            voice.clear().await;
+            voice.clear(cut).await;
         }
+    }
+
+    fn for_conversation(&self) -> Option<Arc<dyn SpeechSynthesizer>> {
+        let own: Vec<_> = self.voices.iter().map(|v| v.for_conversation()).collect();
+        if own.iter().all(Option::is_none) {
+            return None;
+        }
+        let voices = own
+            .into_iter()
+            .zip(&self.voices)
+            .map(|(own, shared)| own.unwrap_or_else(|| shared.clone()))
+            .collect();
+        Some(Arc::new(FailoverTts {
+            voices,
+            health: self.health.clone(),
+            first_audio_timeout: self.first_audio_timeout,
+            retry_backoff: self.retry_backoff,
+            longest_retry_wait: self.longest_retry_wait,
+            probe_after: self.probe_after,
+            name: self.name.clone(),
+        }))
     }
 }
 

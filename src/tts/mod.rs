@@ -9,7 +9,9 @@
 //! The engine synthesizes one sentence at a time and receives 16-bit mono PCM in chunks, with
 //! word timings when the provider has them (they make the heard history exact to the word).
 //! Dropping a [`SpeechStream`] cancels that synthesis; [`SpeechSynthesizer::clear`] also drops
-//! whatever the provider still buffers (Aura's `Clear`).
+//! whatever the provider still buffers (Aura's `Clear`, Flux TTS's `Interrupt` with the
+//! position played). A voice that holds a connection per conversation gives each session its
+//! own through [`SpeechSynthesizer::for_conversation`].
 
 use std::pin::Pin;
 
@@ -61,6 +63,19 @@ impl SpeechChunk {
     }
 }
 
+/// What the listener heard of a cut reply's last sentence: what a voice that reports the
+/// heard words back (Flux TTS's `Interrupt`) needs to place the cut.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpeechCut {
+    /// The last sentence that reached playout, as given to
+    /// [`SpeechSynthesizer::synthesize`]; `None` when none did.
+    pub sentence: Option<String>,
+    /// Samples of it the listener played.
+    pub played: u64,
+    /// The words of it the engine counts as heard.
+    pub heard: String,
+}
+
 /// Why synthesis failed: a [`crate::error::BackendError`] with its kind.
 pub type TtsError = crate::error::BackendError;
 
@@ -85,7 +100,22 @@ pub trait SpeechSynthesizer: Send + Sync {
     /// Dropping the stream (or this future) cancels the synthesis.
     async fn synthesize(&self, text: &str) -> Result<SpeechStream, TtsError>;
 
-    /// Drops audio the provider still buffers (barge-in). The default does nothing, for
-    /// providers whose streams stop when dropped.
-    async fn clear(&self) {}
+    /// A reply was cut (barge-in, a withdrawn guess, a cancelled reply): drops whatever the
+    /// provider still buffers or bills for it. `cut` says how much of the reply's last sentence
+    /// the listener heard. The default does nothing, for providers whose streams stop when
+    /// dropped.
+    ///
+    /// # Cancellation safety
+    /// The engine bounds it with a deadline; a voice left mid-clear must treat its connection
+    /// as unusable (replace it) rather than reuse it.
+    async fn clear(&self, cut: &SpeechCut) {
+        let _ = cut;
+    }
+
+    /// A voice of its own for one conversation, for providers that keep state per
+    /// conversation (a socket, the voice's prosody across replies). `None`, the default: this
+    /// voice serves every conversation as it is.
+    fn for_conversation(&self) -> Option<std::sync::Arc<dyn SpeechSynthesizer>> {
+        None
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{SpeechChunk, SpeechStream, SpeechSynthesizer, TtsError, WordTiming};
+use super::{SpeechChunk, SpeechCut, SpeechStream, SpeechSynthesizer, TtsError, WordTiming};
 use crate::scenario::TtsTiming;
 
 /// A scripted failure of one synthesis request.
@@ -265,7 +265,7 @@ impl SpeechSynthesizer for SyntheticTts {
         Ok(Box::pin(stream))
     }
 
-    async fn clear(&self) {
+    async fn clear(&self, _: &SpeechCut) {
         self.clears.fetch_add(1, Ordering::Relaxed);
         if self.clear_never_confirmed {
             std::future::pending::<()>().await
@@ -370,7 +370,7 @@ mod tests {
                 .is_err()
         );
         assert!(tts.synthesize("x").await.is_ok());
-        tts.clear().await;
+        tts.clear(&SpeechCut::default()).await;
         assert_eq!(tts.clears(), 1);
         assert_eq!(tts.calls(), 3);
     }
