@@ -21,7 +21,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::faults::{ConnectionFaults, Ending, refusal};
 use super::session::{EmulatorSession, TurnDetection};
+use super::speak::{SpeakBehaviour, SpeakSession, run_speak_connection};
 use crate::flux::options::ListenOptions;
+use crate::flux::speak::SpeakOptions;
 use crate::scenario::FaultSpec;
 use crate::scenario::Scenario;
 use crate::ws::{
@@ -43,6 +45,8 @@ pub struct EmulatorConfig {
     pub turn_detection: TurnDetection,
     /// Faults to inject (the scenario's `faults`, plus any added).
     pub faults: Vec<FaultSpec>,
+    /// The voice of `/v2/speak`: its pace, its limits, its faults.
+    pub speak: SpeakBehaviour,
 }
 
 impl EmulatorConfig {
@@ -53,16 +57,26 @@ impl EmulatorConfig {
             idle_timeout: Duration::from_secs(60),
             turn_detection: TurnDetection::Script,
             faults: scenario.faults.clone(),
+            speak: SpeakBehaviour::default(),
             scenario,
         }
     }
 }
 
+/// Which half of Flux a connection asked for, with its validated options.
+#[derive(Debug)]
+pub(crate) enum Endpoint {
+    /// `/v2/listen`: speech to text.
+    Listen(ListenOptions),
+    /// `/v2/speak`: text to speech.
+    Speak(SpeakOptions),
+}
+
 /// An accepted upgrade.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    /// The validated options.
-    pub options: ListenOptions,
+    /// The endpoint and its options.
+    pub endpoint: Endpoint,
     /// The subprotocol to echo (`token` or `bearer`) when the client authenticated that way.
     pub subprotocol: Option<String>,
 }
@@ -100,11 +114,12 @@ pub(crate) fn admit(
     request_id: &str,
 ) -> Result<Admission, Rejection> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if path.trim_end_matches('/') != "/v2/listen" {
+    let path = path.trim_end_matches('/');
+    if path != "/v2/listen" && path != "/v2/speak" {
         return Err(reject(
             404,
             "NOT_FOUND",
-            format!("no such endpoint {path:?}; the emulator serves /v2/listen"),
+            format!("no such endpoint {path:?}; the emulator serves /v2/listen and /v2/speak"),
             request_id,
         ));
     }
@@ -133,12 +148,20 @@ pub(crate) fn admit(
             return Err(reject(401, "INVALID_AUTH", why.into(), request_id));
         }
     }
-    let options = ListenOptions::from_query(query)
-        .map_err(|e| reject(400, "Bad Request", e.to_string(), request_id))?;
-    EmulatorSession::supports(&options, config.turn_detection)
-        .map_err(|e| reject(400, "Bad Request", e, request_id))?;
+    let endpoint = if path == "/v2/speak" {
+        Endpoint::Speak(
+            SpeakOptions::from_query(query)
+                .map_err(|e| reject(400, e.code, e.detail.to_string(), request_id))?,
+        )
+    } else {
+        let options = ListenOptions::from_query(query)
+            .map_err(|e| reject(400, "Bad Request", e.to_string(), request_id))?;
+        EmulatorSession::supports(&options, config.turn_detection)
+            .map_err(|e| reject(400, "Bad Request", e, request_id))?;
+        Endpoint::Listen(options)
+    };
     Ok(Admission {
-        options,
+        endpoint,
         subprotocol,
     })
 }
@@ -317,6 +340,7 @@ async fn accept_loop(
     tasks: TaskTracker,
 ) {
     let mut connections = 0u32;
+    let speaking = Arc::new(AtomicU32::new(0));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -327,7 +351,10 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let config = config.clone();
                 let cancel = cancel.child_token();
-                let connection = connections;
+                let connection = Indices {
+                    all: connections,
+                    speak: speaking.clone(),
+                };
                 connections = connections.saturating_add(1);
                 tasks.spawn(async move {
                     let _ = stream.set_nodelay(true);
@@ -350,7 +377,7 @@ const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 async fn serve_socket(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    connection: u32,
+    connection_index: Indices,
     config: Arc<EmulatorConfig>,
     cancel: CancellationToken,
 ) {
@@ -371,8 +398,9 @@ async fn serve_socket(
             &config,
             &request_id,
         )
-        .and_then(|admission| refuse_by_fault(admission, &config, connection, &request_id))
-        {
+        .and_then(|admission| {
+            refuse_by_fault(admission, &config, connection_index.all, &request_id)
+        }) {
             Ok(admission) => {
                 response
                     .headers_mut()
@@ -382,7 +410,7 @@ async fn serve_socket(
                 {
                     response.headers_mut().insert("sec-websocket-protocol", v);
                 }
-                admitted = Some(admission.options);
+                admitted = Some(admission.endpoint);
                 Ok(response)
             }
             Err(rejection) => {
@@ -422,19 +450,64 @@ async fn serve_socket(
             }
         },
     };
-    let Some(options) = admitted else { return };
+    let Some(endpoint) = admitted else { return };
     let span = info_span!("emulator", request_id = %request_id, %peer);
-    let session = EmulatorSession::new(options, config.scenario.clone(), request_id)
-        .with_turn_detection(config.turn_detection);
-    run_connection(
-        websocket_connection(ws, None),
-        session,
-        ConnectionFaults::for_connection(&config.faults, connection),
-        config.idle_timeout,
+    let connection = websocket_connection(ws, None);
+    serve_endpoint(
+        endpoint,
+        connection,
+        connection_index,
+        &config,
+        request_id,
         cancel,
     )
     .instrument(span)
     .await;
+}
+
+/// Runs the session an accepted connection asked for.
+async fn serve_endpoint(
+    endpoint: Endpoint,
+    connection: Connection,
+    index: Indices,
+    config: &EmulatorConfig,
+    request_id: String,
+    cancel: CancellationToken,
+) {
+    match endpoint {
+        Endpoint::Listen(options) => {
+            let session = EmulatorSession::new(options, config.scenario.clone(), request_id)
+                .with_turn_detection(config.turn_detection);
+            run_connection(
+                connection,
+                session,
+                ConnectionFaults::for_connection(&config.faults, index.all),
+                config.idle_timeout,
+                cancel,
+            )
+            .await;
+        }
+        Endpoint::Speak(options) => {
+            let speaking = index.speak.fetch_add(1, Ordering::Relaxed);
+            run_speak_connection(
+                connection,
+                SpeakSession::new(options, request_id),
+                config.speak.clone(),
+                speaking == 0,
+                config.idle_timeout,
+                cancel,
+            )
+            .await;
+        }
+    }
+}
+
+/// Which connection this is: of all of them (listen faults count these), and the counter of
+/// `/v2/speak` connections (speak faults count those).
+#[derive(Clone)]
+struct Indices {
+    all: u32,
+    speak: Arc<AtomicU32>,
 }
 
 /// The emulator as an in-memory [`Connector`]: each `connect` starts a session task over
@@ -443,6 +516,7 @@ async fn serve_socket(
 pub struct MemoryEmulator {
     config: Arc<EmulatorConfig>,
     connections: Arc<AtomicU32>,
+    speaking: Arc<AtomicU32>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -453,6 +527,7 @@ impl MemoryEmulator {
         Self {
             config: Arc::new(config),
             connections: Arc::new(AtomicU32::new(0)),
+            speaking: Arc::new(AtomicU32::new(0)),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -495,21 +570,25 @@ impl Connector for MemoryEmulator {
             request_id: Some(request_id.clone()),
         })?;
         let (client, server) = channel_pair(64, Some(request_id.clone()));
-        let session = EmulatorSession::new(
-            admission.options,
-            self.config.scenario.clone(),
-            request_id.clone(),
-        )
-        .with_turn_detection(self.config.turn_detection);
         let span = info_span!("emulator", request_id = %request_id);
+        let index = Indices {
+            all: connection,
+            speak: self.speaking.clone(),
+        };
+        let config = self.config.clone();
+        let cancel = self.cancel.child_token();
         self.tasks.spawn(
-            run_connection(
-                server,
-                session,
-                ConnectionFaults::for_connection(&self.config.faults, connection),
-                self.config.idle_timeout,
-                self.cancel.child_token(),
-            )
+            async move {
+                serve_endpoint(
+                    admission.endpoint,
+                    server,
+                    index,
+                    &config,
+                    request_id,
+                    cancel,
+                )
+                .await;
+            }
             .instrument(span),
         );
         Ok(client)

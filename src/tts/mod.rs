@@ -2,6 +2,8 @@
 //!
 //! - [`synthetic`]: tones at a scripted rate (embedded default and test fake).
 //! - [`aura`]: Deepgram Aura over one WebSocket per conversation.
+//! - [`flux`]: Deepgram Flux TTS (`/v2/speak`): a socket per conversation, interrupts at the
+//!   position played.
 //! - [`openai_speech`]: OpenAI-compatible `/audio/speech`, streamed PCM.
 //! - [`espeak`]: the local espeak-ng program, offline.
 //! - [`failover`]: a chain that switches voices before the first audio.
@@ -21,12 +23,14 @@ use futures_util::Stream;
 pub mod aura;
 pub mod espeak;
 pub mod failover;
+pub mod flux;
 pub mod openai_speech;
 pub mod synthetic;
 
 pub use aura::AuraTts;
 pub use espeak::Espeak;
 pub use failover::FailoverTts;
+pub use flux::FluxTts;
 pub use openai_speech::OpenAiSpeech;
 pub use synthetic::SyntheticTts;
 
