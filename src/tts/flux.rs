@@ -173,8 +173,8 @@ impl FluxTts {
     /// Flux TTS at `base_url` with `model` (`flux-<voice>-en`), linear16 at `sample_rate`.
     ///
     /// # Errors
-    /// [`TtsError`] ([`ErrorKind::BadRequest`]) for a model or rate the service refuses, or an
-    /// unencrypted `ws://` URL to another machine (the key would travel in clear).
+    /// [`TtsError`] ([`ErrorKind::BadRequest`]) for a model or rate the service refuses, or a
+    /// key for an unencrypted `ws://` URL to another machine (it would travel in clear).
     pub fn new(
         base_url: &str,
         model: &str,
@@ -182,7 +182,7 @@ impl FluxTts {
         api_key: Option<ApiKey>,
     ) -> Result<Self, TtsError> {
         let base = base_url.trim_end_matches('/');
-        if insecure_remote(base) {
+        if api_key.is_some() && insecure_remote(base) {
             return Err(error(
                 ErrorKind::BadRequest,
                 format!("refusing unencrypted ws:// to a remote host ({base}): use wss"),
@@ -522,17 +522,29 @@ async fn start_turn(config: &Config, link: &mut Link, text: &str) -> Result<(), 
             close_socket(old).await;
         }
     }
-    if link.socket.is_none() {
-        link.socket = Some(open(config).await?);
+    // A socket the service closed between replies is only found out by writing to it.
+    let reused = link.socket.is_some();
+    for fresh in [!reused, true] {
+        if link.socket.is_none() {
+            link.socket = Some(open(config).await?);
+        }
+        let sent = match send(
+            link,
+            &SpeakRequest::Speak {
+                text: text.to_owned(),
+            },
+        )
+        .await
+        {
+            Ok(()) => send(link, &SpeakRequest::Flush).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(()) => break,
+            Err(e) if fresh => return Err(e),
+            Err(e) => debug!(error = %e, "flux tts socket gone while idle; opening another"),
+        }
     }
-    send(
-        link,
-        &SpeakRequest::Speak {
-            text: text.to_owned(),
-        },
-    )
-    .await?;
-    send(link, &SpeakRequest::Flush).await?;
     link.socket.as_mut().expect("sent above").turn = Some(Turn {
         text: text.to_owned(),
         speech_id: None,
@@ -778,10 +790,14 @@ mod tests {
 
     #[test]
     fn refusals_are_named_before_any_io() {
-        let e = FluxTts::new("ws://example.com", "flux-haley-en", 24000, None)
+        let key = Some(ApiKey::new("secret"));
+        let e = FluxTts::new("ws://example.com", "flux-haley-en", 24000, key.clone())
             .err()
             .unwrap();
         assert!(e.to_string().contains("use wss"), "{e}");
+        assert!(!e.to_string().contains("secret"));
+        assert!(FluxTts::new("ws://emulator.invalid", "flux-haley-en", 24000, None).is_ok());
+        assert!(FluxTts::new("ws://127.0.0.1:9", "flux-haley-en", 24000, key).is_ok());
         let e = FluxTts::new(FLUX_TTS_BASE_URL, "aura-2-thalia-en", 24000, None)
             .err()
             .unwrap();

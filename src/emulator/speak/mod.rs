@@ -52,8 +52,8 @@ impl Default for SpeakBehaviour {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SpeakFault {
-    /// On the first connection, a fatal `Error` with this code once turn `turn` (counted from
-    /// 0) has sent its first audio.
+    /// On the first connection, a fatal `Error` with this code right after turn `turn`
+    /// (counted from 0) sent its first frame of audio.
     ErrorInTurn {
         /// The turn.
         turn: u32,
@@ -154,12 +154,17 @@ pub(crate) async fn run_speak_connection(
             () = async { tokio::time::sleep_until(next_audio.expect("guarded")).await }, if next_audio.is_some() => {
                 let first = session.ready() == Some(true);
                 next_audio = Some(next_audio.expect("guarded") + frame_gap);
-                let output = session.next_audio(frame_samples);
+                let mut output = session.next_audio(frame_samples);
                 if first {
                     if let Some((turn, code)) = error_in_turn.as_ref().filter(|(turn, _)| *turn == turns_started) {
+                        // The turn's first frame goes out, then the error: a reply broken
+                        // after the listener heard some of it.
                         info!(turn, code = %code, "emulated fault: error mid-turn");
-                        close(&mut connection.sink, code, "emulated fault".into()).await;
-                        return;
+                        output.truncate(1);
+                        output.push(SpeakOutput::Fatal {
+                            code: code.clone(),
+                            description: "emulated fault".into(),
+                        });
                     }
                     turns_started += 1;
                 }
@@ -205,8 +210,8 @@ pub(crate) async fn run_speak_connection(
                     send(&mut connection.sink, WireFrame::Binary(bytes.into())).await
                 }
                 SpeakOutput::Fatal { code, description } => {
-                    info!(code, %description, "flux tts fatal error");
-                    close(&mut connection.sink, code, description).await;
+                    info!(code = %code, %description, "flux tts fatal error");
+                    close(&mut connection.sink, &code, description).await;
                     return;
                 }
                 SpeakOutput::Closed => {

@@ -36,7 +36,7 @@ pub(crate) enum SpeakOutput {
     /// A fatal error: the `Error` message, then a close with this code.
     Fatal {
         /// `MESSAGE-0000`, `DATA-0000`, ...
-        code: &'static str,
+        code: String,
         /// What was wrong.
         description: String,
     },
@@ -352,12 +352,10 @@ impl SpeakSession {
         match request {
             SpeakRequest::Speak { text } => {
                 if text.chars().count() > MAX_SPEAK_CHARS {
-                    return vec![SpeakOutput::Fatal {
-                        code: "BIG-0000",
-                        description: format!(
-                            "a Speak may carry at most {MAX_SPEAK_CHARS} characters"
-                        ),
-                    }];
+                    return vec![fatal(
+                        "BIG-0000",
+                        format!("a Speak may carry at most {MAX_SPEAK_CHARS} characters"),
+                    )];
                 }
                 if text.contains("{pause:") {
                     return vec![fatal(
@@ -518,8 +516,11 @@ fn warning(code: &str, description: &str) -> SpeakOutput {
     })
 }
 
-fn fatal(code: &'static str, description: String) -> SpeakOutput {
-    SpeakOutput::Fatal { code, description }
+fn fatal(code: &str, description: String) -> SpeakOutput {
+    SpeakOutput::Fatal {
+        code: code.into(),
+        description,
+    }
 }
 
 /// Samples `from..to` of a turn: a tone per word, its pitch changing from word to word,
@@ -782,7 +783,7 @@ mod tests {
     fn bad_messages_are_fatal_with_the_service_s_codes() {
         let mut s = session();
         let code = |out: Vec<SpeakOutput>| match &out[..] {
-            [SpeakOutput::Fatal { code, .. }] => *code,
+            [SpeakOutput::Fatal { code, .. }] => code.clone(),
             other => panic!("{other:?}"),
         };
         assert_eq!(code(s.on_text("{not json")), "MESSAGE-0000");
