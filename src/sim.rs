@@ -25,7 +25,8 @@ use crate::flux::{
 use crate::llm::{Message, ScriptedLlm};
 use crate::report::Report;
 use crate::scenario::{Scenario, TurnStart};
-use crate::tts::SyntheticTts;
+use crate::tts::flux::{FLUX_TTS_MODEL, FluxTtsCounts};
+use crate::tts::{FluxTts, SyntheticTts};
 
 /// How the client reaches the emulator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +59,10 @@ pub struct SimulationConfig {
     pub tail: Duration,
     /// How long the simulated user waits for the agent before speaking anyway.
     pub patience: Duration,
-    /// Backends to use instead of the scenario's scripted LLM and synthetic TTS.
+    /// Backends to use instead of the scenario's scripted LLM and `voice`.
     pub backends: Option<Backends>,
+    /// The agent's voice when `backends` is not given.
+    pub voice: SimulatedVoice,
     /// Receives every engine event as it happens (for live output).
     pub observer: Option<tokio::sync::mpsc::UnboundedSender<EngineEvent>>,
     /// Keep the user and agent audio for `conversation.wav` (off for load runs).
@@ -85,12 +88,23 @@ impl SimulationConfig {
             tail: Duration::from_millis(500),
             patience: Duration::from_secs(10),
             backends: None,
+            voice: SimulatedVoice::Synthetic,
             observer: None,
             record_audio: true,
             wrap_connector: None,
             recorder: None,
         }
     }
+}
+
+/// Which voice the simulated agent speaks with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SimulatedVoice {
+    /// The synthetic voice, in process, at the scenario's speaking rate.
+    #[default]
+    Synthetic,
+    /// Flux TTS (`/v2/speak`), served by the same emulator as the listening half.
+    FluxTts,
 }
 
 /// Why a simulation could not run.
@@ -129,6 +143,8 @@ pub struct SimulationResult {
     pub agent_frames: Vec<TimedFrame>,
     /// Sample rate of both.
     pub sample_rate: u32,
+    /// What the Flux TTS voice saw, when it spoke.
+    pub flux_tts: Option<FluxTtsCounts>,
 }
 
 impl SimulationResult {
@@ -348,11 +364,21 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         Some(recorder) => recorder.connector(connector),
         None => connector,
     };
+    let flux_tts = (config.backends.is_none() && config.voice == SimulatedVoice::FluxTts)
+        .then(|| {
+            FluxTts::new(&base_url, FLUX_TTS_MODEL, config.sample_rate, None)
+                .map(|voice| Arc::new(voice.with_connector(connector.clone())))
+        })
+        .transpose()
+        .map_err(|e| SimulationError::Ended(e.to_string()))?;
     let mut flux_config = FluxConfig::new(options).with_base_url(base_url);
     flux_config.api_key = None;
     let backends = config.backends.clone().unwrap_or_else(|| Backends {
         llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
-        tts: Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
+        tts: match &flux_tts {
+            Some(voice) => voice.clone(),
+            None => Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
+        },
         tools: None,
     });
     let backends = match &config.recorder {
@@ -416,6 +442,7 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
         user_audio,
         agent_frames: agent.take(),
         sample_rate: config.sample_rate,
+        flux_tts: flux_tts.map(|voice| voice.counts()),
     })
 }
 

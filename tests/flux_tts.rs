@@ -397,3 +397,54 @@ async fn over_a_real_socket_the_key_is_checked_and_a_wrong_one_named() {
     drop((good, bad));
     server.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_conversation_speaks_through_flux_tts_and_its_barge_in_is_heard_alike() {
+    let scenario = Scenario::parse(
+        r#"{
+          "name": "menu",
+          "tts": {"ttfb_ms": 150, "words_per_minute": 180},
+          "listen": {"eager_eot_threshold": 0.5, "eot_threshold": 0.7},
+          "turns": [
+            {
+              "start": {"at_ms": 500},
+              "phrases": [{"text": "What is on the menu?", "eot_confidence": 0.95}],
+              "reply": "Tonight we have a tasting menu. It has seven courses, starting with a chilled pea soup and ending with a dark chocolate tart with sea salt."
+            },
+            {
+              "start": {"barge_in_ms": 3500},
+              "say": "How much is it?",
+              "reply": "It is sixty dollars."
+            }
+          ]
+        }"#,
+        "inline",
+    )
+    .unwrap();
+    let mut config = turnflow::sim::SimulationConfig::new(Arc::new(scenario));
+    config.transport = turnflow::sim::Transport::Memory;
+    config.voice = turnflow::sim::SimulatedVoice::FluxTts;
+    let result = turnflow::sim::run(config).await.unwrap();
+    let counts = result.flux_tts.expect("the flux voice spoke");
+    assert_eq!(counts.sockets, 1, "{counts:?}");
+    assert_eq!(
+        (
+            counts.interrupts,
+            counts.heard_matched,
+            counts.heard_differed
+        ),
+        (1, 1, 0),
+        "the service heard the cut where the engine did: {counts:?}"
+    );
+    let cut = &result.report.turns[0];
+    assert!(
+        cut.assistant_heard.starts_with("Tonight we have a tasting menu. It has")
+            && cut.assistant_heard.len() < "Tonight we have a tasting menu. It has seven courses, starting with a chilled pea soup".len(),
+        "{}",
+        cut.assistant_heard
+    );
+    assert_eq!(
+        result.report.turns[1].assistant_heard,
+        "It is sixty dollars."
+    );
+}

@@ -232,6 +232,7 @@ pub async fn replay(
             user_audio: resample(&recording.user_audio, user_rate, voice_rate),
             agent_frames: sink.take(),
             sample_rate: voice_rate,
+            flux_tts: None,
         },
         timeline,
         derivation,

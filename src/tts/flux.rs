@@ -44,6 +44,8 @@ use crate::ws::{
 
 /// Where Deepgram serves Flux TTS.
 pub const FLUX_TTS_BASE_URL: &str = "wss://api.deepgram.com";
+/// The voice when none is named (the one Deepgram's examples use).
+pub const FLUX_TTS_MODEL: &str = "flux-haley-en";
 /// Longest wait for `SpeechInterrupted` after an `Interrupt`.
 pub const INTERRUPT_WAIT: Duration = Duration::from_secs(1);
 /// How often an idle socket is pinged (the service closes one silent for 60 s).

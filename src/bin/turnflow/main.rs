@@ -31,7 +31,7 @@ use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::report::{Breakdown, Report, Stats};
 use turnflow::scenario::FaultSpec;
 use turnflow::scenario::Scenario;
-use turnflow::sim::{SimulationConfig, SimulationResult, Transport};
+use turnflow::sim::{SimulatedVoice, SimulationConfig, SimulationResult, Transport};
 
 mod agent;
 #[cfg(feature = "audio-io")]
@@ -57,7 +57,7 @@ struct Cli {
 enum Command {
     /// Run a scripted conversation offline: emulator, Flux client, engine, scripted backends.
     Simulate(SimulateArgs),
-    /// Serve the Flux /v2/listen emulator.
+    /// Serve the Flux emulator: /v2/listen and /v2/speak.
     Emulate(EmulateArgs),
     /// Measure latency distributions over many runs and concurrent sessions.
     Bench(bench::BenchArgs),
@@ -139,6 +139,16 @@ struct SimulateArgs {
     /// Record the conversation into this directory for `turnflow replay`.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
+    /// The agent's voice: `synthetic` (in process) or `flux` (Flux TTS, `/v2/speak`, served by
+    /// the same emulator as the listening half).
+    #[arg(long, value_enum, default_value = "synthetic")]
+    tts: SimVoice,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum SimVoice {
+    Synthetic,
+    Flux,
 }
 
 /// Flux thresholds from the command line; each overrides the scenario or settings file.
@@ -303,6 +313,10 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     config.session.machine.barge_in = args.barge_in;
     config.session.response.presynthesis = args.presynthesis;
     config.thresholds = args.thresholds.over(config.thresholds);
+    config.voice = match args.tts {
+        SimVoice::Synthetic => SimulatedVoice::Synthetic,
+        SimVoice::Flux => SimulatedVoice::FluxTts,
+    };
     let (observer, mut events) = tokio::sync::mpsc::unbounded_channel();
     config.observer = Some(observer);
     let recorder = args
@@ -314,7 +328,10 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         &config.session,
         &turnflow::flux::ListenOptions::default().with_thresholds(config.thresholds),
         "scripted",
-        "synthetic",
+        match args.tts {
+            SimVoice::Synthetic => "synthetic",
+            SimVoice::Flux => "flux-tts",
+        },
     );
     let sample_rate = config.sample_rate;
     let settings = BreakdownSettings {
@@ -361,6 +378,20 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     })?;
     print_report(&result.report);
     print_breakdown(&result.report, &settings);
+    if let Some(counts) = &result.flux_tts {
+        println!(
+            "flux tts: {} socket(s), {} turns, {} characters billed, {} interrupts ({} heard as the engine heard, {} differed, {} ignored, {} unanswered), {} warnings",
+            counts.sockets,
+            counts.turns,
+            counts.billable_characters,
+            counts.interrupts,
+            counts.heard_matched,
+            counts.heard_differed,
+            counts.interrupts_ignored,
+            counts.interrupts_unanswered,
+            counts.warnings
+        );
+    }
     if let Some(dir) = &args.out {
         write_outputs(dir, &result)?;
         println!("wrote {}", dir.display());
@@ -550,10 +581,10 @@ fn emulate(args: EmulateArgs) -> Result<()> {
         let server = EmulatorServer::bind(args.listen, config)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let base = server.base_url();
         println!(
-            "flux emulator playing {:?} on {}/v2/listen{} (Ctrl-C to stop)",
+            "flux emulator playing {:?} on {base}/v2/listen, speaking on {base}/v2/speak{} (Ctrl-C to stop)",
             scenario.name,
-            server.base_url(),
             match faults {
                 0 => String::new(),
                 n => format!(" with {n} fault(s)"),
