@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use turnflow::emulator::{EmulatorConfig, TurnDetection};
+use turnflow::emulator::{EmulatorConfig, MemoryEmulator, TurnDetection};
 use turnflow::engine::{BargeInPolicy, SessionConfig};
 use turnflow::flux::client::API_KEY_ENV;
 use turnflow::flux::{ApiKey, Encoding, FluxConfig, ListenOptions, Thresholds};
@@ -18,6 +18,7 @@ use turnflow::llm::openai::OPENAI_API_KEY_ENV;
 use turnflow::llm::{Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, ScriptedLlm};
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::tts::aura::AURA_BASE_URL;
+use turnflow::tts::flux::{FLUX_TTS_BASE_URL, FLUX_TTS_MODEL, FluxTts};
 use turnflow::tts::{AuraTts, Espeak, FailoverTts, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
 
 use crate::{ThresholdArgs, parse_barge_in, parse_presynthesis};
@@ -46,9 +47,11 @@ pub(crate) struct AgentArgs {
     /// http://127.0.0.1:11434/v1 for Ollama) or an Anthropic-compatible endpoint.
     #[arg(long)]
     llm_url: Option<String>,
-    /// Voice: `synthetic`, `aura` (Deepgram, needs DEEPGRAM_API_KEY), `openai`
-    /// (OpenAI-compatible speech) or `espeak` (local espeak-ng); a comma-separated list of
-    /// voices with one sample rate (`aura,openai`) fails over before the first audio.
+    /// Voice: `synthetic`, `aura` (Deepgram, needs DEEPGRAM_API_KEY), `flux` (Deepgram Flux
+    /// TTS; with `--stt emulator` it is the emulator's, offline, and with `--stt flux`
+    /// Deepgram's), `openai` (OpenAI-compatible speech) or `espeak` (local espeak-ng); a
+    /// comma-separated list of voices with one sample rate (`flux,aura`) fails over before the
+    /// first audio.
     #[arg(long)]
     tts: Option<String>,
     /// Scenario for the scripted LLM and the emulator's user lines (default: the demo).
@@ -110,7 +113,7 @@ impl Agent {
             .or(file.tts.provider.clone())
             .unwrap_or_else(|| "synthetic".into());
         for one in tts.split(',') {
-            check_provider("tts", one, &["synthetic", "aura", "openai", "espeak"])?;
+            check_provider("tts", one, &["synthetic", "aura", "flux", "openai", "espeak"])?;
         }
         let api_key = if stt == "flux" || tts.split(',').any(|t| t == "aura") {
             let key = std::env::var(API_KEY_ENV).unwrap_or_default();
@@ -171,9 +174,23 @@ impl Agent {
                 .unwrap_or(scenario.tts.words_per_minute),
             ..scenario.tts.clone()
         };
+        // Flux TTS goes where the listening half goes: the emulator's unless Flux is real.
+        let flux_tts = match (&*stt, file.tts.url.as_deref()) {
+            (_, Some(url)) => FluxTtsAt::Url(url.to_owned()),
+            ("flux", None) => FluxTtsAt::Url(FLUX_TTS_BASE_URL.to_owned()),
+            _ => FluxTtsAt::Emulator(EmulatorConfig::new(scenario.clone())),
+        };
         let voices = tts
             .split(',')
-            .map(|one| voice_backend(one, &file.tts, timing.clone(), api_key.clone()))
+            .map(|one| {
+                voice_backend(
+                    one,
+                    &file.tts,
+                    timing.clone(),
+                    api_key.clone(),
+                    &flux_tts,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let voice: Arc<dyn SpeechSynthesizer> = if voices.len() == 1 {
             voices.into_iter().next().expect("one voice")
@@ -301,13 +318,39 @@ fn check_provider(role: &str, chosen: &str, available: &[&str]) -> Result<()> {
     }
 }
 
+/// Where `--tts flux` speaks.
+enum FluxTtsAt {
+    /// In process, on the embedded emulator.
+    Emulator(EmulatorConfig),
+    /// At this base URL (Deepgram's by default, `[tts] url` otherwise).
+    Url(String),
+}
+
 fn voice_backend(
     kind: &str,
     config: &TtsConfig,
     timing: TtsTiming,
     deepgram_key: Option<String>,
+    flux_tts: &FluxTtsAt,
 ) -> Result<Arc<dyn SpeechSynthesizer>> {
     Ok(match kind {
+        "flux" => {
+            let model = config.model.as_deref().unwrap_or(FLUX_TTS_MODEL);
+            // Aura's rate, so the two can form a chain either way round.
+            match flux_tts {
+                FluxTtsAt::Emulator(emulator) => Arc::new(
+                    FluxTts::new("ws://emulator.invalid", model, 24000, None)?
+                        .with_connector(Arc::new(MemoryEmulator::new(emulator.clone()))),
+                ),
+                FluxTtsAt::Url(url) => {
+                    let key = deepgram_key.or_else(|| std::env::var(API_KEY_ENV).ok()).filter(|k| !k.is_empty());
+                    if key.is_none() && url.starts_with("wss://") {
+                        bail!("{API_KEY_ENV} is not set: --tts flux at {url} needs a Deepgram API key (or use --stt emulator for the offline voice)");
+                    }
+                    Arc::new(FluxTts::new(url, model, 24000, key.map(ApiKey::new))?)
+                }
+            }
+        }
         // Aura's default rate, which OpenAI speech shares, so the two can form a chain.
         "aura" => Arc::new(AuraTts::new(
             config.url.as_deref().unwrap_or(AURA_BASE_URL),

@@ -13,7 +13,7 @@ use serde::Serialize;
 use turnflow::engine::Presynthesis;
 use turnflow::report::{Breakdown, Report, Stats, Summary, TurnReport};
 use turnflow::scenario::Scenario;
-use turnflow::sim::{SimulationConfig, Transport};
+use turnflow::sim::{SimulatedVoice, SimulationConfig, Transport};
 
 use crate::{Clock, parse_barge_in};
 
@@ -36,7 +36,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Compare configurations, e.g. `speculation=on,off`, `barge-in=immediate,min-words=2`,
-    /// `eager=0.4,0.6`, `presynthesis=off,first-sentence,first-chunk`.
+    /// `eager=0.4,0.6`, `presynthesis=off,first-sentence,first-chunk`, `tts=synthetic,flux`
+    /// (Flux TTS on the emulator's `/v2/speak`).
     #[arg(long)]
     compare: Option<String>,
     /// `real` measures engine overhead in wall time; `virtual` is exact and instant but
@@ -95,8 +96,15 @@ fn variants(compare: Option<&str>) -> Result<Vec<Variant>> {
         },
         "barge-in" => |c, v| c.session.machine.barge_in = parse_barge_in(v).expect("validated"),
         "eager" => |c, v| c.thresholds.eager_eot_threshold = v.parse().ok(),
+        "tts" => |c, v| {
+            c.voice = if v == "flux" {
+                SimulatedVoice::FluxTts
+            } else {
+                SimulatedVoice::Synthetic
+            }
+        },
         other => bail!(
-            "--compare {other:?}: supported keys are speculation, presynthesis, barge-in, eager"
+            "--compare {other:?}: supported keys are speculation, presynthesis, barge-in, eager, tts"
         ),
     };
     let mut out = Vec::new();
@@ -105,6 +113,7 @@ fn variants(compare: Option<&str>) -> Result<Vec<Variant>> {
             "speculation" => matches!(value, "on" | "off"),
             "presynthesis" => crate::parse_presynthesis(value).is_ok(),
             "barge-in" => parse_barge_in(value).is_ok(),
+            "tts" => matches!(value, "synthetic" | "flux"),
             _ => value.parse::<f64>().is_ok_and(|v| (0.3..=0.9).contains(&v)),
         };
         if !valid {
@@ -514,6 +523,10 @@ mod tests {
         let v = variants(Some("barge-in=min-words=2")).unwrap();
         (v[0].apply)(&mut c, &v[0].value);
         assert_eq!(c.session.machine.barge_in, BargeInPolicy::MinWords(2));
+        let v = variants(Some("tts=synthetic,flux")).unwrap();
+        (v[1].apply)(&mut c, &v[1].value);
+        assert_eq!(c.voice, SimulatedVoice::FluxTts);
+        assert!(variants(Some("tts=aura")).is_err());
     }
 
     #[test]
