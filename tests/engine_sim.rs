@@ -604,6 +604,7 @@ impl turnflow::tts::SpeechSynthesizer for EndlessVoice {
             let chunk = turnflow::tts::SpeechChunk {
                 samples: vec![1000; 320],
                 words: Vec::new(),
+                billed: None,
             };
             Some((Ok(chunk), ()))
         })))

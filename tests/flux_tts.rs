@@ -448,3 +448,25 @@ async fn a_whole_conversation_speaks_through_flux_tts_and_its_barge_in_is_heard_
         "It is sixty dollars."
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failover_chain_moves_past_a_refused_flux_voice_and_keeps_it_per_conversation() {
+    let mut config = EmulatorConfig::new(Arc::new(Scenario::demo()));
+    config.api_key = Some(ApiKey::new("the-key"));
+    let emulator = MemoryEmulator::new(config);
+    // No key: the service refuses the upgrade (401), an auth error a chain does not retry.
+    let flux = Arc::new(flux_voice(Arc::new(emulator.clone())));
+    let synthetic = Arc::new(turnflow::tts::SyntheticTts::new(
+        RATE,
+        turnflow::scenario::TtsTiming::default(),
+    ));
+    let chain = turnflow::tts::FailoverTts::new(vec![flux.clone(), synthetic.clone()]).unwrap();
+    let voice = chain
+        .for_conversation()
+        .expect("a chain with a Flux voice gives each conversation its own");
+    assert!(speak_whole(&*voice, "Hello there.").await > 0);
+    assert_eq!(synthetic.calls(), 1, "the synthetic voice spoke instead");
+    assert_eq!(flux.counts().sockets, 0);
+    drop(voice);
+    emulator.shutdown().await;
+}

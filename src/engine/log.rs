@@ -83,6 +83,17 @@ pub enum LogKind {
         /// Characters sent.
         chars: usize,
     },
+    /// The voice reported what the sentence cost.
+    TtsBilled {
+        /// The response.
+        id: ResponseId,
+        /// Sentence index.
+        index: usize,
+        /// Characters billed.
+        characters: u64,
+        /// Milliseconds of audio produced.
+        audio_ms: u64,
+    },
     /// The TTS's first audio of the sentence arrived.
     TtsFirstAudio {
         /// The response.

@@ -680,6 +680,17 @@ async fn synthesize(
             Ok(Some(Err(e))) => return Synthesis::Failed(e),
             Ok(Some(Ok(chunk))) => chunk,
         };
+        if let Some(billed) = chunk.billed {
+            ctx.log.record(LogKind::TtsBilled {
+                id,
+                index,
+                characters: billed.characters,
+                audio_ms: billed.audio_ms,
+            });
+        }
+        if chunk.samples.is_empty() {
+            continue;
+        }
         if first {
             first = false;
             ctx.log.record(LogKind::TtsFirstAudio { id, index });

@@ -727,6 +727,7 @@ impl SpeechSynthesizer for ReplayTts {
                         .into_iter()
                         .map(|(word, start, end)| WordTiming { word, start, end })
                         .collect(),
+                    billed: None,
                 }),
                 TtsEvent::Error { kind, message } => Err(recorded_error(&name, &kind, message)),
                 _ => return None,

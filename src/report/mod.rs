@@ -70,6 +70,13 @@ pub struct TurnReport {
     pub assistant_text: String,
     /// What the user heard of it.
     pub assistant_heard: String,
+    /// Characters of the reply the voice billed, over the sentences it finished, when the
+    /// voice reports them (Flux TTS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_billed_characters: Option<u64>,
+    /// Milliseconds of audio the voice reported producing for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_audio_ms: Option<u64>,
 }
 
 /// How speculation went in a turn.
@@ -211,6 +218,7 @@ struct Response {
     tts_sent0: Option<Instant>,
     tts_first0: Option<Instant>,
     tts_chars: u64,
+    billed: Option<(u64, u64)>,
     promoted: Option<Instant>,
     first_frame: Option<Instant>,
     last_frame: Option<Instant>,
@@ -314,6 +322,20 @@ impl Report {
                     if *index == 0 {
                         r.tts_sent0.get_or_insert(at);
                     }
+                }
+                LogKind::TtsBilled {
+                    id,
+                    characters,
+                    audio_ms,
+                    ..
+                } => {
+                    let billed = responses
+                        .entry(*id)
+                        .or_default()
+                        .billed
+                        .get_or_insert((0, 0));
+                    billed.0 += characters;
+                    billed.1 += audio_ms;
                 }
                 LogKind::TtsFirstAudio { id, index: 0 } => {
                     responses
@@ -452,6 +474,8 @@ impl Report {
                 breakdown,
                 assistant_text: answer.map(|r| r.generated.clone()).unwrap_or_default(),
                 assistant_heard: answer.map(|r| r.heard.clone()).unwrap_or_default(),
+                tts_billed_characters: answer.and_then(|r| r.billed).map(|(chars, _)| chars),
+                tts_audio_ms: answer.and_then(|r| r.billed).map(|(_, ms)| ms),
             };
             report_turns.push(report);
         }

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, info, warn};
 
-use super::{SpeechChunk, SpeechCut, SpeechStream, SpeechSynthesizer, TtsError};
+use super::{Billed, SpeechChunk, SpeechCut, SpeechStream, SpeechSynthesizer, TtsError};
 use crate::error::ErrorKind;
 use crate::flux::speak::{PlaybackOffset, SpeakEvent, SpeakOptions, SpeakRequest};
 use crate::net::{ApiKey, insecure_remote};
@@ -510,6 +510,8 @@ struct Synthesis {
     text: String,
     audio: bool,
     resent: bool,
+    /// The turn's `SpeechMetadata` was read and handed on.
+    done: bool,
 }
 
 /// Speaks `text` as a new turn, on a fresh socket when there is none or it is too old.
@@ -557,6 +559,9 @@ async fn start_turn(config: &Config, link: &mut Link, text: &str) -> Result<(), 
 impl Synthesis {
     /// The next chunk of the turn's audio; `None` at its `SpeechMetadata`.
     async fn next(&mut self) -> Option<Result<SpeechChunk, TtsError>> {
+        if self.done {
+            return None;
+        }
         loop {
             let socket = self.link.socket.as_mut()?;
             let frame = socket.connection.stream.next().await;
@@ -567,7 +572,13 @@ impl Synthesis {
                 }
                 Some(Ok(WireFrame::Text(text))) => match self.on_text(&text) {
                     Step::Continue => continue,
-                    Step::Done => return None,
+                    Step::Done(billed) => {
+                        self.done = true;
+                        return Some(Ok(SpeechChunk {
+                            billed: Some(billed),
+                            ..SpeechChunk::default()
+                        }));
+                    }
                     Step::Failed(e) => e,
                 },
                 Some(Ok(WireFrame::Close(reason))) => closed(reason),
@@ -612,7 +623,10 @@ impl Synthesis {
                 });
                 if ours {
                     socket.turn = None;
-                    return Step::Done;
+                    return Step::Done(Billed {
+                        characters: metadata.billable_character_count,
+                        audio_ms: metadata.audio_duration_ms,
+                    });
                 }
                 bump(&config.counters.unexpected, 1);
                 debug!(speech_id = %Untrusted(&metadata.speech_id), "metadata of an earlier turn");
@@ -653,7 +667,7 @@ impl Synthesis {
 
 enum Step {
     Continue,
-    Done,
+    Done(Billed),
     Failed(TtsError),
 }
 
@@ -759,6 +773,7 @@ impl SpeechSynthesizer for FluxTts {
             text: text.to_owned(),
             audio: false,
             resent: false,
+            done: false,
         };
         let stream = futures_util::stream::unfold(Some(synthesis), |state| async move {
             let mut state = state?;

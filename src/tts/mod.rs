@@ -52,6 +52,18 @@ pub struct SpeechChunk {
     pub samples: Vec<i16>,
     /// Timings of words that start in this chunk (sentence-relative sample offsets).
     pub words: Vec<WordTiming>,
+    /// What the provider reports the sentence cost, on its last chunk (Flux TTS's
+    /// `SpeechMetadata`); that chunk may carry no samples.
+    pub billed: Option<Billed>,
+}
+
+/// What a provider reports one sentence cost and produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Billed {
+    /// Characters billed.
+    pub characters: u64,
+    /// Milliseconds of audio produced.
+    pub audio_ms: u64,
 }
 
 impl SpeechChunk {
@@ -63,6 +75,7 @@ impl SpeechChunk {
         Self {
             samples,
             words: Vec::new(),
+            billed: None,
         }
     }
 }

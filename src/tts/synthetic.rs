@@ -107,9 +107,11 @@ struct Voice {
     steps: [u64; 5],
 }
 
-const TABLE_BITS: u32 = 10;
+/// The sine table has 2^`TABLE_BITS` entries.
+pub(crate) const TABLE_BITS: u32 = 10;
 
-fn sine_table() -> &'static [i16; 1 << TABLE_BITS] {
+/// One period of a sine at 0.3 of full scale, for tones rendered by table lookup.
+pub(crate) fn sine_table() -> &'static [i16; 1 << TABLE_BITS] {
     static TABLE: std::sync::OnceLock<[i16; 1 << TABLE_BITS]> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut t = [0i16; 1 << TABLE_BITS];
@@ -258,6 +260,7 @@ impl SpeechSynthesizer for SyntheticTts {
                         .filter(|w| w.start >= start && w.start < end)
                         .cloned()
                         .collect(),
+                    billed: None,
                 };
                 Some((Ok(chunk), (voice, end)))
             }

@@ -113,7 +113,11 @@ impl Agent {
             .or(file.tts.provider.clone())
             .unwrap_or_else(|| "synthetic".into());
         for one in tts.split(',') {
-            check_provider("tts", one, &["synthetic", "aura", "flux", "openai", "espeak"])?;
+            check_provider(
+                "tts",
+                one,
+                &["synthetic", "aura", "flux", "openai", "espeak"],
+            )?;
         }
         let api_key = if stt == "flux" || tts.split(',').any(|t| t == "aura") {
             let key = std::env::var(API_KEY_ENV).unwrap_or_default();
@@ -182,15 +186,7 @@ impl Agent {
         };
         let voices = tts
             .split(',')
-            .map(|one| {
-                voice_backend(
-                    one,
-                    &file.tts,
-                    timing.clone(),
-                    api_key.clone(),
-                    &flux_tts,
-                )
-            })
+            .map(|one| voice_backend(one, &file.tts, timing.clone(), api_key.clone(), &flux_tts))
             .collect::<Result<Vec<_>>>()?;
         let voice: Arc<dyn SpeechSynthesizer> = if voices.len() == 1 {
             voices.into_iter().next().expect("one voice")
@@ -343,9 +339,13 @@ fn voice_backend(
                         .with_connector(Arc::new(MemoryEmulator::new(emulator.clone()))),
                 ),
                 FluxTtsAt::Url(url) => {
-                    let key = deepgram_key.or_else(|| std::env::var(API_KEY_ENV).ok()).filter(|k| !k.is_empty());
+                    let key = deepgram_key
+                        .or_else(|| std::env::var(API_KEY_ENV).ok())
+                        .filter(|k| !k.is_empty());
                     if key.is_none() && url.starts_with("wss://") {
-                        bail!("{API_KEY_ENV} is not set: --tts flux at {url} needs a Deepgram API key (or use --stt emulator for the offline voice)");
+                        bail!(
+                            "{API_KEY_ENV} is not set: --tts flux at {url} needs a Deepgram API key (or use --stt emulator for the offline voice)"
+                        );
                     }
                     Arc::new(FluxTts::new(url, model, 24000, key.map(ApiKey::new))?)
                 }
