@@ -25,7 +25,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use turnflow::emulator::{EmulatorConfig, EmulatorServer, TurnDetection};
+use turnflow::emulator::{EmulatorConfig, EmulatorServer, SpeakFault, TurnDetection};
 use turnflow::engine::{BargeInPolicy, EngineEvent, Presynthesis};
 use turnflow::flux::{ApiKey, Thresholds};
 use turnflow::report::{Breakdown, Report, Stats};
@@ -195,6 +195,11 @@ struct EmulateArgs {
     /// close=CODE, refuse=STATUS, clock_jump=MS, duplicate (docs/scenarios.md, "Faults").
     #[arg(long = "fault", value_parser = FaultSpec::parse)]
     faults: Vec<FaultSpec>,
+    /// Make /v2/speak misbehave, repeatable: error=CODE@TURN (a fatal error right after that
+    /// turn's first audio, first connection), ignore-interrupts, slow-interrupts=MS
+    /// (docs/flux-tts.md).
+    #[arg(long = "speak-fault", value_parser = SpeakFault::parse)]
+    speak_faults: Vec<SpeakFault>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -577,7 +582,8 @@ fn emulate(args: EmulateArgs) -> Result<()> {
             Turns::Vad => TurnDetection::Vad,
         };
         config.faults.extend(args.faults);
-        let faults = config.faults.len();
+        config.speak.faults = args.speak_faults;
+        let faults = config.faults.len() + config.speak.faults.len();
         let server = EmulatorServer::bind(args.listen, config)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

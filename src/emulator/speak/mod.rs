@@ -66,6 +66,49 @@ pub enum SpeakFault {
     SlowInterrupts(Duration),
 }
 
+impl SpeakFault {
+    /// Reads `error=CODE@TURN` (`error=NET-0000@1`), `ignore-interrupts` or
+    /// `slow-interrupts=MS`, as `turnflow emulate --speak-fault` takes them.
+    ///
+    /// # Errors
+    /// What was wrong with `spec`, and the forms allowed.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        const FORMS: &str =
+            "error=CODE@TURN (error=NET-0000@1), ignore-interrupts or slow-interrupts=MS";
+        let (kind, arg) = spec.split_once('=').unwrap_or((spec, ""));
+        match (kind, arg) {
+            ("ignore-interrupts", "") => Ok(SpeakFault::IgnoreInterrupts),
+            ("slow-interrupts", ms) => ms
+                .parse()
+                .map(|ms| SpeakFault::SlowInterrupts(Duration::from_millis(ms)))
+                .map_err(|_| {
+                    format!(
+                        "{spec:?}: slow-interrupts takes milliseconds, e.g. slow-interrupts=800"
+                    )
+                }),
+            ("error", arg) => {
+                let (code, turn) = arg.split_once('@').ok_or_else(|| {
+                    format!("{spec:?}: error takes CODE@TURN, e.g. error=NET-0000@1")
+                })?;
+                let known = ["MESSAGE-", "DATA-", "BIG-", "NET-"];
+                if !known.iter().any(|p| code.starts_with(p)) {
+                    return Err(format!(
+                        "{spec:?}: {code:?} is not a Flux TTS error code (MESSAGE-*, DATA-*, BIG-*, NET-*)"
+                    ));
+                }
+                let turn = turn
+                    .parse()
+                    .map_err(|_| format!("{spec:?}: the turn is a number counted from 0"))?;
+                Ok(SpeakFault::ErrorInTurn {
+                    turn,
+                    code: code.to_owned(),
+                })
+            }
+            _ => Err(format!("{spec:?}: expected {FORMS}")),
+        }
+    }
+}
+
 /// One frame of audio: 40 ms.
 const FRAME_MS: u64 = 40;
 
@@ -226,6 +269,40 @@ pub(crate) async fn run_speak_connection(
             if !sent {
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_read_from_the_command_line_form() {
+        assert_eq!(
+            SpeakFault::parse("error=NET-0000@1"),
+            Ok(SpeakFault::ErrorInTurn {
+                turn: 1,
+                code: "NET-0000".into()
+            })
+        );
+        assert_eq!(
+            SpeakFault::parse("ignore-interrupts"),
+            Ok(SpeakFault::IgnoreInterrupts)
+        );
+        assert_eq!(
+            SpeakFault::parse("slow-interrupts=800"),
+            Ok(SpeakFault::SlowInterrupts(Duration::from_millis(800)))
+        );
+        for (bad, names) in [
+            ("error=OOPS@1", "not a Flux TTS error code"),
+            ("error=NET-0000", "CODE@TURN"),
+            ("error=NET-0000@x", "counted from 0"),
+            ("slow-interrupts=soon", "milliseconds"),
+            ("explode", "ignore-interrupts"),
+        ] {
+            let e = SpeakFault::parse(bad).unwrap_err();
+            assert!(e.contains(names), "{bad}: {e}");
         }
     }
 }
