@@ -466,6 +466,10 @@ fn spawn_emulator(args: &[&str]) -> (std::process::Child, String, String) {
 fn emulate_serves_the_scenario_on_the_printed_address() {
     let (mut child, line, url) = spawn_emulator(&["--scenario", "scenarios/plain.json"]);
     assert!(line.contains("\"plain\""), "{line}");
+    assert!(
+        line.contains("/v2/speak"),
+        "both halves of Flux are served: {line}"
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let events = runtime.block_on(async {
         use futures_util::{SinkExt, StreamExt};

@@ -589,7 +589,7 @@ fn emulate(args: EmulateArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let base = server.base_url();
         println!(
-            "flux emulator playing {:?} on {base}/v2/listen, speaking on {base}/v2/speak{} (Ctrl-C to stop)",
+            "flux emulator playing {:?}: listening on {base}/v2/listen and speaking on {base}/v2/speak{} (Ctrl-C to stop)",
             scenario.name,
             match faults {
                 0 => String::new(),
