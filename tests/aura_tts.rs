@@ -129,7 +129,7 @@ async fn aura_server(mode: Mode) -> (String, Arc<Mutex<Log>>) {
     (format!("ws://{addr}"), log)
 }
 
-async fn speak(tts: &AuraTts, text: &str) -> Result<Vec<i16>, String> {
+async fn speak(tts: &dyn SpeechSynthesizer, text: &str) -> Result<Vec<i16>, String> {
     let mut stream = tts.synthesize(text).await.map_err(|e| e.to_string())?;
     let mut samples = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -161,6 +161,18 @@ async fn sentences_share_one_socket_and_end_at_flushed() {
     );
     assert_eq!(l.auth[0], "Token dg-secret");
     assert_eq!(l.texts, vec!["Hello there.", "How can I help?"]);
+}
+
+#[tokio::test]
+async fn each_conversation_has_a_socket_of_its_own() {
+    let (url, log) = aura_server(Mode::Normal).await;
+    let tts = AuraTts::new(&url, "aura-2-thalia-en", 16000, None).unwrap();
+    let first = tts.for_conversation().unwrap();
+    let second = tts.for_conversation().unwrap();
+    speak(&*first, "Hello.").await.unwrap();
+    speak(&*second, "Hi.").await.unwrap();
+    speak(&*first, "Again.").await.unwrap();
+    assert_eq!(log.lock().unwrap().connections, 2);
 }
 
 #[tokio::test]

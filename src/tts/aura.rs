@@ -1,4 +1,5 @@
-//! Deepgram Aura streaming TTS over one WebSocket per conversation (`/v1/speak`).
+//! Deepgram Aura streaming TTS over one WebSocket per conversation (`/v1/speak`): each
+//! conversation gets its own socket through [`SpeechSynthesizer::for_conversation`].
 //!
 //! Each sentence is a `Speak` followed by a `Flush`; its audio is every binary frame until the
 //! server's `Flushed`. A synthesis dropped before `Flushed` (barge-in, cancelled speculation)
@@ -326,6 +327,16 @@ impl SpeechSynthesizer for AuraTts {
             }
         });
         Ok(Box::pin(stream))
+    }
+
+    fn for_conversation(&self) -> Option<Arc<dyn SpeechSynthesizer>> {
+        Some(Arc::new(AuraTts {
+            url: self.url.clone(),
+            api_key: self.api_key.clone(),
+            sample_rate: self.sample_rate,
+            connector: self.connector.clone(),
+            link: Arc::default(),
+        }))
     }
 
     async fn clear(&self, _: &SpeechCut) {

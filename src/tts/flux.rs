@@ -745,7 +745,9 @@ async fn keeper_task(config: Arc<Config>, link: Arc<Mutex<Link>>, stop: Cancella
         .await
         .ok()
         .and_then(|mut guard| guard.socket.take());
-    if let Some(socket) = socket {
+    // A sentence cut by the conversation's end is not drained (`Close` would have the service
+    // finish it): the socket is dropped.
+    if let Some(socket) = socket.filter(|s| s.turn.is_none()) {
         close_socket(socket).await;
     }
 }

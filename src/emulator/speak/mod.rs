@@ -109,8 +109,8 @@ impl SpeakFault {
     }
 }
 
-/// One frame of audio: 40 ms.
-const FRAME_MS: u64 = 40;
+/// One frame of audio: 100 ms, the synthetic voice's chunk, so the two compare like for like.
+const FRAME_MS: u64 = 100;
 
 async fn send(sink: &mut FrameSink, frame: WireFrame) -> bool {
     tokio::time::timeout(Duration::from_secs(10), sink.send(frame))
