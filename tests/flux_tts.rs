@@ -34,6 +34,14 @@ fn flux_voice(connector: Arc<dyn Connector>) -> FluxTts {
         .with_connector(connector)
 }
 
+/// The emulator with `faults`, a Flux voice on it, and one conversation's own voice.
+fn start(faults: Vec<SpeakFault>) -> (MemoryEmulator, FluxTts, Arc<dyn SpeechSynthesizer>) {
+    let (emulator, _) = emulated(faults);
+    let shared = flux_voice(Arc::new(emulator.clone()));
+    let voice = conversation(&shared);
+    (emulator, shared, voice)
+}
+
 /// A conversation's own voice, and the shared one that counts for all.
 fn conversation(voice: &FluxTts) -> Arc<dyn SpeechSynthesizer> {
     voice
@@ -62,9 +70,7 @@ async fn speak_until(voice: &dyn SpeechSynthesizer, text: &str, samples: u64) ->
 
 #[tokio::test(start_paused = true)]
 async fn replies_are_streamed_flushed_and_counted_on_one_socket() {
-    let (emulator, _) = emulated(Vec::new());
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
+    let (emulator, shared, voice) = start(Vec::new());
     assert_eq!(speak_whole(&*voice, "Hello there.").await, 12 * PER_CHAR);
     assert_eq!(
         speak_whole(&*voice, "Your table is booked for eight.").await,
@@ -90,9 +96,7 @@ async fn replies_are_streamed_flushed_and_counted_on_one_socket() {
 
 #[tokio::test(start_paused = true)]
 async fn a_barge_in_is_interrupted_where_the_listener_stopped() {
-    let (emulator, _) = emulated(Vec::new());
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
+    let (emulator, shared, voice) = start(Vec::new());
     speak_whole(&*voice, "One two.").await;
     let sentence = "The forecast for tomorrow is sunny, with a light breeze.";
     speak_until(&*voice, sentence, RATE as u64).await;
@@ -132,9 +136,7 @@ async fn a_barge_in_is_interrupted_where_the_listener_stopped() {
 
 #[tokio::test(start_paused = true)]
 async fn a_withdrawn_guess_is_interrupted_not_left_to_bill() {
-    let (emulator, _) = emulated(Vec::new());
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
+    let (emulator, shared, voice) = start(Vec::new());
     // The first chunk of a guess, synthesized ahead and never played.
     speak_until(&*voice, "I think you want a table for two tonight.", 1).await;
     voice.clear(&SpeechCut::default()).await;
@@ -155,9 +157,7 @@ async fn a_withdrawn_guess_is_interrupted_not_left_to_bill() {
 
 #[tokio::test(start_paused = true)]
 async fn an_interrupt_after_the_turn_ended_takes_the_warning_path() {
-    let (emulator, _) = emulated(Vec::new());
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
+    let (emulator, shared, voice) = start(Vec::new());
     speak_whole(&*voice, "Hi.").await;
     // Every frame read, the SpeechMetadata not yet: the voice thinks the turn is active, the
     // service has finished it.
@@ -184,18 +184,15 @@ async fn an_interrupt_after_the_turn_ended_takes_the_warning_path() {
 
 #[tokio::test(start_paused = true)]
 async fn an_interrupt_answered_late_is_waited_for_and_one_never_answered_costs_the_socket() {
-    let (emulator, _) = emulated(vec![SpeakFault::SlowInterrupts(Duration::from_millis(600))]);
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
+    let (emulator, shared, voice) =
+        start(vec![SpeakFault::SlowInterrupts(Duration::from_millis(600))]);
     speak_until(&*voice, "A long sentence that will be cut.", 1).await;
     voice.clear(&SpeechCut::default()).await;
     assert_eq!(shared.counts().heard_matched, 1);
     drop(voice);
     emulator.shutdown().await;
 
-    let (emulator, _) = emulated(vec![SpeakFault::IgnoreInterrupts]);
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
+    let (emulator, shared, voice) = start(vec![SpeakFault::IgnoreInterrupts]);
     speak_until(&*voice, "A long sentence that will be cut.", 1).await;
     let started = tokio::time::Instant::now();
     voice.clear(&SpeechCut::default()).await;
@@ -210,12 +207,10 @@ async fn an_interrupt_answered_late_is_waited_for_and_one_never_answered_costs_t
 
 #[tokio::test(start_paused = true)]
 async fn a_server_error_mid_reply_fails_that_sentence_and_the_next_opens_a_socket() {
-    let (emulator, _) = emulated(vec![SpeakFault::ErrorInTurn {
+    let (emulator, shared, voice) = start(vec![SpeakFault::ErrorInTurn {
         turn: 1,
         code: "NET-0000".into(),
     }]);
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
     speak_whole(&*voice, "First.").await;
     let mut stream = voice.synthesize("Second sentence.").await.unwrap();
     assert!(
@@ -239,9 +234,7 @@ async fn a_server_error_mid_reply_fails_that_sentence_and_the_next_opens_a_socke
 
 #[tokio::test(start_paused = true)]
 async fn pings_keep_the_socket_past_the_idle_limit_and_a_closed_one_is_reopened() {
-    let (emulator, _) = emulated(Vec::new());
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
+    let (emulator, shared, voice) = start(Vec::new());
     speak_whole(&*voice, "Hello.").await;
     tokio::time::sleep(Duration::from_secs(200)).await;
     speak_whole(&*voice, "Still there?").await;
@@ -251,7 +244,7 @@ async fn pings_keep_the_socket_past_the_idle_limit_and_a_closed_one_is_reopened(
 
     // A voice that pings too rarely: the service ends the socket (NET-0004) and the next
     // sentence is sent again on a new one, whole.
-    let (emulator, _) = emulated(Vec::new());
+    let (emulator, shared, voice) = start(Vec::new());
     let shared = flux_voice(Arc::new(emulator.clone())).with_limits(
         turnflow::tts::flux::INTERRUPT_WAIT,
         Duration::from_secs(3600),
@@ -286,8 +279,6 @@ async fn the_socket_is_replaced_before_its_hour_and_after_it_if_it_must() {
 
     // Replacement left to the service: NET-0003 ends the socket, the next sentence reconnects.
     let emulator = MemoryEmulator::new(config);
-    let shared = flux_voice(Arc::new(emulator.clone()));
-    let voice = conversation(&shared);
     speak_whole(&*voice, "Hello.").await;
     tokio::time::sleep(Duration::from_secs(610)).await;
     assert_eq!(speak_whole(&*voice, "Still there?").await, 12 * PER_CHAR);
