@@ -244,7 +244,7 @@ async fn pings_keep_the_socket_past_the_idle_limit_and_a_closed_one_is_reopened(
 
     // A voice that pings too rarely: the service ends the socket (NET-0004) and the next
     // sentence is sent again on a new one, whole.
-    let (emulator, shared, voice) = start(Vec::new());
+    let (emulator, _) = emulated(Vec::new());
     let shared = flux_voice(Arc::new(emulator.clone())).with_limits(
         turnflow::tts::flux::INTERRUPT_WAIT,
         Duration::from_secs(3600),
@@ -279,6 +279,8 @@ async fn the_socket_is_replaced_before_its_hour_and_after_it_if_it_must() {
 
     // Replacement left to the service: NET-0003 ends the socket, the next sentence reconnects.
     let emulator = MemoryEmulator::new(config);
+    let shared = flux_voice(Arc::new(emulator.clone()));
+    let voice = conversation(&shared);
     speak_whole(&*voice, "Hello.").await;
     tokio::time::sleep(Duration::from_secs(610)).await;
     assert_eq!(speak_whole(&*voice, "Still there?").await, 12 * PER_CHAR);
