@@ -61,6 +61,8 @@ pub enum ConnectError {
         body: String,
         /// The `dg-request-id` header, when present.
         request_id: Option<String>,
+        /// The `Retry-After` header in seconds, when present (a 429 or 503 may say when).
+        retry_after: Option<std::time::Duration>,
     },
     /// The URL is not a usable WebSocket URL.
     #[error("invalid url {url:?}: {reason}")]
@@ -220,6 +222,9 @@ impl Connector for WebSocketConnector {
                     dg_error: header(response.headers(), "dg-error"),
                     body,
                     request_id: header(response.headers(), "dg-request-id"),
+                    retry_after: header(response.headers(), "retry-after")
+                        .and_then(|s| s.trim().parse().ok())
+                        .map(std::time::Duration::from_secs),
                 })
             }
             Err(tungstenite::Error::Url(e)) => Err(ConnectError::InvalidUrl {
@@ -291,6 +296,7 @@ mod tests {
             dg_error: Some("Project does not have access to the requested model".into()),
             body: String::new(),
             request_id: Some("abc".into()),
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),
@@ -302,6 +308,7 @@ mod tests {
             dg_error: None,
             body: "too many".into(),
             request_id: None,
+            retry_after: None,
         };
         assert!(limited.is_retryable());
         assert_eq!(

@@ -716,6 +716,8 @@ fn run_exits_non_zero_when_flux_keeps_failing_and_emulate_injects_the_fault() {
             "flux",
             "--flux-url",
             &url,
+            "--flux-reconnect-budget",
+            "2s",
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("DEEPGRAM_API_KEY", "dg-test-key")

@@ -842,6 +842,7 @@ async fn reconnects_give_up_after_the_policy_and_say_why() {
         .unwrap();
     events.recv().await.unwrap().unwrap();
     drop(server);
+    let lost = tokio::time::Instant::now();
     let mut last = None;
     while let Some(e) = events.recv().await {
         last = Some(e);
@@ -854,8 +855,144 @@ async fn reconnects_give_up_after_the_policy_and_say_why() {
     else {
         panic!("{last:?}")
     };
-    assert_eq!(attempts, 5);
-    assert!(last_error.contains("connection refused"));
+    // A time budget, not a count: attempts until the next would start past 30 s.
+    let away = lost.elapsed();
+    assert!(
+        away <= Duration::from_secs(30) && away >= Duration::from_secs(25),
+        "{away:?}"
+    );
+    assert!(attempts > 8, "{attempts} attempts");
+    assert!(last_error.contains("connection refused"), "{last_error}");
+    assert!(last_error.contains("past the 30s budget"), "{last_error}");
+}
+
+/// The emulator behind a switch: while `down`, every connection is refused and the open one is
+/// cut, as when the service is away.
+struct Outage {
+    inner: MemoryEmulator,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled to cut the connections open at the start of the outage.
+    cut: std::sync::Mutex<tokio_util::sync::CancellationToken>,
+}
+
+#[async_trait]
+impl Connector for Outage {
+    async fn connect(&self, r: &ConnectRequest) -> Result<Connection, ConnectError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ConnectError::Io("connection refused".into()));
+        }
+        let Connection {
+            sink,
+            stream,
+            request_id,
+        } = self.inner.connect(r).await?;
+        let cut = self.cut.lock().unwrap().clone();
+        Ok(Connection {
+            sink,
+            stream: Box::pin(stream.take_until(cut.cancelled_owned())),
+            request_id,
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_of_25_seconds_is_ridden_through_and_the_turn_spoken_meanwhile_answered() {
+    let inner = MemoryEmulator::new(EmulatorConfig::new(scenario(
+        r#"{"name":"t","turns":[{"start":{"at_ms":10000},"phrases":[{"text":"are you there"}],"reply":"yes"}]}"#,
+    )));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connector = Arc::new(Outage {
+        inner: inner.clone(),
+        down: down.clone(),
+        cut: Default::default(),
+    });
+    let (handle, mut events) = connect(
+        config("ws://x", ListenOptions::default()),
+        connector.clone(),
+    )
+    .await
+    .unwrap();
+    let stats = handle.stats();
+    let sender = handle.sender();
+    let feeder = tokio::spawn(async move {
+        for _ in 0..(40_000 / 80) {
+            if sender.send_audio(pcm(0.08, 0)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    down.store(true, Ordering::SeqCst);
+    std::mem::take(&mut *connector.cut.lock().unwrap()).cancel();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    down.store(false, Ordering::SeqCst);
+    let mut ends = Vec::new();
+    let mut reconnected = false;
+    while let Some(event) = events.recv().await {
+        match event.expect("the outage is within the budget").kind {
+            FluxEventKind::Connected { attempt, .. } if attempt > 0 => reconnected = true,
+            FluxEventKind::Turn(t) if t.info.event == TurnEvent::EndOfTurn => {
+                ends.push(t.info.transcript.clone());
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(reconnected);
+    assert_eq!(
+        ends,
+        ["are you there"],
+        "the turn spoken into the outage is heard"
+    );
+    assert_eq!(stats.reconnects.load(Ordering::Relaxed), 1);
+    assert!(stats.reconnect_failures.load(Ordering::Relaxed) >= 5);
+    let offline = stats.offline_ms.load(Ordering::Relaxed);
+    assert!((25_000..=30_000).contains(&offline), "{offline} ms offline");
+    feeder.abort();
+    drop(handle);
+    inner.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn handshakes_in_flight_are_limited_across_sessions() {
+    struct Slow {
+        inner: MemoryEmulator,
+        in_flight: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+    #[async_trait]
+    impl Connector for Slow {
+        async fn connect(&self, r: &ConnectRequest) -> Result<Connection, ConnectError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let connection = self.inner.connect(r).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            connection
+        }
+    }
+    let inner = MemoryEmulator::new(EmulatorConfig::new(Arc::new(Scenario::demo())));
+    let connector = Arc::new(Slow {
+        inner: inner.clone(),
+        in_flight: Default::default(),
+        most: Default::default(),
+    });
+    let mut flux = config("ws://x", ListenOptions::default());
+    flux.handshakes = turnflow::flux::client::HandshakeLimit::new(8);
+    let sessions: Vec<_> = (0..200)
+        .map(|_| {
+            let (flux, connector) = (flux.clone(), connector.clone());
+            tokio::spawn(async move { connect(flux, connector).await.map(|(h, _)| h) })
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for session in sessions {
+        handles.push(session.await.unwrap().unwrap());
+    }
+    assert_eq!(connector.most.load(Ordering::SeqCst), 8);
+    drop(handles);
+    inner.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -1087,27 +1224,38 @@ async fn a_server_that_accepts_and_closes_is_not_retried_forever() {
     })
     .await
     .expect("the client gives up");
-    let Some(Err(error @ FluxError::ReconnectFailed { attempts: 5, .. })) = ended else {
+    let Some(Err(error @ FluxError::ReconnectFailed { .. })) = ended else {
         panic!("{ended:?}")
     };
     let message = error.to_string();
     assert!(message.contains("1011 going away"), "{message}");
-    assert!(message.contains("lost within"), "{message}");
+    assert!(message.contains("past the 30s budget"), "{message}");
+    // Connections that die at once do not end the outage: the budget runs from the first loss.
     let connects = connector.connects.lock().unwrap().clone();
-    assert_eq!(
-        connects.len(),
-        6,
-        "the first connection and five reconnects"
-    );
+    assert!(connects[connects.len() - 1] - connects[1] <= Duration::from_secs(30));
     let gaps: Vec<u128> = connects
         .windows(2)
         .map(|w| (w[1] - w[0]).as_millis())
         .collect();
+    // Each delay is drawn below a ceiling that doubles (100 ms, 200 ms, ... 5 s), plus the
+    // few milliseconds each connection lives.
+    for (i, gap) in gaps.iter().enumerate() {
+        let ceiling = (100u128 << i.min(16)).min(5000);
+        assert!(
+            *gap <= ceiling + 10,
+            "gap {i}: {gap} ms over {ceiling}: {gaps:?}"
+        );
+    }
     assert!(
-        gaps.windows(2).all(|g| g[1] > g[0]),
-        "backoff grows across quick failures: {gaps:?}"
+        gaps.iter().any(|g| g % 80 != 0),
+        "attempts start when drawn, not on the 80 ms tick: {gaps:?}"
     );
-    assert!(gaps[4] >= 1600, "{gaps:?}");
+    let early: u128 = gaps[1..4].iter().sum();
+    let late: u128 = gaps[gaps.len() - 3..].iter().sum();
+    assert!(
+        late > early,
+        "the delays grow across quick failures: {gaps:?}"
+    );
 }
 
 /// Sends `messages` on a fresh connection after 3 s of audio and collects the turn events

@@ -331,6 +331,47 @@ impl Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flux_connection_lost_mid_call_is_ridden_through_and_counted() {
+    let s = setup_on(Arc::new(
+        Scenario::parse(
+            r#"{
+              "name": "dropped",
+              "listen": {"eot_threshold": 0.7, "eot_timeout_ms": 5000},
+              "faults": [{"kind": "drop", "at_ms": 300}],
+              "turns": [{"start": {"at_ms": 500}, "say": "What time do you open tomorrow?", "reply": "We open at nine."}]
+            }"#,
+            "inline",
+        )
+        .unwrap(),
+    ));
+    let server = start(s.config).await;
+    let mut client = Client::start(server.addr).await;
+    client.until("ready").await;
+    let conversation = client.until("turn").await;
+    assert!(
+        conversation
+            .iter()
+            .any(|m| m["type"] == "response_ended" && m["heard"] == "We open at nine."),
+        "{conversation:?}"
+    );
+    client.send(FromClient::Stop);
+    client.until("end").await;
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains("turnflow_flux_reconnects_total{outcome=\"reconnected\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("turnflow_flux_reconnects_total{outcome=\"failed\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("turnflow_flux_offline_seconds_total "),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_answered_reports_its_turn_and_ends_when_asked() {
     let s = setup("plain.json");
     let server = start(s.config).await;

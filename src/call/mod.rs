@@ -204,6 +204,12 @@ pub trait CallObserver: Send + Sync {
     fn audio_after_stop(&self, frames: u64) {
         let _ = frames;
     }
+
+    /// How the call's Flux connection fared, at its end: reconnects that succeeded, attempts
+    /// that failed, and the time spent without a connection over the outages it rode through.
+    fn flux_outages(&self, reconnected: u64, failed_attempts: u64, offline: Duration) {
+        let _ = (reconnected, failed_attempts, offline);
+    }
 }
 
 /// How a conversation ended, for metrics and logs.

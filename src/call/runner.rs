@@ -287,6 +287,7 @@ impl Call {
             "conversation started"
         );
 
+        let flux_stats = flux.stats();
         let mut flux = Some(flux);
         let mut closing: Option<tokio::task::JoinHandle<()>> = None;
         let flux_frame_bytes = (u128::from(input.sample_rate)
@@ -544,6 +545,17 @@ impl Call {
         }
         if let Some(r) = recording {
             r.finish(&log, output_rate).await;
+        }
+        if let Some(o) = &observer {
+            let reconnected = flux_stats.reconnects.load(Ordering::Relaxed);
+            let failed = flux_stats.reconnect_failures.load(Ordering::Relaxed);
+            if reconnected + failed > 0 {
+                o.flux_outages(
+                    reconnected,
+                    failed,
+                    Duration::from_millis(flux_stats.offline_ms.load(Ordering::Relaxed)),
+                );
+            }
         }
         if after_stop > 0 {
             if let Some(o) = &observer {

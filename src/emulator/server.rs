@@ -568,6 +568,7 @@ impl Connector for MemoryEmulator {
             dg_error: Some(r.dg_error),
             body: r.body,
             request_id: Some(request_id.clone()),
+            retry_after: None,
         })?;
         let (client, server) = channel_pair(64, Some(request_id.clone()));
         let span = info_span!("emulator", request_id = %request_id);

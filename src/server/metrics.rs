@@ -101,6 +101,9 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<Refusal, u64>>,
     turns: AtomicU64,
     audio_after_stop: AtomicU64,
+    flux_reconnected: AtomicU64,
+    flux_reconnect_failed: AtomicU64,
+    flux_offline_ms: AtomicU64,
     speculation: Mutex<BTreeMap<&'static str, u64>>,
     provider_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
     heard_clock: Mutex<BTreeMap<&'static str, u64>>,
@@ -121,6 +124,9 @@ impl Default for Metrics {
             refused: Mutex::default(),
             turns: AtomicU64::new(0),
             audio_after_stop: AtomicU64::new(0),
+            flux_reconnected: AtomicU64::new(0),
+            flux_reconnect_failed: AtomicU64::new(0),
+            flux_offline_ms: AtomicU64::new(0),
             speculation: Mutex::default(),
             provider_errors: Mutex::default(),
             heard_clock: Mutex::default(),
@@ -205,6 +211,22 @@ impl Metrics {
         self.audio_after_stop.fetch_add(frames, Ordering::Relaxed);
     }
 
+    /// A call's Flux connection reconnected `reconnected` times, failed `failed_attempts`
+    /// attempts, and was away for `offline` over the outages it rode through.
+    pub(crate) fn flux_outages(
+        &self,
+        reconnected: u64,
+        failed_attempts: u64,
+        offline: std::time::Duration,
+    ) {
+        self.flux_reconnected
+            .fetch_add(reconnected, Ordering::Relaxed);
+        self.flux_reconnect_failed
+            .fetch_add(failed_attempts, Ordering::Relaxed);
+        self.flux_offline_ms
+            .fetch_add(offline.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// Audio frames clients sent after their `stop`, dropped, so far.
     pub fn audio_dropped_after_stop(&self) -> u64 {
         self.audio_after_stop.load(Ordering::Relaxed)
@@ -276,6 +298,17 @@ impl Metrics {
             out,
             "# HELP turnflow_audio_dropped_after_stop_total Audio frames a client sent after its stop, dropped.\n# TYPE turnflow_audio_dropped_after_stop_total counter\nturnflow_audio_dropped_after_stop_total {}",
             self.audio_dropped_after_stop()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_flux_reconnects_total Flux reconnect attempts of ended calls, by outcome.\n# TYPE turnflow_flux_reconnects_total counter\nturnflow_flux_reconnects_total{{outcome=\"reconnected\"}} {}\nturnflow_flux_reconnects_total{{outcome=\"failed\"}} {}",
+            self.flux_reconnected.load(Ordering::Relaxed),
+            self.flux_reconnect_failed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnflow_flux_offline_seconds_total Time ended calls spent without Flux, over the outages they rode through.\n# TYPE turnflow_flux_offline_seconds_total counter\nturnflow_flux_offline_seconds_total {:.3}",
+            self.flux_offline_ms.load(Ordering::Relaxed) as f64 / 1000.0
         );
         let _ = writeln!(
             out,

@@ -108,4 +108,9 @@ impl CallObserver for Reporting {
     fn audio_after_stop(&self, frames: u64) {
         self.metrics.audio_after_stop(frames);
     }
+
+    fn flux_outages(&self, reconnected: u64, failed_attempts: u64, offline: Duration) {
+        self.metrics
+            .flux_outages(reconnected, failed_attempts, offline);
+    }
 }

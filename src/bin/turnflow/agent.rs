@@ -65,6 +65,10 @@ pub(crate) struct AgentArgs {
     /// Another Flux endpoint (regional host, proxy, self-hosted).
     #[arg(long)]
     flux_url: Option<String>,
+    /// How long a Flux outage may last before the session gives up (`30s`, `2m`): reconnects
+    /// are retried with jittered backoff until then.
+    #[arg(long, value_parser = crate::parse_duration)]
+    flux_reconnect_budget: Option<Duration>,
 }
 
 /// Where the user's turns come from.
@@ -209,6 +213,12 @@ impl Agent {
         } else {
             let mut flux = FluxConfig::new(options.clone());
             flux.api_key = api_key.map(ApiKey::new);
+            if let Some(budget) = args
+                .flux_reconnect_budget
+                .or(file.stt.reconnect_budget_ms.map(Duration::from_millis))
+            {
+                flux.reconnect.budget = budget;
+            }
             if let Some(url) = args.flux_url.clone().or(file.stt.url.clone()) {
                 flux = flux.with_base_url(url);
             }
@@ -252,6 +262,7 @@ pub(crate) struct SttConfig {
     pub eager_eot_threshold: Option<f64>,
     pub eot_threshold: Option<f64>,
     pub eot_timeout_ms: Option<u64>,
+    pub reconnect_budget_ms: Option<u64>,
     #[serde(default)]
     pub keyterms: Vec<String>,
 }

@@ -1,6 +1,9 @@
 //! What the client connects to and how it stays connected.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::flux::options::ListenOptions;
 use crate::net::ApiKey;
@@ -12,15 +15,20 @@ pub const DEEPGRAM_BASE_URL: &str = "wss://api.deepgram.com";
 /// The environment variable the API key is read from.
 pub const API_KEY_ENV: &str = "DEEPGRAM_API_KEY";
 
-/// How the client reconnects after a dropped connection.
+/// How the client reconnects after a dropped connection: for a time budget, each attempt after
+/// a random delay below a ceiling that doubles per attempt ("full jitter"), so sessions that
+/// lost the service together come back spread out.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReconnectPolicy {
-    /// Attempts before giving up (0 disables reconnecting).
+    /// How long an outage may last before the session gives up, from the moment the connection
+    /// was lost (a reconnect that dies within `stable_after` does not end the outage).
+    pub budget: Duration,
+    /// Attempts before giving up, whatever the budget (0 disables reconnecting).
     pub max_attempts: u32,
-    /// Delay before the first attempt; doubles per attempt.
+    /// Ceiling of the first attempt's delay; the ceiling doubles per attempt.
     pub initial_backoff: Duration,
-    /// Longest delay between attempts.
+    /// Highest ceiling.
     pub max_backoff: Duration,
     /// A connection that lasted this long was healthy: the next drop starts counting attempts
     /// afresh. Shorter ones (a server that accepts and closes at once) count as failed
@@ -31,7 +39,8 @@ pub struct ReconnectPolicy {
 impl Default for ReconnectPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 5,
+            budget: Duration::from_secs(30),
+            max_attempts: u32::MAX,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             stable_after: Duration::from_secs(10),
@@ -40,11 +49,59 @@ impl Default for ReconnectPolicy {
 }
 
 impl ReconnectPolicy {
-    pub(super) fn backoff(&self, attempt: u32) -> Duration {
+    /// The ceiling of attempt `attempt`'s delay (1-based).
+    pub(super) fn ceiling(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
         self.initial_backoff
             .saturating_mul(factor)
             .min(self.max_backoff)
+    }
+
+    /// The delay before attempt `attempt`: `dice` (uniform over `u64`) scaled into
+    /// `0..=ceiling`, at least what the server asked for (`Retry-After`).
+    pub(super) fn delay(&self, attempt: u32, dice: u64, asked: Option<Duration>) -> Duration {
+        let ceiling = self.ceiling(attempt);
+        let jittered = ceiling.mul_f64(dice as f64 / u64::MAX as f64);
+        asked.map_or(jittered, |asked| jittered.max(asked))
+    }
+}
+
+/// Uniform random bits for the reconnect dice, from the operating system's generator (the
+/// one `uuid` draws on), so processes started together do not share a sequence.
+pub(super) fn dice() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+/// A limit on Flux handshakes in flight, shared by every session that holds a clone: a
+/// recovering service meets at most this many at once. [`FluxConfig::new`] takes the
+/// process's ([`DEFAULT_HANDSHAKES_IN_FLIGHT`]).
+#[derive(Debug, Clone)]
+pub struct HandshakeLimit(Arc<Semaphore>);
+
+/// How many Flux handshakes a process runs at once by default.
+pub const DEFAULT_HANDSHAKES_IN_FLIGHT: usize = 32;
+
+impl HandshakeLimit {
+    /// A limit of its own, of `in_flight` handshakes (at least one).
+    pub fn new(in_flight: usize) -> Self {
+        Self(Arc::new(Semaphore::new(in_flight.max(1))))
+    }
+
+    /// The process-wide limit.
+    pub fn process() -> Self {
+        static PROCESS: OnceLock<HandshakeLimit> = OnceLock::new();
+        PROCESS
+            .get_or_init(|| HandshakeLimit::new(DEFAULT_HANDSHAKES_IN_FLIGHT))
+            .clone()
+    }
+
+    /// Waits for a place; the handshake holds it until the permit is dropped.
+    pub(super) async fn enter(&self) -> OwnedSemaphorePermit {
+        self.0
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the limit's semaphore is never closed")
     }
 }
 
@@ -77,12 +134,15 @@ pub struct FluxConfig {
     pub silent_server_timeout: Duration,
     /// Treat the connection as lost when the server has not read a frame for this long.
     pub writer_stall_timeout: Duration,
-    /// Most audio of an open turn kept for replay after a reconnect.
+    /// Most audio kept for replay after a reconnect: of an open turn, or of all that was sent
+    /// while the service was away.
     pub replay_limit: Duration,
     /// Bound for each step of [`FluxHandle::close`](super::FluxHandle::close).
     pub close_timeout: Duration,
     /// Reconnect behaviour.
     pub reconnect: ReconnectPolicy,
+    /// Handshakes in flight, shared across sessions (the process's by default).
+    pub handshakes: HandshakeLimit,
 }
 
 impl FluxConfig {
@@ -104,6 +164,7 @@ impl FluxConfig {
             replay_limit: Duration::from_secs(30),
             close_timeout: Duration::from_secs(3),
             reconnect: ReconnectPolicy::default(),
+            handshakes: HandshakeLimit::process(),
         }
     }
 

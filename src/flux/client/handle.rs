@@ -31,6 +31,10 @@ pub struct ClientStats {
     pub silence_frames: AtomicU64,
     /// Successful reconnects.
     pub reconnects: AtomicU64,
+    /// Reconnect attempts that failed.
+    pub reconnect_failures: AtomicU64,
+    /// Milliseconds spent without a connection, over the outages that ended in a reconnect.
+    pub offline_ms: AtomicU64,
     /// Audio frames sent (including replays and silence).
     pub audio_frames_sent: AtomicU64,
 }

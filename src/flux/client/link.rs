@@ -57,6 +57,8 @@ pub(super) async fn open_link(
         url: config.url_for(&options),
         api_key: config.api_key.clone(),
     };
+    // Held until `Connected`: the upgrade and the wait are the handshake the limit bounds.
+    let _place = config.handshakes.enter().await;
     let mut connection = tokio::time::timeout(config.connect_timeout, connector.connect(&request))
         .await
         .map_err(|_| {

@@ -34,7 +34,10 @@ mod handle;
 mod link;
 mod supervisor;
 
-pub use config::{API_KEY_ENV, DEEPGRAM_BASE_URL, FluxConfig, ReconnectPolicy};
+pub use config::{
+    API_KEY_ENV, DEEPGRAM_BASE_URL, DEFAULT_HANDSHAKES_IN_FLIGHT, FluxConfig, HandshakeLimit,
+    ReconnectPolicy,
+};
 pub use handle::{
     ClientStats, FluxEvent, FluxEventKind, FluxEvents, FluxHandle, FluxSender, TurnUpdate,
 };
@@ -114,12 +117,46 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn delays_are_drawn_below_a_ceiling_that_doubles_up_to_the_cap() {
         let p = ReconnectPolicy::default();
-        assert_eq!(p.backoff(1), Duration::from_millis(100));
-        assert_eq!(p.backoff(2), Duration::from_millis(200));
-        assert_eq!(p.backoff(4), Duration::from_millis(800));
-        assert_eq!(p.backoff(30), Duration::from_secs(5));
+        assert_eq!(p.ceiling(1), Duration::from_millis(100));
+        assert_eq!(p.ceiling(2), Duration::from_millis(200));
+        assert_eq!(p.ceiling(4), Duration::from_millis(800));
+        assert_eq!(p.ceiling(30), Duration::from_secs(5));
+        assert_eq!(p.delay(4, 0, None), Duration::ZERO);
+        assert_eq!(p.delay(4, u64::MAX, None), Duration::from_millis(800));
+        assert_eq!(p.delay(4, u64::MAX / 2, None).as_millis(), 400);
+        // What the server asked for is the least.
+        assert_eq!(
+            p.delay(1, u64::MAX, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+    }
+
+    #[test]
+    fn sessions_that_lose_flux_together_come_back_spread_out() {
+        // 200 sessions' sixth attempts (ceiling 3.2 s), from the real dice: spread over the
+        // window, not bunched (a fixed doubling put all of them in the same millisecond).
+        let p = ReconnectPolicy::default();
+        let mut delays: Vec<u128> = (0..200)
+            .map(|_| p.delay(6, config::dice(), None).as_millis())
+            .collect();
+        delays.sort_unstable();
+        assert!(delays.iter().all(|d| *d <= 3200));
+        let distinct = {
+            let mut d = delays.clone();
+            d.dedup();
+            d.len()
+        };
+        // 200 draws over 3201 milliseconds: about 6 collide by chance; 30 would be a herd.
+        assert!(distinct >= 170, "{distinct} distinct of 200");
+        let in_each_quarter: Vec<usize> = (0..4)
+            .map(|q| delays.iter().filter(|d| **d / 801 == q).count())
+            .collect();
+        assert!(
+            in_each_quarter.iter().all(|n| *n >= 25),
+            "{in_each_quarter:?}"
+        );
     }
 
     #[test]

@@ -15,8 +15,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::flux::continuity::{AudioLedger, Chunker, ReplayBuffer, TurnTracker};
 use crate::flux::messages::{ClientMessage, Configure, ServerMessage, TurnEvent};
 use crate::flux::options::{Encoding, ListenOptions};
-use crate::ws::{Connector, WireFrame};
+use crate::ws::{ConnectError, Connector, WireFrame};
 
+use super::config::dice;
 use super::handle::Command;
 use super::link::{
     Connecting, FromFlux, Link, connect_result, next_inbound, open_link, writer_room,
@@ -97,6 +98,8 @@ pub async fn connect(
         connecting: None,
         connected_at: now,
         failed_in_a_row: 0,
+        outage_since: None,
+        lost_at: now,
         last_source_audio: now,
         last_audio_sent: now,
         last_sent: now,
@@ -158,6 +161,11 @@ struct Supervisor {
     connected_at: Instant,
     /// Reconnect attempts that failed, or connections that died before `stable_after`.
     failed_in_a_row: u32,
+    /// When the outage in progress began (the budget counts from it); `None` once a
+    /// connection has lasted `stable_after`.
+    outage_since: Option<Instant>,
+    /// When the last connection was lost.
+    lost_at: Instant,
     bytes_per_second: Option<f64>,
     frame_bytes: usize,
     chunker: Chunker,
@@ -197,6 +205,14 @@ impl Supervisor {
             // Audio waits in the caller's queue (backpressure) while the writer is behind.
             let accepting = matches!(self.phase, Phase::Running | Phase::Reconnecting { .. })
                 && self.outbox.len() < OUTBOX_LIMIT;
+            // The attempt starts at its drawn instant, not the next tick: ticks would put every
+            // session's attempts back on an 80 ms grid.
+            let retry_at = match &self.phase {
+                Phase::Reconnecting { retry_at, .. } if self.connecting.is_none() => {
+                    Some(*retry_at)
+                }
+                _ => None,
+            };
             let backlog = (!self.outbox.is_empty())
                 .then(|| self.link.as_ref().map(|l| l.to_writer.clone()))
                 .flatten();
@@ -228,6 +244,10 @@ impl Supervisor {
                     }
                     None => Flow::Stop,
                 },
+                () = async { tokio::time::sleep_until(retry_at.expect("guarded")).await }, if retry_at.is_some() => {
+                    self.start_reconnect();
+                    Flow::Continue
+                }
                 _ = tick.tick() => self.on_tick().await,
             };
             if let Flow::Stop = flow {
@@ -331,8 +351,10 @@ impl Supervisor {
             self.audio_time = end;
             self.audio_since_inbound += end - start;
             self.ledger.record(end, now);
-            self.replay
-                .push(start, end, &frame, self.tracker.turn_open());
+            // While the service is away everything is kept (up to the turn limit): a turn the
+            // caller starts during the outage reaches the next connection.
+            let keep = self.tracker.turn_open() || !matches!(self.phase, Phase::Running);
+            self.replay.push(start, end, &frame, keep);
         }
         self.last_audio_sent = now;
         if matches!(self.phase, Phase::Running) {
@@ -516,8 +538,11 @@ impl Supervisor {
         self.outbox.clear();
         self.outbox_blocked_since = None;
         let policy = self.config.reconnect.clone();
-        if Instant::now().duration_since(self.connected_at) >= policy.stable_after {
+        let now = Instant::now();
+        self.lost_at = now;
+        if now.duration_since(self.connected_at) >= policy.stable_after {
             self.failed_in_a_row = 0;
+            self.outage_since = None;
         } else if self.failed_in_a_row > 0 {
             // The last reconnect "succeeded" but did not last: it counts as a failure.
             info!(
@@ -537,8 +562,18 @@ impl Supervisor {
             };
             return self.give_up(reason, self.failed_in_a_row, last_error).await;
         }
+        let since = *self.outage_since.get_or_insert(now);
+        let delay = policy.delay(attempt, dice(), None);
+        if now + delay > since + policy.budget {
+            let last_error = format!(
+                "the service has been away for {:?}, past the {:?} budget",
+                now.duration_since(since),
+                policy.budget
+            );
+            return self.give_up(reason, self.failed_in_a_row, last_error).await;
+        }
         self.emit(
-            Instant::now(),
+            now,
             FluxEventKind::Reconnecting {
                 reason: reason.clone(),
             },
@@ -546,7 +581,7 @@ impl Supervisor {
         .await;
         self.phase = Phase::Reconnecting {
             attempt,
-            retry_at: Instant::now() + policy.backoff(attempt),
+            retry_at: now + delay,
             reason,
         };
         Flow::Continue
@@ -599,8 +634,12 @@ impl Supervisor {
         let (attempt, reason) = (*attempt, std::mem::take(reason));
         match result {
             Ok((link, request_id)) => {
-                info!(%request_id, attempt, replay_seconds = self.replay.duration(), "flux reconnected");
+                let offline = Instant::now().duration_since(self.lost_at);
+                info!(%request_id, attempt, offline_ms = offline.as_millis() as u64, replay_seconds = self.replay.duration(), "flux reconnected");
                 self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .offline_ms
+                    .fetch_add(offline.as_millis() as u64, Ordering::Relaxed);
                 self.link = Some(link);
                 self.failed_in_a_row = attempt;
                 self.acked = self.desired.clone();
@@ -633,14 +672,33 @@ impl Supervisor {
                     FluxError::ConnectedTimeout(_) => true,
                     _ => false,
                 };
+                let asked = match &error {
+                    FluxError::Connect(ConnectError::Handshake { retry_after, .. }) => *retry_after,
+                    _ => None,
+                };
                 warn!(error = %crate::text::Untrusted(&error.to_string()), attempt, "flux reconnect failed");
+                self.stats
+                    .reconnect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 self.failed_in_a_row = attempt;
-                if !retryable || attempt >= self.config.reconnect.max_attempts {
+                let policy = &self.config.reconnect;
+                if !retryable || attempt >= policy.max_attempts {
                     return self.give_up(reason, attempt, error.to_string()).await;
+                }
+                let now = Instant::now();
+                let since = *self.outage_since.get_or_insert(self.lost_at);
+                let delay = policy.delay(attempt + 1, dice(), asked);
+                if now + delay > since + policy.budget {
+                    let last_error = format!(
+                        "{error}; the service has been away for {:?}, past the {:?} budget",
+                        now.duration_since(since),
+                        policy.budget
+                    );
+                    return self.give_up(reason, attempt, last_error).await;
                 }
                 self.phase = Phase::Reconnecting {
                     attempt: attempt + 1,
-                    retry_at: Instant::now() + self.config.reconnect.backoff(attempt + 1),
+                    retry_at: now + delay,
                     reason,
                 };
                 Flow::Continue
