@@ -22,8 +22,8 @@ pub use event::EngineEvent;
 pub use playout::{AudioSink, Interrupter};
 pub use response::{Presynthesis, ResponseOptions};
 pub use session::{
-    Backends, Prompter, ReplyTally, SessionConfig, SessionError, SessionHandle, SessionOutcome,
-    TurnEvents, start_session,
+    Backends, OutageLines, Prompter, ReplyTally, SessionConfig, SessionError, SessionHandle,
+    SessionOutcome, TurnEvents, start_session,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use turn::{BargeInPolicy, CancelReason, MachineConfig, Prompt, ResponseId};

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::log::{EventLog, LogKind};
 use super::playout::{AudioSink, Heard, Interrupter, PlayoutCommand, PlayoutEvent, run_playout};
@@ -52,6 +52,34 @@ pub struct SessionConfig {
     pub response: ResponseOptions,
     /// Entries the event log keeps in memory (see [`EventLog::subscribe`] for all of them).
     pub log_limit: usize,
+    /// What the agent says while the speech-to-text service is away.
+    pub outage: OutageLines,
+}
+
+/// What the agent says when the service that hears the user is away: one line once the
+/// reconnect has taken `trouble_after` (said over the user, who cannot be heard anyway), and
+/// one when the service is given up on, before the session ends. `None` says nothing.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OutageLines {
+    /// Said once per outage, `trouble_after` into it.
+    pub trouble: Option<String>,
+    /// How long an outage lasts before `trouble` is said.
+    pub trouble_after: Duration,
+    /// Said when the service is given up on; the session ends after it.
+    pub goodbye: Option<String>,
+}
+
+impl Default for OutageLines {
+    fn default() -> Self {
+        Self {
+            trouble: Some("Sorry, I'm having trouble hearing you. One moment.".into()),
+            trouble_after: Duration::from_secs(2),
+            goodbye: Some(
+                "Sorry, I can't hear you right now. Please try again in a little while.".into(),
+            ),
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -60,6 +88,7 @@ impl Default for SessionConfig {
             machine: MachineConfig::default(),
             response: ResponseOptions::default(),
             log_limit: super::log::DEFAULT_LOG_LIMIT,
+            outage: OutageLines::default(),
         }
     }
 }
@@ -290,6 +319,9 @@ pub fn start_session(
         history: history.clone(),
         last_logged_words: None,
         interrupter,
+        outage: config.outage,
+        trouble_at: None,
+        away: false,
     };
     let task = tokio::spawn(
         driver
@@ -337,6 +369,12 @@ struct Driver {
     last_logged_words: Option<(u64, String)>,
     /// The sink's own way to cut the listener off at a barge-in, ahead of playout.
     interrupter: Option<Arc<dyn Interrupter>>,
+    outage: OutageLines,
+    /// When the outage's trouble line is due; `None` while the service is there or once it
+    /// was said.
+    trouble_at: Option<Instant>,
+    /// The speech-to-text service is away (reconnecting).
+    away: bool,
 }
 
 fn user_event(event: &TurnEvent) -> Option<UserEvent> {
@@ -370,6 +408,7 @@ impl Driver {
                 break;
             }
             let timer = self.timer;
+            let trouble_at = self.trouble_at;
             let expiry = async move {
                 match timer {
                     Some((at, generation)) => {
@@ -397,6 +436,13 @@ impl Driver {
                 Some(report) = reports.recv() => self.on_report(report).await,
                 Some(prompt) = prompts.recv(), if flux_open => self.step(Input::Prompt(prompt)).await,
                 Some(_) = self.reaper.join_next(), if !self.reaper.is_empty() => {}
+                () = async { tokio::time::sleep_until(trouble_at.expect("guarded")).await }, if trouble_at.is_some() => {
+                    self.trouble_at = None;
+                    if let Some(line) = self.outage.trouble.clone() {
+                        info!("speech to text away for {:?}; telling the user", self.outage.trouble_after);
+                        self.step(Input::Prompt(Prompt::Notice(line))).await;
+                    }
+                }
                 generation = expiry => {
                     self.timer = None;
                     self.step(Input::FalseInterruptionTimeout(generation)).await;
@@ -407,6 +453,11 @@ impl Driver {
                         warn!(error = %crate::text::Untrusted(&e.to_string()), "flux stream failed; the session ends");
                         error = Some(SessionError::Flux(e));
                         flux_open = false;
+                        self.trouble_at = None;
+                        // The session ends once the goodbye has been said.
+                        if let Some(line) = self.outage.goodbye.clone() {
+                            self.step(Input::Prompt(Prompt::Notice(line))).await;
+                        }
                     }
                     None => flux_open = false,
                 },
@@ -433,8 +484,21 @@ impl Driver {
     }
 
     async fn on_flux(&mut self, event: crate::flux::FluxEvent) {
-        let FluxEventKind::Turn(update) = event.kind else {
-            return;
+        let update = match event.kind {
+            FluxEventKind::Turn(update) => update,
+            FluxEventKind::Reconnecting { .. } => {
+                if !self.away {
+                    self.away = true;
+                    self.trouble_at = Some(Instant::now() + self.outage.trouble_after);
+                }
+                return;
+            }
+            FluxEventKind::Connected { .. } => {
+                self.away = false;
+                self.trouble_at = None;
+                return;
+            }
+            _ => return,
         };
         let info = &update.info;
         // An Update that changes nothing (Flux sends one every 240 ms, between turns too)

@@ -144,6 +144,10 @@ pub enum Prompt {
     Line(String),
     /// A reply the language model writes from the conversation so far.
     Reply,
+    /// These words now, even over the user (the service that hears them is away, so their
+    /// words would not be heard anyway); a guess in the works is withdrawn. Not over a reply
+    /// of the agent's own.
+    Notice(String),
 }
 
 /// What the driver must do, in order. After executing a [`Action::Cancel`], the driver
@@ -305,12 +309,23 @@ impl TurnMachine {
 
     /// Speaks first, when nobody is speaking and nothing is being prepared.
     fn prompt(&mut self, prompt: Prompt, out: &mut Vec<Action>) {
-        if self.user != UserState::Idle || self.committed.is_some() || self.speculative.is_some() {
+        let notice = matches!(prompt, Prompt::Notice(_));
+        if self.committed.is_some()
+            || (!notice && (self.user != UserState::Idle || self.speculative.is_some()))
+        {
             return;
+        }
+        if let Some(s) = self.speculative.take() {
+            out.push(Action::Emit(EngineEvent::SpeculationCancelled {
+                turn: s.turn,
+                response: s.id,
+                reason: CancelReason::Superseded,
+            }));
+            self.cancel(s.id, CancelReason::Superseded, out);
         }
         let id = self.new_id();
         let line = match prompt {
-            Prompt::Line(text) => Some(text),
+            Prompt::Line(text) | Prompt::Notice(text) => Some(text),
             Prompt::Reply => None,
         };
         out.push(Action::Start {

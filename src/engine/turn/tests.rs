@@ -750,3 +750,32 @@ fn a_prompt_speaks_first_only_when_nobody_speaks() {
     m.step(user(UserEvent::EndOfTurn, "Hi, book a table."));
     assert_eq!(m.history().len(), 2);
 }
+
+#[test]
+fn a_notice_is_said_over_the_user_but_not_over_a_reply() {
+    let mut m = machine(BargeInPolicy::Immediate);
+    m.step(user(UserEvent::StartOfTurn, "I would like"));
+    let notice = || Input::Prompt(Prompt::Notice("One moment.".into()));
+    let a = m.step(notice());
+    let Some(Action::Start { id, line, .. }) = a
+        .iter()
+        .find(|a| matches!(a, Action::Start { .. }))
+        .cloned()
+    else {
+        panic!("{a:?}")
+    };
+    assert_eq!(line.as_deref(), Some("One moment."));
+    // While it is live, a second one waits its turn (it is dropped).
+    assert!(m.step(notice()).is_empty());
+    m.step(Input::AudioStarted(id));
+    m.step(Input::Ended(
+        id,
+        Outcome::Finished {
+            spoken: "One moment.".into(),
+        },
+    ));
+    assert!(matches!(
+        m.history().last(),
+        Some(Message::Assistant { content, .. }) if content == "One moment."
+    ));
+}
