@@ -459,6 +459,24 @@ async fn a_telnyx_call_with_frames_out_of_order_is_answered() {
     assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
 }
 
+/// A voice at 22.05 kHz (espeak-ng's rate, not a multiple of the line's 8 kHz) is resampled to
+/// the phone line; the call used to end at once with `unsupported_voice`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_at_any_rate_answers_a_phone_call() {
+    let server = start("plain.json", |config| {
+        let scenario = Scenario::load("scenarios/plain.json".as_ref()).unwrap();
+        config.backends.tts = Arc::new(SyntheticTts::new(22050, scenario.tts.clone()));
+    })
+    .await;
+    let heard = phone_call(server.addr, Plan::new(Kind::Twilio, "odd-rate")).await;
+    settled(&server.metrics).await;
+    assert!(heard.agent_ms > 1000, "{heard:?}");
+    let session = server.seen.session_tagged("odd-rate");
+    let events = server.seen.events_of(&session);
+    assert!(events.iter().any(|e| matches!(e, EngineEvent::ResponseEnded { heard, .. } if heard == "We open at nine in the morning.")), "{events:?}");
+    assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
+}
+
 /// A recorded phone call: the caller's µ-law audio decoded to 8 kHz PCM, replayable offline,
 /// and nothing of the carrier's custom parameters (the caller's number) in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,8 @@
 //!
 //! One WebSocket is one call, as for browsers, and it shares the server's sessions, limits,
 //! metrics and drain. The caller's audio (G.711 mu-law, 8 kHz) goes to Flux as it comes, put
-//! back in order first (`reorder`); the agent's audio is low-passed and decimated to 8 kHz
-//! (`resample`), encoded, and sent in 40 ms messages, each followed by a `mark`. The carrier
+//! back in order first (`reorder`); the agent's audio, at whatever rate the voice speaks, is
+//! resampled to 8 kHz (`resample`), encoded, and sent in 40 ms messages, each followed by a `mark`. The carrier
 //! echoes a mark once the audio before it has played, so what the caller heard is known from
 //! the carrier's own playback clock: on barge-in the history keeps exactly the audio up to the
 //! last echoed mark, and `clear` drops the rest at the carrier.
@@ -41,7 +41,7 @@ use crate::flux::Encoding;
 use carrier::{FromCarrier, StreamStart, ToCarrier};
 use line::{LineCutter, Writer};
 use reorder::Reorder;
-use resample::{PHONE_RATE, ToPhone};
+use resample::{PHONE_RATE, Resampler};
 
 /// Agent audio per media message: 40 ms (carriers stutter on tiny chunks).
 const MESSAGE_DURATION: Duration = Duration::from_millis(40);
@@ -50,9 +50,9 @@ const MESSAGE_DURATION: Duration = Duration::from_millis(40);
 /// mu-law encoded, as the agent's voice is sent to a carrier.
 ///
 /// # Errors
-/// `rate` is not a multiple of 8 kHz this line can decimate from (8, 16, 24 or 48 kHz).
+/// A rate of zero, or one too odd to convert from (see the resampler).
 pub fn to_phone_line(speech: &[i16], rate: u32) -> Result<Vec<u8>, String> {
-    let phone = ToPhone::new(rate)?.process(speech);
+    let phone = Resampler::new(rate, PHONE_RATE)?.process(speech);
     Ok(crate::audio::encode(Encoding::Mulaw, &phone))
 }
 
@@ -133,7 +133,7 @@ pub(super) async fn serve(socket: WebSocket, state: Arc<State>) {
 /// What a call's stream knows once it started.
 struct Started {
     out: ToCarrier,
-    to_phone: ToPhone,
+    to_phone: Resampler,
 }
 
 /// A carrier's media stream as a [`Transport`]: JSON text messages both ways, the caller's
@@ -170,7 +170,7 @@ impl PhoneLine {
                 FaultKind::Unsupported,
             ));
         }
-        let to_phone = ToPhone::new(self.voice_rate)
+        let to_phone = Resampler::new(self.voice_rate, PHONE_RATE)
             .map_err(|e| EndError::new("unsupported_voice", e, FaultKind::Internal))?;
         self.call = Some(Started {
             out: ToCarrier::new(start),

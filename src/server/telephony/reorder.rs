@@ -25,13 +25,23 @@ impl Reorder {
         let Some(chunk) = chunk else {
             return vec![audio];
         };
-        let next = *self.next.get_or_insert(u128::from(chunk));
-        if u128::from(chunk) < next || self.pending.contains_key(&chunk) {
+        if self.pending.contains_key(&chunk) || self.next.is_some_and(|n| u128::from(chunk) < n) {
             self.late += 1;
             return Vec::new();
         }
         self.pending.insert(chunk, audio);
         let mut out = Vec::new();
+        if self.next.is_none() {
+            // Carriers number from 1: a stream that opens with frame 2 or 3 waits for the
+            // earlier ones as a gap later does, until they come or the window fills.
+            let first = *self.pending.keys().next().expect("inserted above");
+            if (2..=REORDER_WINDOW as u64 + 1).contains(&first)
+                && self.pending.len() <= REORDER_WINDOW
+            {
+                return out;
+            }
+            self.next = Some(u128::from(first));
+        }
         self.drain(&mut out);
         if self.pending.len() > REORDER_WINDOW {
             let first = u128::from(*self.pending.keys().next().expect("not empty"));
@@ -74,6 +84,28 @@ mod tests {
         assert_eq!(numbers(r.push(Some(2), vec![2])), [2, 3]);
         assert!(r.push(Some(2), vec![2]).is_empty(), "a duplicate");
         assert_eq!(r.late, 1);
+    }
+
+    #[test]
+    fn a_stream_that_opens_with_its_first_two_frames_swapped_loses_neither() {
+        let mut r = Reorder::default();
+        assert!(
+            r.push(Some(2), vec![2]).is_empty(),
+            "frame 1 may still come"
+        );
+        assert_eq!(numbers(r.push(Some(1), vec![1])), [1, 2]);
+        assert_eq!(numbers(r.push(Some(3), vec![3])), [3]);
+        assert_eq!((r.late, r.lost), (0, 0));
+        // Frame 1 never comes: the window decides, and the stream starts at 2.
+        let mut r = Reorder::default();
+        let mut out = Vec::new();
+        for n in 2..=(2 + REORDER_WINDOW as u8) {
+            out.extend(r.push(Some(u64::from(n)), vec![n]));
+        }
+        assert_eq!(
+            numbers(out),
+            (2..=(2 + REORDER_WINDOW as u8)).collect::<Vec<_>>()
+        );
     }
 
     #[test]
