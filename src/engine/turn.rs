@@ -307,7 +307,20 @@ impl TurnMachine {
         out
     }
 
-    /// Speaks first, when nobody is speaking and nothing is being prepared.
+    /// Withdraws the speculative reply, if any, telling the application why.
+    fn withdraw_guess(&mut self, reason: CancelReason, out: &mut Vec<Action>) {
+        if let Some(s) = self.speculative.take() {
+            out.push(Action::Emit(EngineEvent::SpeculationCancelled {
+                turn: s.turn,
+                response: s.id,
+                reason,
+            }));
+            self.cancel(s.id, reason, out);
+        }
+    }
+
+    /// Speaks first, when nobody is speaking and nothing is being prepared; a notice speaks
+    /// over the user and withdraws a guess, but never over a reply.
     fn prompt(&mut self, prompt: Prompt, out: &mut Vec<Action>) {
         let notice = matches!(prompt, Prompt::Notice(_));
         if self.committed.is_some()
@@ -315,14 +328,7 @@ impl TurnMachine {
         {
             return;
         }
-        if let Some(s) = self.speculative.take() {
-            out.push(Action::Emit(EngineEvent::SpeculationCancelled {
-                turn: s.turn,
-                response: s.id,
-                reason: CancelReason::Superseded,
-            }));
-            self.cancel(s.id, CancelReason::Superseded, out);
-        }
+        self.withdraw_guess(CancelReason::Superseded, out);
         let id = self.new_id();
         let line = match prompt {
             Prompt::Line(text) | Prompt::Notice(text) => Some(text),
@@ -442,14 +448,7 @@ impl TurnMachine {
             }
             UserEvent::TurnResumed => {
                 self.user = UserState::Speaking;
-                if let Some(s) = self.speculative.take() {
-                    out.push(Action::Emit(EngineEvent::SpeculationCancelled {
-                        turn: s.turn,
-                        response: s.id,
-                        reason: CancelReason::TurnResumed,
-                    }));
-                    self.cancel(s.id, CancelReason::TurnResumed, out);
-                }
+                self.withdraw_guess(CancelReason::TurnResumed, out);
             }
             UserEvent::EndOfTurn => {
                 self.user = UserState::Idle;
@@ -471,14 +470,7 @@ impl TurnMachine {
         self.speculations_in_turn = 0;
         self.words_seen = 0;
         self.shown.clear();
-        if let Some(s) = self.speculative.take() {
-            out.push(Action::Emit(EngineEvent::SpeculationCancelled {
-                turn: s.turn,
-                response: s.id,
-                reason: CancelReason::Superseded,
-            }));
-            self.cancel(s.id, CancelReason::Superseded, out);
-        }
+        self.withdraw_guess(CancelReason::Superseded, out);
         self.over = self.audible();
         out.push(Action::Emit(EngineEvent::UserStarted {
             turn: self.turn,
