@@ -783,6 +783,29 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
     );
 }
 
+#[test]
+fn serve_speaks_with_flux_tts_offline_on_the_embedded_emulator() {
+    let (mut server, url) = spawn_server(&["--tts", "flux"]);
+    let out = turnflow(&[
+        "load",
+        &url,
+        "--sessions",
+        "1",
+        "--turns",
+        "1",
+        "--ramp",
+        "0",
+        "--wav",
+        "tests/fixtures/book_table_16k.wav",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
+    assert_eq!(summary["turns"], 1, "{summary}");
+    assert_eq!(summary["failed_sessions"], 0, "{summary}");
+    server.kill().unwrap();
+    let _ = server.wait();
+}
+
 /// Runs one caller (`extra` arguments to `load`) who speaks over the agent's first reply, and
 /// checks that both turns completed and that the server sent one `clear`; returns the server's
 /// metrics once the session has ended.

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use turnflow::engine::{
@@ -31,6 +30,17 @@ fn session() -> (
     turnflow::engine::SessionHandle,
     mpsc::Receiver<EngineEvent>,
 ) {
+    session_with(SessionConfig::default())
+}
+
+/// [`session`] with `config`.
+fn session_with(
+    config: SessionConfig,
+) -> (
+    Feed,
+    turnflow::engine::SessionHandle,
+    mpsc::Receiver<EngineEvent>,
+) {
     let scenario = Scenario::demo();
     let (feed, events) = mpsc::unbounded_channel();
     let stream = Box::pin(futures_util::stream::unfold(
@@ -43,7 +53,7 @@ fn session() -> (
         tools: None,
     };
     let (session, app_events) = start_session(
-        SessionConfig::default(),
+        config,
         stream,
         backends,
         Box::new(Speaker),
@@ -145,27 +155,10 @@ async fn a_service_given_up_on_gets_a_goodbye_before_the_session_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn lines_set_to_none_say_nothing() {
-    let scenario = Scenario::demo();
-    let (feed, events) = mpsc::unbounded_channel();
-    let stream = Box::pin(futures_util::stream::unfold(
-        events,
-        |mut events| async move { events.recv().await.map(|event| (event, events)) },
-    ));
     let mut config = SessionConfig::default();
     config.outage.trouble = None;
     config.outage.goodbye = None;
-    let (session, mut app_events) = start_session(
-        config,
-        stream.boxed(),
-        Backends {
-            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
-            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
-            tools: None,
-        },
-        Box::new(Speaker),
-        CancellationToken::new(),
-    );
-    let feed: Feed = feed;
+    let (feed, session, mut app_events) = session_with(config);
     feed.send(event(FluxEventKind::Reconnecting {
         reason: "lost".into(),
     }))

@@ -154,7 +154,8 @@ mod tests {
             .map(|q| delays.iter().filter(|d| **d / 801 == q).count())
             .collect();
         assert!(
-            in_each_quarter.iter().all(|n| *n >= 25),
+            // 50 expected in each; 20 is five standard deviations below.
+            in_each_quarter.iter().all(|n| *n >= 20),
             "{in_each_quarter:?}"
         );
     }
