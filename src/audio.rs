@@ -1,10 +1,13 @@
-//! PCM audio: frames, G.711 (mu-law, A-law) codecs, sample decoding and WAV in and out.
+//! PCM audio: frames, G.711 (mu-law, A-law) codecs, sample decoding, WAV in and out, and
+//! conversion between sample rates (`resample`).
 //!
 //! Internally turnflow moves 16-bit mono PCM; encodings only matter at the Flux edge (what we
 //! send, what the emulator decodes) and in files.
 
 use std::io::Write;
 use std::path::Path;
+
+pub(crate) mod resample;
 
 /// Raw audio encodings: what a caller sends, what Flux takes (its spelling is `as_str`, parsed
 /// with Flux's validation in `flux::options`).

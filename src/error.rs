@@ -57,6 +57,8 @@ pub enum ErrorKind {
     EmptyReply,
     /// The backend's code panicked.
     Panicked,
+    /// Not asked: the provider failed every request recently and its breaker is open.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -84,6 +86,7 @@ impl ErrorKind {
             "timeout" => ErrorKind::Timeout,
             "empty_reply" => ErrorKind::EmptyReply,
             "panicked" => ErrorKind::Panicked,
+            "unavailable" => ErrorKind::Unavailable,
             _ => return None,
         })
     }
@@ -100,6 +103,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::EmptyReply => "empty_reply",
             ErrorKind::Panicked => "panicked",
+            ErrorKind::Unavailable => "unavailable",
         }
     }
 }
@@ -175,6 +179,7 @@ impl BackendError {
             ErrorKind::Timeout => "the provider did not answer in time",
             ErrorKind::EmptyReply => "the reply was empty",
             ErrorKind::Panicked => "the backend failed",
+            ErrorKind::Unavailable => "the provider is down and not being asked for now",
         };
         Self {
             message: message.to_owned(),

@@ -54,7 +54,7 @@
 //!
 //! | layer | module | role |
 //! |---|---|---|
-//! | 0 | `text` (internal), [`error`], `failover` (internal), [`net`], [`audio`] | text helpers (outside text escaped and cut short for logs); the typed error of a model or voice (kind, HTTP status, whether to retry) and the failover loop the model and voice chains share; API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client; PCM, encodings, G.711, WAV |
+//! | 0 | `text` (internal), [`error`], [`failover`], [`net`], [`audio`] | text helpers (outside text escaped and cut short for logs); the typed error of a model or voice (kind, HTTP status, whether to retry) and the failover loop and circuit breakers the model and voice chains share; API keys, the refusal of unencrypted transports to remote hosts, TLS and the HTTP client; PCM, encodings, G.711, WAV |
 //! | 1 | [`ws`] | WebSocket connections as frames (real, or in-memory channels) behind one [`ws::Connector`] trait: Flux's two sockets and Aura's |
 //! | 2 | [`flux`] | Flux `/v2/listen`: wire types, listen options and the client (which keeps the open turn's audio packed losslessly for a reconnect); `/v2/speak`'s messages and query both ways ([`flux::speak`]) |
 //! | 3 | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies, faults ([`scenario::FaultSpec`]) |
@@ -103,7 +103,7 @@ pub mod call;
 pub mod emulator;
 pub mod engine;
 pub mod error;
-pub(crate) mod failover;
+pub mod failover;
 pub mod flux;
 pub mod lab;
 pub mod llm;

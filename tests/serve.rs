@@ -17,7 +17,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
 use turnflow::engine::Backends;
 use turnflow::flux::{Connector, Encoding, FluxConfig, ListenOptions};
-use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
+use turnflow::llm::scripted::Fault;
+use turnflow::llm::{FailoverLlm, LanguageModel, LlmError, LlmRequest, LlmStream, ScriptedLlm};
 use turnflow::scenario::Scenario;
 use turnflow::server::metrics::SessionEnd;
 use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Played, Start, ToClient};
@@ -372,6 +373,43 @@ async fn a_flux_connection_lost_mid_call_is_ridden_through_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_breaker_opened_shows_down_on_metrics() {
+    let mut s = setup("plain.json");
+    let mut down = ScriptedLlm::from_scenario(&scenario("plain.json"));
+    for call in 0..2 {
+        down = down.fail_call(call, Fault::Reject(503));
+    }
+    let mut chain = FailoverLlm::new(vec![Arc::new(down)]);
+    chain.trip_after = Duration::ZERO;
+    s.config.backends.llm = Arc::new(chain);
+    let server = start(s.config).await;
+    let (_, before) = server.get("/metrics").await;
+    assert!(
+        before.contains("turnflow_provider_up{kind=\"llm\",provider=\"scripted\"} 1"),
+        "{before}"
+    );
+    let mut client = Client::start(server.addr).await;
+    client.until("ready").await;
+    let conversation = client.until("turn").await;
+    assert!(
+        conversation.iter().any(|m| m["type"] == "response_ended"
+            && m["heard"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("Sorry, I'm having trouble"))),
+        "{conversation:?}"
+    );
+    let (_, after) = server.get("/metrics").await;
+    assert!(
+        after.contains("turnflow_provider_up{kind=\"llm\",provider=\"scripted\"} 0"),
+        "{after}"
+    );
+    assert!(
+        !after.contains("kind=\"tts\""),
+        "a voice outside a chain has no breaker to show"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_answered_reports_its_turn_and_ends_when_asked() {
     let s = setup("plain.json");
     let server = start(s.config).await;
@@ -579,7 +617,7 @@ async fn a_barge_in_clears_the_client_and_keeps_what_it_played() {
         prompt.starts_with(&behind) && behind.len() < prompt.len(),
         "half a second behind hears less: {behind:?} vs {prompt:?}"
     );
-    let text = server.metrics.render(true);
+    let text = server.metrics.render(true, &[]);
     assert!(
         text.contains("turnflow_clear_sent_seconds_count 2"),
         "{text}"

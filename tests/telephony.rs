@@ -428,7 +428,7 @@ async fn a_twilio_call_is_answered_cleared_on_barge_in_and_keeps_what_the_carrie
         [(prompt.clone(), "7".to_owned())]
     );
     assert_eq!(server.metrics.sessions(SessionEnd::Completed), 2);
-    let text = server.metrics.render(true);
+    let text = server.metrics.render(true, &[]);
     assert!(
         text.contains("turnflow_heard_clock_total{clock=\"carrier_marks\"} 2"),
         "{text}"

@@ -31,7 +31,7 @@ use super::segment::SentenceSplitter;
 use super::turn::ResponseId;
 use crate::error::{BackendError, ErrorKind};
 use crate::llm::{LanguageModel, LlmChunk, LlmRequest, Message, ToolEffect, ToolExecutor};
-use crate::tts::SpeechSynthesizer;
+use crate::tts::{SpeechSynthesizer, StoredSpeech};
 
 /// What a speculative response synthesizes before it is promoted.
 ///
@@ -61,6 +61,10 @@ pub struct ResponseOptions {
     pub presynthesis: Presynthesis,
     /// Spoken when a backend fails.
     pub fallback_line: String,
+    /// The fallback line rendered ahead ([`StoredSpeech::render`]): played from memory, so it
+    /// is heard at once even when the voice is what failed. `None`: the voice is asked for
+    /// the line when it is needed. Used only when its rate is the voice's.
+    pub stored_fallback: Option<Arc<StoredSpeech>>,
     /// Give up on the LLM when its first chunk has not arrived this long after the request
     /// (headers included: a server that never answers is bounded too).
     pub llm_ttft_timeout: Duration,
@@ -85,6 +89,7 @@ impl Default for ResponseOptions {
         Self {
             presynthesis: Presynthesis::default(),
             fallback_line: "Sorry, I'm having trouble right now. Could you say that again?".into(),
+            stored_fallback: None,
             llm_ttft_timeout: Duration::from_secs(5),
             llm_stall_timeout: Duration::from_secs(5),
             tts_ttfb_timeout: Duration::from_secs(3),
@@ -597,11 +602,19 @@ async fn speak(
             });
             return;
         }
-        let fallback = ctx.options.fallback_line.clone();
-        if matches!(
-            synthesize(id, index, &fallback, ctx, &gate, &mut delivery, token).await,
-            Synthesis::Cancelled
-        ) {
+        let stored = ctx
+            .options
+            .stored_fallback
+            .as_ref()
+            .filter(|s| s.sample_rate == ctx.tts.sample_rate());
+        let said = match stored {
+            Some(stored) => play_stored(id, stored, &gate, &mut delivery, token).await,
+            None => {
+                let fallback = ctx.options.fallback_line.clone();
+                synthesize(id, index, &fallback, ctx, &gate, &mut delivery, token).await
+            }
+        };
+        if matches!(said, Synthesis::Cancelled) {
             return;
         }
     }
@@ -620,6 +633,39 @@ enum Synthesis {
     Done,
     Cancelled,
     Failed(BackendError),
+}
+
+/// Plays a line kept in memory as one sentence.
+async fn play_stored(
+    id: ResponseId,
+    stored: &StoredSpeech,
+    gate: &watch::Receiver<bool>,
+    delivery: &mut Delivery<'_>,
+    token: &CancellationToken,
+) -> Synthesis {
+    let open = *gate.borrow();
+    let commands = [
+        PlayoutCommand::Sentence {
+            id,
+            text: stored.text.clone(),
+        },
+        PlayoutCommand::Audio {
+            id,
+            samples: stored.samples.clone(),
+            words: stored.words.clone(),
+        },
+    ];
+    for command in commands {
+        let delivered = tokio::select! {
+            biased;
+            _ = token.cancelled() => return Synthesis::Cancelled,
+            ok = delivery.send(command, open) => ok,
+        };
+        if !delivered {
+            return Synthesis::Cancelled;
+        }
+    }
+    Synthesis::Done
 }
 
 /// The most audio a sentence may take, in samples: 10 s plus 0.2 s a character, several times

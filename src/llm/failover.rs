@@ -6,7 +6,9 @@
 //! `retry-after`, up to `longest_retry_wait`); a wrong key or a refused request is not retried.
 //! Then the provider is marked unhealthy for `probe_after` and the next one is tried. Once a chunk has been produced nothing is retried: that text may already be
 //! on its way to the user. An unhealthy provider gets a request again (a probe) once its
-//! `probe_after` has passed.
+//! `probe_after` has passed. A provider failing every request for `trip_after` opens its
+//! breaker and is not asked for `cool_down` (see `crate::failover`); the chain is meant to
+//! be built once and shared by every session, so they all skip it together.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use futures_util::StreamExt;
 
 use super::{LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream};
 use crate::error::ErrorKind;
-use crate::failover::{Health, Policy};
+use crate::failover::{Health, Policy, ProviderHealth};
 
 /// A chain of models tried in order.
 pub struct FailoverLlm {
@@ -29,31 +31,34 @@ pub struct FailoverLlm {
     pub retry_backoff: Duration,
     /// A provider asking to wait longer than this is not retried; the next one is tried.
     pub longest_retry_wait: Duration,
-    /// How long a failed provider is skipped.
+    /// How long a provider that failed a request is tried after the others.
     pub probe_after: Duration,
+    /// A provider failing every request for this long is not asked for `cool_down`.
+    pub trip_after: Duration,
+    /// How long a provider whose breaker opened is not asked.
+    pub cool_down: Duration,
     name: String,
 }
 
 impl FailoverLlm {
-    /// A chain over `providers` (at least one), first preferred.
+    /// A chain over `providers` (at least one), first preferred; one provider alone still
+    /// gets its breaker.
     pub fn new(providers: Vec<Arc<dyn LanguageModel>>) -> Self {
-        let name = providers
-            .iter()
-            .map(|p| p.name().to_owned())
-            .collect::<Vec<_>>()
-            .join(",");
+        let names: Vec<&str> = providers.iter().map(|p| p.name()).collect();
         Self {
-            health: Health::new(providers.len()),
+            health: Health::new("llm", &names),
+            name: names.join(","),
             providers,
             first_token_timeout: Duration::from_secs(3),
             retry_backoff: Duration::from_millis(200),
             longest_retry_wait: Duration::from_secs(2),
             probe_after: Duration::from_secs(30),
-            name,
+            trip_after: Duration::from_secs(3),
+            cool_down: Duration::from_secs(10),
         }
     }
 
-    /// Whether provider `index` is currently skipped.
+    /// Whether provider `index` is currently tried last or not at all.
     pub fn is_unhealthy(&self, index: usize) -> bool {
         self.health.is_unhealthy(index)
     }
@@ -92,16 +97,15 @@ impl LanguageModel for FailoverLlm {
             retry_backoff: self.retry_backoff,
             longest_retry_wait: self.longest_retry_wait,
             probe_after: self.probe_after,
+            trip_after: self.trip_after,
+            cool_down: self.cool_down,
         };
         let request = &request;
         let answered = self
             .health
-            .first_success(
-                policy,
-                "llm",
-                |index| self.providers[index].name().to_owned(),
-                |index| self.first_chunk(&*self.providers[index], request),
-            )
+            .first_success(policy, &self.name, |index| {
+                self.first_chunk(&*self.providers[index], request)
+            })
             .await;
         match answered {
             Ok((first, rest)) => {
@@ -117,6 +121,10 @@ impl LanguageModel for FailoverLlm {
                 )
             })),
         }
+    }
+
+    fn health(&self) -> Vec<ProviderHealth> {
+        self.health.report()
     }
 }
 

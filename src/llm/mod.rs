@@ -168,6 +168,12 @@ pub trait LanguageModel: Send + Sync {
     /// # Cancellation safety
     /// Dropping the returned stream (or this future) cancels the request.
     async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError>;
+
+    /// Whether each provider behind this model is being asked (a failover chain's breakers,
+    /// for `/metrics`). Empty, the default, for a model with no breaker.
+    fn health(&self) -> Vec<crate::failover::ProviderHealth> {
+        Vec::new()
+    }
 }
 
 /// Runs the tools a model calls.

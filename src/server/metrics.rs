@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::BackendError;
+use crate::failover::ProviderHealth;
 use crate::report::TurnReport;
 
 /// Latency buckets in seconds: from a fast local reply to a slow provider.
@@ -244,8 +245,9 @@ impl Metrics {
         );
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self, ready: bool) -> String {
+    /// The Prometheus text exposition of every metric; `providers` are the breakers of the
+    /// model and voice chains.
+    pub fn render(&self, ready: bool, providers: &[ProviderHealth]) -> String {
         let mut out = String::with_capacity(8192);
         let _ = writeln!(
             out,
@@ -257,6 +259,18 @@ impl Metrics {
             "# HELP turnflow_ready Whether the server takes new sessions (0 while draining or full).\n# TYPE turnflow_ready gauge\nturnflow_ready {}",
             u8::from(ready)
         );
+        if !providers.is_empty() {
+            out.push_str("# HELP turnflow_provider_up Whether a model or voice provider is being asked (0 while its breaker is open: it failed every request for a while).\n# TYPE turnflow_provider_up gauge\n");
+            for p in providers {
+                let _ = writeln!(
+                    out,
+                    "turnflow_provider_up{{kind=\"{}\",provider=\"{}\"}} {}",
+                    p.kind,
+                    escape_label(&p.provider),
+                    u8::from(p.up)
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP turnflow_sessions_total Sessions ended, by outcome.\n# TYPE turnflow_sessions_total counter"
@@ -423,7 +437,7 @@ mod tests {
             crate::error::ErrorKind::Timeout,
             "slow",
         ));
-        let text = m.render(true);
+        let text = m.render(true, &[]);
         assert!(
             text.contains(
                 "turnflow_provider_errors_total{provider=\"open\\\"ai\",kind=\"timeout\"} 1"
@@ -431,5 +445,33 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("session="), "no per-session label");
+    }
+
+    #[test]
+    fn each_provider_of_a_chain_has_its_gauge() {
+        let providers = [
+            ProviderHealth {
+                kind: "llm",
+                provider: "openai".into(),
+                up: false,
+            },
+            ProviderHealth {
+                kind: "tts",
+                provider: "flux-tts".into(),
+                up: true,
+            },
+        ];
+        let text = Metrics::default().render(true, &providers);
+        assert!(
+            text.contains("# TYPE turnflow_provider_up gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("turnflow_provider_up{kind=\"llm\",provider=\"openai\"} 0\n"));
+        assert!(text.contains("turnflow_provider_up{kind=\"tts\",provider=\"flux-tts\"} 1\n"));
+        assert!(
+            !Metrics::default()
+                .render(true, &[])
+                .contains("turnflow_provider_up")
+        );
     }
 }

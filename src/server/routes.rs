@@ -224,12 +224,15 @@ pub(super) async fn metrics_text(
     }
     let ready = !state.draining.is_cancelled()
         && state.admitted.load(Ordering::SeqCst) < state.config.max_sessions;
+    let backends = &state.config.backends;
+    let mut providers = backends.llm.health();
+    providers.extend(backends.tts.health());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(ready),
+        state.metrics.render(ready, &providers),
     )
         .into_response()
 }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 
 use super::{SpeechCut, SpeechStream, SpeechSynthesizer, TtsError};
-use crate::failover::{Health, Policy};
+use crate::failover::{Health, Policy, ProviderHealth};
 
 /// A chain of voices tried in order.
 pub struct FailoverTts {
@@ -29,8 +29,12 @@ pub struct FailoverTts {
     pub retry_backoff: Duration,
     /// A voice asking to wait longer than this is not retried; the next one is asked.
     pub longest_retry_wait: Duration,
-    /// How long a failed voice is skipped.
+    /// How long a voice that failed a sentence is tried after the others.
     pub probe_after: Duration,
+    /// A voice failing every sentence for this long is not asked for `cool_down`.
+    pub trip_after: Duration,
+    /// How long a voice whose breaker opened is not asked.
+    pub cool_down: Duration,
     name: String,
 }
 
@@ -63,13 +67,16 @@ impl FailoverTts {
                 other.sample_rate()
             )));
         }
+        let names: Vec<&str> = voices.iter().map(|v| v.name()).collect();
         Ok(Self {
-            health: Arc::new(Health::new(voices.len())),
+            health: Arc::new(Health::new("tts", &names)),
             voices,
             first_audio_timeout: Duration::from_secs(2),
             retry_backoff: Duration::from_millis(200),
             longest_retry_wait: Duration::from_secs(2),
             probe_after: Duration::from_secs(30),
+            trip_after: Duration::from_secs(3),
+            cool_down: Duration::from_secs(10),
             name,
         })
     }
@@ -94,7 +101,7 @@ impl FailoverTts {
         }
     }
 
-    /// Whether voice `index` is currently skipped.
+    /// Whether voice `index` is currently tried last or not at all.
     pub fn is_unhealthy(&self, index: usize) -> bool {
         self.health.is_unhealthy(index)
     }
@@ -115,14 +122,13 @@ impl SpeechSynthesizer for FailoverTts {
             retry_backoff: self.retry_backoff,
             longest_retry_wait: self.longest_retry_wait,
             probe_after: self.probe_after,
+            trip_after: self.trip_after,
+            cool_down: self.cool_down,
         };
         self.health
-            .first_success(
-                policy,
-                "voice",
-                |index| self.voices[index].name().to_owned(),
-                |index| self.first_audio(&*self.voices[index], text),
-            )
+            .first_success(policy, &self.name, |index| {
+                self.first_audio(&*self.voices[index], text)
+            })
             .await
             .map_err(|last| last.expect("a chain has at least one voice"))
     }
@@ -150,8 +156,14 @@ impl SpeechSynthesizer for FailoverTts {
             retry_backoff: self.retry_backoff,
             longest_retry_wait: self.longest_retry_wait,
             probe_after: self.probe_after,
+            trip_after: self.trip_after,
+            cool_down: self.cool_down,
             name: self.name.clone(),
         }))
+    }
+
+    fn health(&self) -> Vec<ProviderHealth> {
+        self.health.report()
     }
 }
 

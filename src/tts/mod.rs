@@ -25,6 +25,7 @@ pub mod espeak;
 pub mod failover;
 pub mod flux;
 pub mod openai_speech;
+pub mod stored;
 pub mod synthetic;
 
 pub use aura::AuraTts;
@@ -32,6 +33,7 @@ pub use espeak::Espeak;
 pub use failover::FailoverTts;
 pub use flux::FluxTts;
 pub use openai_speech::OpenAiSpeech;
+pub use stored::StoredSpeech;
 pub use synthetic::SyntheticTts;
 
 /// A word's position in a sentence's audio, in samples from the sentence start.
@@ -134,5 +136,11 @@ pub trait SpeechSynthesizer: Send + Sync {
     /// voice serves every conversation as it is.
     fn for_conversation(&self) -> Option<std::sync::Arc<dyn SpeechSynthesizer>> {
         None
+    }
+
+    /// Whether each provider behind this voice is being asked (a failover chain's breakers,
+    /// for `/metrics`). Empty, the default, for a voice with no breaker.
+    fn health(&self) -> Vec<crate::failover::ProviderHealth> {
+        Vec::new()
     }
 }

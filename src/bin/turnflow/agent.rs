@@ -19,12 +19,21 @@ use turnflow::llm::{Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, Scr
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::tts::aura::AURA_BASE_URL;
 use turnflow::tts::flux::{FLUX_TTS_BASE_URL, FLUX_TTS_MODEL, FluxTts};
-use turnflow::tts::{AuraTts, Espeak, FailoverTts, OpenAiSpeech, SpeechSynthesizer, SyntheticTts};
+use turnflow::tts::{
+    AuraTts, Espeak, FailoverTts, OpenAiSpeech, SpeechSynthesizer, StoredSpeech, SyntheticTts,
+};
 
 use crate::{ThresholdArgs, parse_barge_in, parse_presynthesis};
 
 /// The sample rate of the local voices and of `run`'s audio.
 pub(crate) const SAMPLE_RATE: u32 = 16000;
+
+/// How much sooner than the engine's own limit a lone provider's chain gives up on a first
+/// token or first audio, so that its breaker sees the timeout the engine acts on.
+const LONE_PROVIDER_MARGIN: Duration = Duration::from_millis(250);
+
+/// How long the voice has at start to render the fallback line before a local voice does.
+const FALLBACK_RENDER_LIMIT: Duration = Duration::from_secs(5);
 
 /// The agent's settings on the command line; each overrides `--config`.
 #[derive(clap::Args)]
@@ -192,20 +201,31 @@ impl Agent {
             .split(',')
             .map(|one| voice_backend(one, &file.tts, timing.clone(), api_key.clone(), &flux_tts))
             .collect::<Result<Vec<_>>>()?;
-        let voice: Arc<dyn SpeechSynthesizer> = if voices.len() == 1 {
-            voices.into_iter().next().expect("one voice")
-        } else {
-            Arc::new(FailoverTts::new(voices)?)
-        };
+        // Even one provider goes in a chain, for the breaker every session shares. Alone, it
+        // may take nearly as long as the engine allows before its breaker counts a timeout;
+        // in a longer chain, the next provider must have time to answer.
+        let lone_voice = voices.len() == 1;
+        let mut voice = FailoverTts::new(voices)?;
+        if lone_voice {
+            voice.first_audio_timeout = session
+                .response
+                .tts_ttfb_timeout
+                .saturating_sub(LONE_PROVIDER_MARGIN);
+        }
         let chain = llm
             .split(',')
             .map(|one| language_model(one, &file.llm, args, &scenario))
             .collect::<Result<Vec<_>>>()?;
-        let llm: Arc<dyn LanguageModel> = if chain.len() == 1 {
-            chain.into_iter().next().expect("one provider")
-        } else {
-            Arc::new(FailoverLlm::new(chain))
-        };
+        let lone_model = chain.len() == 1;
+        let mut llm = FailoverLlm::new(chain);
+        if lone_model {
+            llm.first_token_timeout = session
+                .response
+                .llm_ttft_timeout
+                .saturating_sub(LONE_PROVIDER_MARGIN);
+        }
+        let (llm, voice): (Arc<dyn LanguageModel>, Arc<dyn SpeechSynthesizer>) =
+            (Arc::new(llm), Arc::new(voice));
         let stt = if stt == "emulator" {
             let mut config = EmulatorConfig::new(scenario.clone());
             config.turn_detection = TurnDetection::Vad;
@@ -231,6 +251,18 @@ impl Agent {
             llm,
             tts: voice,
         })
+    }
+}
+
+impl Agent {
+    /// Renders the fallback line with the voice (or a local one, when the voice is down now)
+    /// and keeps it, so the apology plays even when the voice is what failed.
+    pub(crate) async fn keep_fallback_line(&mut self) {
+        let response = &mut self.session.response;
+        response.stored_fallback =
+            StoredSpeech::render(&*self.tts, &response.fallback_line, FALLBACK_RENDER_LIMIT)
+                .await
+                .map(Arc::new);
     }
 }
 

@@ -136,7 +136,7 @@ fn open_record(dir: &Path) -> Result<std::io::BufWriter<std::fs::File>> {
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<()> {
-    let agent = Agent::resolve(&args.agent)?;
+    let mut agent = Agent::resolve(&args.agent)?;
     let voice = agent.tts.clone();
     if matches!(args.clock, Clock::Virtual) {
         if args.input == "mic" || args.output == "speaker" {
@@ -168,6 +168,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let recorder_for_input = recorder.clone();
     let runtime = args.clock.runtime()?;
     runtime.block_on(async move {
+        agent.keep_fallback_line().await;
         let (emulator, flux_config, connector): (_, _, Arc<dyn Connector>) = match agent.stt {
             Stt::Emulator(config) if matches!(args.clock, Clock::Virtual) => {
                 let memory = MemoryEmulator::new(config);

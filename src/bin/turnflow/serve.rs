@@ -69,7 +69,7 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
-    let agent = Agent::resolve(&args.agent)?;
+    let mut agent = Agent::resolve(&args.agent)?;
     if let Some(url) = &args.public_url
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
@@ -97,6 +97,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        agent.keep_fallback_line().await;
         let (flux, connector, stt): (FluxConfig, Arc<dyn Connector>, &str) = match agent.stt {
             Stt::Emulator(config) => (
                 FluxConfig::new(agent.options.clone()).with_base_url("ws://emulator.invalid"),

@@ -4,7 +4,7 @@
 //! One WebSocket is one call, as for browsers, and it shares the server's sessions, limits,
 //! metrics and drain. The caller's audio (G.711 mu-law, 8 kHz) goes to Flux as it comes, put
 //! back in order first (`reorder`); the agent's audio, at whatever rate the voice speaks, is
-//! resampled to 8 kHz (`resample`), encoded, and sent in 40 ms messages, each followed by a `mark`. The carrier
+//! resampled to 8 kHz (`crate::audio::resample`), encoded, and sent in 40 ms messages, each followed by a `mark`. The carrier
 //! echoes a mark once the audio before it has played, so what the caller heard is known from
 //! the carrier's own playback clock: on barge-in the history keeps exactly the audio up to the
 //! last echoed mark, and `clear` drops the rest at the carrier.
@@ -21,7 +21,6 @@
 pub mod carrier;
 mod line;
 mod reorder;
-mod resample;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +32,7 @@ use hmac::Mac as _;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::State;
+use crate::audio::resample::Resampler;
 use crate::call::{
     AudioFormat, CutNow, EndError, Ending, FaultKind, Gone, Inbound, Outbound, PlaybackClock,
     Start, Transport,
@@ -41,7 +41,9 @@ use crate::flux::Encoding;
 use carrier::{FromCarrier, StreamStart, ToCarrier};
 use line::{LineCutter, Writer};
 use reorder::Reorder;
-use resample::{PHONE_RATE, Resampler};
+
+/// The phone line's sample rate.
+const PHONE_RATE: u32 = 8000;
 
 /// Agent audio per media message: 40 ms (carriers stutter on tiny chunks).
 const MESSAGE_DURATION: Duration = Duration::from_millis(40);

@@ -1,15 +1,13 @@
-//! Agent audio to the line's rate, whatever the voice's: a windowed-sinc low-pass (cut at 45 %
-//! of the lower rate: 3.6 kHz for a phone, under its band's edge) evaluated only at the output
+//! Audio from one rate to another, whatever the pair: a windowed-sinc low-pass (cut at 45 % of
+//! the lower rate: 3.6 kHz for a phone, under its band's edge) evaluated only at the output
 //! samples, one set of taps per output phase (polyphase), so 22.05 kHz espeak-ng reaches an
-//! 8 kHz line as 16 or 24 kHz voices do. Stateful across chunks, so frame boundaries leave no
-//! clicks. The taps of each pair of rates are computed once per process and shared.
+//! 8 kHz line as 16 or 24 kHz voices do, and a local voice can stand in for a 24 kHz one.
+//! Stateful across chunks, so frame boundaries leave no clicks. The taps of each pair of rates
+//! are computed once per process and shared.
 
 use std::collections::HashMap;
 use std::f64::consts::PI;
 use std::sync::{Arc, Mutex, OnceLock};
-
-/// The phone line's sample rate.
-pub(crate) const PHONE_RATE: u32 = 8000;
 
 /// Converts 16-bit audio from one rate to another.
 #[derive(Debug, Clone)]
@@ -147,6 +145,9 @@ fn dot(window: &[f32], taps: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A phone line's rate.
+    const PHONE_RATE: u32 = 8000;
 
     fn tone(freq: f64, rate: u32, seconds: f64) -> Vec<i16> {
         (0..(f64::from(rate) * seconds) as usize)
