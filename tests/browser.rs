@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use turnflow::emulator::{EmulatorConfig, MemoryEmulator, TurnDetection};
 use turnflow::engine::Backends;
-use turnflow::flux::{Encoding, FluxConfig, ListenOptions};
+use turnflow::flux::{Encoding, FluxConfig, ListenOptions, Thresholds};
 use turnflow::llm::ScriptedLlm;
 use turnflow::scenario::Scenario;
 use turnflow::server::{Server, ServerConfig};
@@ -120,8 +120,13 @@ async fn a_person_talks_to_the_agent_in_a_real_browser() {
     let mut emulator = EmulatorConfig::new(scenario.clone());
     emulator.turn_detection = TurnDetection::Vad;
     let config = ServerConfig::new(
-        FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
-            .with_base_url("ws://emulator.invalid"),
+        FluxConfig::new(
+            ListenOptions::raw(Encoding::Linear16, 16000).with_thresholds(Thresholds {
+                eager_eot_threshold: Some(0.5),
+                ..Thresholds::default()
+            }),
+        )
+        .with_base_url("ws://emulator.invalid"),
         Arc::new(MemoryEmulator::new(emulator)),
         Backends {
             llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
@@ -242,6 +247,15 @@ async fn a_person_talks_to_the_agent_in_a_real_browser() {
             .iter()
             .any(|t| t.as_str().unwrap().starts_with("reply in ")),
         "the turn's latency is shown: {shown}"
+    );
+    // As `turnflow serve` does by default, eager mode is on: the reply was a promoted
+    // speculation, and the page says so with its lead.
+    assert!(
+        shown["latency"].as_array().unwrap().iter().any(|t| {
+            let t = t.as_str().unwrap();
+            t.starts_with("speculation: hit, ") && t.ends_with(" ms ahead")
+        }),
+        "the speculation is shown: {shown}"
     );
     let shot = cdp(
         &mut page,

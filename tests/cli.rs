@@ -760,6 +760,12 @@ fn load_measures_a_served_agent_which_then_drains_on_sigterm_and_exits_cleanly()
         summary["engine_overhead_ms"]["p50"].as_f64().unwrap() > 0.0,
         "{summary}"
     );
+    // Eager mode is on by default: both turns were answered by a speculative reply.
+    assert_eq!(summary["speculation"]["hits"], 2, "{summary}");
+    assert!(
+        summary["speculation"]["lead_ms"]["p50"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
     // A browser caller who speaks over the first reply: the server clears it, and decides what
     // was heard from the caller's playback reports.
     let text = interrupt_once(&url, &[]);

@@ -561,13 +561,18 @@ async fn vad_events(scenario: &str, audio: Vec<u8>) -> Vec<TurnInfo> {
 
 /// Streams `audio` in the encoding `options` name to a voice-activity emulator.
 async fn vad_events_as(scenario: &str, audio: Vec<u8>, options: ListenOptions) -> Vec<TurnInfo> {
+    let thresholds = Thresholds {
+        eager_eot_threshold: Some(0.5),
+        ..Thresholds::default()
+    };
+    vad_events_with(scenario, audio, options.with_thresholds(thresholds)).await
+}
+
+/// Streams `audio` to a voice-activity emulator with the thresholds `options` carry.
+async fn vad_events_with(scenario: &str, audio: Vec<u8>, options: ListenOptions) -> Vec<TurnInfo> {
     let mut config = EmulatorConfig::new(Arc::new(Scenario::parse(scenario, "vad").unwrap()));
     config.turn_detection = turnflow::emulator::TurnDetection::Vad;
     let emulator = MemoryEmulator::new(config);
-    let options = options.with_thresholds(Thresholds {
-        eager_eot_threshold: Some(0.5),
-        ..Thresholds::default()
-    });
     let mut flux_config = FluxConfig::new(options);
     flux_config.api_key = None;
     let (handle, mut events) = connect(flux_config, Arc::new(emulator.clone()))
@@ -627,6 +632,58 @@ async fn voice_activity_mode_turns_real_speech_into_a_turn() {
             .filter(|i| i.event == TurnEvent::StartOfTurn)
             .count(),
         1
+    );
+}
+
+/// The audio time of the first event of `kind`, and its confidence.
+fn first(infos: &[TurnInfo], kind: TurnEvent) -> (f64, f64) {
+    let info = infos
+        .iter()
+        .find(|i| i.event == kind)
+        .unwrap_or_else(|| panic!("a {kind:?} in {infos:?}"));
+    (info.audio_window_end, info.end_of_turn_confidence)
+}
+
+#[tokio::test(start_paused = true)]
+async fn voice_activity_confidence_rises_with_the_silence_so_eager_ends_lead() {
+    const SCENARIO: &str =
+        r#"{"name":"vad","turns":[{"say":"Hello, can you book me a table for two tonight?"}]}"#;
+    let with = |eager: f64, eot: f64| {
+        ListenOptions::default().with_thresholds(Thresholds {
+            eager_eot_threshold: Some(eager),
+            eot_threshold: Some(eot),
+            ..Thresholds::default()
+        })
+    };
+    let infos = vad_events_with(SCENARIO, speech_fixture(), with(0.5, 0.7)).await;
+    check_grammar(&infos, true);
+    let (eager_at, eager_confidence) = first(&infos, TurnEvent::EagerEndOfTurn);
+    let (end_at, end_confidence) = first(&infos, TurnEvent::EndOfTurn);
+    let end_info = infos
+        .iter()
+        .find(|i| i.event == TurnEvent::EndOfTurn)
+        .unwrap();
+    let speech_end = end_info.words.last().unwrap().end.unwrap();
+    assert!((0.5..0.7).contains(&eager_confidence), "{eager_confidence}");
+    assert!(end_confidence >= 0.7, "{end_confidence}");
+    assert!(
+        eager_at - speech_end >= 0.436 && end_at - speech_end >= 0.618,
+        "each after its share of the 800 ms ramp: speech ended at {speech_end}, eager at {eager_at}, end at {end_at}"
+    );
+    assert!(
+        (end_at - eager_at - 0.24).abs() < 1e-6,
+        "the eager end leads by one tick: {eager_at} then {end_at}"
+    );
+
+    // Thresholds further apart on the same curve (crossed 255 ms and 800 ms into the silence):
+    // the eager end leads by two ticks or more, wherever the ticks fall.
+    let infos = vad_events_with(SCENARIO, speech_fixture(), with(0.3, 0.9)).await;
+    check_grammar(&infos, true);
+    let (later_eager, _) = first(&infos, TurnEvent::EagerEndOfTurn);
+    let (later_end, _) = first(&infos, TurnEvent::EndOfTurn);
+    assert!(
+        later_end - later_eager >= 0.48 - 1e-6,
+        "{later_eager} then {later_end}"
     );
 }
 

@@ -28,6 +28,10 @@ use crate::{ThresholdArgs, parse_barge_in, parse_presynthesis};
 /// The sample rate of the local voices and of `run`'s audio.
 pub(crate) const SAMPLE_RATE: u32 = 16000;
 
+/// The eager threshold when none is set: Deepgram's guidance puts 0.3-0.5 at earlier ends
+/// and more false starts, 0.6-0.8 at fewer of both.
+const DEFAULT_EAGER_EOT_THRESHOLD: f64 = 0.5;
+
 /// How much sooner than the engine's own limit a lone provider's chain gives up on a first
 /// token or first audio, so that its breaker sees the timeout the engine acts on.
 const LONE_PROVIDER_MARGIN: Duration = Duration::from_millis(250);
@@ -147,11 +151,16 @@ impl Agent {
             Some(p) => Scenario::load(p)?,
             None => Scenario::demo(),
         });
-        let thresholds = args.thresholds.over(Thresholds {
+        let mut thresholds = args.thresholds.over(Thresholds {
             eager_eot_threshold: file.stt.eager_eot_threshold,
             eot_threshold: file.stt.eot_threshold,
             eot_timeout_ms: file.stt.eot_timeout_ms,
         });
+        // Speculation is what makes an agent answer soon after the end of a turn, so eager
+        // mode is on unless the settings turn speculation off.
+        if thresholds.eager_eot_threshold.is_none() && file.engine.speculation != Some(false) {
+            thresholds.eager_eot_threshold = Some(DEFAULT_EAGER_EOT_THRESHOLD);
+        }
         let mut options =
             ListenOptions::raw(Encoding::Linear16, SAMPLE_RATE).with_thresholds(thresholds);
         options.keyterms = file.stt.keyterms.clone();

@@ -14,6 +14,7 @@ const state = {
   agentSamplesReceived: 0,
   agentSamplesPlayed: 0,
   clears: 0,
+  speculation: { hit: 0, miss: 0, none: 0 }, // turns, by how speculation went
   ended: null,
 };
 // Read by tests driving the page.
@@ -54,6 +55,26 @@ function agentCard(response) {
     agentCards.set(response, el);
   }
   return agentCards.get(response);
+}
+
+// How speculation went in a turn: a hit with its eager lead and what presynthesizing the
+// first chunk saved (the part of the voice's first-audio time done before the end of turn),
+// or a miss with the guesses withdrawn.
+function speculationTags(el, m) {
+  state.speculation[m.speculation] = (state.speculation[m.speculation] || 0) + 1;
+  if (m.speculation === 'hit') {
+    const lead = m.lead_ms != null ? `, ${Math.round(m.lead_ms)} ms ahead` : '';
+    tag(el, `speculation: hit${lead}`, 'hit');
+    const b = m.breakdown;
+    if (b && m.lead_ms != null) {
+      const early = Math.min(b.tts_ttfb_ms, Math.max(0, m.lead_ms - b.llm_ttft_ms - b.first_piece_ms));
+      if (early >= 1) tag(el, `first chunk: ${Math.round(early)} ms saved`, 'hit');
+    }
+  } else if (m.speculation === 'miss') {
+    tag(el, `speculation: miss (${m.speculation_withdrawn} withdrawn)`);
+  } else {
+    tag(el, 'speculation: none');
+  }
 }
 
 function onEvent(m) {
@@ -103,7 +124,7 @@ function onEvent(m) {
       state.turns += 1;
       const el = userCard(m.index);
       if (m.response_latency_ms != null) tag(el, `reply in ${Math.round(m.response_latency_ms)} ms`);
-      tag(el, `speculation: ${m.speculation}`, m.speculation === 'hit' ? 'hit' : '');
+      speculationTags(el, m);
       if (m.barge_in_stop_ms != null) tag(el, `stopped in ${m.barge_in_stop_ms.toFixed(1)} ms`, 'cut');
       break;
     }

@@ -200,6 +200,9 @@ pub(super) async fn one_session(
                                 sample.server_response_latency_ms = turn.response_latency_ms;
                                 sample.engine_overhead_ms = turn.engine_overhead_ms;
                                 sample.barge_in_stop_ms = turn.barge_in_stop_ms;
+                                sample.speculation = Some(turn.speculation);
+                                sample.speculation_withdrawn = turn.speculation_withdrawn;
+                                sample.lead_ms = turn.lead_ms;
                             }
                             ToClient::Error(error) => {
                                 result.failure = Some(format!("server error {}: {}", error.code, error.message));

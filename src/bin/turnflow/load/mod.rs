@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use turnflow::report::Stats;
+use turnflow::report::{Speculation, Stats};
 use turnflow::server::protocol::Played;
 
 mod browser;
@@ -24,7 +24,7 @@ mod summary;
 
 use browser::{BrowserSpeech, one_session};
 use phone::{PhoneSpeech, one_call};
-use summary::{Summary, print_summary};
+use summary::{SpeculationSummary, Summary, print_summary};
 
 #[derive(Parser)]
 pub(crate) struct LoadArgs {
@@ -89,6 +89,12 @@ struct TurnSample {
     server_response_latency_ms: Option<f64>,
     engine_overhead_ms: Option<f64>,
     barge_in_stop_ms: Option<f64>,
+    /// How speculation went (browser sessions, which receive the turn report).
+    speculation: Option<Speculation>,
+    /// Speculative replies withdrawn in the turn.
+    speculation_withdrawn: u64,
+    /// The eager lead of a hit.
+    lead_ms: Option<f64>,
 }
 
 #[derive(Debug, Default)]
@@ -365,6 +371,7 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
     let turns: Vec<&TurnSample> = results.iter().flat_map(|r| &r.turns).collect();
     let pick =
         |f: fn(&TurnSample) -> Option<f64>| Stats::of(turns.iter().filter_map(|t| f(t)).collect());
+    let count = |kind: Speculation| turns.iter().filter(|t| t.speculation == Some(kind)).count();
     let mut failures = std::collections::BTreeMap::new();
     for failure in results.iter().filter_map(|r| r.failure.as_ref()) {
         *failures.entry(failure.clone()).or_insert(0) += 1;
@@ -382,6 +389,17 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         server_response_latency_ms: pick(|t| t.server_response_latency_ms),
         engine_overhead_ms: pick(|t| t.engine_overhead_ms),
         barge_in_stop_ms: pick(|t| t.barge_in_stop_ms),
+        speculation: SpeculationSummary {
+            hits: count(Speculation::Hit),
+            misses: count(Speculation::Miss),
+            none: count(Speculation::None),
+            withdrawn: turns.iter().map(|t| t.speculation_withdrawn).sum(),
+            lead_ms: pick(|t| t.lead_ms),
+            hit_response_latency_ms: pick(|t| {
+                t.response_latency_ms
+                    .filter(|_| t.speculation == Some(Speculation::Hit))
+            }),
+        },
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

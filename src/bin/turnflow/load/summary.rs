@@ -17,6 +17,25 @@ pub(super) struct Summary {
     pub(super) server_response_latency_ms: Stats,
     pub(super) engine_overhead_ms: Stats,
     pub(super) barge_in_stop_ms: Stats,
+    pub(super) speculation: SpeculationSummary,
+}
+
+/// How speculation went over the turns whose report the caller received (browser sessions;
+/// a carrier's stream carries no report).
+#[derive(Serialize)]
+pub(super) struct SpeculationSummary {
+    /// Turns answered by a promoted speculative reply.
+    pub(super) hits: usize,
+    /// Turns that speculated and were answered by a fresh reply.
+    pub(super) misses: usize,
+    /// Turns without a speculative reply.
+    pub(super) none: usize,
+    /// Speculative replies withdrawn (the user resumed, the words changed).
+    pub(super) withdrawn: u64,
+    /// `EagerEndOfTurn` -> `EndOfTurn` of the hits.
+    pub(super) lead_ms: Stats,
+    /// The client's response latency of the hits.
+    pub(super) hit_response_latency_ms: Stats,
 }
 
 pub(super) fn print_summary(s: &Summary) {
@@ -41,6 +60,18 @@ pub(super) fn print_summary(s: &Summary) {
                 stats.p50, stats.p90, stats.p95, stats.p99, stats.max, stats.count
             );
         }
+    }
+    let spec = &s.speculation;
+    if spec.hits + spec.misses + spec.none > 0 {
+        println!(
+            "speculation: {} hits, {} misses, {} turns without ({} guesses withdrawn); lead p50 {:.0} ms, hits answered in {:.0} ms p50 (client)",
+            spec.hits,
+            spec.misses,
+            spec.none,
+            spec.withdrawn,
+            spec.lead_ms.p50,
+            spec.hit_response_latency_ms.p50
+        );
     }
     for (failure, n) in &s.failures {
         println!("failed x{n}: {failure}");
