@@ -676,7 +676,14 @@ impl Supervisor {
                     FluxError::Connect(ConnectError::Handshake { retry_after, .. }) => *retry_after,
                     _ => None,
                 };
-                warn!(error = %crate::text::Untrusted(&error.to_string()), attempt, "flux reconnect failed");
+                // Once per outage at warn: a thousand calls retrying through a 30 s outage
+                // would otherwise write fifteen thousand warnings. The reconnect (with its
+                // attempts) or the giving up is logged too.
+                if attempt <= 1 {
+                    warn!(error = %crate::text::Untrusted(&error.to_string()), attempt, "flux reconnect failed; retrying with backoff");
+                } else {
+                    debug!(error = %crate::text::Untrusted(&error.to_string()), attempt, "flux reconnect failed");
+                }
                 self.stats
                     .reconnect_failures
                     .fetch_add(1, Ordering::Relaxed);

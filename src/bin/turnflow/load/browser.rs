@@ -13,7 +13,7 @@ use turnflow::flux::Encoding;
 use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Start, ToClient};
 
 use super::{
-    CONNECT_PATIENCE, FRAME, PAUSE_AFTER_REPLY, Playback, Progress, REPLY_PATIENCE, SEND_PATIENCE,
+    CONNECT_PATIENCE, CallerPlan, FRAME, PAUSE_AFTER_REPLY, Playback, Progress, SEND_PATIENCE,
     SessionResult, TurnSample, dial, ms, send, send_all, send_or_stall, speech_end,
 };
 
@@ -44,10 +44,14 @@ pub(super) async fn one_session(
     url: String,
     token: Option<String>,
     speech: Arc<BrowserSpeech>,
-    turns: u32,
-    barge_in_after: Option<Duration>,
+    plan: CallerPlan,
     progress: Arc<Progress>,
 ) -> SessionResult {
+    let CallerPlan {
+        turns,
+        barge_in_after,
+        reply_patience,
+    } = plan;
     let mut result = SessionResult::default();
     let mut socket = match dial(&url, token.as_deref()).await {
         Ok(socket) => socket,
@@ -129,8 +133,8 @@ pub(super) async fn one_session(
                     result.failure = Some(e.or("the server closed the connection mid-session"));
                     break;
                 }
-                if waiting_since.is_some_and(|t| now - t > REPLY_PATIENCE) && !reply_ended {
-                    result.failure = Some(format!("no reply within {REPLY_PATIENCE:?} in turn {turn}"));
+                if waiting_since.is_some_and(|t| now - t > reply_patience) && !reply_ended {
+                    result.failure = Some(format!("no reply within {reply_patience:?} in turn {turn}"));
                     break;
                 }
                 if reply_ended && pause_until.is_none() {

@@ -58,6 +58,10 @@ pub(crate) struct LoadArgs {
     /// the clear went out.
     #[arg(long, value_parser = crate::parse_duration)]
     barge_in_after: Option<Duration>,
+    /// A caller fails when the agent has not answered this long after it stopped speaking
+    /// (raise it to ride through a provider's outage).
+    #[arg(long, value_parser = crate::parse_duration, default_value = "20s")]
+    reply_patience: Duration,
 }
 
 /// Which carrier `load --carrier` imitates.
@@ -67,8 +71,16 @@ pub(crate) enum CarrierKind {
     Telnyx,
 }
 
-/// Longest a caller waits for the agent's reply after it stopped speaking.
-const REPLY_PATIENCE: Duration = Duration::from_secs(20);
+/// What every caller of a run does.
+#[derive(Debug, Clone, Copy)]
+struct CallerPlan {
+    /// Turns to speak.
+    turns: u32,
+    /// Speak the next turn once this much of a reply has arrived.
+    barge_in_after: Option<Duration>,
+    /// Longest to wait for the agent's reply after the caller stopped speaking.
+    reply_patience: Duration,
+}
 /// Longest a caller waits for the WebSocket upgrade, and a browser caller for `ready`.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
 /// Longest a caller waits to hand the server one message: a server that stops reading fails
@@ -344,16 +356,17 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
                 speech.clone(),
                 progress.clone(),
             );
-            let turns = args.turns;
+            let plan = CallerPlan {
+                turns: args.turns,
+                barge_in_after: args.barge_in_after,
+                reply_patience: args.reply_patience,
+            };
             let carrier = args.carrier.zip(phone.clone());
-            let barge_in_after = args.barge_in_after;
             tasks.spawn(async move {
                 tokio::time::sleep_until(t0 + offset).await;
                 match carrier {
-                    Some((kind, phone)) => {
-                        one_call(url, kind, phone, turns, barge_in_after, progress).await
-                    }
-                    None => one_session(url, token, speech, turns, barge_in_after, progress).await,
+                    Some((kind, phone)) => one_call(url, kind, phone, plan, progress).await,
+                    None => one_session(url, token, speech, plan, progress).await,
                 }
             });
         }
@@ -419,6 +432,14 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one_turn() -> CallerPlan {
+        CallerPlan {
+            turns: 1,
+            barge_in_after: None,
+            reply_patience: Duration::from_secs(20),
+        }
+    }
     use futures_util::StreamExt;
 
     #[test]
@@ -477,7 +498,7 @@ mod tests {
             let (_socket, _) = listener.accept().await.unwrap();
             std::future::pending::<()>().await;
         });
-        let result = one_session(url, None, speech(), 1, None, progress()).await;
+        let result = one_session(url, None, speech(), one_turn(), progress()).await;
         assert_eq!(
             result.failure.as_deref(),
             Some("no WebSocket upgrade within 10s")
@@ -495,7 +516,7 @@ mod tests {
             while ws.next().await.is_some() {}
         });
         let progress = progress();
-        let result = one_session(url, None, speech(), 1, None, progress.clone()).await;
+        let result = one_session(url, None, speech(), one_turn(), progress.clone()).await;
         assert_eq!(
             result.failure.as_deref(),
             Some("no ready within 10s of start")

@@ -14,7 +14,7 @@ use turnflow::server::telephony::carrier::{
 };
 
 use super::{
-    CarrierKind, FRAME, Progress, REPLY_PATIENCE, SEND_PATIENCE, SendFailure, SessionResult,
+    CallerPlan, CarrierKind, FRAME, Progress, SEND_PATIENCE, SendFailure, SessionResult,
     TurnSample, dial, ms, send, send_all, send_or_stall, speech_end, stalled,
 };
 
@@ -43,10 +43,14 @@ pub(super) async fn one_call(
     url: String,
     kind: CarrierKind,
     speech: Arc<PhoneSpeech>,
-    turns: u32,
-    barge_in_after: Option<Duration>,
+    plan: CallerPlan,
     progress: Arc<Progress>,
 ) -> SessionResult {
+    let CallerPlan {
+        turns,
+        barge_in_after,
+        reply_patience,
+    } = plan;
     let mut result = SessionResult::default();
     let mut socket = match dial(&url, None).await {
         Ok(socket) => socket,
@@ -144,8 +148,8 @@ pub(super) async fn one_call(
                     } else {
                         position = Some(0);
                     }
-                } else if waiting_since.is_some_and(|t| now - t > REPLY_PATIENCE) && last_agent.is_none() {
-                    result.failure = Some(format!("no reply within {REPLY_PATIENCE:?} in turn {turn}"));
+                } else if waiting_since.is_some_and(|t| now - t > reply_patience) && last_agent.is_none() {
+                    result.failure = Some(format!("no reply within {reply_patience:?} in turn {turn}"));
                     break;
                 }
             }
