@@ -15,7 +15,7 @@ COPY tests tests
 COPY scenarios scenarios
 # Without the default `virtual-clock` feature: a production server carries no test machinery
 # (tokio's paused clock); simulate, replay and bench run on the real clock here.
-RUN cargo build --release --locked --bin turnflow --no-default-features --features cli \
+RUN cargo build --release --locked --bin turnflow --no-default-features --features cli,otel \
     && strip target/release/turnflow
 
 FROM debian:bookworm-slim

@@ -25,7 +25,11 @@ use crate::engine::turn::{CancelReason, ResponseId};
 use crate::flux::TurnEvent;
 
 mod breakdown;
+#[cfg(feature = "otel")]
+pub mod otlp;
 pub mod timeline;
+#[cfg(feature = "otel")]
+pub mod trace;
 
 pub use breakdown::Breakdown;
 use breakdown::CriticalPath;

@@ -29,7 +29,7 @@ pub(super) async fn serve(socket: WebSocket, state: Arc<State>) {
             .call(&id, &state.browser, state.reporting())
             .run(&mut browser)
             .await;
-        state.metrics.session_ended(ending.outcome);
+        state.call_ended(&id, "browser", &ending);
         info!(
             outcome = ending.outcome.as_str(),
             turns = ending.turns,

@@ -78,6 +78,9 @@ pub struct ServerConfig {
     /// (`docs/recordings.md`): the caller's audio, Flux's messages, the model's and the voice's
     /// streams, the event log. Recordings hold what was said: keep them like call recordings.
     pub record_dir: Option<std::path::PathBuf>,
+    /// Where every finished call's trace goes (feature `otel`); `None`: nowhere.
+    #[cfg(feature = "otel")]
+    pub traces: Option<crate::report::otlp::TraceExporter>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -131,6 +134,8 @@ impl ServerConfig {
             metrics_token: None,
             observer: None,
             record_dir: None,
+            #[cfg(feature = "otel")]
+            traces: None,
             greeting: None,
             reprompt_after: None,
             reprompt_line: "Are you still there?".into(),

@@ -82,6 +82,27 @@ impl State {
             .draining_with(self.draining.clone())
     }
 
+    /// A call is over: its outcome to the metrics, and its trace to the collector when
+    /// traces are exported. `transport` is `browser` or `phone`.
+    fn call_ended(&self, id: &str, transport: &str, ending: &crate::call::Ending) {
+        self.metrics.session_ended(ending.outcome);
+        #[cfg(feature = "otel")]
+        if let (Some(traces), Some(log)) = (&self.config.traces, &ending.log) {
+            traces.export_call(
+                log.entries(),
+                &crate::report::trace::CallInfo {
+                    session: id,
+                    outcome: ending.outcome.as_str(),
+                    transport,
+                    llm: self.config.backends.llm.name(),
+                    tts: self.config.backends.tts.name(),
+                },
+            );
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = (id, transport);
+    }
+
     /// A session's reporting to the metrics and the application's observer.
     fn reporting(&self) -> Arc<Reporting> {
         Arc::new(Reporting::new(

@@ -41,6 +41,7 @@ mod load;
 mod replay;
 mod run;
 mod serve;
+mod traces;
 
 #[derive(Parser)]
 #[command(
@@ -371,6 +372,12 @@ fn simulate(args: SimulateArgs) -> Result<()> {
             Clock::Virtual => "virtual",
         }
     );
+    #[cfg(feature = "otel")]
+    let traces = traces::Traces::from_env()?;
+    #[cfg(feature = "otel")]
+    let exporter = traces.as_ref().map(|t| t.exporter.clone());
+    #[cfg(not(feature = "otel"))]
+    traces::warn_if_asked();
     let result = runtime.block_on(async move {
         let printer = tokio::spawn(async move {
             while let Some(event) = events.recv().await {
@@ -379,8 +386,26 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         });
         let result = turnflow::sim::run(config).await;
         let _ = printer.await;
+        // Queued here, on the simulation's clock, so that its spans keep their durations.
+        #[cfg(feature = "otel")]
+        if let (Ok(r), Some(exporter)) = (&result, exporter) {
+            exporter.export_call(
+                r.log.clone(),
+                &turnflow::report::trace::CallInfo {
+                    session: "simulation",
+                    outcome: "completed",
+                    transport: "simulation",
+                    llm: "scripted",
+                    tts: "synthetic",
+                },
+            );
+        }
         result
     })?;
+    #[cfg(feature = "otel")]
+    if let Some(traces) = traces {
+        traces.finish();
+    }
     print_report(&result.report);
     print_breakdown(&result.report, &settings);
     if let Some(counts) = &result.flux_tts {

@@ -93,10 +93,16 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--record {}: cannot create the directory", dir.display()))?;
     }
+    #[cfg(feature = "otel")]
+    let traces = crate::traces::Traces::from_env()?;
+    #[cfg(feature = "otel")]
+    let exporter = traces.as_ref().map(|t| t.exporter.clone());
+    #[cfg(not(feature = "otel"))]
+    crate::traces::warn_if_asked();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         agent.keep_fallback_line().await;
         let (flux, connector, stt): (FluxConfig, Arc<dyn Connector>, &str) = match agent.stt {
             Stt::Emulator(config) => (
@@ -130,6 +136,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         config.greeting = args.greeting.filter(|g| !g.trim().is_empty());
         config.reprompt_after = args.reprompt_after.filter(|d| !d.is_zero());
         config.record_dir = args.record;
+        #[cfg(feature = "otel")]
+        {
+            config.traces = exporter;
+        }
         config.twilio_auth_token = args
             .twilio_auth_token
             .filter(|t| !t.is_empty())
@@ -153,5 +163,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             report.running, report.stopped
         );
         Ok(())
-    })
+    });
+    #[cfg(feature = "otel")]
+    if let Some(traces) = traces {
+        traces.finish();
+    }
+    served
 }

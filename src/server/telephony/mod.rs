@@ -125,7 +125,7 @@ pub(super) async fn serve(socket: WebSocket, state: Arc<State>) {
                 "caller audio frames out of order"
             );
         }
-        state.metrics.session_ended(ending.outcome);
+        state.call_ended(&id, "phone", &ending);
         info!(outcome = ending.outcome.as_str(), reason = %ending.detail, "call ended");
     }
     .instrument(span)
