@@ -1,8 +1,8 @@
 //! The failover loop that the model chain ([`crate::llm::FailoverLlm`]) and the voice chain
 //! ([`crate::tts::FailoverTts`]) share, with a circuit breaker per provider.
 //!
-//! Providers are tried healthy first, each once more after a retryable failure (after the
-//! back-off, or the provider's own `retry-after` when it is not too long). A provider that
+//! Providers are tried healthy first, each once more after a retryable failure other than a
+//! timeout (after the back-off, or the provider's own `retry-after` when it is not too long). A provider that
 //! failed both times is tried last for a while (`probe_after`). What counts as success (a
 //! first token, a first audio chunk) is the caller's `attempt`.
 //!
@@ -234,9 +234,14 @@ impl Health {
             };
             for round in 0..2 {
                 if round > 0 {
-                    let wait = last_error.as_ref().and_then(|e| {
-                        e.retry_wait(policy.retry_backoff, policy.longest_retry_wait)
-                    });
+                    // A provider that used its whole first-output time is not given it again:
+                    // the caller's own limit would pass before the next provider is asked.
+                    let wait = last_error
+                        .as_ref()
+                        .filter(|e| e.kind != ErrorKind::Timeout)
+                        .and_then(|e| {
+                            e.retry_wait(policy.retry_backoff, policy.longest_retry_wait)
+                        });
                     let Some(wait) = wait else { break };
                     tokio::time::sleep(wait).await;
                 }

@@ -123,7 +123,7 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// `key=value,key=value`, percent-decoded, trimmed; `what` names an item in an error.
+/// `key=value,key=value`, percent-decoded, trimmed; errors name `variable` and the item.
 fn pairs(variable: &'static str, text: &str) -> Result<Vec<(String, String)>, OtlpError> {
     let mut out = Vec::new();
     for (n, item) in text.split(',').enumerate() {

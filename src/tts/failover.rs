@@ -1,11 +1,10 @@
 //! Failover across voices: switch providers only before the first audio of a sentence.
 //!
 //! The same loop as [`crate::llm::FailoverLlm`] (`crate::failover`): the first healthy voice is
-//! asked; if it fails before its
-//! first chunk with a retryable error (rate limited, closed, silent past
-//! `first_audio_timeout`), it is retried once after `retry_backoff` (or the voice's own
-//! back-off); a wrong key or refused text is not retried. Then the next voice is asked and the
-//! failed one is skipped for `probe_after`. Audio already delivered is never re-synthesized.
+//! asked; if it fails before its first chunk with a retryable error (rate limited, closed), it
+//! is retried once after `retry_backoff` (or the voice's own back-off); one silent past
+//! `first_audio_timeout`, a wrong key or refused text is not retried. Then the next voice is
+//! asked and the failed one is tried last for `probe_after`. Audio already delivered is never re-synthesized.
 //! All voices of a chain must share one sample rate, since playout runs at one rate.
 
 use std::sync::Arc;
@@ -175,11 +174,11 @@ mod tests {
     use crate::tts::synthetic::TtsFault;
 
     #[tokio::test(start_paused = true)]
-    async fn a_stalled_voice_fails_over_and_is_probed_later() {
+    async fn a_failing_then_stalled_voice_fails_over_and_is_probed_later() {
         let first = Arc::new(
             SyntheticTts::new(16000, TtsTiming::default())
-                .fail_call(0, TtsFault::Stall)
-                .fail_call(1, TtsFault::Fail),
+                .fail_call(0, TtsFault::Fail)
+                .fail_call(1, TtsFault::Stall),
         );
         let second = Arc::new(SyntheticTts::new(16000, TtsTiming::default()));
         let chain = FailoverTts::new(vec![first.clone(), second.clone()]).unwrap();
@@ -193,7 +192,7 @@ mod tests {
         assert_eq!(
             (first.calls(), second.calls()),
             (2, 1),
-            "one retry, then the next voice"
+            "a failure is retried once; the stalled retry is not, the next voice answers"
         );
         assert!(chain.is_unhealthy(0));
         drop(chain.synthesize("again").await.unwrap());

@@ -261,9 +261,7 @@ impl Agent {
             tts: voice,
         })
     }
-}
 
-impl Agent {
     /// Renders the fallback line with the voice (or a local one, when the voice is down now)
     /// and keeps it, so the apology plays even when the voice is what failed.
     pub(crate) async fn keep_fallback_line(&mut self) {
