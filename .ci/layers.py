@@ -14,7 +14,7 @@ LAYERS = [
     ["ws"],
     ["flux"],
     ["scenario"],
-    ["llm", "tts"],
+    ["llm", "tts", "tools"],
     ["engine"],
     ["report", "recording"],
     ["emulator", "call"],

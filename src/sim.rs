@@ -59,7 +59,8 @@ pub struct SimulationConfig {
     pub tail: Duration,
     /// How long the simulated user waits for the agent before speaking anyway.
     pub patience: Duration,
-    /// Backends to use instead of the scenario's scripted LLM and `voice`.
+    /// Backends to use instead of the scenario's scripted LLM, `voice` and the demo
+    /// restaurant's tools.
     pub backends: Option<Backends>,
     /// The agent's voice when `backends` is not given.
     pub voice: SimulatedVoice,
@@ -379,13 +380,13 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
             Some(voice) => voice.clone(),
             None => Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
         },
-        tools: None,
+        tools: Some(Arc::new(crate::tools::DemoRestaurant::default())),
     });
     let backends = match &config.recorder {
         Some(recorder) => Backends {
             llm: recorder.llm(backends.llm),
             tts: recorder.tts(backends.tts),
-            tools: backends.tools,
+            tools: backends.tools.map(|t| recorder.tools(t)),
         },
         None => backends,
     };

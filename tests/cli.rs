@@ -62,8 +62,20 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("agent r4: Thanks Jordan. Your table for four is [cut]"),
+        stdout.contains("agent r3 calls check_availability (while the reply is a guess)"),
+        "the lookup runs before the end of the turn: {stdout}"
+    );
+    assert!(
+        stdout.contains("agent r4 calls book_table\n"),
+        "the booking waits for it: {stdout}"
+    );
+    assert!(
+        stdout.contains("agent r4: book_table ok in 800 ms"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("agent r4: One moment. Thanks Jordan. Your table for [cut]"),
+        "the filler line while the booking runs: {stdout}"
     );
     assert!(
         stdout.contains("speculation: 5 attempts, 4 hits, 1 misses, 3 wasted LLM tokens"),
@@ -97,8 +109,8 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
         .iter()
         .map(|t| t["response_latency_ms"].as_f64().unwrap())
         .collect();
-    assert_eq!(latencies, vec![260.0, 260.0, 280.0, 280.0, 620.0]);
-    assert_eq!(report["summary"]["response_latency_ms"]["p50"], 280.0);
+    assert_eq!(latencies, vec![260.0, 670.0, 850.0, 280.0, 620.0]);
+    assert_eq!(report["summary"]["response_latency_ms"]["p50"], 620.0);
     assert_eq!(report["summary"]["speculation"]["hits"], 4);
     assert_eq!(report["summary"]["speculation"]["misses"], 1);
 

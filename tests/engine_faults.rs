@@ -187,7 +187,7 @@ async fn a_reply_that_is_only_a_tool_call_nobody_can_run_speaks_the_fallback() {
             "When do you open?".to_owned(),
             ScriptedReply {
                 text: "At nine.".into(),
-                tool_call: Some(("opening_hours".into(), serde_json::json!({}))),
+                tool_calls: vec![("opening_hours".into(), serde_json::json!({}))],
             },
         )],
         two_turns().llm.clone(),

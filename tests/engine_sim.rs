@@ -470,7 +470,7 @@ async fn tools_under_speculation_pure_runs_side_effects_wait_and_are_dropped_on_
     );
     let reply = |tool: &str, text: &str| ScriptedReply {
         text: text.into(),
-        tool_call: Some((tool.into(), serde_json::json!({}))),
+        tool_calls: vec![(tool.into(), serde_json::json!({}))],
     };
     let llm: Arc<dyn LanguageModel> = Arc::new(ScriptedLlm::new(
         [
@@ -678,7 +678,7 @@ async fn a_tool_that_never_answers_is_given_up_on_and_the_reply_is_spoken() {
             "Is there a table for two?".to_owned(),
             ScriptedReply {
                 text: "Let me see.".into(),
-                tool_call: Some(("check_availability".into(), serde_json::json!({}))),
+                tool_calls: vec![("check_availability".into(), serde_json::json!({}))],
             },
         )],
         scenario.llm.clone(),
@@ -692,7 +692,24 @@ async fn a_tool_that_never_answers_is_given_up_on_and_the_reply_is_spoken() {
         });
     })
     .await;
-    assert_eq!(r.report.turns[0].assistant_heard, "Let me see.");
+    assert_eq!(
+        r.report.turns[0].assistant_heard, "One moment. Let me see.",
+        "the filler line while the tool hangs, then the reply"
+    );
+    let call_started = r
+        .log
+        .iter()
+        .find_map(|e| matches!(e.kind, LogKind::ToolStarted { .. }).then_some(e.at))
+        .expect("the call started");
+    let filler = r
+        .log
+        .iter()
+        .find_map(|e| match &e.kind {
+            LogKind::SentenceReady { text, .. } if text == "One moment." => Some(e.at),
+            _ => None,
+        })
+        .expect("the filler line");
+    assert_eq!(filler - call_started, std::time::Duration::from_millis(700));
     let requests: Vec<Instant> = r
         .log
         .iter()
@@ -719,12 +736,21 @@ async fn the_demo_report_is_exact_on_the_virtual_clock() {
     assert_eq!(spec, vec!["hit", "hit", "hit", "hit", "none"]);
     let latency: Vec<f64> = t.iter().map(|t| t.response_latency_ms.unwrap()).collect();
     // LLM 350 ms to first token + 20 ms a token to the end of the first piece + TTS 150 ms,
-    // minus the 240 ms eager lead on hits. A speculative reply's first piece is its quick
-    // first chunk ("Yes," "Great," one token; "Thanks Jordan." "No problem," two); the
-    // timeout turn is not speculative and waits for its whole first sentence (seven tokens).
-    assert_eq!(latency, vec![260.0, 260.0, 280.0, 280.0, 620.0]);
+    // minus the eager lead on hits. A speculative reply's first piece is its quick first
+    // chunk ("Yes," one token; "No problem," two); the timeout turn is not speculative and
+    // waits for its whole first sentence (seven tokens). Turn 1 looks the table up while its
+    // reply is a guess: the call 350 ms after the eager end, 300 ms of lookup, 350 ms to the
+    // next round's "Great,", 150 ms of voice, less its 480 ms lead. Turn 2's booking waits
+    // for `EndOfTurn` and runs 800 ms: the filler line goes out 700 ms in, heard 150 ms later.
+    assert_eq!(latency, vec![260.0, 670.0, 850.0, 280.0, 620.0]);
+    let leads: Vec<Option<f64>> = t.iter().map(|t| t.lead_ms).collect();
+    assert_eq!(
+        leads,
+        [Some(240.0), Some(480.0), Some(480.0), Some(240.0), None]
+    );
     let tokens: Vec<Option<u64>> = t.iter().map(|t| t.first_piece_tokens).collect();
-    assert_eq!(tokens, [Some(1), Some(1), Some(2), Some(2), Some(7)]);
+    // Turn 2's first piece is the filler line, which waits for no token.
+    assert_eq!(tokens, [Some(1), Some(1), Some(0), Some(2), Some(7)]);
     assert!(t[2].interrupted);
     assert_eq!(t[3].barge_in_stop_ms, Some(0.0));
     let s = r.report.summary.speculation;

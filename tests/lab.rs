@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use turnflow::llm::ToolExecutor;
 
 use turnflow::lab::{ReplaySettings, Timeline, replay};
 use turnflow::recording::{RecordedSettings, Recorder, Recording};
@@ -34,7 +35,9 @@ async fn record(scenario: &str, dir: &Path) -> SimulationResult {
         system_prompt: scenario.system_prompt.clone(),
         llm: "scripted".into(),
         tts: "synthetic".into(),
-    };
+        tools: Vec::new(),
+    }
+    .with_tools(&turnflow::tools::DemoRestaurant::default().specs());
     recorder
         .write(dir, "simulate", settings, 16000, 16000, Some(&result.log))
         .expect("recording written");

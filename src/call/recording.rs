@@ -32,6 +32,14 @@ impl CallRecording {
                 options,
                 config.backends.llm.name(),
                 config.backends.tts.name(),
+            )
+            .with_tools(
+                &config
+                    .backends
+                    .tools
+                    .as_ref()
+                    .map(|t| t.specs())
+                    .unwrap_or_default(),
             ),
             user_rate: options.sample_rate.unwrap_or(16000),
         })
@@ -45,7 +53,7 @@ impl CallRecording {
         Backends {
             llm: self.recorder.llm(inner.llm.clone()),
             tts: self.recorder.tts(inner.tts.clone()),
-            tools: inner.tools.clone(),
+            tools: inner.tools.clone().map(|t| self.recorder.tools(t)),
         }
     }
 

@@ -130,6 +130,26 @@ pub enum EngineEvent {
         /// What the user said.
         transcript: String,
     },
+    /// A response called a tool.
+    ToolStarted {
+        /// The response.
+        response: ResponseId,
+        /// The tool, as the model named it.
+        tool: String,
+        /// Whether the reply was still a guess (only read-only tools run then).
+        speculative: bool,
+    },
+    /// A tool call returned (or failed, or timed out).
+    ToolFinished {
+        /// The response.
+        response: ResponseId,
+        /// The tool.
+        tool: String,
+        /// `ok`, `error` or `timed_out`.
+        outcome: String,
+        /// How long it took.
+        duration_ms: f64,
+    },
     /// A response ended.
     ResponseEnded {
         /// The response.

@@ -101,6 +101,28 @@ pub enum LogKind {
         /// Sentence index.
         index: usize,
     },
+    /// A tool call started.
+    ToolStarted {
+        /// The response.
+        id: ResponseId,
+        /// The model's id for the call.
+        call_id: String,
+        /// The tool.
+        tool: String,
+        /// Whether it may run while the reply is a guess.
+        effect: crate::llm::ToolEffect,
+        /// Whether the reply was still a guess when it started.
+        speculative: bool,
+    },
+    /// A tool call ended.
+    ToolEnded {
+        /// The response.
+        id: ResponseId,
+        /// The model's id for the call.
+        call_id: String,
+        /// `ok`, `error`, `timed_out`, or `cancelled` (a read-only call dropped with its reply).
+        outcome: &'static str,
+    },
     /// The speculative gate opened.
     Promoted {
         /// The response.

@@ -26,7 +26,9 @@ pub use session::{
     SessionOutcome, TurnEvents, start_session,
 };
 pub use tokio_util::sync::CancellationToken;
-pub use turn::{BargeInPolicy, CancelReason, MachineConfig, Prompt, ResponseId};
+pub use turn::{
+    BargeInPolicy, CancelReason, MachineConfig, Prompt, ResponseId, TOOL_STILL_RUNNING,
+};
 
 /// A setting spelled in a way its parser does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

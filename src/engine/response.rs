@@ -30,7 +30,9 @@ use super::playout::PlayoutCommand;
 use super::segment::SentenceSplitter;
 use super::turn::ResponseId;
 use crate::error::{BackendError, ErrorKind};
-use crate::llm::{LanguageModel, LlmChunk, LlmRequest, Message, ToolEffect, ToolExecutor};
+use crate::llm::{
+    LanguageModel, LlmChunk, LlmRequest, Message, ToolCall, ToolEffect, ToolExecutor,
+};
 use crate::tts::{SpeechSynthesizer, StoredSpeech};
 
 /// What a speculative response synthesizes before it is promoted.
@@ -79,6 +81,11 @@ pub struct ResponseOptions {
     /// Give up on a tool call that has not answered this long after it started: the model
     /// gets an error result to speak about instead of the caller hearing silence forever.
     pub tool_timeout: Duration,
+    /// Said once per reply when a tool call has run this long while the reply is committed
+    /// ("One moment."), so the caller does not hear dead air; `None` says nothing.
+    pub tool_filler: Option<String>,
+    /// How long a call may run before the filler line.
+    pub tool_filler_after: Duration,
     /// Most characters of one reply that are spoken: a model caught in a loop (a local model
     /// repeating itself) is cut at the last whole sentence before this, and its stream closed.
     pub max_reply_chars: usize,
@@ -96,14 +103,50 @@ impl Default for ResponseOptions {
             tts_stall_timeout: Duration::from_secs(3),
             max_tool_rounds: 3,
             tool_timeout: Duration::from_secs(10),
+            tool_filler: Some("One moment.".into()),
+            tool_filler_after: Duration::from_millis(700),
             max_reply_chars: 4000,
         }
     }
 }
 
 /// What a response reports to the session besides its audio.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum ResponseReport {
+    /// A tool call started.
+    ToolStarted {
+        /// The response.
+        id: ResponseId,
+        /// The call.
+        call: ToolCall,
+        /// Whether the reply was still a guess.
+        speculative: bool,
+    },
+    /// A tool call returned.
+    ToolFinished {
+        /// The response.
+        id: ResponseId,
+        /// The call.
+        call: ToolCall,
+        /// What the model reads.
+        result: String,
+        /// `ok`, `error` or `timed_out`.
+        outcome: &'static str,
+        /// How long it took.
+        took: Duration,
+    },
+    /// The reply was cut while a side-effecting call ran: the session owns the call now and
+    /// records its result when it comes.
+    ToolShielded {
+        /// The response.
+        id: ResponseId,
+        /// The call.
+        call: ToolCall,
+        /// When it started.
+        started: Instant,
+        /// The call, running.
+        task: tokio::task::JoinHandle<(Result<String, String>, &'static str)>,
+    },
     /// A speculative response failed before promotion; nothing was played.
     FailedWhileHeld {
         /// The response.
@@ -337,6 +380,8 @@ async fn generate(
     let tools = ctx.tools.as_ref().map(|t| t.specs()).unwrap_or_default();
     let mut unexecuted: Vec<String> = Vec::new();
     let mut reply_chars = 0;
+    // The filler line is said once per reply, however many slow calls it makes.
+    let mut filler_said = false;
     // The unfinished sentence of a reply cut at its length limit is dropped, as on a failure:
     // the reply ends on a whole sentence.
     let mut cut_at_length = false;
@@ -456,20 +501,89 @@ async fn generate(
                     return;
                 }
             }
-            let limit = ctx.options.tool_timeout;
-            let result = tokio::select! {
-                biased;
-                _ = token.cancelled() => return,
-                result = tokio::time::timeout(limit, executor.call(&call)) => {
-                    result.unwrap_or_else(|_| {
-                        warn!(%id, tool = %crate::text::Untrusted(&call.name), ?limit, "tool call timed out");
-                        Err(format!("{} did not answer within {limit:?}", call.name))
-                    })
+            let speculative = !*gate.borrow();
+            ctx.log.record(LogKind::ToolStarted {
+                id,
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                effect,
+                speculative,
+            });
+            let _ = ctx.reports.send(ResponseReport::ToolStarted {
+                id,
+                call: call.clone(),
+                speculative,
+            });
+            let started = Instant::now();
+            let running = run_tool(executor.clone(), call.clone(), ctx.options.tool_timeout);
+            // A side-effecting call runs on as its own task when the reply is cut: it may
+            // already have acted, so its result must reach the history, and abandoning it
+            // would invite the model to make it again.
+            let mut shielded = (effect == ToolEffect::SideEffecting).then(|| tokio::spawn(running));
+            let mut read_only = shielded.is_none().then(|| {
+                Box::pin(run_tool(
+                    executor.clone(),
+                    call.clone(),
+                    ctx.options.tool_timeout,
+                ))
+            });
+            let filler_at = started + ctx.options.tool_filler_after;
+            let finished = loop {
+                let filler_due = !filler_said && ctx.options.tool_filler.is_some();
+                tokio::select! {
+                    biased;
+                    _ = token.cancelled() => break None,
+                    done = async { shielded.as_mut().expect("guarded").await }, if shielded.is_some() => {
+                        break Some(done.unwrap_or_else(|e| {
+                            (Err(format!("{} failed: {e}", call.name)), "error")
+                        }));
+                    }
+                    done = async { read_only.as_mut().expect("guarded").await }, if read_only.is_some() => break Some(done),
+                    _ = gate.changed(), if !*gate.borrow() => {}
+                    () = tokio::time::sleep_until(filler_at), if filler_due && *gate.borrow() => {
+                        filler_said = true;
+                        let line = ctx.options.tool_filler.clone().unwrap_or_default();
+                        debug!(%id, tool = %crate::text::Untrusted(&call.name), "the tool is slow; saying the filler line");
+                        if send(line, &mut sentence_index, tally.tokens).await.is_err() {
+                            break None;
+                        }
+                    }
                 }
             };
+            let Some((result, outcome)) = finished else {
+                match shielded.take() {
+                    Some(task) => {
+                        let _ = ctx.reports.send(ResponseReport::ToolShielded {
+                            id,
+                            call,
+                            started,
+                            task,
+                        });
+                    }
+                    None => ctx.log.record(LogKind::ToolEnded {
+                        id,
+                        call_id: call.id.clone(),
+                        outcome: "cancelled",
+                    }),
+                }
+                return;
+            };
+            let content = result.unwrap_or_else(|e| format!("error: {e}"));
+            ctx.log.record(LogKind::ToolEnded {
+                id,
+                call_id: call.id.clone(),
+                outcome,
+            });
+            let _ = ctx.reports.send(ResponseReport::ToolFinished {
+                id,
+                call: call.clone(),
+                result: content.clone(),
+                outcome,
+                took: started.elapsed(),
+            });
             messages.push(Message::Tool {
                 call_id: call.id.clone(),
-                content: result.unwrap_or_else(|e| format!("error: {e}")),
+                content,
             });
         }
     }
@@ -489,6 +603,26 @@ async fn generate(
         let _ = pieces.send(Piece::Failed(error)).await;
     }
     drop(tally);
+}
+
+/// One tool call bounded by `limit`: its result for the model and its outcome (`ok`, `error`,
+/// `timed_out`).
+async fn run_tool(
+    executor: Arc<dyn ToolExecutor>,
+    call: ToolCall,
+    limit: Duration,
+) -> (Result<String, String>, &'static str) {
+    match tokio::time::timeout(limit, executor.call(&call)).await {
+        Ok(Ok(text)) => (Ok(text), "ok"),
+        Ok(Err(e)) => (Err(e), "error"),
+        Err(_) => {
+            warn!(tool = %crate::text::Untrusted(&call.name), ?limit, "tool call timed out");
+            (
+                Err(format!("{} did not answer within {limit:?}", call.name)),
+                "timed_out",
+            )
+        }
+    }
 }
 
 /// Audio on its way to playout, held while the gate is closed, and paced so that at most

@@ -470,6 +470,20 @@ impl Driver {
             let _ = playout.await;
         }
         while self.reaper.join_next().await.is_some() {}
+        // Side-effecting calls that outlived their replies have answered (the reaper awaited
+        // them): their results belong in the history the session leaves.
+        while let Ok(report) = reports.try_recv() {
+            if let ResponseReport::ToolFinished {
+                id, call, result, ..
+            } = report
+            {
+                self.machine.step(Input::Tool {
+                    id,
+                    call,
+                    result: Some(result),
+                });
+            }
+        }
         if self.events_dropped > 0 {
             warn!(
                 dropped = self.events_dropped,
@@ -535,6 +549,71 @@ impl Driver {
 
     async fn on_report(&mut self, report: ResponseReport) {
         match report {
+            ResponseReport::ToolStarted {
+                id,
+                call,
+                speculative,
+            } => {
+                self.emit(EngineEvent::ToolStarted {
+                    response: id,
+                    tool: call.name.clone(),
+                    speculative,
+                });
+                self.step(Input::Tool {
+                    id,
+                    call,
+                    result: None,
+                })
+                .await;
+            }
+            ResponseReport::ToolFinished {
+                id,
+                call,
+                result,
+                outcome,
+                took,
+            } => {
+                self.emit(EngineEvent::ToolFinished {
+                    response: id,
+                    tool: call.name.clone(),
+                    outcome: outcome.to_owned(),
+                    duration_ms: took.as_secs_f64() * 1000.0,
+                });
+                self.step(Input::Tool {
+                    id,
+                    call,
+                    result: Some(result),
+                })
+                .await;
+            }
+            ResponseReport::ToolShielded {
+                id,
+                call,
+                started,
+                task,
+            } => {
+                info!(%id, tool = %crate::text::Untrusted(&call.name), "the reply was cut during a side-effecting call; it completes and its result is kept");
+                let reports = self.ctx.reports.clone();
+                let log = self.log.clone();
+                // Bounded by the tool's own timeout, inside the task.
+                self.reaper.spawn(async move {
+                    let (result, outcome) = task
+                        .await
+                        .unwrap_or_else(|e| (Err(format!("{} failed: {e}", call.name)), "error"));
+                    log.record(LogKind::ToolEnded {
+                        id,
+                        call_id: call.id.clone(),
+                        outcome,
+                    });
+                    let _ = reports.send(ResponseReport::ToolFinished {
+                        id,
+                        call,
+                        result: result.unwrap_or_else(|e| format!("error: {e}")),
+                        outcome,
+                        took: started.elapsed(),
+                    });
+                });
+            }
             ResponseReport::FailedWhileHeld { id, error } => {
                 self.reap(id, None);
                 self.step(Input::Ended(

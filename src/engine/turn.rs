@@ -21,12 +21,17 @@
 //!   consecutive user messages (a reply cut before it made a sound) are merged.
 //! - An `EndOfTurn` that repeats the last one's words without a `StartOfTurn` between them is
 //!   ignored: it is neither a new turn nor a barge-in.
+//! - The tool calls of a reply that was ever committed enter the history, each call followed by
+//!   its result, before what was heard of the reply, even when the user cut it: a call that
+//!   was still running then is recorded as such and its result filled in when it comes, so
+//!   the model knows what it did and does not do it twice. A guess withdrawn before promotion
+//!   leaves no call behind (only read-only calls run before promotion).
 
 use std::time::Duration;
 
 pub use super::event::{CancelReason, EngineEvent, ResponseId};
 use crate::error::BackendError;
-use crate::llm::Message;
+use crate::llm::{Message, ToolCall};
 use crate::text::{normalize, word_count};
 
 /// When a user's speech interrupts the agent.
@@ -129,6 +134,16 @@ pub enum Input {
     Ended(ResponseId, Outcome),
     /// The false-interruption timer of this generation expired.
     FalseInterruptionTimeout(u64),
+    /// A tool call of response `id` started (`result` is `None`) or returned (the text the
+    /// model reads, an error included).
+    Tool {
+        /// The response that made the call.
+        id: ResponseId,
+        /// The call.
+        call: ToolCall,
+        /// Its result, once there is one.
+        result: Option<String>,
+    },
     /// The application wants the agent to speak without being asked (a greeting, a
     /// re-prompt after silence). Taken only while neither side is speaking; ignored otherwise.
     Prompt(Prompt),
@@ -231,7 +246,16 @@ pub struct TurnMachine {
     deferred: Option<(UserEvent, String)>,
     /// The normalized words of the last `EndOfTurn`, to recognise a repeat of it.
     last_end: Option<String>,
+    /// Tool calls of live responses, in the order they started, with their results so far.
+    tool_calls: std::collections::BTreeMap<ResponseId, Vec<(ToolCall, Option<String>)>>,
+    /// Live responses that were committed at some point (promoted or started committed).
+    ever_committed: std::collections::BTreeSet<ResponseId>,
 }
+
+/// What the history says of a tool call that was still running when its reply ended; replaced
+/// by the result when it comes.
+pub const TOOL_STILL_RUNNING: &str =
+    "(still running when the reply was cut; its result is not known yet)";
 
 impl TurnMachine {
     /// A machine in its initial state.
@@ -255,6 +279,8 @@ impl TurnMachine {
             awaiting_cut: None,
             deferred: None,
             last_end: None,
+            tool_calls: Default::default(),
+            ever_committed: Default::default(),
         }
     }
 
@@ -294,6 +320,7 @@ impl TurnMachine {
                     self.resume(&mut out);
                 }
             }
+            Input::Tool { id, call, result } => self.on_tool(id, call, result),
             Input::Prompt(prompt) => self.prompt(prompt, &mut out),
             Input::Shutdown => {
                 if let Some(s) = self.speculative.take() {
@@ -342,12 +369,49 @@ impl TurnMachine {
             prompted: true,
         });
         out.push(Action::Emit(EngineEvent::Prompting { response: id }));
-        self.committed = Some(Live {
+        self.commit(Live {
             id,
             transcript: String::new(),
             turn: self.turn,
             speculative: false,
         });
+    }
+
+    /// Makes `live` the committed response: the one whose audio plays and whose tool calls
+    /// enter the history.
+    fn commit(&mut self, live: Live) {
+        self.ever_committed.insert(live.id);
+        self.committed = Some(live);
+    }
+
+    fn is_live(&self, id: ResponseId) -> bool {
+        self.committed.as_ref().is_some_and(|c| c.id == id)
+            || self.speculative.as_ref().is_some_and(|s| s.id == id)
+            || self.cancelling.contains(&id)
+    }
+
+    fn on_tool(&mut self, id: ResponseId, call: ToolCall, result: Option<String>) {
+        if self.is_live(id) {
+            let calls = self.tool_calls.entry(id).or_default();
+            match calls.iter_mut().find(|(c, _)| c.id == call.id) {
+                Some(known) => known.1 = result,
+                None => calls.push((call, result)),
+            }
+            return;
+        }
+        // The reply ended while the call ran: its place in the history gets the result.
+        let Some(result) = result else { return };
+        let pending = self.history.iter_mut().rev().find_map(|m| match m {
+            Message::Tool { call_id, content }
+                if *call_id == call.id && content == TOOL_STILL_RUNNING =>
+            {
+                Some(content)
+            }
+            _ => None,
+        });
+        if let Some(content) = pending {
+            *content = result;
+        }
     }
 
     fn new_id(&mut self) -> ResponseId {
@@ -624,7 +688,7 @@ impl TurnMachine {
                     turn: self.turn,
                     response: s.id,
                 }));
-                self.committed = Some(s);
+                self.commit(s);
             }
             None => {
                 let id = self.new_id();
@@ -639,7 +703,7 @@ impl TurnMachine {
                     turn: self.turn,
                     response: id,
                 }));
-                self.committed = Some(Live {
+                self.commit(Live {
                     id,
                     transcript,
                     turn: self.turn,
@@ -686,6 +750,25 @@ impl TurnMachine {
             Outcome::Cancelled { heard } => (heard, true, None),
             Outcome::Failed { heard, error } => (heard, false, Some(error)),
         };
+        let calls = self.tool_calls.remove(&id).unwrap_or_default();
+        if self.ever_committed.remove(&id) {
+            for (call, result) in calls {
+                self.history.push(Message::Tool {
+                    call_id: call.id.clone(),
+                    content: result.unwrap_or_else(|| TOOL_STILL_RUNNING.to_owned()),
+                });
+                let at = self.history.len() - 1;
+                self.history.insert(
+                    at,
+                    Message::Assistant {
+                        content: String::new(),
+                        interrupted: false,
+                        tool_calls: vec![call],
+                    },
+                );
+            }
+            self.trim_history();
+        }
         if !heard.trim().is_empty() {
             self.history.push(Message::Assistant {
                 content: heard.clone(),
@@ -714,7 +797,7 @@ impl TurnMachine {
                 turn: live.turn,
                 response: id,
             }));
-            self.committed = Some(Live {
+            self.commit(Live {
                 id,
                 speculative: false,
                 ..live

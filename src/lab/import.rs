@@ -205,6 +205,7 @@ fn row_recording(file: &Path, base: &Path, row: &Row) -> Result<Recording, Strin
                 system_prompt: None,
                 llm: "scripted".into(),
                 tts: "synthetic".into(),
+                tools: Vec::new(),
             },
             user_sample_rate: RATE,
             voice_sample_rate: RATE,
@@ -219,6 +220,7 @@ fn row_recording(file: &Path, base: &Path, row: &Row) -> Result<Recording, Strin
         llm: Vec::new(),
         tts: Vec::new(),
         tts_audio: Vec::new(),
+        tools: Vec::new(),
     })
 }
 

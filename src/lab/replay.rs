@@ -35,10 +35,11 @@ use crate::error::{BackendError, ErrorKind};
 use crate::flux::messages::{TurnEvent, TurnInfo, TurnTrigger};
 use crate::flux::{Connector, Encoding, FluxConfig, ListenOptions, Thresholds, connect};
 use crate::llm::{
-    LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, ScriptedLlm, ToolCall, Usage,
+    LanguageModel, LlmChunk, LlmError, LlmRequest, LlmStream, ScriptedLlm, ToolCall, ToolExecutor,
+    ToolSpec, Usage,
 };
 use crate::recording::{
-    LlmEvent, RecordedSettings, Recording, TtsEvent, last_user, recorded_error,
+    LlmEvent, RecordedSettings, Recording, ToolLine, TtsEvent, last_user, recorded_error,
 };
 use crate::report::Report;
 use crate::scenario::{LlmTiming, TtsTiming};
@@ -175,7 +176,7 @@ pub async fn replay(
     let backends = Backends {
         llm: Arc::new(ReplayLlm::new(recording, notes.clone())),
         tts: Arc::new(ReplayTts::new(recording, notes.clone())),
-        tools: None,
+        tools: ReplayTools::of(recording).map(|t| Arc::new(t) as Arc<dyn ToolExecutor>),
     };
     let mut session = SessionConfig::default();
     session.machine.speculation = settings.speculation;
@@ -521,6 +522,91 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     values.retain(|v| v.is_finite());
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
+}
+
+/// The recorded tools: offered as they were, each call answered with its recorded result
+/// after its recorded duration.
+struct ReplayTools {
+    specs: Vec<ToolSpec>,
+    calls: Mutex<Vec<Option<ToolLine>>>,
+    /// Each tool's median recorded duration, for calls the recording dropped before they
+    /// ended.
+    typical: HashMap<String, Duration>,
+}
+
+impl ReplayTools {
+    /// `None` when the recording offered no tool.
+    fn of(recording: &Recording) -> Option<Self> {
+        let offered = &recording.meta.settings.tools;
+        if offered.is_empty() && recording.tools.is_empty() {
+            return None;
+        }
+        let mut durations: HashMap<String, Vec<f64>> = HashMap::new();
+        for line in &recording.tools {
+            if let Some(took) = line.took_ms {
+                durations.entry(line.tool.clone()).or_default().push(took);
+            }
+        }
+        Some(Self {
+            specs: offered
+                .iter()
+                .map(|t| ToolSpec {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    parameters: t.parameters.clone(),
+                    effect: t.effect,
+                })
+                .collect(),
+            calls: Mutex::new(recording.tools.iter().cloned().map(Some).collect()),
+            typical: durations
+                .into_iter()
+                .filter_map(|(tool, took)| {
+                    median(took).map(|ms| (tool, Duration::from_secs_f64(ms / 1000.0)))
+                })
+                .collect(),
+        })
+    }
+}
+
+#[async_trait]
+impl ToolExecutor for ReplayTools {
+    fn specs(&self) -> Vec<ToolSpec> {
+        self.specs.clone()
+    }
+
+    async fn call(&self, call: &ToolCall) -> Result<String, String> {
+        let recorded = {
+            let mut calls = self.calls.lock().expect("replay tools lock");
+            let same_id = calls
+                .iter()
+                .position(|l| l.as_ref().is_some_and(|l| l.call_id == call.id));
+            let same_call = || {
+                calls.iter().position(|l| {
+                    l.as_ref()
+                        .is_some_and(|l| l.tool == call.name && l.arguments == call.arguments)
+                })
+            };
+            same_id.or_else(same_call).and_then(|i| calls[i].take())
+        };
+        let Some(line) = recorded else {
+            tracing::warn!(tool = %crate::text::Untrusted(&call.name), "replay: the recording has no such call; the model hears an error");
+            return Err(format!(
+                "the recording has no call to {} like this one",
+                call.name
+            ));
+        };
+        let took = line
+            .took_ms
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+            .or_else(|| self.typical.get(&line.tool).copied())
+            .unwrap_or_default();
+        tokio::time::sleep(took).await;
+        match (line.result, line.error) {
+            (Some(result), _) => Ok(result),
+            (None, Some(error)) => Err(error),
+            (None, None) => Err(format!("{} did not answer in the recording", call.name)),
+        }
+    }
 }
 
 struct ReplayLlm {

@@ -80,7 +80,7 @@ impl Message {
 }
 
 /// Whether a tool may run while its reply is still speculative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolEffect {
     /// Reads only; safe to run speculatively and to discard.

@@ -24,10 +24,10 @@ use crate::text::normalize;
 /// A scripted answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScriptedReply {
-    /// The text of the reply (after the tool result, when there is a tool call).
+    /// The text of the reply (after the tool results, when there are tool calls).
     pub text: String,
-    /// A tool call made before the text: name and arguments.
-    pub tool_call: Option<(String, serde_json::Value)>,
+    /// Tool calls made together before the text: name and arguments.
+    pub tool_calls: Vec<(String, serde_json::Value)>,
 }
 
 impl ScriptedReply {
@@ -35,7 +35,7 @@ impl ScriptedReply {
     pub fn text(text: impl Into<String>) -> Self {
         Self {
             text: text.into(),
-            tool_call: None,
+            tool_calls: Vec::new(),
         }
     }
 }
@@ -99,13 +99,22 @@ impl ScriptedLlm {
         }
     }
 
-    /// A model answering the scenario's scripted replies with its latencies.
+    /// A model answering the scenario's scripted replies, with their tool calls, with its
+    /// latencies.
     pub fn from_scenario(scenario: &Scenario) -> Self {
         Self::new(
             scenario.turns.iter().filter_map(|t| {
-                t.reply
-                    .as_ref()
-                    .map(|r| (t.transcript(), ScriptedReply::text(r.clone())))
+                t.reply.as_ref().map(|r| {
+                    let reply = ScriptedReply {
+                        text: r.clone(),
+                        tool_calls: t
+                            .calls
+                            .iter()
+                            .map(|c| (c.tool.clone(), c.arguments.clone()))
+                            .collect(),
+                    };
+                    (t.transcript(), reply)
+                })
             }),
             scenario.llm.clone(),
         )
@@ -139,12 +148,15 @@ impl ScriptedLlm {
             .and_then(|u| self.replies.get(&normalize(u)).cloned())
             .unwrap_or_else(|| ScriptedReply::text(rule_based(last_user.unwrap_or(""))));
         let mut chunks = Vec::new();
-        if let (Some((name, arguments)), false) = (&reply.tool_call, after_tool) {
-            chunks.push(LlmChunk::ToolCall(ToolCall {
-                id: format!("call_{}", self.calls()),
-                name: name.clone(),
-                arguments: arguments.clone(),
-            }));
+        if !reply.tool_calls.is_empty() && !after_tool {
+            let request = self.calls();
+            for (n, (name, arguments)) in reply.tool_calls.iter().enumerate() {
+                chunks.push(LlmChunk::ToolCall(ToolCall {
+                    id: format!("call_{request}_{n}"),
+                    name: name.clone(),
+                    arguments: arguments.clone(),
+                }));
+            }
             return (chunks, 0);
         }
         let mut first = true;
@@ -396,7 +408,7 @@ mod tests {
                 "book it".to_owned(),
                 ScriptedReply {
                     text: "Booked.".into(),
-                    tool_call: Some(("book_table".into(), serde_json::json!({"people": 4}))),
+                    tool_calls: vec![("book_table".into(), serde_json::json!({"people": 4}))],
                 },
             )],
             LlmTiming::default(),

@@ -76,6 +76,47 @@ pub struct RecordedSettings {
     pub llm: String,
     /// The voice's name.
     pub tts: String,
+    /// The tools the model was offered, with their effects (none in recordings made before
+    /// tools, or without any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<RecordedTool>,
+}
+
+/// A tool as a recording keeps it: what replay offers the model and how it gates it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedTool {
+    /// The name the model used.
+    pub name: String,
+    /// What it was offered as.
+    pub description: String,
+    /// Its arguments' JSON Schema.
+    pub parameters: serde_json::Value,
+    /// `pure` (may run while a reply is a guess) or `side_effecting`.
+    pub effect: crate::llm::ToolEffect,
+}
+
+/// One tool call and its result (`tools.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolLine {
+    /// When the call was made, ms since the recorder started.
+    pub t_ms: f64,
+    /// How long it took, ms (absent for a call dropped with its reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<f64>,
+    /// The model's id for the call.
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// Its arguments.
+    pub arguments: serde_json::Value,
+    /// What it returned, when it returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The error it answered with, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl RecordedSettings {
@@ -97,7 +138,22 @@ impl RecordedSettings {
             system_prompt: config.machine.system_prompt.clone(),
             llm: llm.into(),
             tts: tts.into(),
+            tools: Vec::new(),
         }
+    }
+
+    /// These settings, with the tools `specs` offered.
+    pub fn with_tools(mut self, specs: &[crate::llm::ToolSpec]) -> Self {
+        self.tools = specs
+            .iter()
+            .map(|t| RecordedTool {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters: t.parameters.clone(),
+                effect: t.effect,
+            })
+            .collect();
+        self
     }
 }
 
@@ -266,6 +322,8 @@ pub struct Recording {
     pub tts: Vec<TtsLine>,
     /// `tts.pcm`.
     pub tts_audio: Vec<i16>,
+    /// `tools.jsonl` (empty when the session called no tool).
+    pub tools: Vec<ToolLine>,
 }
 
 impl Recording {
@@ -312,6 +370,7 @@ impl Recording {
             flux: read_lines(&dir.join("flux.jsonl"))?,
             llm: read_lines_if_present(&dir.join("llm.jsonl"))?,
             tts: read_lines_if_present(&dir.join("tts.jsonl"))?,
+            tools: read_lines_if_present(&dir.join("tools.jsonl"))?,
             dir: dir.to_owned(),
             meta,
             user_audio,

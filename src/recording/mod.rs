@@ -17,8 +17,8 @@ mod recorder;
 
 pub(crate) use format::read_wav;
 pub use format::{
-    EventLine, FORMAT, FluxLine, LlmEvent, LlmLine, RecordedSettings, RecordedWord, Recording,
-    RecordingError, RecordingMeta, TtsEvent, TtsLine, VERSION,
+    EventLine, FORMAT, FluxLine, LlmEvent, LlmLine, RecordedSettings, RecordedTool, RecordedWord,
+    Recording, RecordingError, RecordingMeta, ToolLine, TtsEvent, TtsLine, VERSION,
 };
 pub use recorder::Recorder;
 pub(crate) use recorder::{last_user, recorded_error};

@@ -12,12 +12,12 @@ use tokio::time::Instant;
 
 use super::format::{
     EventLine, FORMAT, FluxLine, LlmEvent, LlmLine, RecordedSettings, RecordingError,
-    RecordingMeta, TtsEvent, TtsLine, VERSION, write_file, write_jsonl,
+    RecordingMeta, ToolLine, TtsEvent, TtsLine, VERSION, write_file, write_jsonl,
 };
 use crate::engine::log::LogEntry;
 use crate::error::{BackendError, ErrorKind};
 use crate::flux::Connector;
-use crate::llm::{LanguageModel, LlmChunk, LlmRequest, LlmStream, Message};
+use crate::llm::{LanguageModel, LlmChunk, LlmRequest, LlmStream, Message, ToolCall, ToolExecutor};
 use crate::tts::{SpeechCut, SpeechStream, SpeechSynthesizer, TtsError, WordTiming};
 use crate::ws::{ConnectError, ConnectRequest, Connection, WireFrame};
 
@@ -26,6 +26,7 @@ struct Tape {
     flux: Vec<FluxLine>,
     llm: Vec<LlmLine>,
     tts: Vec<TtsLine>,
+    tools: Vec<ToolLine>,
     tts_audio: Vec<i16>,
     user_audio: Vec<i16>,
     audio_start_ms: Option<f64>,
@@ -112,6 +113,14 @@ impl Recorder {
         })
     }
 
+    /// Wraps a tool executor: every call, its arguments, result and duration are recorded.
+    pub fn tools(&self, inner: Arc<dyn ToolExecutor>) -> Arc<dyn ToolExecutor> {
+        Arc::new(RecordingTools {
+            inner,
+            recorder: self.clone(),
+        })
+    }
+
     /// Wraps a voice: every request and every chunk of its audio is recorded.
     pub fn tts(&self, inner: Arc<dyn SpeechSynthesizer>) -> Arc<dyn SpeechSynthesizer> {
         Arc::new(RecordingTts {
@@ -185,6 +194,9 @@ impl Recorder {
         write_jsonl(&dir.join("flux.jsonl"), &tape.flux)?;
         write_jsonl(&dir.join("llm.jsonl"), &tape.llm)?;
         write_jsonl(&dir.join("tts.jsonl"), &tape.tts)?;
+        if !tape.tools.is_empty() {
+            write_jsonl(&dir.join("tools.jsonl"), &tape.tools)?;
+        }
         let Some(events) = events else {
             return Ok(());
         };
@@ -193,6 +205,58 @@ impl Recorder {
             .map(|e| EventLine::new(e, self.origin))
             .collect();
         write_jsonl(&dir.join("events.jsonl"), &lines)
+    }
+}
+
+struct RecordingTools {
+    inner: Arc<dyn ToolExecutor>,
+    recorder: Recorder,
+}
+
+/// Records a call that ends, or one dropped with its reply (no result), when dropped.
+struct ToolRecord {
+    recorder: Recorder,
+    line: Option<ToolLine>,
+    started: Instant,
+}
+
+impl Drop for ToolRecord {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            self.recorder.tape().tools.push(line);
+        }
+    }
+}
+
+#[async_trait]
+impl ToolExecutor for RecordingTools {
+    fn specs(&self) -> Vec<crate::llm::ToolSpec> {
+        self.inner.specs()
+    }
+
+    async fn call(&self, call: &ToolCall) -> Result<String, String> {
+        let mut record = ToolRecord {
+            recorder: self.recorder.clone(),
+            line: Some(ToolLine {
+                t_ms: self.recorder.ms(),
+                took_ms: None,
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                arguments: call.arguments.clone(),
+                result: None,
+                error: None,
+            }),
+            started: Instant::now(),
+        };
+        let outcome = self.inner.call(call).await;
+        if let Some(line) = &mut record.line {
+            line.took_ms = Some(record.started.elapsed().as_secs_f64() * 1000.0);
+            match &outcome {
+                Ok(text) => line.result = Some(text.clone()),
+                Err(e) => line.error = Some(e.clone()),
+            }
+        }
+        outcome
     }
 }
 

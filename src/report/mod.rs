@@ -81,6 +81,29 @@ pub struct TurnReport {
     /// Milliseconds of audio the voice reported producing for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tts_audio_ms: Option<u64>,
+    /// The tool calls of the turn's replies, in the order they started (those of a withdrawn
+    /// guess included: only read-only tools run before promotion).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallReport>,
+}
+
+/// One tool call of a turn.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ToolCallReport {
+    /// The tool.
+    pub tool: String,
+    /// Whether it may run while the reply is a guess.
+    pub effect: crate::llm::ToolEffect,
+    /// Whether it ran while the reply was still a guess.
+    pub speculative: bool,
+    /// Whether its reply was withdrawn (a guess the user went on past).
+    pub withdrawn: bool,
+    /// When it started, from `EndOfTurn` (negative: before it).
+    pub start_ms: f64,
+    /// How long it ran; `None` when it was dropped with its reply.
+    pub duration_ms: Option<f64>,
+    /// `ok`, `error`, `timed_out` or `cancelled`.
+    pub outcome: String,
 }
 
 /// How speculation went in a turn.
@@ -230,6 +253,16 @@ struct Response {
     generated: String,
     heard: String,
     interrupted: bool,
+    tools: Vec<ToolRun>,
+}
+
+struct ToolRun {
+    call_id: String,
+    tool: String,
+    effect: crate::llm::ToolEffect,
+    speculative: bool,
+    started: Instant,
+    ended: Option<(Instant, &'static str)>,
 }
 
 #[derive(Default)]
@@ -348,6 +381,35 @@ impl Report {
                         .tts_first0
                         .get_or_insert(at);
                 }
+                LogKind::ToolStarted {
+                    id,
+                    call_id,
+                    tool,
+                    effect,
+                    speculative,
+                } => responses.entry(*id).or_default().tools.push(ToolRun {
+                    call_id: call_id.clone(),
+                    tool: tool.clone(),
+                    effect: *effect,
+                    speculative: *speculative,
+                    started: at,
+                    ended: None,
+                }),
+                LogKind::ToolEnded {
+                    id,
+                    call_id,
+                    outcome,
+                } => {
+                    if let Some(run) = responses
+                        .entry(*id)
+                        .or_default()
+                        .tools
+                        .iter_mut()
+                        .find(|t| t.call_id == *call_id)
+                    {
+                        run.ended = Some((at, outcome));
+                    }
+                }
                 LogKind::Promoted { id } => responses.entry(*id).or_default().promoted = Some(at),
                 LogKind::FirstFrameWritten { id } => {
                     responses
@@ -456,6 +518,33 @@ impl Report {
                     .map(|r| r.last_frame.map_or(0.0, |last| ms(start, last)))
                     .reduce(f64::max)
             });
+            let rel = |at: Instant| {
+                if at >= end { ms(end, at) } else { -ms(at, end) }
+            };
+            let mut tool_calls: Vec<(Instant, ToolCallReport)> = mine
+                .iter()
+                .flat_map(|(_, r)| {
+                    let withdrawn = r.speculative && r.promoted.is_none();
+                    r.tools.iter().map(move |t| {
+                        (
+                            t.started,
+                            ToolCallReport {
+                                tool: t.tool.clone(),
+                                effect: t.effect,
+                                speculative: t.speculative,
+                                withdrawn,
+                                start_ms: rel(t.started),
+                                duration_ms: t
+                                    .ended
+                                    .filter(|(_, outcome)| *outcome != "cancelled")
+                                    .map(|(at, _)| ms(t.started, at)),
+                                outcome: t.ended.map_or("cancelled", |(_, o)| o).to_owned(),
+                            },
+                        )
+                    })
+                })
+                .collect();
+            tool_calls.sort_by_key(|(at, _)| *at);
             let report = TurnReport {
                 index,
                 user_transcript: turn.transcript.clone(),
@@ -480,6 +569,7 @@ impl Report {
                 assistant_heard: answer.map(|r| r.heard.clone()).unwrap_or_default(),
                 tts_billed_characters: answer.and_then(|r| r.billed).map(|(chars, _)| chars),
                 tts_audio_ms: answer.and_then(|r| r.billed).map(|(_, ms)| ms),
+                tool_calls: tool_calls.into_iter().map(|(_, t)| t).collect(),
             };
             report_turns.push(report);
         }

@@ -132,6 +132,24 @@ pub struct UserTurn {
     /// The agent's scripted reply (scripted LLM); a rule-based answer when absent.
     #[serde(default)]
     pub reply: Option<String>,
+    /// Tool calls the scripted model makes, together, before its reply.
+    #[serde(default)]
+    pub calls: Vec<ScriptedCall>,
+}
+
+/// A tool call the scripted model makes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedCall {
+    /// The tool's name.
+    pub tool: String,
+    /// Its arguments (an object).
+    #[serde(default = "empty_object")]
+    pub arguments: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
 }
 
 /// A whole conversation.

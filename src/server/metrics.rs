@@ -13,6 +13,8 @@ use crate::failover::ProviderHealth;
 use crate::report::TurnReport;
 
 /// Latency buckets in seconds: from a fast local reply to a slow provider.
+/// Tool names kept as labels; more count as `other`.
+const TOOL_LABELS: usize = 64;
 const LATENCY_BUCKETS: [f64; 14] = [
     0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
 ];
@@ -107,6 +109,8 @@ pub struct Metrics {
     flux_offline_ms: AtomicU64,
     speculation: Mutex<BTreeMap<&'static str, u64>>,
     provider_errors: Mutex<BTreeMap<(String, &'static str), u64>>,
+    tool_calls: Mutex<BTreeMap<(String, String), u64>>,
+    tool_duration: Histogram,
     heard_clock: Mutex<BTreeMap<&'static str, u64>>,
     response_latency: Histogram,
     voice_to_voice: Histogram,
@@ -130,6 +134,8 @@ impl Default for Metrics {
             flux_offline_ms: AtomicU64::new(0),
             speculation: Mutex::default(),
             provider_errors: Mutex::default(),
+            tool_calls: Mutex::default(),
+            tool_duration: Histogram::new(&LATENCY_BUCKETS),
             heard_clock: Mutex::default(),
             response_latency: Histogram::new(&LATENCY_BUCKETS),
             voice_to_voice: Histogram::new(&LATENCY_BUCKETS),
@@ -236,6 +242,28 @@ impl Metrics {
     /// A `clear` reached the client's socket `seconds` after the StartOfTurn that caused it.
     pub(crate) fn clear_sent(&self, seconds: f64) {
         self.clear_sent.observe(seconds);
+    }
+
+    /// A tool call returned (or failed, or timed out) after `seconds`. Tool names come from
+    /// the configuration, but a model may call one that does not exist: past
+    /// [`TOOL_LABELS`] names, the rest count as `other`.
+    pub(crate) fn tool_call(&self, tool: &str, outcome: &str, seconds: f64) {
+        self.tool_duration.observe(seconds);
+        let mut calls = self.tool_calls.lock().expect("metrics lock");
+        let known = calls.keys().any(|(t, _)| t == tool);
+        let distinct = calls
+            .keys()
+            .map(|(t, _)| t)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let tool = if known || distinct < TOOL_LABELS {
+            tool
+        } else {
+            "other"
+        };
+        *calls
+            .entry((tool.to_owned(), outcome.to_owned()))
+            .or_default() += 1;
     }
 
     pub(crate) fn provider_error(&self, error: &BackendError) {
@@ -354,6 +382,23 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP turnflow_tool_calls_total Tool calls that ended, by tool and outcome (ok, error, timed_out).\n# TYPE turnflow_tool_calls_total counter"
+        );
+        for ((tool, outcome), n) in self.tool_calls.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "turnflow_tool_calls_total{{tool=\"{}\",outcome=\"{}\"}} {n}",
+                escape_label(tool),
+                escape_label(outcome)
+            );
+        }
+        self.tool_duration.render(
+            &mut out,
+            "turnflow_tool_call_seconds",
+            "How long tool calls took, from the call to its result.",
+        );
+        let _ = writeln!(
+            out,
             "# HELP turnflow_heard_clock_total Replies cut (by the user, or by the end of the session) by the clock that decided what was heard (carrier_marks: the carrier's echoed marks; client_reports: the browser's playback reports; server_clock: what the server wrote).\n# TYPE turnflow_heard_clock_total counter"
         );
         let clocks = self.heard_clock.lock().expect("metrics lock").clone();
@@ -445,6 +490,35 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("session="), "no per-session label");
+    }
+
+    #[test]
+    fn tool_calls_are_counted_by_tool_and_outcome_with_the_names_bounded() {
+        let m = Metrics::default();
+        m.tool_call("check_availability", "ok", 0.3);
+        m.tool_call("check_availability", "ok", 0.3);
+        m.tool_call("book_table", "timed_out", 10.0);
+        for n in 0..100 {
+            m.tool_call(&format!("invented_{n}"), "error", 0.001);
+        }
+        let text = m.render(true, &[]);
+        assert!(
+            text.contains(
+                "turnflow_tool_calls_total{tool=\"check_availability\",outcome=\"ok\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "turnflow_tool_calls_total{tool=\"book_table\",outcome=\"timed_out\"} 1\n"
+            )
+        );
+        assert!(
+            text.contains("turnflow_tool_calls_total{tool=\"other\",outcome=\"error\"} 38\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("turnflow_tool_calls_total{").count(), 65);
+        assert!(text.contains("turnflow_tool_call_seconds_count 103\n"));
     }
 
     #[test]

@@ -82,6 +82,15 @@ impl Reporting {
 
 impl CallObserver for Reporting {
     fn event(&self, call: &str, event: &crate::engine::EngineEvent) {
+        if let crate::engine::EngineEvent::ToolFinished {
+            tool,
+            outcome,
+            duration_ms,
+            ..
+        } = event
+        {
+            self.metrics.tool_call(tool, outcome, duration_ms / 1000.0);
+        }
         self.notify(|o| o.event(call, event));
     }
 

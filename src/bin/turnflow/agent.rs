@@ -15,8 +15,11 @@ use turnflow::flux::client::API_KEY_ENV;
 use turnflow::flux::{ApiKey, Encoding, FluxConfig, ListenOptions, Thresholds};
 use turnflow::llm::anthropic::{ANTHROPIC_API_KEY_ENV, ANTHROPIC_BASE_URL};
 use turnflow::llm::openai::OPENAI_API_KEY_ENV;
-use turnflow::llm::{Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, ScriptedLlm};
+use turnflow::llm::{
+    Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, ScriptedLlm, ToolExecutor,
+};
 use turnflow::scenario::{Scenario, TtsTiming};
+use turnflow::tools::DemoRestaurant;
 use turnflow::tts::aura::AURA_BASE_URL;
 use turnflow::tts::flux::{FLUX_TTS_BASE_URL, FLUX_TTS_MODEL, FluxTts};
 use turnflow::tts::{
@@ -100,6 +103,8 @@ pub(crate) struct Agent {
     pub(crate) session: SessionConfig,
     pub(crate) llm: Arc<dyn LanguageModel>,
     pub(crate) tts: Arc<dyn SpeechSynthesizer>,
+    /// The tools offered to the model: the demo restaurant's beside the scripted model.
+    pub(crate) tools: Option<Arc<dyn ToolExecutor>>,
 }
 
 impl Agent {
@@ -221,6 +226,10 @@ impl Agent {
                 .tts_ttfb_timeout
                 .saturating_sub(LONE_PROVIDER_MARGIN);
         }
+        let llm_names: Vec<String> = llm
+            .split(',')
+            .map(|one| one.split_once(':').map_or(one, |(p, _)| p).to_owned())
+            .collect();
         let chain = llm
             .split(',')
             .map(|one| language_model(one, &file.llm, args, &scenario))
@@ -253,12 +262,18 @@ impl Agent {
             }
             Stt::Flux(Box::new(flux))
         };
+        // The scripted model acts out the scenario's tool calls, so it gets the demo's tools.
+        let tools = llm_names
+            .iter()
+            .all(|p| p == "scripted")
+            .then(|| Arc::new(DemoRestaurant::default()) as Arc<dyn ToolExecutor>);
         Ok(Agent {
             stt,
             options,
             session,
             llm,
             tts: voice,
+            tools,
         })
     }
 

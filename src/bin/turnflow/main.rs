@@ -338,7 +338,10 @@ fn simulate(args: SimulateArgs) -> Result<()> {
             SimVoice::Synthetic => "synthetic",
             SimVoice::Flux => "flux-tts",
         },
-    );
+    )
+    .with_tools(&turnflow::llm::ToolExecutor::specs(
+        &turnflow::tools::DemoRestaurant::default(),
+    ));
     let sample_rate = config.sample_rate;
     let settings = BreakdownSettings {
         endpointing: format!(
@@ -455,6 +458,26 @@ fn print_event(event: &EngineEvent) {
             println!("turn {turn}  speculation {response} cancelled ({reason:?})");
         }
         EngineEvent::Interrupted { response } => println!("        agent {response} interrupted"),
+        EngineEvent::ToolStarted {
+            response,
+            tool,
+            speculative,
+        } => {
+            let when = if *speculative {
+                " (while the reply is a guess)"
+            } else {
+                ""
+            };
+            println!("        agent {response} calls {tool}{when}");
+        }
+        EngineEvent::ToolFinished {
+            response,
+            tool,
+            outcome,
+            duration_ms,
+        } => {
+            println!("        agent {response}: {tool} {outcome} in {duration_ms:.0} ms");
+        }
         EngineEvent::Backchannel { turn, transcript } => {
             println!("turn {turn}  backchannel ignored: {transcript}");
         }

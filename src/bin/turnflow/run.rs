@@ -187,16 +187,18 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             &flux_config.options,
             agent.llm.name(),
             voice.name(),
-        );
-        let (connector, llm, tts) = match &recorder {
-            Some(r) => (r.connector(connector), r.llm(agent.llm), r.tts(voice)),
-            None => (connector, agent.llm, voice),
+        )
+        .with_tools(&agent.tools.as_ref().map(|t| t.specs()).unwrap_or_default());
+        let (connector, llm, tts, tools) = match &recorder {
+            Some(r) => (
+                r.connector(connector),
+                r.llm(agent.llm),
+                r.tts(voice),
+                agent.tools.map(|t| r.tools(t)),
+            ),
+            None => (connector, agent.llm, voice, agent.tools),
         };
-        let backends = Backends {
-            llm,
-            tts,
-            tools: None,
-        };
+        let backends = Backends { llm, tts, tools };
         let output_rate = backends.tts.sample_rate();
         let start = recorder.as_ref().map_or_else(Instant::now, Recorder::origin);
         let (speaking_tx, speaking) = tokio::sync::watch::channel(false);

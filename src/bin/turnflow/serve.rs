@@ -115,7 +115,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         let backends = Backends {
             llm: agent.llm,
             tts: agent.tts,
-            tools: None,
+            tools: agent.tools,
         };
         let (llm, tts) = (
             backends.llm.name().to_owned(),

@@ -779,3 +779,109 @@ fn a_notice_is_said_over_the_user_but_not_over_a_reply() {
         Some(Message::Assistant { content, .. }) if content == "One moment."
     ));
 }
+
+fn lookup(id: &str) -> ToolCall {
+    ToolCall {
+        id: id.into(),
+        name: "check_availability".into(),
+        arguments: serde_json::json!({"people": 2}),
+    }
+}
+
+#[test]
+fn a_promoted_reply_keeps_its_tool_calls_and_a_withdrawn_guess_leaves_none() {
+    let mut m = machine(BargeInPolicy::Immediate);
+    m.step(user(UserEvent::StartOfTurn, "A table"));
+    let a = m.step(user(UserEvent::EagerEndOfTurn, "A table"));
+    let guess = starts(&a)[0].0;
+    m.step(Input::Tool {
+        id: guess,
+        call: lookup("c1"),
+        result: None,
+    });
+    m.step(Input::Tool {
+        id: guess,
+        call: lookup("c1"),
+        result: Some("2 free".into()),
+    });
+    // The user goes on: the guess and its lookup are thrown away.
+    m.step(user(UserEvent::TurnResumed, "A table for two"));
+    m.step(Input::Ended(
+        guess,
+        Outcome::Cancelled {
+            heard: String::new(),
+        },
+    ));
+    let a = m.step(user(UserEvent::EagerEndOfTurn, "A table for two"));
+    let hit = starts(&a)[0].0;
+    m.step(Input::Tool {
+        id: hit,
+        call: lookup("c2"),
+        result: Some("1 free".into()),
+    });
+    m.step(user(UserEvent::EndOfTurn, "A table for two"));
+    m.step(Input::Ended(
+        hit,
+        Outcome::Finished {
+            spoken: "One is free.".into(),
+        },
+    ));
+    assert_eq!(
+        m.history(),
+        &[
+            Message::user("A table for two"),
+            Message::Assistant {
+                content: String::new(),
+                interrupted: false,
+                tool_calls: vec![lookup("c2")],
+            },
+            Message::Tool {
+                call_id: "c2".into(),
+                content: "1 free".into(),
+            },
+            Message::assistant("One is free."),
+        ]
+    );
+}
+
+#[test]
+fn a_call_still_running_when_its_reply_is_cut_gets_its_result_later() {
+    let mut m = machine(BargeInPolicy::Immediate);
+    m.step(user(UserEvent::StartOfTurn, "Book it"));
+    let a = m.step(user(UserEvent::EndOfTurn, "Book it"));
+    let reply = starts(&a)[0].0;
+    let booking = ToolCall {
+        id: "b1".into(),
+        name: "book_table".into(),
+        arguments: serde_json::json!({}),
+    };
+    m.step(Input::AudioStarted(reply));
+    m.step(Input::Tool {
+        id: reply,
+        call: booking.clone(),
+        result: None,
+    });
+    let a = m.step(user(UserEvent::StartOfTurn, "Wait"));
+    assert_eq!(cancels(&a), [(reply, CancelReason::BargeIn)]);
+    m.step(Input::Ended(
+        reply,
+        Outcome::Cancelled {
+            heard: "One moment.".into(),
+        },
+    ));
+    let pending = Message::Tool {
+        call_id: "b1".into(),
+        content: TOOL_STILL_RUNNING.into(),
+    };
+    assert!(m.history().contains(&pending), "{:?}", m.history());
+    m.step(Input::Tool {
+        id: reply,
+        call: booking,
+        result: Some("booked".into()),
+    });
+    assert!(m.history().contains(&Message::Tool {
+        call_id: "b1".into(),
+        content: "booked".into(),
+    }));
+    assert!(!m.history().contains(&pending));
+}

@@ -15,6 +15,7 @@ const state = {
   agentSamplesPlayed: 0,
   clears: 0,
   speculation: { hit: 0, miss: 0, none: 0 }, // turns, by how speculation went
+  toolCalls: 0,
   ended: null,
 };
 // Read by tests driving the page.
@@ -96,6 +97,16 @@ function onEvent(m) {
       const el = agentCard(m.response);
       el.sentences.push(m.text);
       el.querySelector('.text').textContent = el.sentences.join(' ');
+      break;
+    }
+    case 'tool_started': {
+      const el = agentCard(m.response);
+      tag(el, `→ ${m.tool}${m.speculative ? ' (while a guess)' : ''}`, m.speculative ? 'hit' : '');
+      state.toolCalls += 1;
+      break;
+    }
+    case 'tool_finished': {
+      tag(agentCard(m.response), `${m.tool}: ${m.outcome} in ${Math.round(m.duration_ms)} ms`, m.outcome === 'ok' ? '' : 'cut');
       break;
     }
     case 'response_ended': {

@@ -1,0 +1,195 @@
+//! Tools under speculation and barge-in, on tokio's paused clock with the demo restaurant: a
+//! lookup runs while the reply is a guess and is not made again on promotion; a booking the
+//! user talks over completes once, enters the history with its result, and is what the next
+//! request sees.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use turnflow::engine::log::LogKind;
+use turnflow::engine::{Backends, TOOL_STILL_RUNNING};
+use turnflow::flux::TurnEvent;
+use turnflow::llm::{LanguageModel, LlmError, LlmRequest, LlmStream, Message, ScriptedLlm};
+use turnflow::scenario::Scenario;
+use turnflow::sim::{SimulationConfig, SimulationResult, Transport, run};
+use turnflow::tools::DemoRestaurant;
+use turnflow::tts::SyntheticTts;
+
+/// The scripted model, keeping every request it was sent.
+struct Listening {
+    inner: ScriptedLlm,
+    requests: Mutex<Vec<LlmRequest>>,
+}
+
+#[async_trait]
+impl LanguageModel for Listening {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+
+    async fn stream(&self, request: LlmRequest) -> Result<LlmStream, LlmError> {
+        self.requests.lock().unwrap().push(request.clone());
+        self.inner.stream(request).await
+    }
+}
+
+async fn simulate(
+    scenario: &str,
+    restaurant: Arc<DemoRestaurant>,
+) -> (SimulationResult, Vec<LlmRequest>) {
+    let scenario = Arc::new(Scenario::parse(scenario, "tools").unwrap());
+    let llm = Arc::new(Listening {
+        inner: ScriptedLlm::from_scenario(&scenario),
+        requests: Mutex::default(),
+    });
+    let mut config = SimulationConfig::new(scenario.clone());
+    config.transport = Transport::Memory;
+    config.backends = Some(Backends {
+        llm: llm.clone(),
+        tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+        tools: Some(restaurant),
+    });
+    let result = run(config).await.unwrap();
+    let requests = llm.requests.lock().unwrap().clone();
+    (result, requests)
+}
+
+fn first_at(r: &SimulationResult, matches: impl Fn(&LogKind) -> bool) -> tokio::time::Instant {
+    r.log
+        .iter()
+        .find_map(|e| matches(&e.kind).then_some(e.at))
+        .expect("logged")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lookup_runs_while_the_reply_is_a_guess_and_is_not_made_again() {
+    let restaurant = Arc::new(DemoRestaurant::default());
+    let (r, requests) = simulate(
+        r#"{"name":"lookup","listen":{"eager_eot_threshold":0.4,"eot_threshold":0.7},
+        "turns":[{"start":{"at_ms":500},
+          "phrases":[{"text":"A table for four at seven?","eot_confidence":0.92,"ramp_ms":1600}],
+          "calls":[{"tool":"check_availability","arguments":{"people":4,"time":"19:00"}}],
+          "reply":"Yes, a table for four is free at seven."}]}"#,
+        restaurant.clone(),
+    )
+    .await;
+    assert_eq!(
+        r.report.turns[0].assistant_heard,
+        "Yes, a table for four is free at seven."
+    );
+    assert_eq!(r.report.turns[0].speculation.as_str(), "hit");
+    assert_eq!(restaurant.lookups(), 1, "made once, reused on promotion");
+    let started = first_at(&r, |k| {
+        matches!(
+            k,
+            LogKind::ToolStarted {
+                speculative: true,
+                ..
+            }
+        )
+    });
+    let end = first_at(&r, |k| {
+        matches!(
+            k,
+            LogKind::Flux {
+                event: TurnEvent::EndOfTurn,
+                ..
+            }
+        )
+    });
+    assert!(started < end, "the lookup started before EndOfTurn");
+    let calls = &r.report.turns[0].tool_calls;
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(
+        (call.tool.as_str(), call.outcome.as_str()),
+        ("check_availability", "ok")
+    );
+    assert!(call.speculative && !call.withdrawn);
+    assert!(call.start_ms < 0.0, "before EndOfTurn: {}", call.start_ms);
+    assert_eq!(call.duration_ms, Some(300.0));
+    // The reply's second round carries the lookup's result to the model.
+    let second = requests.last().unwrap();
+    assert!(matches!(
+        second.messages.last(),
+        Some(Message::Tool { content, .. }) if content.contains("\"free_tables\":4")
+    ));
+    // And the history keeps the call and its result before what was said.
+    let n = r.history.len();
+    assert!(
+        matches!(&r.history[n - 3], Message::Assistant { tool_calls, .. } if tool_calls[0].name == "check_availability")
+    );
+    assert!(matches!(&r.history[n - 2], Message::Tool { .. }));
+    assert!(
+        matches!(&r.history[n - 1], Message::Assistant { content, .. } if content.starts_with("Yes,"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_booking_the_user_talks_over_completes_once_and_the_next_turn_knows_it() {
+    // The booking takes 6 s; the filler line plays 700 ms in, and the user speaks over it.
+    let restaurant = Arc::new(DemoRestaurant::new(
+        Duration::from_millis(300),
+        Duration::from_secs(6),
+    ));
+    let (r, requests) = simulate(
+        r#"{"name":"booking","listen":{"eot_threshold":0.7},
+        "turns":[
+          {"start":{"at_ms":500},"say":"Book a table for two at seven for Jordan.",
+           "calls":[{"tool":"book_table","arguments":{"name":"Jordan","people":2,"time":"19:00"}}],
+           "reply":"Your table for two at seven is booked."},
+          {"start":{"barge_in_ms":300},"say":"Did that work?","reply":"Yes, it did."}]}"#,
+        restaurant.clone(),
+    )
+    .await;
+    assert_eq!(restaurant.bookings().len(), 1, "booked once");
+    assert!(r.report.turns[0].interrupted, "the reply was cut");
+    assert_eq!(r.report.turns[0].assistant_heard, "One moment.");
+    // The next turn's request went out while the booking still ran: the model is told so.
+    let next = requests
+        .iter()
+        .find(|q| {
+            q.messages
+                .iter()
+                .any(|m| matches!(m, Message::User { content } if content == "Did that work?"))
+        })
+        .expect("the next turn's request");
+    let told: Vec<&Message> = next
+        .messages
+        .iter()
+        .filter(|m| matches!(m, Message::Tool { .. }))
+        .collect();
+    assert!(
+        matches!(told[..], [Message::Tool { content, .. }] if content == TOOL_STILL_RUNNING),
+        "{told:?}"
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|q| !matches!(q.messages.last(), Some(Message::Tool { .. })))
+            .count(),
+        2,
+        "one request per user turn: the booking was not asked for again"
+    );
+    // When it finished, its result took the place of "still running".
+    let result = r
+        .history
+        .iter()
+        .find_map(|m| match m {
+            Message::Tool { content, .. } => Some(content.as_str()),
+            _ => None,
+        })
+        .expect("the booking in the history");
+    assert!(result.contains("\"booked\""), "{result}");
+    let ended = r
+        .log
+        .iter()
+        .filter(|e| matches!(e.kind, LogKind::ToolEnded { outcome: "ok", .. }))
+        .count();
+    assert_eq!(ended, 1);
+    let booking = &r.report.turns[0].tool_calls[0];
+    assert_eq!(booking.tool, "book_table");
+    assert!(!booking.speculative);
+    assert_eq!(booking.duration_ms, Some(6000.0), "it ran to its end");
+}
