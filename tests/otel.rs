@@ -261,6 +261,8 @@ fn a_simulated_call_reaches_the_collector_with_its_breakdown() {
     assert!(!voice.is_empty(), "its sentences");
     assert!(attribute(voice[0], "turnflow.tts.characters").is_some());
     let text = serde_json::to_string(&spans).unwrap();
+    let tools = named(&spans, "turnflow.tool");
+    assert!(tools.is_empty(), "eager_hit calls no tool");
     assert!(
         !text.contains("table for two"),
         "no transcript or reply in a span"
@@ -272,7 +274,7 @@ fn the_binaries_send_traces_when_the_environment_asks() {
     let io = tokio::runtime::Runtime::new().unwrap();
     let receiver = io.block_on(Receiver::start());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_turnflow"))
-        .args(["simulate", "scenarios/eager_hit.json", "--clock", "virtual"])
+        .args(["simulate", "--clock", "virtual"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.url)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -285,7 +287,31 @@ fn the_binaries_send_traces_when_the_environment_asks() {
     let spans = io.block_on(receiver.spans(1, Duration::from_secs(5)));
     check_tree(&spans);
     assert_eq!(named(&spans, "turnflow.call").len(), 1);
-    assert_eq!(named(&spans, "turnflow.turn").len(), 1);
+    assert_eq!(
+        named(&spans, "turnflow.turn").len(),
+        5,
+        "the demo's five turns"
+    );
+    // The demo's lookup runs while its reply is a guess; its booking waits for the turn's end.
+    let tools: Vec<(String, bool)> = named(&spans, "turnflow.tool")
+        .iter()
+        .map(|t| {
+            (
+                attribute(t, "gen_ai.tool.name").unwrap()["stringValue"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                attribute(t, "turnflow.tool.speculative").unwrap()["boolValue"]
+                    .as_bool()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        tools.contains(&("check_availability".into(), true)),
+        "{tools:?}"
+    );
+    assert!(tools.contains(&("book_table".into(), false)), "{tools:?}");
 
     // A served call, traced when it ends.
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_turnflow"))

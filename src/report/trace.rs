@@ -1,7 +1,7 @@
 //! A finished call as OpenTelemetry spans (feature `otel`), read from its event log: a span for
 //! the call, one per user turn with the turn's figures and its latency breakdown as
 //! attributes, one per reply (speculative or not, promoted, withdrawn or cut), and under each
-//! reply one for the model request and one per sentence sent to the voice. Pure: the spans
+//! reply one for the model request, one per tool call and one per sentence sent to the voice. Pure: the spans
 //! are values with instants of the event log's clock; [`otlp_json`] writes them as an OTLP
 //! `ExportTraceServiceRequest` in its JSON encoding, and `report::otlp` sends them.
 //!
@@ -34,7 +34,8 @@ pub enum AttributeValue {
 /// One span of a call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TraceSpan {
-    /// `turnflow.call`, `turnflow.turn`, `turnflow.response`, `turnflow.llm` or `turnflow.tts`.
+    /// `turnflow.call`, `turnflow.turn`, `turnflow.response`, `turnflow.llm`, `turnflow.tool`
+    /// or `turnflow.tts`.
     pub name: &'static str,
     /// The index of its parent in the call's spans; `None` for the call.
     pub parent: Option<usize>,
@@ -115,6 +116,16 @@ struct Reply {
     ended: Option<Instant>,
     interrupted: bool,
     error: Option<crate::error::BackendError>,
+    tools: Vec<ToolRun>,
+}
+
+struct ToolRun {
+    call_id: String,
+    tool: String,
+    effect: crate::llm::ToolEffect,
+    speculative: bool,
+    started: Instant,
+    ended: Option<(Instant, &'static str)>,
 }
 
 fn ms(from: Instant, to: Instant) -> f64 {
@@ -174,6 +185,7 @@ pub fn call_spans(entries: &[LogEntry], call: &CallInfo<'_>) -> Vec<TraceSpan> {
                         ended: None,
                         interrupted: false,
                         error: None,
+                        tools: Vec::new(),
                     },
                 );
             }
@@ -200,6 +212,27 @@ pub fn call_spans(entries: &[LogEntry], call: &CallInfo<'_>) -> Vec<TraceSpan> {
                         index, characters, ..
                     } => {
                         r.sentences.entry(*index).or_default().billed = Some(*characters);
+                    }
+                    LogKind::ToolStarted {
+                        call_id,
+                        tool,
+                        effect,
+                        speculative,
+                        ..
+                    } => r.tools.push(ToolRun {
+                        call_id: call_id.clone(),
+                        tool: tool.clone(),
+                        effect: *effect,
+                        speculative: *speculative,
+                        started: at,
+                        ended: None,
+                    }),
+                    LogKind::ToolEnded {
+                        call_id, outcome, ..
+                    } => {
+                        if let Some(run) = r.tools.iter_mut().find(|t| t.call_id == *call_id) {
+                            run.ended = Some((at, outcome));
+                        }
                     }
                     LogKind::Promoted { .. } => r.promoted = true,
                     LogKind::Cancelled { reason, .. } => r.cancelled = Some((at, *reason)),
@@ -319,6 +352,36 @@ pub fn call_spans(entries: &[LogEntry], call: &CallInfo<'_>) -> Vec<TraceSpan> {
             }
             spans.push(llm);
         }
+        for run in &r.tools {
+            let ended = run.ended.map_or(end, |(at, _)| at);
+            let mut tool = TraceSpan::new("turnflow.tool", Some(index), run.started, ended);
+            tool.set(
+                "gen_ai.operation.name",
+                AttributeValue::Text("execute_tool".into()),
+            );
+            tool.set("gen_ai.tool.name", AttributeValue::Text(run.tool.clone()));
+            tool.set(
+                "gen_ai.tool.call.id",
+                AttributeValue::Text(run.call_id.clone()),
+            );
+            tool.set(
+                "turnflow.tool.read_only",
+                AttributeValue::Bool(run.effect == crate::llm::ToolEffect::Pure),
+            );
+            tool.set(
+                "turnflow.tool.speculative",
+                AttributeValue::Bool(run.speculative),
+            );
+            let outcome = run.ended.map_or("cancelled", |(_, o)| o);
+            tool.set(
+                "turnflow.tool.outcome",
+                AttributeValue::Text(outcome.into()),
+            );
+            if matches!(outcome, "error" | "timed_out") {
+                tool.error = Some(format!("{} {outcome}", run.tool));
+            }
+            spans.push(tool);
+        }
         let sentences: Vec<(&usize, &Sentence)> = r.sentences.iter().collect();
         for (k, (position, sentence)) in sentences.iter().enumerate() {
             let Some(sent) = sentence.sent else { continue };
@@ -358,6 +421,8 @@ fn response_of(kind: &LogKind) -> Option<ResponseId> {
         | LogKind::TtsRequestSent { id, .. }
         | LogKind::TtsBilled { id, .. }
         | LogKind::TtsFirstAudio { id, .. }
+        | LogKind::ToolStarted { id, .. }
+        | LogKind::ToolEnded { id, .. }
         | LogKind::Promoted { id }
         | LogKind::FirstFrameWritten { id }
         | LogKind::LastFrameWritten { id }
@@ -504,7 +569,7 @@ pub fn otlp_json(calls: &[TracedCall], resource: &[(String, String)]) -> Json {
         for (i, span) in call.spans.iter().enumerate() {
             let kind = match (span.parent, span.name) {
                 (None, _) => KIND_SERVER,
-                (_, "turnflow.llm" | "turnflow.tts") => KIND_CLIENT,
+                (_, "turnflow.llm" | "turnflow.tts" | "turnflow.tool") => KIND_CLIENT,
                 _ => KIND_INTERNAL,
             };
             let mut out = json!({
