@@ -1095,3 +1095,120 @@ fn a_run_recorded_on_the_virtual_clock_replays_to_the_identical_report() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// One HTTP exchange on a loopback port: the request as received, and the answer given.
+fn one_http_exchange(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut chunk).unwrap();
+            request.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length || n == 0 {
+                    break;
+                }
+            }
+        }
+        write!(
+            socket,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        )
+        .unwrap();
+        String::from_utf8_lossy(&request).to_string()
+    });
+    (url, handle)
+}
+
+#[test]
+fn run_calls_a_webhook_tool_from_the_settings_file() {
+    let dir = temp_dir("webhook");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (url, backend) = one_http_exchange(r#"{"free_tables":3}"#);
+    let settings = dir.join("turnflow.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            r#"
+[tools]
+demo = false
+
+[[tools.webhook]]
+name = "check_table"
+description = "How many tables are free tonight for a party"
+url = "{url}/tables"
+effect = "read_only"
+timeout_ms = 5000
+parameters = {{ type = "object", properties = {{ people = {{ type = "integer" }} }}, required = ["people"] }}
+headers = {{ "x-api-key" = "${{TURNFLOW_TEST_TABLES_KEY}}" }}
+"#
+        ),
+    )
+    .unwrap();
+    let scenario = dir.join("scenario.json");
+    std::fs::write(
+        &scenario,
+        r#"{"name":"hook","turns":[{"say":"Hello, can you book me a table for two tonight?",
+            "calls":[{"tool":"check_table","arguments":{"people":2}}],
+            "reply":"Yes, three tables are free tonight."}]}"#,
+    )
+    .unwrap();
+    let report = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args(["run", "--input", "tests/fixtures/book_table_16k.wav"])
+        .args(["--output", dir.join("agent.wav").to_str().unwrap()])
+        .args(["--scenario", scenario.to_str().unwrap()])
+        .args(["--config", settings.to_str().unwrap()])
+        .args(["--report", report.to_str().unwrap()])
+        .env("TURNFLOW_TEST_TABLES_KEY", "k-42")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    succeeded(&out);
+    let request = backend.join().unwrap();
+    assert!(request.starts_with("POST /tables HTTP/1.1"), "{request}");
+    assert!(
+        request.to_ascii_lowercase().contains("x-api-key: k-42"),
+        "{request}"
+    );
+    assert!(request.ends_with(r#"{"people":2}"#), "{request}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let turn = &report["turns"][0];
+    assert_eq!(
+        turn["assistant_heard"],
+        "Yes, three tables are free tonight."
+    );
+    assert_eq!(turn["tool_calls"][0]["tool"], "check_table");
+    assert_eq!(turn["tool_calls"][0]["outcome"], "ok");
+
+    // A header whose variable is not set is named at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args(["run", "--input", "tests/fixtures/book_table_16k.wav"])
+        .args(["--output", dir.join("agent.wav").to_str().unwrap()])
+        .args(["--config", settings.to_str().unwrap()])
+        .env_remove("TURNFLOW_TEST_TABLES_KEY")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tools.webhook \"check_table\": header x-api-key needs the environment variable TURNFLOW_TEST_TABLES_KEY, which is not set"),
+        "{stderr}"
+    );
+}

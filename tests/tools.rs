@@ -193,3 +193,152 @@ async fn a_booking_the_user_talks_over_completes_once_and_the_next_turn_knows_it
     assert!(!booking.speculative);
     assert_eq!(booking.duration_ms, Some(6000.0), "it ran to its end");
 }
+
+/// A backend on loopback: what it was sent (request line, headers, body), and its answers.
+async fn backend() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while buffer.len() < head_end + 4 + length {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buffer[head_end + 4..]).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                kept.lock().unwrap().push((head, body));
+                let (status, answer) = if path.starts_with("/down") {
+                    ("503 Service Unavailable", "maintenance until 9")
+                } else if path.starts_with("/silent") {
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                } else {
+                    ("200 OK", r#"{"status":"shipped"}"#)
+                };
+                let _ = socket
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                            answer.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn order_tool(url: &str, method: turnflow::tools::webhook::Method) -> turnflow::tools::WebhookTool {
+    turnflow::tools::WebhookTool::new(
+        turnflow::llm::ToolSpec {
+            name: "order_status".into(),
+            description: "Where an order is".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {"order": {"type": "string"}}, "required": ["order"]}),
+            effect: turnflow::llm::ToolEffect::Pure,
+        },
+        url,
+        method,
+        Duration::from_millis(500),
+        &[("authorization".into(), "Bearer s3cret".into())],
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_tools_post_or_query_and_every_failure_reaches_the_model() {
+    use turnflow::llm::{ToolCall, ToolExecutor};
+    use turnflow::tools::webhook::Method;
+    let (url, seen) = backend().await;
+    let call = ToolCall {
+        id: "call_7".into(),
+        name: "order_status".into(),
+        arguments: serde_json::json!({"order": "A 17/b"}),
+    };
+    let posted = order_tool(&format!("{url}/orders"), Method::Post);
+    assert_eq!(posted.call(&call).await.unwrap(), r#"{"status":"shipped"}"#);
+    let queried = order_tool(&format!("{url}/orders"), Method::Get);
+    queried.call(&call).await.unwrap();
+    {
+        let seen = seen.lock().unwrap();
+        let (head, body) = &seen[0];
+        assert!(head.starts_with("POST /orders HTTP/1.1"), "{head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json"), "{head}");
+        assert!(lower.contains("authorization: bearer s3cret"));
+        assert!(lower.contains("x-turnflow-tool-call: call_7"));
+        assert_eq!(body, r#"{"order":"A 17/b"}"#);
+        assert!(
+            seen[1]
+                .0
+                .starts_with("GET /orders?order=A%2017%2Fb HTTP/1.1"),
+            "{}",
+            seen[1].0
+        );
+    }
+    let down = order_tool(&format!("{url}/down"), Method::Post);
+    assert_eq!(
+        down.call(&call).await.unwrap_err(),
+        "order_status answered HTTP 503: maintenance until 9"
+    );
+    let silent = order_tool(&format!("{url}/silent"), Method::Post);
+    let error = silent.call(&call).await.unwrap_err();
+    assert!(
+        error.starts_with("order_status could not be reached"),
+        "{error}"
+    );
+    let closed = order_tool("http://127.0.0.1:9/orders", Method::Post);
+    let error = closed.call(&call).await.unwrap_err();
+    assert!(
+        error.starts_with("order_status could not be reached"),
+        "{error}"
+    );
+    assert!(
+        !format!("{posted:?}").contains("s3cret"),
+        "headers never shown"
+    );
+    let insecure = turnflow::tools::WebhookTool::new(
+        turnflow::llm::ToolSpec {
+            name: "order_status".into(),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object"}),
+            effect: turnflow::llm::ToolEffect::Pure,
+        },
+        "http://orders.example/status",
+        Method::Post,
+        Duration::from_secs(1),
+        &[("authorization".into(), "Bearer s3cret".into())],
+    )
+    .unwrap_err();
+    assert!(insecure.to_string().contains("unencrypted"), "{insecure}");
+}

@@ -13,13 +13,15 @@ use turnflow::emulator::{EmulatorConfig, MemoryEmulator, TurnDetection};
 use turnflow::engine::{BargeInPolicy, SessionConfig};
 use turnflow::flux::client::API_KEY_ENV;
 use turnflow::flux::{ApiKey, Encoding, FluxConfig, ListenOptions, Thresholds};
+use turnflow::llm::ToolSpec;
 use turnflow::llm::anthropic::{ANTHROPIC_API_KEY_ENV, ANTHROPIC_BASE_URL};
 use turnflow::llm::openai::OPENAI_API_KEY_ENV;
 use turnflow::llm::{
     Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, ScriptedLlm, ToolExecutor,
 };
 use turnflow::scenario::{Scenario, TtsTiming};
-use turnflow::tools::DemoRestaurant;
+use turnflow::tools::webhook::Method;
+use turnflow::tools::{DemoRestaurant, Toolbox, WebhookTool};
 use turnflow::tts::aura::AURA_BASE_URL;
 use turnflow::tts::flux::{FLUX_TTS_BASE_URL, FLUX_TTS_MODEL, FluxTts};
 use turnflow::tts::{
@@ -262,11 +264,7 @@ impl Agent {
             }
             Stt::Flux(Box::new(flux))
         };
-        // The scripted model acts out the scenario's tool calls, so it gets the demo's tools.
-        let tools = llm_names
-            .iter()
-            .all(|p| p == "scripted")
-            .then(|| Arc::new(DemoRestaurant::default()) as Arc<dyn ToolExecutor>);
+        let tools = toolbox(&file.tools, llm_names.iter().all(|p| p == "scripted"))?;
         Ok(Agent {
             stt,
             options,
@@ -306,6 +304,40 @@ pub(crate) struct FileConfig {
     /// Turn-taking policies.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// What the agent can do.
+    #[serde(default)]
+    pub tools: ToolsConfig,
+}
+
+/// `[tools]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ToolsConfig {
+    /// The demo restaurant's tools; on by default beside the scripted model, off otherwise.
+    pub demo: Option<bool>,
+    /// `[[tools.webhook]]`: tools behind HTTP endpoints.
+    #[serde(default)]
+    pub webhook: Vec<WebhookConfig>,
+}
+
+/// One `[[tools.webhook]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebhookConfig {
+    pub name: String,
+    pub description: String,
+    pub url: String,
+    /// `POST` (the default), `PUT` or `GET`.
+    pub method: Option<String>,
+    /// Per call; the engine's own 10 s limit applies as well.
+    pub timeout_ms: Option<u64>,
+    /// `read_only` or `side_effecting`.
+    pub effect: String,
+    /// The arguments' JSON Schema (an object with no parameters when absent).
+    pub parameters: Option<toml::Value>,
+    /// Header values; `${NAME}` is taken from the environment.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +380,77 @@ pub(crate) struct EngineConfig {
     pub false_interruption_timeout_ms: Option<u64>,
     pub fallback_line: Option<String>,
     pub presynthesis: Option<String>,
+}
+
+/// The tools of `[tools]`: the demo restaurant's (beside the scripted model, which acts out
+/// the scenario's calls, unless `demo = false`) and the webhooks, in one toolbox; `None` when
+/// there is no tool.
+fn toolbox(config: &ToolsConfig, scripted: bool) -> Result<Option<Arc<dyn ToolExecutor>>> {
+    let mut toolbox = Toolbox::new();
+    if config.demo.unwrap_or(scripted) {
+        toolbox.add(
+            "the demo restaurant",
+            None,
+            Arc::new(DemoRestaurant::default()),
+        )?;
+    }
+    for hook in &config.webhook {
+        let at = |what: &str| format!("tools.webhook {:?}: {what}", hook.name);
+        let effect = WebhookTool::effect(&hook.effect).map_err(|e| anyhow::anyhow!(at(&e)))?;
+        let method: Method = hook
+            .method
+            .as_deref()
+            .unwrap_or("POST")
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(at(&e)))?;
+        let parameters = match &hook.parameters {
+            Some(p) => serde_json::to_value(p)
+                .map_err(|e| anyhow::anyhow!(at(&format!("parameters: {e}"))))?,
+            None => serde_json::json!({"type": "object", "properties": {}}),
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &hook.headers {
+            let value = from_environment(value).map_err(|var| {
+                anyhow::anyhow!(at(&format!(
+                    "header {name} needs the environment variable {var}, which is not set"
+                )))
+            })?;
+            headers.push((name.clone(), value));
+        }
+        let spec = ToolSpec {
+            name: hook.name.clone(),
+            description: hook.description.clone(),
+            parameters,
+            effect,
+        };
+        let timeout = Duration::from_millis(hook.timeout_ms.unwrap_or(10_000));
+        let tool = WebhookTool::new(spec, &hook.url, method, timeout, &headers)?;
+        toolbox.add(&format!("webhook {}", hook.name), None, Arc::new(tool))?;
+    }
+    Ok((!toolbox.is_empty()).then(|| Arc::new(toolbox) as Arc<dyn ToolExecutor>))
+}
+
+/// `text` with every `${NAME}` replaced by that environment variable.
+///
+/// # Errors
+/// The name of a variable that is not set.
+fn from_environment(text: &str) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        let value = std::env::var(name).map_err(|_| name.to_owned())?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Reads and checks `turnflow.toml`.
