@@ -365,3 +365,58 @@ async fn what_the_session_says_as_it_finishes_is_not_lost() {
         "the cut reply's end reaches the observer: {told:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_agent_ends_the_call_once_its_goodbye_is_heard() {
+    let scenario = Arc::new(
+        Scenario::parse(
+            r#"{"name":"bye","listen":{"eot_threshold":0.7},"turns":[
+              {"start":{"at_ms":500},"say":"That's all, thanks.",
+               "calls":[{"tool":"end_call","arguments":{"reason":"the caller is done"}}],
+               "reply":"Goodbye, have a nice evening!"},
+              {"start":{"at_ms":20000},"say":"Hello?","reply":"Still here."}]}"#,
+            "bye",
+        )
+        .unwrap(),
+    );
+    let flux = FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
+        .with_base_url("ws://emulator");
+    let emulator = MemoryEmulator::new(EmulatorConfig::new(scenario.clone()));
+    let settings = Settings::new(
+        flux,
+        Arc::new(emulator),
+        Backends {
+            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+            tools: Some(Arc::new(turnflow::tools::CallControl)),
+        },
+    );
+    let (far_end, inbound) = mpsc::unbounded_channel();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let mut transport = Scripted {
+        inbound,
+        sent: sent.clone(),
+        deaf_after: usize::MAX,
+    };
+    let call = tokio::spawn(async move { Call::new("c-2", settings).run(&mut transport).await });
+    far_end.send(start()).unwrap();
+    let speaking = tokio::spawn(async move { speak(&far_end, 30).await });
+    let started = Instant::now();
+    let ending = call.await.unwrap();
+    assert_eq!(ending.outcome, SessionEnd::Completed, "{ending:?}");
+    assert_eq!(ending.detail, "the agent ended the call");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "ended after the goodbye, before the next turn: {:?}",
+        started.elapsed()
+    );
+    let history = ending.session.expect("the session ran").history;
+    assert!(
+        matches!(history.last(), Some(turnflow::llm::Message::Assistant { content, interrupted: false, .. }) if content == "Goodbye, have a nice evening!"),
+        "the goodbye was heard whole: {history:?}"
+    );
+    let sent = sent.lock().unwrap().clone();
+    assert!(sent.iter().any(|s| s == "event tool_started"), "{sent:?}");
+    assert_eq!(sent.last().map(String::as_str), Some("end completed"));
+    speaking.abort();
+}

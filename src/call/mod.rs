@@ -9,6 +9,7 @@
 //!   engine session;
 //! - the inbound guards: message rate, audio ahead of real time, frame size, idle time;
 //! - the greeting, the re-prompt of a silent user and the goodbye ([`SilencePolicy`]);
+//! - the agent's own end of the call: the reply that called `end_call`, heard to its end;
 //! - agent audio in the transport's chunk size, every barge-in's cut ([`Transport::cutter`]
 //!   for a transport that can write a clear from another task), and what was heard, from
 //!   the transport's own playback clock;
@@ -22,6 +23,7 @@
 //! the engine's stop token is a child of the caller's shutdown token. Playout writes into a
 //! queue the call's task drains, so a far end that stops reading cannot stall the engine.
 
+mod farewell;
 mod guards;
 mod playback;
 mod recording;

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
+use super::farewell::Farewell;
 use super::guards::{MessageRate, RealtimeGuard};
 use super::playback::{Clock, Playback};
 use super::recording::CallRecording;
@@ -304,6 +305,7 @@ impl Call {
         let mut flushing = false;
         let mut turns = TurnReports::default();
         let mut silence = Silence::new(settings.silence.as_ref().map(|s| s.after));
+        let mut farewell = Farewell::default();
         let mut silence_check = tokio::time::interval(SILENCE_CHECK);
         let mut guard =
             RealtimeGuard::new(Instant::now(), input.sample_rate, limits.realtime_margin);
@@ -392,6 +394,11 @@ impl Call {
                     let done = note(observer.as_deref(), &self.id, &event, &mut turns, &log);
                     if silence.on_event(&event, Instant::now()) && ending.is_none() {
                         ending = Some(Ending::new(SessionEnd::Completed, "the user stayed silent; said goodbye"));
+                        stop.cancel();
+                    }
+                    if farewell.on_event(&event) && ending.is_none() {
+                        info!("the agent ended the call after its goodbye");
+                        ending = Some(Ending::new(SessionEnd::Completed, "the agent ended the call"));
                         stop.cancel();
                     }
                     if ending.is_none() && forward(transport, &event, &done).await.is_err() {

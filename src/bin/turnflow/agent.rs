@@ -21,7 +21,7 @@ use turnflow::llm::{
 };
 use turnflow::scenario::{Scenario, TtsTiming};
 use turnflow::tools::webhook::Method;
-use turnflow::tools::{DemoRestaurant, Toolbox, WebhookTool};
+use turnflow::tools::{CallControl, DemoRestaurant, Toolbox, WebhookTool};
 use turnflow::tts::aura::AURA_BASE_URL;
 use turnflow::tts::flux::{FLUX_TTS_BASE_URL, FLUX_TTS_MODEL, FluxTts};
 use turnflow::tts::{
@@ -315,6 +315,9 @@ pub(crate) struct FileConfig {
 pub(crate) struct ToolsConfig {
     /// The demo restaurant's tools; on by default beside the scripted model, off otherwise.
     pub demo: Option<bool>,
+    /// `end_call`: the model may end the call after its goodbye.
+    #[serde(default)]
+    pub end_call: bool,
     /// `[[tools.webhook]]`: tools behind HTTP endpoints.
     #[serde(default)]
     pub webhook: Vec<WebhookConfig>,
@@ -393,6 +396,9 @@ fn toolbox(config: &ToolsConfig, scripted: bool) -> Result<Option<Arc<dyn ToolEx
             None,
             Arc::new(DemoRestaurant::default()),
         )?;
+    }
+    if config.end_call {
+        toolbox.add("call control", None, Arc::new(CallControl))?;
     }
     for hook in &config.webhook {
         let at = |what: &str| format!("tools.webhook {:?}: {what}", hook.name);
