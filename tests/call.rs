@@ -388,7 +388,7 @@ async fn the_agent_ends_the_call_once_its_goodbye_is_heard() {
         Backends {
             llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
             tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
-            tools: Some(Arc::new(turnflow::tools::CallControl)),
+            tools: Some(Arc::new(turnflow::tools::CallControl::ending())),
         },
     );
     let (far_end, inbound) = mpsc::unbounded_channel();

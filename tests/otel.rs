@@ -2,75 +2,43 @@
 //! turnflow sends for a simulated call, and for calls of the real binaries (`simulate` and
 //! `serve` with `load`) configured only by the standard `OTEL_*` variables.
 
-use std::sync::{Arc, Mutex};
+#[path = "support/http.rs"]
+mod http;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use turnflow::report::otlp::{OtlpConfig, TraceExporter};
 use turnflow::report::trace::CallInfo;
 use turnflow::scenario::Scenario;
 use turnflow::sim::{SimulationConfig, Transport};
 
-/// An OTLP/HTTP collector's traces endpoint: every request body it received.
+/// An OTLP/HTTP collector's traces endpoint: every request it received.
 struct Receiver {
     url: String,
-    bodies: Arc<Mutex<Vec<(String, Value)>>>,
+    requests: http::Requests,
 }
 
 impl Receiver {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let kept = bodies.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let kept = kept.clone();
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    loop {
-                        let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n")
-                        else {
-                            let mut chunk = [0u8; 8192];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse().ok())?
-                            })
-                            .unwrap_or(0);
-                        while buffer.len() < head_end + 4 + length {
-                            let mut chunk = [0u8; 65536];
-                            match socket.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let body: Vec<u8> = buffer
-                            .drain(..head_end + 4 + length)
-                            .skip(head_end + 4)
-                            .collect();
-                        kept.lock()
-                            .unwrap()
-                            .push((head, serde_json::from_slice(&body).unwrap_or(Value::Null)));
-                        let _ = socket
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
-                            .await;
-                    }
-                });
-            }
-        });
-        Receiver { url, bodies }
+        let (url, requests) = http::recorder(|_| Some(("200 OK", "{}".to_owned()))).await;
+        Receiver { url, requests }
+    }
+
+    /// Every request's head and body, the body parsed.
+    fn bodies(&self) -> Vec<(String, Value)> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(head, body)| {
+                (
+                    head.clone(),
+                    serde_json::from_str(body).unwrap_or(Value::Null),
+                )
+            })
+            .collect()
     }
 
     /// Every span received, waiting up to `limit` for at least `least` of them.
@@ -78,9 +46,7 @@ impl Receiver {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let spans: Vec<Value> = self
-                .bodies
-                .lock()
-                .unwrap()
+                .bodies()
                 .iter()
                 .flat_map(|(_, b)| {
                     b["resourceSpans"][0]["scopeSpans"][0]["spans"]
@@ -171,7 +137,7 @@ fn a_simulated_call_reaches_the_collector_with_its_breakdown() {
     drop(exporter);
     io.block_on(task.finish(Duration::from_secs(5)));
 
-    let bodies = receiver.bodies.lock().unwrap().clone();
+    let bodies = receiver.bodies();
     assert_eq!(bodies.len(), 1, "one request");
     let (head, body) = &bodies[0];
     assert!(head.starts_with("POST /v1/traces "), "{head}");

@@ -5,6 +5,9 @@
 //! `stop`. Nothing asserts a wall-clock threshold; waits are bounded only so a broken server
 //! fails instead of hanging.
 
+#[path = "support/http.rs"]
+mod http;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +102,15 @@ async fn start(file: &str, configure: impl FnOnce(&mut ServerConfig)) -> Running
 /// A server whose emulator detects turns from the audio (`vad`) or plays the scenario's timing.
 async fn start_with(file: &str, vad: bool, configure: impl FnOnce(&mut ServerConfig)) -> Running {
     let scenario = Arc::new(Scenario::load(format!("scenarios/{file}").as_ref()).unwrap());
+    start_scenario(scenario, vad, configure).await
+}
+
+/// [`start_with`] for a scenario given here.
+async fn start_scenario(
+    scenario: Arc<Scenario>,
+    vad: bool,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> Running {
     let mut emulator = EmulatorConfig::new(scenario.clone());
     if vad {
         emulator.turn_detection = turnflow::emulator::TurnDetection::Vad;
@@ -762,4 +774,81 @@ async fn a_whole_telnyx_call_greeting_turn_barge_in_dtmf_and_stop() {
     let calls = server.seen.calls.lock().unwrap();
     assert_eq!(calls[0].1.call_id, "v3:c1");
     assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
+}
+
+/// A carrier's REST API on loopback, accepting every request.
+async fn carrier_api() -> (String, http::Requests) {
+    http::recorder(|_| Some(("200 OK", "{}".to_owned()))).await
+}
+
+/// A caller asks for a person; once the agent has said it passes them on, the carrier is asked
+/// to transfer the call, as each documents it, and the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_call_asks_each_carrier_to_dial_the_number() {
+    for kind in [Kind::Twilio, Kind::Telnyx] {
+        let scenario = Arc::new(
+            Scenario::parse(
+                r#"{"name":"transfer","listen":{"eot_threshold":0.7},"turns":[
+                  {"start":{"at_ms":500},"say":"Can I talk to a person?",
+                   "calls":[{"tool":"transfer_call","arguments":{"reason":"asked for a person"}}],
+                   "reply":"Of course, I am passing you to a colleague."}]}"#,
+                "transfer",
+            )
+            .unwrap(),
+        );
+        let (url, requests) = carrier_api().await;
+        let server = start_scenario(scenario, false, |config| {
+            config.transfer_to = Some("+15551234567".into());
+            config.carrier_api.twilio_base = url.clone();
+            config.carrier_api.telnyx_base = url.clone();
+            config.carrier_api.twilio_auth_token = Some(turnflow::flux::ApiKey::new("tok"));
+            config.carrier_api.telnyx_api_key = Some(turnflow::flux::ApiKey::new("KEY1"));
+        })
+        .await;
+        let mut plan = Plan::new(kind, "transfer");
+        plan.length = Duration::from_secs(12);
+        let heard = phone_call(server.addr, plan).await;
+        settled(&server.metrics).await;
+        assert!(heard.closed, "the stream ended after the transfer");
+        let requests = requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        let (head, body) = &requests[0];
+        let lower = head.to_ascii_lowercase();
+        match kind {
+            Kind::Twilio => {
+                assert!(
+                    head.starts_with("POST /2010-04-01/Accounts/AC0/Calls/CA1.json HTTP/1.1"),
+                    "{head}"
+                );
+                let basic = base64::engine::general_purpose::STANDARD.encode("AC0:tok");
+                assert!(
+                    lower.contains(&format!(
+                        "authorization: basic {}",
+                        basic.to_ascii_lowercase()
+                    )),
+                    "{head}"
+                );
+                assert!(lower.contains("content-type: application/x-www-form-urlencoded"));
+                assert_eq!(
+                    body,
+                    "Twiml=%3CResponse%3E%3CDial%3E%2B15551234567%3C%2FDial%3E%3C%2FResponse%3E"
+                );
+            }
+            Kind::Telnyx => {
+                assert!(
+                    head.starts_with("POST /v2/calls/v3:c1/actions/transfer HTTP/1.1"),
+                    "{head}"
+                );
+                assert!(lower.contains("authorization: bearer key1"), "{head}");
+                assert_eq!(body, r#"{"to":"+15551234567"}"#);
+            }
+        }
+        let session = server.seen.session_tagged("transfer");
+        let events = server.seen.events_of(&session);
+        assert!(
+            events.iter().any(|e| matches!(e, EngineEvent::ResponseEnded { heard, interrupted: false, .. } if heard == "Of course, I am passing you to a colleague.")),
+            "{events:?}"
+        );
+        assert_eq!(server.metrics.sessions(SessionEnd::Completed), 1);
+    }
 }

@@ -3,6 +3,9 @@
 //! user talks over completes once, enters the history with its result, and is what the next
 //! request sees.
 
+#[path = "support/http.rs"]
+mod http;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -194,69 +197,19 @@ async fn a_booking_the_user_talks_over_completes_once_and_the_next_turn_knows_it
     assert_eq!(booking.duration_ms, Some(6000.0), "it ran to its end");
 }
 
-/// A backend on loopback: what it was sent (request line, headers, body), and its answers.
-async fn backend() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let kept = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let kept = kept.clone();
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    let n = socket.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                while buffer.len() < head_end + 4 + length {
-                    let n = socket.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
-                let body = String::from_utf8_lossy(&buffer[head_end + 4..]).to_string();
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                kept.lock().unwrap().push((head, body));
-                let (status, answer) = if path.starts_with("/down") {
-                    ("503 Service Unavailable", "maintenance until 9")
-                } else if path.starts_with("/silent") {
-                    std::future::pending::<()>().await;
-                    unreachable!()
-                } else {
-                    ("200 OK", r#"{"status":"shipped"}"#)
-                };
-                let _ = socket
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                            answer.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            });
+/// A backend on loopback: what it was sent, and its answers (`/down` refuses, `/silent` never
+/// answers).
+async fn backend() -> (String, http::Requests) {
+    http::recorder(|path| {
+        if path.starts_with("/down") {
+            Some(("503 Service Unavailable", "maintenance until 9".to_owned()))
+        } else if path.starts_with("/silent") {
+            None
+        } else {
+            Some(("200 OK", r#"{"status":"shipped"}"#.to_owned()))
         }
-    });
-    (url, seen)
+    })
+    .await
 }
 
 fn order_tool(url: &str, method: turnflow::tools::webhook::Method) -> turnflow::tools::WebhookTool {

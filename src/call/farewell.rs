@@ -1,38 +1,53 @@
-//! The agent's own end of a call: the reply that called `end_call` (its goodbye), heard to its
-//! end, ends the call. A caller who talks over the goodbye keeps the call. Pure: fed the
-//! conversation's events.
+//! The agent's own end of a call: the reply that called `end_call` (its goodbye) or
+//! `transfer_call`, heard to its end, ends the call or hands it on. A caller who talks over
+//! that reply keeps the call as it is. Pure: fed the conversation's events.
 
 use tracing::info;
 
 use crate::engine::{EngineEvent, ResponseId};
-use crate::tools::END_CALL;
+use crate::tools::{END_CALL, TRANSFER_CALL};
 
-/// Watches for the agent's goodbye.
+/// How the agent leaves the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Leave {
+    /// Hang up.
+    End,
+    /// Hand the caller to the configured number.
+    Transfer,
+}
+
+/// Watches for the reply that leaves the call.
 #[derive(Debug, Default)]
 pub(super) struct Farewell {
-    goodbye: Option<ResponseId>,
+    leaving: Option<(ResponseId, Leave)>,
 }
 
 impl Farewell {
-    /// Notes an event; true when the goodbye has been heard and the call should end.
-    pub(super) fn on_event(&mut self, event: &EngineEvent) -> bool {
+    /// Notes an event; the way to leave once the reply that asked for it has been heard.
+    pub(super) fn on_event(&mut self, event: &EngineEvent) -> Option<Leave> {
         match event {
-            EngineEvent::ToolStarted { response, tool, .. } if tool == END_CALL => {
-                self.goodbye = Some(*response);
-                false
+            EngineEvent::ToolStarted { response, tool, .. } => {
+                let leave = match tool.as_str() {
+                    END_CALL => Leave::End,
+                    TRANSFER_CALL => Leave::Transfer,
+                    _ => return None,
+                };
+                self.leaving = Some((*response, leave));
+                None
             }
             EngineEvent::ResponseEnded {
                 response,
                 interrupted,
                 ..
-            } if self.goodbye == Some(*response) => {
-                self.goodbye = None;
+            } if self.leaving.is_some_and(|(r, _)| r == *response) => {
+                let (_, leave) = self.leaving.take()?;
                 if *interrupted {
-                    info!("the caller spoke over the goodbye; the call goes on");
+                    info!(?leave, "the caller spoke over the reply; the call goes on");
+                    return None;
                 }
-                !*interrupted
+                Some(leave)
             }
-            _ => false,
+            _ => None,
         }
     }
 }
@@ -61,18 +76,28 @@ mod tests {
     #[test]
     fn the_goodbye_heard_to_its_end_ends_the_call() {
         let mut f = Farewell::default();
-        assert!(!f.on_event(&started(1, "check_availability")));
-        assert!(!f.on_event(&ended(1, false)), "another tool ends nothing");
-        assert!(!f.on_event(&started(2, END_CALL)));
-        assert!(!f.on_event(&ended(3, false)), "another reply ends nothing");
-        assert!(f.on_event(&ended(2, false)));
+        assert_eq!(f.on_event(&started(1, "check_availability")), None);
+        assert_eq!(
+            f.on_event(&ended(1, false)),
+            None,
+            "another tool ends nothing"
+        );
+        assert_eq!(f.on_event(&started(2, END_CALL)), None);
+        assert_eq!(
+            f.on_event(&ended(3, false)),
+            None,
+            "another reply ends nothing"
+        );
+        assert_eq!(f.on_event(&ended(2, false)), Some(Leave::End));
+        f.on_event(&started(6, TRANSFER_CALL));
+        assert_eq!(f.on_event(&ended(6, false)), Some(Leave::Transfer));
     }
 
     #[test]
     fn a_caller_who_talks_over_the_goodbye_keeps_the_call() {
         let mut f = Farewell::default();
         f.on_event(&started(4, END_CALL));
-        assert!(!f.on_event(&ended(4, true)));
-        assert!(!f.on_event(&ended(5, false)), "forgotten once cut");
+        assert_eq!(f.on_event(&ended(4, true)), None);
+        assert_eq!(f.on_event(&ended(5, false)), None, "forgotten once cut");
     }
 }

@@ -69,6 +69,9 @@ pub struct Settings {
     /// Each conversation is recorded under this directory, in a folder named by its id
     /// (`docs/recordings.md`).
     pub record_dir: Option<std::path::PathBuf>,
+    /// Where `transfer_call` hands the caller ([`Transport::transfer`]): a phone number in
+    /// E.164 form. The tool itself must be among the backends' tools.
+    pub transfer_to: Option<String>,
 }
 
 impl Settings {
@@ -83,6 +86,7 @@ impl Settings {
             greeting: None,
             silence: None,
             record_dir: None,
+            transfer_to: None,
         }
     }
 }

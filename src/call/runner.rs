@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
-use super::farewell::Farewell;
+use super::farewell::{Farewell, Leave};
 use super::guards::{MessageRate, RealtimeGuard};
 use super::playback::{Clock, Playback};
 use super::recording::CallRecording;
@@ -35,6 +35,11 @@ const END_LIMIT: Duration = Duration::from_secs(1);
 const FLUSH_AFTER: Duration = Duration::from_millis(25);
 /// How often the silence policy is asked whether a nudge is due.
 const SILENCE_CHECK: Duration = Duration::from_millis(250);
+/// Longest a carrier may take to accept a transfer.
+const TRANSFER_LIMIT: Duration = Duration::from_secs(10);
+/// Said when a transfer the agent announced did not happen.
+const TRANSFER_FAILED: &str =
+    "Sorry, I couldn't transfer you right now. Can I help you with something else?";
 
 /// One conversation: run it over a transport with [`Call::run`].
 pub struct Call {
@@ -396,10 +401,32 @@ impl Call {
                         ending = Some(Ending::new(SessionEnd::Completed, "the user stayed silent; said goodbye"));
                         stop.cancel();
                     }
-                    if farewell.on_event(&event) && ending.is_none() {
-                        info!("the agent ended the call after its goodbye");
-                        ending = Some(Ending::new(SessionEnd::Completed, "the agent ended the call"));
-                        stop.cancel();
+                    match farewell.on_event(&event) {
+                        Some(Leave::End) if ending.is_none() => {
+                            info!("the agent ended the call after its goodbye");
+                            ending = Some(Ending::new(SessionEnd::Completed, "the agent ended the call"));
+                            stop.cancel();
+                        }
+                        Some(Leave::Transfer) if ending.is_none() => {
+                            let transferred = match &settings.transfer_to {
+                                Some(to) => tokio::time::timeout(TRANSFER_LIMIT, transport.transfer(to))
+                                    .await
+                                    .unwrap_or_else(|_| Err(format!("no answer within {TRANSFER_LIMIT:?}"))),
+                                None => Err("no number to transfer to is configured".to_owned()),
+                            };
+                            match transferred {
+                                Ok(()) => {
+                                    info!("the caller was transferred");
+                                    ending = Some(Ending::new(SessionEnd::Completed, "transferred to a person"));
+                                    stop.cancel();
+                                }
+                                Err(reason) => {
+                                    warn!(%reason, "the transfer failed; the call goes on");
+                                    prompter.prompt(Prompt::Line(TRANSFER_FAILED.to_owned()));
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                     if ending.is_none() && forward(transport, &event, &done).await.is_err() {
                         ending = Some(Ending::new(SessionEnd::ClientClosed, "the far end stopped reading"));

@@ -195,6 +195,16 @@ pub trait Transport: Send {
     fn cutter(&mut self) -> Option<Arc<dyn CutNow>> {
         None
     }
+
+    /// Hands the far end to the phone number `to` (E.164), when the transport can: a phone
+    /// line asks its carrier. The default cannot.
+    ///
+    /// # Errors
+    /// Why the transfer did not happen, for the log.
+    fn transfer(&mut self, to: &str) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = to;
+        async { Err("this transport cannot transfer a call".to_owned()) }
+    }
 }
 
 /// The far end is gone or stopped reading.

@@ -519,14 +519,11 @@ async fn generate(
             // A side-effecting call runs on as its own task when the reply is cut: it may
             // already have acted, so its result must reach the history, and abandoning it
             // would invite the model to make it again.
-            let mut shielded = (effect == ToolEffect::SideEffecting).then(|| tokio::spawn(running));
-            let mut read_only = shielded.is_none().then(|| {
-                Box::pin(run_tool(
-                    executor.clone(),
-                    call.clone(),
-                    ctx.options.tool_timeout,
-                ))
-            });
+            let (mut shielded, mut read_only) = if effect == ToolEffect::SideEffecting {
+                (Some(tokio::spawn(running)), None)
+            } else {
+                (None, Some(Box::pin(running)))
+            };
             let filler_at = started + ctx.options.tool_filler_after;
             let finished = loop {
                 let filler_due = !filler_said && ctx.options.tool_filler.is_some();
@@ -539,7 +536,7 @@ async fn generate(
                         }));
                     }
                     done = async { read_only.as_mut().expect("guarded").await }, if read_only.is_some() => break Some(done),
-                    _ = gate.changed(), if !*gate.borrow() => {}
+                    Ok(()) = gate.changed(), if !*gate.borrow() => {}
                     () = tokio::time::sleep_until(filler_at), if filler_due && *gate.borrow() => {
                         filler_said = true;
                         let line = ctx.options.tool_filler.clone().unwrap_or_default();

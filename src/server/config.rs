@@ -56,8 +56,14 @@ pub struct ServerConfig {
     /// signatures are computed over it.
     pub public_url: Option<String>,
     /// Twilio's auth token: when set, `/twilio/voice` and `/telephony` refuse requests
-    /// without a valid `X-Twilio-Signature` (401).
+    /// without a valid `X-Twilio-Signature` (401). A transfer on a Twilio call signs in with
+    /// it too.
     pub twilio_auth_token: Option<ApiKey>,
+    /// Phone calls: the number `transfer_call` hands a caller to (E.164); `None`: the tool is
+    /// not offered.
+    pub transfer_to: Option<String>,
+    /// The carriers' APIs a transfer asks (their real hosts by default) and Telnyx's key.
+    pub carrier_api: super::telephony::transfer::CarrierApi,
     /// When set, `/metrics` must be asked with `Authorization: Bearer TOKEN` (a scraper's own
     /// credential, apart from [`ServerConfig::token`]); unset, it is open, for a port that only
     /// the cluster reaches.
@@ -131,6 +137,8 @@ impl ServerConfig {
             retry_after: Duration::from_secs(5),
             public_url: None,
             twilio_auth_token: None,
+            transfer_to: None,
+            carrier_api: super::telephony::transfer::CarrierApi::default(),
             metrics_token: None,
             observer: None,
             record_dir: None,
@@ -165,6 +173,29 @@ impl ServerConfig {
             message_burst: super::MESSAGE_BURST,
         };
         let mut phone = browser.clone();
+        if let Some(to) = &self.transfer_to {
+            let mut toolbox = crate::tools::Toolbox::new();
+            let added = match &self.backends.tools {
+                Some(tools) => toolbox.add("the configured tools", None, tools.clone()),
+                None => Ok(()),
+            }
+            .and_then(|()| {
+                toolbox.add(
+                    "call control",
+                    None,
+                    Arc::new(crate::tools::CallControl::transferring()),
+                )
+            });
+            match added {
+                Ok(()) => {
+                    phone.backends.tools = Some(Arc::new(toolbox));
+                    phone.transfer_to = Some(to.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "transfer_call is not offered on phone calls")
+                }
+            }
+        }
         phone.greeting = self.greeting.clone();
         phone.silence = self.reprompt_after.map(|after| {
             let mut policy = crate::call::SilencePolicy::new(after);

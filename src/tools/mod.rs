@@ -5,7 +5,8 @@
 //! - [`demo`]: the demo restaurant's `check_availability` (read-only) and `book_table`
 //!   (side-effecting), in memory, the offline default beside the scripted model.
 //! - [`webhook`]: a tool behind a plain HTTP endpoint, its effect declared.
-//! - [`call_control`]: `end_call`, which the call runner carries out once the goodbye is heard.
+//! - [`call_control`]: `end_call` and `transfer_call`, which the call runner carries out once
+//!   the reply that asked for them has been heard.
 //! - [`toolbox`]: every source in one executor, names mapped to what the model providers take
 //!   and clashes refused, each call's arguments checked against its schema ([`schema`]) before
 //!   it is made.
@@ -16,7 +17,7 @@ pub mod schema;
 pub mod toolbox;
 pub mod webhook;
 
-pub use call_control::{CallControl, END_CALL};
+pub use call_control::{CallControl, END_CALL, TRANSFER_CALL};
 pub use demo::DemoRestaurant;
 pub use toolbox::{Toolbox, ToolboxError};
 pub use webhook::WebhookTool;

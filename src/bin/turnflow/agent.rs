@@ -398,7 +398,7 @@ fn toolbox(config: &ToolsConfig, scripted: bool) -> Result<Option<Arc<dyn ToolEx
         )?;
     }
     if config.end_call {
-        toolbox.add("call control", None, Arc::new(CallControl))?;
+        toolbox.add("call control", None, Arc::new(CallControl::ending()))?;
     }
     for hook in &config.webhook {
         let at = |what: &str| format!("tools.webhook {:?}: {what}", hook.name);

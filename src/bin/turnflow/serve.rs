@@ -56,6 +56,14 @@ pub(crate) struct ServeArgs {
     /// X-Twilio-Signature.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     twilio_auth_token: Option<String>,
+    /// Phone calls: offer the model `transfer_call`, which hands the caller to this number
+    /// (E.164, e.g. +15551234567) once the agent has said so. Twilio signs in with
+    /// --twilio-auth-token; Telnyx with TELNYX_API_KEY.
+    #[arg(long, value_name = "NUMBER")]
+    transfer_to: Option<String>,
+    /// Telnyx's API key, for transfers on Telnyx calls.
+    #[arg(long, env = "TELNYX_API_KEY", hide_env_values = true)]
+    telnyx_api_key: Option<String>,
     /// Phone calls: what the agent says when a call connects.
     #[arg(long)]
     greeting: Option<String>,
@@ -85,6 +93,13 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         if limit.is_zero() {
             anyhow::bail!("{flag} 0 would end every session at once; give a duration such as 15s");
         }
+    }
+    if let Some(number) = &args.transfer_to
+        && !turnflow::server::telephony::transfer::is_e164(number)
+    {
+        anyhow::bail!(
+            "--transfer-to {number}: expected a phone number in E.164 form, + and 8 to 15 digits (+15551234567)"
+        );
     }
     if args.max_sessions == 0 {
         anyhow::bail!("--max-sessions 0 would refuse everyone; give at least 1");
@@ -140,6 +155,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         {
             config.traces = exporter;
         }
+        config.transfer_to = args.transfer_to;
+        config.carrier_api.telnyx_api_key = args
+            .telnyx_api_key
+            .filter(|k| !k.is_empty())
+            .map(ApiKey::new);
         config.twilio_auth_token = args
             .twilio_auth_token
             .filter(|t| !t.is_empty())

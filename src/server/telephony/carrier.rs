@@ -37,6 +37,8 @@ pub struct StreamStart {
     pub stream_id: String,
     /// Twilio `callSid` or Telnyx `call_control_id`.
     pub call_id: String,
+    /// Twilio `accountSid` (the account a transfer is asked of); `None` for Telnyx.
+    pub account_id: Option<String>,
     /// The audio encoding as the carrier names it (`audio/x-mulaw`, `PCMU`).
     pub encoding: String,
     /// Sample rate of the call audio.
@@ -54,6 +56,7 @@ impl std::fmt::Debug for StreamStart {
             .field("carrier", &self.carrier)
             .field("stream_id", &self.stream_id)
             .field("call_id", &self.call_id)
+            .field("account_id", &self.account_id)
             .field("encoding", &self.encoding)
             .field("sample_rate", &self.sample_rate)
             .field("channels", &self.channels)
@@ -332,6 +335,7 @@ impl FromCarrier {
                 "start": {
                     "streamSid": start.stream_id,
                     "callSid": start.call_id,
+                    "accountSid": start.account_id,
                     "tracks": ["inbound"],
                     "customParameters": start.parameters,
                     "mediaFormat": {
@@ -442,6 +446,7 @@ fn start(value: &Value) -> Result<StreamStart, CarrierError> {
         carrier,
         stream_id: stream_id.to_owned(),
         call_id: call_id.to_owned(),
+        account_id: start["accountSid"].as_str().map(str::to_owned),
         encoding: format["encoding"].as_str().unwrap_or_default().to_owned(),
         sample_rate: rate.unwrap_or(0) as u32,
         channels: number(&format["channels"]).unwrap_or(1) as u32,
@@ -582,6 +587,7 @@ mod tests {
                     carrier,
                     stream_id: "s-1".into(),
                     call_id: "c-2".into(),
+                    account_id: (carrier == Carrier::Twilio).then(|| "AC1".to_owned()),
                     encoding: "audio/x-mulaw".into(),
                     sample_rate: 8000,
                     channels: 1,

@@ -21,6 +21,7 @@
 pub mod carrier;
 mod line;
 mod reorder;
+pub mod transfer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +114,13 @@ pub(super) async fn serve(socket: WebSocket, state: Arc<State>) {
             bad_payloads: 0,
             id: id.clone(),
             reporting: reporting.clone(),
+            carrier_api: {
+                let mut api = state.config.carrier_api.clone();
+                if api.twilio_auth_token.is_none() {
+                    api.twilio_auth_token = state.config.twilio_auth_token.clone();
+                }
+                api
+            },
         };
         let ending = state
             .call(&id, &state.phone, reporting)
@@ -136,6 +144,8 @@ pub(super) async fn serve(socket: WebSocket, state: Arc<State>) {
 struct Started {
     out: ToCarrier,
     to_phone: Resampler,
+    /// What the carrier said of the call: what a transfer names.
+    start: StreamStart,
 }
 
 /// A carrier's media stream as a [`Transport`]: JSON text messages both ways, the caller's
@@ -150,6 +160,8 @@ struct PhoneLine {
     bad_payloads: u64,
     id: String,
     reporting: Arc<super::observer::Reporting>,
+    /// The carriers' APIs, for a transfer.
+    carrier_api: transfer::CarrierApi,
 }
 
 impl PhoneLine {
@@ -177,6 +189,7 @@ impl PhoneLine {
         self.call = Some(Started {
             out: ToCarrier::new(start),
             to_phone,
+            start: start.clone(),
         });
         Ok(Inbound::Start(Start::new(AudioFormat {
             encoding: Encoding::Mulaw,
@@ -315,6 +328,17 @@ impl Transport for PhoneLine {
 
     async fn finish(&mut self, _ending: &Ending) {
         let _ = self.writer.lock().await.send(Message::Close(None)).await;
+    }
+
+    async fn transfer(&mut self, to: &str) -> Result<(), String> {
+        let start = &self.call.as_ref().ok_or("the call has not started")?.start;
+        let request = transfer::transfer_request(&self.carrier_api, start, to)?;
+        let client = crate::net::http_client(std::time::Duration::from_secs(5))?;
+        info!(
+            carrier = start.carrier.as_str(),
+            "asking the carrier to transfer the call"
+        );
+        transfer::send(&client, request).await
     }
 
     fn cutter(&mut self) -> Option<Arc<dyn CutNow>> {

@@ -68,6 +68,7 @@ pub(super) async fn one_call(
         carrier,
         stream_id: stream_id.into(),
         call_id: call_id.into(),
+        account_id: (carrier == Carrier::Twilio).then(|| "ACload".to_owned()),
         encoding: encoding.into(),
         sample_rate: 8000,
         channels: 1,
