@@ -41,6 +41,14 @@ async fn simulate(
     scenario: &str,
     restaurant: Arc<DemoRestaurant>,
 ) -> (SimulationResult, Vec<LlmRequest>) {
+    simulate_with(scenario, restaurant, true).await
+}
+
+async fn simulate_with(
+    scenario: &str,
+    restaurant: Arc<DemoRestaurant>,
+    tools_on_guess: bool,
+) -> (SimulationResult, Vec<LlmRequest>) {
     let scenario = Arc::new(Scenario::parse(scenario, "tools").unwrap());
     let llm = Arc::new(Listening {
         inner: ScriptedLlm::from_scenario(&scenario),
@@ -48,6 +56,7 @@ async fn simulate(
     });
     let mut config = SimulationConfig::new(scenario.clone());
     config.transport = Transport::Memory;
+    config.session.response.tools_on_guess = tools_on_guess;
     config.backends = Some(Backends {
         llm: llm.clone(),
         tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
@@ -126,6 +135,27 @@ async fn a_lookup_runs_while_the_reply_is_a_guess_and_is_not_made_again() {
     assert!(matches!(&r.history[n - 2], Message::Tool { .. }));
     assert!(
         matches!(&r.history[n - 1], Message::Assistant { content, .. } if content.starts_with("Yes,"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn holding_the_lookup_until_the_end_of_turn_costs_the_part_it_would_have_overlapped() {
+    const LOOKUP: &str = r#"{"name":"lookup","listen":{"eager_eot_threshold":0.4,"eot_threshold":0.7},
+        "turns":[{"start":{"at_ms":500},
+          "phrases":[{"text":"A table for four at seven?","eot_confidence":0.92,"ramp_ms":1600}],
+          "calls":[{"tool":"check_availability","arguments":{"people":4,"time":"19:00"}}],
+          "reply":"Yes, a table for four is free at seven."}]}"#;
+    let (guess, _) = simulate_with(LOOKUP, Arc::new(DemoRestaurant::default()), true).await;
+    let (held, _) = simulate_with(LOOKUP, Arc::new(DemoRestaurant::default()), false).await;
+    let (g, h) = (&guess.report.turns[0], &held.report.turns[0]);
+    assert!(g.tool_calls[0].speculative && !h.tool_calls[0].speculative);
+    assert!(h.tool_calls[0].start_ms >= 0.0, "held until EndOfTurn");
+    // The call comes 350 ms into the 480 ms lead: 130 ms of the 300 ms lookup ran before
+    // EndOfTurn, and that is what holding it costs.
+    assert_eq!(g.lead_ms, Some(480.0));
+    assert_eq!(
+        h.response_latency_ms.unwrap() - g.response_latency_ms.unwrap(),
+        130.0
     );
 }
 

@@ -81,6 +81,9 @@ pub struct ResponseOptions {
     /// Give up on a tool call that has not answered this long after it started: the model
     /// gets an error result to speak about instead of the caller hearing silence forever.
     pub tool_timeout: Duration,
+    /// Whether a read-only tool may run while its reply is still a guess (the default). Off,
+    /// every call waits for `EndOfTurn`, as the peers do.
+    pub tools_on_guess: bool,
     /// Said once per reply when a tool call has run this long while the reply is committed
     /// ("One moment."), so the caller does not hear dead air; `None` says nothing.
     pub tool_filler: Option<String>,
@@ -103,6 +106,7 @@ impl Default for ResponseOptions {
             tts_stall_timeout: Duration::from_secs(3),
             max_tool_rounds: 3,
             tool_timeout: Duration::from_secs(10),
+            tools_on_guess: true,
             tool_filler: Some("One moment.".into()),
             tool_filler_after: Duration::from_millis(700),
             max_reply_chars: 4000,
@@ -495,8 +499,9 @@ async fn generate(
                 .iter()
                 .find(|t| t.name == call.name)
                 .map_or(ToolEffect::SideEffecting, |t| t.effect);
-            if effect == ToolEffect::SideEffecting && !*gate.borrow() {
-                debug!(%id, tool = %crate::text::Untrusted(&call.name), "side-effecting tool waits for promotion");
+            let waits = effect == ToolEffect::SideEffecting || !ctx.options.tools_on_guess;
+            if waits && !*gate.borrow() {
+                debug!(%id, tool = %crate::text::Untrusted(&call.name), ?effect, "tool call waits for promotion");
                 if !wait_gate(&mut gate, &token).await {
                     return;
                 }

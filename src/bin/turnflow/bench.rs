@@ -37,7 +37,8 @@ pub(crate) struct BenchArgs {
     seed: u64,
     /// Compare configurations, e.g. `speculation=on,off`, `barge-in=immediate,min-words=2`,
     /// `eager=0.4,0.6`, `presynthesis=off,first-sentence,first-chunk`, `tts=synthetic,flux`
-    /// (Flux TTS on the emulator's `/v2/speak`).
+    /// (Flux TTS on the emulator's `/v2/speak`), `tools-on-guess=on,off` (read-only tools
+    /// while a reply is a guess, or held until EndOfTurn as the peers do).
     #[arg(long)]
     compare: Option<String>,
     /// `real` measures engine overhead in wall time; `virtual` is exact and instant but
@@ -96,6 +97,7 @@ fn variants(compare: Option<&str>) -> Result<Vec<Variant>> {
         },
         "barge-in" => |c, v| c.session.machine.barge_in = parse_barge_in(v).expect("validated"),
         "eager" => |c, v| c.thresholds.eager_eot_threshold = v.parse().ok(),
+        "tools-on-guess" => |c, v| c.session.response.tools_on_guess = v == "on",
         "tts" => |c, v| {
             c.voice = if v == "flux" {
                 SimulatedVoice::FluxTts
@@ -104,13 +106,13 @@ fn variants(compare: Option<&str>) -> Result<Vec<Variant>> {
             }
         },
         other => bail!(
-            "--compare {other:?}: supported keys are speculation, presynthesis, barge-in, eager, tts"
+            "--compare {other:?}: supported keys are speculation, presynthesis, barge-in, eager, tts, tools-on-guess"
         ),
     };
     let mut out = Vec::new();
     for value in values.split(',') {
         let valid = match key {
-            "speculation" => matches!(value, "on" | "off"),
+            "speculation" | "tools-on-guess" => matches!(value, "on" | "off"),
             "presynthesis" => crate::parse_presynthesis(value).is_ok(),
             "barge-in" => parse_barge_in(value).is_ok(),
             "tts" => matches!(value, "synthetic" | "flux"),
