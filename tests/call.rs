@@ -420,3 +420,58 @@ async fn the_agent_ends_the_call_once_its_goodbye_is_heard() {
     assert_eq!(sent.last().map(String::as_str), Some("end completed"));
     speaking.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_who_hangs_up_during_a_booking_still_has_it_made_and_kept() {
+    let scenario = Arc::new(
+        Scenario::parse(
+            r#"{"name":"hangup","listen":{"eot_threshold":0.7},"turns":[
+              {"start":{"at_ms":500},"say":"Book a table for two at seven for Jordan.",
+               "calls":[{"tool":"book_table","arguments":{"name":"Jordan","people":2,"time":"19:00"}}],
+               "reply":"Your table is booked."}]}"#,
+            "hangup",
+        )
+        .unwrap(),
+    );
+    let restaurant = Arc::new(turnflow::tools::DemoRestaurant::new(
+        Duration::from_millis(300),
+        Duration::from_secs(5),
+    ));
+    let flux = FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
+        .with_base_url("ws://emulator");
+    let emulator = MemoryEmulator::new(EmulatorConfig::new(scenario.clone()));
+    let settings = Settings::new(
+        flux,
+        Arc::new(emulator),
+        Backends {
+            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+            tools: Some(restaurant.clone()),
+        },
+    );
+    let told = Arc::new(Told::default());
+    let (far_end, inbound) = mpsc::unbounded_channel();
+    let mut transport = Scripted {
+        inbound,
+        sent: Arc::new(Mutex::new(Vec::new())),
+        deaf_after: usize::MAX,
+    };
+    let call = Call::new("c-3", settings).observed_by(told.clone());
+    let call = tokio::spawn(async move { call.run(&mut transport).await });
+    far_end.send(start()).unwrap();
+    // The caller speaks, then hangs up once the booking has started.
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    while !told.0.lock().unwrap().iter().any(|e| e == "tool_started") {
+        every.tick().await;
+        far_end.send(audio()).unwrap();
+    }
+    drop(far_end);
+    let ending = call.await.unwrap();
+    assert_eq!(ending.outcome, SessionEnd::ClientClosed, "{ending:?}");
+    assert_eq!(restaurant.bookings().len(), 1, "the booking was made");
+    let history = ending.session.expect("the session ran").history;
+    assert!(
+        history.iter().any(|m| matches!(m, turnflow::llm::Message::Tool { content, .. } if content.contains("\"booked\""))),
+        "its result is in the history the call left: {history:?}"
+    );
+}

@@ -470,19 +470,33 @@ impl Driver {
             let _ = playout.await;
         }
         while self.reaper.join_next().await.is_some() {}
-        // Side-effecting calls that outlived their replies have answered (the reaper awaited
-        // them): their results belong in the history the session leaves.
+        // Side-effecting calls that outlived their replies: those cut before the end have
+        // answered (the reaper awaited them); those the shutdown itself cut are awaited now,
+        // each within its tool timeout. Their results belong in the history the session leaves.
         while let Ok(report) = reports.try_recv() {
-            if let ResponseReport::ToolFinished {
-                id, call, result, ..
-            } = report
-            {
-                self.machine.step(Input::Tool {
-                    id,
-                    call,
-                    result: Some(result),
-                });
-            }
+            let (id, call, result) = match report {
+                ResponseReport::ToolFinished {
+                    id, call, result, ..
+                } => (id, call, result),
+                ResponseReport::ToolShielded { id, call, task, .. } => {
+                    info!(%id, tool = %crate::text::Untrusted(&call.name), "the session ends during a side-effecting call; waiting for its result");
+                    let (result, outcome) = task
+                        .await
+                        .unwrap_or_else(|e| (Err(format!("{} failed: {e}", call.name)), "error"));
+                    self.log.record(LogKind::ToolEnded {
+                        id,
+                        call_id: call.id.clone(),
+                        outcome,
+                    });
+                    (id, call, result.unwrap_or_else(|e| format!("error: {e}")))
+                }
+                _ => continue,
+            };
+            self.machine.step(Input::Tool {
+                id,
+                call,
+                result: Some(result),
+            });
         }
         if self.events_dropped > 0 {
             warn!(
