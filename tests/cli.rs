@@ -119,6 +119,11 @@ fn simulate_demo_on_the_virtual_clock_prints_turns_and_writes_the_outputs() {
     assert!(svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains(">cut</text>") && svg.contains("260 ms"));
     assert!(
+        svg.contains("<title>tool check_availability</title>")
+            && svg.contains("<title>tool book_table</title>"),
+        "the timeline draws the tool calls"
+    );
+    assert!(
         svg.contains("<title>engine ") && svg.contains("<title>endpointing "),
         "the breakdown's stacked bars"
     );

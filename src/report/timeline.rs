@@ -1,8 +1,9 @@
 //! The conversation as a picture: an SVG timeline of one session, drawn from its event log and
 //! the user's audio.
 //!
-//! Rows, top to bottom: user speech (from the audio sent), Flux turn events, LLM spans, TTS
-//! spans, agent playback, and each turn's latency breakdown as stacked bars. Speculative work
+//! Rows, top to bottom: user speech (from the audio sent), Flux turn events, LLM spans (with
+//! each tool call over its reply's span, named), TTS spans, agent playback, and each turn's
+//! latency breakdown as stacked bars. Speculative work
 //! is drawn hatched-light, cancelled work red-edged, barge-in cuts as red lines, and each
 //! turn's response latency as a labelled bracket from `EndOfTurn` to the first agent frame.
 
@@ -35,6 +36,7 @@ fn escape(text: &str) -> String {
 struct Spans {
     speculative: bool,
     llm: Option<(Instant, Option<Instant>)>,
+    tools: Vec<(String, Instant, Option<Instant>)>,
     tts: Vec<(Instant, Option<Instant>)>,
     playback: Option<(Instant, Option<Instant>)>,
     cancelled: Option<Instant>,
@@ -166,6 +168,24 @@ pub fn render(result: &Conversation<'_>) -> String {
             LogKind::TtsRequestSent { id, .. } => {
                 spans.entry(*id).or_default().tts.push((at, None))
             }
+            LogKind::ToolStarted { id, tool, .. } => {
+                spans
+                    .entry(*id)
+                    .or_default()
+                    .tools
+                    .push((tool.clone(), at, None));
+            }
+            LogKind::ToolEnded { id, .. } => {
+                if let Some((_, _, end)) = spans
+                    .entry(*id)
+                    .or_default()
+                    .tools
+                    .iter_mut()
+                    .find(|(_, _, end)| end.is_none())
+                {
+                    *end = Some(at);
+                }
+            }
             LogKind::TtsFirstAudio { id, .. } => {
                 if let Some((_, end)) = spans.entry(*id).or_default().tts.last_mut() {
                     *end = Some(at);
@@ -219,6 +239,20 @@ pub fn render(result: &Conversation<'_>) -> String {
         }
         if let Some((from, to)) = s.playback {
             bar(4.0, from, to, &id.to_string());
+        }
+        for (tool, from, to) in &s.tools {
+            let x0 = x(result, *from);
+            let x1 = x(result, to.unwrap_or(fallback_end)).max(x0 + 2.0);
+            let y = 20.0 + ROW * 2.0 + 12.0;
+            let _ = write!(
+                svg,
+                r##"<rect x="{x0:.1}" y="{y:.1}" width="{:.1}" height="12" fill="#7e57c2" opacity="0.85"><title>tool {}</title></rect><text x="{:.1}" y="{:.1}" fill="#4527a0" font-size="9">{}</text>"##,
+                x1 - x0,
+                escape(tool),
+                x0 + 2.0,
+                y - 1.0,
+                escape(tool)
+            );
         }
         if let Some(cut) = s.cancelled
             && s.playback.is_some()
