@@ -256,13 +256,46 @@ struct Response {
     tools: Vec<ToolRun>,
 }
 
-struct ToolRun {
-    call_id: String,
-    tool: String,
-    effect: crate::llm::ToolEffect,
-    speculative: bool,
-    started: Instant,
-    ended: Option<(Instant, &'static str)>,
+/// One tool call of a response, as its log entries tell it.
+pub(crate) struct ToolRun {
+    pub(crate) call_id: String,
+    pub(crate) tool: String,
+    pub(crate) effect: crate::llm::ToolEffect,
+    pub(crate) speculative: bool,
+    pub(crate) started: Instant,
+    /// When it ended and how.
+    pub(crate) ended: Option<(Instant, &'static str)>,
+}
+
+impl ToolRun {
+    /// Notes a `ToolStarted` or `ToolEnded` entry stamped `at` into its response's `runs`;
+    /// other entries are left alone.
+    pub(crate) fn note(runs: &mut Vec<ToolRun>, kind: &LogKind, at: Instant) {
+        match kind {
+            LogKind::ToolStarted {
+                call_id,
+                tool,
+                effect,
+                speculative,
+                ..
+            } => runs.push(ToolRun {
+                call_id: call_id.clone(),
+                tool: tool.clone(),
+                effect: *effect,
+                speculative: *speculative,
+                started: at,
+                ended: None,
+            }),
+            LogKind::ToolEnded {
+                call_id, outcome, ..
+            } => {
+                if let Some(run) = runs.iter_mut().find(|t| t.call_id == *call_id) {
+                    run.ended = Some((at, outcome));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 #[derive(Default)]
@@ -381,34 +414,12 @@ impl Report {
                         .tts_first0
                         .get_or_insert(at);
                 }
-                LogKind::ToolStarted {
-                    id,
-                    call_id,
-                    tool,
-                    effect,
-                    speculative,
-                } => responses.entry(*id).or_default().tools.push(ToolRun {
-                    call_id: call_id.clone(),
-                    tool: tool.clone(),
-                    effect: *effect,
-                    speculative: *speculative,
-                    started: at,
-                    ended: None,
-                }),
-                LogKind::ToolEnded {
-                    id,
-                    call_id,
-                    outcome,
-                } => {
-                    if let Some(run) = responses
-                        .entry(*id)
-                        .or_default()
-                        .tools
-                        .iter_mut()
-                        .find(|t| t.call_id == *call_id)
-                    {
-                        run.ended = Some((at, outcome));
-                    }
+                LogKind::ToolStarted { id, .. } | LogKind::ToolEnded { id, .. } => {
+                    ToolRun::note(
+                        &mut responses.entry(*id).or_default().tools,
+                        &entry.kind,
+                        at,
+                    );
                 }
                 LogKind::Promoted { id } => responses.entry(*id).or_default().promoted = Some(at),
                 LogKind::FirstFrameWritten { id } => {

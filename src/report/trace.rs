@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value as Json, json};
 use tokio::time::Instant;
 
-use super::{Report, TurnReport};
+use super::{Report, ToolRun, TurnReport};
 use crate::engine::log::{LogEntry, LogKind};
 use crate::engine::{CancelReason, ResponseId};
 use crate::flux::TurnEvent;
@@ -119,15 +119,6 @@ struct Reply {
     tools: Vec<ToolRun>,
 }
 
-struct ToolRun {
-    call_id: String,
-    tool: String,
-    effect: crate::llm::ToolEffect,
-    speculative: bool,
-    started: Instant,
-    ended: Option<(Instant, &'static str)>,
-}
-
 fn ms(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1000.0
 }
@@ -213,26 +204,8 @@ pub fn call_spans(entries: &[LogEntry], call: &CallInfo<'_>) -> Vec<TraceSpan> {
                     } => {
                         r.sentences.entry(*index).or_default().billed = Some(*characters);
                     }
-                    LogKind::ToolStarted {
-                        call_id,
-                        tool,
-                        effect,
-                        speculative,
-                        ..
-                    } => r.tools.push(ToolRun {
-                        call_id: call_id.clone(),
-                        tool: tool.clone(),
-                        effect: *effect,
-                        speculative: *speculative,
-                        started: at,
-                        ended: None,
-                    }),
-                    LogKind::ToolEnded {
-                        call_id, outcome, ..
-                    } => {
-                        if let Some(run) = r.tools.iter_mut().find(|t| t.call_id == *call_id) {
-                            run.ended = Some((at, outcome));
-                        }
+                    LogKind::ToolStarted { .. } | LogKind::ToolEnded { .. } => {
+                        ToolRun::note(&mut r.tools, kind, at);
                     }
                     LogKind::Promoted { .. } => r.promoted = true,
                     LogKind::Cancelled { reason, .. } => r.cancelled = Some((at, *reason)),
