@@ -265,25 +265,18 @@ struct Job {
     clock: ClockAnchor,
 }
 
-/// What the exporter has done.
-#[derive(Debug, Default)]
-struct Counts {
-    exported_calls: AtomicU64,
-    dropped_calls: AtomicU64,
-    failed_requests: AtomicU64,
-}
-
 /// Sends calls' spans to a collector; cheap to clone, one sender task behind all clones.
 #[derive(Clone)]
 pub struct TraceExporter {
     queue: mpsc::Sender<Job>,
-    counts: Arc<Counts>,
+    /// Calls whose trace was dropped at a full queue, shared by the clones.
+    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for TraceExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TraceExporter")
-            .field("counts", &self.counts)
+            .field("dropped", &self.dropped)
             .finish()
     }
 }
@@ -323,9 +316,14 @@ impl TraceExporter {
     ) -> Result<(Self, ExporterTask), String> {
         let client = crate::net::http_client(config.timeout)?;
         let (queue, jobs) = mpsc::channel(QUEUE_CALLS);
-        let counts = Arc::new(Counts::default());
-        let task = runtime.spawn(send_loop(config, client, jobs, counts.clone()));
-        Ok((Self { queue, counts }, ExporterTask(task)))
+        let task = runtime.spawn(send_loop(config, client, jobs));
+        Ok((
+            Self {
+                queue,
+                dropped: Arc::default(),
+            },
+            ExporterTask(task),
+        ))
     }
 
     /// Queues a finished call's trace: its event log and what the spans say besides. Its
@@ -346,7 +344,7 @@ impl TraceExporter {
             clock: ClockAnchor::now(),
         };
         if self.queue.try_send(job).is_err() {
-            let dropped = self.counts.dropped_calls.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 warn!(
                     dropped,
@@ -354,15 +352,6 @@ impl TraceExporter {
                 );
             }
         }
-    }
-
-    /// Calls sent, dropped at a full queue, and requests that failed.
-    pub fn counts(&self) -> (u64, u64, u64) {
-        (
-            self.counts.exported_calls.load(Ordering::Relaxed),
-            self.counts.dropped_calls.load(Ordering::Relaxed),
-            self.counts.failed_requests.load(Ordering::Relaxed),
-        )
     }
 }
 
@@ -375,12 +364,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
-async fn send_loop(
-    config: OtlpConfig,
-    client: reqwest::Client,
-    mut jobs: mpsc::Receiver<Job>,
-    counts: Arc<Counts>,
-) {
+async fn send_loop(config: OtlpConfig, client: reqwest::Client, mut jobs: mpsc::Receiver<Job>) {
     let mut warned = false;
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
@@ -428,14 +412,8 @@ async fn send_loop(
             Err(e) => Err(crate::net::describe_http_error(&e)),
         };
         match outcome {
-            Ok(()) => {
-                counts
-                    .exported_calls
-                    .fetch_add(calls.len() as u64, Ordering::Relaxed);
-                debug!(calls = calls.len(), "traces sent");
-            }
+            Ok(()) => debug!(calls = calls.len(), "traces sent"),
             Err(reason) => {
-                counts.failed_requests.fetch_add(1, Ordering::Relaxed);
                 // Once at warn, then at debug: a collector that is down would otherwise
                 // write a warning per batch for as long as it is.
                 if warned {

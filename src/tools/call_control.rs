@@ -19,7 +19,7 @@ pub const END_CALL: &str = "end_call";
 pub const TRANSFER_CALL: &str = "transfer_call";
 
 /// The call-control tools a call offers.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct CallControl {
     end_call: bool,
     transfer: bool,
