@@ -15,7 +15,7 @@ use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
 use turnflow::engine::log::EventLog;
 use turnflow::engine::{Backends, CancellationToken, EngineEvent};
 use turnflow::flux::{Encoding, FluxConfig, ListenOptions};
-use turnflow::llm::ScriptedLlm;
+use turnflow::llm::{ScriptedLlm, ToolExecutor};
 use turnflow::scenario::Scenario;
 use turnflow::tts::SyntheticTts;
 
@@ -23,13 +23,19 @@ const FRAME: usize = 320;
 
 fn settings() -> Settings {
     let scenario = Arc::new(Scenario::load("scenarios/plain.json".as_ref()).unwrap());
+    settings_for(scenario, None)
+}
+
+/// A call on the in-memory emulator playing `scenario`, with its scripted model, the
+/// synthetic voice and `tools`.
+fn settings_for(scenario: Arc<Scenario>, tools: Option<Arc<dyn ToolExecutor>>) -> Settings {
     let flux = FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
         .with_base_url("ws://emulator");
     let emulator = MemoryEmulator::new(EmulatorConfig::new(scenario.clone()));
     let backends = Backends {
         llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
         tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
-        tools: None,
+        tools,
     };
     Settings::new(flux, Arc::new(emulator), backends)
 }
@@ -379,17 +385,9 @@ async fn the_agent_ends_the_call_once_its_goodbye_is_heard() {
         )
         .unwrap(),
     );
-    let flux = FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
-        .with_base_url("ws://emulator");
-    let emulator = MemoryEmulator::new(EmulatorConfig::new(scenario.clone()));
-    let settings = Settings::new(
-        flux,
-        Arc::new(emulator),
-        Backends {
-            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
-            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
-            tools: Some(Arc::new(turnflow::tools::CallControl::ending())),
-        },
+    let settings = settings_for(
+        scenario,
+        Some(Arc::new(turnflow::tools::CallControl::ending())),
     );
     let (far_end, inbound) = mpsc::unbounded_channel();
     let sent = Arc::new(Mutex::new(Vec::new()));
@@ -437,18 +435,7 @@ async fn a_caller_who_hangs_up_during_a_booking_still_has_it_made_and_kept() {
         Duration::from_millis(300),
         Duration::from_secs(5),
     ));
-    let flux = FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
-        .with_base_url("ws://emulator");
-    let emulator = MemoryEmulator::new(EmulatorConfig::new(scenario.clone()));
-    let settings = Settings::new(
-        flux,
-        Arc::new(emulator),
-        Backends {
-            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
-            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
-            tools: Some(restaurant.clone()),
-        },
-    );
+    let settings = settings_for(scenario, Some(restaurant.clone()));
     let told = Arc::new(Told::default());
     let (far_end, inbound) = mpsc::unbounded_channel();
     let mut transport = Scripted {

@@ -3,7 +3,9 @@
 //! started again on the same port ten seconds later. Every call and every turn must be
 //! answered; the server's metrics must show the reconnects.
 
-use std::io::{BufRead, BufReader};
+#[path = "support/process.rs"]
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,23 +15,18 @@ const OUTAGE: Duration = Duration::from_secs(10);
 
 /// `turnflow emulate` in voice-activity mode on `listen`: the child and the port it took.
 fn emulator(listen: &str) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnflow"))
-        .args(["emulate", "--turns", "vad", "--listen", listen])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let port = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ws://127.0.0.1:"))
-        .and_then(|rest| rest.split('/').next())
+    let (child, line) = support::spawn(
+        &["emulate", "--turns", "vad", "--listen", listen],
+        &[],
+        Stdio::null(),
+    );
+    let url = support::address(&line, "ws://127.0.0.1:");
+    let port = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .split('/')
+        .next()
         .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
     (child, port)
 }
 
@@ -58,28 +55,20 @@ fn callers_ride_through_the_emulator_killed_and_restarted_under_load() {
     let flux_url = format!("ws://127.0.0.1:{port}");
     // The server's log goes to a file: a pipe nobody reads would fill and stall it.
     let log = std::env::temp_dir().join(format!("turnflow-outage-{}.log", std::process::id()));
-    let (mut server, url) = {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_turnflow"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--stt", "flux"])
-            .args(["--flux-url", &flux_url])
-            .env("DEEPGRAM_API_KEY", "emulator-accepts-any-key")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .trim_end_matches('/')
-            .to_owned();
-        (child, url)
-    };
+    let (mut server, line) = support::spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--stt",
+            "flux",
+            "--flux-url",
+            &flux_url,
+        ],
+        &[("DEEPGRAM_API_KEY", "emulator-accepts-any-key")],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let url = support::address(&line, "http://");
     let load = {
         let url = url.clone();
         std::thread::spawn(move || {
