@@ -198,11 +198,16 @@ pub(crate) fn websocket_config() -> tokio_tungstenite::tungstenite::protocol::We
 
 /// The HTTP client every HTTP backend uses.
 pub(crate) fn http_client(connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    http_client_builder(connect_timeout)
+        .build()
+        .map_err(|e| format!("cannot build the http client: {e}"))
+}
+
+/// [`http_client`]'s settings, for a client that needs one more.
+pub(crate) fn http_client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls_config(&[b"h2", b"http/1.1"]))
         .connect_timeout(connect_timeout)
-        .build()
-        .map_err(|e| format!("cannot build the http client: {e}"))
 }
 
 #[cfg(test)]

@@ -182,6 +182,13 @@ pub trait ToolExecutor: Send + Sync {
     /// The tools offered to the model, with their effects.
     fn specs(&self) -> Vec<ToolSpec>;
 
+    /// A number that grows whenever [`specs`](Self::specs) would answer differently (an MCP
+    /// server announced a new tool list), so whoever keeps a copy knows to read it again. A
+    /// source whose tools never change keeps the default.
+    fn revision(&self) -> u64 {
+        0
+    }
+
     /// Runs one call and returns its result text (or an error text the model will see).
     ///
     /// # Errors

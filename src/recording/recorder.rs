@@ -234,6 +234,10 @@ impl ToolExecutor for RecordingTools {
         self.inner.specs()
     }
 
+    fn revision(&self) -> u64 {
+        self.inner.revision()
+    }
+
     async fn call(&self, call: &ToolCall) -> Result<String, String> {
         let mut record = ToolRecord {
             recorder: self.recorder.clone(),

@@ -3,7 +3,7 @@
 //! every call's arguments checked against its schema before it goes anywhere.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 
@@ -62,24 +62,70 @@ pub fn model_name(prefix: Option<&str>, name: &str) -> String {
     full.chars().take(MAX_TOOL_NAME).collect()
 }
 
+struct Source {
+    name: String,
+    prefix: Option<String>,
+    executor: Arc<dyn ToolExecutor>,
+}
+
 struct Entry {
     spec: ToolSpec,
     original: String,
-    source_name: String,
-    source: Arc<dyn ToolExecutor>,
+    source: usize,
 }
 
-/// Tools from many sources, as one [`ToolExecutor`].
+/// The model's names for every source's tools, as of the sources' `revision`.
 #[derive(Default)]
-pub struct Toolbox {
+struct Mapping {
+    revision: u64,
     entries: Vec<Entry>,
     by_name: HashMap<String, usize>,
+}
+
+impl Mapping {
+    /// Adds the tools of `sources[index]`, or says why one cannot be named.
+    fn add(&mut self, sources: &[Source], index: usize) -> Result<(), ToolboxError> {
+        let source = &sources[index];
+        for spec in source.executor.specs() {
+            let name = model_name(source.prefix.as_deref(), &spec.name);
+            if name.trim_matches('_').is_empty() {
+                return Err(ToolboxError::Unnamable {
+                    original: spec.name,
+                    source_name: source.name.clone(),
+                });
+            }
+            if let Some(&i) = self.by_name.get(&name) {
+                let first = &self.entries[i];
+                return Err(ToolboxError::Clash {
+                    name,
+                    first: format!("{} from {}", first.original, sources[first.source].name),
+                    second: format!("{} from {}", spec.name, source.name),
+                });
+            }
+            self.by_name.insert(name.clone(), self.entries.len());
+            self.entries.push(Entry {
+                original: spec.name.clone(),
+                spec: ToolSpec { name, ..spec },
+                source: index,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Tools from many sources, as one [`ToolExecutor`]. A source whose tools change (an MCP
+/// server's new list) is read again on the next use; a changed tool that would clash with
+/// another is left out, with a warning, since the toolbox can no longer refuse to start.
+#[derive(Default)]
+pub struct Toolbox {
+    sources: Vec<Source>,
+    mapping: RwLock<Arc<Mapping>>,
 }
 
 impl std::fmt::Debug for Toolbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.entries.iter().map(|e| &e.spec.name))
+            .entries(self.current().entries.iter().map(|e| e.spec.name.clone()))
             .finish()
     }
 }
@@ -102,48 +148,89 @@ impl Toolbox {
         prefix: Option<&str>,
         source: Arc<dyn ToolExecutor>,
     ) -> Result<(), ToolboxError> {
-        for spec in source.specs() {
-            let name = model_name(prefix, &spec.name);
-            if name.trim_matches('_').is_empty() {
-                return Err(ToolboxError::Unnamable {
-                    original: spec.name,
-                    source_name: source_name.to_owned(),
-                });
+        self.sources.push(Source {
+            name: source_name.to_owned(),
+            prefix: prefix.map(str::to_owned),
+            executor: source,
+        });
+        let mut mapping = Mapping {
+            revision: self.sources_revision(),
+            ..Mapping::default()
+        };
+        for index in 0..self.sources.len() {
+            if let Err(refused) = mapping.add(&self.sources, index) {
+                self.sources.pop();
+                return Err(refused);
             }
-            if let Some(&i) = self.by_name.get(&name) {
-                let first = &self.entries[i];
-                return Err(ToolboxError::Clash {
-                    name,
-                    first: format!("{} from {}", first.original, first.source_name),
-                    second: format!("{} from {source_name}", spec.name),
-                });
-            }
-            self.by_name.insert(name.clone(), self.entries.len());
-            self.entries.push(Entry {
-                original: spec.name.clone(),
-                spec: ToolSpec { name, ..spec },
-                source_name: source_name.to_owned(),
-                source: source.clone(),
-            });
         }
+        *self
+            .mapping
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(mapping);
         Ok(())
     }
 
     /// Whether it holds no tool.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.current().entries.is_empty()
+    }
+
+    fn sources_revision(&self) -> u64 {
+        self.sources.iter().map(|s| s.executor.revision()).sum()
+    }
+
+    /// The names as of the sources' latest tools.
+    fn current(&self) -> Arc<Mapping> {
+        let revision = self.sources_revision();
+        let held = self
+            .mapping
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if held.revision == revision {
+            return held;
+        }
+        let mut mapping = Mapping {
+            revision,
+            ..Mapping::default()
+        };
+        for index in 0..self.sources.len() {
+            if let Err(refused) = mapping.add(&self.sources, index) {
+                tracing::warn!(source = %self.sources[index].name, "a changed tool list is not offered in full: {refused}");
+            }
+        }
+        let mapping = Arc::new(mapping);
+        *self.mapping.write().unwrap_or_else(PoisonError::into_inner) = mapping.clone();
+        mapping
     }
 }
 
 #[async_trait]
 impl ToolExecutor for Toolbox {
     fn specs(&self) -> Vec<ToolSpec> {
-        self.entries.iter().map(|e| e.spec.clone()).collect()
+        self.current()
+            .entries
+            .iter()
+            .map(|e| e.spec.clone())
+            .collect()
+    }
+
+    fn revision(&self) -> u64 {
+        self.sources_revision()
     }
 
     async fn call(&self, call: &ToolCall) -> Result<String, String> {
-        let Some(entry) = self.by_name.get(&call.name).map(|i| &self.entries[*i]) else {
-            let known: Vec<&str> = self.entries.iter().map(|e| e.spec.name.as_str()).collect();
+        let mapping = self.current();
+        let Some(entry) = mapping
+            .by_name
+            .get(&call.name)
+            .map(|i| &mapping.entries[*i])
+        else {
+            let known: Vec<&str> = mapping
+                .entries
+                .iter()
+                .map(|e| e.spec.name.as_str())
+                .collect();
             return Err(format!(
                 "there is no tool named {}; the tools are {}",
                 crate::text::Untrusted(&call.name),
@@ -160,7 +247,7 @@ impl ToolExecutor for Toolbox {
             name: entry.original.clone(),
             ..call.clone()
         };
-        entry.source.call(&own).await
+        self.sources[entry.source].executor.call(&own).await
     }
 }
 

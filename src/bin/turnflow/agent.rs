@@ -20,8 +20,11 @@ use turnflow::llm::{
     Anthropic, FailoverLlm, LanguageModel, OpenAiCompatible, ScriptedLlm, ToolExecutor,
 };
 use turnflow::scenario::{Scenario, TtsTiming};
+use turnflow::tools::mcp::McpTransport;
 use turnflow::tools::webhook::Method;
-use turnflow::tools::{CallControl, DemoRestaurant, Toolbox, WebhookTool};
+use turnflow::tools::{
+    CallControl, DemoRestaurant, McpServer, McpServerConfig, Toolbox, WebhookTool,
+};
 use turnflow::tts::aura::AURA_BASE_URL;
 use turnflow::tts::flux::{FLUX_TTS_BASE_URL, FLUX_TTS_MODEL, FluxTts};
 use turnflow::tts::{
@@ -105,8 +108,19 @@ pub(crate) struct Agent {
     pub(crate) session: SessionConfig,
     pub(crate) llm: Arc<dyn LanguageModel>,
     pub(crate) tts: Arc<dyn SpeechSynthesizer>,
-    /// The tools offered to the model: the demo restaurant's beside the scripted model.
+    /// The tools offered to the model: the demo restaurant's beside the scripted model, the
+    /// webhooks, and (once [`Agent::start_tools`] has run) the MCP servers'.
     pub(crate) tools: Option<Arc<dyn ToolExecutor>>,
+    /// The tools known before any server is started, and the MCP servers to start.
+    pending_tools: Option<(Toolbox, Vec<McpEntry>)>,
+    /// The MCP servers started, to close at the end.
+    mcp_servers: Vec<Arc<McpServer>>,
+}
+
+/// One `[[tools.mcp]]`, checked.
+struct McpEntry {
+    config: McpServerConfig,
+    prefixed: bool,
 }
 
 impl Agent {
@@ -264,15 +278,50 @@ impl Agent {
             }
             Stt::Flux(Box::new(flux))
         };
-        let tools = toolbox(&file.tools, llm_names.iter().all(|p| p == "scripted"))?;
+        let toolbox = toolbox(&file.tools, llm_names.iter().all(|p| p == "scripted"))?;
+        let mcp = file
+            .tools
+            .mcp
+            .iter()
+            .map(mcp_entry)
+            .collect::<Result<Vec<_>>>()?;
         Ok(Agent {
             stt,
             options,
             session,
             llm,
             tts: voice,
-            tools,
+            tools: None,
+            pending_tools: Some((toolbox, mcp)),
+            mcp_servers: Vec::new(),
         })
+    }
+
+    /// Starts the MCP servers, lists their tools and puts every tool in one toolbox.
+    ///
+    /// # Errors
+    /// A server that does not start or list its tools, or tools whose names clash.
+    pub(crate) async fn start_tools(&mut self) -> Result<()> {
+        let Some((mut toolbox, mcp)) = self.pending_tools.take() else {
+            return Ok(());
+        };
+        for entry in mcp {
+            let name = entry.config.name.clone();
+            let server = Arc::new(McpServer::start(entry.config).await?);
+            self.mcp_servers.push(server.clone());
+            toolbox.add(
+                &format!("mcp server {name}"),
+                entry.prefixed.then_some(name.as_str()),
+                server,
+            )?;
+        }
+        self.tools = (!toolbox.is_empty()).then(|| Arc::new(toolbox) as Arc<dyn ToolExecutor>);
+        Ok(())
+    }
+
+    /// What ends the MCP servers: each is closed (a child process asked to end).
+    pub(crate) fn tool_servers(&self) -> Vec<Arc<McpServer>> {
+        self.mcp_servers.clone()
     }
 
     /// Renders the fallback line with the voice (or a local one, when the voice is down now)
@@ -321,6 +370,44 @@ pub(crate) struct ToolsConfig {
     /// `[[tools.webhook]]`: tools behind HTTP endpoints.
     #[serde(default)]
     pub webhook: Vec<WebhookConfig>,
+    /// `[[tools.mcp]]`: MCP servers whose tools the agent gets.
+    #[serde(default)]
+    pub mcp: Vec<McpConfig>,
+}
+
+/// One `[[tools.mcp]]`: a `command` (stdio) or a `url` (Streamable HTTP).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct McpConfig {
+    pub name: String,
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The child's added variables; `${NAME}` is taken from the environment.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    pub url: Option<String>,
+    /// Header values; `${NAME}` is taken from the environment.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// `auto` (the default), `2026-07-28` or `2025-11-25`.
+    pub protocol: Option<String>,
+    /// Believe its read-only annotations (a lookup may then run while a reply is a guess).
+    #[serde(default)]
+    pub trusted: bool,
+    /// Tools read-only whatever the server says.
+    #[serde(default)]
+    pub read_only: Vec<String>,
+    /// Tools side-effecting whatever the server says.
+    #[serde(default)]
+    pub side_effecting: Vec<String>,
+    /// Name its tools `NAME__tool`, for servers whose tool names clash.
+    #[serde(default)]
+    pub prefix: bool,
+    /// Per call (default 10 s).
+    pub timeout_ms: Option<u64>,
+    /// To start and list its tools (default 20 s).
+    pub start_timeout_ms: Option<u64>,
 }
 
 /// One `[[tools.webhook]]`.
@@ -385,10 +472,10 @@ pub(crate) struct EngineConfig {
     pub presynthesis: Option<String>,
 }
 
-/// The tools of `[tools]`: the demo restaurant's (beside the scripted model, which acts out
-/// the scenario's calls, unless `demo = false`) and the webhooks, in one toolbox; `None` when
-/// there is no tool.
-fn toolbox(config: &ToolsConfig, scripted: bool) -> Result<Option<Arc<dyn ToolExecutor>>> {
+/// The tools of `[tools]` known without starting anything: the demo restaurant's (beside the
+/// scripted model, which acts out the scenario's calls, unless `demo = false`), call control
+/// and the webhooks.
+fn toolbox(config: &ToolsConfig, scripted: bool) -> Result<Toolbox> {
     let mut toolbox = Toolbox::new();
     if config.demo.unwrap_or(scripted) {
         toolbox.add(
@@ -433,7 +520,60 @@ fn toolbox(config: &ToolsConfig, scripted: bool) -> Result<Option<Arc<dyn ToolEx
         let tool = WebhookTool::new(spec, &hook.url, method, timeout, &headers)?;
         toolbox.add(&format!("webhook {}", hook.name), None, Arc::new(tool))?;
     }
-    Ok((!toolbox.is_empty()).then(|| Arc::new(toolbox) as Arc<dyn ToolExecutor>))
+    Ok(toolbox)
+}
+
+/// A `[[tools.mcp]]` checked: one transport, the protocol spelled right, secrets taken from
+/// the environment.
+fn mcp_entry(config: &McpConfig) -> Result<McpEntry> {
+    let at = |what: &str| anyhow::anyhow!("tools.mcp {:?}: {what}", config.name);
+    let from_env = |what: &str, values: &std::collections::BTreeMap<String, String>| {
+        values
+            .iter()
+            .map(|(name, value)| {
+                from_environment(value)
+                    .map(|value| (name.clone(), value))
+                    .map_err(|var| {
+                        at(&format!(
+                            "{what} {name} needs the environment variable {var}, which is not set"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let transport = match (&config.command, &config.url) {
+        (Some(command), None) => McpTransport::Stdio {
+            command: command.clone(),
+            args: config.args.clone(),
+            env: from_env("env", &config.env)?,
+        },
+        (None, Some(url)) => McpTransport::Http {
+            url: url.clone(),
+            headers: from_env("header", &config.headers)?,
+        },
+        _ => {
+            return Err(at(
+                "give either command (a server run as a child process) or url (Streamable HTTP), not both or neither",
+            ));
+        }
+    };
+    let mut server = McpServerConfig::new(&config.name, transport);
+    if let Some(protocol) = &config.protocol {
+        server.protocol = protocol.parse().map_err(|e: String| at(&e))?;
+    }
+    server.trusted = config.trusted;
+    server.read_only = config.read_only.clone();
+    server.side_effecting = config.side_effecting.clone();
+    if let Some(ms) = config.timeout_ms {
+        server.call_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = config.start_timeout_ms {
+        server.start_timeout = Duration::from_millis(ms);
+    }
+    Ok(McpEntry {
+        config: server,
+        prefixed: config.prefix,
+    })
 }
 
 /// `text` with every `${NAME}` replaced by that environment variable.

@@ -169,6 +169,8 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let runtime = args.clock.runtime()?;
     runtime.block_on(async move {
         agent.keep_fallback_line().await;
+        agent.start_tools().await?;
+        let tool_servers = agent.tool_servers();
         let (emulator, flux_config, connector): (_, _, Arc<dyn Connector>) = match agent.stt {
             Stt::Emulator(config) if matches!(args.clock, Clock::Virtual) => {
                 let memory = MemoryEmulator::new(config);
@@ -265,6 +267,9 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             Some(Emulator::Socket(server)) => server.shutdown().await,
             Some(Emulator::Memory(memory)) => memory.shutdown().await,
             None => {}
+        }
+        for server in tool_servers {
+            server.close().await;
         }
         if let Some(error) = ending.flux_error {
             return Err(anyhow::Error::new(error).context("cannot connect to speech to text"));

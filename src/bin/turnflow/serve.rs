@@ -119,6 +119,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         .build()?;
     let served = runtime.block_on(async move {
         agent.keep_fallback_line().await;
+        agent.start_tools().await?;
+        let tool_servers = agent.tool_servers();
         let (flux, connector, stt): (FluxConfig, Arc<dyn Connector>, &str) = match agent.stt {
             Stt::Emulator(config) => (
                 FluxConfig::new(agent.options.clone()).with_base_url("ws://emulator.invalid"),
@@ -182,6 +184,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             "drained: {} session(s) were running, {} stopped at the drain timeout",
             report.running, report.stopped
         );
+        for server in tool_servers {
+            server.close().await;
+        }
         Ok(())
     });
     #[cfg(feature = "otel")]
