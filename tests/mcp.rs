@@ -429,3 +429,151 @@ async fn a_dropped_call_is_cancelled_on_the_wire_and_a_stalled_one_times_out() {
         stop.cancel();
     }
 }
+
+/// A model that acts on whatever it has heard so far, guesses included: asked about a table,
+/// it looks one up; told to book, it books; given a result, it answers.
+struct Acting;
+
+#[async_trait::async_trait]
+impl turnflow::llm::LanguageModel for Acting {
+    fn name(&self) -> &str {
+        "acting"
+    }
+
+    async fn stream(
+        &self,
+        request: turnflow::llm::LlmRequest,
+    ) -> Result<turnflow::llm::LlmStream, turnflow::llm::LlmError> {
+        use futures_util::StreamExt as _;
+        use turnflow::llm::{LlmChunk, Message};
+        let last = request.messages.last().cloned();
+        let heard = request
+            .messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                Message::User { content } => Some(content.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let chunk = match last {
+            Some(Message::Tool { .. }) => LlmChunk::Text("Done.".into()),
+            _ if heard.starts_with("Book") => LlmChunk::ToolCall(booking("19:00")),
+            _ => LlmChunk::ToolCall(lookup("19:00")),
+        };
+        let end = LlmChunk::End {
+            finish_reason: None,
+        };
+        Ok(Box::pin(
+            futures_util::stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(chunk)
+            })
+            .chain(futures_util::stream::iter([Ok(end)])),
+        ))
+    }
+}
+
+/// The real engine on the real clock (the server is a separate process), the example server
+/// counting its bookings in a file: a guess that is withdrawn never books, the booking the
+/// user confirms is made once, and a lookup that ran while its reply was a guess is used on
+/// promotion, not made again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_engine_a_withdrawn_guess_never_books_and_a_guessed_lookup_is_kept() {
+    use turnflow::engine::Backends;
+    use turnflow::scenario::Scenario;
+    use turnflow::sim::{SimulationConfig, Transport};
+
+    let log =
+        std::env::temp_dir().join(format!("turnflow-mcp-engine-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut config = McpServerConfig::new(
+        "restaurant",
+        stdio(&["--bookings-log", log.to_str().unwrap()]),
+    );
+    config.trusted = true;
+    let server = Arc::new(McpServer::start(config).await.unwrap());
+    let scenario = Arc::new(
+        Scenario::parse(
+            r#"{
+  "name": "mcp",
+  "llm": {"ttft_ms": 350, "token_interval_ms": 20},
+  "tts": {"ttfb_ms": 150, "words_per_minute": 180},
+  "listen": {"eager_eot_threshold": 0.4, "eot_threshold": 0.7, "eot_timeout_ms": 2000},
+  "turns": [
+    {
+      "start": {"at_ms": 300},
+      "phrases": [{"text": "Is there a table for four at seven?", "eot_confidence": 0.92, "ramp_ms": 1600}],
+      "reply": "Yes, a table for four at seven is free."
+    },
+    {
+      "start": {"after_agent_ms": 500},
+      "phrases": [
+        {"text": "Book it", "pause_ms": 1200, "eot_confidence": 0.6, "ramp_ms": 300},
+        {"text": "under Jordan.", "eot_confidence": 0.92, "ramp_ms": 1600}
+      ],
+      "reply": "Done, your table is booked."
+    }
+  ]
+}"#,
+            "the mcp scenario",
+        )
+        .unwrap(),
+    );
+    let mut sim = SimulationConfig::new(scenario.clone());
+    sim.transport = Transport::Memory;
+    sim.record_audio = false;
+    sim.tail = Duration::from_millis(200);
+    sim.backends = Some(Backends {
+        llm: Arc::new(Acting),
+        tts: Arc::new(turnflow::tts::SyntheticTts::new(
+            16_000,
+            scenario.tts.clone(),
+        )),
+        tools: Some(server.clone()),
+    });
+    let result = turnflow::sim::run(sim).await.unwrap();
+    server.close().await;
+
+    let lookup = &result.report.turns[0].tool_calls;
+    assert_eq!(lookup.len(), 1, "{lookup:?}");
+    assert_eq!(lookup[0].tool, "check_availability");
+    assert!(
+        lookup[0].speculative,
+        "the lookup ran while its reply was a guess"
+    );
+    assert_eq!(lookup[0].outcome, "ok");
+    assert!(
+        lookup[0].start_ms.is_some_and(|at| at < 0.0),
+        "it started before EndOfTurn: {lookup:?}"
+    );
+
+    let booking = &result.report.turns[1];
+    assert!(
+        booking.speculation_withdrawn >= 1,
+        "the first guess was withdrawn: {booking:?}"
+    );
+    let held: Vec<_> = booking.tool_calls.iter().filter(|c| c.withdrawn).collect();
+    assert!(
+        !held.is_empty(),
+        "the guess asked for the booking: {booking:?}"
+    );
+    for call in held {
+        assert_eq!(
+            (call.tool.as_str(), call.outcome.as_str(), call.start_ms),
+            ("book_table", "not_sent", None),
+            "a withdrawn guess's booking is never sent"
+        );
+    }
+    let sent: Vec<_> = booking.tool_calls.iter().filter(|c| !c.withdrawn).collect();
+    assert_eq!(sent.len(), 1, "{:?}", booking.tool_calls);
+    assert_eq!(sent[0].tool, "book_table");
+    assert!(!sent[0].speculative, "the booking waited for EndOfTurn");
+    let bookings = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        bookings.lines().collect::<Vec<_>>(),
+        [r#"{"name":"Jordan","people":4,"time":"19:00"}"#],
+        "one booking, made once"
+    );
+    let _ = std::fs::remove_file(&log);
+}

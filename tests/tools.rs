@@ -119,7 +119,11 @@ async fn a_lookup_runs_while_the_reply_is_a_guess_and_is_not_made_again() {
         ("check_availability", "ok")
     );
     assert!(call.speculative && !call.withdrawn);
-    assert!(call.start_ms < 0.0, "before EndOfTurn: {}", call.start_ms);
+    assert!(
+        call.start_ms.is_some_and(|at| at < 0.0),
+        "before EndOfTurn: {:?}",
+        call.start_ms
+    );
     assert_eq!(call.duration_ms, Some(300.0));
     // The reply's second round carries the lookup's result to the model.
     let second = requests.last().unwrap();
@@ -149,7 +153,10 @@ async fn holding_the_lookup_until_the_end_of_turn_costs_the_part_it_would_have_o
     let (held, _) = simulate_with(LOOKUP, Arc::new(DemoRestaurant::default()), false).await;
     let (g, h) = (&guess.report.turns[0], &held.report.turns[0]);
     assert!(g.tool_calls[0].speculative && !h.tool_calls[0].speculative);
-    assert!(h.tool_calls[0].start_ms >= 0.0, "held until EndOfTurn");
+    assert!(
+        h.tool_calls[0].start_ms.is_some_and(|at| at >= 0.0),
+        "held until EndOfTurn"
+    );
     // The call comes 350 ms into the 480 ms lead: 130 ms of the 300 ms lookup ran before
     // EndOfTurn, and that is what holding it costs.
     assert_eq!(g.lead_ms, Some(480.0));

@@ -101,6 +101,18 @@ pub enum LogKind {
         /// Sentence index.
         index: usize,
     },
+    /// The model asked for a tool call (its round's stream ended with it); it starts at once
+    /// or, when it must wait for `EndOfTurn`, at promotion.
+    ToolRequested {
+        /// The response.
+        id: ResponseId,
+        /// The model's id for the call.
+        call_id: String,
+        /// The tool.
+        tool: String,
+        /// Whether it may run while the reply is a guess.
+        effect: crate::llm::ToolEffect,
+    },
     /// A tool call started.
     ToolStarted {
         /// The response.

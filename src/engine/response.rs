@@ -494,11 +494,22 @@ async fn generate(
             interrupted: false,
             tool_calls: calls.clone(),
         });
-        for call in calls {
-            let effect = tools
+        let effect_of = |call: &ToolCall| {
+            tools
                 .iter()
                 .find(|t| t.name == call.name)
-                .map_or(ToolEffect::SideEffecting, |t| t.effect);
+                .map_or(ToolEffect::SideEffecting, |t| t.effect)
+        };
+        for call in &calls {
+            ctx.log.record(LogKind::ToolRequested {
+                id,
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                effect: effect_of(call),
+            });
+        }
+        for call in calls {
+            let effect = effect_of(&call);
             let waits = effect == ToolEffect::SideEffecting || !ctx.options.tools_on_guess;
             if waits && !*gate.borrow() {
                 debug!(%id, tool = %crate::text::Untrusted(&call.name), ?effect, "tool call waits for promotion");

@@ -56,6 +56,11 @@ pub struct TurnReport {
     pub voice_to_voice_ms: Option<f64>,
     /// Time our code added on the critical path.
     pub engine_overhead_ms: Option<f64>,
+    /// Our own time around the tool calls on the way to the first sentence, part of
+    /// `engine_overhead_ms`: the model's call received (or `EndOfTurn`, for a call that
+    /// waited) -> sent, and the last result -> the next request to the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_engine_ms: Option<f64>,
     /// LLM time to first token.
     pub llm_ttft_ms: Option<f64>,
     /// TTS time to first byte of the first sentence.
@@ -98,11 +103,15 @@ pub struct ToolCallReport {
     pub speculative: bool,
     /// Whether its reply was withdrawn (a guess the user went on past).
     pub withdrawn: bool,
-    /// When it started, from `EndOfTurn` (negative: before it).
-    pub start_ms: f64,
-    /// How long it ran; `None` when it was dropped with its reply.
+    /// When the model asked for it, from `EndOfTurn` (negative: before it).
+    pub requested_ms: f64,
+    /// When it started, from `EndOfTurn`; `None` when it was never sent (it waited for
+    /// `EndOfTurn` and its reply was withdrawn or cut first).
+    pub start_ms: Option<f64>,
+    /// How long it ran; `None` when it was dropped with its reply or never sent.
     pub duration_ms: Option<f64>,
-    /// `ok`, `error`, `timed_out` or `cancelled`.
+    /// `ok`, `error`, `timed_out`, `cancelled` (a read-only call dropped with its reply) or
+    /// `not_sent`.
     pub outcome: String,
 }
 
@@ -208,6 +217,8 @@ pub struct Summary {
     pub voice_to_voice_ms: Stats,
     /// See [`TurnReport::engine_overhead_ms`].
     pub engine_overhead_ms: Stats,
+    /// See [`TurnReport::tool_engine_ms`].
+    pub tool_engine_ms: Stats,
     /// See [`TurnReport::llm_ttft_ms`].
     pub llm_ttft_ms: Stats,
     /// See [`TurnReport::tts_ttfb_ms`].
@@ -239,6 +250,9 @@ struct Response {
     trigger: Option<Instant>,
     llm_sent: Option<Instant>,
     llm_first: Option<Instant>,
+    /// Every request to the LLM and every round's first chunk (a tool call adds a round).
+    llm_rounds_sent: Vec<Instant>,
+    llm_rounds_first: Vec<Instant>,
     tokens: u64,
     sentence0: Option<Instant>,
     sentence0_tokens: Option<u64>,
@@ -262,30 +276,56 @@ pub(crate) struct ToolRun {
     pub(crate) tool: String,
     pub(crate) effect: crate::llm::ToolEffect,
     pub(crate) speculative: bool,
-    pub(crate) started: Instant,
+    pub(crate) requested: Instant,
+    /// When it was sent; `None` while it waits for `EndOfTurn` (for good, if its reply goes).
+    pub(crate) started: Option<Instant>,
     /// When it ended and how.
     pub(crate) ended: Option<(Instant, &'static str)>,
 }
 
 impl ToolRun {
-    /// Notes a `ToolStarted` or `ToolEnded` entry stamped `at` into its response's `runs`;
-    /// other entries are left alone.
+    /// Notes a `ToolRequested`, `ToolStarted` or `ToolEnded` entry stamped `at` into its
+    /// response's `runs`; other entries are left alone.
     pub(crate) fn note(runs: &mut Vec<ToolRun>, kind: &LogKind, at: Instant) {
         match kind {
+            LogKind::ToolRequested {
+                call_id,
+                tool,
+                effect,
+                ..
+            } => runs.push(ToolRun {
+                call_id: call_id.clone(),
+                tool: tool.clone(),
+                effect: *effect,
+                speculative: false,
+                requested: at,
+                started: None,
+                ended: None,
+            }),
             LogKind::ToolStarted {
                 call_id,
                 tool,
                 effect,
                 speculative,
                 ..
-            } => runs.push(ToolRun {
-                call_id: call_id.clone(),
-                tool: tool.clone(),
-                effect: *effect,
-                speculative: *speculative,
-                started: at,
-                ended: None,
-            }),
+            } => match runs
+                .iter_mut()
+                .find(|t| t.call_id == *call_id && t.started.is_none())
+            {
+                Some(run) => {
+                    run.started = Some(at);
+                    run.speculative = *speculative;
+                }
+                None => runs.push(ToolRun {
+                    call_id: call_id.clone(),
+                    tool: tool.clone(),
+                    effect: *effect,
+                    speculative: *speculative,
+                    requested: at,
+                    started: Some(at),
+                    ended: None,
+                }),
+            },
             LogKind::ToolEnded {
                 call_id, outcome, ..
             } => {
@@ -295,6 +335,52 @@ impl ToolRun {
             }
             _ => {}
         }
+    }
+}
+
+/// The tool calls on the way to a reply's first sentence, as instants; see
+/// [`breakdown::ToolSpan`].
+#[derive(Clone, Copy)]
+struct ToolPath {
+    requested: Instant,
+    started: Instant,
+    until: Instant,
+    next_llm: Option<(Instant, Instant)>,
+}
+
+impl Response {
+    /// `None` when no tool was sent before the first sentence.
+    fn tool_path(&self) -> Option<ToolPath> {
+        let first_sentence = self.sentence0?;
+        let before: Vec<&ToolRun> = self
+            .tools
+            .iter()
+            .filter(|t| t.requested < first_sentence)
+            .collect();
+        let requested = before.iter().map(|t| t.requested).min()?;
+        let started = before.iter().filter_map(|t| t.started).min()?;
+        // A filler line spoken while a call runs is the first sentence: the wait ends there.
+        let until = before
+            .iter()
+            .map(|t| {
+                t.ended
+                    .map_or(first_sentence, |(at, _)| at.min(first_sentence))
+            })
+            .max()?;
+        let next_llm = self
+            .llm_rounds_sent
+            .iter()
+            .find(|at| **at >= until && **at < first_sentence)
+            .and_then(|sent| {
+                let first = self.llm_rounds_first.iter().find(|at| **at >= *sent)?;
+                Some((*sent, *first))
+            });
+        Some(ToolPath {
+            requested,
+            started,
+            until,
+            next_llm,
+        })
     }
 }
 
@@ -368,10 +454,12 @@ impl Report {
                 LogKind::LlmRequestSent { id } => {
                     let r = responses.entry(*id).or_default();
                     r.llm_sent.get_or_insert(at);
+                    r.llm_rounds_sent.push(at);
                 }
                 LogKind::LlmFirstToken { id } => {
                     let r = responses.entry(*id).or_default();
                     r.llm_first.get_or_insert(at);
+                    r.llm_rounds_first.push(at);
                 }
                 LogKind::LlmDone { id, tokens } => {
                     responses.entry(*id).or_default().tokens += tokens
@@ -414,7 +502,9 @@ impl Report {
                         .tts_first0
                         .get_or_insert(at);
                 }
-                LogKind::ToolStarted { id, .. } | LogKind::ToolEnded { id, .. } => {
+                LogKind::ToolRequested { id, .. }
+                | LogKind::ToolStarted { id, .. }
+                | LogKind::ToolEnded { id, .. } => {
                     ToolRun::note(
                         &mut responses.entry(*id).or_default().tools,
                         &entry.kind,
@@ -490,6 +580,21 @@ impl Report {
                 Some(ms(*eager, end))
             });
             let first_frame = answer.and_then(|r| r.first_frame);
+            let rel = |at: Instant| {
+                if at >= end { ms(end, at) } else { -ms(at, end) }
+            };
+            let tool_span = answer
+                .and_then(|r| r.tool_path())
+                .map(|p| breakdown::ToolSpan {
+                    requested: rel(p.requested),
+                    started: rel(p.started),
+                    until: rel(p.until),
+                    next_llm: p.next_llm.map(|(sent, first)| (rel(sent), rel(first))),
+                });
+            let tool_engine_ms = answer.and_then(|r| {
+                let gate_open = rel(r.promoted.or(r.started)?);
+                tool_span.map(|t| t.engine_and_held(gate_open).0)
+            });
             let engine_overhead_ms = answer.and_then(|r| {
                 let trigger = r.trigger?;
                 let gate_open = r.promoted.or(r.started)?;
@@ -499,20 +604,19 @@ impl Report {
                 let audio_ready = r.tts_first0?.max(gate_open);
                 Some(
                     ms(trigger, r.llm_sent?)
+                        + tool_engine_ms.unwrap_or(0.0)
                         + ms(sentence_ready, r.tts_sent0?)
                         + ms(audio_ready, r.first_frame?),
                 )
             });
             let breakdown = answer.and_then(|r| {
-                let rel = |at: Instant| {
-                    if at >= end { ms(end, at) } else { -ms(at, end) }
-                };
                 let path = CriticalPath {
                     speech_end: turn.speech_end_sent.map(rel),
                     trigger: rel(r.trigger?),
                     gate_open: rel(r.promoted.or(r.started)?),
                     llm_sent: rel(r.llm_sent?),
                     llm_first: rel(r.llm_first?),
+                    tools: tool_span,
                     first_piece: rel(r.sentence0?),
                     tts_sent: rel(r.tts_sent0?),
                     tts_first: rel(r.tts_first0?),
@@ -529,27 +633,31 @@ impl Report {
                     .map(|r| r.last_frame.map_or(0.0, |last| ms(start, last)))
                     .reduce(f64::max)
             });
-            let rel = |at: Instant| {
-                if at >= end { ms(end, at) } else { -ms(at, end) }
-            };
             let mut tool_calls: Vec<(Instant, ToolCallReport)> = mine
                 .iter()
                 .flat_map(|(_, r)| {
                     let withdrawn = r.speculative && r.promoted.is_none();
                     r.tools.iter().map(move |t| {
+                        let outcome = match (t.started, t.ended) {
+                            (None, _) => "not_sent",
+                            (Some(_), None) => "cancelled",
+                            (Some(_), Some((_, outcome))) => outcome,
+                        };
                         (
-                            t.started,
+                            t.requested,
                             ToolCallReport {
                                 tool: t.tool.clone(),
                                 effect: t.effect,
                                 speculative: t.speculative,
                                 withdrawn,
-                                start_ms: rel(t.started),
+                                requested_ms: rel(t.requested),
+                                start_ms: t.started.map(rel),
                                 duration_ms: t
-                                    .ended
-                                    .filter(|(_, outcome)| *outcome != "cancelled")
-                                    .map(|(at, _)| ms(t.started, at)),
-                                outcome: t.ended.map_or("cancelled", |(_, o)| o).to_owned(),
+                                    .started
+                                    .zip(t.ended)
+                                    .filter(|(_, (_, outcome))| *outcome != "cancelled")
+                                    .map(|(started, (at, _))| ms(started, at)),
+                                outcome: outcome.to_owned(),
                             },
                         )
                     })
@@ -566,6 +674,7 @@ impl Report {
                 response_latency_ms: first_frame.map(|f| ms(end, f)),
                 voice_to_voice_ms: first_frame.zip(turn.speech_end_sent).map(|(f, s)| ms(s, f)),
                 engine_overhead_ms,
+                tool_engine_ms,
                 llm_ttft_ms: answer.and_then(|r| Some(ms(r.llm_sent?, r.llm_first?))),
                 tts_ttfb_ms: answer.and_then(|r| Some(ms(r.tts_sent0?, r.tts_first0?))),
                 first_piece_tokens: answer.and_then(|r| r.sentence0_tokens),
@@ -596,6 +705,7 @@ impl Report {
             response_latency_ms: collect(|t| t.response_latency_ms),
             voice_to_voice_ms: collect(|t| t.voice_to_voice_ms),
             engine_overhead_ms: collect(|t| t.engine_overhead_ms),
+            tool_engine_ms: collect(|t| t.tool_engine_ms),
             llm_ttft_ms: collect(|t| t.llm_ttft_ms),
             tts_ttfb_ms: collect(|t| t.tts_ttfb_ms),
             barge_in_stop_ms: collect(|t| t.barge_in_stop_ms),

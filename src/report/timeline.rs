@@ -313,8 +313,8 @@ pub fn render(result: &Conversation<'_>) -> String {
 
 /// Colours of what a breakdown draws: endpointing, then every part after `EndOfTurn` but the
 /// speculation (which is where the path starts, not a bar).
-const BREAKDOWN_COLORS: [&str; 6] = [
-    "#bdbdbd", "#1565c0", "#90caf9", "#2e7d32", "#ffca28", "#e53935",
+const BREAKDOWN_COLORS: [&str; Breakdown::PART_NAMES.len()] = [
+    "#bdbdbd", "#1565c0", "#90caf9", "#8d6e63", "#2e7d32", "#ffca28", "#e53935",
 ];
 
 /// One turn's breakdown: endpointing as a thin bar ending at `EndOfTurn` (x = `eot`), and

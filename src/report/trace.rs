@@ -204,7 +204,9 @@ pub fn call_spans(entries: &[LogEntry], call: &CallInfo<'_>) -> Vec<TraceSpan> {
                     } => {
                         r.sentences.entry(*index).or_default().billed = Some(*characters);
                     }
-                    LogKind::ToolStarted { .. } | LogKind::ToolEnded { .. } => {
+                    LogKind::ToolRequested { .. }
+                    | LogKind::ToolStarted { .. }
+                    | LogKind::ToolEnded { .. } => {
                         ToolRun::note(&mut r.tools, kind, at);
                     }
                     LogKind::Promoted { .. } => r.promoted = true,
@@ -326,8 +328,12 @@ pub fn call_spans(entries: &[LogEntry], call: &CallInfo<'_>) -> Vec<TraceSpan> {
             spans.push(llm);
         }
         for run in &r.tools {
+            // A call that waited for EndOfTurn and never went out did nothing to trace.
+            let Some(started) = run.started else {
+                continue;
+            };
             let ended = run.ended.map_or(end, |(at, _)| at);
-            let mut tool = TraceSpan::new("turnflow.tool", Some(index), run.started, ended);
+            let mut tool = TraceSpan::new("turnflow.tool", Some(index), started, ended);
             tool.set(
                 "gen_ai.operation.name",
                 AttributeValue::Text("execute_tool".into()),
@@ -394,6 +400,7 @@ fn response_of(kind: &LogKind) -> Option<ResponseId> {
         | LogKind::TtsRequestSent { id, .. }
         | LogKind::TtsBilled { id, .. }
         | LogKind::TtsFirstAudio { id, .. }
+        | LogKind::ToolRequested { id, .. }
         | LogKind::ToolStarted { id, .. }
         | LogKind::ToolEnded { id, .. }
         | LogKind::Promoted { id }
@@ -437,15 +444,17 @@ fn turn_attributes(mut span: TraceSpan, turn: &TurnReport) -> TraceSpan {
     );
     if let Some(b) = &turn.breakdown {
         span.set_ms("turnflow.breakdown.endpointing_ms", b.endpointing_ms);
-        let parts = [
+        // Sized by the breakdown's parts: a new part does not compile until it is named here.
+        const PARTS: [&str; super::Breakdown::PART_NAMES.len()] = [
             "turnflow.breakdown.speculation_ms",
             "turnflow.breakdown.llm_ttft_ms",
             "turnflow.breakdown.first_piece_ms",
+            "turnflow.breakdown.tool_ms",
             "turnflow.breakdown.tts_ttfb_ms",
             "turnflow.breakdown.held_ms",
             "turnflow.breakdown.engine_ms",
         ];
-        for (name, value) in parts.into_iter().zip(b.parts()) {
+        for (name, value) in PARTS.into_iter().zip(b.parts()) {
             span.set_ms(name, Some(value));
         }
     }

@@ -532,6 +532,9 @@ fn print_breakdown(report: &Report, settings: &BreakdownSettings) {
     println!("  endpointing: {}", settings.endpointing);
     println!("  speculation: {}", settings.speculation);
     println!("  ttft, ttfb: the model and the voice; held: ready before EndOfTurn");
+    println!(
+        "  tool: the calls the reply waited for (first sent -> last result); our time around them is in engine"
+    );
     println!("  first piece: {}", settings.first_piece);
 }
 
