@@ -358,6 +358,7 @@ fn print_table(results: &[VariantResult]) {
             ("response_latency_ms", &s.response_latency_ms),
             ("voice_to_voice_ms", &s.voice_to_voice_ms),
             ("engine_overhead_ms", &s.engine_overhead_ms),
+            ("tool_engine_ms", &s.tool_engine_ms),
             ("barge_in_stop_ms", &s.barge_in_stop_ms),
             ("lead_ms", &s.lead_ms),
             ("first_audio_limit_ms", &r.first_audio_limit_ms),

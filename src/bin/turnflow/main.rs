@@ -582,6 +582,7 @@ fn print_report(report: &Report) {
     line("response_latency_ms", &s.response_latency_ms);
     line("voice_to_voice_ms", &s.voice_to_voice_ms);
     line("engine_overhead_ms", &s.engine_overhead_ms);
+    line("tool_engine_ms", &s.tool_engine_ms);
     line("barge_in_stop_ms", &s.barge_in_stop_ms);
     line("lead_ms", &s.lead_ms);
     println!(
