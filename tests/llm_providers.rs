@@ -483,3 +483,46 @@ async fn a_session_speaks_what_an_openai_compatible_server_streams() {
     );
     assert!(requests[0].contains("Can you book me a table for two tonight?"));
 }
+
+#[tokio::test]
+async fn a_call_with_malformed_arguments_is_answered_not_made_and_the_turn_goes_on() {
+    let malformed = sse(&[
+        r#"data: {"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"check_availability","arguments":"{\"people\": 4, \"time\": "}}]},"finish_reason":null}]}"#,
+        r#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+        "data: [DONE]",
+    ]);
+    let (base, seen) = serve(vec![malformed, sse(&TEXT), sse(&TEXT), sse(&TEXT)]).await;
+    let scenario =
+        Arc::new(turnflow::scenario::Scenario::load("scenarios/eager_hit.json".as_ref()).unwrap());
+    let restaurant = Arc::new(turnflow::tools::DemoRestaurant::default());
+    let mut config = turnflow::sim::SimulationConfig::new(scenario.clone());
+    config.transport = turnflow::sim::Transport::Memory;
+    config.record_audio = false;
+    config.backends = Some(turnflow::engine::Backends {
+        llm: Arc::new(openai(&base)),
+        tts: Arc::new(turnflow::tts::SyntheticTts::new(
+            16000,
+            scenario.tts.clone(),
+        )),
+        tools: Some(restaurant.clone()),
+    });
+    let result = turnflow::sim::run(config).await.unwrap();
+    assert_eq!(result.report.turns[0].assistant_heard, "We open at nine.");
+    assert_eq!(restaurant.lookups(), 0, "the malformed call was never made");
+    let requests = &seen.lock().unwrap().requests;
+    let second = requests[1].split("\r\n\r\n").nth(1).unwrap();
+    let body: serde_json::Value = serde_json::from_str(second).unwrap();
+    let messages = body["messages"].as_array().unwrap();
+    let n = messages.len();
+    assert_eq!(
+        messages[n - 2]["tool_calls"][0]["function"]["arguments"],
+        r#"{"people": 4, "time": "#,
+        "the model sees what it sent"
+    );
+    assert_eq!(messages[n - 1]["role"], "tool");
+    assert_eq!(messages[n - 1]["tool_call_id"], "call_a");
+    assert_eq!(
+        messages[n - 1]["content"],
+        r#"error: the call to check_availability was not made: its arguments must be a JSON object, and they were {"people": 4, "time": "#
+    );
+}

@@ -619,12 +619,27 @@ async fn generate(
 }
 
 /// One tool call bounded by `limit`: its result for the model and its outcome (`ok`, `error`,
-/// `timed_out`).
+/// `timed_out`). A call whose arguments are not a JSON object (the model's malformed JSON,
+/// kept as text) is answered with that and never made.
 async fn run_tool(
     executor: Arc<dyn ToolExecutor>,
     call: ToolCall,
     limit: Duration,
 ) -> (Result<String, String>, &'static str) {
+    if !call.arguments.is_object() {
+        let sent = match &call.arguments {
+            serde_json::Value::String(raw) => raw.clone(),
+            other => other.to_string(),
+        };
+        return (
+            Err(format!(
+                "the call to {} was not made: its arguments must be a JSON object, and they were {}",
+                call.name,
+                crate::text::Untrusted(&sent)
+            )),
+            "error",
+        );
+    }
     match tokio::time::timeout(limit, executor.call(&call)).await {
         Ok(Ok(text)) => (Ok(text), "ok"),
         Ok(Err(e)) => (Err(e), "error"),

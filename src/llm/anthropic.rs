@@ -101,7 +101,10 @@ impl Anthropic {
                     for c in tool_calls {
                         push(
                             "assistant",
-                            json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}),
+                            // The API takes only an object; a call whose arguments were not
+                            // JSON was answered with that error and never made.
+                            json!({"type": "tool_use", "id": c.id, "name": c.name,
+                                "input": if c.arguments.is_object() { c.arguments.clone() } else { json!({}) }}),
                             &mut turns,
                         );
                     }
@@ -227,7 +230,7 @@ impl EventDecoder {
             }
             "content_block_stop" => match self.tools.remove(&index) {
                 Some(block) => {
-                    let input = tool_arguments(&block.name, &block.json)?;
+                    let input = tool_arguments(&block.name, &block.json);
                     vec![LlmChunk::ToolCall(ToolCall {
                         id: block.id,
                         name: block.name,
@@ -412,6 +415,51 @@ mod tests {
             ))
             .unwrap_err();
         assert!(matches!(limited.kind, ErrorKind::RateLimited { .. }));
+    }
+
+    #[test]
+    fn malformed_tool_input_is_kept_as_text_and_sent_back_as_an_empty_object() {
+        let mut d = EventDecoder::default();
+        let mut out = Vec::new();
+        for (name, data) in [
+            (
+                "content_block_start",
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"book_table","input":{}}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"people\": 4,"}}"#,
+            ),
+            (
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+        ] {
+            out.extend(d.decode(&event(name, data)).unwrap());
+        }
+        let call = match &out[..] {
+            [LlmChunk::ToolCall(call)] => call.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(call.arguments, json!("{\"people\": 4,"));
+        let m = Anthropic::new("http://127.0.0.1:9", "claude-x", ApiKey::new("k")).unwrap();
+        let body = m.body(&LlmRequest {
+            messages: vec![
+                Message::user("book it"),
+                Message::Assistant {
+                    content: String::new(),
+                    interrupted: false,
+                    tool_calls: vec![call],
+                },
+                Message::Tool {
+                    call_id: "toolu_1".into(),
+                    content: "error: the call was not made".into(),
+                },
+            ],
+            tools: vec![],
+        });
+        assert_eq!(body["messages"][1]["content"][0]["input"], json!({}));
+        assert_eq!(body["messages"][2]["content"][0]["tool_use_id"], "toolu_1");
     }
 
     #[test]

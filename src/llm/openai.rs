@@ -7,7 +7,11 @@
 //! `content` text or `tool_calls` fragments (`index`, then `id` and `function.name` once, then
 //! `function.arguments` in pieces); `finish_reason` closes the choice; with
 //! `stream_options.include_usage` a last chunk with empty `choices` carries `usage`; the stream
-//! ends with `data: [DONE]`.
+//! ends with `data: [DONE]`. Parallel calls interleave by `index`; empty arguments mean `{}`.
+//! Compatible servers that bend the format still give every call: a reused `index` with a new
+//! `id` (every call numbered 0), no `index` at all, arguments as an object instead of JSON
+//! text. Arguments that are not JSON are not fatal: the engine answers that call with what
+//! was wrong.
 //!
 //! Dropping the returned stream drops the HTTP response, which closes the connection: the
 //! provider stops generating (and billing) at once.
@@ -124,7 +128,7 @@ impl OpenAiCompatible {
                             .iter()
                             .map(|c| {
                                 json!({"id": c.id, "type": "function", "function": {
-                                    "name": c.name, "arguments": c.arguments.to_string()}})
+                                    "name": c.name, "arguments": arguments_text(&c.arguments)}})
                             })
                             .collect();
                     }
@@ -295,13 +299,27 @@ impl ToolBudget {
     }
 }
 
-/// Parses the streamed JSON arguments of a tool call (empty means `{}`).
-pub(crate) fn tool_arguments(name: &str, text: &str) -> Result<serde_json::Value, String> {
+/// Parses the streamed JSON arguments of a tool call (empty means `{}`). Arguments that are
+/// not JSON (a model's slip, a stream cut at its length limit) are kept as the raw text, a
+/// JSON string: the engine answers such a call with what was wrong instead of making it, and
+/// the conversation goes on.
+pub(crate) fn tool_arguments(name: &str, text: &str) -> serde_json::Value {
     if text.trim().is_empty() {
-        return Ok(json!({}));
+        return json!({});
     }
-    serde_json::from_str(text)
-        .map_err(|e| format!("tool call {name} has malformed arguments ({e}): {text}"))
+    serde_json::from_str(text).unwrap_or_else(|e| {
+        tracing::warn!(tool = %crate::text::Untrusted(name), "the model's tool call has malformed arguments: {e}");
+        Value::String(text.to_owned())
+    })
+}
+
+/// A tool call's arguments as a provider takes them back in the history: the JSON text, or
+/// the raw text the model sent when it was not JSON.
+pub(crate) fn arguments_text(arguments: &Value) -> String {
+    match arguments {
+        Value::String(raw) => raw.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[derive(Default)]
@@ -315,6 +333,8 @@ struct PartialCall {
 #[derive(Default)]
 pub(crate) struct ChunkDecoder {
     calls: BTreeMap<u64, PartialCall>,
+    /// Added to the server's `index` once it has reused one for a new call.
+    renumbered: u64,
     budget: ToolBudget,
     finished: bool,
 }
@@ -345,12 +365,17 @@ impl ChunkDecoder {
                 out.push(LlmChunk::Text(text.to_owned()));
             }
             for fragment in delta["tool_calls"].as_array().into_iter().flatten() {
-                let index = fragment["index"]
-                    .as_u64()
-                    .ok_or("tool call fragment without index")?;
-                let id = fragment["id"].as_str();
+                let id = fragment["id"].as_str().filter(|id| !id.is_empty());
                 let name = fragment["function"]["name"].as_str();
-                let args = fragment["function"]["arguments"].as_str();
+                // Some compatible servers send the arguments as an object, not as JSON text.
+                let object_args = match &fragment["function"]["arguments"] {
+                    Value::Object(_) => Some(fragment["function"]["arguments"].to_string()),
+                    _ => None,
+                };
+                let args = fragment["function"]["arguments"]
+                    .as_str()
+                    .or(object_args.as_deref());
+                let index = self.slot(fragment["index"].as_u64(), id);
                 let open = self.calls.len() + usize::from(!self.calls.contains_key(&index));
                 let bytes = [id, name, args].iter().flatten().map(|s| s.len()).sum();
                 self.budget.take(open, bytes)?;
@@ -378,18 +403,40 @@ impl ChunkDecoder {
         Ok(out)
     }
 
+    /// Where a fragment belongs. By its `index`, as OpenAI sends it, except that a fragment
+    /// with a new `id` at an index already used starts a new call (servers that number every
+    /// parallel call 0); without an `index` (servers that stream one call at a time), a
+    /// fragment with an `id` starts a new call and one without continues the last.
+    fn slot(&mut self, index: Option<u64>, id: Option<&str>) -> u64 {
+        let last = self.calls.keys().next_back().copied();
+        match (index, id) {
+            (Some(index), Some(id))
+                if self
+                    .calls
+                    .get(&(index + self.renumbered))
+                    .is_some_and(|c| !c.id.is_empty() && c.id != id) =>
+            {
+                self.renumbered = last.map_or(0, |l| l + 1) - index;
+                index + self.renumbered
+            }
+            (Some(index), _) => index + self.renumbered,
+            (None, Some(_)) => last.map_or(0, |l| l + 1),
+            (None, None) => last.unwrap_or(0),
+        }
+    }
+
     fn flush_calls(&mut self) -> Result<Vec<LlmChunk>, StreamFault> {
-        std::mem::take(&mut self.calls)
+        self.renumbered = 0;
+        Ok(std::mem::take(&mut self.calls)
             .into_values()
             .map(|c| {
-                let arguments = tool_arguments(&c.name, &c.arguments)?;
-                Ok(LlmChunk::ToolCall(ToolCall {
+                LlmChunk::ToolCall(ToolCall {
+                    arguments: tool_arguments(&c.name, &c.arguments),
                     id: c.id,
                     name: c.name,
-                    arguments,
-                }))
+                })
             })
-            .collect()
+            .collect())
     }
 }
 
@@ -572,6 +619,86 @@ mod tests {
                 arguments: json!({"people": 4})
             })]
         );
+    }
+
+    /// The calls a stream of `fragments` (each a `delta.tool_calls` array) assembles, as
+    /// (id, name, arguments), once `finish_reason` arrives.
+    fn assembled(fragments: &[&str]) -> Vec<(String, String, Value)> {
+        let mut d = ChunkDecoder::default();
+        for tool_calls in fragments {
+            let data = format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":{tool_calls}}},"finish_reason":null}}]}}"#
+            );
+            assert!(d.decode(&data).unwrap().is_empty(), "{data}");
+        }
+        d.decode(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#)
+            .unwrap()
+            .into_iter()
+            .map(|chunk| match chunk {
+                LlmChunk::ToolCall(c) => (c.id, c.name, c.arguments),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn parallel_calls_interleave_by_index_and_empty_arguments_mean_none() {
+        let calls = assembled(&[
+            r#"[{"index":0,"id":"a","type":"function","function":{"name":"check_availability","arguments":""}}]"#,
+            r#"[{"index":1,"id":"b","type":"function","function":{"name":"end_call","arguments":""}}]"#,
+            r#"[{"index":0,"function":{"arguments":"{\"people\":"}}]"#,
+            r#"[{"index":0,"function":{"arguments":"2}"}}]"#,
+        ]);
+        assert_eq!(
+            calls,
+            [
+                (
+                    "a".into(),
+                    "check_availability".into(),
+                    json!({"people": 2})
+                ),
+                ("b".into(), "end_call".into(), json!({})),
+            ]
+        );
+    }
+
+    #[test]
+    fn servers_that_bend_the_format_still_give_every_call() {
+        // Every parallel call numbered 0, told apart by id (Ollama), arguments as an object.
+        let reused = assembled(&[
+            r#"[{"index":0,"id":"a","function":{"name":"f","arguments":{"x":1}}}]"#,
+            r#"[{"index":0,"id":"b","function":{"name":"g","arguments":{"y":2}}}]"#,
+        ]);
+        assert_eq!(
+            reused,
+            [
+                ("a".into(), "f".into(), json!({"x": 1})),
+                ("b".into(), "g".into(), json!({"y": 2})),
+            ]
+        );
+        // No index at all (one call at a time): an id starts a call, the rest continue it.
+        let unnumbered = assembled(&[
+            r#"[{"id":"a","function":{"name":"f","arguments":"{\"x\""}}]"#,
+            r#"[{"function":{"arguments":": 1}"}}]"#,
+            r#"[{"id":"b","function":{"name":"g","arguments":""}}]"#,
+        ]);
+        assert_eq!(
+            unnumbered,
+            [
+                ("a".into(), "f".into(), json!({"x": 1})),
+                ("b".into(), "g".into(), json!({})),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_arguments_are_kept_as_text_not_fatal() {
+        let calls = assembled(&[
+            r#"[{"index":0,"id":"a","function":{"name":"f","arguments":"{\"x\": 1"}}]"#,
+        ]);
+        assert_eq!(calls, [("a".into(), "f".into(), json!("{\"x\": 1"))]);
+        assert_eq!(arguments_text(&calls[0].2), r#"{"x": 1"#);
+        assert_eq!(arguments_text(&json!({"x": 1})), r#"{"x":1}"#);
     }
 
     #[test]
