@@ -62,6 +62,8 @@ pub struct SimulationConfig {
     /// Backends to use instead of the scenario's scripted LLM, `voice` and the demo
     /// restaurant's tools.
     pub backends: Option<Backends>,
+    /// The agent's tools when `backends` is not given (default: the demo restaurant's).
+    pub tools: Option<Arc<dyn crate::llm::ToolExecutor>>,
     /// The agent's voice when `backends` is not given.
     pub voice: SimulatedVoice,
     /// Receives every engine event as it happens (for live output).
@@ -89,6 +91,7 @@ impl SimulationConfig {
             tail: Duration::from_millis(500),
             patience: Duration::from_secs(10),
             backends: None,
+            tools: None,
             voice: SimulatedVoice::Synthetic,
             observer: None,
             record_audio: true,
@@ -380,7 +383,12 @@ pub async fn run(config: SimulationConfig) -> Result<SimulationResult, Simulatio
             Some(voice) => voice.clone(),
             None => Arc::new(SyntheticTts::new(config.sample_rate, scenario.tts.clone())),
         },
-        tools: Some(Arc::new(crate::tools::DemoRestaurant::default())),
+        tools: Some(
+            config
+                .tools
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::tools::DemoRestaurant::default())),
+        ),
     });
     let backends = match &config.recorder {
         Some(recorder) => Backends {

@@ -199,3 +199,11 @@ pub trait ToolExecutor: Send + Sync {
     /// should make its effect atomic or idempotent.
     async fn call(&self, call: &ToolCall) -> Result<String, String>;
 }
+
+impl std::fmt::Debug for dyn ToolExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.specs().into_iter().map(|t| t.name))
+            .finish()
+    }
+}

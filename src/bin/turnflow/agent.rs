@@ -112,7 +112,7 @@ pub(crate) struct Agent {
     /// webhooks, and (once [`Agent::start_tools`] has run) the MCP servers'.
     pub(crate) tools: Option<Arc<dyn ToolExecutor>>,
     /// The tools known before any server is started, and the MCP servers to start.
-    pending_tools: Option<(Toolbox, Vec<McpEntry>)>,
+    pending_tools: Option<ToolSetup>,
     /// The MCP servers started, to close at the end.
     mcp_servers: Vec<Arc<McpServer>>,
 }
@@ -121,6 +121,61 @@ pub(crate) struct Agent {
 struct McpEntry {
     config: McpServerConfig,
     prefixed: bool,
+}
+
+/// `[tools]` checked, nothing started yet.
+pub(crate) struct ToolSetup {
+    toolbox: Toolbox,
+    mcp: Vec<McpEntry>,
+    /// Whether a tool lives outside the process (a webhook or an MCP server).
+    outside: bool,
+}
+
+impl ToolSetup {
+    /// Checks `config` (the demo restaurant's tools by default when `scripted`).
+    ///
+    /// # Errors
+    /// A setting that cannot work, named.
+    pub(crate) fn from_config(config: &ToolsConfig, scripted: bool) -> Result<Self> {
+        Ok(Self {
+            toolbox: toolbox(config, scripted)?,
+            mcp: config
+                .mcp
+                .iter()
+                .map(mcp_entry)
+                .collect::<Result<Vec<_>>>()?,
+            outside: !config.mcp.is_empty() || !config.webhook.is_empty(),
+        })
+    }
+
+    /// Whether a tool runs outside this process, in real time.
+    pub(crate) fn has_outside_tools(&self) -> bool {
+        self.outside
+    }
+
+    /// Starts the MCP servers, lists their tools and puts every tool in one toolbox (`None`
+    /// when there is no tool); the servers are returned to be closed at the end.
+    ///
+    /// # Errors
+    /// A server that does not start or list its tools, or tools whose names clash.
+    pub(crate) async fn start(
+        self,
+    ) -> Result<(Option<Arc<dyn ToolExecutor>>, Vec<Arc<McpServer>>)> {
+        let mut toolbox = self.toolbox;
+        let mut servers = Vec::new();
+        for entry in self.mcp {
+            let name = entry.config.name.clone();
+            let server = Arc::new(McpServer::start(entry.config).await?);
+            servers.push(server.clone());
+            toolbox.add(
+                &format!("mcp server {name}"),
+                entry.prefixed.then_some(name.as_str()),
+                server,
+            )?;
+        }
+        let tools = (!toolbox.is_empty()).then(|| Arc::new(toolbox) as Arc<dyn ToolExecutor>);
+        Ok((tools, servers))
+    }
 }
 
 impl Agent {
@@ -278,13 +333,7 @@ impl Agent {
             }
             Stt::Flux(Box::new(flux))
         };
-        let toolbox = toolbox(&file.tools, llm_names.iter().all(|p| p == "scripted"))?;
-        let mcp = file
-            .tools
-            .mcp
-            .iter()
-            .map(mcp_entry)
-            .collect::<Result<Vec<_>>>()?;
+        let tools = ToolSetup::from_config(&file.tools, llm_names.iter().all(|p| p == "scripted"))?;
         Ok(Agent {
             stt,
             options,
@@ -292,7 +341,7 @@ impl Agent {
             llm,
             tts: voice,
             tools: None,
-            pending_tools: Some((toolbox, mcp)),
+            pending_tools: Some(tools),
             mcp_servers: Vec::new(),
         })
     }
@@ -302,20 +351,9 @@ impl Agent {
     /// # Errors
     /// A server that does not start or list its tools, or tools whose names clash.
     pub(crate) async fn start_tools(&mut self) -> Result<()> {
-        let Some((mut toolbox, mcp)) = self.pending_tools.take() else {
-            return Ok(());
-        };
-        for entry in mcp {
-            let name = entry.config.name.clone();
-            let server = Arc::new(McpServer::start(entry.config).await?);
-            self.mcp_servers.push(server.clone());
-            toolbox.add(
-                &format!("mcp server {name}"),
-                entry.prefixed.then_some(name.as_str()),
-                server,
-            )?;
+        if let Some(setup) = self.pending_tools.take() {
+            (self.tools, self.mcp_servers) = setup.start().await?;
         }
-        self.tools = (!toolbox.is_empty()).then(|| Arc::new(toolbox) as Arc<dyn ToolExecutor>);
         Ok(())
     }
 

@@ -144,6 +144,10 @@ struct SimulateArgs {
     /// the same emulator as the listening half).
     #[arg(long, value_enum, default_value = "synthetic")]
     tts: SimVoice,
+    /// Settings file whose `[tools]` (MCP servers, webhooks, `demo`, `end_call`) the agent uses
+    /// instead of the demo restaurant's in memory; the model and voice stay the simulation's.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -310,6 +314,19 @@ fn load_scenario(path: Option<&PathBuf>) -> Result<Arc<Scenario>> {
 
 fn simulate(args: SimulateArgs) -> Result<()> {
     let scenario = load_scenario(args.scenario.as_ref())?;
+    let tool_setup = args
+        .config
+        .as_deref()
+        .map(|path| agent::ToolSetup::from_config(&agent::load_config(path)?.tools, true))
+        .transpose()?;
+    if let (Clock::Virtual, Some(path)) = (args.clock, &args.config)
+        && tool_setup.as_ref().is_some_and(|t| t.has_outside_tools())
+    {
+        bail!(
+            "--clock virtual cannot wait for an MCP server or a webhook, which answer in real time: use --clock real with --config {}",
+            path.display()
+        );
+    }
     let mut config = SimulationConfig::new(scenario.clone());
     config.transport = match args.clock {
         Clock::Real => Transport::Socket,
@@ -338,10 +355,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
             SimVoice::Synthetic => "synthetic",
             SimVoice::Flux => "flux-tts",
         },
-    )
-    .with_tools(&turnflow::llm::ToolExecutor::specs(
-        &turnflow::tools::DemoRestaurant::default(),
-    ));
+    );
     let sample_rate = config.sample_rate;
     let settings = BreakdownSettings {
         endpointing: format!(
@@ -381,7 +395,21 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     let exporter = traces.as_ref().map(|t| t.exporter.clone());
     #[cfg(not(feature = "otel"))]
     traces::warn_if_asked();
-    let result = runtime.block_on(async move {
+    let (result, tool_specs) = runtime.block_on(async move {
+        let (tools, servers) = match tool_setup {
+            // No tool at all is an empty toolbox: the demo restaurant's stay out.
+            Some(setup) => {
+                let (tools, servers) = setup.start().await?;
+                let tools = tools.unwrap_or_else(|| Arc::new(turnflow::tools::Toolbox::new()) as _);
+                (Some(tools), servers)
+            }
+            None => (None, Vec::new()),
+        };
+        let tool_specs = tools.as_ref().map_or_else(
+            || turnflow::llm::ToolExecutor::specs(&turnflow::tools::DemoRestaurant::default()),
+            |t| t.specs(),
+        );
+        config.tools = tools;
         let printer = tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 print_event(&event);
@@ -389,6 +417,9 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         });
         let result = turnflow::sim::run(config).await;
         let _ = printer.await;
+        for server in servers {
+            server.close().await;
+        }
         // Queued here, on the simulation's clock, so that its spans keep their durations.
         #[cfg(feature = "otel")]
         if let (Ok(r), Some(exporter)) = (&result, exporter) {
@@ -403,8 +434,9 @@ fn simulate(args: SimulateArgs) -> Result<()> {
                 },
             );
         }
-        result
+        anyhow::Ok((result?, tool_specs))
     })?;
+    let recorded_settings = recorded_settings.with_tools(&tool_specs);
     #[cfg(feature = "otel")]
     if let Some(traces) = traces {
         traces.finish();
