@@ -58,7 +58,7 @@
 //! | 1 | [`ws`] | WebSocket connections as frames (real, or in-memory channels) behind one [`ws::Connector`] trait: Flux's two sockets and Aura's |
 //! | 2 | [`flux`] | Flux `/v2/listen`: wire types, listen options and the client (which keeps the open turn's audio packed losslessly for a reconnect); `/v2/speak`'s messages and query both ways ([`flux::speak`]) |
 //! | 3 | [`scenario`] | the scenario file: user turns, confidence shapes, scripted replies, latencies, faults ([`scenario::FaultSpec`]) |
-//! | 4 | [`llm`], [`tts`], [`tools`] | the `LanguageModel` trait, conversation types, tools (OpenAI-compatible, Anthropic, failover, scripted); the `SpeechSynthesizer` trait (Flux TTS with its interrupt at the played position, Aura, OpenAI-compatible speech, espeak-ng, synthetic); where tools come from (the demo restaurant) |
+//! | 4 | [`llm`], [`tts`], [`tools`] | the `LanguageModel` trait, conversation types, tools (OpenAI-compatible, Anthropic, failover, scripted); the `SpeechSynthesizer` trait (Flux TTS with its interrupt at the played position, Aura, OpenAI-compatible speech, espeak-ng, synthetic); where tools come from (the demo restaurant, webhooks, MCP servers, call control) |
 //! | 5 | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
 //! | 6 | [`report`], [`recording`] | per-turn metrics and the run summary from the event log ([`report::Breakdown`], the SVG timeline [`report::timeline`]); the recording format and the [`recording::Recorder`] that wraps a session's Flux connector, model and voice (`docs/recordings.md`) |
 //! | 7 | [`emulator`], [`call`] | a local Flux server (WebSocket or in-memory), listening as a scenario says and speaking (`/v2/speak`) with exactly timed words, with faults on demand; one conversation over any [`call::Transport`] (a codec: audio, playback progress, keys and stop in; audio, clears and events out): Flux, recording, engine, deadlines and guards, greeting and re-prompt, the cut, the ending |
@@ -78,6 +78,9 @@
 //! - `vad`: the emulator's voice-activity turn detection (earshot); without it
 //!   [`emulator::TurnDetection::Vad`] is refused at the handshake.
 //! - `server`: the session server behind `turnflow serve` (axum); part of `cli`.
+//! - `mcp`: tools from MCP servers ([`tools::mcp`], the official SDK rmcp's client over stdio
+//!   and Streamable HTTP); part of `cli`.
+//! - `otel`: OpenTelemetry traces of every call over OTLP/HTTP.
 //! - `audio-io`: microphone and speaker for `turnflow run` (cpal; ALSA headers on Linux).
 //!
 //! TLS is configured per client (ring, Mozilla's roots): turnflow never installs a process-wide
