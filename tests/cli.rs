@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
+#[path = "support/scrape.rs"]
+mod scrape;
 mod support;
+use scrape::metrics;
 use support::spawn_server;
 
 fn turnflow(args: &[&str]) -> Output {
@@ -858,17 +861,6 @@ fn interrupt_once(url: &str, extra: &[&str]) -> String {
         "one barge-in, one clear: {text}"
     );
     text
-}
-
-/// The server's `/metrics` response.
-fn metrics(url: &str) -> String {
-    use std::io::{Read, Write};
-    let address = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// Polls the server's `/metrics` until its active-session gauge reads 0; panics with the last

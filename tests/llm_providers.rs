@@ -455,24 +455,33 @@ async fn anthropic_error_event_mid_stream_is_a_typed_error() {
     );
 }
 
-#[tokio::test]
-async fn a_session_speaks_what_an_openai_compatible_server_streams() {
-    let reply = sse(&TEXT);
-    let (base, seen) = serve(vec![reply; 4]).await;
+/// `scenarios/eager_hit.json` simulated with the OpenAI-compatible server at `base` as the
+/// model, and `tools`.
+async fn eager_hit_against(
+    base: &str,
+    tools: Option<Arc<dyn turnflow::llm::ToolExecutor>>,
+) -> turnflow::sim::SimulationResult {
     let scenario =
         Arc::new(turnflow::scenario::Scenario::load("scenarios/eager_hit.json".as_ref()).unwrap());
     let mut config = turnflow::sim::SimulationConfig::new(scenario.clone());
     config.transport = turnflow::sim::Transport::Memory;
     config.record_audio = false;
     config.backends = Some(turnflow::engine::Backends {
-        llm: Arc::new(openai(&base)),
+        llm: Arc::new(openai(base)),
         tts: Arc::new(turnflow::tts::SyntheticTts::new(
             16000,
             scenario.tts.clone(),
         )),
-        tools: None,
+        tools,
     });
-    let result = turnflow::sim::run(config).await.unwrap();
+    turnflow::sim::run(config).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_session_speaks_what_an_openai_compatible_server_streams() {
+    let reply = sse(&TEXT);
+    let (base, seen) = serve(vec![reply; 4]).await;
+    let result = eager_hit_against(&base, None).await;
     assert_eq!(result.report.turns[0].assistant_heard, "We open at nine.");
     assert_eq!(result.report.turns[0].speculation, "hit");
     let requests = &seen.lock().unwrap().requests;
@@ -492,21 +501,8 @@ async fn a_call_with_malformed_arguments_is_answered_not_made_and_the_turn_goes_
         "data: [DONE]",
     ]);
     let (base, seen) = serve(vec![malformed, sse(&TEXT), sse(&TEXT), sse(&TEXT)]).await;
-    let scenario =
-        Arc::new(turnflow::scenario::Scenario::load("scenarios/eager_hit.json".as_ref()).unwrap());
     let restaurant = Arc::new(turnflow::tools::DemoRestaurant::default());
-    let mut config = turnflow::sim::SimulationConfig::new(scenario.clone());
-    config.transport = turnflow::sim::Transport::Memory;
-    config.record_audio = false;
-    config.backends = Some(turnflow::engine::Backends {
-        llm: Arc::new(openai(&base)),
-        tts: Arc::new(turnflow::tts::SyntheticTts::new(
-            16000,
-            scenario.tts.clone(),
-        )),
-        tools: Some(restaurant.clone()),
-    });
-    let result = turnflow::sim::run(config).await.unwrap();
+    let result = eager_hit_against(&base, Some(restaurant.clone())).await;
     assert_eq!(result.report.turns[0].assistant_heard, "We open at nine.");
     assert_eq!(restaurant.lookups(), 0, "the malformed call was never made");
     let requests = &seen.lock().unwrap().requests;

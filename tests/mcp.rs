@@ -137,10 +137,6 @@ async fn the_example_speaks_both_revisions_over_stdio() {
 #[tokio::test]
 async fn the_example_speaks_both_revisions_over_streamable_http() {
     let (_child, url) = example_over_http();
-    let http = |url: &str| McpTransport::Http {
-        url: url.to_owned(),
-        headers: Vec::new(),
-    };
     check_the_restaurant(http(&url), McpProtocol::Legacy, "2025-11-25", "19:00").await;
     check_the_restaurant(http(&url), McpProtocol::Current, "2026-07-28", "19:30").await;
     check_the_restaurant(http(&url), McpProtocol::Auto, "2026-07-28", "20:00").await;
@@ -340,6 +336,24 @@ async fn serve_in_process(handler: Shifting) -> (String, CancellationToken) {
     (format!("http://{addr}/mcp"), stop)
 }
 
+/// The Streamable HTTP endpoint at `url`, with no header.
+fn http(url: &str) -> McpTransport {
+    McpTransport::Http {
+        url: url.to_owned(),
+        headers: Vec::new(),
+    }
+}
+
+/// A fresh in-process server, and the settings of a server called `shop` reaching it in
+/// `protocol`; cancelling the token stops it.
+async fn shop(protocol: McpProtocol) -> (Shifting, McpServerConfig, CancellationToken) {
+    let handler = Shifting::default();
+    let (url, stop) = serve_in_process(handler.clone()).await;
+    let mut config = McpServerConfig::new("shop", http(&url));
+    config.protocol = protocol;
+    (handler, config, stop)
+}
+
 /// Waits (at most 10 s) for `done`.
 async fn eventually(what: &str, done: impl Fn() -> bool) {
     for _ in 0..500 {
@@ -357,16 +371,7 @@ async fn a_changed_tool_list_is_read_again_in_both_revisions() {
         (McpProtocol::Current, "2026-07-28"),
         (McpProtocol::Legacy, "2025-11-25"),
     ] {
-        let handler = Shifting::default();
-        let (url, stop) = serve_in_process(handler.clone()).await;
-        let mut config = McpServerConfig::new(
-            "shop",
-            McpTransport::Http {
-                url,
-                headers: Vec::new(),
-            },
-        );
-        config.protocol = protocol;
+        let (handler, config, stop) = shop(protocol).await;
         let server = Arc::new(McpServer::start(config).await.unwrap());
         assert_eq!(server.protocol_version(), version);
         let mut toolbox = turnflow::tools::Toolbox::new();
@@ -397,16 +402,7 @@ async fn a_changed_tool_list_is_read_again_in_both_revisions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_call_is_cancelled_on_the_wire_and_a_stalled_one_times_out() {
     for protocol in [McpProtocol::Current, McpProtocol::Legacy] {
-        let handler = Shifting::default();
-        let (url, stop) = serve_in_process(handler.clone()).await;
-        let mut config = McpServerConfig::new(
-            "shop",
-            McpTransport::Http {
-                url,
-                headers: Vec::new(),
-            },
-        );
-        config.protocol = protocol;
+        let (handler, mut config, stop) = shop(protocol).await;
         config.call_timeout = Duration::from_millis(300);
         let server = McpServer::start(config).await.unwrap();
         let wait = call("wait_forever", json!({}));

@@ -3,6 +3,8 @@
 //! started again on the same port ten seconds later. Every call and every turn must be
 //! answered; the server's metrics must show the reconnects.
 
+#[path = "support/scrape.rs"]
+mod scrape;
 #[path = "support/process.rs"]
 mod support;
 
@@ -28,19 +30,6 @@ fn emulator(listen: &str) -> (Child, u16) {
         .and_then(|port| port.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
     (child, port)
-}
-
-fn metrics(url: &str) -> String {
-    let address = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
-    text
 }
 
 fn gauge(text: &str, name: &str) -> f64 {
@@ -85,7 +74,7 @@ fn callers_ride_through_the_emulator_killed_and_restarted_under_load() {
 
     // Every caller is on, speaking: then the service goes away.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while gauge(&metrics(&url), "turnflow_sessions_active") < SESSIONS as f64 {
+    while gauge(&scrape::metrics(&url), "turnflow_sessions_active") < SESSIONS as f64 {
         assert!(Instant::now() < deadline, "the callers connect");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -100,7 +89,7 @@ fn callers_ride_through_the_emulator_killed_and_restarted_under_load() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    let text = metrics(&url);
+    let text = scrape::metrics(&url);
     let _ = server.kill();
     let _ = server.wait();
     let _ = second.kill();

@@ -6,6 +6,8 @@
 
 #[path = "support/http.rs"]
 mod http;
+#[path = "support/scrape.rs"]
+mod scrape;
 #[path = "support/process.rs"]
 mod support;
 
@@ -26,19 +28,6 @@ fn example_server() -> std::path::PathBuf {
         path.display()
     );
     path
-}
-
-fn metrics(url: &str) -> String {
-    let address = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +107,7 @@ parameters = {{ type = "object", properties = {{ name = {{ type = "string" }} }}
         })
     };
     let out = caller.await.unwrap();
-    let text = metrics(&url);
+    let text = scrape::metrics(&url);
     let _ = server.kill();
     let _ = server.wait();
     let server_log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
