@@ -1209,3 +1209,41 @@ headers = {{ "x-api-key" = "${{TURNFLOW_TEST_TABLES_KEY}}" }}
         "{stderr}"
     );
 }
+
+#[test]
+fn mcp_settings_that_cannot_work_are_refused_at_start_with_what_is_wrong() {
+    let dir = temp_dir("mcp-settings");
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = dir.join("turnflow.toml");
+    for (tools, expected) in [
+        (
+            "name = \"crm\"\ncommand = \"crm-mcp\"\nurl = \"https://crm.example.com/mcp\"",
+            "tools.mcp \"crm\": give either command (a server run as a child process) or url (Streamable HTTP), not both or neither",
+        ),
+        (
+            "name = \"crm\"\nurl = \"https://crm.example.com/mcp\"\nprotocol = \"2024-11-05\"",
+            "tools.mcp \"crm\": protocol \"2024-11-05\": expected auto, 2026-07-28 or 2025-11-25",
+        ),
+        (
+            "name = \"crm\"\nurl = \"https://crm.example.com/mcp\"\nheaders = { Authorization = \"Bearer ${TURNFLOW_TEST_UNSET_CRM_TOKEN}\" }",
+            "tools.mcp \"crm\": header Authorization needs the environment variable TURNFLOW_TEST_UNSET_CRM_TOKEN, which is not set",
+        ),
+        (
+            "name = \"gone\"\ncommand = \"/nonexistent/mcp-server\"",
+            "mcp server gone did not start: cannot run \"/nonexistent/mcp-server\"",
+        ),
+    ] {
+        std::fs::write(&settings, format!("[[tools.mcp]]\n{tools}\n")).unwrap();
+        let out = turnflow(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            settings.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{tools}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{expected}\nnot in\n{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -48,8 +48,8 @@ pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 /// A server alive this long is healthy again: its next failure restarts it at once.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// How to reach a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach a server. Its `Debug` names headers and variables, never their values.
+#[derive(Clone, PartialEq, Eq)]
 pub enum McpTransport {
     /// A child process speaking newline-delimited JSON-RPC on stdin and stdout; its stderr
     /// goes to turnflow's.
@@ -68,6 +68,27 @@ pub enum McpTransport {
         /// Sent on every request (values already taken from the environment; never logged).
         headers: Vec<(String, String)>,
     },
+}
+
+impl std::fmt::Debug for McpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |pairs: &[(String, String)]| -> Vec<String> {
+            pairs.iter().map(|(name, _)| name.clone()).collect()
+        };
+        match self {
+            Self::Stdio { command, args, env } => f
+                .debug_struct("Stdio")
+                .field("command", command)
+                .field("args", args)
+                .field("env", &names(env))
+                .finish(),
+            Self::Http { url, headers } => f
+                .debug_struct("Http")
+                .field("url", url)
+                .field("headers", &names(headers))
+                .finish(),
+        }
+    }
 }
 
 /// Which protocol era to speak.
@@ -416,7 +437,14 @@ impl Shared {
             .map_err(|_| format!("tools/list had no answer within {} s", limit.as_secs_f32()))?
             .map_err(|e| format!("tools/list failed: {e}"))?;
         let subscription = if announces && current {
-            Some(self.subscribe(&peer).await?)
+            // Without the stream the tools still work; only later changes go unseen.
+            match self.subscribe(&peer).await {
+                Ok(subscription) => Some(subscription),
+                Err(why) => {
+                    tracing::warn!(server = %self.config.name, "tool list changes will not be followed: {why}");
+                    None
+                }
+            }
         } else {
             None
         };
@@ -736,6 +764,24 @@ impl ToolExecutor for McpServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let http = McpTransport::Http {
+            url: "https://crm.example.com/mcp".into(),
+            headers: vec![("Authorization".into(), "Bearer s3cret".into())],
+        };
+        let stdio = McpTransport::Stdio {
+            command: "crm-mcp".into(),
+            args: vec![],
+            env: vec![("CRM_KEY".into(), "s3cret".into())],
+        };
+        for transport in [http, stdio] {
+            let shown = format!("{:?}", McpServerConfig::new("crm", transport));
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("Authorization") || shown.contains("CRM_KEY"));
+        }
+    }
 
     #[test]
     fn restarts_back_off_to_thirty_seconds() {
