@@ -1,6 +1,7 @@
 //! The page at `/` in a real browser: headless Chromium (Debian `chromium`) with a fake
 //! microphone playing a speech WAV, driven over the DevTools protocol. The page must show the
-//! user's turn and the agent's reply, and play the agent's audio. `.ci/run` installs chromium
+//! user's turn and the agent's reply with the table lookup it made through the example MCP
+//! server, and play the agent's audio. `.ci/run` installs chromium
 //! and sets `TURNFLOW_REQUIRE_CHROMIUM`, so CI never skips this. A screenshot of the page is
 //! left in `target/serve-page.png`.
 
@@ -18,7 +19,11 @@ use turnflow::flux::{Encoding, FluxConfig, ListenOptions, Thresholds};
 use turnflow::llm::ScriptedLlm;
 use turnflow::scenario::Scenario;
 use turnflow::server::{Server, ServerConfig};
+use turnflow::tools::mcp::{McpServer, McpServerConfig, McpTransport};
 use turnflow::tts::SyntheticTts;
+
+#[path = "support/example.rs"]
+mod support;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -116,7 +121,20 @@ async fn a_person_talks_to_the_agent_in_a_real_browser() {
         return;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let scenario = Arc::new(Scenario::demo());
+    // The demo, its first reply looking a table up through the example MCP server.
+    let mut demo = Scenario::demo();
+    demo.turns[0].calls = demo.turns[1].calls.clone();
+    let scenario = Arc::new(demo);
+    let mut restaurant = McpServerConfig::new(
+        "restaurant",
+        McpTransport::Stdio {
+            command: support::example("mcp_restaurant").display().to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+        },
+    );
+    restaurant.trusted = true;
+    let restaurant = Arc::new(McpServer::start(restaurant).await.unwrap());
     let mut emulator = EmulatorConfig::new(scenario.clone());
     emulator.turn_detection = TurnDetection::Vad;
     let config = ServerConfig::new(
@@ -131,7 +149,7 @@ async fn a_person_talks_to_the_agent_in_a_real_browser() {
         Backends {
             llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
             tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
-            tools: None,
+            tools: Some(restaurant.clone()),
         },
     );
     let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
@@ -257,6 +275,28 @@ async fn a_person_talks_to_the_agent_in_a_real_browser() {
         }),
         "the speculation is shown: {shown}"
     );
+    // The reply's lookup, made by the MCP server, is tagged on the agent's turn.
+    let tools = evaluate(
+        &mut page,
+        next(),
+        "[...document.querySelectorAll('.turn.agent .tag')].map(t => t.textContent)",
+    )
+    .await;
+    let tags: Vec<&str> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        tags.iter().any(|t| t.starts_with("→ check_availability")),
+        "the call is shown: {tags:?}"
+    );
+    assert!(
+        tags.iter()
+            .any(|t| t.starts_with("check_availability: ok in ")),
+        "its result is shown: {tags:?}"
+    );
     let shot = cdp(
         &mut page,
         next(),
@@ -278,6 +318,7 @@ async fn a_person_talks_to_the_agent_in_a_real_browser() {
         .unwrap()
         .unwrap();
     assert_eq!(metrics.active(), 0);
+    restaurant.close().await;
 }
 
 /// Standard base64 (the screenshot), without a dependency for one test.

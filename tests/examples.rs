@@ -11,20 +11,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Start};
 
-const PATIENCE: Duration = Duration::from_secs(30);
+#[path = "support/example.rs"]
+mod support;
+use support::example;
 
-/// An example's binary, built beside this test's.
-fn example(name: &str) -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let profile = deps.parent().unwrap().parent().unwrap();
-    let path = profile.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples (or `cargo build --examples`)",
-        path.display()
-    );
-    path
-}
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A child process killed if the test fails before it exits.
 struct KillOnDrop(Option<std::process::Child>);

@@ -31,17 +31,12 @@ impl Drop for Child {
     }
 }
 
+#[path = "support/example.rs"]
+mod support;
+
 /// The example MCP server, built beside this test.
 fn example_server() -> String {
-    let deps = std::env::current_exe().unwrap();
-    let profile = deps.parent().unwrap().parent().unwrap();
-    let path = profile.join("examples").join("mcp_restaurant");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples (or `cargo build --examples`)",
-        path.display()
-    );
-    path.display().to_string()
+    support::example("mcp_restaurant").display().to_string()
 }
 
 fn stdio(args: &[&str]) -> McpTransport {

@@ -4,6 +4,8 @@
 //! a table, then books it. Each effect must happen exactly once and be counted. And
 //! `simulate --config` with the same server, whose report shows the lookup made on the guess.
 
+#[path = "support/example.rs"]
+mod example;
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/scrape.rs"]
@@ -14,20 +16,7 @@ mod support;
 use std::process::{Command, Stdio};
 
 fn example_server() -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("mcp_restaurant");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        path.display()
-    );
-    path
+    example::example("mcp_restaurant")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
