@@ -316,6 +316,7 @@ impl ToolRun {
                     run.started = Some(at);
                     run.speculative = *speculative;
                 }
+                // The log keeps its most recent entries: the request may have been dropped.
                 None => runs.push(ToolRun {
                     call_id: call_id.clone(),
                     tool: tool.clone(),
