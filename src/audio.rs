@@ -1,5 +1,6 @@
-//! PCM audio: frames, G.711 (mu-law, A-law) codecs, sample decoding, WAV in and out, and
-//! conversion between sample rates (`resample`).
+//! PCM audio: frames, G.711 (mu-law, A-law) codecs, sample decoding, WAV in and out,
+//! conversion between sample rates (`resample`), and Opus with loss recovery for WebRTC
+//! (`opus`, feature `opus`).
 //!
 //! Internally turnflow moves 16-bit mono PCM; encodings only matter at the Flux edge (what we
 //! send, what the emulator decodes) and in files.
@@ -7,6 +8,8 @@
 use std::io::Write;
 use std::path::Path;
 
+#[cfg(feature = "opus")]
+pub mod opus;
 pub(crate) mod resample;
 
 /// Raw audio encodings: what a caller sends, what Flux takes (its spelling is `as_str`, parsed

@@ -81,6 +81,8 @@
 //! - `mcp`: tools from MCP servers ([`tools::mcp`], the official SDK rmcp's client over stdio
 //!   and Streamable HTTP); part of `cli`.
 //! - `otel`: OpenTelemetry traces of every call over OTLP/HTTP.
+//! - `opus`: Opus with error correction and loss concealment for WebRTC (`audio::opus`;
+//!   links the system's libopus, Debian `libopus-dev`).
 //! - `audio-io`: microphone and speaker for `turnflow run` (cpal; ALSA headers on Linux).
 //!
 //! TLS is configured per client (ring, Mozilla's roots): turnflow never installs a process-wide
