@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/scrape.rs"]
 mod scrape;
 mod support;
@@ -1093,49 +1095,15 @@ fn a_run_recorded_on_the_virtual_clock_replays_to_the_identical_report() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// One HTTP exchange on a loopback port: the request as received, and the answer given.
-fn one_http_exchange(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
-        let (mut socket, _) = listener.accept().unwrap();
-        let mut request = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = socket.read(&mut chunk).unwrap();
-            request.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&request).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length: usize = text[..end]
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                if request.len() >= end + 4 + length || n == 0 {
-                    break;
-                }
-            }
-        }
-        write!(
-            socket,
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-            answer.len()
-        )
-        .unwrap();
-        String::from_utf8_lossy(&request).to_string()
-    });
-    (url, handle)
-}
-
 #[test]
 fn run_calls_a_webhook_tool_from_the_settings_file() {
     let dir = temp_dir("webhook");
     std::fs::create_dir_all(&dir).unwrap();
-    let (url, backend) = one_http_exchange(r#"{"free_tables":3}"#);
+    // The backend runs on its own runtime's threads while the binary calls it.
+    let io = tokio::runtime::Runtime::new().unwrap();
+    let (url, requests) = io.block_on(http::recorder(|_| {
+        Some(("200 OK", r#"{"free_tables":3}"#.to_owned()))
+    }));
     let settings = dir.join("turnflow.toml");
     std::fs::write(
         &settings,
@@ -1176,13 +1144,15 @@ headers = {{ "x-api-key" = "${{TURNFLOW_TEST_TABLES_KEY}}" }}
         .output()
         .unwrap();
     succeeded(&out);
-    let request = backend.join().unwrap();
-    assert!(request.starts_with("POST /tables HTTP/1.1"), "{request}");
+    let received = requests.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let (head, body) = &received[0];
+    assert!(head.starts_with("POST /tables HTTP/1.1"), "{head}");
     assert!(
-        request.to_ascii_lowercase().contains("x-api-key: k-42"),
-        "{request}"
+        head.to_ascii_lowercase().contains("x-api-key: k-42"),
+        "{head}"
     );
-    assert!(request.ends_with(r#"{"people":2}"#), "{request}");
+    assert_eq!(body, r#"{"people":2}"#);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let turn = &report["turns"][0];

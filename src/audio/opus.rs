@@ -79,6 +79,8 @@ impl Default for EncoderSettings {
 /// Encodes 20 ms frames of 48 kHz mono speech.
 pub struct VoiceEncoder {
     inner: Encoder,
+    /// The frame's samples as opusic-c takes them, kept between frames.
+    samples: Vec<u16>,
     packet: Vec<u8>,
 }
 
@@ -111,6 +113,7 @@ impl VoiceEncoder {
         inner.set_dtx(settings.dtx).map_err(codec("set dtx"))?;
         Ok(Self {
             inner,
+            samples: Vec::with_capacity(FRAME_SAMPLES),
             packet: vec![0; MAX_PACKET],
         })
     }
@@ -125,10 +128,11 @@ impl VoiceEncoder {
             return Err(OpusError::FrameLength { given: frame.len() });
         }
         // opusic-c takes the samples' bits as u16.
-        let bits: Vec<u16> = frame.iter().map(|s| *s as u16).collect();
+        self.samples.clear();
+        self.samples.extend(frame.iter().map(|s| *s as u16));
         let length = self
             .inner
-            .encode_to_slice(&bits, &mut self.packet)
+            .encode_to_slice(&self.samples, &mut self.packet)
             .map_err(codec("encode"))?;
         Ok(self.packet[..length].to_vec())
     }
