@@ -51,7 +51,7 @@ fn text(message: &ToClient) -> Message {
 }
 
 /// The `end` message's reason.
-fn reason(outcome: SessionEnd) -> &'static str {
+pub(super) fn reason(outcome: SessionEnd) -> &'static str {
     match outcome {
         SessionEnd::Completed => "stopped",
         SessionEnd::ClientClosed => "client_closed",
@@ -105,6 +105,8 @@ impl Transport for Browser {
                     samples: played.samples,
                     buffered: played.buffered,
                 },
+                // A WebSocket's player reports exactly what it played.
+                Ok(FromClient::Playout(_)) => Inbound::Other,
                 Ok(FromClient::Stop) => Inbound::Stop,
                 Err(e) => return Err(EndError::new(e.code(), e.to_string(), FaultKind::Invalid)),
             },

@@ -87,6 +87,10 @@ pub struct ServerConfig {
     /// Where every finished call's trace goes (feature `otel`); `None`: nowhere.
     #[cfg(feature = "otel")]
     pub traces: Option<crate::report::otlp::TraceExporter>,
+    /// The UDP port WebRTC sessions use (feature `webrtc`); `None` answers `POST /webrtc`
+    /// with 404, and the page uses the WebSocket.
+    #[cfg(feature = "webrtc")]
+    pub webrtc: Option<super::webrtc::WebRtcPort>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -144,6 +148,8 @@ impl ServerConfig {
             record_dir: None,
             #[cfg(feature = "otel")]
             traces: None,
+            #[cfg(feature = "webrtc")]
+            webrtc: None,
             greeting: None,
             reprompt_after: None,
             reprompt_line: "Are you still there?".into(),

@@ -28,6 +28,8 @@ pub mod protocol;
 mod routes;
 mod service;
 pub mod telephony;
+#[cfg(feature = "webrtc")]
+pub mod webrtc;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -65,6 +67,9 @@ struct State {
     browser: Arc<crate::call::Settings>,
     /// What every phone call is run with: the browser's, with the greeting and the re-prompt.
     phone: Arc<crate::call::Settings>,
+    /// The WebRTC port and its sessions, when configured.
+    #[cfg(feature = "webrtc")]
+    webrtc: Option<webrtc::WebRtc>,
 }
 
 impl State {
@@ -83,7 +88,7 @@ impl State {
     }
 
     /// A call is over: its outcome to the metrics, and its trace to the collector when
-    /// traces are exported. `transport` is `browser` or `phone`.
+    /// traces are exported. `transport` is `browser`, `webrtc` or `phone`.
     fn call_ended(&self, id: &str, transport: &str, ending: &crate::call::Ending) {
         self.metrics.session_ended(ending.outcome);
         #[cfg(feature = "otel")]

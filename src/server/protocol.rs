@@ -22,6 +22,9 @@ pub enum FromClient {
     Start(Start),
     /// How much agent audio the client has played.
     Played(Played),
+    /// How long the client's player holds agent audio before playing it (WebRTC, where the
+    /// server counts what it sent and the browser only knows its jitter buffer).
+    Playout(Playout),
     /// The user is done: finish the turn in progress, then end.
     Stop,
 }
@@ -69,6 +72,21 @@ impl Played {
     }
 }
 
+/// `{"type": "playout", "delay_ms": N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Playout {
+    /// Milliseconds from a packet's arrival to its playing, plus half the round trip: the
+    /// browser's `jitterBufferDelay / jitterBufferEmittedCount` and its candidate pair's
+    /// `currentRoundTripTime / 2`, from `getStats`.
+    pub delay_ms: u32,
+}
+
+impl Playout {
+    /// The largest delay taken; a larger report is read as this.
+    pub const MAX_DELAY_MS: u32 = 2000;
+}
+
 /// Why a client message was refused: the error message names the field and what is allowed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProtocolError {
@@ -76,7 +94,7 @@ pub enum ProtocolError {
     #[error("malformed message: {0}")]
     Malformed(String),
     /// A `type` this version does not know.
-    #[error("unknown message type {0:?}; this server knows start, played and stop")]
+    #[error("unknown message type {0:?}; this server knows start, played, playout and stop")]
     UnknownType(String),
     /// A known message with a missing, unknown or wrong field.
     #[error("invalid {kind} message: {detail}")]
@@ -155,6 +173,7 @@ impl FromClient {
                 Ok(FromClient::Start(start))
             }
             "played" => Ok(FromClient::Played(fields("played", value)?)),
+            "playout" => Ok(FromClient::Playout(fields("playout", value)?)),
             "stop" => {
                 if !object.is_empty() {
                     return Err(ProtocolError::Invalid {
@@ -290,6 +309,7 @@ mod tests {
                 samples: 16000,
                 buffered: 320,
             }),
+            FromClient::Playout(Playout { delay_ms: 85 }),
             FromClient::Stop,
         ];
         for message in messages {
@@ -322,7 +342,7 @@ mod tests {
             (r#"{"type":7}"#, "\"type\" must be a string"),
             (
                 r#"{"type":"hello"}"#,
-                "unknown message type \"hello\"; this server knows start, played and stop",
+                "unknown message type \"hello\"; this server knows start, played, playout and stop",
             ),
             (
                 r#"{"type":"start","version":1}"#,
@@ -343,6 +363,10 @@ mod tests {
             (
                 r#"{"type":"played","samples":-4}"#,
                 "invalid played message: invalid value: integer `-4`",
+            ),
+            (
+                r#"{"type":"playout","delay_ms":"soon"}"#,
+                "invalid playout message: invalid type: string \"soon\"",
             ),
             (
                 r#"{"type":"stop","now":true}"#,

@@ -112,22 +112,22 @@ pub(super) async fn telephony_stream(
     }
 }
 
-/// Reads a request's form body whole within [`ServerConfig::body_timeout`] and
-/// [`BODY_LIMIT`]: a body sent a byte at a time, or one without end, is answered 408 or 413
-/// instead of holding the connection.
-async fn form_within_limits(
+/// Reads a request's body whole within [`ServerConfig::body_timeout`] and `size_limit`
+/// bytes: a body sent a byte at a time, or one without end, is answered 408 or 413 instead of
+/// holding the connection.
+pub(super) async fn body_within_limits(
     state: &State,
     request: axum::extract::Request,
-) -> Result<(HeaderMap, Vec<(String, String)>), Response> {
-    use axum::extract::FromRequest as _;
+    size_limit: usize,
+) -> Result<(axum::http::request::Parts, axum::body::Bytes), Response> {
     let (parts, body) = request.into_parts();
     let limit = state.config.body_timeout;
-    let bytes = match tokio::time::timeout(limit, axum::body::to_bytes(body, BODY_LIMIT)).await {
+    let bytes = match tokio::time::timeout(limit, axum::body::to_bytes(body, size_limit)).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => {
             return Err((
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is over {BODY_LIMIT} bytes, or broke off\n"),
+                format!("the request body is over {size_limit} bytes, or broke off\n"),
             )
                 .into_response());
         }
@@ -140,6 +140,16 @@ async fn form_within_limits(
                 .into_response());
         }
     };
+    Ok((parts, bytes))
+}
+
+/// Reads a request's form body whole within [`ServerConfig::body_timeout`] and [`BODY_LIMIT`].
+async fn form_within_limits(
+    state: &State,
+    request: axum::extract::Request,
+) -> Result<(HeaderMap, Vec<(String, String)>), Response> {
+    use axum::extract::FromRequest as _;
+    let (parts, bytes) = body_within_limits(state, request, BODY_LIMIT).await?;
     let headers = parts.headers.clone();
     let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
     match axum::Form::<Vec<(String, String)>>::from_request(request, &()).await {
@@ -232,7 +242,15 @@ pub(super) async fn metrics_text(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(ready, &providers),
+        {
+            #[cfg_attr(not(feature = "webrtc"), allow(unused_mut))]
+            let mut text = state.metrics.render(ready, &providers);
+            #[cfg(feature = "webrtc")]
+            if let Some(webrtc) = &state.webrtc {
+                webrtc.render_metrics(&mut text);
+            }
+            text
+        },
     )
         .into_response()
 }

@@ -51,6 +51,8 @@ impl Service {
             state: Arc::new(State {
                 browser: Arc::new(browser),
                 phone: Arc::new(phone),
+                #[cfg(feature = "webrtc")]
+                webrtc: config.webrtc.clone().map(super::webrtc::WebRtc::new),
                 config,
                 metrics: Arc::new(Metrics::default()),
                 admitted: AtomicUsize::new(0),
@@ -67,7 +69,15 @@ impl Service {
     /// slash) and finds its scripts and its WebSocket under `/voice/`; carriers need
     /// [`ServerConfig::public_url`] to end with `/voice`.
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new();
+        #[cfg(feature = "webrtc")]
+        let router = router
+            .route("/webrtc", axum::routing::post(super::webrtc::offer))
+            .route(
+                "/webrtc/{id}",
+                axum::routing::delete(super::webrtc::hang_up),
+            );
+        router
             .route("/", get(page::index))
             .route("/app.js", get(page::script))
             .route("/worklets.js", get(page::worklets))

@@ -1,0 +1,135 @@
+//! Opus over RTP, the sending half both ends share: audio at any rate in, 48 kHz 20 ms Opus
+//! packets out on a connection's audio section, the RTP clock kept across pauses.
+
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use str0m::config::CryptoProvider;
+use str0m::format::Codec;
+use str0m::media::{Frequency, MediaTime, Mid};
+use str0m::rtp::Extension;
+use str0m::{Rtc, RtcConfig};
+use tracing::debug;
+
+use crate::audio::opus::{EncoderSettings, FRAME_SAMPLES, OpusError, SAMPLE_RATE, VoiceEncoder};
+use crate::audio::resample::Resampler;
+
+/// The Opus bitrate both ends send: the voices are wideband (16 to 24 kHz), which Opus carries
+/// well at this rate, and with RTP, SRTP, UDP and IP (50 bytes a packet, 20 kbit/s) a session
+/// stays under 40 kbit/s each way.
+const BITRATE_BPS: u32 = 16_000;
+
+/// The connection settings both ends share: Opus alone (the only codec either decodes), and of
+/// RTP's header extensions only the media id, so that 20 ms packets carry no bytes neither end
+/// reads; a reordered packet is waited for briefly, since the decoder rebuilds a lost frame
+/// from the next packet anyway.
+pub(super) fn rtc_config(crypto: Arc<CryptoProvider>) -> RtcConfig {
+    RtcConfig::new()
+        .set_crypto_provider(crypto)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .clear_extension_map()
+        .set_extension(MID_EXTENSION_ID, Extension::RtpMid)
+        .set_reordering_size_audio(2)
+        .set_reordering_timeout_audio(Some(Duration::from_millis(40)))
+}
+
+/// Where browsers put the media id extension.
+const MID_EXTENSION_ID: u8 = 4;
+
+/// A gap in the audio longer than this starts a new talk spurt: the RTP clock jumps by the
+/// silence, so the receiver's jitter buffer does not play the next words late.
+const TALK_SPURT_GAP: Duration = Duration::from_millis(60);
+
+/// Encodes audio and writes it as Opus packets.
+pub(super) struct OpusSender {
+    resampler: Resampler,
+    encoder: VoiceEncoder,
+    /// 48 kHz samples short of a whole frame.
+    unsent: Vec<i16>,
+    rtp_samples: u64,
+    last_packet: Option<Instant>,
+    /// Packets written.
+    pub(super) packets: u64,
+    /// Opus payload bytes written.
+    pub(super) bytes: u64,
+}
+
+impl OpusSender {
+    /// A sender of audio at `rate`.
+    ///
+    /// # Errors
+    /// The rate cannot be resampled, or libopus cannot make an encoder.
+    pub(super) fn new(rate: u32) -> Result<Self, OpusError> {
+        let resampler = Resampler::new(rate, SAMPLE_RATE).map_err(|reason| OpusError::Codec {
+            operation: "resampling to 48 kHz",
+            reason,
+        })?;
+        Ok(Self {
+            resampler,
+            encoder: VoiceEncoder::new(EncoderSettings {
+                bitrate_bps: BITRATE_BPS,
+                ..EncoderSettings::default()
+            })?,
+            unsent: Vec::with_capacity(FRAME_SAMPLES * 2),
+            rtp_samples: 0,
+            last_packet: None,
+            packets: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Drops audio not yet sent (a barge-in's clear).
+    pub(super) fn clear(&mut self) {
+        self.unsent.clear();
+    }
+
+    /// Sends `pcm` on `mid`'s Opus: every whole 20 ms frame now, the rest with the next call.
+    pub(super) fn send(&mut self, rtc: &mut Rtc, mid: Mid, pcm: &[i16], now: Instant) {
+        let resampled = self.resampler.process(pcm);
+        self.unsent.extend_from_slice(&resampled);
+        let frames = self.unsent.len() / FRAME_SAMPLES;
+        if frames == 0 {
+            return;
+        }
+        if let Some(last) = self.last_packet {
+            let pause = now.duration_since(last);
+            if pause > TALK_SPURT_GAP {
+                let silent = pause.as_micros() as u64 * u64::from(SAMPLE_RATE) / 1_000_000;
+                self.rtp_samples += silent / FRAME_SAMPLES as u64 * FRAME_SAMPLES as u64;
+            }
+        }
+        self.last_packet = Some(now);
+        for frame in self.unsent[..frames * FRAME_SAMPLES].chunks_exact(FRAME_SAMPLES) {
+            let time = MediaTime::new(self.rtp_samples, Frequency::FORTY_EIGHT_KHZ);
+            self.rtp_samples += FRAME_SAMPLES as u64;
+            let packet = match self.encoder.encode(frame) {
+                Ok(packet) => packet,
+                Err(e) => {
+                    debug!(error = %e, "a frame could not be encoded");
+                    continue;
+                }
+            };
+            let Some(writer) = rtc.writer(mid) else {
+                continue;
+            };
+            let Some(pt) = writer
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Opus)
+                .map(|p| p.pt())
+            else {
+                continue;
+            };
+            let length = packet.len() as u64;
+            match writer.write(pt, now, time, packet) {
+                Ok(()) => {
+                    self.packets += 1;
+                    self.bytes += length;
+                }
+                Err(e) => debug!(error = %e, "a packet was not written"),
+            }
+        }
+        self.unsent.drain(..frames * FRAME_SAMPLES);
+    }
+}

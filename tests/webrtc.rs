@@ -1,0 +1,474 @@
+//! WebRTC sessions end to end on loopback: a server on port 0 with its WebRTC port on
+//! 127.0.0.1, the in-memory emulator, the scripted model and the synthetic voice, and callers
+//! through turnflow's own WebRTC client (str0m, Opus both ways), as the load generator calls.
+//! The real clock runs (DTLS and UDP cannot run on a paused one); nothing asserts a wall-clock
+//! threshold, and every wait has a generous bound only so that a broken server fails instead
+//! of hanging.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use turnflow::emulator::{EmulatorConfig, MemoryEmulator};
+use turnflow::engine::{Backends, EngineEvent};
+use turnflow::flux::{Encoding, FluxConfig, ListenOptions};
+use turnflow::llm::ScriptedLlm;
+use turnflow::scenario::Scenario;
+use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Playout, Start, ToClient};
+use turnflow::server::webrtc::{CallerError, CallerEvent, WebRtcCaller, WebRtcPort};
+use turnflow::server::{DrainReport, Server, ServerConfig};
+use turnflow::tts::SyntheticTts;
+
+/// Bound for anything a test waits for.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn config(file: &str) -> ServerConfig {
+    let scenario = Arc::new(Scenario::load(format!("scenarios/{file}").as_ref()).unwrap());
+    let mut options = ListenOptions::raw(Encoding::Linear16, 16000);
+    if let Some(t) = scenario.listen {
+        options = options.with_thresholds(t);
+    }
+    let backends = Backends {
+        llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+        tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+        tools: None,
+    };
+    let mut config = ServerConfig::new(
+        FluxConfig::new(options).with_base_url("ws://emulator.invalid"),
+        Arc::new(MemoryEmulator::new(EmulatorConfig::new(scenario))),
+        backends,
+    );
+    config.webrtc = Some(WebRtcPort::bind("127.0.0.1:0".parse().unwrap(), &[]).unwrap());
+    config
+}
+
+struct Running {
+    url: String,
+    metrics_url: String,
+    port: SocketAddr,
+    drain: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<DrainReport>>,
+}
+
+async fn start(config: ServerConfig) -> Running {
+    let port = config.webrtc.as_ref().unwrap().local_addr();
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (drain, signal) = oneshot::channel::<()>();
+    let served = tokio::spawn(server.serve(async move {
+        let _ = signal.await;
+    }));
+    Running {
+        url: format!("http://{addr}/webrtc"),
+        metrics_url: format!("http://{addr}/metrics"),
+        port,
+        drain: Some(drain),
+        served,
+    }
+}
+
+impl Running {
+    async fn metrics(&self) -> String {
+        reqwest::get(&self.metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn drain(mut self) -> DrainReport {
+        let _ = self.drain.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, self.served)
+            .await
+            .expect("the drain ends")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// 20 ms at 16 kHz: silence, or a 440 Hz tone loud enough to be speech to the emulator.
+fn frame(loud: bool, at: &mut u64) -> Vec<i16> {
+    (0..320)
+        .map(|_| {
+            *at += 1;
+            if loud {
+                let phase = *at as f64 * 440.0 / 16000.0 * std::f64::consts::TAU;
+                (phase.sin() * 8000.0) as i16
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// What a caller saw.
+#[derive(Debug, Default)]
+struct Seen {
+    messages: Vec<ToClient>,
+    agent_samples: u64,
+    clears: usize,
+    closed: Option<String>,
+}
+
+impl Seen {
+    fn events(&self) -> impl Iterator<Item = &EngineEvent> {
+        self.messages.iter().filter_map(|m| match m {
+            ToClient::Event(e) => Some(e),
+            _ => None,
+        })
+    }
+}
+
+/// A caller like the page: `start` when the channel opens, 20 ms of audio at real time, a
+/// `playout` report now and then; loud once `barge_in_after` agent samples (48 kHz) arrived;
+/// `stop` once `stop_after` turn reports came; until the session ends.
+async fn converse(
+    url: &str,
+    barge_in_after: Option<u64>,
+    stop_after: usize,
+) -> (Seen, turnflow::server::webrtc::CallerStats) {
+    let mut caller = WebRtcCaller::connect(url, None)
+        .await
+        .expect("offer answered");
+    let mut seen = Seen::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let (mut ready, mut loud, mut stopped, mut at) = (false, false, false, 0u64);
+    let deadline = tokio::time::sleep(PATIENCE);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => panic!("the session did not end in time: {seen:?}"),
+            _ = tick.tick(), if ready => {
+                if !caller.send_audio(&frame(loud, &mut at)).await {
+                    break;
+                }
+                if at % 16000 == 0 {
+                    caller.send_message(&FromClient::Playout(Playout { delay_ms: 60 })).await;
+                }
+            }
+            event = caller.next() => match event {
+                Some(CallerEvent::Open) => {
+                    let start = FromClient::Start(Start { version: PROTOCOL_VERSION, sample_rate: 48000 });
+                    assert!(caller.send_message(&start).await);
+                }
+                Some(CallerEvent::Audio(pcm)) => {
+                    seen.agent_samples += pcm.len() as u64;
+                    if barge_in_after.is_some_and(|n| seen.agent_samples >= n) {
+                        loud = true;
+                    }
+                }
+                Some(CallerEvent::Message(message)) => {
+                    match &message {
+                        ToClient::Ready(_) => ready = true,
+                        ToClient::Clear => {
+                            seen.clears += 1;
+                            loud = false;
+                        }
+                        ToClient::Turn(_) => {
+                            let turns = seen.messages.iter().filter(|m| matches!(m, ToClient::Turn(_))).count() + 1;
+                            if turns >= stop_after && !stopped {
+                                stopped = true;
+                                caller.send_message(&FromClient::Stop).await;
+                            }
+                        }
+                        _ => {}
+                    }
+                    seen.messages.push(message);
+                }
+                Some(CallerEvent::Closed(why)) => {
+                    seen.closed = Some(why);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if seen.messages.iter().any(|m| matches!(m, ToClient::End(_))) {
+            break;
+        }
+    }
+    let stats = caller.stats();
+    caller.hang_up().await;
+    (seen, stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webrtc_call_is_answered_in_opus_and_ends_when_asked() {
+    let server = start(config("plain.json")).await;
+    let (seen, stats) = converse(&server.url, None, 1).await;
+    let ready = seen.messages.iter().find_map(|m| match m {
+        ToClient::Ready(r) => Some(r),
+        _ => None,
+    });
+    assert_eq!(ready.unwrap().frame_ms, 20);
+    let turn = seen
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            ToClient::Turn(t) => Some(t),
+            _ => None,
+        })
+        .expect("a turn report");
+    assert!(turn.response_latency_ms.is_some(), "{turn:?}");
+    let end = seen.messages.iter().find_map(|m| match m {
+        ToClient::End(e) => Some(e),
+        _ => None,
+    });
+    assert_eq!(end.unwrap().reason, "stopped", "{seen:?}");
+    assert!(
+        seen.events()
+            .any(|e| matches!(e, EngineEvent::AgentSentence { .. })),
+        "{seen:?}"
+    );
+    // The reply arrived as Opus and was decoded: over half a second of it, nothing lost on
+    // loopback, and within the bandwidth a WebRTC session is allowed.
+    assert!(seen.agent_samples > 24_000, "{seen:?}");
+    assert!(stats.received.decoded > 25, "{stats:?}");
+    assert_eq!(stats.received.lost, 0, "{stats:?}");
+    let payload_bits_per_packet = stats.payload_bytes_received * 8 / stats.received.decoded;
+    assert!(
+        payload_bits_per_packet * 50 <= 24_000,
+        "the agent's Opus runs at {} bit/s",
+        payload_bits_per_packet * 50
+    );
+    let sent_bits_per_packet = stats.payload_bytes_sent * 8 / stats.packets_sent;
+    assert!(sent_bits_per_packet * 50 <= 24_000, "{stats:?}");
+
+    let metrics = poll_metrics(&server, "turnflow_webrtc_sessions_active 0").await;
+    assert!(
+        metrics.contains("turnflow_webrtc_connected_total 1"),
+        "{metrics}"
+    );
+    let received = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("turnflow_webrtc_packets_total{kind=\"received\"} "))
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(
+        received >= stats.packets_sent.saturating_sub(5),
+        "{metrics}"
+    );
+    let report = server.drain().await;
+    assert_eq!(report.stopped, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barge_in_stops_the_agent_and_keeps_what_was_played() {
+    let server = start(config("barge_in.json")).await;
+    // The user talks over the reply once 1.5 s of it arrived.
+    let (seen, _) = converse(&server.url, Some(72_000), 2).await;
+    assert_eq!(
+        seen.clears, 1,
+        "one clear for the one interruption: {seen:?}"
+    );
+    let cut = seen
+        .events()
+        .find_map(|e| match e {
+            EngineEvent::ResponseEnded {
+                interrupted: true,
+                heard,
+                ..
+            } => Some(heard.clone()),
+            _ => None,
+        })
+        .expect("the first reply was interrupted");
+    let full = "You can return any item within thirty days of delivery. Items must be unused and in their original packaging. Refunds go back to the original payment method within five business days.";
+    assert!(cut.starts_with("You can return any item"), "{cut}");
+    assert!(cut.len() < full.len() && full.starts_with(&cut), "{cut}");
+    server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_the_server_cannot_use_are_refused_with_the_reason() {
+    let server = start(config("plain.json")).await;
+    let http = reqwest::Client::new();
+    let post = |body: &'static str, content_type: &'static str| {
+        http.post(&server.url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let cases = [
+        ("v=0\r\nnot sdp at all", "application/sdp", 400, "no audio"),
+        (
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n",
+            "application/sdp",
+            400,
+            "no audio with Opus",
+        ),
+        (
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n",
+            "application/sdp",
+            400,
+            "no data channel",
+        ),
+        (
+            "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n",
+            "application/sdp",
+            400,
+            "not valid SDP: Media is missing a=mid",
+        ),
+        ("{}", "application/json", 415, "application/sdp"),
+    ];
+    for (body, content_type, status, says) in cases {
+        let response = post(body, content_type).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(says), "{body}: {text}");
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("turnflow_webrtc_failures_total{reason=\"offer_refused\"} 4"),
+        "{metrics}"
+    );
+    // None of them took a place: a real call still goes through.
+    let (seen, _) = converse(&server.url, None, 1).await;
+    assert!(seen.messages.iter().any(|m| matches!(m, ToClient::Turn(_))));
+    server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_an_offer_and_says_when_to_retry() {
+    let mut config = config("plain.json");
+    config.max_sessions = 0;
+    let server = start(config).await;
+    match WebRtcCaller::connect(&server.url, None).await {
+        Err(CallerError::Refused {
+            status: 503,
+            retry_after: Some(seconds),
+            body,
+        }) => {
+            assert!(seconds >= 1);
+            assert!(body.contains("full"), "{body}");
+        }
+        other => panic!("expected 503: {other:?}"),
+    }
+    server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_port_and_a_peer_that_never_connects_disturb_no_one() {
+    let mut config = config("plain.json");
+    config.start_timeout = Duration::from_secs(2);
+    let server = start(config).await;
+    // A flood from an unknown address: STUN naming no session, DTLS and RTP from nowhere,
+    // and bytes that are not WebRTC at all.
+    let flood = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xA4, 0x42];
+    stun.extend_from_slice(&[9; 12]);
+    stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x07]);
+    stun.extend_from_slice(b"nobody:x\0");
+    let packets: [&[u8]; 4] = [
+        &stun,
+        &[22, 254, 253, 0, 0],
+        &[0x80, 111, 0, 1, 0, 0],
+        &[0xff; 40],
+    ];
+    let (flooded, call) = tokio::join!(
+        async {
+            for round in 0..2000 {
+                flood
+                    .send_to(packets[round % packets.len()], server.port)
+                    .await
+                    .unwrap();
+                if round % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        },
+        converse(&server.url, None, 1)
+    );
+    let () = flooded;
+    let (seen, _) = call;
+    assert!(
+        seen.messages.iter().any(|m| matches!(m, ToClient::Turn(_))),
+        "{seen:?}"
+    );
+
+    // A peer that offers and then never sends a connectivity check: its session ends at the
+    // start deadline and its place is released.
+    let offer_only = reqwest::Client::new()
+        .post(&server.url)
+        .header("content-type", "application/sdp")
+        .body(BROWSER_OFFER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(offer_only.status().as_u16(), 201);
+    let metrics = poll_metrics(
+        &server,
+        "turnflow_webrtc_failures_total{reason=\"ice_or_dtls\"} 1",
+    )
+    .await;
+    assert!(
+        metrics.contains("turnflow_webrtc_sessions_active 0"),
+        "{metrics}"
+    );
+    let unclaimed = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("turnflow_webrtc_datagrams_dropped_total{reason=\"unclaimed\"} ")
+        })
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(unclaimed >= 1900, "the flood went nowhere: {metrics}");
+    server.drain().await;
+}
+
+/// An offer as Chromium writes one for the page (audio and the protocol's data channel), from
+/// a peer that is not there.
+const BROWSER_OFFER: &str = "v=0\r
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r
+s=-\r
+t=0 0\r
+a=group:BUNDLE 0 1\r
+a=extmap-allow-mixed\r
+a=msid-semantic: WMS\r
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r
+c=IN IP4 0.0.0.0\r
+a=rtcp:9 IN IP4 0.0.0.0\r
+a=ice-ufrag:Ab3d\r
+a=ice-pwd:4fJx0qYxU4cLqk9Yq2x8bE2f\r
+a=ice-options:trickle\r
+a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:D6:BC\r
+a=setup:actpass\r
+a=mid:0\r
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r
+a=sendrecv\r
+a=msid:- 7d1c0a2e-6a3f-4a8e-9c2b-1f0e5d4c3b2a\r
+a=rtcp-mux\r
+a=rtpmap:111 opus/48000/2\r
+a=rtcp-fb:111 transport-cc\r
+a=fmtp:111 minptime=10;useinbandfec=1\r
+a=ssrc:1001 cname:4TOk42mSjXCkVIa6\r
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r
+c=IN IP4 0.0.0.0\r
+a=ice-ufrag:Ab3d\r
+a=ice-pwd:4fJx0qYxU4cLqk9Yq2x8bE2f\r
+a=ice-options:trickle\r
+a=fingerprint:sha-256 6B:8B:5D:EA:59:04:20:23:29:C8:87:1C:CC:87:32:BE:DD:8C:66:A5:8E:50:55:EA:8C:D3:B6:5C:09:5E:D6:BC\r
+a=setup:actpass\r
+a=mid:1\r
+a=sctp-port:5000\r
+a=max-message-size:262144\r
+";
+
+async fn poll_metrics(server: &Running, wanted: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let metrics = server.metrics().await;
+        if metrics.contains(wanted) {
+            return metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {wanted}: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
