@@ -19,7 +19,9 @@ metadata = json.loads(
 
 
 def version(text):
-    return tuple(int(part) for part in text.split("."))
+    """1.88 and 1.88.0 are the same version."""
+    parts = [int(part) for part in text.split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 ours = next(p for p in metadata["packages"] if p["name"] == "turnflow")["rust_version"]

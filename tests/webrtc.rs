@@ -3,7 +3,8 @@
 //! through turnflow's own WebRTC client (str0m, Opus both ways), as the load generator calls.
 //! The real clock runs (DTLS and UDP cannot run on a paused one); nothing asserts a wall-clock
 //! threshold, and every wait has a generous bound only so that a broken server fails instead
-//! of hanging.
+//! of hanging. The page itself is tested in headless Chromium over loopback WebRTC; a
+//! screenshot is left in `target/webrtc-page.png`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -471,4 +472,97 @@ async fn poll_metrics(server: &Running, wanted: &str) -> String {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[path = "support/chromium.rs"]
+mod chromium;
+
+/// The fixture's question, a pause, and the question again: said over the agent's answer.
+fn question_then_interruption(pause: Duration) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(root.join("tests/fixtures/book_table_16k.wav")).unwrap();
+    let (format, offset) = turnflow::audio::parse_wav_header(&bytes).unwrap().unwrap();
+    assert_eq!((format.sample_rate, format.channels), (16000, 1));
+    let speech: Vec<i16> = bytes[offset..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let mut audio = speech.clone();
+    audio.resize(audio.len() + (pause.as_millis() as usize) * 16, 0);
+    audio.extend_from_slice(&speech);
+    let path = std::env::temp_dir().join(format!("turnflow-interrupt-{}.wav", std::process::id()));
+    turnflow::audio::write_wav(&path, 16000, 1, &audio).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_talks_over_webrtc_in_a_real_browser_and_interrupts_the_agent() {
+    if !chromium::available() {
+        return;
+    }
+    let scenario = Arc::new(Scenario::load("scenarios/barge_in.json".as_ref()).unwrap());
+    let mut emulator = EmulatorConfig::new(scenario.clone());
+    emulator.turn_detection = turnflow::emulator::TurnDetection::Vad;
+    let mut config = ServerConfig::new(
+        FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
+            .with_base_url("ws://emulator.invalid"),
+        Arc::new(MemoryEmulator::new(emulator)),
+        Backends {
+            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+            tools: None,
+        },
+    );
+    config.webrtc = Some(WebRtcPort::bind("127.0.0.1:0".parse().unwrap(), &[]).unwrap());
+    let server = start(config).await;
+    let page = server.url.trim_end_matches("webrtc").to_owned();
+    let wav = question_then_interruption(Duration::from_millis(2500));
+    // Chromium pairs WebRTC with 127.0.0.1 only when told to.
+    let mut browser =
+        chromium::Browser::open(&page, &wav, &["--allow-loopback-in-peer-connection"]).await;
+    browser
+        .evaluate("document.getElementById('talk').click(); true")
+        .await;
+    let state = browser
+        .wait_for(
+            "({transport: turnflow.transport, fallback: turnflow.fallback, clears: turnflow.clears, \
+              heard: turnflow.heard, packets: turnflow.agentPackets, \
+              samples: turnflow.agentSamplesReceived, playout: turnflow.playoutMs, \
+              status: document.getElementById('status').textContent})",
+            |s| s["heard"].is_string() && s["packets"].as_u64() > Some(50),
+        )
+        .await;
+    assert_eq!(state["transport"], "webrtc", "{state}");
+    assert_eq!(state["status"], "listening (WebRTC)", "{state}");
+    assert!(state["clears"].as_u64() >= Some(1), "{state}");
+    // getStats: the agent's Opus arrived and was played out.
+    assert!(state["samples"].as_u64() > Some(48_000), "{state}");
+    let heard = state["heard"].as_str().unwrap();
+    let full = "You can return any item within thirty days of delivery. Items must be unused and in their original packaging. Refunds go back to the original payment method within five business days.";
+    assert!(
+        !heard.is_empty() && heard.len() < full.len() && full.starts_with(heard),
+        "the history keeps what was played of the cut reply: {heard:?}"
+    );
+    let shown = browser
+        .evaluate("[...document.querySelectorAll('.turn.agent .tag')].map(t => t.textContent)")
+        .await;
+    assert!(
+        shown.as_array().unwrap().iter().any(|t| t == "cut by you"),
+        "{shown}"
+    );
+    eprintln!("the page over WebRTC: {state}");
+    let png = browser.screenshot().await;
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/webrtc-page.png"),
+        png,
+    )
+    .unwrap();
+    drop(browser);
+    let _ = std::fs::remove_file(&wav);
+    let metrics = poll_metrics(&server, "turnflow_webrtc_sessions_active 0").await;
+    assert!(
+        metrics.contains("turnflow_webrtc_connected_total 1"),
+        "{metrics}"
+    );
+    server.drain().await;
 }

@@ -74,6 +74,65 @@ pub(crate) struct ServeArgs {
     /// Record every session into DIR/<session id>/ for `turnflow replay`.
     #[arg(long, value_name = "DIR")]
     record: Option<std::path::PathBuf>,
+    /// WebRTC's UDP port, one for every WebRTC session (default: the --listen address and
+    /// port number, over UDP; `off` serves the WebSocket alone). Needs a build with the
+    /// webrtc feature.
+    #[arg(long, value_name = "ADDR|off")]
+    webrtc_udp: Option<String>,
+    /// The address WebRTC clients should send to when it is not the bound one (behind NAT or
+    /// a load balancer; repeatable). Without a port, the bound port.
+    #[arg(long = "webrtc-candidate", value_name = "IP[:PORT]")]
+    webrtc_candidates: Vec<String>,
+}
+
+/// Parses `--webrtc-candidate` values: `IP:PORT`, `[IPv6]:PORT` or a bare IP (port 0: the
+/// bound port).
+fn webrtc_candidates(values: &[String]) -> Result<Vec<SocketAddr>> {
+    values
+        .iter()
+        .map(|value| {
+            value
+                .parse::<SocketAddr>()
+                .or_else(|_| value.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "--webrtc-candidate {value}: expected IP or IP:PORT (203.0.113.7:3478, [2001:db8::7]:3478)"
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The WebRTC port `serve` was asked for: `Some(address)` to bind, `None` for none.
+/// Explicit means a failure to bind stops the start; the default only warns.
+fn webrtc_address(args: &ServeArgs) -> Result<Option<(SocketAddr, bool)>> {
+    match args.webrtc_udp.as_deref() {
+        Some("off") => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(|address| Some((address, true)))
+            .map_err(|_| anyhow::anyhow!("--webrtc-udp {value}: expected IP:PORT or off")),
+        None => Ok(Some((args.listen, false))),
+    }
+}
+
+/// Binds WebRTC's UDP port when asked (and built in).
+#[cfg(feature = "webrtc")]
+fn bind_webrtc(
+    address: Option<(SocketAddr, bool)>,
+    candidates: &[SocketAddr],
+) -> Result<Option<turnflow::server::webrtc::WebRtcPort>> {
+    let Some((address, explicit)) = address else {
+        return Ok(None);
+    };
+    match turnflow::server::webrtc::WebRtcPort::bind(address, candidates) {
+        Ok(port) => Ok(Some(port)),
+        Err(e) if explicit => Err(e).context("--webrtc-udp: WebRTC cannot start"),
+        Err(e) => {
+            eprintln!("note: WebRTC is off ({e}); browsers use the WebSocket");
+            Ok(None)
+        }
+    }
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<()> {
@@ -99,6 +158,15 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     {
         anyhow::bail!(
             "--transfer-to {number}: expected a phone number in E.164 form, + and 8 to 15 digits (+15551234567)"
+        );
+    }
+    let webrtc_candidates = webrtc_candidates(&args.webrtc_candidates)?;
+    let webrtc_address = webrtc_address(&args)?;
+    #[cfg(not(feature = "webrtc"))]
+    if webrtc_address.is_some_and(|(_, explicit)| explicit) || !webrtc_candidates.is_empty() {
+        anyhow::bail!(
+            "--webrtc-udp/--webrtc-candidate: this turnflow was built without WebRTC; build it \
+             with --features webrtc (needs libopus-dev)"
         );
     }
     if args.max_sessions == 0 {
@@ -166,13 +234,30 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
             .twilio_auth_token
             .filter(|t| !t.is_empty())
             .map(ApiKey::new);
+        #[cfg(feature = "webrtc")]
+        {
+            config.webrtc = bind_webrtc(webrtc_address, &webrtc_candidates)?;
+        }
+        #[cfg(feature = "webrtc")]
+        let webrtc = config.webrtc.as_ref().map_or_else(String::new, |port| {
+            format!(
+                "\n  WebRTC offers at POST /webrtc, media on udp {} (clients told {:?})",
+                port.local_addr(),
+                port.candidates()
+            )
+        });
+        #[cfg(not(feature = "webrtc"))]
+        let webrtc = {
+            let _ = (webrtc_address, webrtc_candidates);
+            ""
+        };
         let server = Server::bind(args.listen, config)
             .await
             .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
         let addr = server.local_addr();
         // One write: a reader that takes the first line and goes away must not break a later one.
         println!(
-            "turnflow serve: http://{addr}/  (stt: {stt}; llm: {llm}; voice: {tts})\n  sessions at ws://{addr}/session, phone calls at ws://{addr}/telephony (Twilio webhook: POST /twilio/voice); /healthz /readyz /metrics; Ctrl-C drains"
+            "turnflow serve: http://{addr}/  (stt: {stt}; llm: {llm}; voice: {tts})\n  sessions at ws://{addr}/session, phone calls at ws://{addr}/telephony (Twilio webhook: POST /twilio/voice); /healthz /readyz /metrics; Ctrl-C drains{webrtc}"
         );
         let report = server
             .serve(async {

@@ -177,7 +177,7 @@ impl WebRtcCall {
                         .max(self.heard_until.unwrap_or(data.network_time)),
                 );
                 let pcm = self.to_flux.process(&self.decoded);
-                self.to_call(&pcm);
+                self.hand_to_call(&pcm);
             }
             Event::ChannelOpen(id, label) if label == CHANNEL_LABEL => {
                 self.channel.get_or_insert(id);
@@ -198,7 +198,7 @@ impl WebRtcCall {
     }
 
     /// User audio at Flux's rate for the call.
-    fn to_call(&mut self, pcm: &[i16]) {
+    fn hand_to_call(&mut self, pcm: &[i16]) {
         if !pcm.is_empty() {
             let bytes = crate::audio::encode(Encoding::Linear16, pcm);
             self.pending.push_back(Ok(Inbound::Audio(bytes.into())));
@@ -217,7 +217,7 @@ impl WebRtcCall {
         let frames = frames as u32;
         self.heard_until = Some(until + FRAME * frames);
         let silence = vec![0i16; FLUX_FRAME * frames as usize];
-        self.to_call(&silence);
+        self.hand_to_call(&silence);
     }
 
     /// A data channel message, read as the WebSocket reads its text messages.
