@@ -93,6 +93,38 @@ pub struct CallerStats {
     pub received: LossStats,
     /// Payload bytes received.
     pub payload_bytes_received: u64,
+    /// Datagrams the caller sent, as UDP carried them.
+    pub sent: Wire,
+    /// Datagrams the caller received.
+    pub received_wire: Wire,
+}
+
+/// UDP datagrams one way: all of them (connectivity checks, DTLS and the data channel,
+/// reports) and the media among them (RTP, told apart from RTCP by its payload type).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    /// Datagrams.
+    pub datagrams: u64,
+    /// Their bytes (UDP payload).
+    pub bytes: u64,
+    /// RTP datagrams.
+    pub media_datagrams: u64,
+    /// Their bytes (UDP payload).
+    pub media_bytes: u64,
+}
+
+impl Wire {
+    fn count(&mut self, datagram: &[u8]) {
+        self.datagrams += 1;
+        self.bytes += datagram.len() as u64;
+        // RFC 5761: RTCP's packet types 192-223 sit where RTP's marker and payload type are.
+        let rtp = matches!(datagram.first(), Some(128..=191))
+            && !matches!(datagram.get(1), Some(192..=223));
+        if rtp {
+            self.media_datagrams += 1;
+            self.media_bytes += datagram.len() as u64;
+        }
+    }
 }
 
 /// A placed call.
@@ -342,6 +374,7 @@ impl Connection {
     }
 
     fn receive(&mut self, datagram: &[u8], source: SocketAddr) {
+        self.counts.received_wire.count(datagram);
         let Ok(contents) = datagram.try_into() else {
             return;
         };
@@ -368,6 +401,7 @@ impl Connection {
                     break;
                 }
                 Ok(Output::Transmit(transmit)) => {
+                    self.counts.sent.count(&transmit.contents);
                     // A full send buffer drops the datagram, as a network would.
                     let _ = self
                         .socket

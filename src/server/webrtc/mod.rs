@@ -31,7 +31,7 @@ use str0m::change::SdpOffer;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-pub use caller::{CALLER_RATE, CallerError, CallerEvent, CallerStats, WebRtcCaller};
+pub use caller::{CALLER_RATE, CallerError, CallerEvent, CallerStats, WebRtcCaller, Wire};
 pub use port::{PortError, WebRtcPort};
 pub use session::CHANNEL_LABEL;
 

@@ -21,6 +21,9 @@ use turnflow::server::protocol::Played;
 mod browser;
 mod phone;
 mod summary;
+mod turns;
+#[cfg(feature = "webrtc")]
+mod webrtc;
 
 use browser::{BrowserSpeech, one_session};
 use phone::{PhoneSpeech, one_call};
@@ -49,6 +52,16 @@ pub(crate) struct LoadArgs {
     /// Print the summary as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// How a browser caller reaches the server: the WebSocket (/session, PCM16) or WebRTC
+    /// (an offer to /webrtc, Opus over UDP, the protocol on a data channel; needs a build
+    /// with the webrtc feature).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "websocket",
+        conflicts_with = "carrier"
+    )]
+    transport: LoadTransport,
     /// Call like a phone carrier instead of a browser: Twilio's or Telnyx's media-stream
     /// messages on the server's /telephony (8 kHz mu-law, marks echoed as the audio plays).
     #[arg(long, value_enum)]
@@ -62,6 +75,13 @@ pub(crate) struct LoadArgs {
     /// (raise it to ride through a provider's outage).
     #[arg(long, value_parser = crate::parse_duration, default_value = "20s")]
     reply_patience: Duration,
+}
+
+/// How `load`'s browser callers connect.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub(crate) enum LoadTransport {
+    Websocket,
+    Webrtc,
 }
 
 /// Which carrier `load --carrier` imitates.
@@ -169,6 +189,15 @@ fn speech_end(speech: &[i16]) -> usize {
 
 fn session_url(url: &str) -> Result<String> {
     endpoint_url(url, "/session")
+}
+
+/// The server's WebRTC offer URL: `http(s)://HOST:PORT/webrtc` (a ws:// URL is read as its
+/// http:// twin; a URL with a path is taken as it is).
+fn offer_url(url: &str) -> Result<String> {
+    let websocket = endpoint_url(url, "/webrtc")?;
+    Ok(websocket
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1))
 }
 
 /// `url` as a WebSocket URL, with `path` appended when it names only the server.
@@ -298,10 +327,17 @@ fn ms(from: Instant, to: Instant) -> f64 {
 }
 
 pub(crate) fn load(args: LoadArgs) -> Result<()> {
-    let url = match args.carrier {
-        Some(_) => endpoint_url(&args.url, "/telephony")?,
-        None => session_url(&args.url)?,
+    let url = match (args.carrier, args.transport) {
+        (Some(_), _) => endpoint_url(&args.url, "/telephony")?,
+        (None, LoadTransport::Websocket) => session_url(&args.url)?,
+        (None, LoadTransport::Webrtc) => offer_url(&args.url)?,
     };
+    #[cfg(not(feature = "webrtc"))]
+    if args.transport == LoadTransport::Webrtc {
+        bail!(
+            "--transport webrtc: this turnflow was built without WebRTC; build it with --features webrtc (needs libopus-dev)"
+        );
+    }
     let speech = crate::run::read_speech(
         args.wav.to_str().context("--wav: the path is not UTF-8")?,
         "--wav",
@@ -323,7 +359,7 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let started = std::time::Instant::now();
-    let results = runtime.block_on(async {
+    let (results, webrtc_media) = runtime.block_on(async {
         let progress = Arc::new(Progress {
             open: AtomicUsize::new(0),
             turns: AtomicU64::new(0),
@@ -362,23 +398,46 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
                 reply_patience: args.reply_patience,
             };
             let carrier = args.carrier.zip(phone.clone());
+            let transport = args.transport;
             tasks.spawn(async move {
                 tokio::time::sleep_until(t0 + offset).await;
-                match carrier {
-                    Some((kind, phone)) => one_call(url, kind, phone, plan, progress).await,
-                    None => one_session(url, token, speech, plan, progress).await,
+                match (carrier, transport) {
+                    (Some((kind, phone)), _) => {
+                        (one_call(url, kind, phone, plan, progress).await, None)
+                    }
+                    #[cfg(feature = "webrtc")]
+                    (None, LoadTransport::Webrtc) => {
+                        let (result, media) =
+                            webrtc::one_webrtc_session(url, token, speech, plan, progress).await;
+                        (result, Some(media))
+                    }
+                    _ => (one_session(url, token, speech, plan, progress).await, None),
                 }
             });
         }
         let mut results = Vec::with_capacity(args.sessions);
+        let mut media: Option<summary::WebRtcMedia> = None;
         while let Some(result) = tasks.join_next().await {
-            results.push(result.unwrap_or_else(|e| SessionResult {
-                turns: Vec::new(),
-                failure: Some(format!("the caller task failed: {e}")),
-            }));
+            let (result, caller_media) = result.unwrap_or_else(|e| {
+                let failure = Some(format!("the caller task failed: {e}"));
+                (
+                    SessionResult {
+                        turns: Vec::new(),
+                        failure,
+                    },
+                    None,
+                )
+            });
+            if let Some(caller_media) = caller_media {
+                media.get_or_insert_default().add(&caller_media);
+            }
+            results.push(result);
         }
         reporter.abort();
-        results
+        if let Some(media) = &mut media {
+            media.finish();
+        }
+        (results, media)
     });
     let seconds = started.elapsed().as_secs_f64();
     let turns: Vec<&TurnSample> = results.iter().flat_map(|r| &r.turns).collect();
@@ -413,6 +472,7 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
                     .filter(|_| t.speculation == Some(Speculation::Hit))
             }),
         },
+        webrtc: webrtc_media,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -441,6 +501,22 @@ mod tests {
         }
     }
     use futures_util::StreamExt;
+
+    #[test]
+    fn urls_name_the_offer_endpoint() {
+        assert_eq!(
+            offer_url("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080/webrtc"
+        );
+        assert_eq!(
+            offer_url("https://agent.example/").unwrap(),
+            "https://agent.example/webrtc"
+        );
+        assert_eq!(
+            offer_url("http://h:1/voice/webrtc").unwrap(),
+            "http://h:1/voice/webrtc"
+        );
+    }
 
     #[test]
     fn urls_name_the_session_endpoint() {
