@@ -567,3 +567,143 @@ async fn a_person_talks_over_webrtc_in_a_real_browser_and_interrupts_the_agent()
     );
     server.drain().await;
 }
+
+/// A lossy network between callers and the server's port, as a NAT would sit there: each
+/// caller gets its own upstream socket, and every datagram either way is dropped with
+/// probability `loss` or delayed by up to `jitter` (so packets also arrive out of order).
+async fn lossy_relay(server_port: SocketAddr, loss: f64, jitter: Duration) -> SocketAddr {
+    use std::collections::HashMap;
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let address = front.local_addr().unwrap();
+    // A fixed seed: the same packets are lost on every run.
+    let chance = Arc::new(std::sync::Mutex::new(0x2545_f491_4f6c_dd1du64));
+    let draw = move || {
+        let mut state = chance.lock().unwrap();
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let forward = move |socket: Arc<tokio::net::UdpSocket>, bytes: Vec<u8>, to: SocketAddr| {
+        if draw() < loss {
+            return;
+        }
+        let delay = jitter.mul_f64(draw());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = socket.send_to(&bytes, to).await;
+        });
+    };
+    tokio::spawn(async move {
+        let mut upstream: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+        let mut buffer = vec![0u8; 2048];
+        loop {
+            let Ok((length, caller)) = front.recv_from(&mut buffer).await else {
+                return;
+            };
+            let socket = match upstream.get(&caller) {
+                Some(socket) => socket.clone(),
+                None => {
+                    let socket =
+                        Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    let (back, front, forward) = (socket.clone(), front.clone(), forward.clone());
+                    tokio::spawn(async move {
+                        let mut buffer = vec![0u8; 2048];
+                        while let Ok((length, _)) = back.recv_from(&mut buffer).await {
+                            forward(front.clone(), buffer[..length].to_vec(), caller);
+                        }
+                    });
+                    upstream.insert(caller, socket.clone());
+                    socket
+                }
+            };
+            forward(socket, buffer[..length].to_vec(), server_port);
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_rides_through_loss_and_jitter() {
+    let scenario = Arc::new(Scenario::load("scenarios/plain.json".as_ref()).unwrap());
+    let mut emulator = EmulatorConfig::new(scenario.clone());
+    emulator.turn_detection = turnflow::emulator::TurnDetection::Vad;
+    let mut config = ServerConfig::new(
+        FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
+            .with_base_url("ws://emulator.invalid"),
+        Arc::new(MemoryEmulator::new(emulator)),
+        Backends {
+            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+            tools: None,
+        },
+    );
+    // The port is told to announce the relay, as --webrtc-candidate announces a NAT's address.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port_address = port.local_addr().unwrap();
+    drop(port);
+    let relay = lossy_relay(port_address, 0.05, Duration::from_millis(30)).await;
+    config.webrtc = Some(WebRtcPort::bind(port_address, &[relay]).unwrap());
+    let server = start(config).await;
+    let base = server.url.trim_end_matches("/webrtc").to_owned();
+    let load = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "load",
+            &base,
+            "--transport",
+            "webrtc",
+            "--sessions",
+            "4",
+            "--turns",
+            "2",
+        ])
+        .args([
+            "--ramp",
+            "2s",
+            "--json",
+            "--wav",
+            "tests/fixtures/book_table_16k.wav",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    let load = tokio::time::timeout(Duration::from_secs(120), load)
+        .await
+        .expect("the load run ends")
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&load.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&load.stdout),
+            String::from_utf8_lossy(&load.stderr)
+        )
+    });
+    eprintln!("{report:#}");
+    assert!(load.status.success(), "{report:#}");
+    assert_eq!(report["failed_sessions"], 0, "{report:#}");
+    assert_eq!(report["turns"], 8, "every turn answered: {report:#}");
+    let media = &report["webrtc"];
+    // The callers saw the agent's audio lost and made up for it.
+    assert!(media["packets_lost"].as_u64() > Some(0), "{media:#}");
+    assert!(
+        media["frames_concealed"].as_u64().unwrap() + media["packets_recovered"].as_u64().unwrap()
+            > 0,
+        "{media:#}"
+    );
+    // So did the server, with the callers' speech.
+    let metrics = poll_metrics(&server, "turnflow_webrtc_sessions_active 0").await;
+    let counted = |kind: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "turnflow_webrtc_packets_total{{kind=\"{kind}\"}} "
+                ))
+            })
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(counted("lost") > 0, "{metrics}");
+    assert!(counted("recovered") > 0, "{metrics}");
+    server.drain().await;
+}

@@ -84,7 +84,8 @@ mod tests {
         assert_eq!(kind(&stun(&[])), Kind::Stun);
         assert_eq!(kind(&[22, 254, 253]), Kind::Dtls);
         assert_eq!(kind(&[0x80, 111]), Kind::Rtp);
-        assert_eq!(kind(&[0xC0]), Kind::Rtp);
+        assert_eq!(kind(&[0xBF]), Kind::Rtp);
+        assert_eq!(kind(&[0xC0]), Kind::Other);
         assert_eq!(kind(&[64]), Kind::Other);
         assert_eq!(kind(&[255]), Kind::Other);
         assert_eq!(kind(&[]), Kind::Other);

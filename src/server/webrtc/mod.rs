@@ -14,6 +14,7 @@
 mod caller;
 mod demux;
 mod media;
+mod pacing;
 mod port;
 mod session;
 

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use super::WebRtcMetrics;
 use super::media::OpusSender;
+use super::pacing::Pacing;
 use super::port::{Datagram, Registration, WebRtcPort};
 use crate::audio::opus::{FRAME_SAMPLES, SAMPLE_RATE, VoiceDecoder};
 use crate::audio::resample::Resampler;
@@ -87,8 +88,10 @@ pub(super) struct WebRtcCall {
     /// The end of the last chunk dropped from `sent`: played.
     played_floor: u64,
     /// When the user's audio last reached Flux: silence fills a pause in the packets (a
-    /// sender's discontinuous transmission, a burst of loss), so Flux still hears time pass.
+    /// sender's discontinuous transmission, a network stall), so Flux still hears time pass.
     heard_until: Option<Instant>,
+    /// What of the silence later packets stood for.
+    pacing: Pacing,
     playout: Duration,
     next_report: Option<Instant>,
 }
@@ -126,6 +129,7 @@ impl WebRtcCall {
             sent: VecDeque::new(),
             played_floor: 0,
             heard_until: None,
+            pacing: Pacing::default(),
             playout: ASSUMED_PLAYOUT,
             next_report: None,
         };
@@ -176,15 +180,16 @@ impl WebRtcCall {
                     data.network_time
                         .max(self.heard_until.unwrap_or(data.network_time)),
                 );
-                let pcm = self.to_flux.process(&self.decoded);
+                let mut pcm = self.to_flux.process(&self.decoded);
+                self.pacing
+                    .arrived(seq, data.time.numer() as u32, FLUX_RATE, &mut pcm);
                 self.hand_to_call(&pcm);
             }
             Event::ChannelOpen(id, label) if label == CHANNEL_LABEL => {
                 self.channel.get_or_insert(id);
             }
-            Event::ChannelOpen(id, label) => {
+            Event::ChannelOpen(_, label) => {
                 debug!(label = %crate::text::Untrusted(&label), "a data channel that is not the protocol's is ignored");
-                let _ = id;
             }
             Event::ChannelData(data) if Some(data.id) == self.channel => {
                 let item = self.message(data.binary, &data.data);
@@ -217,6 +222,7 @@ impl WebRtcCall {
         let frames = frames as u32;
         self.heard_until = Some(until + FRAME * frames);
         let silence = vec![0i16; FLUX_FRAME * frames as usize];
+        self.pacing.filled(silence.len() as u64);
         self.hand_to_call(&silence);
     }
 
@@ -236,7 +242,6 @@ impl WebRtcCall {
         Ok(match FromClient::parse(text) {
             Ok(FromClient::Start(_)) => {
                 self.started = true;
-                self.heard_until.get_or_insert(Instant::now());
                 Inbound::Start(Start::new(AudioFormat {
                     encoding: Encoding::Linear16,
                     sample_rate: FLUX_RATE,
