@@ -3,6 +3,7 @@
 
 - every flag the Dockerfile and the Deployment pass exists in `turnflow serve --help`;
 - the probes hit /healthz and /readyz on the container's port;
+- a WebRTC port is a UDP containerPort, announced with --webrtc-candidate, and EXPOSEd;
 - terminationGracePeriodSeconds exceeds --drain-timeout plus the preStop pause;
 - the container runs as the non-root user the image creates;
 - every manifest parses and kustomization lists them all.
@@ -75,6 +76,16 @@ grace = pod["terminationGracePeriodSeconds"]
 check(grace > drain + pause, f"terminationGracePeriodSeconds {grace} must exceed drain {drain} + preStop {pause}")
 port = int(values["listen"].rsplit(":", 1)[1])
 check(container["ports"][0]["containerPort"] == port, "containerPort must match --listen")
+if "webrtc-udp" in values:
+    udp = int(values["webrtc-udp"].rsplit(":", 1)[1])
+    udp_ports = [p for p in container["ports"] if p.get("protocol") == "UDP"]
+    check(
+        any(p["containerPort"] == udp for p in udp_ports),
+        "--webrtc-udp needs a UDP containerPort of the same number",
+    )
+    check("webrtc-candidate" in values, "--webrtc-udp on 0.0.0.0 needs --webrtc-candidate")
+    exposed = re.findall(r"^EXPOSE (\d+)/udp$", dockerfile, re.M)
+    check(str(udp) in exposed, f"the Dockerfile must EXPOSE {udp}/udp")
 check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness probe must be /healthz")
 check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness probe must be /readyz")
 check(pod["securityContext"]["runAsUser"] == int(user.group(1)) if user else False, "runAsUser must be the image's user")

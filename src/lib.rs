@@ -62,7 +62,7 @@
 //! | 5 | [`engine`] | turn machine (pure), sentence segmentation, session driver, playout, event log |
 //! | 6 | [`report`], [`recording`] | per-turn metrics and the run summary from the event log ([`report::Breakdown`], the SVG timeline [`report::timeline`]); the recording format and the [`recording::Recorder`] that wraps a session's Flux connector, model and voice (`docs/recordings.md`) |
 //! | 7 | [`emulator`], [`call`] | a local Flux server (WebSocket or in-memory), listening as a scenario says and speaking (`/v2/speak`) with exactly timed words, with faults on demand; one conversation over any [`call::Transport`] (a codec: audio, playback progress, keys and stop in; audio, clears and events out): Flux, recording, engine, deadlines and guards, greeting and re-prompt, the cut, the ending |
-//! | 8 | `server` (feature `server`), [`sim`] | `turnflow serve` as a library: a `Service` to mount in an axum app or a server on its own listener, the browser session (`docs/protocol.md`) and the phone line as transports of [`call`], admission, Prometheus metrics, health and readiness, drain, the browser page; the simulated conversation behind `turnflow simulate` and `bench`: the emulator, and a simulated user as the transport of a [`call::Call`] |
+//! | 8 | `server` (feature `server`), [`sim`] | `turnflow serve` as a library: a `Service` to mount in an axum app or a server on its own listener, the browser session (`docs/protocol.md`; over a WebSocket, or WebRTC with feature `webrtc`, `docs/webrtc.md`) and the phone line as transports of [`call`], admission, Prometheus metrics, health and readiness, drain, the browser page; the simulated conversation behind `turnflow simulate` and `bench`: the emulator, and a simulated user as the transport of a [`call::Call`] |
 //! | 9 | [`lab`] | the latency lab: Flux events re-derived from a recorded confidence curve under other thresholds ([`lab::derive()`], pure), replay on the paused clock, turns paired side by side, sweeps, the eot-bench importer |
 //!
 //! Data flows one way: audio in -> [`flux`] client -> [`engine`] turn machine -> response (LLM ->
@@ -83,6 +83,10 @@
 //! - `otel`: OpenTelemetry traces of every call over OTLP/HTTP.
 //! - `opus`: Opus with error correction and loss concealment for WebRTC (`audio::opus`;
 //!   links the system's libopus, Debian `libopus-dev`).
+//! - `webrtc`: WebRTC sessions in the server (`server::webrtc`: WHIP-style offers at
+//!   `/webrtc`, Opus over one shared UDP port, the protocol on a data channel) and the WebRTC
+//!   caller the load generator uses; str0m with its pure-Rust DTLS. Implies `server` and
+//!   `opus`.
 //! - `audio-io`: microphone and speaker for `turnflow run` (cpal; ALSA headers on Linux).
 //!
 //! TLS is configured per client (ring, Mozilla's roots): turnflow never installs a process-wide

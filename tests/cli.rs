@@ -203,6 +203,20 @@ fn invalid_flags_are_refused_with_what_is_allowed() {
     );
     let out = turnflow(&["bench", "--clock", "virtual", "--compare", "colour=red"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("supported keys"));
+    let out = turnflow(&["serve", "--webrtc-candidate", "somewhere"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "--webrtc-candidate somewhere: expected IP or IP:PORT (203.0.113.7:3478, [2001:db8::7]:3478)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = turnflow(&["serve", "--webrtc-udp", "3478"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--webrtc-udp 3478: expected IP:PORT or off"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

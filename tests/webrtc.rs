@@ -707,3 +707,74 @@ async fn the_load_generator_rides_through_loss_and_jitter() {
     assert!(counted("recovered") > 0, "{metrics}");
     server.drain().await;
 }
+
+#[test]
+fn serve_refuses_a_webrtc_port_no_client_could_reach_and_names_the_fix() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_turnflow"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--webrtc-udp",
+            "0.0.0.0:0",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--webrtc-udp: WebRTC cannot start")
+            && stderr.contains("which no client can reach; name the address clients should use with --webrtc-candidate IP[:PORT]"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_channel_message_that_is_not_the_protocol_ends_that_session_alone() {
+    let server = start(config("plain.json")).await;
+    let (bad, good) = tokio::join!(
+        async {
+            let mut caller = WebRtcCaller::connect(&server.url, None).await.unwrap();
+            let mut said = Vec::new();
+            loop {
+                match tokio::time::timeout(PATIENCE, caller.next()).await.unwrap() {
+                    Some(CallerEvent::Open) => {
+                        assert!(caller.send_text(r#"{"type":"dance"}"#).await);
+                    }
+                    Some(CallerEvent::Message(message)) => {
+                        let end = matches!(message, ToClient::End(_));
+                        said.push(message);
+                        if end {
+                            break;
+                        }
+                    }
+                    Some(CallerEvent::Audio(_)) => {}
+                    Some(CallerEvent::Closed(_)) | None => break,
+                }
+            }
+            caller.hang_up().await;
+            said
+        },
+        converse(&server.url, None, 1)
+    );
+    let said = bad;
+    assert!(
+        said.iter().any(
+            |m| matches!(m, ToClient::Error(e) if e.code == "unknown_type"
+            && e.message.contains("this server knows start, played, playout and stop"))
+        ),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|m| matches!(m, ToClient::End(e) if e.reason == "protocol_error")),
+        "{said:?}"
+    );
+    let (seen, _) = good;
+    assert!(
+        seen.messages.iter().any(|m| matches!(m, ToClient::Turn(_))),
+        "{seen:?}"
+    );
+    server.drain().await;
+}

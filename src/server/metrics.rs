@@ -25,7 +25,7 @@ const FAST_BUCKETS: [f64; 11] = [
 
 /// One histogram with fixed buckets.
 #[derive(Debug)]
-struct Histogram {
+pub(super) struct Histogram {
     bounds: &'static [f64],
     /// Observations at or below each bound (not cumulative; summed when rendered).
     buckets: Vec<AtomicU64>,
@@ -35,7 +35,7 @@ struct Histogram {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
+    pub(super) fn new(bounds: &'static [f64]) -> Self {
         Self {
             bounds,
             buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -44,7 +44,7 @@ impl Histogram {
         }
     }
 
-    fn observe(&self, seconds: f64) {
+    pub(super) fn observe(&self, seconds: f64) {
         let seconds = seconds.max(0.0);
         match self.bounds.iter().position(|b| seconds <= *b) {
             Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
@@ -54,7 +54,7 @@ impl Histogram {
             .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
+    pub(super) fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
         for (bound, count) in self.bounds.iter().zip(&self.buckets) {

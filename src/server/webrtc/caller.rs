@@ -5,8 +5,11 @@
 //! Ownership: [`WebRtcCaller::connect`] spawns one task that owns the connection and its UDP
 //! socket; the caller talks to it through channels. Dropping the caller cancels the task;
 //! [`WebRtcCaller::hang_up`] also tells the server (`DELETE`) and waits for the task.
+//!
+//! [`encode_speech`]: super::encode_speech
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::SdpAnswer;
@@ -78,6 +81,8 @@ pub enum CallerEvent {
 enum Command {
     /// 20 ms of the caller's speech at [`CALLER_RATE`].
     Audio(Vec<i16>),
+    /// 20 ms of the caller's speech, already encoded.
+    Packet(Arc<[u8]>),
     /// A protocol message.
     Message(String),
 }
@@ -164,7 +169,7 @@ impl WebRtcCaller {
         let socket = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
         let local = socket.local_addr()?;
         // Never a process-wide provider: an application's own choice stands.
-        let crypto = std::sync::Arc::new(str0m::crypto::from_feature_flags());
+        let crypto = Arc::new(str0m::crypto::from_feature_flags());
         let mut rtc = super::media::rtc_config(crypto).build(Instant::now());
         let candidate = Candidate::host(local, "udp")
             .map_err(|e| CallerError::BadAnswer(format!("local candidate {local}: {e}")))?;
@@ -267,10 +272,22 @@ impl WebRtcCaller {
             .is_ok()
     }
 
+    /// Sends one 20 ms Opus packet already encoded ([`encode_speech`]); false when the
+    /// connection has ended.
+    pub async fn send_packet(&self, packet: Arc<[u8]>) -> bool {
+        self.commands.send(Command::Packet(packet)).await.is_ok()
+    }
+
     /// Sends a protocol message on the data channel; false when the connection has ended.
     pub async fn send_message(&self, message: &FromClient) -> bool {
+        self.send_text(&message.to_json()).await
+    }
+
+    /// Sends `text` on the data channel as it is (for a client that writes its own JSON);
+    /// false when the connection has ended.
+    pub async fn send_text(&self, text: &str) -> bool {
         self.commands
-            .send(Command::Message(message.to_json()))
+            .send(Command::Message(text.to_owned()))
             .await
             .is_ok()
     }
@@ -353,6 +370,10 @@ impl Connection {
                 },
                 command = commands.recv() => match command {
                     Some(Command::Audio(pcm)) => self.send_audio(&pcm),
+                    Some(Command::Packet(packet)) => {
+                        self.sender.send_packet(&mut self.rtc, self.mid, packet, Instant::now());
+                        self.counted_sent();
+                    }
                     Some(Command::Message(text)) => self.send_message(&text),
                     None => break,
                 },
@@ -471,6 +492,10 @@ impl Connection {
     fn send_audio(&mut self, pcm: &[i16]) {
         self.sender
             .send(&mut self.rtc, self.mid, pcm, Instant::now());
+        self.counted_sent();
+    }
+
+    fn counted_sent(&mut self) {
         self.counts.packets_sent = self.sender.packets;
         self.counts.payload_bytes_sent = self.sender.bytes;
         self.drive();

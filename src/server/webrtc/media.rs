@@ -34,6 +34,8 @@ pub(super) fn rtc_config(crypto: Arc<CryptoProvider>) -> RtcConfig {
         .set_extension(MID_EXTENSION_ID, Extension::RtpMid)
         .set_reordering_size_audio(2)
         .set_reordering_timeout_audio(Some(Duration::from_millis(40)))
+        // Round trips for the metrics, from the peer's receiver reports.
+        .set_stats_interval(Some(Duration::from_secs(5)))
 }
 
 /// Where browsers put the media id extension.
@@ -91,9 +93,18 @@ impl OpusSender {
         let resampled = self.resampler.process(pcm);
         self.unsent.extend_from_slice(&resampled);
         let frames = self.unsent.len() / FRAME_SAMPLES;
-        if frames == 0 {
-            return;
+        for frame in 0..frames {
+            let samples = &self.unsent[frame * FRAME_SAMPLES..(frame + 1) * FRAME_SAMPLES];
+            match self.encoder.encode(samples) {
+                Ok(packet) => self.send_packet(rtc, mid, packet.into(), now),
+                Err(e) => debug!(error = %e, "a frame could not be encoded"),
+            }
         }
+        self.unsent.drain(..frames * FRAME_SAMPLES);
+    }
+
+    /// Sends one packet already encoded (20 ms of 48 kHz Opus) on `mid`.
+    pub(super) fn send_packet(&mut self, rtc: &mut Rtc, mid: Mid, packet: Arc<[u8]>, now: Instant) {
         if let Some(last) = self.last_packet {
             let pause = now.duration_since(last);
             if pause > TALK_SPURT_GAP {
@@ -102,35 +113,40 @@ impl OpusSender {
             }
         }
         self.last_packet = Some(now);
-        for frame in self.unsent[..frames * FRAME_SAMPLES].chunks_exact(FRAME_SAMPLES) {
-            let time = MediaTime::new(self.rtp_samples, Frequency::FORTY_EIGHT_KHZ);
-            self.rtp_samples += FRAME_SAMPLES as u64;
-            let packet = match self.encoder.encode(frame) {
-                Ok(packet) => packet,
-                Err(e) => {
-                    debug!(error = %e, "a frame could not be encoded");
-                    continue;
-                }
-            };
-            let Some(writer) = rtc.writer(mid) else {
-                continue;
-            };
-            let Some(pt) = writer
-                .payload_params()
-                .find(|p| p.spec().codec == Codec::Opus)
-                .map(|p| p.pt())
-            else {
-                continue;
-            };
-            let length = packet.len() as u64;
-            match writer.write(pt, now, time, packet) {
-                Ok(()) => {
-                    self.packets += 1;
-                    self.bytes += length;
-                }
-                Err(e) => debug!(error = %e, "a packet was not written"),
+        let time = MediaTime::new(self.rtp_samples, Frequency::FORTY_EIGHT_KHZ);
+        self.rtp_samples += FRAME_SAMPLES as u64;
+        let Some(writer) = rtc.writer(mid) else {
+            return;
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+        else {
+            return;
+        };
+        let length = packet.len() as u64;
+        match writer.write(pt, now, time, packet) {
+            Ok(()) => {
+                self.packets += 1;
+                self.bytes += length;
             }
+            Err(e) => debug!(error = %e, "a packet was not written"),
         }
-        self.unsent.drain(..frames * FRAME_SAMPLES);
     }
+}
+
+/// Encodes 16 kHz speech once into the 20 ms Opus packets [`OpusSender`] would send for it,
+/// so that many callers can send the same speech without each encoding it.
+///
+/// # Errors
+/// libopus cannot make an encoder.
+pub fn encode_speech(pcm: &[i16], rate: u32) -> Result<Vec<Arc<[u8]>>, OpusError> {
+    let mut sender = OpusSender::new(rate)?;
+    let mut resampled = sender.resampler.process(pcm);
+    resampled.resize(resampled.len().div_ceil(FRAME_SAMPLES) * FRAME_SAMPLES, 0);
+    resampled
+        .chunks_exact(FRAME_SAMPLES)
+        .map(|frame| sender.encoder.encode(frame).map(Arc::from))
+        .collect()
 }

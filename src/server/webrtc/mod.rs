@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 pub use caller::{CALLER_RATE, CallerError, CallerEvent, CallerStats, WebRtcCaller, Wire};
+pub use media::encode_speech;
 pub use port::{PortError, WebRtcPort};
 pub use session::CHANNEL_LABEL;
 
@@ -73,9 +74,14 @@ impl WebRtc {
     }
 }
 
+/// Round trips: a loopback's fraction of a millisecond to a bad mobile link's second.
+const RTT_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0];
+
 /// Counters of the WebRTC sessions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct WebRtcMetrics {
+    /// Round trips measured from the clients' receiver reports.
+    rtt: metrics::Histogram,
     active: AtomicU64,
     connected: AtomicU64,
     failed_no_connection: AtomicU64,
@@ -89,7 +95,30 @@ pub(super) struct WebRtcMetrics {
     packets_sent: AtomicU64,
 }
 
+impl Default for WebRtcMetrics {
+    fn default() -> Self {
+        Self {
+            rtt: metrics::Histogram::new(&RTT_BUCKETS),
+            active: AtomicU64::default(),
+            connected: AtomicU64::default(),
+            failed_no_connection: AtomicU64::default(),
+            failed_no_channel: AtomicU64::default(),
+            offers_refused: AtomicU64::default(),
+            packets_received: AtomicU64::default(),
+            packets_lost: AtomicU64::default(),
+            packets_recovered: AtomicU64::default(),
+            frames_concealed: AtomicU64::default(),
+            packets_late: AtomicU64::default(),
+            packets_sent: AtomicU64::default(),
+        }
+    }
+}
+
 impl WebRtcMetrics {
+    fn round_trip(&self, rtt: std::time::Duration) {
+        self.rtt.observe(rtt.as_secs_f64());
+    }
+
     fn connected(&self) {
         self.connected.fetch_add(1, Ordering::Relaxed);
     }
@@ -156,6 +185,11 @@ impl WebRtcMetrics {
             get(&self.frames_concealed),
             get(&port.unclaimed),
             get(&port.overflowed),
+        );
+        self.rtt.render(
+            out,
+            "turnflow_webrtc_rtt_seconds",
+            "Round trips to WebRTC clients, from their receiver reports (one every few seconds per session).",
         );
     }
 }

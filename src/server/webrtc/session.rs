@@ -195,6 +195,11 @@ impl WebRtcCall {
                 let item = self.message(data.binary, &data.data);
                 self.pending.push_back(item);
             }
+            Event::MediaEgressStats(stats) => {
+                if let Some(rtt) = stats.rtt {
+                    self.metrics.round_trip(rtt);
+                }
+            }
             Event::ChannelClose(id) if Some(id) == self.channel => {
                 self.gone.get_or_insert("the data channel closed");
             }

@@ -90,7 +90,7 @@ pub(super) async fn one_session(
             }
             _ = tick.tick(), if ready && !turns.stopping() => {
                 let now = Instant::now();
-                let mut due = vec![Message::Binary(turns.frame(now))];
+                let mut due = vec![Message::Binary(turns.frame(now).pcm)];
                 ticks += 1;
                 if ticks.is_multiple_of(5) && playback.received > 0 {
                     let played = playback.report(now);

@@ -346,6 +346,10 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         Some(_) => Some(Arc::new(PhoneSpeech::new(&speech)?)),
         None => None,
     };
+    #[cfg(feature = "webrtc")]
+    let packets = Arc::new(
+        webrtc::WebRtcSpeech::new(&speech).context("--transport webrtc: encoding the WAV")?,
+    );
     let speech = Arc::new(BrowserSpeech::new(&speech));
     if args.sessions == 0 || args.turns == 0 {
         bail!("--sessions and --turns must be at least 1");
@@ -359,7 +363,7 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let started = std::time::Instant::now();
-    let (results, webrtc_media) = runtime.block_on(async {
+    let (results, webrtc_media, session_seconds) = runtime.block_on(async {
         let progress = Arc::new(Progress {
             open: AtomicUsize::new(0),
             turns: AtomicU64::new(0),
@@ -399,35 +403,40 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
             };
             let carrier = args.carrier.zip(phone.clone());
             let transport = args.transport;
+            #[cfg(feature = "webrtc")]
+            let packets = packets.clone();
             tasks.spawn(async move {
                 tokio::time::sleep_until(t0 + offset).await;
-                match (carrier, transport) {
+                let began = Instant::now();
+                let (result, media) = match (carrier, transport) {
                     (Some((kind, phone)), _) => {
                         (one_call(url, kind, phone, plan, progress).await, None)
                     }
                     #[cfg(feature = "webrtc")]
                     (None, LoadTransport::Webrtc) => {
                         let (result, media) =
-                            webrtc::one_webrtc_session(url, token, speech, plan, progress).await;
+                            webrtc::one_webrtc_session(url, token, speech, packets, plan, progress)
+                                .await;
                         (result, Some(media))
                     }
                     _ => (one_session(url, token, speech, plan, progress).await, None),
-                }
+                };
+                (result, media, began.elapsed().as_secs_f64())
             });
         }
         let mut results = Vec::with_capacity(args.sessions);
         let mut media: Option<summary::WebRtcMedia> = None;
+        let mut session_seconds = 0.0;
         while let Some(result) = tasks.join_next().await {
-            let (result, caller_media) = result.unwrap_or_else(|e| {
+            let (result, caller_media, seconds) = result.unwrap_or_else(|e| {
                 let failure = Some(format!("the caller task failed: {e}"));
-                (
-                    SessionResult {
-                        turns: Vec::new(),
-                        failure,
-                    },
-                    None,
-                )
+                let result = SessionResult {
+                    turns: Vec::new(),
+                    failure,
+                };
+                (result, None, 0.0)
             });
+            session_seconds += seconds;
             if let Some(caller_media) = caller_media {
                 media.get_or_insert_default().add(&caller_media);
             }
@@ -437,7 +446,7 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         if let Some(media) = &mut media {
             media.finish();
         }
-        (results, media)
+        (results, media, session_seconds)
     });
     let seconds = started.elapsed().as_secs_f64();
     let turns: Vec<&TurnSample> = results.iter().flat_map(|r| &r.turns).collect();
@@ -456,6 +465,7 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         failed_sessions: results.iter().filter(|r| r.failure.is_some()).count(),
         failures,
         seconds,
+        session_seconds,
         response_latency_ms: pick(|t| t.response_latency_ms),
         voice_to_voice_ms: pick(|t| t.voice_to_voice_ms),
         server_response_latency_ms: pick(|t| t.server_response_latency_ms),

@@ -12,6 +12,9 @@ pub(super) struct Summary {
     pub(super) failed_sessions: usize,
     pub(super) failures: std::collections::BTreeMap<String, usize>,
     pub(super) seconds: f64,
+    /// Every session's time from its connection to its end, summed: what a server's CPU
+    /// time divides by for its cost per session-second.
+    pub(super) session_seconds: f64,
     pub(super) response_latency_ms: Stats,
     pub(super) voice_to_voice_ms: Stats,
     pub(super) server_response_latency_ms: Stats,

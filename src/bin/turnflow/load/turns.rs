@@ -15,6 +15,19 @@ use super::{
     BrowserSpeech, CallerPlan, PAUSE_AFTER_REPLY, Progress, SessionResult, TurnSample, ms,
 };
 
+/// One 20 ms frame of the microphone.
+pub(super) struct Frame {
+    /// Which frame of the WAV it is (`None`: silence): the WebRTC caller sends that frame's
+    /// packet, encoded once.
+    #[cfg_attr(
+        not(feature = "webrtc"),
+        expect(dead_code, reason = "only the WebRTC caller reads it")
+    )]
+    pub(super) index: Option<usize>,
+    /// PCM16 little-endian at 16 kHz.
+    pub(super) pcm: Bytes,
+}
+
 /// What the caller does after a frame.
 #[derive(Debug, PartialEq)]
 pub(super) enum Next {
@@ -81,11 +94,13 @@ impl Turns {
         self.position = Some(0);
     }
 
-    /// The next 20 ms of the microphone, PCM16 little-endian at 16 kHz: the WAV while
-    /// speaking, silence otherwise.
-    pub(super) fn frame(&mut self, now: Instant) -> Bytes {
+    /// The next 20 ms of the microphone: the WAV while speaking, silence otherwise.
+    pub(super) fn frame(&mut self, now: Instant) -> Frame {
         let Some(at) = self.position else {
-            return self.speech.silence.clone();
+            return Frame {
+                index: None,
+                pcm: self.speech.silence.clone(),
+            };
         };
         let samples = self.speech.samples();
         let end = (at + super::FRAME).min(samples);
@@ -97,7 +112,10 @@ impl Turns {
         if self.position.is_none() {
             self.waiting_since = Some(now);
         }
-        self.speech.pcm.slice(at * 2..end * 2)
+        Frame {
+            index: Some(at / super::FRAME),
+            pcm: self.speech.pcm.slice(at * 2..end * 2),
+        }
     }
 
     /// After a frame went out: the reply's patience, the pause after it, the next turn or the

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use turnflow::audio::opus::{FRAME_SAMPLES, LossStats, SAMPLE_RATE};
 use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Playout, Start};
-use turnflow::server::webrtc::{CallerEvent, CallerStats, WebRtcCaller, Wire};
+use turnflow::server::webrtc::{
+    CALLER_RATE, CallerEvent, CallerStats, WebRtcCaller, Wire, encode_speech,
+};
 
 use super::summary::WebRtcMedia;
 use super::turns::{Next, Turns};
@@ -62,10 +64,34 @@ fn media_of(stats: &CallerStats, seconds: f64) -> WebRtcMedia {
     media
 }
 
+/// The caller's speech as Opus packets, encoded once for every session (a load generator
+/// that encoded each caller's microphone would measure itself).
+pub(super) struct WebRtcSpeech {
+    packets: Vec<Arc<[u8]>>,
+    silence: Arc<[u8]>,
+}
+
+impl WebRtcSpeech {
+    pub(super) fn new(speech: &[i16]) -> Result<Self, turnflow::audio::opus::OpusError> {
+        let packets = encode_speech(speech, CALLER_RATE)?;
+        let silence = encode_speech(&[0; super::FRAME], CALLER_RATE)?.swap_remove(0);
+        Ok(Self { packets, silence })
+    }
+
+    /// The packet of frame `index` of the speech, or silence.
+    fn packet(&self, index: Option<usize>) -> Arc<[u8]> {
+        index
+            .and_then(|i| self.packets.get(i))
+            .unwrap_or(&self.silence)
+            .clone()
+    }
+}
+
 pub(super) async fn one_webrtc_session(
     url: String,
     token: Option<String>,
     speech: Arc<BrowserSpeech>,
+    packets: Arc<WebRtcSpeech>,
     plan: CallerPlan,
     progress: Arc<Progress>,
 ) -> (SessionResult, WebRtcMedia) {
@@ -93,7 +119,6 @@ pub(super) async fn one_webrtc_session(
     tokio::pin!(ready_wait);
     let mut ready = false;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut frame = Vec::with_capacity(super::FRAME);
     loop {
         tokio::select! {
             () = &mut ready_wait, if !ready => {
@@ -102,9 +127,8 @@ pub(super) async fn one_webrtc_session(
             }
             _ = tick.tick(), if ready && !turns.stopping() => {
                 let now = Instant::now();
-                frame.clear();
-                frame.extend(turns.frame(now).chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
-                if !caller.send_audio(&frame).await {
+                let packet = packets.packet(turns.frame(now).index);
+                if !caller.send_packet(packet).await {
                     turns.result.failure = Some("the connection ended mid-session".into());
                     break;
                 }
