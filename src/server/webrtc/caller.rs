@@ -25,10 +25,11 @@ use tracing::debug;
 
 use super::media::OpusSender;
 use super::session::CHANNEL_LABEL;
-use crate::audio::opus::{FRAME_SAMPLES, LossStats, VoiceDecoder};
+use crate::audio::opus::{LossStats, VoiceDecoder};
 use crate::server::protocol::{FromClient, ToClient};
 
-/// The rate of the audio a caller sends: a browser's microphone as the WebSocket page sends it.
+/// The rate of the audio a caller sends and hears: a browser's microphone as the WebSocket page
+/// sends it.
 pub const CALLER_RATE: u32 = 16_000;
 /// How long the answer to an offer may take.
 const ANSWER_PATIENCE: Duration = Duration::from_secs(10);
@@ -70,7 +71,7 @@ pub enum CallerError {
 pub enum CallerEvent {
     /// ICE and DTLS completed and the data channel is open: send `start`.
     Open,
-    /// One packet of the agent's audio, decoded (48 kHz, concealment included).
+    /// One packet of the agent's audio, decoded at [`CALLER_RATE`] (concealment included).
     Audio(Vec<i16>),
     /// A protocol message from the server.
     Message(ToClient),
@@ -238,7 +239,7 @@ impl WebRtcCaller {
             events: event_sender,
             stats: stats_sender,
             counts: CallerStats::default(),
-            decoder: VoiceDecoder::new()?,
+            decoder: VoiceDecoder::at(CALLER_RATE)?,
             sender: OpusSender::new(CALLER_RATE)?,
             wake: Instant::now(),
             closed: None,
@@ -460,7 +461,7 @@ impl Connection {
             }
             Event::MediaData(data) if data.mid == self.mid => {
                 self.counts.payload_bytes_received += data.data.len() as u64;
-                let mut pcm = Vec::with_capacity(FRAME_SAMPLES);
+                let mut pcm = Vec::with_capacity(CALLER_RATE as usize / 50);
                 self.decoder
                     .push(**data.seq_range.end() as u16, &data.data, &mut pcm);
                 self.counts.received = self.decoder.stats();

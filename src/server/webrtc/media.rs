@@ -12,7 +12,9 @@ use str0m::rtp::Extension;
 use str0m::{Rtc, RtcConfig};
 use tracing::debug;
 
-use crate::audio::opus::{EncoderSettings, FRAME_SAMPLES, OpusError, SAMPLE_RATE, VoiceEncoder};
+use crate::audio::opus::{
+    EncoderSettings, FRAME_SAMPLES, OpusError, RATES, SAMPLE_RATE, VoiceEncoder,
+};
 use crate::audio::resample::Resampler;
 
 /// The Opus bitrate both ends aim for: wideband speech (SILK), which Opus carries well at this
@@ -45,11 +47,19 @@ const MID_EXTENSION_ID: u8 = 4;
 /// silence, so the receiver's jitter buffer does not play the next words late.
 const TALK_SPURT_GAP: Duration = Duration::from_millis(60);
 
+/// libopus's effort: 1 of 0-10. On this machine a 20 ms frame of speech at 12 kbit/s takes
+/// 51 us at 1, 130 at 3 and 191 at 5 (BENCHMARKS.md), and encoding is most of a WebRTC
+/// session's CPU; for a voice that is itself wideband synthesis, 1 is the trade.
+const COMPLEXITY: u8 = 1;
+
 /// Encodes audio and writes it as Opus packets.
 pub(super) struct OpusSender {
-    resampler: Resampler,
+    /// To 48 kHz, for a voice at a rate libopus does not take (22.05 kHz espeak-ng).
+    resampler: Option<Resampler>,
     encoder: VoiceEncoder,
-    /// 48 kHz samples short of a whole frame.
+    /// Samples in 20 ms at the encoder's rate.
+    frame: usize,
+    /// Samples short of a whole frame.
     unsent: Vec<i16>,
     rtp_samples: u64,
     last_packet: Option<Instant>,
@@ -65,17 +75,27 @@ impl OpusSender {
     /// # Errors
     /// The rate cannot be resampled, or libopus cannot make an encoder.
     pub(super) fn new(rate: u32) -> Result<Self, OpusError> {
-        let resampler = Resampler::new(rate, SAMPLE_RATE).map_err(|reason| OpusError::Codec {
-            operation: "resampling to 48 kHz",
-            reason,
-        })?;
+        let (resampler, encoder_rate) = if RATES.contains(&rate) {
+            (None, rate)
+        } else {
+            let resampler =
+                Resampler::new(rate, SAMPLE_RATE).map_err(|reason| OpusError::Codec {
+                    operation: "resampling to 48 kHz",
+                    reason,
+                })?;
+            (Some(resampler), SAMPLE_RATE)
+        };
+        let frame = encoder_rate as usize / 50;
         Ok(Self {
             resampler,
             encoder: VoiceEncoder::new(EncoderSettings {
                 bitrate_bps: BITRATE_BPS,
+                complexity: COMPLEXITY,
+                sample_rate: encoder_rate,
                 ..EncoderSettings::default()
             })?,
-            unsent: Vec::with_capacity(FRAME_SAMPLES * 2),
+            frame,
+            unsent: Vec::with_capacity(frame * 2),
             rtp_samples: 0,
             last_packet: None,
             packets: 0,
@@ -90,17 +110,19 @@ impl OpusSender {
 
     /// Sends `pcm` on `mid`'s Opus: every whole 20 ms frame now, the rest with the next call.
     pub(super) fn send(&mut self, rtc: &mut Rtc, mid: Mid, pcm: &[i16], now: Instant) {
-        let resampled = self.resampler.process(pcm);
-        self.unsent.extend_from_slice(&resampled);
-        let frames = self.unsent.len() / FRAME_SAMPLES;
+        match &mut self.resampler {
+            Some(resampler) => self.unsent.extend_from_slice(&resampler.process(pcm)),
+            None => self.unsent.extend_from_slice(pcm),
+        }
+        let frames = self.unsent.len() / self.frame;
         for frame in 0..frames {
-            let samples = &self.unsent[frame * FRAME_SAMPLES..(frame + 1) * FRAME_SAMPLES];
+            let samples = &self.unsent[frame * self.frame..(frame + 1) * self.frame];
             match self.encoder.encode(samples) {
                 Ok(packet) => self.send_packet(rtc, mid, packet.into(), now),
                 Err(e) => debug!(error = %e, "a frame could not be encoded"),
             }
         }
-        self.unsent.drain(..frames * FRAME_SAMPLES);
+        self.unsent.drain(..frames * self.frame);
     }
 
     /// Sends one packet already encoded (20 ms of 48 kHz Opus) on `mid`.
@@ -143,10 +165,13 @@ impl OpusSender {
 /// libopus cannot make an encoder.
 pub fn encode_speech(pcm: &[i16], rate: u32) -> Result<Vec<Arc<[u8]>>, OpusError> {
     let mut sender = OpusSender::new(rate)?;
-    let mut resampled = sender.resampler.process(pcm);
-    resampled.resize(resampled.len().div_ceil(FRAME_SAMPLES) * FRAME_SAMPLES, 0);
-    resampled
-        .chunks_exact(FRAME_SAMPLES)
+    let mut audio = match &mut sender.resampler {
+        Some(resampler) => resampler.process(pcm),
+        None => pcm.to_vec(),
+    };
+    audio.resize(audio.len().div_ceil(sender.frame) * sender.frame, 0);
+    audio
+        .chunks_exact(sender.frame)
         .map(|frame| sender.encoder.encode(frame).map(Arc::from))
         .collect()
 }

@@ -2,9 +2,10 @@
 //! port's datagrams and its own timer), Opus both ways, and the session protocol on a data
 //! channel.
 //!
-//! The user's Opus is decoded with loss concealment ([`crate::audio::opus::VoiceDecoder`]) and
-//! reaches Flux as 16 kHz linear16. The agent's audio is resampled to 48 kHz and sent as one
-//! Opus packet per 20 ms, as the call paces it. What the user heard of a cut reply comes from
+//! The user's Opus is decoded with loss concealment ([`crate::audio::opus::VoiceDecoder`])
+//! straight to 16 kHz linear16 for Flux. The agent's audio is encoded at the voice's rate (a
+//! rate libopus does not take is resampled to 48 kHz first) and sent as one Opus packet per
+//! 20 ms, as the call paces it. What the user heard of a cut reply comes from
 //! what was sent and when, less the browser's reported playout delay (`playout` messages):
 //! the transport turns that into the playback reports a WebSocket page sends itself.
 
@@ -25,8 +26,7 @@ use super::WebRtcMetrics;
 use super::media::OpusSender;
 use super::pacing::Pacing;
 use super::port::{Datagram, Registration, WebRtcPort};
-use crate::audio::opus::{FRAME_SAMPLES, SAMPLE_RATE, VoiceDecoder};
-use crate::audio::resample::Resampler;
+use crate::audio::opus::VoiceDecoder;
 use crate::call::{
     AudioFormat, EndError, Ending, FaultKind, Gone, Inbound, Outbound, PlaybackClock, SessionEnd,
     Start, Transport,
@@ -76,10 +76,8 @@ pub(super) struct WebRtcCall {
     connected: bool,
     started: bool,
     gone: Option<&'static str>,
-    /// The user's audio, decoded at 48 kHz, then at Flux's rate.
+    /// The user's audio, decoded straight to Flux's rate.
     decoder: VoiceDecoder,
-    decoded: Vec<i16>,
-    to_flux: Resampler,
     /// The agent's audio as Opus, from the voice's rate (known at `Ready`).
     sender: Option<OpusSender>,
     /// When each chunk of agent audio went out, by its running end (at the voice's rate);
@@ -122,9 +120,7 @@ impl WebRtcCall {
             connected: false,
             started: false,
             gone: None,
-            decoder: VoiceDecoder::new()?,
-            decoded: Vec::with_capacity(FRAME_SAMPLES * 2),
-            to_flux: Resampler::new(SAMPLE_RATE, FLUX_RATE).expect("48 to 16 kHz is a valid pair"),
+            decoder: VoiceDecoder::at(FLUX_RATE)?,
             sender: None,
             sent: VecDeque::new(),
             played_floor: 0,
@@ -174,13 +170,12 @@ impl WebRtcCall {
             }
             Event::MediaData(data) if self.started && Some(data.mid) == self.audio => {
                 let seq = **data.seq_range.end() as u16;
-                self.decoded.clear();
-                self.decoder.push(seq, &data.data, &mut self.decoded);
+                let mut pcm = Vec::with_capacity(FLUX_FRAME * 2);
+                self.decoder.push(seq, &data.data, &mut pcm);
                 self.heard_until = Some(
                     data.network_time
                         .max(self.heard_until.unwrap_or(data.network_time)),
                 );
-                let mut pcm = self.to_flux.process(&self.decoded);
                 self.pacing
                     .arrived(seq, data.time.numer() as u32, FLUX_RATE, &mut pcm);
                 self.hand_to_call(&pcm);

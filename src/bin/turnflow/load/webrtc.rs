@@ -152,7 +152,7 @@ pub(super) async fn one_webrtc_session(
                         caller.send_message(&FromClient::Playout(Playout { delay_ms: PLAYOUT_MS })).await;
                     }
                     Some(CallerEvent::Audio(pcm)) => {
-                        let length = Duration::from_secs_f64(pcm.len() as f64 / f64::from(SAMPLE_RATE));
+                        let length = Duration::from_secs_f64(pcm.len() as f64 / f64::from(CALLER_RATE));
                         turns.agent_audio(length, now);
                     }
                     Some(CallerEvent::Message(message)) => {
