@@ -24,6 +24,25 @@ use turnflow::tts::SyntheticTts;
 /// Bound for anything a test waits for.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The server on `file`'s scenario, the emulator hearing turns by voice activity as `serve`
+/// does (for callers that speak a WAV), without a WebRTC port.
+fn listening_config(file: &str) -> ServerConfig {
+    let scenario = Arc::new(Scenario::load(format!("scenarios/{file}").as_ref()).unwrap());
+    let mut emulator = EmulatorConfig::new(scenario.clone());
+    emulator.turn_detection = turnflow::emulator::TurnDetection::Vad;
+    ServerConfig::new(
+        FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
+            .with_base_url("ws://emulator.invalid"),
+        Arc::new(MemoryEmulator::new(emulator)),
+        Backends {
+            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
+            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
+            tools: None,
+        },
+    )
+}
+
+/// The server on `file`'s scenario as scripted, with a WebRTC port on 127.0.0.1.
 fn config(file: &str) -> ServerConfig {
     let scenario = Arc::new(Scenario::load(format!("scenarios/{file}").as_ref()).unwrap());
     let mut options = ListenOptions::raw(Encoding::Linear16, 16000);
@@ -164,7 +183,10 @@ async fn converse(
                 }
                 Some(CallerEvent::Message(message)) => {
                     match &message {
-                        ToClient::Ready(_) => ready = true,
+                        ToClient::Ready(_) => {
+                            ready = true;
+                            tick.reset();
+                        }
                         ToClient::Clear => {
                             seen.clears += 1;
                             loud = false;
@@ -501,19 +523,7 @@ async fn a_person_talks_over_webrtc_in_a_real_browser_and_interrupts_the_agent()
     if !chromium::available() {
         return;
     }
-    let scenario = Arc::new(Scenario::load("scenarios/barge_in.json".as_ref()).unwrap());
-    let mut emulator = EmulatorConfig::new(scenario.clone());
-    emulator.turn_detection = turnflow::emulator::TurnDetection::Vad;
-    let mut config = ServerConfig::new(
-        FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
-            .with_base_url("ws://emulator.invalid"),
-        Arc::new(MemoryEmulator::new(emulator)),
-        Backends {
-            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
-            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
-            tools: None,
-        },
-    );
+    let mut config = listening_config("barge_in.json");
     config.webrtc = Some(WebRtcPort::bind("127.0.0.1:0".parse().unwrap(), &[]).unwrap());
     let server = start(config).await;
     let page = server.url.trim_end_matches("webrtc").to_owned();
@@ -568,13 +578,13 @@ async fn a_person_talks_over_webrtc_in_a_real_browser_and_interrupts_the_agent()
     server.drain().await;
 }
 
-/// A lossy network between callers and the server's port, as a NAT would sit there: each
-/// caller gets its own upstream socket, and every datagram either way is dropped with
-/// probability `loss` or delayed by up to `jitter` (so packets also arrive out of order).
-async fn lossy_relay(server_port: SocketAddr, loss: f64, jitter: Duration) -> SocketAddr {
+/// A lossy network in front of the server's port, as a NAT would sit there: `front` takes the
+/// callers' datagrams, each caller gets its own upstream socket, and every datagram either way
+/// is dropped with probability `loss` or delayed by up to `jitter` (so packets also arrive out
+/// of order).
+fn lossy_relay(front: tokio::net::UdpSocket, server_port: SocketAddr, loss: f64, jitter: Duration) {
     use std::collections::HashMap;
-    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let address = front.local_addr().unwrap();
+    let front = Arc::new(front);
     // A fixed seed: the same packets are lost on every run.
     let chance = Arc::new(std::sync::Mutex::new(0x2545_f491_4f6c_dd1du64));
     let draw = move || {
@@ -620,30 +630,20 @@ async fn lossy_relay(server_port: SocketAddr, loss: f64, jitter: Duration) -> So
             forward(socket, buffer[..length].to_vec(), server_port);
         }
     });
-    address
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generator_rides_through_loss_and_jitter() {
-    let scenario = Arc::new(Scenario::load("scenarios/plain.json".as_ref()).unwrap());
-    let mut emulator = EmulatorConfig::new(scenario.clone());
-    emulator.turn_detection = turnflow::emulator::TurnDetection::Vad;
-    let mut config = ServerConfig::new(
-        FluxConfig::new(ListenOptions::raw(Encoding::Linear16, 16000))
-            .with_base_url("ws://emulator.invalid"),
-        Arc::new(MemoryEmulator::new(emulator)),
-        Backends {
-            llm: Arc::new(ScriptedLlm::from_scenario(&scenario)),
-            tts: Arc::new(SyntheticTts::new(16000, scenario.tts.clone())),
-            tools: None,
-        },
-    );
+    let mut config = listening_config("plain.json");
     // The port is told to announce the relay, as --webrtc-candidate announces a NAT's address.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port_address = port.local_addr().unwrap();
-    drop(port);
-    let relay = lossy_relay(port_address, 0.05, Duration::from_millis(30)).await;
-    config.webrtc = Some(WebRtcPort::bind(port_address, &[relay]).unwrap());
+    let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = WebRtcPort::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &[relay.local_addr().unwrap()],
+    )
+    .unwrap();
+    lossy_relay(relay, port.local_addr(), 0.05, Duration::from_millis(30));
+    config.webrtc = Some(port);
     let server = start(config).await;
     let base = server.url.trim_end_matches("/webrtc").to_owned();
     let load = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnflow"))

@@ -74,7 +74,10 @@ pub(super) struct WebRtcCall {
     /// What the connection produced for the call, in order; an error ends the call.
     pending: VecDeque<Result<Inbound, EndError>>,
     connected: bool,
-    started: bool,
+    /// When the call said `ready`: the user's audio counts from then, as a WebSocket client
+    /// sends none before it (a browser's RTP flows as soon as it connects, and what came while
+    /// Flux was connecting would reach it as a burst ahead of real time).
+    ready_at: Option<Instant>,
     gone: Option<&'static str>,
     /// The user's audio, decoded straight to Flux's rate.
     decoder: VoiceDecoder,
@@ -118,7 +121,7 @@ impl WebRtcCall {
             channel: None,
             pending: VecDeque::new(),
             connected: false,
-            started: false,
+            ready_at: None,
             gone: None,
             decoder: VoiceDecoder::at(FLUX_RATE)?,
             sender: None,
@@ -168,7 +171,7 @@ impl WebRtcCall {
             Event::MediaAdded(added) if added.kind == MediaKind::Audio => {
                 self.audio.get_or_insert(added.mid);
             }
-            Event::MediaData(data) if self.started && Some(data.mid) == self.audio => {
+            Event::MediaData(data) if Some(data.mid) == self.audio && self.ready_at.is_some() => {
                 let seq = **data.seq_range.end() as u16;
                 let mut pcm = Vec::with_capacity(FLUX_FRAME * 2);
                 self.decoder.push(seq, &data.data, &mut pcm);
@@ -240,13 +243,10 @@ impl WebRtcCall {
             }
         };
         Ok(match FromClient::parse(text) {
-            Ok(FromClient::Start(_)) => {
-                self.started = true;
-                Inbound::Start(Start::new(AudioFormat {
-                    encoding: Encoding::Linear16,
-                    sample_rate: FLUX_RATE,
-                }))
-            }
+            Ok(FromClient::Start(_)) => Inbound::Start(Start::new(AudioFormat {
+                encoding: Encoding::Linear16,
+                sample_rate: FLUX_RATE,
+            })),
             Ok(FromClient::Playout(Playout { delay_ms })) => {
                 self.playout =
                     Duration::from_millis(u64::from(delay_ms.min(Playout::MAX_DELAY_MS)));
@@ -300,7 +300,7 @@ impl WebRtcCall {
             debug!(error = %e, "WebRTC timer");
         }
         self.drive();
-        if self.started {
+        if self.ready_at.is_some() {
             self.fill_pause(now);
         }
         if self.next_report.is_some_and(|at| now >= at) {
@@ -389,7 +389,7 @@ impl Transport for WebRtcCall {
             if let Some(report) = self.next_report {
                 wake = wake.min(report);
             }
-            if self.started
+            if self.ready_at.is_some()
                 && let Some(until) = self.heard_until
             {
                 wake = wake.min(until + PAUSE_FILL_AFTER);
@@ -415,6 +415,12 @@ impl Transport for WebRtcCall {
                 input,
                 output_rate,
             } => {
+                // What came while Flux was connecting is read (the connection's own traffic
+                // is in it) and its audio left out.
+                while let Ok(datagram) = self.datagrams.try_recv() {
+                    self.receive(datagram);
+                }
+                self.ready_at = Some(Instant::now());
                 self.sender = Some(OpusSender::new(output_rate).map_err(|e| {
                     warn!(error = %e, output_rate, "the voice cannot be sent as Opus");
                     Gone

@@ -105,10 +105,7 @@ pub(super) async fn one_session(
                 }
                 match turns.after_frame(now) {
                     Next::Continue => {}
-                    Next::Fail(failure) => {
-                        turns.result.failure = Some(failure);
-                        break;
-                    }
+                    Next::Failed => break,
                     Next::Stop => {
                         let stop = FromClient::Stop.to_json();
                         if let Some(stalled) = send_or_stall(&mut socket, Message::Text(stop.into())).await {
@@ -138,6 +135,9 @@ pub(super) async fn one_session(
                         match m {
                             ToClient::Ready(accepted) => {
                                 ready = true;
+                                // The microphone starts now: ticks missed while connecting
+                                // would otherwise go out at once, ahead of real time.
+                                tick.reset();
                                 playback.rate = f64::from(accepted.output_sample_rate);
                                 turns.ready();
                             }

@@ -35,8 +35,8 @@ pub(super) enum Next {
     Continue,
     /// Every turn is done: send `stop`.
     Stop,
-    /// The session failed.
-    Fail(String),
+    /// The session failed (the reason is in the result).
+    Failed,
 }
 
 /// The caller's turns.
@@ -126,10 +126,11 @@ impl Turns {
             .is_some_and(|t| now - t > self.plan.reply_patience)
             && !self.reply_ended
         {
-            return Next::Fail(format!(
+            self.result.failure = Some(format!(
                 "no reply within {:?} in turn {}",
                 self.plan.reply_patience, self.turn
             ));
+            return Next::Failed;
         }
         if self.reply_ended && self.pause_until.is_none() {
             self.pause_until = Some(now + PAUSE_AFTER_REPLY);

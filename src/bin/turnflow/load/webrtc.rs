@@ -134,10 +134,7 @@ pub(super) async fn one_webrtc_session(
                 }
                 match turns.after_frame(now) {
                     Next::Continue => {}
-                    Next::Fail(failure) => {
-                        turns.result.failure = Some(failure);
-                        break;
-                    }
+                    Next::Failed => break,
                     Next::Stop => {
                         caller.send_message(&FromClient::Stop).await;
                     }
@@ -159,6 +156,9 @@ pub(super) async fn one_webrtc_session(
                         turns.message(&message, now);
                         if matches!(message, turnflow::server::protocol::ToClient::Ready(_)) {
                             ready = true;
+                            // The microphone starts now: ticks missed while connecting would
+                            // otherwise go out at once, ahead of real time.
+                            tick.reset();
                             turns.ready();
                         }
                         if matches!(message, turnflow::server::protocol::ToClient::End(_)) {
