@@ -47,9 +47,9 @@ const MID_EXTENSION_ID: u8 = 4;
 /// silence, so the receiver's jitter buffer does not play the next words late.
 const TALK_SPURT_GAP: Duration = Duration::from_millis(60);
 
-/// libopus's effort: 1 of 0-10. On this machine a 20 ms frame of speech at 12 kbit/s takes
-/// 51 us at 1, 130 at 3 and 191 at 5 (BENCHMARKS.md), and encoding is most of a WebRTC
-/// session's CPU; for a voice that is itself wideband synthesis, 1 is the trade.
+/// libopus's effort: 1 of 0-10. On this machine a 20 ms frame of 16 kHz speech at 12 kbit/s
+/// takes 37 us at 1 and 181 at 5 (BENCHMARKS.md, `opus/encode_*`), and Opus is most of a
+/// WebRTC session's CPU; for a voice that is itself wideband synthesis, 1 is the trade.
 const COMPLEXITY: u8 = 1;
 
 /// Encodes audio and writes it as Opus packets.
