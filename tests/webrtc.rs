@@ -91,6 +91,17 @@ async fn start(config: ServerConfig) -> Running {
 }
 
 impl Running {
+    /// `body` POSTed to `/webrtc` as `content_type`.
+    async fn post(&self, body: &'static str, content_type: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(&self.url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn metrics(&self) -> String {
         reqwest::get(&self.metrics_url)
             .await
@@ -266,12 +277,7 @@ async fn a_webrtc_call_is_answered_in_opus_and_ends_when_asked() {
         metrics.contains("turnflow_webrtc_connected_total 1"),
         "{metrics}"
     );
-    let received = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("turnflow_webrtc_packets_total{kind=\"received\"} "))
-        .unwrap()
-        .parse::<u64>()
-        .unwrap();
+    let received = counter(&metrics, "turnflow_webrtc_packets_total{kind=\"received\"}");
     assert!(
         received >= stats.packets_sent.saturating_sub(5),
         "{metrics}"
@@ -309,13 +315,6 @@ async fn a_barge_in_stops_the_agent_and_keeps_what_was_played() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_the_server_cannot_use_are_refused_with_the_reason() {
     let server = start(config("plain.json")).await;
-    let http = reqwest::Client::new();
-    let post = |body: &'static str, content_type: &'static str| {
-        http.post(&server.url)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-    };
     let cases = [
         ("v=0\r\nnot sdp at all", "application/sdp", 400, "no audio"),
         (
@@ -339,7 +338,7 @@ async fn offers_the_server_cannot_use_are_refused_with_the_reason() {
         ("{}", "application/json", 415, "application/sdp"),
     ];
     for (body, content_type, status, says) in cases {
-        let response = post(body, content_type).await.unwrap();
+        let response = server.post(body, content_type).await;
         assert_eq!(response.status().as_u16(), status, "{body}");
         let text = response.text().await.unwrap();
         assert!(text.contains(says), "{body}: {text}");
@@ -415,31 +414,13 @@ async fn garbage_on_the_port_and_a_peer_that_never_connects_disturb_no_one() {
 
     // A peer that offers and then never sends a connectivity check: its session ends at the
     // start deadline and its place is released.
-    let offer_only = reqwest::Client::new()
-        .post(&server.url)
-        .header("content-type", "application/sdp")
-        .body(BROWSER_OFFER)
-        .send()
-        .await
-        .unwrap();
+    let offer_only = server.post(BROWSER_OFFER, "application/sdp").await;
     assert_eq!(offer_only.status().as_u16(), 201);
-    let metrics = poll_metrics(
-        &server,
-        "turnflow_webrtc_failures_total{reason=\"ice_or_dtls\"} 1",
-    )
-    .await;
-    assert!(
-        metrics.contains("turnflow_webrtc_sessions_active 0"),
-        "{metrics}"
+    let metrics = ended_unconnected(&server).await;
+    let unclaimed = counter(
+        &metrics,
+        "turnflow_webrtc_datagrams_dropped_total{reason=\"unclaimed\"}",
     );
-    let unclaimed = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("turnflow_webrtc_datagrams_dropped_total{reason=\"unclaimed\"} ")
-        })
-        .unwrap()
-        .parse::<u64>()
-        .unwrap();
     assert!(unclaimed >= 1900, "the flood went nowhere: {metrics}");
     server.drain().await;
 }
@@ -481,6 +462,27 @@ a=mid:1\r
 a=sctp-port:5000\r
 a=max-message-size:262144\r
 ";
+
+/// The value of the counter or gauge `name` (with its labels) in `metrics`.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// The metrics once one session that never connected has ended, its place released.
+async fn ended_unconnected(server: &Running) -> String {
+    let metrics = poll_metrics(
+        server,
+        "turnflow_webrtc_failures_total{reason=\"ice_or_dtls\"} 1",
+    )
+    .await;
+    assert_eq!(counter(&metrics, "turnflow_webrtc_sessions_active"), 0);
+    metrics
+}
 
 async fn poll_metrics(server: &Running, wanted: &str) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -692,16 +694,10 @@ async fn the_load_generator_rides_through_loss_and_jitter() {
     // So did the server, with the callers' speech.
     let metrics = poll_metrics(&server, "turnflow_webrtc_sessions_active 0").await;
     let counted = |kind: &str| {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "turnflow_webrtc_packets_total{{kind=\"{kind}\"}} "
-                ))
-            })
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
+        counter(
+            &metrics,
+            &format!("turnflow_webrtc_packets_total{{kind=\"{kind}\"}}"),
+        )
     };
     assert!(counted("lost") > 0, "{metrics}");
     assert!(counted("recovered") > 0, "{metrics}");
@@ -823,13 +819,9 @@ async fn a_peer_that_passes_ice_and_never_starts_dtls_is_ended_at_the_start_dead
     let mut config = config("plain.json");
     config.start_timeout = Duration::from_secs(2);
     let server = start(config).await;
-    let answer = reqwest::Client::new()
-        .post(&server.url)
-        .header("content-type", "application/sdp")
-        .body(BROWSER_OFFER)
-        .send()
+    let answer = server
+        .post(BROWSER_OFFER, "application/sdp")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -861,15 +853,7 @@ async fn a_peer_that_passes_ice_and_never_starts_dtls_is_ended_at_the_start_dead
     assert_eq!(&response[..2], &[0x01, 0x01], "a binding success response");
     assert!(answered >= 20);
     // No DTLS follows: the session ends at the start deadline, counted, its place released.
-    let metrics = poll_metrics(
-        &server,
-        "turnflow_webrtc_failures_total{reason=\"ice_or_dtls\"} 1",
-    )
-    .await;
-    assert!(
-        metrics.contains("turnflow_webrtc_sessions_active 0"),
-        "{metrics}"
-    );
+    let metrics = ended_unconnected(&server).await;
     assert!(
         metrics.contains("turnflow_webrtc_connected_total 0"),
         "{metrics}"
