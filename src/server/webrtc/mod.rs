@@ -309,6 +309,7 @@ pub(super) async fn offer(
     let sdp_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/sdp"));
     if !sdp_type {
         return (
@@ -339,7 +340,8 @@ pub(super) async fn offer(
                 .metrics
                 .offers_refused
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(error = %e, "a WebRTC offer refused");
+            // The reason can quote the offer: the client's words, escaped and cut short.
+            warn!(error = %crate::text::Untrusted(&e.to_string()), "a WebRTC offer refused");
             return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
         }
     };
