@@ -257,7 +257,8 @@ impl WebRtcCaller {
         })
     }
 
-    /// The next thing the connection reports; `None` once it has ended and said why.
+    /// The next thing the connection reports; `None` once it has ended. Its `Closed`, with the
+    /// reason, comes first unless the caller had let its events pile up.
     ///
     /// # Cancellation safety
     /// Cancel-safe: an event is taken only when this returns it.
@@ -392,7 +393,8 @@ impl Connection {
             .closed
             .take()
             .unwrap_or_else(|| "the caller hung up".to_owned());
-        let _ = self.events.send(CallerEvent::Closed(why)).await;
+        // Without waiting: a caller that hangs up is not reading its events.
+        let _ = self.events.try_send(CallerEvent::Closed(why));
     }
 
     fn receive(&mut self, datagram: &[u8], source: SocketAddr) {
