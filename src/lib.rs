@@ -85,8 +85,8 @@
 //!   links the system's libopus, Debian `libopus-dev`).
 //! - `webrtc`: WebRTC sessions in the server (`server::webrtc`: WHIP-style offers at
 //!   `/webrtc`, Opus over one shared UDP port, the protocol on a data channel) and the WebRTC
-//!   caller the load generator uses; str0m with its pure-Rust DTLS. Implies `server` and
-//!   `opus`.
+//!   caller the load generator uses; str0m with its RustCrypto DTLS (no OpenSSL). Implies
+//!   `server` and `opus`.
 //! - `audio-io`: microphone and speaker for `turnflow run` (cpal; ALSA headers on Linux).
 //!
 //! TLS is configured per client (ring, Mozilla's roots): turnflow never installs a process-wide
