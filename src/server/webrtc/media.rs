@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use str0m::config::CryptoProvider;
 use str0m::format::Codec;
-use str0m::media::{Frequency, MediaTime, Mid};
+use str0m::media::{Frequency, MediaTime, Mid, Pt};
 use str0m::rtp::Extension;
 use str0m::{Rtc, RtcConfig};
 use tracing::debug;
@@ -63,6 +63,8 @@ pub(super) struct OpusSender {
     unsent: Vec<i16>,
     rtp_samples: u64,
     last_packet: Option<Instant>,
+    /// The payload type the answer gave Opus, looked up at the first packet.
+    opus: Option<Pt>,
     /// Packets written.
     pub(super) packets: u64,
     /// Opus payload bytes written.
@@ -98,6 +100,7 @@ impl OpusSender {
             unsent: Vec::with_capacity(frame * 2),
             rtp_samples: 0,
             last_packet: None,
+            opus: None,
             packets: 0,
             bytes: 0,
         })
@@ -140,12 +143,18 @@ impl OpusSender {
         let Some(writer) = rtc.writer(mid) else {
             return;
         };
-        let Some(pt) = writer
-            .payload_params()
-            .find(|p| p.spec().codec == Codec::Opus)
-            .map(|p| p.pt())
-        else {
-            return;
+        let pt = match self.opus {
+            Some(pt) => pt,
+            None => {
+                let Some(pt) = writer
+                    .payload_params()
+                    .find(|p| p.spec().codec == Codec::Opus)
+                    .map(|p| p.pt())
+                else {
+                    return;
+                };
+                *self.opus.insert(pt)
+            }
         };
         let length = packet.len() as u64;
         match writer.write(pt, now, time, packet) {

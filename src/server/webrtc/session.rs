@@ -79,8 +79,9 @@ pub(super) struct WebRtcCall {
     /// Flux was connecting would reach it as a burst ahead of real time).
     ready_at: Option<Instant>,
     gone: Option<&'static str>,
-    /// The user's audio, decoded straight to Flux's rate.
+    /// The user's audio, decoded straight to Flux's rate into a buffer kept between packets.
     decoder: VoiceDecoder,
+    decoded: Vec<i16>,
     /// The agent's audio as Opus, from the voice's rate (known at `Ready`).
     sender: Option<OpusSender>,
     /// When each chunk of agent audio went out, by its running end (at the voice's rate);
@@ -124,6 +125,7 @@ impl WebRtcCall {
             ready_at: None,
             gone: None,
             decoder: VoiceDecoder::at(FLUX_RATE)?,
+            decoded: Vec::with_capacity(FLUX_FRAME * 8),
             sender: None,
             sent: VecDeque::new(),
             played_floor: 0,
@@ -173,15 +175,14 @@ impl WebRtcCall {
             }
             Event::MediaData(data) if Some(data.mid) == self.audio && self.ready_at.is_some() => {
                 let seq = **data.seq_range.end() as u16;
-                let mut pcm = Vec::with_capacity(FLUX_FRAME * 2);
+                let mut pcm = std::mem::take(&mut self.decoded);
+                pcm.clear();
                 self.decoder.push(seq, &data.data, &mut pcm);
-                self.heard_until = Some(
-                    data.network_time
-                        .max(self.heard_until.unwrap_or(data.network_time)),
-                );
+                self.heard_until = self.heard_until.max(Some(data.network_time));
                 self.pacing
                     .arrived(seq, data.time.numer() as u32, FLUX_RATE, &mut pcm);
                 self.hand_to_call(&pcm);
+                self.decoded = pcm;
             }
             Event::ChannelOpen(id, label) if label == CHANNEL_LABEL => {
                 self.channel.get_or_insert(id);
