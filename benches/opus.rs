@@ -43,9 +43,13 @@ fn check(packets: &[Vec<u8>], rate: u32) {
     assert_eq!(decoder.stats().decoded, packets.len() as u64);
 }
 
+/// Sessions a server speaks for at once, in the benchmark of encoders taking turns.
+const SESSIONS: usize = 500;
+
 fn bench(c: &mut Criterion) {
     // What a WebRTC session sends, then the codec's defaults here.
     let cases = [
+        (16_000, 12_000, 0),
         (16_000, 12_000, 1),
         (16_000, 12_000, 5),
         (48_000, 24_000, 5),
@@ -74,6 +78,24 @@ fn bench(c: &mut Criterion) {
                 black_box(encoder.encode(black_box(&frames[next])).unwrap())
             })
         });
+        if complexity == 1 {
+            // A server speaks for many sessions, each with its own encoder, one frame at a
+            // time: an encoder's state is rarely still in the cache when its next frame comes.
+            let mut encoders: Vec<VoiceEncoder> = (0..SESSIONS)
+                .map(|_| VoiceEncoder::new(settings).unwrap())
+                .collect();
+            let mut turn = 0;
+            c.bench_function(
+                &format!("opus/encode_20ms_16khz_12kbps_complexity_1_{SESSIONS}_encoders_in_turn"),
+                |b| {
+                    b.iter(|| {
+                        turn = (turn + 1) % encoders.len();
+                        next = (next + 1) % frames.len();
+                        black_box(encoders[turn].encode(black_box(&frames[next])).unwrap())
+                    })
+                },
+            );
+        }
         if complexity == 1 || sample_rate == 48_000 && complexity == 5 {
             let mut decoder = VoiceDecoder::at(sample_rate).unwrap();
             let mut out = Vec::with_capacity(sample_rate as usize / 50);

@@ -217,6 +217,19 @@ fn invalid_flags_are_refused_with_what_is_allowed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = turnflow(&[
+        "load",
+        "http://127.0.0.1:9",
+        "--wav",
+        "tests/fixtures/book_table_16k.wav",
+        "--no-dtx",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--no-dtx: only WebRTC callers"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -141,6 +141,8 @@ fn frame(loud: bool, at: &mut u64) -> Vec<i16> {
 struct Seen {
     messages: Vec<ToClient>,
     agent_samples: u64,
+    /// 20 ms frames of the microphone given to the caller.
+    frames: u64,
     clears: usize,
     closed: Option<String>,
 }
@@ -177,6 +179,7 @@ async fn converse(
                 if !caller.send_audio(&frame(loud, &mut at)).await {
                     break;
                 }
+                seen.frames += 1;
                 if at % 16000 == 0 {
                     caller.send_message(&FromClient::Playout(Playout { delay_ms: 60 })).await;
                 }
@@ -271,6 +274,15 @@ async fn a_webrtc_call_is_answered_in_opus_and_ends_when_asked() {
         );
     }
     eprintln!("media on the wire: {stats:?}");
+    // The caller was silent but for its question, and the answer asked it for discontinuous
+    // transmission: most of its frames went as no packet at all, and the server filled the
+    // silence, or Flux would never have heard the turn end.
+    assert!(
+        stats.packets_sent * 2 < seen.frames,
+        "{} packets for {} frames",
+        stats.packets_sent,
+        seen.frames
+    );
 
     let metrics = poll_metrics(&server, "turnflow_webrtc_sessions_active 0").await;
     assert!(
@@ -837,6 +849,12 @@ async fn a_peer_that_passes_ice_and_never_starts_dtls_is_ended_at_the_start_dead
             .to_owned()
     };
     let (ufrag, password) = (field("a=ice-ufrag:"), field("a=ice-pwd:"));
+    // The answer asks the browser for discontinuous transmission and error correction.
+    let fmtp = field("a=fmtp:111 ");
+    assert!(
+        fmtp.contains("usedtx=1") && fmtp.contains("useinbandfec=1"),
+        "{fmtp}"
+    );
     let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let request = binding_request(&format!("{ufrag}:Ab3d"), &password);
     // The server answers the check: ICE passes.

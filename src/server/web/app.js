@@ -306,11 +306,11 @@ async function startWebRtc(token) {
     stop(false);
   };
   channel.send(JSON.stringify({ type: 'start', version: 1, sample_rate: 48000 }));
-  // 12 kbit/s is plenty for wideband speech, and keeps the session under 40 kbit/s with
-  // its packets' headers.
+  // 16 kbit/s: the least at which Opus sends wideband speech (below it, narrowband, which
+  // transcribes worse), and under 40 kbit/s with its packets' headers.
   const parameters = sender.getParameters();
   if (parameters.encodings && parameters.encodings.length) {
-    parameters.encodings[0].maxBitrate = 12000;
+    parameters.encodings[0].maxBitrate = 16000;
     sender.setParameters(parameters).catch(() => {});
   }
   reportPlayout(pc, channel);

@@ -6,7 +6,7 @@
 //! socket; the caller talks to it through channels. Dropping the caller cancels the task;
 //! [`WebRtcCaller::hang_up`] also tells the server (`DELETE`) and waits for the task.
 //!
-//! [`encode_speech`]: super::encode_speech
+//! [`EncodedSpeech`]: super::EncodedSpeech
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -240,7 +240,7 @@ impl WebRtcCaller {
             stats: stats_sender,
             counts: CallerStats::default(),
             decoder: VoiceDecoder::at(CALLER_RATE)?,
-            sender: OpusSender::new(CALLER_RATE)?,
+            sender: OpusSender::speech(CALLER_RATE, true)?,
             wake: Instant::now(),
             closed: None,
         };
@@ -266,7 +266,9 @@ impl WebRtcCaller {
         self.events.recv().await
     }
 
-    /// Sends 20 ms of speech at [`CALLER_RATE`]; false when the connection has ended.
+    /// Sends 20 ms of speech at [`CALLER_RATE`], encoded with discontinuous transmission as a
+    /// browser the answer asked for `usedtx=1` does (silence sends a packet now and then);
+    /// false when the connection has ended.
     pub async fn send_audio(&self, pcm: &[i16]) -> bool {
         self.commands
             .send(Command::Audio(pcm.to_vec()))
@@ -274,7 +276,7 @@ impl WebRtcCaller {
             .is_ok()
     }
 
-    /// Sends one 20 ms Opus packet already encoded ([`encode_speech`]); false when the
+    /// Sends one 20 ms Opus packet already encoded ([`EncodedSpeech`]); false when the
     /// connection has ended.
     pub async fn send_packet(&self, packet: Arc<[u8]>) -> bool {
         self.commands.send(Command::Packet(packet)).await.is_ok()

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 pub use caller::{CALLER_RATE, CallerError, CallerEvent, CallerStats, WebRtcCaller, Wire};
-pub use media::encode_speech;
+pub use media::EncodedSpeech;
 pub use port::{PortError, WebRtcPort};
 pub use session::CHANNEL_LABEL;
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::WebRtcMetrics;
-use super::media::OpusSender;
+use super::media::{OpusSender, is_dtx};
 use super::pacing::Pacing;
 use super::port::{Datagram, Registration, WebRtcPort};
 use crate::audio::opus::VoiceDecoder;
@@ -94,6 +94,10 @@ pub(super) struct WebRtcCall {
     heard_until: Option<Instant>,
     /// What of the silence later packets stood for.
     pacing: Pacing,
+    /// Whether the user's last packet said its sender is silent (discontinuous transmission):
+    /// the silence then starts at once, not after [`PAUSE_FILL_AFTER`], since no packet is
+    /// coming until the user speaks (or the next comfort-noise update, 400 ms on).
+    sender_silent: bool,
     playout: Duration,
     next_report: Option<Instant>,
 }
@@ -131,6 +135,7 @@ impl WebRtcCall {
             played_floor: 0,
             heard_until: None,
             pacing: Pacing::default(),
+            sender_silent: false,
             playout: ASSUMED_PLAYOUT,
             next_report: None,
         };
@@ -179,6 +184,7 @@ impl WebRtcCall {
                 pcm.clear();
                 self.decoder.push(seq, &data.data, &mut pcm);
                 self.heard_until = self.heard_until.max(Some(data.network_time));
+                self.sender_silent = is_dtx(&data.data);
                 self.pacing
                     .arrived(seq, data.time.numer() as u32, FLUX_RATE, &mut pcm);
                 self.hand_to_call(&pcm);
@@ -214,13 +220,22 @@ impl WebRtcCall {
         }
     }
 
+    /// How long after the user's last packet silence starts standing in for the next.
+    fn fill_after(&self) -> Duration {
+        if self.sender_silent {
+            FRAME
+        } else {
+            PAUSE_FILL_AFTER
+        }
+    }
+
     /// Silence for Flux when no packet came for a while: whole frames up to `now`.
     fn fill_pause(&mut self, now: Instant) {
         let Some(until) = self.heard_until else {
             return;
         };
         let frames = now.saturating_duration_since(until).as_millis() / 20;
-        if now.saturating_duration_since(until) < PAUSE_FILL_AFTER || frames == 0 {
+        if now.saturating_duration_since(until) < self.fill_after() || frames == 0 {
             return;
         }
         let frames = frames as u32;
@@ -295,12 +310,16 @@ impl WebRtcCall {
             .unwrap_or(candidates[0])
     }
 
-    /// str0m's timer, and the playback report when one is due.
+    /// str0m's timer when it is due (a wake for the session's own timers leaves it be: its
+    /// timeout runs through every stream and the data channel), the pause's silence, and the
+    /// playback report when one is due.
     fn tick(&mut self, now: Instant) {
-        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-            debug!(error = %e, "WebRTC timer");
+        if now >= self.wake {
+            if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                debug!(error = %e, "WebRTC timer");
+            }
+            self.drive();
         }
-        self.drive();
         if self.ready_at.is_some() {
             self.fill_pause(now);
         }
@@ -393,7 +412,7 @@ impl Transport for WebRtcCall {
             if self.ready_at.is_some()
                 && let Some(until) = self.heard_until
             {
-                wake = wake.min(until + PAUSE_FILL_AFTER);
+                wake = wake.min(until + self.fill_after());
             }
             // Each branch is cancel-safe: a datagram is taken only when its branch wins, and
             // what it produces waits in `pending`.
@@ -422,7 +441,7 @@ impl Transport for WebRtcCall {
                     self.receive(datagram);
                 }
                 self.ready_at = Some(Instant::now());
-                self.sender = Some(OpusSender::new(output_rate).map_err(|e| {
+                self.sender = Some(OpusSender::voice(output_rate).map_err(|e| {
                     warn!(error = %e, output_rate, "the voice cannot be sent as Opus");
                     Gone
                 })?);

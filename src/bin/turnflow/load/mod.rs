@@ -75,6 +75,11 @@ pub(crate) struct LoadArgs {
     /// (raise it to ride through a provider's outage).
     #[arg(long, value_parser = crate::parse_duration, default_value = "20s")]
     reply_patience: Duration,
+    /// WebRTC callers send a packet every 20 ms even while silent, as a sender without
+    /// discontinuous transmission does (by default they send what a browser asked for
+    /// `usedtx=1` sends: almost nothing while silent).
+    #[arg(long)]
+    no_dtx: bool,
 }
 
 /// How `load`'s browser callers connect.
@@ -338,6 +343,11 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
             "--transport webrtc: this turnflow was built without WebRTC; build it with --features webrtc (needs libopus-dev)"
         );
     }
+    if args.no_dtx && (args.transport != LoadTransport::Webrtc || args.carrier.is_some()) {
+        bail!(
+            "--no-dtx: only WebRTC callers have discontinuous transmission to turn off; it needs --transport webrtc"
+        );
+    }
     let speech = crate::run::read_speech(
         args.wav.to_str().context("--wav: the path is not UTF-8")?,
         "--wav",
@@ -346,9 +356,16 @@ pub(crate) fn load(args: LoadArgs) -> Result<()> {
         Some(_) => Some(Arc::new(PhoneSpeech::new(&speech)?)),
         None => None,
     };
+    // Encoded once for every caller: a load generator that encoded each caller's microphone
+    // would measure itself.
     #[cfg(feature = "webrtc")]
     let packets = Arc::new(
-        webrtc::WebRtcSpeech::new(&speech).context("--transport webrtc: encoding the WAV")?,
+        turnflow::server::webrtc::EncodedSpeech::new(
+            &speech,
+            turnflow::server::webrtc::CALLER_RATE,
+            !args.no_dtx,
+        )
+        .context("--transport webrtc: encoding the WAV")?,
     );
     let speech = Arc::new(BrowserSpeech::new(&speech));
     if args.sessions == 0 || args.turns == 0 {

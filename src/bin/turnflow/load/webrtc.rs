@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use turnflow::audio::opus::{FRAME_SAMPLES, LossStats, SAMPLE_RATE};
 use turnflow::server::protocol::{FromClient, PROTOCOL_VERSION, Playout, Start};
 use turnflow::server::webrtc::{
-    CALLER_RATE, CallerEvent, CallerStats, WebRtcCaller, Wire, encode_speech,
+    CALLER_RATE, CallerEvent, CallerStats, EncodedSpeech, WebRtcCaller, Wire,
 };
 
 use super::summary::WebRtcMedia;
@@ -64,34 +64,11 @@ fn media_of(stats: &CallerStats, seconds: f64) -> WebRtcMedia {
     media
 }
 
-/// The caller's speech as Opus packets, encoded once for every session (a load generator
-/// that encoded each caller's microphone would measure itself).
-pub(super) struct WebRtcSpeech {
-    packets: Vec<Arc<[u8]>>,
-    silence: Arc<[u8]>,
-}
-
-impl WebRtcSpeech {
-    pub(super) fn new(speech: &[i16]) -> Result<Self, turnflow::audio::opus::OpusError> {
-        let packets = encode_speech(speech, CALLER_RATE)?;
-        let silence = encode_speech(&[0; super::FRAME], CALLER_RATE)?.swap_remove(0);
-        Ok(Self { packets, silence })
-    }
-
-    /// The packet of frame `index` of the speech, or silence.
-    fn packet(&self, index: Option<usize>) -> Arc<[u8]> {
-        index
-            .and_then(|i| self.packets.get(i))
-            .unwrap_or(&self.silence)
-            .clone()
-    }
-}
-
 pub(super) async fn one_webrtc_session(
     url: String,
     token: Option<String>,
     speech: Arc<BrowserSpeech>,
-    packets: Arc<WebRtcSpeech>,
+    packets: Arc<EncodedSpeech>,
     plan: CallerPlan,
     progress: Arc<Progress>,
 ) -> (SessionResult, WebRtcMedia) {
@@ -119,6 +96,8 @@ pub(super) async fn one_webrtc_session(
     tokio::pin!(ready_wait);
     let mut ready = false;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    // Frames of silence since the caller last spoke: which of the silence's packets is next.
+    let mut silent_frames = 0;
     loop {
         tokio::select! {
             () = &mut ready_wait, if !ready => {
@@ -127,8 +106,20 @@ pub(super) async fn one_webrtc_session(
             }
             _ = tick.tick(), if ready && !turns.stopping() => {
                 let now = Instant::now();
-                let packet = packets.packet(turns.frame(now).index);
-                if !caller.send_packet(packet).await {
+                let packet = match turns.frame(now).index {
+                    Some(index) => {
+                        silent_frames = 0;
+                        packets.speech(index)
+                    }
+                    None => {
+                        silent_frames += 1;
+                        packets.silence(silent_frames - 1)
+                    }
+                };
+                // A frame without a packet: the caller is silent and its encoder said so.
+                if let Some(packet) = packet
+                    && !caller.send_packet(packet).await
+                {
                     turns.result.failure = Some("the connection ended mid-session".into());
                     break;
                 }
