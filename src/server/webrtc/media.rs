@@ -58,6 +58,11 @@ pub(super) fn rtc_config(crypto: Arc<CryptoProvider>) -> RtcConfig {
         .set_reordering_timeout_audio(Some(Duration::from_millis(40)))
         // Round trips for the metrics, from the peer's receiver reports.
         .set_stats_interval(Some(Duration::from_secs(5)))
+        // The data channel's SCTP association from the offer and answer (draft-hancke-tsvwg-
+        // snap, `a=sctp-init`) when both ends can: two round trips fewer before the protocol
+        // flows, and no SCTP handshake to lose (its first retransmission waits 3 s). A peer
+        // that does not offer it gets the usual handshake.
+        .set_snap_enabled(true)
 }
 
 /// The payload type browsers offer Opus with.
@@ -332,6 +337,8 @@ impl EncodedSpeech {
 
 #[cfg(test)]
 mod tests {
+    use str0m::media::MediaKind;
+
     use super::*;
 
     fn at(start: Instant, ms: u64) -> Instant {
@@ -371,6 +378,37 @@ mod tests {
             clock.stamp(at(start, 500));
         }
         assert_eq!(clock.stamp(at(start, 1000)), 1000 * 48);
+    }
+
+    /// The answer `offerer`'s offer of audio and a data channel gets from a server's config.
+    fn answer_to(offerer: RtcConfig) -> String {
+        let crypto = || Arc::new(str0m::crypto::from_feature_flags());
+        let mut caller = offerer.build(Instant::now());
+        let mut change = caller.sdp_api();
+        change.add_media(
+            MediaKind::Audio,
+            str0m::media::Direction::SendRecv,
+            None,
+            None,
+            None,
+        );
+        change.add_channel("turnflow".to_owned());
+        let (offer, _) = change.apply().unwrap();
+        let mut server = rtc_config(crypto()).build(Instant::now());
+        let answer = server.sdp_api().accept_offer(offer).unwrap();
+        answer.to_sdp_string()
+    }
+
+    #[test]
+    fn the_answer_asks_for_dtx_and_sets_up_the_data_channel_in_it_when_offered() {
+        let crypto = || Arc::new(str0m::crypto::from_feature_flags());
+        let ours = answer_to(rtc_config(crypto()));
+        assert!(ours.contains("usedtx=1"), "{ours}");
+        assert!(ours.contains("a=sctp-init:"), "{ours}");
+        // A peer without SNAP (a browser today) gets the usual SCTP handshake.
+        let plain = answer_to(rtc_config(crypto()).set_snap_enabled(false));
+        assert!(plain.contains("usedtx=1"), "{plain}");
+        assert!(!plain.contains("a=sctp-init"), "{plain}");
     }
 
     /// The Opus configuration a packet's first byte names (RFC 6716, 3.1).
