@@ -72,10 +72,13 @@ struct Running {
 }
 
 async fn start(config: ServerConfig) -> Running {
+    start_on("127.0.0.1:0".parse().unwrap(), config).await
+}
+
+/// The server listening for HTTP on `listen`.
+async fn start_on(listen: SocketAddr, config: ServerConfig) -> Running {
     let port = config.webrtc.as_ref().unwrap().local_addr();
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
+    let server = Server::bind(listen, config).await.unwrap();
     let addr = server.local_addr();
     let (drain, signal) = oneshot::channel::<()>();
     let served = tokio::spawn(server.serve(async move {
@@ -296,6 +299,40 @@ async fn a_webrtc_call_is_answered_in_opus_and_ends_when_asked() {
     );
     let report = server.drain().await;
     assert_eq!(report.stopped, 0, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_ipv6_is_answered_and_its_media_stays_on_ipv6() {
+    let mut config = config("plain.json");
+    let port = WebRtcPort::bind("[::1]:0".parse().unwrap(), &[]).unwrap();
+    assert!(port.local_addr().is_ipv6());
+    config.webrtc = Some(port);
+    let server = start_on("[::1]:0".parse().unwrap(), config).await;
+    assert!(server.url.starts_with("http://[::1]:"), "{}", server.url);
+    let (seen, stats) = converse(&server.url, None, 1).await;
+    assert!(
+        seen.messages.iter().any(|m| matches!(m, ToClient::Turn(_))),
+        "{seen:?}"
+    );
+    let end = seen.messages.iter().find_map(|m| match m {
+        ToClient::End(e) => Some(e),
+        _ => None,
+    });
+    assert_eq!(end.unwrap().reason, "stopped", "{seen:?}");
+    assert!(stats.received.decoded > 25, "{stats:?}");
+    let metrics = poll_metrics(&server, "turnflow_webrtc_sessions_active 0").await;
+    assert!(
+        metrics.contains("turnflow_webrtc_connected_total 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "turnflow_webrtc_datagrams_dropped_total{reason=\"unclaimed\"}"
+        ),
+        0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
