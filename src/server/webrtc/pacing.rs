@@ -96,6 +96,26 @@ mod tests {
     }
 
     #[test]
+    fn discontinuous_transmission_keeps_its_silence_and_the_speech_after_it() {
+        let mut pacing = Pacing::default();
+        // Speech, then the sender's marker that it has gone quiet (one more packet).
+        deliver(&mut pacing, run((10, 5000), 6));
+        // Silence filled frame by frame for the 19 frames the sender skipped; its next packet
+        // (the user speaking again) is numbered next and stamped 20 frames on.
+        for _ in 0..19 {
+            pacing.filled(320);
+        }
+        assert_eq!(deliver(&mut pacing, run((16, 5000 + 25 * 960), 3)), 960);
+        // Had the fill also covered that packet's own 20 ms before it came, that much of it
+        // goes: Flux never hears more audio than time has passed.
+        for _ in 0..20 {
+            pacing.filled(320);
+        }
+        assert_eq!(deliver(&mut pacing, run((19, 5000 + 47 * 960), 1)), 0);
+        assert_eq!(deliver(&mut pacing, run((20, 5000 + 48 * 960), 1)), 320);
+    }
+
+    #[test]
     fn lost_packets_are_not_a_pause_and_counters_wrap() {
         let mut pacing = Pacing::default();
         deliver(&mut pacing, run((65534, u32::MAX - 959), 1));
