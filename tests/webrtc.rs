@@ -630,12 +630,9 @@ async fn a_person_talks_over_webrtc_in_a_real_browser_and_interrupts_the_agent()
 }
 
 /// A lossy network in front of the server's port, as a NAT would sit there: `front` takes the
-/// callers' datagrams, each caller gets its own upstream socket, every media datagram either way
-/// (RTP and RTCP) is dropped with probability `loss`, and every datagram is delayed by up to
-/// `jitter` (so packets also arrive out of order). The handshakes (ICE, DTLS, the data
-/// channel's SCTP) are delayed but not dropped: each retransmits on timers of a second and
-/// more, and one CI run with them dropped too had a caller still connecting after its 10 s;
-/// what is measured here is the audio.
+/// callers' datagrams, each caller gets its own upstream socket, every datagram either way is
+/// dropped with probability `loss` (media, connectivity checks, DTLS and the data channel
+/// alike) and delayed by up to `jitter` (so packets also arrive out of order).
 fn lossy_relay(front: tokio::net::UdpSocket, server_port: SocketAddr, loss: f64, jitter: Duration) {
     use std::collections::HashMap;
     let front = Arc::new(front);
@@ -649,8 +646,7 @@ fn lossy_relay(front: tokio::net::UdpSocket, server_port: SocketAddr, loss: f64,
         (*state >> 11) as f64 / (1u64 << 53) as f64
     };
     let forward = move |socket: Arc<tokio::net::UdpSocket>, bytes: Vec<u8>, to: SocketAddr| {
-        let media = matches!(bytes.first(), Some(128..=191));
-        if media && draw() < loss {
+        if draw() < loss {
             return;
         }
         let delay = jitter.mul_f64(draw());

@@ -18,6 +18,11 @@ use super::{BrowserSpeech, CONNECT_PATIENCE, CallerPlan, Progress, SessionResult
 
 /// IPv4's and UDP's headers, which the datagram counts leave out.
 const IP_UDP_BYTES: f64 = 28.0;
+/// How long a caller waits, after the answer, for ICE, DTLS and the data channel to finish and
+/// the server's `ready`. Longer than a WebSocket's upgrade: on a lossy network each of those
+/// retransmits on its own timer (DTLS after 1 s, the data channel's messages after 3 s, each
+/// doubling), as a browser's would, and a browser waits that out.
+const SETUP_PATIENCE: Duration = Duration::from_secs(20);
 /// What the caller tells the server its playout takes: it decodes each packet as it arrives.
 const PLAYOUT_MS: u32 = 20;
 
@@ -92,7 +97,7 @@ pub(super) async fn one_webrtc_session(
     };
     progress.open.fetch_add(1, Ordering::Relaxed);
     let mut turns = Turns::new(plan, speech, progress.clone());
-    let ready_wait = tokio::time::sleep(CONNECT_PATIENCE);
+    let ready_wait = tokio::time::sleep(SETUP_PATIENCE);
     tokio::pin!(ready_wait);
     let mut ready = false;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -101,7 +106,7 @@ pub(super) async fn one_webrtc_session(
     loop {
         tokio::select! {
             () = &mut ready_wait, if !ready => {
-                turns.result.failure = Some(format!("not connected and ready within {CONNECT_PATIENCE:?} of the answer"));
+                turns.result.failure = Some(format!("not connected and ready within {SETUP_PATIENCE:?} of the answer"));
                 break;
             }
             _ = tick.tick(), if ready && !turns.stopping() => {
