@@ -6,7 +6,10 @@
 //! packets come again, their timestamps tell which it was: a sender that paused skipped
 //! ahead in media time, and the silence stood for that; a stall delivers the packets it held
 //! up, with their timestamps contiguous, and the silence already stood for them: that much of
-//! their audio is dropped, so Flux never hears more audio than time has passed.
+//! their audio is dropped, so Flux never hears more than a frame more audio than time has
+//! passed. That one frame is let stand: the silence is filled on the clock, and a packet that
+//! comes a moment after its frame's silence went (the user starting to speak again, after
+//! discontinuous transmission) would otherwise lose its first 20 ms of speech.
 
 /// Opus's RTP clock ticks per 20 ms packet.
 const TICKS_PER_PACKET: u64 = 960;
@@ -46,7 +49,8 @@ impl Pacing {
             self.owed = 0;
             self.last = Some((seq, timestamp));
         }
-        let dropped = self.owed.min(audio.len() as u64);
+        let frame = u64::from(rate) / 50;
+        let dropped = self.owed.saturating_sub(frame).min(audio.len() as u64);
         audio.drain(..dropped as usize);
         self.owed -= dropped;
     }
@@ -80,9 +84,11 @@ mod tests {
     fn a_stall_is_not_heard_twice() {
         let mut pacing = Pacing::default();
         assert_eq!(deliver(&mut pacing, run((10, 5000), 5)), 1600);
-        // 200 ms without packets: silence was given; then the held-up packets arrive.
+        // 200 ms without packets: silence was given; then the held-up packets arrive, and all
+        // but one frame of them goes.
         pacing.filled(3200);
-        assert_eq!(deliver(&mut pacing, run((15, 5000 + 5 * 960), 10)), 0);
+        assert_eq!(deliver(&mut pacing, run((15, 5000 + 5 * 960), 10)), 320);
+        assert_eq!(pacing.owed, 320);
         assert_eq!(deliver(&mut pacing, run((25, 5000 + 15 * 960), 2)), 640);
     }
 
@@ -106,13 +112,20 @@ mod tests {
             pacing.filled(320);
         }
         assert_eq!(deliver(&mut pacing, run((16, 5000 + 25 * 960), 3)), 960);
-        // Had the fill also covered that packet's own 20 ms before it came, that much of it
-        // goes: Flux never hears more audio than time has passed.
+        // Had the fill also covered that packet's own 20 ms before it came, the packet is
+        // kept all the same (its speech's first 20 ms), and Flux is one frame ahead...
         for _ in 0..20 {
             pacing.filled(320);
         }
-        assert_eq!(deliver(&mut pacing, run((19, 5000 + 47 * 960), 1)), 0);
-        assert_eq!(deliver(&mut pacing, run((20, 5000 + 48 * 960), 1)), 320);
+        assert_eq!(deliver(&mut pacing, run((19, 5000 + 47 * 960), 1)), 320);
+        assert_eq!(pacing.owed, 320);
+        // ...never more: the next pause's extra frame is taken from the packet after it.
+        for _ in 0..20 {
+            pacing.filled(320);
+        }
+        assert_eq!(deliver(&mut pacing, run((20, 5000 + 67 * 960), 1)), 0);
+        assert_eq!(pacing.owed, 320);
+        assert_eq!(deliver(&mut pacing, run((21, 5000 + 68 * 960), 1)), 320);
     }
 
     #[test]
@@ -121,16 +134,16 @@ mod tests {
         deliver(&mut pacing, run((65534, u32::MAX - 959), 1));
         pacing.filled(960);
         // Three packets lost across both wraps: their time is theirs (the decoder conceals
-        // it), so the silence still stands for what arrives next.
-        assert_eq!(deliver(&mut pacing, run((2, 3 * 960), 4)), 320);
-        assert_eq!(pacing.owed, 0);
+        // it), so the silence still stands for what arrives next, but for one frame.
+        assert_eq!(deliver(&mut pacing, run((2, 3 * 960), 4)), 640);
+        assert_eq!(pacing.owed, 320);
     }
 
     #[test]
     fn a_late_packet_moves_nothing() {
         let mut pacing = Pacing::default();
         deliver(&mut pacing, run((10, 5000), 3));
-        pacing.filled(320);
+        pacing.filled(640);
         assert_eq!(deliver(&mut pacing, std::iter::once((9, 5000 - 960))), 0);
         assert_eq!(pacing.last, Some((12, 5000 + 2 * 960)));
         assert_eq!(deliver(&mut pacing, run((13, 5000 + 3 * 960), 1)), 320);
