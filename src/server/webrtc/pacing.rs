@@ -31,8 +31,16 @@ impl Pacing {
 
     /// A packet numbered `seq` with timestamp `timestamp` decoded to `audio` (at `rate`, which
     /// divides 48 kHz; concealed frames for packets lost before it included): the part the
-    /// silence stood for is removed.
-    pub(super) fn arrived(&mut self, seq: u16, timestamp: u32, rate: u32, audio: &mut Vec<i16>) {
+    /// silence stood for is removed. True when it is the newest packet yet, false for one
+    /// from behind (late, reordered).
+    pub(super) fn arrived(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        rate: u32,
+        audio: &mut Vec<i16>,
+    ) -> bool {
+        let mut newest = true;
         if let Some((last_seq, last_timestamp)) = self.last {
             let packets = u64::from(seq.wrapping_sub(last_seq));
             let ticks = u64::from(timestamp.wrapping_sub(last_timestamp));
@@ -40,7 +48,8 @@ impl Pacing {
             // which the silence was right to fill.
             let skipped = ticks.saturating_sub(packets * TICKS_PER_PACKET);
             // A packet from behind (late, reordered) moves neither.
-            if packets < 0x8000 {
+            newest = packets < 0x8000;
+            if newest {
                 self.owed = self.owed.saturating_sub(skipped * u64::from(rate) / 48_000);
                 self.last = Some((seq, timestamp));
             }
@@ -53,6 +62,7 @@ impl Pacing {
         let dropped = self.owed.saturating_sub(frame).min(audio.len() as u64);
         audio.drain(..dropped as usize);
         self.owed -= dropped;
+        newest
     }
 }
 
@@ -144,7 +154,9 @@ mod tests {
         let mut pacing = Pacing::default();
         deliver(&mut pacing, run((10, 5000), 3));
         pacing.filled(640);
-        assert_eq!(deliver(&mut pacing, std::iter::once((9, 5000 - 960))), 0);
+        let mut late = vec![1i16; 320];
+        assert!(!pacing.arrived(9, 5000 - 960, 16_000, &mut late));
+        assert!(late.is_empty());
         assert_eq!(pacing.last, Some((12, 5000 + 2 * 960)));
         assert_eq!(deliver(&mut pacing, run((13, 5000 + 3 * 960), 1)), 320);
     }

@@ -184,9 +184,13 @@ impl WebRtcCall {
                 pcm.clear();
                 self.decoder.push(seq, &data.data, &mut pcm);
                 self.heard_until = self.heard_until.max(Some(data.network_time));
-                self.sender_silent = is_dtx(&data.data);
-                self.pacing
-                    .arrived(seq, data.time.numer() as u32, FLUX_RATE, &mut pcm);
+                // A late packet says nothing of whether the sender is silent now.
+                if self
+                    .pacing
+                    .arrived(seq, data.time.numer() as u32, FLUX_RATE, &mut pcm)
+                {
+                    self.sender_silent = is_dtx(&data.data);
+                }
                 self.hand_to_call(&pcm);
                 self.decoded = pcm;
             }
