@@ -43,8 +43,12 @@ pub const CHANNEL_LABEL: &str = "turnflow";
 const ASSUMED_PLAYOUT: Duration = Duration::from_millis(80);
 /// How often the transport reports the client's playback to the call while audio plays.
 const REPORT_EVERY: Duration = Duration::from_millis(100);
-/// How long the end of a session waits for the data channel to deliver its last messages.
-const FLUSH_PATIENCE: Duration = Duration::from_secs(1);
+/// How long the end of a session waits for the data channel to deliver its last messages (the
+/// `end` above all: closing the connection sends the client nothing, so without `end` it
+/// learns of the close only when its connectivity checks fail, seconds later). Long enough for
+/// SCTP to retransmit a lost message once (its timer is a second at least) and hear the
+/// acknowledgement; it is only spent while something is unacknowledged.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(3);
 /// A pause in the user's packets longer than this is filled with silence.
 const PAUSE_FILL_AFTER: Duration = Duration::from_millis(100);
 /// One Opus frame's length, and its samples at Flux's rate.
