@@ -114,8 +114,25 @@ impl RtpClock {
 
 /// Whether a packet libopus made is a discontinuous-transmission frame: two bytes or less say
 /// only that the sender is silent, and after the first of a run none need be sent.
-pub(crate) fn is_dtx(packet: &[u8]) -> bool {
+pub(super) fn is_dtx(packet: &[u8]) -> bool {
     packet.len() <= 2
+}
+
+/// Which of an encoder's packets a sender in discontinuous transmission sends: all but the
+/// repeats of its silent marker, as WebRTC's Opus sender does. Pure.
+#[derive(Debug, Default, Clone, Copy)]
+struct DtxGate {
+    /// The last packet was a marker.
+    silent: bool,
+}
+
+impl DtxGate {
+    /// Whether `packet`, the encoder's next, goes out.
+    fn admits(&mut self, packet: &[u8]) -> bool {
+        let repeat = is_dtx(packet) && self.silent;
+        self.silent = is_dtx(packet);
+        !repeat
+    }
 }
 
 /// libopus's effort: 1 of 0-10. On this machine a 20 ms frame of 16 kHz speech at 12 kbit/s
@@ -133,9 +150,7 @@ pub(super) struct OpusSender {
     /// Samples short of a whole frame.
     unsent: Vec<i16>,
     clock: RtpClock,
-    /// Whether the encoder is in discontinuous transmission: its frames say only that the
-    /// sender is silent, and after the first none is sent.
-    silent: bool,
+    dtx: DtxGate,
     /// The payload type the answer gave Opus, looked up at the first packet.
     opus: Option<Pt>,
     /// Packets written.
@@ -186,7 +201,7 @@ impl OpusSender {
             frame,
             unsent: Vec::with_capacity(frame * 2),
             clock: RtpClock::default(),
-            silent: false,
+            dtx: DtxGate::default(),
             opus: None,
             packets: 0,
             bytes: 0,
@@ -209,9 +224,7 @@ impl OpusSender {
             let samples = &self.unsent[frame * self.frame..(frame + 1) * self.frame];
             match self.encoder.encode(samples) {
                 Ok(packet) => {
-                    let repeat = is_dtx(&packet) && self.silent;
-                    self.silent = is_dtx(&packet);
-                    if !repeat {
+                    if self.dtx.admits(&packet) {
                         self.send_packet(rtc, mid, packet.into(), now);
                     }
                 }
@@ -286,14 +299,11 @@ impl EncodedSpeech {
         audio.resize(audio.len().div_ceil(sender.frame) * sender.frame, 0);
         let speech = audio.len() / sender.frame;
         audio.resize(audio.len() + SILENCE_ENCODED * sender.frame, 0);
-        let mut silent = false;
         let packets = audio
             .chunks_exact(sender.frame)
             .map(|frame| {
                 let packet = sender.encoder.encode(frame)?;
-                let repeat = is_dtx(&packet) && silent;
-                silent = is_dtx(&packet);
-                Ok((!repeat).then(|| Arc::from(packet)))
+                Ok(sender.dtx.admits(&packet).then(|| Arc::from(packet)))
             })
             .collect::<Result<Vec<_>, OpusError>>()?;
         // The steady pattern runs from one comfort-noise update to the next (without
