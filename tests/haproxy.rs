@@ -199,7 +199,18 @@ async fn a_draining_server_behind_haproxy_finishes_its_calls_while_new_ones_go_e
         .status()
         .unwrap();
     assert!(killed.success());
-    // New callers arrive at once, racing the health check.
+    // Once A has taken the signal (its own /readyz says so; a signal is handled a moment after
+    // `kill` returns, longer on a busy machine), new callers arrive at once, racing haproxy's
+    // health check, which still sends some of them to A.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let ready = reqwest::get(format!("{}/readyz", a.url)).await;
+        if ready.is_ok_and(|r| r.status() == 503) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "A starts draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut newcomers = Vec::new();
     for _ in 0..2 {
         let (ready, _) = tokio::sync::oneshot::channel();
