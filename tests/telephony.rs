@@ -236,6 +236,19 @@ fn mark_echo(kind: Kind, name: &str) -> String {
     .to_string()
 }
 
+/// Sends each of `messages` as text; false once the server has closed the stream.
+async fn send_all<S>(write: &mut S, messages: Vec<String>) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    for message in messages {
+        if write.send(Message::Text(message.into())).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// One phone call as the carrier makes it.
 async fn phone_call(addr: std::net::SocketAddr, plan: Plan) -> Heard {
     let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/telephony"))
@@ -277,9 +290,10 @@ async fn phone_call(addr: std::net::SocketAddr, plan: Plan) -> Heard {
                 if now - began > plan.length {
                     break;
                 }
+                let mut out = Vec::new();
                 while marks.front().is_some_and(|(at, _)| *at <= now) {
                     let (_, name) = marks.pop_front().unwrap();
-                    write.send(Message::Text(mark_echo(kind, &name).into())).await.unwrap();
+                    out.push(mark_echo(kind, &name));
                 }
                 if let (Some(after), None) = (plan.barge_in_after, speaking_until)
                     && heard.agent_ms >= after.as_millis() as u64
@@ -293,20 +307,23 @@ async fn phone_call(addr: std::net::SocketAddr, plan: Plan) -> Heard {
                 if plan.out_of_order {
                     match held.take() {
                         None => held = Some((chunk, message)),
-                        Some((_, earlier)) => {
-                            write.send(Message::Text(message.into())).await.unwrap();
-                            write.send(Message::Text(earlier.into())).await.unwrap();
-                        }
+                        Some((_, earlier)) => out.extend([message, earlier]),
                     }
                 } else {
-                    write.send(Message::Text(message.into())).await.unwrap();
+                    out.push(message);
                 }
                 if chunk == 25 && let Some(digit) = plan.dtmf {
                     let dtmf = match kind {
                         Kind::Twilio => json!({"event": "dtmf", "streamSid": "MZ1", "dtmf": {"track": "inbound_track", "digit": digit}}),
                         Kind::Telnyx => json!({"event": "dtmf", "stream_id": "s1", "dtmf": {"digit": digit}}),
                     };
-                    write.send(Message::Text(dtmf.to_string().into())).await.unwrap();
+                    out.push(dtmf.to_string());
+                }
+                // A write fails once the server has hung up (after a transfer, say) and its
+                // close is not yet read: the carrier takes that as the end of the stream.
+                if !send_all(&mut write, out).await {
+                    heard.closed = true;
+                    break;
                 }
             }
             message = read.next() => {
@@ -336,8 +353,10 @@ async fn phone_call(addr: std::net::SocketAddr, plan: Plan) -> Heard {
                     "clear" => {
                         heard.clears += 1;
                         // Dropped audio: its marks come back at once.
-                        while let Some((_, name)) = marks.pop_front() {
-                            write.send(Message::Text(mark_echo(kind, &name).into())).await.unwrap();
+                        let echoes = marks.drain(..).map(|(_, name)| mark_echo(kind, &name)).collect();
+                        if !send_all(&mut write, echoes).await {
+                            heard.closed = true;
+                            break;
                         }
                         playing_until = now;
                     }
