@@ -429,7 +429,8 @@ mod tests {
     #[test]
     fn the_users_speech_goes_as_wideband_and_the_agents_voice_as_narrowband() {
         let wav = std::fs::read("tests/fixtures/book_table_16k.wav").unwrap();
-        let pcm: Vec<i16> = wav[44..]
+        let (_, offset) = crate::audio::parse_wav_header(&wav).unwrap().unwrap();
+        let pcm: Vec<i16> = wav[offset..]
             .chunks_exact(2)
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect();

@@ -248,9 +248,12 @@ impl WebRtcCall {
         }
         let frames = frames as u32;
         self.heard_until = Some(until + FRAME * frames);
-        let silence = vec![0i16; FLUX_FRAME * frames as usize];
-        self.pacing.filled(silence.len() as u64);
-        self.hand_to_call(&silence);
+        let samples = FLUX_FRAME * frames as usize;
+        self.pacing.filled(samples as u64);
+        // Linear16 silence is zero bytes: one zeroed buffer, with no samples to encode (this
+        // runs every 20 ms while a sender is silent).
+        let silence = vec![0u8; samples * 2];
+        self.pending.push_back(Ok(Inbound::Audio(silence.into())));
     }
 
     /// A data channel message, read as the WebSocket reads its text messages.
